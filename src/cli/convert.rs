@@ -1,0 +1,42 @@
+use crate::convert::{convert, ConvertOptions};
+use crate::quant::GgmlType;
+use anyhow::{anyhow, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Hugging Face model folder (config.json, *.safetensors, tokenizer files).
+    pub model_dir: PathBuf,
+    /// Output file (default: <dir-name>-<outtype>.gguf in the current directory).
+    #[arg(long)]
+    pub outfile: Option<PathBuf>,
+    /// Projection type: i2_s, tq2_0, tq1_0, f16, f32.
+    #[arg(long, default_value = "i2_s")]
+    pub outtype: String,
+    /// Token embedding / output head type: f16 or f32.
+    #[arg(long = "embd-type", default_value = "f16")]
+    pub embd_type: String,
+    /// Overwrite an existing output file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let outtype = GgmlType::from_name(&a.outtype).ok_or_else(|| {
+        anyhow!(
+            "unknown --outtype {:?} (i2_s, tq2_0, tq1_0, f16, f32)",
+            a.outtype
+        )
+    })?;
+    let embd_type = GgmlType::from_name(&a.embd_type)
+        .ok_or_else(|| anyhow!("unknown --embd-type {:?} (f16, f32)", a.embd_type))?;
+    convert(&ConvertOptions {
+        input: a.model_dir,
+        outfile: a.outfile,
+        outtype,
+        embd_type,
+        force: a.force,
+        quiet: false,
+    })?;
+    Ok(())
+}

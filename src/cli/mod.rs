@@ -1,0 +1,100 @@
+//! The `tern` command line: a thin layer over the library.
+
+mod convert;
+mod inspect;
+mod logits;
+mod run;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(
+    name = "tern",
+    version,
+    about = "Convert and run ternary (BitNet b1.58) language models"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Convert a Hugging Face BitNet checkpoint folder to GGUF.
+    Convert(convert::Args),
+    /// Show a GGUF file's metadata and tensors.
+    Inspect(inspect::Args),
+    /// Generate text from a prompt.
+    Run(run::Args),
+    /// Write the logits of every prompt position (f32 LE, positions × vocab).
+    Logits(logits::Args),
+}
+
+/// Options shared by every command that loads a model.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// GGUF model file (default: the tern-shakespeare model built into tern).
+    #[arg(short = 'm', long = "model")]
+    pub model: Option<PathBuf>,
+    /// Threads (default: all cores).
+    #[arg(short = 't', long = "threads")]
+    pub threads: Option<usize>,
+}
+
+/// The built-in model: a small trained BitNet b1.58 (see models/PROVENANCE.md).
+pub static DEFAULT_MODEL: &[u8] = include_bytes!("../../models/tern-shakespeare-i2_s.gguf");
+pub const DEFAULT_MODEL_NAME: &str = "tern-shakespeare-i2_s.gguf";
+
+pub fn set_threads(n: Option<usize>) -> Result<usize> {
+    let n = n.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    if n == 0 {
+        anyhow::bail!("--threads must be at least 1");
+    }
+    // Ignore the error when a pool already exists (tests call this repeatedly).
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
+    Ok(n)
+}
+
+pub fn load_model(path: Option<&Path>) -> Result<crate::model::Model> {
+    let m = match path {
+        Some(p) => crate::model::Model::load(p)?,
+        None => {
+            eprintln!(
+                "tern: no -m given; using the built-in model {} (trained BitNet b1.58, 4 layers)",
+                DEFAULT_MODEL_NAME
+            );
+            let g = crate::gguf::GgufFile::from_bytes(DEFAULT_MODEL.to_vec())?;
+            crate::model::Model::from_gguf(g)?
+        }
+    };
+    for w in &m.warnings {
+        eprintln!("tern: warning: {}", w);
+    }
+    Ok(m)
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Convert(a) => convert::run(a),
+        Cmd::Inspect(a) => inspect::run(a),
+        Cmd::Run(a) => run::run(a),
+        Cmd::Logits(a) => logits::run(a),
+    };
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            // One line: the outermost context and its causes joined.
+            eprintln!("tern: error: {:#}", e);
+            1
+        }
+    }
+}

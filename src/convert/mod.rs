@@ -1,0 +1,629 @@
+//! Hugging Face BitNet checkpoint → GGUF.
+//!
+//! Every projection is classified per tensor (docs §3): continuous master
+//! weights get the absmean rule, already-ternary weights keep their codes
+//! and exact scale, offline-packed uint8 weights are unpacked with
+//! `W = T / weight_scale`. Nothing depends on file or folder names.
+
+pub mod ternary;
+
+use crate::gguf::{write_gguf, TensorPlan, Value, ValueType};
+use crate::hf::checkpoint::RawTensor;
+use crate::hf::config::HfConfig;
+use crate::hf::{Checkpoint, HfVocab};
+use crate::quant::{i2s, tq, GgmlType};
+use anyhow::{anyhow, bail, Context, Result};
+use safetensors::Dtype;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+pub use ternary::{ternarize_float, unpack_packed, Ternarized, TernaryKind};
+
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    pub input: PathBuf,
+    pub outfile: Option<PathBuf>,
+    pub outtype: GgmlType,
+    pub embd_type: GgmlType,
+    pub force: bool,
+    /// Suppress the per-tensor report (tests).
+    pub quiet: bool,
+}
+
+/// What was written, for the summary line and for tests.
+#[derive(Debug, Clone)]
+pub struct ConvertReport {
+    pub outfile: PathBuf,
+    pub arch: String,
+    pub tensors: usize,
+    pub continuous: usize,
+    pub ternary: usize,
+    pub packed: usize,
+    pub fallbacks: Vec<String>,
+    pub bytes: u64,
+}
+
+/// GGUF `general.file_type` for each output type (llama.cpp's llama_ftype).
+pub fn file_type(outtype: GgmlType) -> u32 {
+    match outtype {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Q8_0 => 7,
+        GgmlType::BF16 => 32,
+        GgmlType::TQ1_0 => 36,
+        GgmlType::TQ2_0 => 37,
+        GgmlType::I2S => 40,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Embedding,
+    Output,
+    Norm,
+    Projection,
+}
+
+struct Planned {
+    plan: TensorPlan,
+    hf_name: String,
+    role: Role,
+    /// HF shape [rows, cols] the tensor must have once unpacked.
+    rows: usize,
+    cols: usize,
+}
+
+const PROJ: &[(&str, &str)] = &[
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+];
+
+fn pick<'a>(ck: &Checkpoint, candidates: &[&'a str]) -> Result<String> {
+    for c in candidates {
+        if ck.contains(c) {
+            return Ok(c.to_string());
+        }
+    }
+    bail!("checkpoint has no tensor {}", candidates.join(" or "))
+}
+
+fn plan(
+    cfg: &HfConfig,
+    ck: &Checkpoint,
+    outtype: GgmlType,
+    embd_type: GgmlType,
+) -> Result<(Vec<Planned>, Vec<String>)> {
+    let h = cfg.hidden;
+    let qd = cfg.heads * cfg.head_dim;
+    let kvd = cfg.kv_heads * cfg.head_dim;
+    let mut out = Vec::new();
+    let mut fallbacks = Vec::new();
+    let emb = pick(ck, &["model.embed_tokens.weight"])?;
+    let vocab_rows = ck.require(&emb)?.shape.first().copied().unwrap_or(0);
+    if vocab_rows != cfg.vocab {
+        bail!(
+            "model.embed_tokens.weight has {} rows but config.json says vocab_size {}",
+            vocab_rows,
+            cfg.vocab
+        );
+    }
+    let norm = |hf: String, gg: String, n: usize| Planned {
+        plan: TensorPlan {
+            name: gg,
+            dims: vec![n as u64],
+            ty: GgmlType::F32,
+        },
+        hf_name: hf,
+        role: Role::Norm,
+        rows: 1,
+        cols: n,
+    };
+    out.push(Planned {
+        plan: TensorPlan {
+            name: "token_embd.weight".into(),
+            dims: vec![h as u64, cfg.vocab as u64],
+            ty: embd_type,
+        },
+        hf_name: emb,
+        role: Role::Embedding,
+        rows: cfg.vocab,
+        cols: h,
+    });
+    out.push(norm(
+        pick(ck, &["model.norm.weight"])?,
+        "output_norm.weight".into(),
+        h,
+    ));
+    if ck.contains("lm_head.weight") && !cfg.tied {
+        out.push(Planned {
+            plan: TensorPlan {
+                name: "output.weight".into(),
+                dims: vec![h as u64, cfg.vocab as u64],
+                ty: embd_type,
+            },
+            hf_name: "lm_head.weight".into(),
+            role: Role::Output,
+            rows: cfg.vocab,
+            cols: h,
+        });
+    }
+    for l in 0..cfg.layers {
+        let p = format!("model.layers.{}.", l);
+        let b = format!("blk.{}.", l);
+        out.push(norm(
+            pick(ck, &[&format!("{p}input_layernorm.weight")])?,
+            format!("{b}attn_norm.weight"),
+            h,
+        ));
+        out.push(norm(
+            pick(ck, &[&format!("{p}post_attention_layernorm.weight")])?,
+            format!("{b}ffn_norm.weight"),
+            h,
+        ));
+        out.push(norm(
+            pick(
+                ck,
+                &[
+                    &format!("{p}self_attn.attn_sub_norm.weight"),
+                    &format!("{p}self_attn.inner_attn_ln.weight"),
+                ],
+            )?,
+            format!("{b}attn_sub_norm.weight"),
+            qd,
+        ));
+        out.push(norm(
+            pick(
+                ck,
+                &[
+                    &format!("{p}mlp.ffn_sub_norm.weight"),
+                    &format!("{p}mlp.ffn_layernorm.weight"),
+                ],
+            )?,
+            format!("{b}ffn_sub_norm.weight"),
+            cfg.intermediate,
+        ));
+        for (hf, gg) in PROJ {
+            let (rows, cols) = match *gg {
+                "attn_q" => (qd, h),
+                "attn_k" | "attn_v" => (kvd, h),
+                "attn_output" => (h, qd),
+                "ffn_gate" | "ffn_up" => (cfg.intermediate, h),
+                _ => (h, cfg.intermediate),
+            };
+            let name = format!("{b}{gg}.weight");
+            let mut ty = outtype;
+            if ty.info().ternary && cols % ty.info().block != 0 {
+                if ty == GgmlType::I2S {
+                    bail!(
+                        "{} has {} columns: I2_S needs a multiple of 128 (choose --outtype f16, f32, tq2_0 or tq1_0)",
+                        name,
+                        cols
+                    );
+                }
+                // llama.cpp's converter falls back to F16 for rows a block type cannot hold.
+                fallbacks.push(format!(
+                    "{} ({} columns is not a multiple of 256): F16",
+                    name, cols
+                ));
+                ty = GgmlType::F16;
+            }
+            out.push(Planned {
+                plan: TensorPlan {
+                    name,
+                    dims: vec![cols as u64, rows as u64],
+                    ty,
+                },
+                hf_name: format!("{p}{hf}.weight"),
+                role: Role::Projection,
+                rows,
+                cols,
+            });
+        }
+    }
+    // Shapes against the config, before anything is written.
+    for p in &out {
+        let t = ck.require(&p.hf_name)?;
+        let expect: Vec<usize> = match (p.role, t.dtype) {
+            (Role::Norm, _) => vec![p.cols],
+            (Role::Projection, Dtype::U8) => vec![p.rows / 4, p.cols],
+            _ => vec![p.rows, p.cols],
+        };
+        if t.shape != expect.as_slice() {
+            bail!(
+                "tensor {} has shape {:?} but config.json implies {:?}",
+                p.hf_name,
+                t.shape,
+                expect
+            );
+        }
+        if t.dtype == Dtype::U8 {
+            if p.role != Role::Projection {
+                bail!(
+                    "tensor {} is uint8 but only projections may be packed",
+                    p.hf_name
+                );
+            }
+            if p.rows % 4 != 0 {
+                bail!(
+                    "packed tensor {} has {} rows, not a multiple of 4",
+                    p.hf_name,
+                    p.rows
+                );
+            }
+            let sname = scale_name(&p.hf_name);
+            if !ck.contains(&sname) {
+                bail!(
+                    "packed tensor {} has no {} (the scale of an offline-packed checkpoint)",
+                    p.hf_name,
+                    sname
+                );
+            }
+        } else if !matches!(t.dtype, Dtype::BF16 | Dtype::F16 | Dtype::F32) {
+            bail!(
+                "tensor {} has dtype {:?}; tern reads bf16, f16, f32 and packed uint8",
+                p.hf_name,
+                t.dtype
+            );
+        }
+    }
+    Ok((out, fallbacks))
+}
+
+fn scale_name(weight: &str) -> String {
+    format!("{}_scale", weight)
+}
+
+/// Classify and ternarize one projection.
+pub fn ternarize_tensor(
+    ck: &Checkpoint,
+    hf_name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<Ternarized> {
+    let t = ck.require(hf_name)?;
+    if t.dtype == Dtype::U8 {
+        let s = ck.require(&scale_name(hf_name))?;
+        if s.n_elements() != 1 {
+            bail!("{} must hold one value, found {:?}", s.name, s.shape);
+        }
+        let ws = s.to_f32()?[0];
+        return unpack_packed(t.data, rows, cols, ws)
+            .with_context(|| format!("tensor {}", hf_name));
+    }
+    Ok(ternarize_float(&t.to_f32()?))
+}
+
+fn write_f32(w: &mut dyn Write, xs: &[f32]) -> Result<()> {
+    let mut buf = Vec::with_capacity(xs.len() * 4);
+    for x in xs {
+        buf.extend_from_slice(&x.to_le_bytes());
+    }
+    w.write_all(&buf)?;
+    Ok(())
+}
+
+fn write_f16(w: &mut dyn Write, xs: &[f32]) -> Result<()> {
+    let mut buf = Vec::with_capacity(xs.len() * 2);
+    for x in xs {
+        buf.extend_from_slice(&half::f16::from_f32(*x).to_le_bytes());
+    }
+    w.write_all(&buf)?;
+    Ok(())
+}
+
+/// Write a float tensor (embedding, head) in row chunks so memory stays bounded.
+fn write_float_tensor(w: &mut dyn Write, t: &RawTensor, ty: GgmlType) -> Result<()> {
+    let n = t.n_elements();
+    let chunk = 1 << 20;
+    let mut start = 0;
+    while start < n {
+        let len = chunk.min(n - start);
+        let xs = t.to_f32_range(start, len)?;
+        match ty {
+            GgmlType::F32 => write_f32(w, &xs)?,
+            GgmlType::F16 => write_f16(w, &xs)?,
+            other => bail!(
+                "embedding type {} is not supported (f16 or f32)",
+                other.name()
+            ),
+        }
+        start += len;
+    }
+    Ok(())
+}
+
+/// Encode ternary codes and scale in the chosen projection type.
+pub fn encode_projection(tz: &Ternarized, ty: GgmlType, out: &mut Vec<u8>) -> Result<()> {
+    match ty {
+        GgmlType::I2S => i2s::encode(&tz.codes, tz.scale, out),
+        GgmlType::TQ2_0 => tq::encode_tq2_0(&tz.codes, tz.scale, out),
+        GgmlType::TQ1_0 => tq::encode_tq1_0(&tz.codes, tz.scale, out),
+        GgmlType::F32 => {
+            for &c in &tz.codes {
+                out.extend_from_slice(&(c as f32 * tz.scale).to_le_bytes());
+            }
+        }
+        GgmlType::F16 => {
+            for &c in &tz.codes {
+                out.extend_from_slice(&half::f16::from_f32(c as f32 * tz.scale).to_le_bytes());
+            }
+        }
+        other => bail!("projection type {} is not supported", other.name()),
+    }
+    Ok(())
+}
+
+pub fn default_outfile(input: &Path, outtype: GgmlType) -> PathBuf {
+    let name = input
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "model".into());
+    PathBuf::from(format!(
+        "{}-{}.gguf",
+        name,
+        outtype.name().to_ascii_lowercase()
+    ))
+}
+
+pub fn metadata(
+    cfg: &HfConfig,
+    vocab: &HfVocab,
+    name: &str,
+    outtype: GgmlType,
+) -> Vec<(String, Value)> {
+    let arch = cfg.variant.gguf_arch();
+    let a = |k: &str| format!("{}.{}", arch, k);
+    let mut kv: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        ("general.name".into(), Value::String(name.into())),
+        ("general.file_type".into(), Value::U32(file_type(outtype))),
+        ("general.quantization_version".into(), Value::U32(2)),
+        (a("vocab_size"), Value::U32(cfg.vocab as u32)),
+        (a("context_length"), Value::U32(cfg.context as u32)),
+        (a("embedding_length"), Value::U32(cfg.hidden as u32)),
+        (a("block_count"), Value::U32(cfg.layers as u32)),
+        (
+            a("feed_forward_length"),
+            Value::U32(cfg.intermediate as u32),
+        ),
+        (a("rope.dimension_count"), Value::U32(cfg.head_dim as u32)),
+        (a("rope.freq_base"), Value::F32(cfg.rope_theta)),
+        (a("attention.head_count"), Value::U32(cfg.heads as u32)),
+        (
+            a("attention.head_count_kv"),
+            Value::U32(cfg.kv_heads as u32),
+        ),
+        (
+            a("attention.layer_norm_rms_epsilon"),
+            Value::F32(cfg.rms_eps),
+        ),
+    ];
+    if cfg.head_dim * cfg.heads != cfg.hidden {
+        kv.push((a("attention.key_length"), Value::U32(cfg.head_dim as u32)));
+        kv.push((a("attention.value_length"), Value::U32(cfg.head_dim as u32)));
+    }
+    kv.push((
+        a("hidden_activation"),
+        Value::String(cfg.activation.name().into()),
+    ));
+    kv.push((
+        "tokenizer.ggml.model".into(),
+        Value::String(vocab.model.clone()),
+    ));
+    if let Some(p) = &vocab.pre {
+        kv.push(("tokenizer.ggml.pre".into(), Value::String(p.clone())));
+    }
+    kv.push((
+        "tokenizer.ggml.tokens".into(),
+        Value::string_array(vocab.tokens.clone()),
+    ));
+    if !vocab.scores.is_empty() {
+        kv.push((
+            "tokenizer.ggml.scores".into(),
+            Value::Array(
+                ValueType::F32,
+                vocab.scores.iter().map(|&s| Value::F32(s)).collect(),
+            ),
+        ));
+    }
+    kv.push((
+        "tokenizer.ggml.token_type".into(),
+        Value::Array(
+            ValueType::I32,
+            vocab.types.iter().map(|&t| Value::I32(t)).collect(),
+        ),
+    ));
+    if !vocab.merges.is_empty() {
+        kv.push((
+            "tokenizer.ggml.merges".into(),
+            Value::string_array(vocab.merges.clone()),
+        ));
+    }
+    for (k, v) in [
+        ("bos_token_id", vocab.bos),
+        ("eos_token_id", vocab.eos),
+        ("eot_token_id", vocab.eot),
+        ("unknown_token_id", vocab.unk),
+    ] {
+        if let Some(id) = v {
+            kv.push((format!("tokenizer.ggml.{}", k), Value::U32(id)));
+        }
+    }
+    kv.push((
+        "tokenizer.ggml.add_bos_token".into(),
+        Value::Bool(vocab.add_bos),
+    ));
+    if let Some(t) = &vocab.chat_template {
+        kv.push(("tokenizer.chat_template".into(), Value::String(t.clone())));
+    }
+    kv
+}
+
+pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
+    let dir = &opts.input;
+    if !dir.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    if !matches!(opts.embd_type, GgmlType::F16 | GgmlType::F32) {
+        bail!("--embd-type must be f16 or f32");
+    }
+    if !matches!(
+        opts.outtype,
+        GgmlType::I2S | GgmlType::TQ2_0 | GgmlType::TQ1_0 | GgmlType::F16 | GgmlType::F32
+    ) {
+        bail!("--outtype must be i2_s, tq2_0, tq1_0, f16 or f32");
+    }
+    let cfg = HfConfig::load(dir)?;
+    let ck = Checkpoint::open(dir)?;
+    let (planned, fallbacks) = plan(&cfg, &ck, opts.outtype, opts.embd_type)?;
+    let vocab = HfVocab::load(dir, &cfg, cfg.vocab)?;
+    let name = dir
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "model".into());
+    let kv = metadata(&cfg, &vocab, &name, opts.outtype);
+    let outfile = opts
+        .outfile
+        .clone()
+        .unwrap_or_else(|| default_outfile(dir, opts.outtype));
+    if outfile.exists() && !opts.force {
+        bail!(
+            "{} already exists (use --force to overwrite)",
+            outfile.display()
+        );
+    }
+    // Never write over an input file.
+    if let (Ok(o), Ok(d)) = (outfile.canonicalize(), dir.canonicalize()) {
+        if o.parent() == Some(d.as_path()) {
+            let fname = o
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            if fname.ends_with(".safetensors")
+                || fname.ends_with(".json")
+                || fname == "tokenizer.model"
+            {
+                bail!("refusing to overwrite the input file {}", o.display());
+            }
+        }
+    }
+    let plans: Vec<TensorPlan> = planned.iter().map(|p| p.plan.clone()).collect();
+    let mut report = ConvertReport {
+        outfile: outfile.clone(),
+        arch: cfg.variant.gguf_arch().into(),
+        tensors: planned.len(),
+        continuous: 0,
+        ternary: 0,
+        packed: 0,
+        fallbacks: fallbacks.clone(),
+        bytes: 0,
+    };
+    let tty = std::io::stderr().is_terminal() && !opts.quiet;
+    let pb = if tty {
+        let pb = indicatif::ProgressBar::new(planned.len() as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(pb)
+    } else {
+        None
+    };
+    let say = |s: String| {
+        if opts.quiet {
+            return;
+        }
+        match &pb {
+            Some(pb) => pb.println(s),
+            None => eprintln!("{}", s),
+        }
+    };
+    if !opts.quiet {
+        say(format!(
+            "tern convert: {} ({}) → {} [{}], {} layers, hidden {}, vocab {}{}",
+            cfg.architecture,
+            cfg.activation.name(),
+            cfg.variant.gguf_arch(),
+            opts.outtype.name(),
+            cfg.layers,
+            cfg.hidden,
+            cfg.vocab,
+            if vocab.padded > 0 {
+                format!(" ({} [PAD] tokens added)", vocab.padded)
+            } else {
+                String::new()
+            }
+        ));
+        for f in &fallbacks {
+            say(format!("  fallback: {}", f));
+        }
+    }
+    let mut counts = (0usize, 0usize, 0usize);
+    write_gguf(&outfile, opts.force, &kv, &plans, |i, w| {
+        let p = &planned[i];
+        if let Some(pb) = &pb {
+            pb.set_message(p.plan.name.clone());
+        }
+        match p.role {
+            Role::Norm => {
+                let t = ck.require(&p.hf_name)?;
+                write_f32(w, &t.to_f32()?)?;
+            }
+            Role::Embedding | Role::Output => {
+                let t = ck.require(&p.hf_name)?;
+                write_float_tensor(w, &t, p.plan.ty)?;
+            }
+            Role::Projection => {
+                let tz = ternarize_tensor(&ck, &p.hf_name, p.rows, p.cols)?;
+                match tz.kind {
+                    TernaryKind::Continuous => counts.0 += 1,
+                    TernaryKind::Ternary => counts.1 += 1,
+                    TernaryKind::Packed => counts.2 += 1,
+                }
+                say(format!(
+                    "  {:<28} {:<10} scale {:<12.6e} zeros {:5.1}%  → {}",
+                    p.plan.name,
+                    tz.kind.name(),
+                    tz.scale,
+                    100.0 * tz.zeros as f64 / tz.codes.len().max(1) as f64,
+                    p.plan.ty.name()
+                ));
+                let mut buf = Vec::new();
+                encode_projection(&tz, p.plan.ty, &mut buf)?;
+                w.write_all(&buf)?;
+            }
+        }
+        ck.release(&p.hf_name);
+        if let Some(pb) = &pb {
+            pb.inc(1);
+        }
+        Ok(())
+    })
+    .map_err(|e| anyhow!("{:#}", e))?;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    report.continuous = counts.0;
+    report.ternary = counts.1;
+    report.packed = counts.2;
+    report.bytes = std::fs::metadata(&outfile).map(|m| m.len()).unwrap_or(0);
+    if !opts.quiet {
+        eprintln!(
+            "tern convert: {} projections ({} continuous → absmean, {} already ternary → kept exactly, {} packed → W = T / weight_scale); wrote {} ({:.1} MB)",
+            counts.0 + counts.1 + counts.2,
+            counts.0,
+            counts.1,
+            counts.2,
+            outfile.display(),
+            report.bytes as f64 / 1e6
+        );
+    }
+    Ok(report)
+}

@@ -1,0 +1,382 @@
+//! The BitNet graph (docs §1) over a KV cache, batched over prompt tokens.
+
+use super::{FloatMat, Model, Proj};
+use crate::hf::config::Activation;
+use crate::kernels::Kernel;
+use anyhow::{bail, Result};
+use half::f16;
+use rayon::prelude::*;
+
+/// Most tokens pushed through the graph at once (bounds scratch memory).
+pub const MAX_BATCH: usize = 512;
+
+enum KvStore {
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+}
+
+impl KvStore {
+    fn new(n: usize, f32: bool) -> KvStore {
+        if f32 {
+            KvStore::F32(vec![0.0; n])
+        } else {
+            KvStore::F16(vec![f16::ZERO; n])
+        }
+    }
+    fn write(&mut self, at: usize, src: &[f32]) {
+        match self {
+            KvStore::F16(v) => {
+                for (d, s) in v[at..at + src.len()].iter_mut().zip(src) {
+                    *d = f16::from_f32(*s);
+                }
+            }
+            KvStore::F32(v) => v[at..at + src.len()].copy_from_slice(src),
+        }
+    }
+    fn dot(&self, k: &dyn Kernel, at: usize, q: &[f32]) -> f32 {
+        match self {
+            KvStore::F16(v) => k.dot_f16(&v[at..at + q.len()], q),
+            KvStore::F32(v) => k.dot_f32(&v[at..at + q.len()], q),
+        }
+    }
+    fn axpy(&self, at: usize, p: f32, out: &mut [f32]) {
+        match self {
+            KvStore::F16(v) => {
+                let n = out.len();
+                for (o, x) in out.iter_mut().zip(&v[at..at + n]) {
+                    *o += p * x.to_f32();
+                }
+            }
+            KvStore::F32(v) => {
+                let n = out.len();
+                for (o, x) in out.iter_mut().zip(&v[at..at + n]) {
+                    *o += p * x;
+                }
+            }
+        }
+    }
+}
+
+/// Inference state: the KV cache of one sequence.
+pub struct Context<'m> {
+    pub model: &'m Model,
+    pub n_ctx: usize,
+    /// Tokens currently in the cache.
+    pub n_past: usize,
+    k: Vec<KvStore>,
+    v: Vec<KvStore>,
+}
+
+/// A batch of activation rows quantized to int8.
+struct QBatch {
+    q: Vec<i8>,
+    a: Vec<f32>,
+    sums: Vec<i32>,
+    k: usize,
+}
+
+fn quantize_batch(kern: &dyn Kernel, x: &[f32], k: usize) -> QBatch {
+    let n = x.len() / k;
+    let mut q = vec![0i8; n * k];
+    let mut a = vec![0f32; n];
+    let mut sums = vec![0i32; n];
+    for j in 0..n {
+        let (aj, sj) = kern.quantize_act(&x[j * k..(j + 1) * k], &mut q[j * k..(j + 1) * k]);
+        a[j] = aj;
+        sums[j] = sj;
+    }
+    QBatch { q, a, sums, k }
+}
+
+/// `out[j·rows + m] = W[m] · x_j` with BitLinear semantics.
+fn matmul(kern: &dyn Kernel, w: &Proj, xb: &QBatch, out: &mut [f32]) {
+    let n = xb.a.len();
+    let rows = w.rows();
+    let k = xb.k;
+    debug_assert_eq!(k, w.cols());
+    // Work in row blocks; each block writes a transposed [rows_in_block × n] tile.
+    let block = (rows / (rayon::current_num_threads() * 4)).clamp(8, 256);
+    let mut tiles = vec![0f32; rows * n];
+    match w {
+        Proj::Ternary { data, scale, .. } => {
+            let rb = k / 4;
+            tiles
+                .par_chunks_mut(block * n)
+                .enumerate()
+                .for_each(|(bi, tile)| {
+                    let mut acc = vec![0i32; n];
+                    for (r, trow) in tile.chunks_mut(n).enumerate() {
+                        let m = bi * block + r;
+                        kern.dot_i2s_rows(
+                            &data[m * rb..(m + 1) * rb],
+                            &xb.q,
+                            &xb.sums,
+                            k,
+                            &mut acc,
+                        );
+                        for j in 0..n {
+                            trow[j] = acc[j] as f32 * (*scale / xb.a[j]);
+                        }
+                    }
+                });
+        }
+        Proj::Float { data, .. } => {
+            let xf: Vec<f32> = xb.q.iter().map(|&q| q as f32).collect();
+            tiles
+                .par_chunks_mut(block * n)
+                .enumerate()
+                .for_each(|(bi, tile)| {
+                    for (r, trow) in tile.chunks_mut(n).enumerate() {
+                        let m = bi * block + r;
+                        let wr = &data[m * k..(m + 1) * k];
+                        for j in 0..n {
+                            trow[j] = kern.dot_f32(wr, &xf[j * k..(j + 1) * k]) / xb.a[j];
+                        }
+                    }
+                });
+        }
+    }
+    if n == 1 {
+        out.copy_from_slice(&tiles);
+    } else {
+        for m in 0..rows {
+            for j in 0..n {
+                out[j * rows + m] = tiles[m * n + j];
+            }
+        }
+    }
+}
+
+fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (xr, or) in x.chunks(d).zip(out.chunks_mut(d)) {
+        let ss: f64 = xr.iter().map(|&v| (v as f64) * (v as f64)).sum();
+        let inv = 1.0 / ((ss / d as f64) as f32 + eps).sqrt();
+        for i in 0..d {
+            or[i] = xr[i] * inv * w[i];
+        }
+    }
+}
+
+/// NeoX RoPE: element i pairs with i + d/2 within each head.
+fn rope(x: &mut [f32], n_heads: usize, hd: usize, pos: usize, theta: f32) {
+    let half = hd / 2;
+    for h in 0..n_heads {
+        let v = &mut x[h * hd..(h + 1) * hd];
+        for i in 0..half {
+            let freq = (theta as f64).powf(-2.0 * i as f64 / hd as f64);
+            let ang = pos as f64 * freq;
+            let (s, c) = (ang.sin() as f32, ang.cos() as f32);
+            let (a, b) = (v[i], v[i + half]);
+            v[i] = a * c - b * s;
+            v[i + half] = a * s + b * c;
+        }
+    }
+}
+
+impl<'m> Context<'m> {
+    pub fn new(model: &'m Model, n_ctx: usize, kv_f32: bool) -> Context<'m> {
+        let hp = &model.hp;
+        let kvd = hp.n_head_kv * hp.head_dim;
+        let n = n_ctx * kvd;
+        Context {
+            model,
+            n_ctx,
+            n_past: 0,
+            k: (0..hp.n_layer).map(|_| KvStore::new(n, kv_f32)).collect(),
+            v: (0..hp.n_layer).map(|_| KvStore::new(n, kv_f32)).collect(),
+        }
+    }
+
+    /// Forget everything after the first `n` cached tokens.
+    pub fn truncate(&mut self, n: usize) {
+        self.n_past = self.n_past.min(n);
+    }
+
+    /// Run `tokens` after the cached ones. Returns the logits of every new
+    /// position (`all`) or of the last one only, row-major `positions × vocab`.
+    pub fn eval(&mut self, tokens: &[u32], all: bool) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            bail!("no tokens to evaluate");
+        }
+        let nv = self.model.hp.n_vocab;
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= nv) {
+            bail!("token id {} is outside the vocabulary of {}", t, nv);
+        }
+        if self.n_past + tokens.len() > self.n_ctx {
+            bail!(
+                "context is full: {} cached + {} new tokens > context size {}",
+                self.n_past,
+                tokens.len(),
+                self.n_ctx
+            );
+        }
+        let mut logits = Vec::with_capacity(if all { tokens.len() * nv } else { nv });
+        let chunks: Vec<&[u32]> = tokens.chunks(MAX_BATCH).collect();
+        let last = chunks.len() - 1;
+        for (ci, ch) in chunks.into_iter().enumerate() {
+            let want = all || ci == last;
+            let l = self.eval_batch(ch, want, all)?;
+            logits.extend_from_slice(&l);
+        }
+        Ok(logits)
+    }
+
+    fn eval_batch(&mut self, tokens: &[u32], want_logits: bool, all: bool) -> Result<Vec<f32>> {
+        let m = self.model;
+        let hp = &m.hp;
+        let kern = m.kernel;
+        let n = tokens.len();
+        let d = hp.n_embd;
+        let hd = hp.head_dim;
+        let qd = hp.n_head * hd;
+        let kvd = hp.n_head_kv * hd;
+        let ff = hp.n_ff;
+        let pos0 = self.n_past;
+
+        let mut x = vec![0f32; n * d];
+        for (j, &t) in tokens.iter().enumerate() {
+            m.float_row(&m.tok_embd, t as usize, &mut x[j * d..(j + 1) * d]);
+        }
+        let mut a = vec![0f32; n * d];
+        let mut q = vec![0f32; n * qd];
+        let mut kk = vec![0f32; n * kvd];
+        let mut vv = vec![0f32; n * kvd];
+        let mut o = vec![0f32; n * qd];
+        let mut o2 = vec![0f32; n * qd];
+        let mut tmp = vec![0f32; n * d];
+        let mut g = vec![0f32; n * ff];
+        let mut u = vec![0f32; n * ff];
+        let mut f2 = vec![0f32; n * ff];
+        let scale = 1.0 / (hd as f32).sqrt();
+        let group = hp.n_head / hp.n_head_kv;
+
+        for (li, layer) in m.layers.iter().enumerate() {
+            rmsnorm(&x, &layer.attn_norm, hp.eps, &mut a);
+            let qa = quantize_batch(kern, &a, d);
+            matmul(kern, &layer.wq, &qa, &mut q);
+            matmul(kern, &layer.wk, &qa, &mut kk);
+            matmul(kern, &layer.wv, &qa, &mut vv);
+            for j in 0..n {
+                rope(
+                    &mut q[j * qd..(j + 1) * qd],
+                    hp.n_head,
+                    hd,
+                    pos0 + j,
+                    hp.rope_theta,
+                );
+                rope(
+                    &mut kk[j * kvd..(j + 1) * kvd],
+                    hp.n_head_kv,
+                    hd,
+                    pos0 + j,
+                    hp.rope_theta,
+                );
+                self.k[li].write((pos0 + j) * kvd, &kk[j * kvd..(j + 1) * kvd]);
+                self.v[li].write((pos0 + j) * kvd, &vv[j * kvd..(j + 1) * kvd]);
+            }
+            let kc = &self.k[li];
+            let vc = &self.v[li];
+            let qref = &q;
+            o.par_chunks_mut(hd).enumerate().for_each(|(c, out)| {
+                let j = c / hp.n_head;
+                let h = c % hp.n_head;
+                let kvh = h / group;
+                let qv = &qref[j * qd + h * hd..j * qd + (h + 1) * hd];
+                let npos = pos0 + j + 1;
+                let mut s: Vec<f32> = (0..npos)
+                    .map(|t| kc.dot(kern, t * kvd + kvh * hd, qv) * scale)
+                    .collect();
+                let mx = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let mut sum = 0f32;
+                for v in s.iter_mut() {
+                    *v = (*v - mx).exp();
+                    sum += *v;
+                }
+                out.fill(0.0);
+                for (t, &p) in s.iter().enumerate() {
+                    vc.axpy(t * kvd + kvh * hd, p / sum, out);
+                }
+            });
+            rmsnorm(&o, &layer.attn_sub_norm, hp.eps, &mut o2);
+            let qo = quantize_batch(kern, &o2, qd);
+            matmul(kern, &layer.wo, &qo, &mut tmp);
+            for (xi, ti) in x.iter_mut().zip(&tmp) {
+                *xi += ti;
+            }
+            rmsnorm(&x, &layer.ffn_norm, hp.eps, &mut a);
+            let qf = quantize_batch(kern, &a, d);
+            matmul(kern, &layer.wgate, &qf, &mut g);
+            matmul(kern, &layer.wup, &qf, &mut u);
+            match hp.activation {
+                Activation::Relu2 => {
+                    for (gi, ui) in g.iter_mut().zip(&u) {
+                        let r = gi.max(0.0);
+                        *gi = r * r * ui;
+                    }
+                }
+                Activation::Silu => {
+                    for (gi, ui) in g.iter_mut().zip(&u) {
+                        *gi = *gi / (1.0 + (-*gi).exp()) * ui;
+                    }
+                }
+            }
+            rmsnorm(&g, &layer.ffn_sub_norm, hp.eps, &mut f2);
+            let qd2 = quantize_batch(kern, &f2, ff);
+            matmul(kern, &layer.wdown, &qd2, &mut tmp);
+            for (xi, ti) in x.iter_mut().zip(&tmp) {
+                *xi += ti;
+            }
+        }
+        self.n_past += n;
+        if !want_logits {
+            return Ok(vec![]);
+        }
+        let rows: Vec<usize> = if all { (0..n).collect() } else { vec![n - 1] };
+        let mut xn = vec![0f32; rows.len() * d];
+        for (r, &j) in rows.iter().enumerate() {
+            rmsnorm(
+                &x[j * d..(j + 1) * d],
+                &m.output_norm,
+                hp.eps,
+                &mut xn[r * d..(r + 1) * d],
+            );
+        }
+        Ok(self.head(&xn, rows.len()))
+    }
+
+    /// logits[r·vocab + v] = head_v · xn_r
+    fn head(&self, xn: &[f32], nr: usize) -> Vec<f32> {
+        let m = self.model;
+        let kern = m.kernel;
+        let nv = m.hp.n_vocab;
+        let d = m.hp.n_embd;
+        let head = m.head();
+        let mut t = vec![0f32; nv * nr];
+        let block = 64;
+        t.par_chunks_mut(block * nr)
+            .enumerate()
+            .for_each(|(bi, tile)| {
+                for (r, trow) in tile.chunks_mut(nr).enumerate() {
+                    let v = bi * block + r;
+                    for (j, o) in trow.iter_mut().enumerate() {
+                        let x = &xn[j * d..(j + 1) * d];
+                        *o = match head {
+                            FloatMat::F32(w) => kern.dot_f32(&w[v * d..(v + 1) * d], x),
+                            _ => kern.dot_f16(&m.f16_mapped(head)[v * d..(v + 1) * d], x),
+                        };
+                    }
+                }
+            });
+        if nr == 1 {
+            return t;
+        }
+        let mut out = vec![0f32; nv * nr];
+        for v in 0..nv {
+            for j in 0..nr {
+                out[j * nv + v] = t[v * nr + j];
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,616 @@
+//! A BitNet model loaded from GGUF: hyper-parameters, weights re-packed for
+//! the kernels, tokenizer; plus the forward pass (`forward`) and sampling.
+
+pub mod forward;
+pub mod generate;
+pub mod sampling;
+
+pub use forward::Context;
+
+use crate::gguf::{GgufFile, TensorInfo};
+use crate::hf::config::Activation;
+use crate::kernels::{self, Kernel};
+use crate::quant::{i2s, tq, GgmlType};
+use crate::tokenizer::{Tokenizer, VocabSpec};
+use anyhow::{anyhow, bail, Context as _, Result};
+use half::f16;
+use std::path::Path;
+
+/// The trained BitNet chat format (from the HF tokenizer_config of 2B-4T).
+pub const BITNET_CHAT_TEMPLATE: &str = "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}{% if message['role'] == 'system' %}{{ 'System: ' + message['content'] + '<|eot_id|>' }}{% elif message['role'] == 'user' %}{{ 'User: ' + message['content'] + '<|eot_id|>' }}{% elif message['role'] == 'assistant' %}{{ 'Assistant: ' + message['content'] + '<|eot_id|>' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}";
+
+#[derive(Debug, Clone)]
+pub struct Hparams {
+    pub arch: String,
+    pub activation: Activation,
+    pub n_vocab: usize,
+    pub n_ctx_train: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_ff: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub rope_dim: usize,
+    pub rope_theta: f32,
+    pub eps: f32,
+}
+
+/// A projection ready for the kernels.
+pub enum Proj {
+    /// Ternary codes in I2_S row layout and the tensor scale.
+    Ternary {
+        data: Vec<u8>,
+        scale: f32,
+        rows: usize,
+        cols: usize,
+    },
+    /// Float weights (F16/F32 files, or TQ blocks with differing scales);
+    /// still applied with BitLinear semantics (int8 activations).
+    Float {
+        data: Vec<f32>,
+        rows: usize,
+        cols: usize,
+    },
+}
+
+impl Proj {
+    pub fn rows(&self) -> usize {
+        match self {
+            Proj::Ternary { rows, .. } | Proj::Float { rows, .. } => *rows,
+        }
+    }
+    pub fn cols(&self) -> usize {
+        match self {
+            Proj::Ternary { cols, .. } | Proj::Float { cols, .. } => *cols,
+        }
+    }
+    pub fn bytes(&self) -> usize {
+        match self {
+            Proj::Ternary { data, .. } => data.len(),
+            Proj::Float { data, .. } => data.len() * 4,
+        }
+    }
+}
+
+/// Embedding / output head rows.
+pub enum FloatMat {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    /// F16 rows read in place from the memory map (byte offset, element count).
+    F16Mapped(usize, usize),
+}
+
+pub struct Layer {
+    pub attn_norm: Vec<f32>,
+    pub ffn_norm: Vec<f32>,
+    pub attn_sub_norm: Vec<f32>,
+    pub ffn_sub_norm: Vec<f32>,
+    pub wq: Proj,
+    pub wk: Proj,
+    pub wv: Proj,
+    pub wo: Proj,
+    pub wgate: Proj,
+    pub wup: Proj,
+    pub wdown: Proj,
+}
+
+pub struct Model {
+    pub gguf: GgufFile,
+    pub hp: Hparams,
+    pub tok_embd: FloatMat,
+    /// `None` when the head is tied to the embedding.
+    pub output: Option<FloatMat>,
+    pub output_norm: Vec<f32>,
+    pub layers: Vec<Layer>,
+    pub tokenizer: Tokenizer,
+    pub chat_template: String,
+    pub kernel: &'static dyn Kernel,
+    pub warnings: Vec<String>,
+}
+
+fn f32_data(g: &GgufFile, t: &TensorInfo) -> Result<Vec<f32>> {
+    let b = g.tensor_data(t);
+    Ok(match t.ty {
+        GgmlType::F32 => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        GgmlType::F16 => b
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        GgmlType::BF16 => b
+            .chunks_exact(2)
+            .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+            .collect(),
+        GgmlType::TQ2_0 => {
+            let mut v = Vec::new();
+            tq::dequantize_tq2_0(b, &mut v)?;
+            v
+        }
+        GgmlType::TQ1_0 => {
+            let mut v = Vec::new();
+            tq::dequantize_tq1_0(b, &mut v)?;
+            v
+        }
+        GgmlType::I2S => {
+            let n = t.n_elements() as usize;
+            let s = i2s::validate(b, n)?;
+            i2s::decode_codes(b, n)
+                .into_iter()
+                .map(|c| c as f32 * s)
+                .collect()
+        }
+        other => bail!(
+            "tensor {}: type {} cannot be read as float",
+            t.name,
+            other.name()
+        ),
+    })
+}
+
+impl Model {
+    pub fn load(path: &Path) -> Result<Model> {
+        let gguf = GgufFile::open(path)?;
+        Self::from_gguf(gguf).with_context(|| format!("{}", path.display()))
+    }
+
+    pub fn from_gguf(gguf: GgufFile) -> Result<Model> {
+        let mut warnings = Vec::new();
+        let arch = gguf
+            .architecture()
+            .ok_or_else(|| anyhow!("general.architecture is missing"))?
+            .to_string();
+        if !matches!(arch.as_str(), "bitnet-b1.58" | "bitnet-25" | "bitnet") {
+            bail!(
+                "architecture {:?} is not a BitNet graph (tern runs bitnet-b1.58, bitnet-25 and bitnet)",
+                arch
+            );
+        }
+        let key = |k: &str| format!("{}.{}", arch, k);
+        let req = |k: &str| -> Result<usize> {
+            let v = gguf
+                .get_u64(&key(k))
+                .ok_or_else(|| anyhow!("missing or non-integer metadata {}", key(k)))?;
+            if v == 0 || v > (1 << 31) {
+                bail!("metadata {} = {} is out of range", key(k), v);
+            }
+            Ok(v as usize)
+        };
+        let n_embd = req("embedding_length")?;
+        let n_layer = req("block_count")?;
+        let n_ff = req("feed_forward_length")?;
+        let n_head = req("attention.head_count")?;
+        let n_head_kv = gguf
+            .get_u64(&key("attention.head_count_kv"))
+            .map(|v| v as usize)
+            .unwrap_or(n_head);
+        if n_head_kv == 0 || n_head % n_head_kv != 0 {
+            bail!(
+                "attention.head_count {} is not a multiple of head_count_kv {}",
+                n_head,
+                n_head_kv
+            );
+        }
+        let head_dim = match gguf.get_u64(&key("attention.key_length")) {
+            Some(v) => v as usize,
+            None => {
+                if n_embd % n_head != 0 {
+                    bail!(
+                        "embedding_length {} is not divisible by head_count {}",
+                        n_embd,
+                        n_head
+                    );
+                }
+                n_embd / n_head
+            }
+        };
+        let rope_dim = gguf
+            .get_u64(&key("rope.dimension_count"))
+            .map(|v| v as usize)
+            .unwrap_or(head_dim);
+        if rope_dim != head_dim || head_dim % 2 != 0 {
+            bail!(
+                "rope.dimension_count {} must equal the (even) head dimension {}",
+                rope_dim,
+                head_dim
+            );
+        }
+        let activation = match gguf.get_str(&key("hidden_activation")) {
+            Some(s) => Activation::parse(s).ok_or_else(|| {
+                anyhow!(
+                    "{} = {:?} is not relu2 or silu",
+                    key("hidden_activation"),
+                    s
+                )
+            })?,
+            None => {
+                if arch == "bitnet" {
+                    Activation::Silu
+                } else {
+                    Activation::Relu2
+                }
+            }
+        };
+        let eps = gguf
+            .get_f64(&key("attention.layer_norm_rms_epsilon"))
+            .unwrap_or(1e-5) as f32;
+        let rope_theta = gguf.get_f64(&key("rope.freq_base")).unwrap_or(10000.0) as f32;
+        if !(eps > 0.0 && eps.is_finite() && rope_theta > 0.0 && rope_theta.is_finite()) {
+            bail!(
+                "rms epsilon {} or rope.freq_base {} is not a positive number",
+                eps,
+                rope_theta
+            );
+        }
+        let n_ctx_train = gguf.get_u64(&key("context_length")).unwrap_or(2048) as usize;
+
+        // Tokenizer.
+        let spec = vocab_spec(&gguf, &mut warnings)?;
+        let tokenizer = Tokenizer::from_spec(&spec)?;
+        let n_vocab = spec.tokens.len();
+        if let Some(v) = gguf.get_u64(&key("vocab_size")) {
+            if v as usize != n_vocab {
+                bail!(
+                    "{} = {} but the vocabulary has {} tokens",
+                    key("vocab_size"),
+                    v,
+                    n_vocab
+                );
+            }
+        }
+        let hp = Hparams {
+            arch: arch.clone(),
+            activation,
+            n_vocab,
+            n_ctx_train,
+            n_embd,
+            n_layer,
+            n_ff,
+            n_head,
+            n_head_kv,
+            head_dim,
+            rope_dim,
+            rope_theta,
+            eps,
+        };
+
+        let kernel = kernels::active()?;
+        let get = |name: &str, dims: &[usize]| -> Result<&TensorInfo> {
+            let t = gguf
+                .tensor(name)
+                .ok_or_else(|| anyhow!("tensor {} is missing", name))?;
+            let want: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+            if t.dims != want {
+                bail!(
+                    "tensor {} has dims {:?}, the hyper-parameters imply {:?}",
+                    name,
+                    t.dims,
+                    want
+                );
+            }
+            Ok(t)
+        };
+        let norm = |name: &str, n: usize| -> Result<Vec<f32>> {
+            let t = get(name, &[n])?;
+            if !matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+                bail!("norm {} has type {}; expected F32", name, t.ty.name());
+            }
+            f32_data(&gguf, t)
+        };
+        let float_mat = |t: &TensorInfo| -> Result<FloatMat> {
+            Ok(match t.ty {
+                GgmlType::F32 => FloatMat::F32(f32_data(&gguf, t)?),
+                GgmlType::F16 => {
+                    let bytes = gguf.tensor_data(t);
+                    if bytemuck::try_cast_slice::<u8, f16>(bytes).is_ok() {
+                        FloatMat::F16Mapped(
+                            (gguf.data_start + t.offset) as usize,
+                            t.n_elements() as usize,
+                        )
+                    } else {
+                        FloatMat::F16(
+                            bytes
+                                .chunks_exact(2)
+                                .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                                .collect(),
+                        )
+                    }
+                }
+                GgmlType::BF16 | GgmlType::Q8_0 => FloatMat::F32(f32_data(&gguf, t)?),
+                other => bail!(
+                    "tensor {}: type {} is not supported for embeddings",
+                    t.name,
+                    other.name()
+                ),
+            })
+        };
+        let proj =
+            |name: &str, rows: usize, cols: usize, warnings: &mut Vec<String>| -> Result<Proj> {
+                let t = get(name, &[cols, rows])?;
+                let data = gguf.tensor_data(t);
+                let n = rows * cols;
+                Ok(match t.ty {
+                    GgmlType::I2S => {
+                        if cols % i2s::BLOCK != 0 {
+                            bail!(
+                                "tensor {}: I2_S rows of {} values are not a multiple of 128",
+                                name,
+                                cols
+                            );
+                        }
+                        let scale =
+                            i2s::validate(data, n).with_context(|| format!("tensor {}", name))?;
+                        Proj::Ternary {
+                            data: data[..n / 4].to_vec(),
+                            scale,
+                            rows,
+                            cols,
+                        }
+                    }
+                    GgmlType::TQ2_0 | GgmlType::TQ1_0 => {
+                        let (codes, ds) = if t.ty == GgmlType::TQ2_0 {
+                            tq::decode_tq2_0(data)
+                        } else {
+                            tq::decode_tq1_0(data)
+                        }
+                        .with_context(|| format!("tensor {}", name))?;
+                        let per_block = tq::QK_K;
+                        let mut scale = None;
+                        let mut uniform = cols % i2s::BLOCK == 0;
+                        for (bi, &d) in ds.iter().enumerate() {
+                            if !d.is_finite() {
+                                bail!("tensor {}: block {} has a non-finite scale", name, bi);
+                            }
+                            if codes[bi * per_block..(bi + 1) * per_block]
+                                .iter()
+                                .all(|&c| c == 0)
+                            {
+                                continue;
+                            }
+                            match scale {
+                                None => scale = Some(d),
+                                Some(s) if s == d => {}
+                                Some(_) => uniform = false,
+                            }
+                        }
+                        if uniform {
+                            let mut packed = Vec::with_capacity(n / 4 + i2s::TAIL);
+                            i2s::encode(&codes, 0.0, &mut packed);
+                            packed.truncate(n / 4);
+                            Proj::Ternary {
+                                data: packed,
+                                scale: scale.unwrap_or(0.0),
+                                rows,
+                                cols,
+                            }
+                        } else {
+                            warnings.push(format!(
+                                "{}: {} blocks have different scales; running it as float weights",
+                                name,
+                                t.ty.name()
+                            ));
+                            let data = codes
+                                .iter()
+                                .enumerate()
+                                .map(|(i, &c)| c as f32 * ds[i / per_block])
+                                .collect();
+                            Proj::Float { data, rows, cols }
+                        }
+                    }
+                    GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => Proj::Float {
+                        data: f32_data(&gguf, t)?,
+                        rows,
+                        cols,
+                    },
+                    other => bail!(
+                        "tensor {}: type {} is not supported for projections",
+                        name,
+                        other.name()
+                    ),
+                })
+            };
+
+        let te = get("token_embd.weight", &[n_embd, n_vocab])?;
+        let tok_embd = float_mat(te)?;
+        let output = match gguf.tensor("output.weight") {
+            Some(_) => Some(float_mat(get("output.weight", &[n_embd, n_vocab])?)?),
+            None => None,
+        };
+        let output_norm = norm("output_norm.weight", n_embd)?;
+        let qd = n_head * head_dim;
+        let kvd = n_head_kv * head_dim;
+        let mut layers = Vec::with_capacity(n_layer);
+        for l in 0..n_layer {
+            let b = |s: &str| format!("blk.{}.{}.weight", l, s);
+            layers.push(Layer {
+                attn_norm: norm(&b("attn_norm"), n_embd)?,
+                ffn_norm: norm(&b("ffn_norm"), n_embd)?,
+                attn_sub_norm: norm(&b("attn_sub_norm"), qd)?,
+                ffn_sub_norm: norm(&b("ffn_sub_norm"), n_ff)?,
+                wq: proj(&b("attn_q"), qd, n_embd, &mut warnings)?,
+                wk: proj(&b("attn_k"), kvd, n_embd, &mut warnings)?,
+                wv: proj(&b("attn_v"), kvd, n_embd, &mut warnings)?,
+                wo: proj(&b("attn_output"), n_embd, qd, &mut warnings)?,
+                wgate: proj(&b("ffn_gate"), n_ff, n_embd, &mut warnings)?,
+                wup: proj(&b("ffn_up"), n_ff, n_embd, &mut warnings)?,
+                wdown: proj(&b("ffn_down"), n_embd, n_ff, &mut warnings)?,
+            });
+        }
+
+        // Chat template, with the official GGUF's placeholder replaced.
+        let chat_template = match gguf.get_str("tokenizer.chat_template") {
+            Some(t)
+                if t.contains("BITNETAssistant") || (t.contains("Human:") && !t.contains("{%")) =>
+            {
+                warnings.push("the embedded chat template is the official GGUF's placeholder (Human:/BITNETAssistant:); using the trained System:/User:/Assistant: format".into());
+                BITNET_CHAT_TEMPLATE.to_string()
+            }
+            Some(t) => t.to_string(),
+            None => BITNET_CHAT_TEMPLATE.to_string(),
+        };
+        Ok(Model {
+            gguf,
+            hp,
+            tok_embd,
+            output,
+            output_norm,
+            layers,
+            tokenizer,
+            chat_template,
+            kernel,
+            warnings,
+        })
+    }
+
+    /// Row `i` of an embedding-like matrix as f32 (into `out`).
+    pub fn float_row(&self, m: &FloatMat, i: usize, out: &mut [f32]) {
+        let d = self.hp.n_embd;
+        match m {
+            FloatMat::F32(v) => out.copy_from_slice(&v[i * d..(i + 1) * d]),
+            FloatMat::F16(v) => {
+                for (o, x) in out.iter_mut().zip(&v[i * d..(i + 1) * d]) {
+                    *o = x.to_f32();
+                }
+            }
+            FloatMat::F16Mapped(..) => {
+                let v = self.f16_mapped(m);
+                for (o, x) in out.iter_mut().zip(&v[i * d..(i + 1) * d]) {
+                    *o = x.to_f32();
+                }
+            }
+        }
+    }
+
+    /// The mapped f16 slice of a `FloatMat::F16Mapped` (alignment was checked at load).
+    pub fn f16_mapped<'a>(&'a self, m: &'a FloatMat) -> &'a [f16] {
+        match m {
+            FloatMat::F16Mapped(off, n) => {
+                let all = self.gguf.raw_bytes();
+                bytemuck::cast_slice(&all[*off..*off + n * 2])
+            }
+            FloatMat::F16(v) => v,
+            FloatMat::F32(_) => &[],
+        }
+    }
+
+    pub fn head(&self) -> &FloatMat {
+        self.output.as_ref().unwrap_or(&self.tok_embd)
+    }
+
+    /// Bytes read per generated token: every projection, the head, the norms.
+    pub fn bytes_per_token(&self) -> u64 {
+        let head = match self.head() {
+            FloatMat::F32(v) => v.len() * 4,
+            FloatMat::F16(v) => v.len() * 2,
+            FloatMat::F16Mapped(_, n) => n * 2,
+        };
+        let proj: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.wgate, &l.wup, &l.wdown]
+                    .iter()
+                    .map(|p| p.bytes())
+                    .sum::<usize>()
+            })
+            .sum();
+        (head + proj) as u64
+    }
+
+    pub fn n_params(&self) -> u64 {
+        let h = &self.hp;
+        let proj = h.n_layer
+            * (h.n_embd * (h.n_head + 2 * h.n_head_kv) * h.head_dim
+                + h.n_head * h.head_dim * h.n_embd
+                + 3 * h.n_embd * h.n_ff);
+        let emb = h.n_vocab * h.n_embd * if self.output.is_some() { 2 } else { 1 };
+        (proj + emb) as u64
+    }
+}
+
+/// Read the tokenizer keys, fixing the official GGUF's known gaps with a warning each.
+fn vocab_spec(g: &GgufFile, warnings: &mut Vec<String>) -> Result<VocabSpec> {
+    let model = g
+        .get_str("tokenizer.ggml.model")
+        .ok_or_else(|| anyhow!("tokenizer.ggml.model is missing"))?
+        .to_string();
+    let strs = |k: &str| -> Result<Vec<String>> {
+        match g.get(k) {
+            None => Ok(vec![]),
+            Some(v) => v
+                .as_array()
+                .ok_or_else(|| anyhow!("{} is not an array", k))?
+                .iter()
+                .map(|x| {
+                    x.as_str()
+                        .map(String::from)
+                        .ok_or_else(|| anyhow!("{} holds a non-string", k))
+                })
+                .collect(),
+        }
+    };
+    let tokens = strs("tokenizer.ggml.tokens")?;
+    if tokens.is_empty() {
+        bail!("tokenizer.ggml.tokens is missing or empty");
+    }
+    let merges = strs("tokenizer.ggml.merges")?;
+    let token_types: Vec<i32> = match g
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.as_array())
+    {
+        Some(a) => a.iter().map(|x| x.as_i64().unwrap_or(1) as i32).collect(),
+        None => vec![1; tokens.len()],
+    };
+    if token_types.len() != tokens.len() {
+        bail!(
+            "tokenizer.ggml.token_type has {} entries for {} tokens",
+            token_types.len(),
+            tokens.len()
+        );
+    }
+    let scores: Vec<f32> = match g.get("tokenizer.ggml.scores").and_then(|v| v.as_array()) {
+        Some(a) => a.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect(),
+        None => vec![],
+    };
+    let id = |k: &str| -> Result<Option<u32>> {
+        match g.get_u64(k) {
+            None => Ok(None),
+            Some(v) if (v as usize) < tokens.len() => Ok(Some(v as u32)),
+            Some(v) => bail!(
+                "{} = {} is outside the vocabulary of {}",
+                k,
+                v,
+                tokens.len()
+            ),
+        }
+    };
+    let find = |s: &str| tokens.iter().position(|t| t == s).map(|i| i as u32);
+    let mut eot = id("tokenizer.ggml.eot_token_id")?;
+    if eot.is_none() {
+        if let Some(e) = find("<|eot_id|>") {
+            warnings.push("<|eot_id|> is not marked as end of turn in this file (tokenizer.ggml.eot_token_id missing); treating it as end of generation".into());
+            eot = Some(e);
+        }
+    }
+    let mut pre = g.get_str("tokenizer.ggml.pre").map(String::from);
+    if pre.is_none() && model == "gpt2" && find("<|begin_of_text|>").is_some() {
+        warnings.push("tokenizer.ggml.pre is missing for a LLaMA-3 vocabulary; using the llama-bpe pre-tokenizer".into());
+        pre = Some("llama-bpe".into());
+    }
+    let bos = id("tokenizer.ggml.bos_token_id")?;
+    let eos = id("tokenizer.ggml.eos_token_id")?;
+    Ok(VocabSpec {
+        model,
+        pre,
+        tokens,
+        token_types,
+        merges,
+        scores,
+        bos,
+        eos,
+        eot,
+        add_bos: g.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(true),
+    })
+}

@@ -1,0 +1,151 @@
+//! Tensor element types: one row per type in [`TYPE_TABLE`] (block size,
+//! bytes per block, name), plus the packing code of each ternary format.
+
+pub mod i2s;
+pub mod tq;
+
+use anyhow::{bail, Result};
+
+/// ggml tensor types that tern reads or writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GgmlType {
+    F32,
+    F16,
+    Q8_0,
+    BF16,
+    TQ1_0,
+    TQ2_0,
+    I2S,
+}
+
+/// One row of the type table.
+#[derive(Debug, Clone, Copy)]
+pub struct TypeInfo {
+    pub ty: GgmlType,
+    /// ggml's numeric id as stored in GGUF.
+    pub id: u32,
+    pub name: &'static str,
+    /// Elements per block (the row length must be a multiple of it).
+    pub block: usize,
+    /// Bytes per block.
+    pub block_bytes: usize,
+    /// Extra bytes per *tensor* after the blocks (I2_S keeps its scale there).
+    pub tensor_tail: usize,
+    /// Whether the type stores ternary weights.
+    pub ternary: bool,
+}
+
+pub const TYPE_TABLE: &[TypeInfo] = &[
+    TypeInfo {
+        ty: GgmlType::F32,
+        id: 0,
+        name: "F32",
+        block: 1,
+        block_bytes: 4,
+        tensor_tail: 0,
+        ternary: false,
+    },
+    TypeInfo {
+        ty: GgmlType::F16,
+        id: 1,
+        name: "F16",
+        block: 1,
+        block_bytes: 2,
+        tensor_tail: 0,
+        ternary: false,
+    },
+    TypeInfo {
+        ty: GgmlType::Q8_0,
+        id: 8,
+        name: "Q8_0",
+        block: 32,
+        block_bytes: 34,
+        tensor_tail: 0,
+        ternary: false,
+    },
+    TypeInfo {
+        ty: GgmlType::BF16,
+        id: 30,
+        name: "BF16",
+        block: 1,
+        block_bytes: 2,
+        tensor_tail: 0,
+        ternary: false,
+    },
+    TypeInfo {
+        ty: GgmlType::TQ1_0,
+        id: 34,
+        name: "TQ1_0",
+        block: 256,
+        block_bytes: 54,
+        tensor_tail: 0,
+        ternary: true,
+    },
+    TypeInfo {
+        ty: GgmlType::TQ2_0,
+        id: 35,
+        name: "TQ2_0",
+        block: 256,
+        block_bytes: 66,
+        tensor_tail: 0,
+        ternary: true,
+    },
+    TypeInfo {
+        ty: GgmlType::I2S,
+        id: 36,
+        name: "I2_S",
+        block: 128,
+        block_bytes: 32,
+        tensor_tail: 32,
+        ternary: true,
+    },
+];
+
+impl GgmlType {
+    pub fn info(self) -> &'static TypeInfo {
+        TYPE_TABLE
+            .iter()
+            .find(|t| t.ty == self)
+            .expect("every type has a table row")
+    }
+    pub fn from_id(id: u32) -> Option<GgmlType> {
+        TYPE_TABLE.iter().find(|t| t.id == id).map(|t| t.ty)
+    }
+    pub fn id(self) -> u32 {
+        self.info().id
+    }
+    pub fn name(self) -> &'static str {
+        self.info().name
+    }
+    pub fn from_name(s: &str) -> Option<GgmlType> {
+        let s = s.to_ascii_uppercase().replace('-', "_");
+        let s = if s == "I2S" { "I2_S".to_string() } else { s };
+        TYPE_TABLE.iter().find(|t| t.name == s).map(|t| t.ty)
+    }
+    /// Byte size of a tensor of `n_elems` elements whose rows hold `row_len`
+    /// elements, or an error naming why the shape cannot be held.
+    pub fn tensor_bytes(self, n_elems: u64, row_len: u64) -> Result<u64> {
+        let info = self.info();
+        let b = info.block as u64;
+        if row_len == 0 || row_len % b != 0 {
+            bail!(
+                "{} needs rows whose length is a multiple of {}, got {}",
+                info.name,
+                b,
+                row_len
+            );
+        }
+        if n_elems % row_len != 0 {
+            bail!(
+                "{} elements is not a whole number of rows of {}",
+                n_elems,
+                row_len
+            );
+        }
+        let blocks = n_elems / b;
+        blocks
+            .checked_mul(info.block_bytes as u64)
+            .and_then(|x| x.checked_add(info.tensor_tail as u64))
+            .ok_or_else(|| anyhow::anyhow!("tensor size overflows"))
+    }
+}
