@@ -5,6 +5,7 @@ pub mod convert;
 pub mod gguf;
 pub mod hf;
 pub mod kernels;
+pub mod metrics;
 pub mod model;
 pub mod quant;
 pub mod tokenizer;

@@ -1,8 +1,12 @@
 //! The `tern` command line: a thin layer over the library.
 
+mod bench;
+mod chat;
+mod check;
 mod convert;
 mod inspect;
 mod logits;
+mod perplexity;
 mod run;
 
 use anyhow::Result;
@@ -30,6 +34,14 @@ enum Cmd {
     Run(run::Args),
     /// Write the logits of every prompt position (f32 LE, positions × vocab).
     Logits(logits::Args),
+    /// Interactive chat in the terminal.
+    Chat(chat::Args),
+    /// Perplexity of a text file, and KL divergence between models.
+    Perplexity(perplexity::Args),
+    /// Compare a model's logits with a reference bundle (or bitnet.cpp).
+    Check(check::Args),
+    /// Prompt-processing and generation speed, llama-bench style.
+    Bench(bench::Args),
 }
 
 /// Options shared by every command that loads a model.
@@ -88,6 +100,10 @@ pub fn main() -> i32 {
         Cmd::Inspect(a) => inspect::run(a),
         Cmd::Run(a) => run::run(a),
         Cmd::Logits(a) => logits::run(a),
+        Cmd::Chat(a) => chat::run(a),
+        Cmd::Perplexity(a) => perplexity::run(a),
+        Cmd::Check(a) => check::run(a),
+        Cmd::Bench(a) => bench::run(a),
     };
     match r {
         Ok(()) => 0,

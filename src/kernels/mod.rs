@@ -8,6 +8,7 @@
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
+pub mod matmul;
 pub mod scalar;
 
 use std::sync::OnceLock;

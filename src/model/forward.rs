@@ -1,6 +1,7 @@
 //! The BitNet graph (docs §1) over a KV cache, batched over prompt tokens.
 
-use super::{FloatMat, Model, Proj};
+use super::{FloatMat, Model};
+use crate::kernels::matmul::{head_matmul, matmul, quantize_batch, HeadWeights};
 use crate::hf::config::Activation;
 use crate::kernels::Kernel;
 use anyhow::{bail, Result};
@@ -65,86 +66,6 @@ pub struct Context<'m> {
     pub n_past: usize,
     k: Vec<KvStore>,
     v: Vec<KvStore>,
-}
-
-/// A batch of activation rows quantized to int8.
-struct QBatch {
-    q: Vec<i8>,
-    a: Vec<f32>,
-    sums: Vec<i32>,
-    k: usize,
-}
-
-fn quantize_batch(kern: &dyn Kernel, x: &[f32], k: usize) -> QBatch {
-    let n = x.len() / k;
-    let mut q = vec![0i8; n * k];
-    let mut a = vec![0f32; n];
-    let mut sums = vec![0i32; n];
-    for j in 0..n {
-        let (aj, sj) = kern.quantize_act(&x[j * k..(j + 1) * k], &mut q[j * k..(j + 1) * k]);
-        a[j] = aj;
-        sums[j] = sj;
-    }
-    QBatch { q, a, sums, k }
-}
-
-/// `out[j·rows + m] = W[m] · x_j` with BitLinear semantics.
-fn matmul(kern: &dyn Kernel, w: &Proj, xb: &QBatch, out: &mut [f32]) {
-    let n = xb.a.len();
-    let rows = w.rows();
-    let k = xb.k;
-    debug_assert_eq!(k, w.cols());
-    // Work in row blocks; each block writes a transposed [rows_in_block × n] tile.
-    let block = (rows / (rayon::current_num_threads() * 4)).clamp(8, 256);
-    let mut tiles = vec![0f32; rows * n];
-    match w {
-        Proj::Ternary { data, scale, .. } => {
-            let rb = k / 4;
-            tiles
-                .par_chunks_mut(block * n)
-                .enumerate()
-                .for_each(|(bi, tile)| {
-                    let mut acc = vec![0i32; n];
-                    for (r, trow) in tile.chunks_mut(n).enumerate() {
-                        let m = bi * block + r;
-                        kern.dot_i2s_rows(
-                            &data[m * rb..(m + 1) * rb],
-                            &xb.q,
-                            &xb.sums,
-                            k,
-                            &mut acc,
-                        );
-                        for j in 0..n {
-                            trow[j] = acc[j] as f32 * (*scale / xb.a[j]);
-                        }
-                    }
-                });
-        }
-        Proj::Float { data, .. } => {
-            let xf: Vec<f32> = xb.q.iter().map(|&q| q as f32).collect();
-            tiles
-                .par_chunks_mut(block * n)
-                .enumerate()
-                .for_each(|(bi, tile)| {
-                    for (r, trow) in tile.chunks_mut(n).enumerate() {
-                        let m = bi * block + r;
-                        let wr = &data[m * k..(m + 1) * k];
-                        for j in 0..n {
-                            trow[j] = kern.dot_f32(wr, &xf[j * k..(j + 1) * k]) / xb.a[j];
-                        }
-                    }
-                });
-        }
-    }
-    if n == 1 {
-        out.copy_from_slice(&tiles);
-    } else {
-        for m in 0..rows {
-            for j in 0..n {
-                out[j * rows + m] = tiles[m * n + j];
-            }
-        }
-    }
 }
 
 fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -342,41 +263,10 @@ impl<'m> Context<'m> {
                 &mut xn[r * d..(r + 1) * d],
             );
         }
-        Ok(self.head(&xn, rows.len()))
-    }
-
-    /// logits[r·vocab + v] = head_v · xn_r
-    fn head(&self, xn: &[f32], nr: usize) -> Vec<f32> {
         let m = self.model;
-        let kern = m.kernel;
-        let nv = m.hp.n_vocab;
-        let d = m.hp.n_embd;
-        let head = m.head();
-        let mut t = vec![0f32; nv * nr];
-        let block = 64;
-        t.par_chunks_mut(block * nr)
-            .enumerate()
-            .for_each(|(bi, tile)| {
-                for (r, trow) in tile.chunks_mut(nr).enumerate() {
-                    let v = bi * block + r;
-                    for (j, o) in trow.iter_mut().enumerate() {
-                        let x = &xn[j * d..(j + 1) * d];
-                        *o = match head {
-                            FloatMat::F32(w) => kern.dot_f32(&w[v * d..(v + 1) * d], x),
-                            _ => kern.dot_f16(&m.f16_mapped(head)[v * d..(v + 1) * d], x),
-                        };
-                    }
-                }
-            });
-        if nr == 1 {
-            return t;
-        }
-        let mut out = vec![0f32; nv * nr];
-        for v in 0..nv {
-            for j in 0..nr {
-                out[j * nv + v] = t[v * nr + j];
-            }
-        }
-        out
+        Ok(match m.head() {
+            FloatMat::F32(w) => head_matmul(m.kernel, HeadWeights::F32(w), &xn, rows.len(), hp.n_vocab, d),
+            h => head_matmul(m.kernel, HeadWeights::F16(m.f16_mapped(h)), &xn, rows.len(), hp.n_vocab, d),
+        })
     }
 }

@@ -1,0 +1,7 @@
+// Being written by a teammate; replaced before this lands.
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_a: Args) -> anyhow::Result<()> {
+    anyhow::bail!("tern chat: not built yet")
+}
