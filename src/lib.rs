@@ -1,5 +1,9 @@
 //! tern: convert and run ternary (BitNet b1.58) language models.
 
+#[cfg(feature = "bitnet-cpp")]
+pub mod bitnet_cpp;
+pub mod chat;
+pub mod check;
 pub mod cli;
 pub mod convert;
 pub mod gguf;
@@ -7,5 +11,7 @@ pub mod hf;
 pub mod kernels;
 pub mod metrics;
 pub mod model;
+pub mod perplexity;
 pub mod quant;
+pub mod synth;
 pub mod tokenizer;

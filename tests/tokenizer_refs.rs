@@ -1,6 +1,6 @@
 //! The runtime tokenizer against the Hugging Face tokenizers' own token ids.
 //!
-//! For every fixture and the tern-shakespeare model in `../shared`, a `VocabSpec` is
+//! For every fixture and the tern-shakespeare model vendored in `models/` (references in `vendor/reference`), a `VocabSpec` is
 //! built from `tokenizer.json` the way the converter writes GGUF tokenizer metadata,
 //! and every `reference/transformers/<name>/<prompt>.tokens.json` must encode to the
 //! same ids.
@@ -10,34 +10,18 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tern::tokenizer::{StreamDecoder, Tokenizer, VocabSpec};
 
-/// The shared data folder (`../shared` beside the checkout). Panics when it is missing:
-/// these tests must not pass silently without their references.
-fn shared_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("shared");
-    if !dir.join("reference").is_dir() {
-        panic!(
-            "shared test data not found at {} (expected ../shared beside the checkout, with \
-             fixtures/, models/ and reference/); the tokenizer reference tests cannot run without it",
-            dir.display()
-        );
-    }
-    dir
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// (name, model folder) for every model with transformers token references.
 fn models() -> Vec<(&'static str, PathBuf)> {
-    let shared = shared_dir();
     let mut out: Vec<(&'static str, PathBuf)> =
         ["b158-bf16", "b158-sparse", "b158-packed", "bitnet-silu"]
             .into_iter()
-            .map(|n| (n, shared.join("fixtures").join(n)))
+            .map(|n| (n, root().join("models/fixtures").join(n)))
             .collect();
-    out.push((
-        "tern-shakespeare",
-        shared.join("models").join("tern-shakespeare"),
-    ));
+    out.push(("tern-shakespeare", root().join("models/tern-shakespeare")));
     out
 }
 
@@ -131,10 +115,7 @@ fn vocab_spec(model_dir: &Path) -> VocabSpec {
 
 /// (prompt name, text, expected ids with BOS) for every reference prompt of a model.
 fn references(name: &str) -> Vec<(String, String, Vec<u32>)> {
-    let dir = shared_dir()
-        .join("reference")
-        .join("transformers")
-        .join(name);
+    let dir = root().join("vendor/reference/transformers").join(name);
     let mut out = Vec::new();
     let entries =
         std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));

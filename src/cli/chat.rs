@@ -1,7 +1,681 @@
-// Being written by a teammate; replaced before this lands.
-#[derive(clap::Args)]
-pub struct Args {}
+//! `tern chat`: multi-turn chat in the terminal (line editing, history,
+//! streaming, Ctrl-C to stop a reply), or one message per line when stdin
+//! is not a terminal, so it can be scripted.
 
-pub fn run(_a: Args) -> anyhow::Result<()> {
-    anyhow::bail!("tern chat: not built yet")
+use super::run::SampleArgs;
+use super::{load_model, set_threads, ModelArgs, DEFAULT_MODEL_NAME};
+use crate::chat::{Conversation, Session};
+use crate::gguf::writer::AtomicFile;
+use crate::model::generate::StopReason;
+use anyhow::{anyhow, bail, Context as _, Result};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// System prompt (llama.cpp's single-dash `-sys TEXT` works too).
+    #[arg(short = 's', long = "system", visible_alias = "sys", value_name = "TEXT")]
+    pub system: Option<String>,
+    /// Most tokens per reply; -1 = until the end of the turn or a full context.
+    #[arg(
+        short = 'n',
+        long = "n-predict",
+        default_value_t = 256,
+        allow_negative_numbers = true
+    )]
+    pub n_predict: i64,
+    /// Context size (default: the model's, at most 4096).
+    #[arg(short = 'c', long = "ctx-size")]
+    pub ctx: Option<usize>,
+    #[command(flatten)]
+    pub sample: SampleArgs,
+    /// Keep the KV cache in f32 instead of f16.
+    #[arg(long = "kv-f32")]
+    pub kv_f32: bool,
+    /// Neither read nor write the line-editing history file.
+    #[arg(long = "no-history")]
+    pub no_history: bool,
+    /// The TEXT of a literal `-sys TEXT` (clap reads `-sys` as `-s ys` and
+    /// leaves TEXT over); anything else here is an error.
+    #[arg(hide = true)]
+    pub sys_text: Vec<String>,
+}
+
+const PROMPT: &str = "> ";
+const CONTINUE: &str = "... ";
+const TRIPLE: &str = "\"\"\"";
+
+const HELP: &str = "\
+Type a message and press Enter. End a line with \\ to continue it on the next
+line, or put the message between lines of \"\"\" (a message that starts with /
+is sent as is when written //...).
+Commands:
+  /help                 this text
+  /reset                clear the history (the system prompt stays) and the cache
+  /system [TEXT]        set the system prompt (without TEXT: show it)
+  /set [NAME VALUE]     temp, top_k, top_p, min_p, repeat_penalty, seed or
+                        n_predict (-1: no limit); without arguments: show them
+  /stats                speed of the last reply and of all replies
+  /save FILE            write the transcript as JSON messages
+  /load FILE            read a transcript written by /save
+  /exit                 leave (also Ctrl-D, or Ctrl-C twice at the prompt)
+Ctrl-C during a reply stops it; the partial reply stays in the history.";
+
+/// Set while a reply is being generated; Ctrl-C then only stops the reply.
+static GENERATING: AtomicBool = AtomicBool::new(false);
+/// Set by Ctrl-C during generation; checked after every token.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+pub fn run(a: Args) -> Result<()> {
+    let raw: Vec<String> = std::env::args_os()
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect();
+    let system = system_prompt(a.system.clone(), &a.sys_text, &raw)?;
+    let n_predict = match a.n_predict {
+        -1 => None,
+        n if n > 0 => Some(n as usize),
+        n => bail!("-n must be positive, or -1 for no limit (got {})", n),
+    };
+    let threads = set_threads(a.model.threads)?;
+    let m = load_model(a.model.model.as_deref())?;
+    let n_ctx = a.ctx.unwrap_or(m.hp.n_ctx_train.min(4096));
+    if n_ctx == 0 {
+        bail!("--ctx-size must be positive");
+    }
+    let mut s = Session::new(&m, n_ctx, a.kv_f32, a.sample.params(), system)?;
+    s.n_predict = n_predict;
+
+    let interactive = std::io::stdin().is_terminal();
+    let ui = Ui { interactive };
+    install_ctrlc(!interactive);
+    let mut reader: Box<dyn Reader> = if interactive {
+        let name = match &a.model.model {
+            Some(p) => p
+                .file_name()
+                .map_or_else(|| p.display().to_string(), |f| f.to_string_lossy().into_owned()),
+            None => DEFAULT_MODEL_NAME.to_string(),
+        };
+        ui.info(&format!(
+            "tern chat: {}, context {} tokens, {} threads, kernel {}.\n\
+             /help for commands; Ctrl-C stops a reply; Ctrl-D exits.",
+            name,
+            n_ctx,
+            threads,
+            m.kernel.name()
+        ));
+        Box::new(Terminal::new(!a.no_history)?)
+    } else {
+        Box::new(Piped {
+            lines: std::io::stdin().lock().lines(),
+        })
+    };
+
+    let r = chat_loop(&mut s, reader.as_mut(), &ui);
+    reader.close();
+    if s.replies > 0 {
+        eprintln!(
+            "tern: {} {}, seed {}\n{}",
+            s.replies,
+            if s.replies == 1 { "reply" } else { "replies" },
+            s.sampler.params.seed,
+            s.total.report()
+        );
+    }
+    r
+}
+
+/// The system prompt from `-s/--system/--sys TEXT`, or from llama.cpp's
+/// literal `-sys TEXT` / `-sys=TEXT`, which clap parses as `-s` with the
+/// value "ys" (TEXT then lands in `extra`). `raw` is the command line.
+fn system_prompt(parsed: Option<String>, extra: &[String], raw: &[String]) -> Result<Option<String>> {
+    let dash_sys = raw.iter().any(|r| r == "-sys");
+    let dash_sys_eq = raw.iter().any(|r| r.starts_with("-sys="));
+    match parsed {
+        Some(v) if v == "ys" && dash_sys => match extra {
+            [text] => Ok(Some(text.clone())),
+            [] => bail!("-sys needs a value (the system prompt)"),
+            [_, more, ..] => bail!("unexpected argument '{}'", more),
+        },
+        Some(v) if dash_sys_eq && v.starts_with("ys=") => {
+            if let Some(x) = extra.first() {
+                bail!("unexpected argument '{}'", x);
+            }
+            Ok(Some(v[3..].to_string()))
+        }
+        p => {
+            if let Some(x) = extra.first() {
+                bail!("unexpected argument '{}' (the message is read from stdin)", x);
+            }
+            Ok(p)
+        }
+    }
+}
+
+fn install_ctrlc(exit_when_idle: bool) {
+    let r = ctrlc::set_handler(move || {
+        if GENERATING.load(Ordering::SeqCst) {
+            STOP.store(true, Ordering::SeqCst);
+        } else if exit_when_idle {
+            // Piped mode, blocked on reading stdin: leave like an unhandled SIGINT.
+            std::process::exit(130);
+        }
+    });
+    if let Err(e) = r {
+        eprintln!("tern: warning: cannot catch Ctrl-C ({}); it will end tern", e);
+    }
+}
+
+/// Where notes go: the terminal's stdout when interactive, stderr when piped
+/// (so that stdout carries the replies only).
+struct Ui {
+    interactive: bool,
+}
+
+impl Ui {
+    fn info(&self, s: &str) {
+        if self.interactive {
+            println!("{}", s);
+        } else {
+            let _ = std::io::stdout().flush();
+            eprintln!("{}", s);
+        }
+    }
+}
+
+enum Input {
+    Line(String),
+    Interrupted,
+    Eof,
+}
+
+trait Reader {
+    fn read(&mut self, prompt: &str) -> Result<Input>;
+    /// Record a message in the line-editing history.
+    fn remember(&mut self, _msg: &str) {}
+    /// Save what must outlive the session.
+    fn close(&mut self) {}
+}
+
+struct Piped {
+    lines: std::io::Lines<std::io::StdinLock<'static>>,
+}
+
+impl Reader for Piped {
+    fn read(&mut self, _prompt: &str) -> Result<Input> {
+        match self.lines.next() {
+            None => Ok(Input::Eof),
+            Some(Ok(l)) => Ok(Input::Line(l.strip_suffix('\r').unwrap_or(&l).to_string())),
+            Some(Err(e)) => Err(e).context("cannot read stdin"),
+        }
+    }
+}
+
+struct Terminal {
+    ed: rustyline::DefaultEditor,
+    history: Option<PathBuf>,
+}
+
+impl Terminal {
+    fn new(use_history: bool) -> Result<Terminal> {
+        let cfg = rustyline::Config::builder()
+            .auto_add_history(false)
+            .max_history_size(1000)
+            .map_err(|e| anyhow!("line editor: {}", e))?
+            .build();
+        let mut ed = rustyline::DefaultEditor::with_config(cfg)
+            .map_err(|e| anyhow!("cannot start the line editor: {}", e))?;
+        let history = if use_history { history_file() } else { None };
+        if let Some(h) = &history {
+            if h.exists() {
+                if let Err(e) = ed.load_history(h) {
+                    eprintln!("tern: warning: cannot read {}: {}", h.display(), e);
+                }
+            }
+        }
+        Ok(Terminal { ed, history })
+    }
+}
+
+/// `<data dir>/tern/chat_history.txt` (e.g. ~/.local/share/tern on Linux).
+fn history_file() -> Option<PathBuf> {
+    let dir = dirs::data_dir()?.join("tern");
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!(
+            "tern: warning: cannot create {} ({}); no chat history",
+            dir.display(),
+            e
+        );
+        return None;
+    }
+    Some(dir.join("chat_history.txt"))
+}
+
+impl Reader for Terminal {
+    fn read(&mut self, prompt: &str) -> Result<Input> {
+        use rustyline::error::ReadlineError;
+        match self.ed.readline(prompt) {
+            Ok(l) => Ok(Input::Line(l)),
+            Err(ReadlineError::Interrupted) => Ok(Input::Interrupted),
+            Err(ReadlineError::Eof) => Ok(Input::Eof),
+            Err(e) => Err(anyhow!("cannot read the terminal: {}", e)),
+        }
+    }
+    fn remember(&mut self, msg: &str) {
+        let _ = self.ed.add_history_entry(msg);
+    }
+    fn close(&mut self) {
+        if let Some(h) = &self.history {
+            if let Err(e) = self.ed.save_history(h) {
+                eprintln!("tern: warning: cannot write {}: {}", h.display(), e);
+            }
+        }
+    }
+}
+
+/// One message: a line, lines joined by a trailing `\`, or a `"""` block.
+fn read_message(r: &mut dyn Reader) -> Result<Input> {
+    let first = match r.read(PROMPT)? {
+        Input::Line(l) => l,
+        other => return Ok(other),
+    };
+    if let Some(rest) = first.trim_start().strip_prefix(TRIPLE) {
+        let rest = rest.trim_end();
+        if let Some(one) = rest.strip_suffix(TRIPLE) {
+            return Ok(Input::Line(one.to_string()));
+        }
+        let mut lines = Vec::new();
+        if !rest.is_empty() {
+            lines.push(rest.to_string());
+        }
+        loop {
+            match r.read(CONTINUE)? {
+                Input::Line(l) => match l.trim_end().strip_suffix(TRIPLE) {
+                    Some(last) => {
+                        if !last.is_empty() {
+                            lines.push(last.to_string());
+                        }
+                        break;
+                    }
+                    None => lines.push(l),
+                },
+                Input::Interrupted => return Ok(Input::Interrupted),
+                Input::Eof => break,
+            }
+        }
+        return Ok(Input::Line(lines.join("\n")));
+    }
+    let mut msg = String::new();
+    let mut line = first;
+    while let Some(head) = line.strip_suffix('\\') {
+        msg.push_str(head);
+        msg.push('\n');
+        line = match r.read(CONTINUE)? {
+            Input::Line(l) => l,
+            Input::Interrupted => return Ok(Input::Interrupted),
+            Input::Eof => String::new(),
+        };
+    }
+    msg.push_str(&line);
+    Ok(Input::Line(msg))
+}
+
+enum Flow {
+    Continue,
+    Exit,
+}
+
+fn chat_loop(s: &mut Session, r: &mut dyn Reader, ui: &Ui) -> Result<()> {
+    let mut interrupts = 0;
+    loop {
+        let msg = match read_message(r)? {
+            Input::Eof => return Ok(()),
+            Input::Interrupted => {
+                interrupts += 1;
+                if interrupts >= 2 {
+                    return Ok(());
+                }
+                ui.info("(Ctrl-C again or Ctrl-D to exit)");
+                continue;
+            }
+            Input::Line(l) => {
+                interrupts = 0;
+                l
+            }
+        };
+        let msg = msg.trim();
+        if msg.is_empty() {
+            continue;
+        }
+        r.remember(msg);
+        let result = match msg.strip_prefix('/') {
+            Some(cmd) if !cmd.starts_with('/') => command(s, cmd, ui),
+            Some(escaped) => turn(s, escaped, ui).map(|_| Flow::Continue),
+            None => turn(s, msg, ui).map(|_| Flow::Continue),
+        };
+        match result {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Exit) => return Ok(()),
+            // At the terminal a mistake costs one line; a script stops.
+            Err(e) if ui.interactive => eprintln!("tern: error: {:#}", e),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One exchange: the user's message in, the streamed reply out.
+fn turn(s: &mut Session, text: &str, ui: &Ui) -> Result<()> {
+    let prep = s.prepare(text)?;
+    if prep.dropped_turns > 0 {
+        ui.info(&format!(
+            "[context full: dropped the {} oldest turn{}, re-reading {} tokens]",
+            prep.dropped_turns,
+            if prep.dropped_turns == 1 { "" } else { "s" },
+            prep.tokens.len() - prep.reused
+        ));
+    }
+    let mut out = std::io::stdout().lock();
+    let mut write_err = None;
+    let mut shown = Trimmed::default();
+    STOP.store(false, Ordering::SeqCst);
+    GENERATING.store(true, Ordering::SeqCst);
+    let r = s.generate(&prep, |piece| {
+        let text = shown.push(piece);
+        if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+            write_err = Some(e);
+            return false;
+        }
+        !STOP.load(Ordering::SeqCst)
+    });
+    GENERATING.store(false, Ordering::SeqCst);
+    let reply = r?;
+    if let Some(e) = write_err {
+        return Err(e).context("cannot write the reply");
+    }
+    writeln!(out).context("cannot write the reply")?;
+    out.flush().context("cannot write the reply")?;
+    drop(out);
+    match reply.stats.stop {
+        StopReason::Interrupted => ui.info("[interrupted]"),
+        StopReason::ContextFull => {
+            ui.info("[the context is full: reply cut; older turns go next time]")
+        }
+        StopReason::Length | StopReason::EndOfGeneration => {}
+    }
+    Ok(())
+}
+
+/// The reply as shown: without the whitespace it starts or ends with (the
+/// history keeps the text exactly as generated). Trailing whitespace is held
+/// back until more text follows it.
+#[derive(Default)]
+struct Trimmed {
+    started: bool,
+    pending: String,
+}
+
+impl Trimmed {
+    /// The text to print now for the next piece of the reply.
+    fn push(&mut self, piece: &str) -> String {
+        let end = piece.trim_end().len();
+        if end == 0 {
+            if self.started {
+                self.pending.push_str(piece);
+            }
+            return String::new();
+        }
+        let mut out = std::mem::take(&mut self.pending);
+        let body = &piece[..end];
+        out.push_str(if self.started { body } else { body.trim_start() });
+        self.started = true;
+        self.pending.push_str(&piece[end..]);
+        out
+    }
+}
+
+fn command(s: &mut Session, line: &str, ui: &Ui) -> Result<Flow> {
+    let (name, arg) = match line.split_once(char::is_whitespace) {
+        Some((n, a)) => (n, a.trim()),
+        None => (line, ""),
+    };
+    match name {
+        "help" | "?" => ui.info(HELP),
+        "exit" | "quit" => return Ok(Flow::Exit),
+        "reset" => {
+            s.reset();
+            ui.info("[history and cache cleared]");
+        }
+        "system" => {
+            if arg.is_empty() {
+                match &s.conv.system {
+                    Some(t) => ui.info(&format!("system prompt: {}", t)),
+                    None => ui.info("(no system prompt)"),
+                }
+            } else {
+                s.conv.system = Some(arg.to_string());
+                ui.info("[system prompt set]");
+            }
+        }
+        "set" => set(s, arg, ui)?,
+        "stats" => ui.info(&stats(s)),
+        "save" => {
+            if arg.is_empty() {
+                bail!("usage: /save FILE");
+            }
+            let path = PathBuf::from(arg);
+            let mut f = AtomicFile::create(&path, true)?;
+            let json = s.conv.to_json();
+            f.file()
+                .write_all(format!("{}\n", json).as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            f.commit()?;
+            ui.info(&format!(
+                "[saved {} messages to {}]",
+                s.conv.messages().len(),
+                path.display()
+            ));
+        }
+        "load" => {
+            if arg.is_empty() {
+                bail!("usage: /load FILE");
+            }
+            let text = std::fs::read_to_string(arg).with_context(|| format!("cannot read {}", arg))?;
+            let mut conv = Conversation::from_json(&text).with_context(|| arg.to_string())?;
+            if conv.system.is_none() {
+                conv.system = s.conv.system.clone();
+            }
+            let n = conv.turns.len();
+            s.conv = conv;
+            ui.info(&format!("[loaded {} messages from {}]", n, arg));
+        }
+        "" => bail!("empty command (try /help)"),
+        other => bail!("unknown command /{} (try /help)", other),
+    }
+    Ok(Flow::Continue)
+}
+
+fn set(s: &mut Session, arg: &str, ui: &Ui) -> Result<()> {
+    let words: Vec<&str> = arg.split_whitespace().collect();
+    let (key, val) = match words[..] {
+        [] => {
+            ui.info(&settings(s));
+            return Ok(());
+        }
+        [k, v] => (k.replace('-', "_"), v),
+        _ => bail!("usage: /set temp|top_k|top_p|min_p|repeat_penalty|seed|n_predict VALUE"),
+    };
+    let bad = || anyhow!("/set {}: bad value {:?}", key, val);
+    let float = || -> Result<f32> {
+        val.parse::<f32>()
+            .ok()
+            .filter(|x| x.is_finite())
+            .ok_or_else(bad)
+    };
+    let p = &mut s.sampler.params;
+    match key.as_str() {
+        "temp" => {
+            let x = float()?;
+            if x < 0.0 {
+                bail!("/set temp: must be at least 0 (0 = greedy)");
+            }
+            p.temp = x;
+        }
+        "top_k" => p.top_k = val.parse().map_err(|_| bad())?,
+        "top_p" => {
+            let x = float()?;
+            if !(x > 0.0 && x <= 1.0) {
+                bail!("/set top_p: must be in (0, 1]");
+            }
+            p.top_p = x;
+        }
+        "min_p" => {
+            let x = float()?;
+            if !(0.0..=1.0).contains(&x) {
+                bail!("/set min_p: must be in [0, 1]");
+            }
+            p.min_p = x;
+        }
+        "repeat_penalty" => {
+            let x = float()?;
+            if x <= 0.0 {
+                bail!("/set repeat_penalty: must be positive (1 = off)");
+            }
+            p.repeat_penalty = x;
+        }
+        "seed" => {
+            let seed = val.parse().map_err(|_| bad())?;
+            s.sampler.reseed(seed);
+        }
+        "n_predict" => {
+            s.n_predict = match val.parse::<i64>().map_err(|_| bad())? {
+                -1 => None,
+                n if n > 0 => Some(n as usize),
+                _ => bail!("/set n_predict: must be positive, or -1 for no limit"),
+            };
+        }
+        _ => bail!(
+            "/set: unknown setting {} (temp, top_k, top_p, min_p, repeat_penalty, seed, n_predict)",
+            key
+        ),
+    }
+    ui.info(&format!("[{} = {}]", key, val));
+    Ok(())
+}
+
+fn settings(s: &Session) -> String {
+    let p = &s.sampler.params;
+    format!(
+        "temp {}, top_k {}, top_p {}, min_p {}, repeat_penalty {}, seed {}, n_predict {}",
+        p.temp,
+        p.top_k,
+        p.top_p,
+        p.min_p,
+        p.repeat_penalty,
+        p.seed,
+        s.n_predict.map_or("-1".to_string(), |n| n.to_string())
+    )
+}
+
+fn stats(s: &Session) -> String {
+    let mut t = format!(
+        "replies: {}; context: {}/{} tokens cached; kernel {}",
+        s.replies,
+        s.n_cached(),
+        s.n_ctx(),
+        s.model.kernel.name()
+    );
+    if let Some(last) = &s.last {
+        t.push_str(&format!("\nlast reply:\n{}", last.report()));
+        t.push_str(&format!("\nall replies:\n{}", s.total.report()));
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn dash_sys() {
+        let raw = v(&["tern", "chat", "-sys", "Be kind."]);
+        assert_eq!(
+            system_prompt(Some("ys".into()), &v(&["Be kind."]), &raw).unwrap(),
+            Some("Be kind.".into())
+        );
+        let raw = v(&["tern", "chat", "-sys=Be kind."]);
+        assert_eq!(
+            system_prompt(Some("ys=Be kind.".into()), &[], &raw).unwrap(),
+            Some("Be kind.".into())
+        );
+        // `-s ys` means the system prompt "ys".
+        let raw = v(&["tern", "chat", "-s", "ys"]);
+        assert_eq!(
+            system_prompt(Some("ys".into()), &[], &raw).unwrap(),
+            Some("ys".into())
+        );
+        assert!(system_prompt(None, &v(&["hello"]), &v(&["tern", "chat", "hello"])).is_err());
+        assert!(system_prompt(Some("ys".into()), &[], &v(&["tern", "chat", "-sys"])).is_err());
+    }
+
+    #[test]
+    fn trimmed_reply() {
+        let mut t = Trimmed::default();
+        let pieces = [" ", "\n", " Hello", ",", " ", "\n", "world", "\n\n", " "];
+        let shown: String = pieces.iter().map(|p| t.push(p)).collect();
+        assert_eq!(shown, "Hello, \nworld");
+    }
+
+    struct Script(Vec<Input>);
+    impl Reader for Script {
+        fn read(&mut self, _p: &str) -> Result<Input> {
+            Ok(if self.0.is_empty() {
+                Input::Eof
+            } else {
+                self.0.remove(0)
+            })
+        }
+    }
+
+    fn lines(a: &[&str]) -> Script {
+        Script(a.iter().map(|s| Input::Line(s.to_string())).collect())
+    }
+
+    fn next(r: &mut Script) -> String {
+        match read_message(r).unwrap() {
+            Input::Line(l) => l,
+            _ => panic!("expected a message"),
+        }
+    }
+
+    #[test]
+    fn multi_line_input() {
+        let mut r = lines(&[
+            "one \\",
+            "two\\",
+            "three",
+            "\"\"\"",
+            "a",
+            "",
+            "b\"\"\"",
+            "\"\"\"x\"\"\"",
+            "\"\"\"head",
+            "tail",
+            "\"\"\"",
+            "plain",
+        ]);
+        assert_eq!(next(&mut r), "one \ntwo\nthree");
+        assert_eq!(next(&mut r), "a\n\nb");
+        assert_eq!(next(&mut r), "x");
+        assert_eq!(next(&mut r), "head\ntail");
+        assert_eq!(next(&mut r), "plain");
+        assert!(matches!(read_message(&mut r).unwrap(), Input::Eof));
+        let mut r = Script(vec![Input::Line("a\\".into()), Input::Interrupted]);
+        assert!(matches!(read_message(&mut r).unwrap(), Input::Interrupted));
+    }
 }

@@ -8,6 +8,7 @@ mod inspect;
 mod logits;
 mod perplexity;
 mod run;
+mod synth;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -42,6 +43,8 @@ enum Cmd {
     Check(check::Args),
     /// Prompt-processing and generation speed, llama-bench style.
     Bench(bench::Args),
+    /// Write a random BitNet checkpoint in Hugging Face layout (for benchmarks).
+    Synth(synth::Args),
 }
 
 /// Options shared by every command that loads a model.
@@ -104,6 +107,7 @@ pub fn main() -> i32 {
         Cmd::Perplexity(a) => perplexity::run(a),
         Cmd::Check(a) => check::run(a),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Synth(a) => synth::run(a),
     };
     match r {
         Ok(()) => 0,

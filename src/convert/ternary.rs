@@ -1,6 +1,7 @@
 //! The three checkpoint kinds (docs §3) and their exact arithmetic (§2).
 
 use anyhow::{bail, Result};
+use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TernaryKind {
@@ -31,17 +32,17 @@ pub struct Ternarized {
 }
 
 fn count_zeros(codes: &[i8]) -> usize {
-    codes.iter().filter(|&&c| c == 0).count()
+    codes.par_iter().filter(|&&c| c == 0).count()
 }
 
 /// Classify a float tensor: at most three values `{-s, 0, +s}` means already
 /// ternary (kept exactly); anything else gets the absmean rule.
 pub fn ternarize_float(w: &[f32]) -> Ternarized {
-    let m = w.iter().fold(0f32, |a, &x| a.max(x.abs()));
-    let ternary = m > 0.0 && w.iter().all(|&x| x == 0.0 || x.abs() == m);
+    let m = w.par_iter().map(|x| x.abs()).reduce(|| 0f32, f32::max);
+    let ternary = m > 0.0 && w.par_iter().all(|&x| x == 0.0 || x.abs() == m);
     if ternary {
         let codes: Vec<i8> = w
-            .iter()
+            .par_iter()
             .map(|&x| {
                 if x == 0.0 {
                     0
@@ -60,10 +61,11 @@ pub fn ternarize_float(w: &[f32]) -> Ternarized {
             zeros,
         };
     }
+    // The sum runs sequentially: its rounding order is part of the exact result.
     let sum: f64 = w.iter().map(|&x| (x as f64).abs()).sum();
     let s = (sum / w.len().max(1) as f64).max(1e-5);
     let codes: Vec<i8> = w
-        .iter()
+        .par_iter()
         .map(|&x| (x as f64 / s).round_ties_even().clamp(-1.0, 1.0) as i8)
         .collect();
     let zeros = count_zeros(&codes);

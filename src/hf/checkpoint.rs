@@ -4,6 +4,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use memmap2::Mmap;
+use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -51,15 +52,15 @@ impl RawTensor<'_> {
             .ok_or_else(|| anyhow!("tensor {}: range past its data", self.name))?;
         Ok(match self.dtype {
             Dtype::BF16 => bytes
-                .chunks_exact(2)
+                .par_chunks_exact(2)
                 .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
                 .collect(),
             Dtype::F16 => bytes
-                .chunks_exact(2)
+                .par_chunks_exact(2)
                 .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect(),
             _ => bytes
-                .chunks_exact(4)
+                .par_chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect(),
         })

@@ -1,13 +1,29 @@
 //! AVX2 kernels (x86_64), selected at run time.
+//!
+//! Ternary products: `vpmaddubsw` of the unsigned codes (0..2) with the
+//! signed activations gives exact 16-bit pair sums; those are summed in
+//! 16 bits over at most [`CHUNK`] blocks (|sum| ≤ 8·4·2·3·128 < 2^15 even
+//! for the invalid code 3), then widened to 32 bits, so the result equals
+//! the scalar integer sum exactly. `Σ code·x − Σ x` gives the ternary dot.
 
-use super::Kernel;
+use super::{Kernel, Packed, GROUP, GROUP_BLOCK_BYTES, QK};
+use half::f16;
 use std::arch::x86_64::*;
 
 pub struct Avx2;
 
+/// Blocks summed in 16-bit lanes before widening.
+const CHUNK: usize = 8;
+/// Tokens per register tile in the ternary GEMM.
+const TILE_T: usize = 3;
+/// Row groups that share one token tile (its activations stay in L1).
+const GROUP_BLOCK: usize = 8;
+
 impl Avx2 {
     pub fn detect() -> bool {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
     }
 }
 
@@ -15,76 +31,338 @@ impl Kernel for Avx2 {
     fn name(&self) -> &'static str {
         "avx2"
     }
-    fn dot_i2s(&self, w: &[u8], x: &[i8], x_sum: i32) -> i32 {
-        assert!(w.len() % 32 == 0 && x.len() == w.len() * 4);
-        // SAFETY: `Avx2` is only handed out by `kernels::available`, which
-        // checks the CPU supports AVX2 and FMA; lengths are asserted above so
-        // every 32-byte load stays inside `w` and `x`.
-        unsafe { dot_i2s_avx2(w, x) - x_sum }
+    fn i2s_gemm(&self, w: &Packed, g0: usize, g1: usize, xs: &[i8], sums: &[i32], out: &mut [i32]) {
+        super::check_gemm(w, g0, g1, xs, sums, out);
+        // SAFETY: `Avx2` is only handed out by `kernels::available` after
+        // `detect`; `check_gemm` asserted the sizes the pointer arithmetic
+        // relies on (groups in range, `xs` = n rows of `cols`, `out` large
+        // enough).
+        unsafe { i2s_gemm_avx2(w, g0, g1, xs, sums, out) }
+    }
+    fn f16_gemm(&self, w: &[f16], d: usize, v0: usize, v1: usize, xs: &[f32], n: usize, out: &mut [f32]) {
+        super::check_float_gemm(w.len(), d, v0, v1, xs, n, out);
+        // SAFETY: CPU support checked at selection; sizes asserted above.
+        unsafe { float_gemm::<true>(w.as_ptr() as *const u8, d, v0, v1, xs, n, out) }
+    }
+    fn f32_gemm(&self, w: &[f32], d: usize, v0: usize, v1: usize, xs: &[f32], n: usize, out: &mut [f32]) {
+        super::check_float_gemm(w.len(), d, v0, v1, xs, n, out);
+        // SAFETY: CPU support checked at selection; sizes asserted above.
+        unsafe { float_gemm::<false>(w.as_ptr() as *const u8, d, v0, v1, xs, n, out) }
+    }
+    fn quantize_act(&self, x: &[f32], q: &mut [i8]) -> (f32, i32) {
+        assert_eq!(x.len(), q.len());
+        // SAFETY: CPU support checked at selection; lengths equal.
+        unsafe { quantize_avx2(x, q) }
     }
     fn dot_f32(&self, a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
         // SAFETY: CPU support checked at selection; loads stay below `n`.
         unsafe { dot_f32_avx2(&a[..n], &b[..n]) }
     }
-    fn dot_f16(&self, a: &[half::f16], b: &[f32]) -> f32 {
+    fn dot_f16(&self, a: &[f16], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
-        if !is_x86_feature_detected!("f16c") {
-            return super::scalar::dot_f16(a, b);
-        }
-        // SAFETY: F16C checked just above, AVX2/FMA at selection; loads stay below `n`.
+        // SAFETY: CPU support (incl. F16C) checked at selection; loads stay below `n`.
         unsafe { dot_f16_avx2(&a[..n], &b[..n]) }
     }
+    fn axpy_f16(&self, p: f32, x: &[f16], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        // SAFETY: CPU support checked at selection; accesses stay below `n`.
+        unsafe { axpy_avx2::<true>(p, x.as_ptr() as *const u8, &mut y[..n]) }
+    }
+    fn axpy_f32(&self, p: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        // SAFETY: CPU support checked at selection; accesses stay below `n`.
+        unsafe { axpy_avx2::<false>(p, x.as_ptr() as *const u8, &mut y[..n]) }
+    }
 }
 
+/// Driver: token tiles of up to [`TILE_T`], each run over blocks of
+/// [`GROUP_BLOCK`] row groups so the tile's activations stay in L1 while the
+/// packed weights of the block come from L2.
 #[target_feature(enable = "avx2")]
-unsafe fn dot_i2s_avx2(w: &[u8], x: &[i8]) -> i32 {
+unsafe fn i2s_gemm_avx2(w: &Packed, g0: usize, g1: usize, xs: &[i8], sums: &[i32], out: &mut [i32]) {
+    let n = sums.len();
+    let k = w.cols();
+    let nb = w.blocks();
+    let ld = GROUP * (g1 - g0);
+    let gstride = nb * GROUP_BLOCK_BYTES;
+    let wbase = w.group_bytes(g0, g1).as_ptr();
+    let xp = xs.as_ptr();
+    let op = out.as_mut_ptr();
+    let mut gb = 0;
+    while gb < g1 - g0 {
+        let ge = (gb + GROUP_BLOCK).min(g1 - g0);
+        let mut t = 0;
+        while t < n {
+            let tt = (n - t).min(TILE_T);
+            for g in gb..ge {
+                let wp = wbase.add(g * gstride);
+                let o = op.add(t * ld + g * GROUP);
+                let x0 = xp.add(t * k);
+                match tt {
+                    1 => tile::<1>(wp, nb, x0, k, sums.as_ptr().add(t), o, ld),
+                    2 => tile::<2>(wp, nb, x0, k, sums.as_ptr().add(t), o, ld),
+                    _ => tile::<3>(wp, nb, x0, k, sums.as_ptr().add(t), o, ld),
+                }
+            }
+            t += tt;
+        }
+        gb = ge;
+    }
+}
+
+/// Four rows (one packed group, `nb` blocks at `wp`) × `T` tokens (rows of
+/// `k` int8 starting at `x0`). Writes `out[t·ld + r]` = dot − sums[t].
+#[target_feature(enable = "avx2")]
+#[inline]
+#[allow(clippy::needless_range_loop)]
+unsafe fn tile<const T: usize>(
+    wp: *const u8,
+    nb: usize,
+    x0: *const i8,
+    k: usize,
+    sums: *const i32,
+    out: *mut i32,
+    ld: usize,
+) {
     let mask = _mm256_set1_epi8(3);
     let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_si256();
-    let blocks = w.len() / 32;
-    let wp = w.as_ptr();
-    let xp = x.as_ptr();
-    for b in 0..blocks {
-        let wv = _mm256_loadu_si256(wp.add(b * 32) as *const __m256i);
-        let c0 = _mm256_and_si256(_mm256_srli_epi16(wv, 6), mask);
-        let c1 = _mm256_and_si256(_mm256_srli_epi16(wv, 4), mask);
-        let c2 = _mm256_and_si256(_mm256_srli_epi16(wv, 2), mask);
-        let c3 = _mm256_and_si256(wv, mask);
-        let xb = xp.add(b * 128);
-        let x0 = _mm256_loadu_si256(xb as *const __m256i);
-        let x1 = _mm256_loadu_si256(xb.add(32) as *const __m256i);
-        let x2 = _mm256_loadu_si256(xb.add(64) as *const __m256i);
-        let x3 = _mm256_loadu_si256(xb.add(96) as *const __m256i);
-        // codes are 0..2 (unsigned), x is signed: |pair sum| ≤ 2·2·128 = 512.
-        let p0 = _mm256_maddubs_epi16(c0, x0);
-        let p1 = _mm256_maddubs_epi16(c1, x1);
-        let p2 = _mm256_maddubs_epi16(c2, x2);
-        let p3 = _mm256_maddubs_epi16(c3, x3);
-        let s = _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s, ones));
+    let mut acc32 = [[_mm256_setzero_si256(); GROUP]; T];
+    let mut b = 0;
+    while b < nb {
+        let be = (b + CHUNK).min(nb);
+        let mut acc = [[_mm256_setzero_si256(); GROUP]; T];
+        for bi in b..be {
+            let wb = wp.add(bi * GROUP_BLOCK_BYTES);
+            // A hint only: the address may lie past the buffer, so no `add`.
+            _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(8 * GROUP_BLOCK_BYTES) as *const i8);
+            for r in 0..GROUP {
+                let wv = _mm256_loadu_si256(wb.add(r * 32) as *const __m256i);
+                let c0 = _mm256_and_si256(_mm256_srli_epi16::<6>(wv), mask);
+                let c1 = _mm256_and_si256(_mm256_srli_epi16::<4>(wv), mask);
+                let c2 = _mm256_and_si256(_mm256_srli_epi16::<2>(wv), mask);
+                let c3 = _mm256_and_si256(wv, mask);
+                for (t, a) in acc.iter_mut().enumerate() {
+                    let xb = x0.add(t * k + bi * QK);
+                    let p0 = _mm256_maddubs_epi16(c0, _mm256_loadu_si256(xb as *const __m256i));
+                    let p1 = _mm256_maddubs_epi16(c1, _mm256_loadu_si256(xb.add(32) as *const __m256i));
+                    let p2 = _mm256_maddubs_epi16(c2, _mm256_loadu_si256(xb.add(64) as *const __m256i));
+                    let p3 = _mm256_maddubs_epi16(c3, _mm256_loadu_si256(xb.add(96) as *const __m256i));
+                    let s = _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
+                    a[r] = _mm256_add_epi16(a[r], s);
+                }
+            }
+        }
+        for (a32, a16) in acc32.iter_mut().zip(&acc) {
+            for r in 0..GROUP {
+                a32[r] = _mm256_add_epi32(a32[r], _mm256_madd_epi16(a16[r], ones));
+            }
+        }
+        b = be;
     }
-    hsum_i32(acc)
+    for (t, a) in acc32.iter().enumerate() {
+        let s01 = _mm256_hadd_epi32(a[0], a[1]);
+        let s23 = _mm256_hadd_epi32(a[2], a[3]);
+        let s = _mm256_hadd_epi32(s01, s23);
+        let r = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+        let r = _mm_sub_epi32(r, _mm_set1_epi32(*sums.add(t)));
+        _mm_storeu_si128(out.add(t * ld) as *mut __m128i, r);
+    }
 }
 
-#[target_feature(enable = "avx2")]
-unsafe fn hsum_i32(v: __m256i) -> i32 {
-    let lo = _mm256_castsi256_si128(v);
-    let hi = _mm256_extracti128_si256(v, 1);
-    let s = _mm_add_epi32(lo, hi);
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-    _mm_cvtsi128_si32(s)
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_avx2(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+    let n = x.len();
+    let xp = x.as_ptr();
+    let absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let mut mx = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        // maxps returns its second operand when either is NaN: NaN inputs
+        // are skipped, as in the scalar fold.
+        mx = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(xp.add(i)), absmask), mx);
+        i += 8;
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), mx);
+    // max is exact and order-free, so any reduction order matches scalar.
+    let mut m = lanes.iter().fold(0f32, |a, &v| a.max(v));
+    for &v in &x[i..] {
+        m = m.max(v.abs());
+    }
+    let a = 127.0 / m.max(1e-5);
+    let av = _mm256_set1_ps(a);
+    let lo = _mm256_set1_ps(-128.0);
+    let hi = _mm256_set1_ps(127.0);
+    let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let mut sumv = _mm256_setzero_si256();
+    let qp = q.as_mut_ptr();
+    let mut i = 0;
+    while i + 32 <= n {
+        let i0 = quant8(xp.add(i), av, lo, hi);
+        let i1 = quant8(xp.add(i + 8), av, lo, hi);
+        let i2 = quant8(xp.add(i + 16), av, lo, hi);
+        let i3 = quant8(xp.add(i + 24), av, lo, hi);
+        sumv = _mm256_add_epi32(sumv, _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)));
+        let p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+        _mm256_storeu_si256(qp.add(i) as *mut __m256i, _mm256_permutevar8x32_epi32(p, perm));
+        i += 32;
+    }
+    let mut sl = [0i32; 8];
+    _mm256_storeu_si256(sl.as_mut_ptr() as *mut __m256i, sumv);
+    let mut sum: i32 = sl.iter().sum();
+    for j in i..n {
+        let r = (x[j] * a).round_ties_even().clamp(-128.0, 127.0) as i8;
+        q[j] = r;
+        sum += r as i32;
+    }
+    (a, sum)
+}
+
+/// `clamp(round_half_even(x·a), lo, hi)` of eight values as i32.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn quant8(p: *const f32, av: __m256, lo: __m256, hi: __m256) -> __m256i {
+    let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        _mm256_loadu_ps(p),
+        av,
+    ));
+    // NaN → 0, as `NaN as i8` is 0 (the mask is taken before the clamp,
+    // which would turn NaN into a bound).
+    let ord = _mm256_cmp_ps::<_CMP_ORD_Q>(r, r);
+    let r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+    _mm256_cvtps_epi32(_mm256_and_ps(r, ord))
 }
 
 #[target_feature(enable = "avx2,fma")]
 unsafe fn hsum_f32(v: __m256) -> f32 {
     let lo = _mm256_castps256_ps128(v);
-    let hi = _mm256_extractf128_ps(v, 1);
+    let hi = _mm256_extractf128_ps::<1>(v);
     let s = _mm_add_ps(lo, hi);
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
     _mm_cvtss_f32(s)
+}
+
+/// Eight f32 from `p` (f16 when `F16`).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn load8<const F16: bool>(p: *const u8, i: usize) -> __m256 {
+    if F16 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p.add(i * 2) as *const __m128i))
+    } else {
+        _mm256_loadu_ps((p as *const f32).add(i))
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn elem<const F16: bool>(p: *const u8, i: usize) -> f32 {
+    if F16 {
+        f16::from_bits(*(p as *const u16).add(i)).to_f32()
+    } else {
+        *(p as *const f32).add(i)
+    }
+}
+
+/// `R` weight rows × `T` tokens. Each (row, token) dot keeps one 8-lane
+/// accumulator over the first `d − d % 8` values, a fixed horizontal sum,
+/// then the tail in order: the result does not depend on `R`, `T` or the
+/// thread split.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+#[allow(clippy::needless_range_loop)]
+unsafe fn float_tile<const F16: bool, const R: usize, const T: usize>(
+    w: [*const u8; R],
+    x: [*const f32; T],
+    d: usize,
+) -> [[f32; T]; R] {
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let mut i = 0;
+    while i + 8 <= d {
+        let xv: [__m256; T] = std::array::from_fn(|t| _mm256_loadu_ps(x[t].add(i)));
+        for r in 0..R {
+            let wv = load8::<F16>(w[r], i);
+            for t in 0..T {
+                acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
+            }
+        }
+        i += 8;
+    }
+    let mut res = [[0f32; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            let mut s = hsum_f32(acc[r][t]);
+            for j in i..d {
+                s += elem::<F16>(w[r], j) * *x[t].add(j);
+            }
+            res[r][t] = s;
+        }
+    }
+    res
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn float_gemm<const F16: bool>(
+    w: *const u8,
+    d: usize,
+    v0: usize,
+    v1: usize,
+    xs: &[f32],
+    n: usize,
+    out: &mut [f32],
+) {
+    let es = if F16 { 2 } else { 4 };
+    let row = |v: usize| w.add(v * d * es);
+    let xr = |t: usize| xs.as_ptr().add(t * d);
+    let ld = v1 - v0;
+    if n == 1 {
+        let mut v = v0;
+        while v + 4 <= v1 {
+            let r = float_tile::<F16, 4, 1>([row(v), row(v + 1), row(v + 2), row(v + 3)], [xr(0)], d);
+            for (j, rr) in r.iter().enumerate() {
+                out[v - v0 + j] = rr[0];
+            }
+            v += 4;
+        }
+        while v < v1 {
+            out[v - v0] = float_tile::<F16, 1, 1>([row(v)], [xr(0)], d)[0][0];
+            v += 1;
+        }
+        return;
+    }
+    let mut t = 0;
+    while t < n {
+        let tt = (n - t).min(4);
+        let mut v = v0;
+        while v < v1 {
+            let rr = (v1 - v).min(2);
+            macro_rules! run {
+                ($r:literal, $t:literal) => {{
+                    let ws: [*const u8; $r] = std::array::from_fn(|j| row(v + j));
+                    let xv: [*const f32; $t] = std::array::from_fn(|j| xr(t + j));
+                    let res = float_tile::<F16, $r, $t>(ws, xv, d);
+                    for (j, rj) in res.iter().enumerate() {
+                        for (u, &val) in rj.iter().enumerate() {
+                            out[(t + u) * ld + v - v0 + j] = val;
+                        }
+                    }
+                }};
+            }
+            match (rr, tt) {
+                (2, 4) => run!(2, 4),
+                (2, 3) => run!(2, 3),
+                (2, 2) => run!(2, 2),
+                (2, _) => run!(2, 1),
+                (_, 4) => run!(1, 4),
+                (_, 3) => run!(1, 3),
+                (_, 2) => run!(1, 2),
+                _ => run!(1, 1),
+            }
+            v += rr;
+        }
+        t += tt;
+    }
 }
 
 #[target_feature(enable = "avx2,fma")]
@@ -115,7 +393,7 @@ unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_f16_avx2(a: &[half::f16], b: &[f32]) -> f32 {
+unsafe fn dot_f16_avx2(a: &[f16], b: &[f32]) -> f32 {
     let n = a.len();
     let ap = a.as_ptr() as *const u16;
     let mut acc0 = _mm256_setzero_ps();
@@ -134,4 +412,21 @@ unsafe fn dot_f16_avx2(a: &[half::f16], b: &[f32]) -> f32 {
         i += 1;
     }
     s
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn axpy_avx2<const F16: bool>(p: f32, x: *const u8, y: &mut [f32]) {
+    let n = y.len();
+    let pv = _mm256_set1_ps(p);
+    let yp = y.as_mut_ptr();
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = _mm256_fmadd_ps(pv, load8::<F16>(x, i), _mm256_loadu_ps(yp.add(i)));
+        _mm256_storeu_ps(yp.add(i), v);
+        i += 8;
+    }
+    while i < n {
+        *yp.add(i) += p * elem::<F16>(x, i);
+        i += 1;
+    }
 }

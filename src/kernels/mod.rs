@@ -1,35 +1,73 @@
-//! Compute kernels behind one trait. `scalar` is the reference; every SIMD
-//! implementation must return bit-identical integers for the ternary dots
-//! and is tested against it.
+//! Compute kernels behind one trait, chosen at run time from the CPU's
+//! features (`TERN_KERNEL=scalar|avx2|avx512|neon` forces one).
 //!
-//! Ternary weights use the canonical I2_S block layout per row (see
+//! `scalar` is the reference. Every SIMD implementation returns
+//! bit-identical integers for the ternary products (tests/kernels.rs checks
+//! it over random shapes); float results (head, attention) may differ in
+//! the last bits because the lanes sum in a different order, but each
+//! kernel's float results do not depend on the thread count or on how many
+//! tokens are in the batch.
+//!
+//! Ternary weights arrive in the canonical I2_S block layout per row (see
 //! `quant::i2s`): a row of K values is K/128 blocks of 32 bytes, value `j`
-//! of a block at byte `j % 32`, bits `6 - 2 (j / 32)`, code = T + 1.
+//! of a block at byte `j % 32`, bits `6 - 2 (j / 32)`, code = T + 1. At load
+//! they are repacked into [`Packed`]: rows interleaved by four so that one
+//! 128-byte run holds the same block of four rows, which every kernel reads
+//! as one sequential stream.
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
 pub mod matmul;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
 pub mod scalar;
 
+use half::f16;
 use std::sync::OnceLock;
 
+/// Values per I2_S block.
+pub const QK: usize = 128;
+/// Rows interleaved in one [`Packed`] group.
+pub const GROUP: usize = 4;
+/// Bytes of one block of one row.
+pub const BLOCK_BYTES: usize = 32;
+/// Bytes of one block of a whole group.
+pub const GROUP_BLOCK_BYTES: usize = GROUP * BLOCK_BYTES;
+
 pub trait Kernel: Send + Sync {
+    /// The name `TERN_KERNEL` selects it by.
     fn name(&self) -> &'static str;
 
-    /// Σ_k T[k]·x[k] for one I2_S row `w` (K/4 bytes) and int8 activations
-    /// `x` (K values, K a multiple of 128). `x_sum` is Σ x[k].
-    fn dot_i2s(&self, w: &[u8], x: &[i8], x_sum: i32) -> i32;
+    /// The name with the optional extension in use (`neon+dotprod`, `avx512vnni`).
+    fn variant(&self) -> &'static str {
+        self.name()
+    }
 
-    /// One weight row against `n` activation rows of length `k` laid out
-    /// back to back in `xs`; `out[j]` = dot with row j.
-    fn dot_i2s_rows(&self, w: &[u8], xs: &[i8], sums: &[i32], k: usize, out: &mut [i32]) {
-        for (j, o) in out.iter_mut().enumerate() {
-            *o = self.dot_i2s(w, &xs[j * k..(j + 1) * k], sums[j]);
-        }
+    /// Ternary products for the row groups `g0..g1` of `w` against `n`
+    /// int8 activation rows laid out back to back in `xs` (`n · w.cols()`
+    /// values; `sums[t]` = Σ of row t, `n = sums.len()`).
+    /// `out[t · ld + r]` = Σ_k T[4·g0 + r][k] · xs[t][k] with
+    /// `ld = 4 · (g1 - g0)`; padding rows past `w.rows()` come out as 0.
+    fn i2s_gemm(&self, w: &Packed, g0: usize, g1: usize, xs: &[i8], sums: &[i32], out: &mut [i32]);
+
+    /// Float rows `v0..v1` of `w` (row length `d`, f16) against `n` f32
+    /// rows `xs`: `out[t · (v1 - v0) + (v - v0)] = w_v · xs_t`.
+    #[allow(clippy::too_many_arguments)]
+    fn f16_gemm(&self, w: &[f16], d: usize, v0: usize, v1: usize, xs: &[f32], n: usize, out: &mut [f32]) {
+        scalar::f16_gemm(w, d, v0, v1, xs, n, out)
+    }
+
+    /// As [`Kernel::f16_gemm`] for f32 weights.
+    #[allow(clippy::too_many_arguments)]
+    fn f32_gemm(&self, w: &[f32], d: usize, v0: usize, v1: usize, xs: &[f32], n: usize, out: &mut [f32]) {
+        scalar::f32_gemm(w, d, v0, v1, xs, n, out)
     }
 
     /// Per-token activation quantization (docs §2): `a = 127 / max(|x|, 1e-5)`,
     /// `q = clamp(round_half_even(x·a), -128, 127)`. Returns (a, Σq).
+    /// Bit-identical across kernels.
     fn quantize_act(&self, x: &[f32], q: &mut [i8]) -> (f32, i32) {
         scalar::quantize_act(x, q)
     }
@@ -38,38 +76,213 @@ pub trait Kernel: Send + Sync {
         scalar::dot_f32(a, b)
     }
 
-    /// Dot of little-endian f16 values (`a`, 2 bytes each) with f32 values.
-    fn dot_f16(&self, a: &[half::f16], b: &[f32]) -> f32 {
+    /// Dot of f16 values with f32 values.
+    fn dot_f16(&self, a: &[f16], b: &[f32]) -> f32 {
         scalar::dot_f16(a, b)
+    }
+
+    /// `y += p · x` (f16 `x`).
+    fn axpy_f16(&self, p: f32, x: &[f16], y: &mut [f32]) {
+        scalar::axpy_f16(p, x, y)
+    }
+
+    /// `y += p · x`.
+    fn axpy_f32(&self, p: f32, x: &[f32], y: &mut [f32]) {
+        scalar::axpy_f32(p, x, y)
     }
 }
 
-/// Kernel names that can be forced with `TERN_KERNEL`.
+/// Ternary weights repacked for the kernels.
+///
+/// Rows are padded to a multiple of four and cut into groups of four; group
+/// `g` is `K/128` runs of 128 bytes, run `b` holding block `b` of rows
+/// `4g, 4g+1, 4g+2, 4g+3` (32 canonical bytes each). Padding rows hold code
+/// 1 (weight 0). The bytes live in an anonymous mapping that asks the kernel
+/// for huge pages (fewer TLB misses while streaming; falls back to a plain
+/// allocation where that is not possible).
+pub struct Packed {
+    buf: Buf,
+    rows: usize,
+    cols: usize,
+}
+
+enum Buf {
+    Map(memmap2::MmapMut),
+    Vec(Vec<u8>),
+}
+
+impl Buf {
+    /// A zeroed buffer of `len` bytes, huge-page backed where possible.
+    fn zeroed(len: usize) -> Buf {
+        // Mappings below 2 MiB cannot use huge pages; keep those on the heap.
+        if len >= 2 << 20 {
+            if let Ok(m) = memmap2::MmapMut::map_anon(len) {
+                #[cfg(target_os = "linux")]
+                let _ = m.advise(memmap2::Advice::HugePage);
+                return Buf::Map(m);
+            }
+        }
+        Buf::Vec(vec![0u8; len])
+    }
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Buf::Map(m) => m,
+            Buf::Vec(v) => v,
+        }
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Buf::Map(m) => m,
+            Buf::Vec(v) => v,
+        }
+    }
+}
+
+impl Packed {
+    /// Repack `rows × cols` ternary weights given as canonical I2_S bytes
+    /// (`rows · cols / 4` bytes, no scale tail; `cols` a multiple of 128).
+    pub fn from_i2s(canonical: &[u8], rows: usize, cols: usize) -> anyhow::Result<Packed> {
+        if cols == 0 || cols % QK != 0 {
+            anyhow::bail!("ternary rows of {} values are not a multiple of {}", cols, QK);
+        }
+        if canonical.len() != rows * cols / 4 {
+            anyhow::bail!(
+                "{} bytes of I2_S data for a {}×{} matrix (want {})",
+                canonical.len(),
+                rows,
+                cols,
+                rows * cols / 4
+            );
+        }
+        let groups = rows.div_ceil(GROUP);
+        let nb = cols / QK;
+        let rb = cols / 4;
+        let mut buf = Buf::zeroed(groups * nb * GROUP_BLOCK_BYTES);
+        let dst = buf.bytes_mut();
+        for (g, gd) in dst.chunks_exact_mut(nb * GROUP_BLOCK_BYTES).enumerate() {
+            for r in 0..GROUP {
+                let m = g * GROUP + r;
+                for b in 0..nb {
+                    let d = &mut gd[b * GROUP_BLOCK_BYTES + r * BLOCK_BYTES..][..BLOCK_BYTES];
+                    if m < rows {
+                        d.copy_from_slice(&canonical[m * rb + b * BLOCK_BYTES..][..BLOCK_BYTES]);
+                    } else {
+                        d.fill(0x55);
+                    }
+                }
+            }
+        }
+        Ok(Packed { buf, rows, cols })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Row groups (rows / 4, rounded up).
+    pub fn groups(&self) -> usize {
+        self.rows.div_ceil(GROUP)
+    }
+    /// Blocks of 128 values per row.
+    pub fn blocks(&self) -> usize {
+        self.cols / QK
+    }
+    /// The packed bytes of groups `g0..g1`.
+    pub fn group_bytes(&self, g0: usize, g1: usize) -> &[u8] {
+        let s = self.blocks() * GROUP_BLOCK_BYTES;
+        &self.buf.bytes()[g0 * s..g1 * s]
+    }
+    /// Row `m` back in canonical I2_S layout (for tests and tools).
+    pub fn canonical_row(&self, m: usize) -> Vec<u8> {
+        let nb = self.blocks();
+        let g = self.group_bytes(m / GROUP, m / GROUP + 1);
+        let r = m % GROUP;
+        (0..nb)
+            .flat_map(|b| &g[b * GROUP_BLOCK_BYTES + r * BLOCK_BYTES..][..BLOCK_BYTES])
+            .copied()
+            .collect()
+    }
+}
+
+impl std::ops::Deref for Packed {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.buf.bytes()
+    }
+}
+
+/// Check the arguments of [`Kernel::i2s_gemm`]; every implementation calls
+/// this first, so the SIMD code can rely on the sizes.
+pub(crate) fn check_gemm(w: &Packed, g0: usize, g1: usize, xs: &[i8], sums: &[i32], out: &[i32]) {
+    let n = sums.len();
+    assert!(g0 <= g1 && g1 <= w.groups(), "row groups {}..{} of {}", g0, g1, w.groups());
+    assert_eq!(xs.len(), n * w.cols(), "activation size");
+    assert!(out.len() >= n * GROUP * (g1 - g0), "output size");
+}
+
+/// Check the arguments of the float GEMMs.
+pub(crate) fn check_float_gemm(wlen: usize, d: usize, v0: usize, v1: usize, xs: &[f32], n: usize, out: &[f32]) {
+    assert!(v0 <= v1 && v1 * d <= wlen, "rows {}..{} of {}", v0, v1, wlen / d.max(1));
+    assert!(xs.len() >= n * d, "activation size");
+    assert!(out.len() >= n * (v1 - v0), "output size");
+}
+
+/// Every kernel this CPU can run, best last.
 pub fn available() -> Vec<&'static dyn Kernel> {
     let mut v: Vec<&'static dyn Kernel> = vec![&scalar::Scalar];
     #[cfg(target_arch = "x86_64")]
-    if avx2::Avx2::detect() {
-        v.push(&avx2::Avx2);
+    {
+        if avx2::Avx2::detect() {
+            v.push(&avx2::Avx2);
+        }
+        if let Some(k) = avx512::Avx512::get() {
+            v.push(k);
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    v.push(neon::Neon::get());
+    v
+}
+
+/// Every kernel variant this CPU can run, including the lesser ones that
+/// [`available`] hides (AVX-512 without VNNI, NEON without dotprod); the
+/// property tests check each of them against the scalar reference.
+pub fn all_variants() -> Vec<&'static dyn Kernel> {
+    let mut v: Vec<&'static dyn Kernel> = vec![&scalar::Scalar];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if avx2::Avx2::detect() {
+            v.push(&avx2::Avx2);
+        }
+        for k in avx512::Avx512::variants() {
+            v.push(k);
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    for k in neon::Neon::variants() {
+        v.push(k);
     }
     v
 }
 
-/// The kernel in use: `TERN_KERNEL` if set (error if unavailable), else the
+/// The kernel called `name` (error if this CPU cannot run it), else the
 /// best the CPU supports.
 pub fn select(name: Option<&str>) -> anyhow::Result<&'static dyn Kernel> {
     let all = available();
+    let names = || all.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ");
     match name {
-        Some(n) => all.into_iter().find(|k| k.name() == n).ok_or_else(|| {
-            anyhow::anyhow!(
-                "kernel {:?} is not available on this CPU (have: {})",
-                n,
-                available()
-                    .iter()
-                    .map(|k| k.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        }),
+        Some(n) => {
+            let known = ["scalar", "avx2", "avx512", "neon"];
+            if let Some(k) = all.iter().find(|k| k.name() == n) {
+                Ok(*k)
+            } else if known.contains(&n) {
+                anyhow::bail!("kernel {:?} is not available on this CPU (have: {})", n, names())
+            } else {
+                anyhow::bail!("unknown kernel {:?} (TERN_KERNEL takes one of: {})", n, known.join(", "))
+            }
+        }
         None => Ok(*all.last().expect("scalar always available")),
     }
 }
@@ -82,6 +295,33 @@ pub fn active() -> anyhow::Result<&'static dyn Kernel> {
         return Ok(*k);
     }
     let env = std::env::var("TERN_KERNEL").ok();
-    let k = select(env.as_deref().filter(|s| !s.is_empty()))?;
+    let k = select(env.as_deref().map(str::trim).filter(|s| !s.is_empty()))?;
     Ok(*ACTIVE.get_or_init(|| k))
+}
+
+/// Physical cores (hyper-threads of one core counted once); falls back to
+/// the logical CPU count where the topology cannot be read.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    #[cfg(target_os = "linux")]
+    {
+        let mut seen = std::collections::HashSet::new();
+        for cpu in 0..logical.max(1) * 4 {
+            let base = format!("/sys/devices/system/cpu/cpu{}/topology", cpu);
+            let read = |f: &str| std::fs::read_to_string(format!("{}/{}", base, f)).ok();
+            match (read("physical_package_id"), read("core_id")) {
+                (Some(p), Some(c)) => {
+                    seen.insert((p.trim().to_string(), c.trim().to_string()));
+                }
+                _ => continue,
+            }
+        }
+        if !seen.is_empty() {
+            // A cgroup or affinity mask may allow fewer CPUs than exist.
+            return seen.len().min(logical);
+        }
+    }
+    logical
 }

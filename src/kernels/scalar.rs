@@ -1,6 +1,7 @@
 //! Portable reference kernels.
 
-use super::Kernel;
+use super::{Kernel, Packed, BLOCK_BYTES, GROUP, GROUP_BLOCK_BYTES, QK};
+use half::f16;
 
 pub struct Scalar;
 
@@ -8,24 +9,54 @@ impl Kernel for Scalar {
     fn name(&self) -> &'static str {
         "scalar"
     }
-    fn dot_i2s(&self, w: &[u8], x: &[i8], x_sum: i32) -> i32 {
-        dot_i2s(w, x, x_sum)
+    fn i2s_gemm(&self, w: &Packed, g0: usize, g1: usize, xs: &[i8], sums: &[i32], out: &mut [i32]) {
+        i2s_gemm(w, g0, g1, xs, sums, out)
     }
 }
 
-/// Reference ternary dot: Σ code·x − Σ x, code = T + 1 ∈ {0, 1, 2}.
+/// Reference ternary dot over one canonical I2_S row `w` (K/4 bytes):
+/// Σ code·x − Σ x, code = T + 1.
 pub fn dot_i2s(w: &[u8], x: &[i8], x_sum: i32) -> i32 {
-    debug_assert_eq!(w.len() * 4, x.len());
+    assert_eq!(w.len() * 4, x.len());
     let mut acc = 0i32;
-    for (wb, xb) in w.chunks_exact(32).zip(x.chunks_exact(128)) {
-        for (i, &b) in wb.iter().enumerate() {
-            acc += ((b >> 6) & 3) as i32 * xb[i] as i32;
-            acc += ((b >> 4) & 3) as i32 * xb[32 + i] as i32;
-            acc += ((b >> 2) & 3) as i32 * xb[64 + i] as i32;
-            acc += (b & 3) as i32 * xb[96 + i] as i32;
-        }
+    for (wb, xb) in w.chunks_exact(BLOCK_BYTES).zip(x.chunks_exact(QK)) {
+        acc += block_dot(wb, xb);
     }
     acc - x_sum
+}
+
+/// Σ code·x over one 32-byte block and its 128 activations.
+fn block_dot(wb: &[u8], xb: &[i8]) -> i32 {
+    let mut acc = 0i32;
+    for (i, &b) in wb.iter().enumerate() {
+        acc += ((b >> 6) & 3) as i32 * xb[i] as i32;
+        acc += ((b >> 4) & 3) as i32 * xb[32 + i] as i32;
+        acc += ((b >> 2) & 3) as i32 * xb[64 + i] as i32;
+        acc += (b & 3) as i32 * xb[96 + i] as i32;
+    }
+    acc
+}
+
+/// Reference [`Kernel::i2s_gemm`] over the packed layout.
+pub fn i2s_gemm(w: &Packed, g0: usize, g1: usize, xs: &[i8], sums: &[i32], out: &mut [i32]) {
+    super::check_gemm(w, g0, g1, xs, sums, out);
+    let k = w.cols();
+    let nb = w.blocks();
+    let ld = GROUP * (g1 - g0);
+    let data = w.group_bytes(g0, g1);
+    for (t, &s) in sums.iter().enumerate() {
+        let x = &xs[t * k..(t + 1) * k];
+        for (gi, gd) in data.chunks_exact(nb * GROUP_BLOCK_BYTES).enumerate() {
+            for r in 0..GROUP {
+                let mut acc = 0i32;
+                for b in 0..nb {
+                    let wb = &gd[b * GROUP_BLOCK_BYTES + r * BLOCK_BYTES..][..BLOCK_BYTES];
+                    acc += block_dot(wb, &x[b * QK..(b + 1) * QK]);
+                }
+                out[t * ld + gi * GROUP + r] = acc - s;
+            }
+        }
+    }
 }
 
 pub fn quantize_act(x: &[f32], q: &mut [i8]) -> (f32, i32) {
@@ -38,6 +69,11 @@ pub fn quantize_act(x: &[f32], q: &mut [i8]) -> (f32, i32) {
         sum += r as i32;
     }
     (a, sum)
+}
+
+/// Largest |x| (NaN ignored) — the first half of [`quantize_act`].
+pub fn max_abs(x: &[f32]) -> f32 {
+    x.iter().fold(0f32, |a, &v| a.max(v.abs()))
 }
 
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
@@ -59,7 +95,7 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-pub fn dot_f16(a: &[half::f16], b: &[f32]) -> f32 {
+pub fn dot_f16(a: &[f16], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let ca = a.chunks_exact(8);
     let cb = b.chunks_exact(8);
@@ -74,6 +110,40 @@ pub fn dot_f16(a: &[half::f16], b: &[f32]) -> f32 {
         s += x.to_f32() * y;
     }
     s
+}
+
+pub fn axpy_f16(p: f32, x: &[f16], y: &mut [f32]) {
+    for (o, v) in y.iter_mut().zip(x) {
+        *o += p * v.to_f32();
+    }
+}
+
+pub fn axpy_f32(p: f32, x: &[f32], y: &mut [f32]) {
+    for (o, v) in y.iter_mut().zip(x) {
+        *o += p * v;
+    }
+}
+
+pub fn f16_gemm(w: &[f16], d: usize, v0: usize, v1: usize, xs: &[f32], n: usize, out: &mut [f32]) {
+    super::check_float_gemm(w.len(), d, v0, v1, xs, n, out);
+    let ld = v1 - v0;
+    for v in v0..v1 {
+        let row = &w[v * d..(v + 1) * d];
+        for t in 0..n {
+            out[t * ld + v - v0] = dot_f16(row, &xs[t * d..(t + 1) * d]);
+        }
+    }
+}
+
+pub fn f32_gemm(w: &[f32], d: usize, v0: usize, v1: usize, xs: &[f32], n: usize, out: &mut [f32]) {
+    super::check_float_gemm(w.len(), d, v0, v1, xs, n, out);
+    let ld = v1 - v0;
+    for v in v0..v1 {
+        let row = &w[v * d..(v + 1) * d];
+        for t in 0..n {
+            out[t * ld + v - v0] = dot_f32(row, &xs[t * d..(t + 1) * d]);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -100,6 +170,40 @@ mod tests {
             .sum();
         let sum: i32 = x.iter().map(|&v| v as i32).sum();
         assert_eq!(dot_i2s(&w[..k / 4], &x, sum), want);
+    }
+
+    #[test]
+    fn packed_gemm_matches_rows() {
+        let mut s = 11u32;
+        let mut rnd = || {
+            s = s.wrapping_mul(747796405).wrapping_add(2891336453);
+            s >> 16
+        };
+        let (rows, k, n) = (7, 256, 3);
+        let codes: Vec<i8> = (0..rows * k).map(|_| (rnd() % 3) as i8 - 1).collect();
+        let mut w = Vec::new();
+        i2s::encode(&codes, 1.0, &mut w);
+        w.truncate(rows * k / 4);
+        let p = Packed::from_i2s(&w, rows, k).unwrap();
+        assert_eq!(p.groups(), 2);
+        assert_eq!(p.canonical_row(5), w[5 * k / 4..6 * k / 4].to_vec());
+        let x: Vec<i8> = (0..n * k).map(|_| (rnd() % 256) as u8 as i8).collect();
+        let sums: Vec<i32> = x
+            .chunks(k)
+            .map(|r| r.iter().map(|&v| v as i32).sum())
+            .collect();
+        let mut out = vec![0i32; n * 8];
+        i2s_gemm(&p, 0, 2, &x, &sums, &mut out);
+        for t in 0..n {
+            for m in 0..8 {
+                let want = if m < rows {
+                    dot_i2s(&w[m * k / 4..(m + 1) * k / 4], &x[t * k..(t + 1) * k], sums[t])
+                } else {
+                    0
+                };
+                assert_eq!(out[t * 8 + m], want, "t {} m {}", t, m);
+            }
+        }
     }
 
     #[test]

@@ -38,9 +38,9 @@ pub struct Hparams {
 
 /// A projection ready for the kernels.
 pub enum Proj {
-    /// Ternary codes in I2_S row layout and the tensor scale.
+    /// Ternary codes repacked for the kernels, and the tensor scale.
     Ternary {
-        data: Vec<u8>,
+        data: kernels::Packed,
         scale: f32,
         rows: usize,
         cols: usize,
@@ -343,7 +343,7 @@ impl Model {
                         let scale =
                             i2s::validate(data, n).with_context(|| format!("tensor {}", name))?;
                         Proj::Ternary {
-                            data: data[..n / 4].to_vec(),
+                            data: kernels::Packed::from_i2s(&data[..n / 4], rows, cols)?,
                             scale,
                             rows,
                             cols,
@@ -380,7 +380,7 @@ impl Model {
                             i2s::encode(&codes, 0.0, &mut packed);
                             packed.truncate(n / 4);
                             Proj::Ternary {
-                                data: packed,
+                                data: kernels::Packed::from_i2s(&packed, rows, cols)?,
                                 scale: scale.unwrap_or(0.0),
                                 rows,
                                 cols,

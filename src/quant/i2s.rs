@@ -6,6 +6,7 @@
 //! 32-byte tail whose first four bytes hold the f32 tensor scale.
 
 use anyhow::{bail, Result};
+use rayon::prelude::*;
 
 pub const BLOCK: usize = 128;
 pub const BLOCK_BYTES: usize = 32;
@@ -23,15 +24,17 @@ pub fn encode(codes: &[i8], scale: f32, out: &mut Vec<u8>) {
         codes.len() % BLOCK == 0,
         "I2_S needs a multiple of 128 values"
     );
-    out.reserve(codes.len() / 4 + TAIL);
-    for block in codes.chunks_exact(BLOCK) {
-        let mut b = [0u8; BLOCK_BYTES];
-        for (j, &c) in block.iter().enumerate() {
-            let code = (c + 1) as u8;
-            b[j % 32] |= code << (6 - 2 * (j / 32));
-        }
-        out.extend_from_slice(&b);
-    }
+    let start = out.len();
+    out.resize(start + codes.len() / 4, 0);
+    out[start..]
+        .par_chunks_mut(BLOCK_BYTES)
+        .zip(codes.par_chunks(BLOCK))
+        .for_each(|(b, block)| {
+            for (j, &c) in block.iter().enumerate() {
+                let code = (c + 1) as u8;
+                b[j % 32] |= code << (6 - 2 * (j / 32));
+            }
+        });
     out.extend_from_slice(&scale.to_le_bytes());
     out.extend_from_slice(&[0u8; TAIL - 4]);
 }

@@ -1,0 +1,785 @@
+//! Chat: the model's Jinja chat template rendered with minijinja, the
+//! conversation, and a [`Session`] that keeps the KV cache across turns.
+//!
+//! Every turn the whole conversation is rendered and tokenized again; the
+//! longest common prefix with the tokens already in the KV cache is kept and
+//! only the rest is evaluated. That makes multi-turn chat cheap (each turn
+//! prefills only the new message, plus the few tokens where the re-tokenized
+//! reply differs from what the model generated) and makes every change to the
+//! history (`/system`, `/load`, dropping old turns when the context fills)
+//! correct by construction: whatever no longer matches is re-prefilled.
+
+use crate::model::generate::{generate, GenStats, StopReason};
+use crate::model::sampling::{Sampler, SamplingParams};
+use crate::model::{Context, Model};
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+use anyhow::{anyhow, bail, Result};
+use minijinja::value::{from_args, Kwargs, Value, ValueKind};
+use minijinja::{Environment, Error, ErrorKind, State};
+use serde::{Deserialize, Serialize};
+
+/// One chat message, as the templates and the JSON transcripts see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Message {
+        Message {
+            role: role.to_string(),
+            content: content.to_string(),
+        }
+    }
+    pub fn system(content: &str) -> Message {
+        Message::new("system", content)
+    }
+    pub fn user(content: &str) -> Message {
+        Message::new("user", content)
+    }
+    pub fn assistant(content: &str) -> Message {
+        Message::new("assistant", content)
+    }
+}
+
+/// A compiled chat template plus the special-token texts it may refer to.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+}
+
+const TEMPLATE_NAME: &str = "chat";
+
+impl ChatTemplate {
+    /// Compile `source` the way Hugging Face renders chat templates
+    /// (`trim_blocks` and `lstrip_blocks` on), with `raise_exception`, a
+    /// `tojson` filter and the common Python string/dict methods available.
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<ChatTemplate> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(python_method);
+        env.add_function("raise_exception", |msg: String| -> Result<Value, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_filter("tojson", tojson);
+        env.add_template_owned(TEMPLATE_NAME, source.to_string())
+            .map_err(|e| anyhow!("the chat template does not compile: {}", e))?;
+        Ok(ChatTemplate {
+            env,
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+        })
+    }
+
+    /// The model's template (`model.chat_template`: the file's own, with the
+    /// official-GGUF placeholder already replaced by the trained BitNet format,
+    /// or the built-in BitNet format when the file has none).
+    pub fn for_model(model: &Model) -> Result<ChatTemplate> {
+        let tok = &model.tokenizer;
+        let text = |id: Option<u32>| id.map_or("", |i| tok.token_text(i)).to_string();
+        ChatTemplate::new(
+            &model.chat_template,
+            &text(tok.bos()),
+            &text(tok.eos()),
+        )
+    }
+
+    /// The prompt text for `messages`; with `add_generation_prompt` it ends
+    /// where the assistant's reply begins.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let tmpl = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| anyhow!("chat template: {}", e))?;
+        let ctx = minijinja::context! {
+            messages => Value::from_serialize(messages),
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token.as_str(),
+            eos_token => self.eos_token.as_str(),
+        };
+        tmpl.render(ctx)
+            .map_err(|e| anyhow!("chat template: {}", e))
+    }
+}
+
+/// Tokenize a rendered prompt: special-token texts (`<|begin_of_text|>`,
+/// `<|eot_id|>`, ...) become their ids, and BOS appears exactly once at the
+/// start (templates usually write it themselves; it is added only when the
+/// vocabulary wants BOS and the text does not begin with it).
+pub fn tokenize_prompt(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    let mut ids = tok.encode(text, false)?;
+    if tok.add_bos() {
+        if let Some(bos) = tok.bos() {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// Length of the longest common prefix of `a` and `b`.
+pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// The chat history: an optional system prompt and the user/assistant messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Conversation {
+    pub system: Option<String>,
+    pub turns: Vec<Message>,
+}
+
+impl Conversation {
+    pub fn new(system: Option<String>) -> Conversation {
+        Conversation {
+            system,
+            turns: Vec::new(),
+        }
+    }
+
+    /// Everything the template sees: the system message first (if any).
+    pub fn messages(&self) -> Vec<Message> {
+        let mut v = Vec::with_capacity(self.turns.len() + 1);
+        if let Some(s) = &self.system {
+            v.push(Message::system(s));
+        }
+        v.extend(self.turns.iter().cloned());
+        v
+    }
+
+    /// Drop the oldest turn (a user message and the replies after it), never
+    /// the system prompt nor the last user message. False when nothing can go.
+    pub fn drop_oldest_turn(&mut self) -> bool {
+        let next_user = self
+            .turns
+            .iter()
+            .enumerate()
+            .skip(1)
+            .find(|(_, m)| m.role == "user")
+            .map(|(i, _)| i);
+        match next_user {
+            Some(i) => {
+                self.turns.drain(..i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The transcript as a JSON array of `{"role", "content"}` messages.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(&self.messages()).unwrap_or_else(|_| "[]".to_string())
+    }
+
+    /// Parse a transcript written by [`Conversation::to_json`] (or an object
+    /// with a `messages` array). Roles must be system (first only), user or
+    /// assistant.
+    pub fn from_json(text: &str) -> Result<Conversation> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Transcript {
+            List(Vec<Message>),
+            Object { messages: Vec<Message> },
+        }
+        let msgs = match serde_json::from_str::<Transcript>(text) {
+            Ok(Transcript::List(m)) | Ok(Transcript::Object { messages: m }) => m,
+            Err(_) => bail!(
+                "not a chat transcript (expected a JSON array of {{\"role\", \"content\"}} messages)"
+            ),
+        };
+        let mut conv = Conversation::default();
+        for (i, m) in msgs.into_iter().enumerate() {
+            match m.role.as_str() {
+                "system" if i == 0 => conv.system = Some(m.content),
+                "system" => bail!("message {}: a system message may only come first", i + 1),
+                "user" | "assistant" => conv.turns.push(m),
+                other => bail!(
+                    "message {}: unknown role {:?} (expected system, user or assistant)",
+                    i + 1,
+                    other
+                ),
+            }
+        }
+        Ok(conv)
+    }
+}
+
+/// A turn ready to generate: the full prompt and how much of it is cached.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The whole conversation, rendered and tokenized, ending with the generation prompt.
+    pub tokens: Vec<u32>,
+    /// Leading tokens already in the KV cache (only the rest is evaluated).
+    pub reused: usize,
+    /// Oldest turns dropped to make room.
+    pub dropped_turns: usize,
+}
+
+/// What one reply produced.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub text: String,
+    pub stats: GenStats,
+}
+
+/// A chat with one model: template, conversation, sampler and the KV cache.
+pub struct Session<'m> {
+    pub model: &'m Model,
+    pub template: ChatTemplate,
+    pub conv: Conversation,
+    pub sampler: Sampler,
+    /// Most tokens per reply (None: until end of turn or a full context).
+    pub n_predict: Option<usize>,
+    ctx: Context<'m>,
+    /// The token ids whose keys/values are in the cache (`len == ctx.n_past`).
+    cached: Vec<u32>,
+    /// Statistics of the last reply and of all replies.
+    pub last: Option<GenStats>,
+    pub total: GenStats,
+    pub replies: usize,
+}
+
+impl<'m> Session<'m> {
+    pub fn new(
+        model: &'m Model,
+        n_ctx: usize,
+        kv_f32: bool,
+        params: SamplingParams,
+        system: Option<String>,
+    ) -> Result<Session<'m>> {
+        if n_ctx < 2 {
+            bail!("the context size must be at least 2 tokens");
+        }
+        Ok(Session {
+            model,
+            template: ChatTemplate::for_model(model)?,
+            conv: Conversation::new(system),
+            sampler: Sampler::new(params),
+            n_predict: Some(256),
+            ctx: Context::new(model, n_ctx, kv_f32),
+            cached: Vec::new(),
+            last: None,
+            total: GenStats::default(),
+            replies: 0,
+        })
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.ctx.n_ctx
+    }
+
+    /// Tokens currently in the KV cache.
+    pub fn n_cached(&self) -> usize {
+        self.ctx.n_past
+    }
+
+    /// Forget the conversation (the system prompt stays) and empty the cache.
+    pub fn reset(&mut self) {
+        self.conv.turns.clear();
+        self.clear_cache();
+    }
+
+    /// Empty the KV cache; the next turn prefills the whole conversation.
+    pub fn clear_cache(&mut self) {
+        self.ctx.truncate(0);
+        self.cached.clear();
+    }
+
+    /// The conversation as tokens, optionally with the generation prompt.
+    pub fn tokens(&self, add_generation_prompt: bool) -> Result<Vec<u32>> {
+        let text = self
+            .template
+            .render(&self.conv.messages(), add_generation_prompt)?;
+        tokenize_prompt(&self.model.tokenizer, &text)
+    }
+
+    /// Room kept free for the reply when deciding whether old turns must go.
+    fn reply_room(&self) -> usize {
+        let n = self.ctx.n_ctx;
+        match self.n_predict {
+            Some(p) => p.min(n / 2),
+            None => n / 4,
+        }
+    }
+
+    /// Add the user's message and work out what to evaluate: drop the oldest
+    /// turns while the prompt and the reply room do not fit the context, and
+    /// keep the cached prefix. On error the message is not kept.
+    pub fn prepare(&mut self, user: &str) -> Result<Prepared> {
+        self.conv.turns.push(Message::user(user));
+        let r = self.fit();
+        if r.is_err() {
+            self.conv.turns.pop();
+        }
+        r
+    }
+
+    /// Like [`Session::prepare`] for a conversation that already ends with
+    /// the user's message (e.g. one just loaded).
+    pub fn fit(&mut self) -> Result<Prepared> {
+        let n_ctx = self.ctx.n_ctx;
+        let room = self.reply_room();
+        let mut dropped = 0;
+        let saved = self.conv.clone();
+        let tokens = loop {
+            let t = match self.tokens(true) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.conv = saved;
+                    return Err(e);
+                }
+            };
+            if t.len() + room <= n_ctx {
+                break t;
+            }
+            if self.conv.drop_oldest_turn() {
+                dropped += 1;
+                continue;
+            }
+            if t.len() < n_ctx {
+                break t; // less room for the reply than wished, but some
+            }
+            self.conv = saved;
+            bail!(
+                "the message needs {} tokens with the system prompt and the template, but the context holds {} (raise -c)",
+                t.len(),
+                n_ctx
+            );
+        };
+        let mut reused = common_prefix(&self.cached, &tokens);
+        if reused == tokens.len() {
+            // Something must be evaluated to get the next-token logits.
+            reused -= 1;
+        }
+        self.ctx.truncate(reused);
+        self.cached.truncate(reused);
+        Ok(Prepared {
+            tokens,
+            reused,
+            dropped_turns: dropped,
+        })
+    }
+
+    /// Evaluate the new part of the prompt and sample the reply. `on_text`
+    /// gets the reply as it is produced (always whole UTF-8 characters) and
+    /// returns false to stop. The reply (partial if stopped) joins the history.
+    pub fn generate(
+        &mut self,
+        prep: &Prepared,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Reply> {
+        let n_ctx = self.ctx.n_ctx;
+        let left = n_ctx.saturating_sub(prep.tokens.len());
+        let n_predict = self.n_predict.map_or(left, |p| p.min(left));
+        let mut seq = self.cached.clone();
+        debug_assert_eq!(seq.len(), prep.reused);
+        let tok = &self.model.tokenizer;
+        let mut dec = StreamDecoder::new();
+        let mut text = String::new();
+        let r = generate(
+            &mut self.ctx,
+            &mut self.sampler,
+            &prep.tokens[prep.reused..],
+            &mut seq,
+            n_predict,
+            false,
+            |t| {
+                let piece = dec.push(&tok.token_bytes(t, false));
+                text.push_str(&piece);
+                on_text(&piece)
+            },
+        );
+        let mut stats = match r {
+            Ok(s) => s,
+            Err(e) => {
+                // The cache state is unknown: start over next time.
+                self.clear_cache();
+                self.conv.turns.pop();
+                return Err(e);
+            }
+        };
+        let rest = dec.flush();
+        if !rest.is_empty() {
+            text.push_str(&rest);
+            on_text(&rest);
+        }
+        if stats.stop == StopReason::Length && self.ctx.n_past >= n_ctx {
+            stats.stop = StopReason::ContextFull;
+        }
+        seq.truncate(self.ctx.n_past);
+        self.cached = seq;
+        self.conv.turns.push(Message::assistant(&text));
+        self.total.prompt_tokens += stats.prompt_tokens;
+        self.total.prompt_secs += stats.prompt_secs;
+        self.total.gen_tokens += stats.gen_tokens;
+        self.total.gen_secs += stats.gen_secs;
+        self.replies += 1;
+        self.last = Some(stats.clone());
+        Ok(Reply { text, stats })
+    }
+}
+
+/// The `tojson` filter of Hugging Face templates (`indent` honoured; other
+/// keyword arguments such as `ensure_ascii` accepted and ignored).
+fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    for k in ["ensure_ascii", "separators", "sort_keys"] {
+        let _: Option<Value> = kwargs.get(k)?;
+    }
+    kwargs.assert_all_used()?;
+    let bad = |e: serde_json::Error| Error::new(ErrorKind::InvalidOperation, e.to_string());
+    let s = match indent {
+        Some(n) => {
+            let pad = vec![b' '; n];
+            let fmt = serde_json::ser::PrettyFormatter::with_indent(&pad);
+            let mut out = Vec::new();
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+            value.serialize(&mut ser).map_err(bad)?;
+            String::from_utf8_lossy(&out).into_owned()
+        }
+        None => {
+            let mut out = Vec::new();
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, PySeparators);
+            value.serialize(&mut ser).map_err(bad)?;
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    Ok(Value::from_safe_string(s))
+}
+
+/// Python's `json.dumps` default separators: `", "` and `": "`.
+struct PySeparators;
+
+impl serde_json::ser::Formatter for PySeparators {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b": ")
+    }
+}
+
+/// Python string and dict methods that chat templates call (`.strip()`,
+/// `.startswith()`, `.split()`, `.items()`, `.get()`, ...).
+fn python_method(state: &State, value: &Value, method: &str, args: &[Value]) -> Result<Value, Error> {
+    if let Some(s) = value.as_str() {
+        return string_method(s, method, args);
+    }
+    if value.kind() == ValueKind::Map {
+        match method {
+            "items" => {
+                let _: () = from_args(args)?;
+                return state.apply_filter("items", &[value.clone()]);
+            }
+            "keys" => {
+                let _: () = from_args(args)?;
+                return Ok(Value::from(value.try_iter()?.collect::<Vec<_>>()));
+            }
+            "values" => {
+                let _: () = from_args(args)?;
+                let mut v = Vec::new();
+                for k in value.try_iter()? {
+                    v.push(value.get_item(&k)?);
+                }
+                return Ok(Value::from(v));
+            }
+            "get" => {
+                let (key, default): (Value, Option<Value>) = from_args(args)?;
+                let v = value.get_item(&key)?;
+                return Ok(if v.is_undefined() {
+                    default.unwrap_or(Value::from(()))
+                } else {
+                    v
+                });
+            }
+            _ => {}
+        }
+    }
+    Err(Error::from(ErrorKind::UnknownMethod))
+}
+
+fn string_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> {
+    let strip_set = |chars: Option<&str>| -> Box<dyn Fn(char) -> bool> {
+        match chars {
+            Some(c) => {
+                let set: Vec<char> = c.chars().collect();
+                Box::new(move |ch| set.contains(&ch))
+            }
+            None => Box::new(char::is_whitespace),
+        }
+    };
+    let v = match method {
+        "strip" | "lstrip" | "rstrip" => {
+            let (chars,): (Option<&str>,) = from_args(args)?;
+            let f = strip_set(chars);
+            let out = match method {
+                "strip" => s.trim_matches(|c| f(c)),
+                "lstrip" => s.trim_start_matches(|c| f(c)),
+                _ => s.trim_end_matches(|c| f(c)),
+            };
+            Value::from(out)
+        }
+        "startswith" | "endswith" => {
+            let (p,): (Value,) = from_args(args)?;
+            // A single prefix or a list/tuple of them, as in Python.
+            let pats: Vec<String> = match p.as_str() {
+                Some(one) => vec![one.to_string()],
+                None => p
+                    .try_iter()?
+                    .map(|x| x.as_str().map(str::to_string))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| {
+                        Error::new(ErrorKind::InvalidOperation, "expected a string prefix")
+                    })?,
+            };
+            let hit = pats.iter().any(|p| {
+                if method == "startswith" {
+                    s.starts_with(p.as_str())
+                } else {
+                    s.ends_with(p.as_str())
+                }
+            });
+            Value::from(hit)
+        }
+        "upper" | "lower" | "title" | "capitalize" => {
+            let _: () = from_args(args)?;
+            Value::from(match method {
+                "upper" => s.to_uppercase(),
+                "lower" => s.to_lowercase(),
+                "title" => title_case(s),
+                _ => {
+                    let mut c = s.chars();
+                    match c.next() {
+                        Some(f) => f.to_uppercase().chain(c.flat_map(char::to_lowercase)).collect(),
+                        None => String::new(),
+                    }
+                }
+            })
+        }
+        "split" => {
+            let (sep, maxsplit): (Option<&str>, Option<i64>) = from_args(args)?;
+            let max = maxsplit.filter(|&m| m >= 0).map(|m| m as usize);
+            let parts: Vec<Value> = match sep {
+                Some("") => {
+                    return Err(Error::new(ErrorKind::InvalidOperation, "empty separator"))
+                }
+                Some(sep) => match max {
+                    Some(m) => s.splitn(m + 1, sep).map(Value::from).collect(),
+                    None => s.split(sep).map(Value::from).collect(),
+                },
+                None => {
+                    let mut out = Vec::new();
+                    let mut rest = s.trim_start();
+                    while !rest.is_empty() {
+                        if max.is_some_and(|m| out.len() == m) {
+                            out.push(Value::from(rest));
+                            break;
+                        }
+                        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+                        out.push(Value::from(&rest[..end]));
+                        rest = rest[end..].trim_start();
+                    }
+                    out
+                }
+            };
+            Value::from(parts)
+        }
+        "replace" => {
+            let (old, new, count): (&str, &str, Option<i64>) = from_args(args)?;
+            Value::from(match count {
+                Some(n) if n >= 0 => s.replacen(old, new, n as usize),
+                _ => s.replace(old, new),
+            })
+        }
+        _ => return Err(Error::from(ErrorKind::UnknownMethod)),
+    };
+    Ok(v)
+}
+
+fn title_case(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut prev_alpha = false;
+    for c in s.chars() {
+        if prev_alpha {
+            out.extend(c.to_lowercase());
+        } else {
+            out.extend(c.to_uppercase());
+        }
+        prev_alpha = c.is_alphabetic();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Expected strings below were rendered with Python jinja2 3.1.6
+    // (ImmutableSandboxedEnvironment, trim_blocks and lstrip_blocks, as
+    // transformers' apply_chat_template does).
+
+    const LLAMA3_STYLE: &str = "{{- bos_token }}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content'] | trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = \"\" %}
+{%- endif %}
+{{- \"<|start_header_id|>system<|end_header_id|>\\n\\n\" }}
+{{- system_message }}
+{{- \"<|eot_id|>\" }}
+{%- for message in messages %}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}
+        {{- raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}
+    {%- endif %}
+    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'].strip() + '<|eot_id|>' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}
+{%- endif %}
+";
+
+    const CHATML_STYLE: &str = "{% for message in messages %}
+  {% if loop.first and message['role'] != 'system' %}
+<|im_start|>system
+You are helpful.<|im_end|>
+  {% endif %}
+<|im_start|>{{ message['role'] }}
+{{ message['content'] }}<|im_end|>
+{% endfor %}
+{% if add_generation_prompt %}
+<|im_start|>assistant
+{% endif %}
+";
+
+    fn msgs() -> Vec<Message> {
+        vec![
+            Message::system("  Be brief. "),
+            Message::user(" Hi "),
+            Message::assistant("Hello."),
+            Message::user("Bye"),
+        ]
+    }
+
+    #[test]
+    fn bitnet_template() {
+        let t = ChatTemplate::new(crate::model::BITNET_CHAT_TEMPLATE, "<|begin_of_text|>", "")
+            .unwrap();
+        let m = vec![Message::system("S"), Message::user("U"), Message::assistant("A")];
+        assert_eq!(
+            t.render(&m, true).unwrap(),
+            "<|begin_of_text|>System: S<|eot_id|>User: U<|eot_id|>Assistant: A<|eot_id|>Assistant: "
+        );
+        assert_eq!(
+            t.render(&m[1..2], false).unwrap(),
+            "<|begin_of_text|>User: U<|eot_id|>"
+        );
+    }
+
+    #[test]
+    fn llama3_style_template_matches_jinja2() {
+        let t = ChatTemplate::new(LLAMA3_STYLE, "<|begin_of_text|>", "<|eot_id|>").unwrap();
+        assert_eq!(
+            t.render(&msgs(), true).unwrap(),
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nBye<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+        );
+        let e = t
+            .render(&[Message::user("a"), Message::user("b")], true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Conversation roles must alternate"), "{e}");
+    }
+
+    #[test]
+    fn chatml_style_template_matches_jinja2() {
+        let t = ChatTemplate::new(CHATML_STYLE, "", "").unwrap();
+        let m = &msgs()[1..];
+        let base = "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\n Hi <|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n";
+        assert_eq!(t.render(m, false).unwrap(), base);
+        assert_eq!(
+            t.render(m, true).unwrap(),
+            format!("{base}<|im_start|>assistant\n")
+        );
+    }
+
+    #[test]
+    fn python_methods_and_tojson() {
+        let src = "{{ ' a b  c '.split()|join('/') }}|{{ 'x,y,z'.split(',', 1)|join('/') }}|{{ '--a--'.strip('-') }}|\
+{{ 'abc'.startswith(('x', 'a')) }}|{{ 'hello world'.title() }}|{{ {'k': 1}.get('k') }}{{ {'k': 1}.get('z', 2) }}|\
+{{ messages[0] | tojson }}";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        assert_eq!(
+            t.render(&[Message::user("q\"")], false).unwrap(),
+            "a/b/c|x/y,z|a|True|Hello World|12|{\"role\": \"user\", \"content\": \"q\\\"\"}"
+        );
+    }
+
+    #[test]
+    fn bad_templates_are_errors() {
+        assert!(ChatTemplate::new("{% for %}", "", "").is_err());
+        let t = ChatTemplate::new("{{ messages[0].content.nosuchmethod() }}", "", "").unwrap();
+        assert!(t.render(&[Message::user("x")], false).is_err());
+    }
+
+    #[test]
+    fn dropping_turns_keeps_system_and_last_message() {
+        let mut c = Conversation::new(Some("sys".into()));
+        c.turns = vec![
+            Message::user("1"),
+            Message::assistant("a"),
+            Message::user("2"),
+            Message::assistant("b"),
+            Message::user("3"),
+        ];
+        assert!(c.drop_oldest_turn());
+        assert_eq!(c.turns[0], Message::user("2"));
+        assert!(c.drop_oldest_turn());
+        assert_eq!(c.turns, vec![Message::user("3")]);
+        assert!(!c.drop_oldest_turn());
+        assert_eq!(c.system.as_deref(), Some("sys"));
+    }
+
+    #[test]
+    fn transcript_round_trip_and_validation() {
+        let mut c = Conversation::new(Some("sys".into()));
+        c.turns = vec![Message::user("héllo"), Message::assistant("hi\n")];
+        let back = Conversation::from_json(&c.to_json()).unwrap();
+        assert_eq!(back, c);
+        let obj = r#"{"messages": [{"role": "user", "content": "x"}]}"#;
+        assert_eq!(Conversation::from_json(obj).unwrap().turns.len(), 1);
+        assert!(Conversation::from_json("[1, 2]").is_err());
+        assert!(Conversation::from_json(r#"[{"role": "tool", "content": "x"}]"#).is_err());
+        let late_system = r#"[{"role": "user", "content": "x"}, {"role": "system", "content": "y"}]"#;
+        assert!(Conversation::from_json(late_system).is_err());
+    }
+
+    #[test]
+    fn prefix() {
+        assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4, 5]), 2);
+        assert_eq!(common_prefix(&[], &[1]), 0);
+        assert_eq!(common_prefix(&[1, 2], &[1, 2]), 2);
+    }
+}

@@ -1,0 +1,275 @@
+//! Property tests: every kernel variant this CPU can run returns exactly the
+//! scalar reference's integers (ternary products, activation quantization)
+//! over random shapes and data, edge sizes included; float kernels agree
+//! with the reference closely and do not depend on tiling or thread count.
+//! The same file runs under qemu-aarch64 for NEON (see .ci/neon.sh).
+
+use half::f16;
+use tern::kernels::matmul::{head_matmul, matmul, quantize_batch, HeadWeights};
+use tern::kernels::{all_variants, scalar, Kernel, Packed};
+use tern::model::Proj;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn i8(&mut self) -> i8 {
+        self.next() as u8 as i8
+    }
+    fn f32(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+/// Canonical I2_S bytes for `rows × cols`: valid codes (0..2) or, with
+/// `raw`, any byte (code 3 included: kernels must still match the reference).
+fn weights(rng: &mut Rng, rows: usize, cols: usize, raw: bool) -> Vec<u8> {
+    (0..rows * cols / 4)
+        .map(|_| {
+            if raw {
+                rng.next() as u8
+            } else {
+                (0..4).fold(0u8, |b, i| b | ((rng.below(3) as u8) << (2 * i)))
+            }
+        })
+        .collect()
+}
+
+fn activations(rng: &mut Rng, n: usize, k: usize, style: usize) -> Vec<i8> {
+    (0..n * k)
+        .map(|_| match style {
+            0 => rng.i8(),
+            1 => -128,
+            2 => 127,
+            _ => [-128i8, 127, 0, -1, 1][rng.below(5)],
+        })
+        .collect()
+}
+
+fn sums(x: &[i8], k: usize) -> Vec<i32> {
+    x.chunks(k).map(|r| r.iter().map(|&v| v as i32).sum()).collect()
+}
+
+/// One kernel over one shape, every group sub-range style, against the
+/// canonical-row reference.
+fn check_i2s(kern: &dyn Kernel, w: &[u8], rows: usize, cols: usize, x: &[i8], n: usize) {
+    let p = Packed::from_i2s(w, rows, cols).unwrap();
+    let s = sums(x, cols);
+    let rb = cols / 4;
+    let want = |m: usize, t: usize| {
+        if m < rows {
+            scalar::dot_i2s(&w[m * rb..(m + 1) * rb], &x[t * cols..(t + 1) * cols], s[t])
+        } else {
+            0
+        }
+    };
+    let groups = p.groups();
+    let mut ranges = vec![(0, groups)];
+    if groups > 1 {
+        ranges.push((1, groups));
+        ranges.push((0, groups - 1));
+        ranges.push((groups / 2, groups / 2 + 1));
+    }
+    for (g0, g1) in ranges {
+        let ld = 4 * (g1 - g0);
+        let mut out = vec![i32::MIN; n * ld];
+        kern.i2s_gemm(&p, g0, g1, x, &s, &mut out);
+        for t in 0..n {
+            for r in 0..ld {
+                let m = 4 * g0 + r;
+                assert_eq!(
+                    out[t * ld + r],
+                    want(m, t),
+                    "{}: rows {} cols {} n {} groups {}..{}: row {} token {}",
+                    kern.variant(),
+                    rows,
+                    cols,
+                    n,
+                    g0,
+                    g1,
+                    m,
+                    t
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn i2s_kernels_match_scalar_on_random_shapes() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let kernels = all_variants();
+    eprintln!("kernels: {:?}", kernels.iter().map(|k| k.variant()).collect::<Vec<_>>());
+    // Edge sizes: 1 block, chunk boundaries (8/16 blocks ± 1), rows not a
+    // multiple of 4, token counts around every tile width.
+    let cols_set = [128, 256, 384, 1024, 1152, 2048, 2176];
+    let rows_set = [1, 2, 3, 4, 5, 7, 8, 13, 33];
+    let n_set = [1, 2, 3, 4, 5, 6, 7, 9, 13];
+    for case in 0..60 {
+        let cols = cols_set[rng.below(cols_set.len())];
+        let rows = rows_set[rng.below(rows_set.len())];
+        let n = n_set[rng.below(n_set.len())];
+        let raw = case % 3 == 0;
+        let w = weights(&mut rng, rows, cols, raw);
+        let x = activations(&mut rng, n, cols, case % 4);
+        for k in &kernels {
+            check_i2s(*k, &w, rows, cols, &x, n);
+        }
+    }
+}
+
+#[test]
+fn i2s_extremes_do_not_overflow() {
+    // Every code 2 (or 3) against every activation -128: the largest
+    // magnitudes the 16-bit stages can see, over a long row.
+    for (byte, xv) in [(0xAAu8, -128i8), (0xAA, 127), (0xFF, -128), (0xFF, 127), (0x00, -128)] {
+        let (rows, cols, n) = (5, 4096, 5);
+        let w = vec![byte; rows * cols / 4];
+        let x = vec![xv; n * cols];
+        for k in all_variants() {
+            check_i2s(k, &w, rows, cols, &x, n);
+        }
+    }
+}
+
+#[test]
+fn quantize_matches_scalar_bit_for_bit() {
+    let mut rng = Rng(42);
+    for case in 0..200 {
+        let len = [1, 7, 8, 31, 32, 33, 100, 256, 257, 2560][case % 10];
+        let scale = [1e-8f32, 1e-3, 1.0, 37.5, 1e6][rng.below(5)];
+        let mut x: Vec<f32> = (0..len).map(|_| rng.f32() * scale).collect();
+        match case % 7 {
+            // exact .5 ties after scaling: max 127 → a = 1
+            1 => {
+                for (i, v) in x.iter_mut().enumerate() {
+                    *v = (i % 255) as f32 - 127.0 + 0.5;
+                }
+                x[0] = 127.0;
+            }
+            2 => x.iter_mut().for_each(|v| *v = 0.0),
+            3 => x[len / 2] = f32::NAN,
+            4 => x[len - 1] = -f32::INFINITY,
+            5 => x[0] = f32::MIN_POSITIVE / 4.0,
+            _ => {}
+        }
+        let mut want = vec![0i8; len];
+        let (wa, ws) = scalar::quantize_act(&x, &mut want);
+        for k in all_variants() {
+            let mut got = vec![0i8; len];
+            let (a, s) = k.quantize_act(&x, &mut got);
+            assert_eq!(a.to_bits(), wa.to_bits(), "{} case {} scale", k.variant(), case);
+            assert_eq!(s, ws, "{} case {} sum", k.variant(), case);
+            assert_eq!(got, want, "{} case {} values", k.variant(), case);
+        }
+    }
+}
+
+fn close(a: f32, b: f32, mag: f32) -> bool {
+    (a - b).abs() <= 1e-4 * mag.max(1.0)
+}
+
+#[test]
+fn float_kernels_agree_and_do_not_depend_on_tiling() {
+    let mut rng = Rng(7);
+    for &(rows, d, n) in &[(1, 8, 1), (5, 13, 3), (9, 64, 5), (17, 100, 2), (33, 256, 7), (6, 2560, 4)] {
+        let w32: Vec<f32> = (0..rows * d).map(|_| rng.f32()).collect();
+        let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
+        let xs: Vec<f32> = (0..n * d).map(|_| rng.f32()).collect();
+        let mag = d as f32;
+        for k in all_variants() {
+            let mut full16 = vec![0f32; n * rows];
+            let mut full32 = vec![0f32; n * rows];
+            k.f16_gemm(&w16, d, 0, rows, &xs, n, &mut full16);
+            k.f32_gemm(&w32, d, 0, rows, &xs, n, &mut full32);
+            for t in 0..n {
+                let x = &xs[t * d..(t + 1) * d];
+                for v in 0..rows {
+                    let r16 = scalar::dot_f16(&w16[v * d..(v + 1) * d], x);
+                    let r32 = scalar::dot_f32(&w32[v * d..(v + 1) * d], x);
+                    let (g16, g32) = (full16[t * rows + v], full32[t * rows + v]);
+                    assert!(close(g16, r16, mag), "{} f16 {} vs {}", k.variant(), g16, r16);
+                    assert!(close(g32, r32, mag), "{} f32 {} vs {}", k.variant(), g32, r32);
+                    assert!(close(k.dot_f16(&w16[v * d..(v + 1) * d], x), r16, mag));
+                    assert!(close(k.dot_f32(&w32[v * d..(v + 1) * d], x), r32, mag));
+                    // One row, one token: the same bits as inside the big tile.
+                    let mut one = [0f32];
+                    k.f16_gemm(&w16, d, v, v + 1, x, 1, &mut one);
+                    assert_eq!(one[0].to_bits(), g16.to_bits(), "{} f16 tiling", k.variant());
+                    k.f32_gemm(&w32, d, v, v + 1, x, 1, &mut one);
+                    assert_eq!(one[0].to_bits(), g32.to_bits(), "{} f32 tiling", k.variant());
+                }
+            }
+            let mut y = xs[..d].to_vec();
+            let mut want = y.clone();
+            k.axpy_f16(0.75, &w16[..d], &mut y);
+            scalar::axpy_f16(0.75, &w16[..d], &mut want);
+            assert!(y.iter().zip(&want).all(|(a, b)| close(*a, *b, 1.0)), "{} axpy", k.variant());
+        }
+    }
+}
+
+#[test]
+fn matmul_is_independent_of_threads_and_batch() {
+    let mut rng = Rng(3);
+    let (rows, cols) = (70, 512);
+    let w = weights(&mut rng, rows, cols, false);
+    let proj = Proj::Ternary {
+        data: Packed::from_i2s(&w, rows, cols).unwrap(),
+        scale: 0.37,
+        rows,
+        cols,
+    };
+    let vocab = 301;
+    let head: Vec<f16> = (0..vocab * cols).map(|_| f16::from_f32(rng.f32())).collect();
+    let x: Vec<f32> = (0..9 * cols).map(|_| rng.f32() * 3.0).collect();
+    let run = |threads: usize, n: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut res = Vec::new();
+            for k in all_variants() {
+                let qb = quantize_batch(k, &x[..n * cols], cols);
+                let mut out = vec![0f32; n * rows];
+                matmul(k, &proj, &qb, &mut out);
+                let logits = head_matmul(k, HeadWeights::F16(&head), &x[..n * cols], n, vocab, cols);
+                res.push((out, logits));
+            }
+            res
+        })
+    };
+    let one = run(1, 9);
+    assert_eq!(one, run(2, 9));
+    assert_eq!(one, run(3, 9));
+    // Row by row gives the same bits as the batch.
+    for n in [1, 2, 5] {
+        let part = run(2, n);
+        for (a, b) in one.iter().zip(&part) {
+            assert_eq!(&a.0[..n * rows], &b.0[..]);
+            assert_eq!(&a.1[..n * vocab], &b.1[..]);
+        }
+    }
+    // Every kernel's projection equals the scalar one exactly (the float
+    // step after the integer dot is shared).
+    for r in &one[1..] {
+        assert_eq!(r.0, one[0].0);
+    }
+}
+
+#[test]
+fn forced_kernel_names() {
+    assert!(tern::kernels::select(Some("scalar")).is_ok());
+    let e = tern::kernels::select(Some("sse9")).unwrap_err().to_string();
+    assert!(e.contains("unknown kernel"), "{}", e);
+    #[cfg(target_arch = "x86_64")]
+    assert!(tern::kernels::select(Some("neon")).is_err());
+    #[cfg(target_arch = "aarch64")]
+    assert!(tern::kernels::select(Some("avx2")).is_err());
+}
