@@ -80,11 +80,7 @@ impl ChatTemplate {
     pub fn for_model(model: &Model) -> Result<ChatTemplate> {
         let tok = &model.tokenizer;
         let text = |id: Option<u32>| id.map_or("", |i| tok.token_text(i)).to_string();
-        ChatTemplate::new(
-            &model.chat_template,
-            &text(tok.bos()),
-            &text(tok.eos()),
-        )
+        ChatTemplate::new(&model.chat_template, &text(tok.bos()), &text(tok.eos()))
     }
 
     /// The prompt text for `messages`; with `add_generation_prompt` it ends
@@ -484,7 +480,12 @@ impl serde_json::ser::Formatter for PySeparators {
 
 /// Python string and dict methods that chat templates call (`.strip()`,
 /// `.startswith()`, `.split()`, `.items()`, `.get()`, ...).
-fn python_method(state: &State, value: &Value, method: &str, args: &[Value]) -> Result<Value, Error> {
+fn python_method(
+    state: &State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> Result<Value, Error> {
     if let Some(s) = value.as_str() {
         return string_method(s, method, args);
     }
@@ -492,7 +493,7 @@ fn python_method(state: &State, value: &Value, method: &str, args: &[Value]) -> 
         match method {
             "items" => {
                 let _: () = from_args(args)?;
-                return state.apply_filter("items", &[value.clone()]);
+                return state.apply_filter("items", std::slice::from_ref(value));
             }
             "keys" => {
                 let _: () = from_args(args)?;
@@ -522,23 +523,19 @@ fn python_method(state: &State, value: &Value, method: &str, args: &[Value]) -> 
 }
 
 fn string_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> {
-    let strip_set = |chars: Option<&str>| -> Box<dyn Fn(char) -> bool> {
-        match chars {
-            Some(c) => {
-                let set: Vec<char> = c.chars().collect();
-                Box::new(move |ch| set.contains(&ch))
-            }
-            None => Box::new(char::is_whitespace),
-        }
-    };
     let v = match method {
         "strip" | "lstrip" | "rstrip" => {
             let (chars,): (Option<&str>,) = from_args(args)?;
-            let f = strip_set(chars);
+            // Python strips whitespace, or any of the given characters.
+            let set: Option<Vec<char>> = chars.map(|c| c.chars().collect());
+            let strip = |ch: char| match &set {
+                Some(set) => set.contains(&ch),
+                None => ch.is_whitespace(),
+            };
             let out = match method {
-                "strip" => s.trim_matches(|c| f(c)),
-                "lstrip" => s.trim_start_matches(|c| f(c)),
-                _ => s.trim_end_matches(|c| f(c)),
+                "strip" => s.trim_matches(strip),
+                "lstrip" => s.trim_start_matches(strip),
+                _ => s.trim_end_matches(strip),
             };
             Value::from(out)
         }
@@ -573,7 +570,10 @@ fn string_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> 
                 _ => {
                     let mut c = s.chars();
                     match c.next() {
-                        Some(f) => f.to_uppercase().chain(c.flat_map(char::to_lowercase)).collect(),
+                        Some(f) => f
+                            .to_uppercase()
+                            .chain(c.flat_map(char::to_lowercase))
+                            .collect(),
                         None => String::new(),
                     }
                 }
@@ -583,9 +583,7 @@ fn string_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> 
             let (sep, maxsplit): (Option<&str>, Option<i64>) = from_args(args)?;
             let max = maxsplit.filter(|&m| m >= 0).map(|m| m as usize);
             let parts: Vec<Value> = match sep {
-                Some("") => {
-                    return Err(Error::new(ErrorKind::InvalidOperation, "empty separator"))
-                }
+                Some("") => return Err(Error::new(ErrorKind::InvalidOperation, "empty separator")),
                 Some(sep) => match max {
                     Some(m) => s.splitn(m + 1, sep).map(Value::from).collect(),
                     None => s.split(sep).map(Value::from).collect(),
@@ -686,9 +684,13 @@ You are helpful.<|im_end|>
 
     #[test]
     fn bitnet_template() {
-        let t = ChatTemplate::new(crate::model::BITNET_CHAT_TEMPLATE, "<|begin_of_text|>", "")
-            .unwrap();
-        let m = vec![Message::system("S"), Message::user("U"), Message::assistant("A")];
+        let t =
+            ChatTemplate::new(crate::model::BITNET_CHAT_TEMPLATE, "<|begin_of_text|>", "").unwrap();
+        let m = vec![
+            Message::system("S"),
+            Message::user("U"),
+            Message::assistant("A"),
+        ];
         assert_eq!(
             t.render(&m, true).unwrap(),
             "<|begin_of_text|>System: S<|eot_id|>User: U<|eot_id|>Assistant: A<|eot_id|>Assistant: "
@@ -772,7 +774,8 @@ You are helpful.<|im_end|>
         assert_eq!(Conversation::from_json(obj).unwrap().turns.len(), 1);
         assert!(Conversation::from_json("[1, 2]").is_err());
         assert!(Conversation::from_json(r#"[{"role": "tool", "content": "x"}]"#).is_err());
-        let late_system = r#"[{"role": "user", "content": "x"}, {"role": "system", "content": "y"}]"#;
+        let late_system =
+            r#"[{"role": "user", "content": "x"}, {"role": "system", "content": "y"}]"#;
         assert!(Conversation::from_json(late_system).is_err());
     }
 

@@ -12,7 +12,11 @@ pub fn log_softmax(x: &[f32]) -> Vec<f64> {
 pub fn kl(reference: &[f32], test: &[f32]) -> f64 {
     let lr = log_softmax(reference);
     let lt = log_softmax(test);
-    lr.iter().zip(&lt).map(|(&r, &t)| r.exp() * (r - t)).sum::<f64>().max(0.0)
+    lr.iter()
+        .zip(&lt)
+        .map(|(&r, &t)| r.exp() * (r - t))
+        .sum::<f64>()
+        .max(0.0)
 }
 
 /// ‖test − ref‖₂ / ‖ref‖₂ of one position.
@@ -53,7 +57,10 @@ pub struct Agreement {
 pub fn compare(reference: &[f32], test: &[f32], vocab: usize) -> Agreement {
     assert_eq!(reference.len(), test.len(), "logit matrices differ in size");
     let n = reference.len() / vocab;
-    let mut a = Agreement { positions: n, ..Default::default() };
+    let mut a = Agreement {
+        positions: n,
+        ..Default::default()
+    };
     if n == 0 {
         return a;
     }
@@ -85,7 +92,11 @@ pub struct Thresholds {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds { max_rel_rms: 0.06, mean_kl: 0.01, min_top1: 0.7 }
+        Thresholds {
+            max_rel_rms: 0.06,
+            mean_kl: 0.01,
+            min_top1: 0.7,
+        }
     }
 }
 
@@ -97,11 +108,14 @@ impl Agreement {
 
 /// Read a little-endian f32 file.
 pub fn read_f32_file(path: &std::path::Path) -> anyhow::Result<Vec<f32>> {
-    let b = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {}", path.display(), e))?;
+    let b = std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {}", path.display(), e))?;
     if b.len() % 4 != 0 {
         anyhow::bail!("{} is not a whole number of f32 values", path.display());
     }
-    Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    Ok(b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
 }
 
 #[cfg(test)]

@@ -613,7 +613,7 @@ fn median(sorted: &[f64]) -> f64 {
     let n = sorted.len();
     match n {
         0 => 0.0,
-        _ if n % 2 == 0 => 0.5 * (sorted[n / 2] + sorted[n / 2 - 1]),
+        _ if n.is_multiple_of(2) => 0.5 * (sorted[n / 2] + sorted[n / 2 - 1]),
         _ => sorted[n / 2],
     }
 }
@@ -981,7 +981,10 @@ mod tests {
             assert!((*a as f64 - b).abs() < 2e-4, "{a} vs {b}");
         }
         let p = kl_point(&row, &rec, 3);
-        assert!(p.kld.abs() < 1e-4 && p.same_top && p.p_diff.abs() < 1e-4, "{p:?}");
+        assert!(
+            p.kld.abs() < 1e-4 && p.same_top && p.p_diff.abs() < 1e-4,
+            "{p:?}"
+        );
         // A flat row: scale 0, every code 0, log p = -ln n.
         let flat = [2.0f32; 4];
         let mut rec = vec![0u8; record_bytes(4)];

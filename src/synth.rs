@@ -21,9 +21,23 @@ pub struct Shape {
 
 impl Shape {
     /// BitNet b1.58 2B-4T.
-    pub const B2B4T: Shape = Shape { hidden: 2560, intermediate: 6912, layers: 30, heads: 20, kv_heads: 5, vocab: 128256 };
+    pub const B2B4T: Shape = Shape {
+        hidden: 2560,
+        intermediate: 6912,
+        layers: 30,
+        heads: 20,
+        kv_heads: 5,
+        vocab: 128256,
+    };
     /// A small shape for tests.
-    pub const TINY: Shape = Shape { hidden: 256, intermediate: 640, layers: 2, heads: 8, kv_heads: 2, vocab: 2304 };
+    pub const TINY: Shape = Shape {
+        hidden: 256,
+        intermediate: 640,
+        layers: 2,
+        heads: 8,
+        kv_heads: 2,
+        vocab: 2304,
+    };
 
     pub fn by_name(s: &str) -> Option<Shape> {
         match s {
@@ -45,7 +59,9 @@ impl Rng {
     /// Roughly normal(0, sd) from a sum of uniforms, as bf16 bits.
     fn bf16_normal(&mut self, sd: f32) -> u16 {
         let r = self.next();
-        let s = ((r & 0xffff) + ((r >> 16) & 0xffff) + ((r >> 32) & 0xffff) + (r >> 48)) as f32 / 65535.0 - 2.0;
+        let s = ((r & 0xffff) + ((r >> 16) & 0xffff) + ((r >> 32) & 0xffff) + (r >> 48)) as f32
+            / 65535.0
+            - 2.0;
         let v = s * sd * 1.732;
         (v.to_bits() >> 16) as u16
     }
@@ -53,7 +69,10 @@ impl Rng {
 
 /// GPT-2 byte-to-unicode table.
 fn byte_chars() -> Vec<char> {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
     let mut cs = bs.clone();
     let mut n = 0;
     for b in 0..256u32 {
@@ -82,8 +101,16 @@ fn tokenizer_json(n_bpe: usize, n_special: usize) -> serde_json::Value {
         // Letter pairs first (at most 26² exist), then pairs of earlier tokens.
         let pool = tokens.len();
         let early = merges.len() < 400;
-        let a = if early { letters[(rng.next() % 26) as usize] } else { (rng.next() as usize) % pool };
-        let b = if early { letters[(rng.next() % 26) as usize] } else { (rng.next() as usize) % pool };
+        let a = if early {
+            letters[(rng.next() % 26) as usize]
+        } else {
+            (rng.next() as usize) % pool
+        };
+        let b = if early {
+            letters[(rng.next() % 26) as usize]
+        } else {
+            (rng.next() as usize) % pool
+        };
         let t = format!("{}{}", tokens[a], tokens[b]);
         if t.chars().count() > 16 || !seen.insert(t.clone()) {
             continue;
@@ -91,11 +118,21 @@ fn tokenizer_json(n_bpe: usize, n_special: usize) -> serde_json::Value {
         merges.push(format!("{} {}", tokens[a], tokens[b]));
         tokens.push(t);
     }
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
-    let mut specials = vec!["<|begin_of_text|>".to_string(), "<|end_of_text|>".to_string()];
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect();
+    let mut specials = vec![
+        "<|begin_of_text|>".to_string(),
+        "<|end_of_text|>".to_string(),
+    ];
     for i in 0..n_special - 2 {
-        specials.push(if i == 7 { "<|eot_id|>".into() } else { format!("<|reserved_special_token_{}|>", i) });
+        specials.push(if i == 7 {
+            "<|eot_id|>".into()
+        } else {
+            format!("<|reserved_special_token_{}|>", i)
+        });
     }
     let added: Vec<serde_json::Value> = specials
         .iter()
@@ -122,14 +159,18 @@ fn tokenizer_json(n_bpe: usize, n_special: usize) -> serde_json::Value {
 
 fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     let mut f = AtomicFile::create(path, true)?;
-    f.file().write_all(serde_json::to_string_pretty(v)?.as_bytes())?;
+    f.file()
+        .write_all(serde_json::to_string_pretty(v)?.as_bytes())?;
     f.commit()
 }
 
 /// Write a random bf16 BitNet (`BitNetForCausalLM`, relu², tied) checkpoint.
 pub fn synth_hf(dir: &Path, shape: Shape, seed: u64) -> Result<()> {
     let s = shape;
-    if s.vocab <= 256 + 256 || s.hidden % s.heads != 0 || s.heads % s.kv_heads != 0 {
+    if s.vocab <= 256 + 256
+        || !s.hidden.is_multiple_of(s.heads)
+        || !s.heads.is_multiple_of(s.kv_heads)
+    {
         bail!("unusable shape {:?}", s);
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -143,16 +184,26 @@ pub fn synth_hf(dir: &Path, shape: Shape, seed: u64) -> Result<()> {
         "torch_dtype": "bfloat16"
     });
     write_json(&dir.join("config.json"), &config)?;
-    write_json(&dir.join("tokenizer.json"), &tokenizer_json(s.vocab - 256, 256))?;
+    write_json(
+        &dir.join("tokenizer.json"),
+        &tokenizer_json(s.vocab - 256, 256),
+    )?;
     write_json(
         &dir.join("tokenizer_config.json"),
         &json!({"add_bos_token": true, "bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>",
                 "tokenizer_class": "PreTrainedTokenizerFast", "chat_template": crate::model::BITNET_CHAT_TEMPLATE}),
     )?;
-    write_json(&dir.join("generation_config.json"), &json!({"bos_token_id": s.vocab - 256, "eos_token_id": [s.vocab - 255, s.vocab - 256 + 9]}))?;
+    write_json(
+        &dir.join("generation_config.json"),
+        &json!({"bos_token_id": s.vocab - 256, "eos_token_id": [s.vocab - 255, s.vocab - 256 + 9]}),
+    )?;
 
     // Tensor list (name, shape, std-dev; 0 = norm weights of ones).
-    let mut tensors: Vec<(String, Vec<usize>, f32)> = vec![("model.embed_tokens.weight".into(), vec![s.vocab, s.hidden], 0.02)];
+    let mut tensors: Vec<(String, Vec<usize>, f32)> = vec![(
+        "model.embed_tokens.weight".into(),
+        vec![s.vocab, s.hidden],
+        0.02,
+    )];
     tensors.push(("model.norm.weight".into(), vec![s.hidden], 0.0));
     for l in 0..s.layers {
         let p = format!("model.layers.{}.", l);
@@ -182,7 +233,10 @@ pub fn synth_hf(dir: &Path, shape: Shape, seed: u64) -> Result<()> {
     let mut off = 0usize;
     for (n, sh, _) in &tensors {
         let bytes = sh.iter().product::<usize>() * 2;
-        header.insert(n.clone(), json!({"dtype": "BF16", "shape": sh, "data_offsets": [off, off + bytes]}));
+        header.insert(
+            n.clone(),
+            json!({"dtype": "BF16", "shape": sh, "data_offsets": [off, off + bytes]}),
+        );
         off += bytes;
     }
     let mut h = serde_json::to_vec(&serde_json::Value::Object(header))?;
@@ -203,7 +257,11 @@ pub fn synth_hf(dir: &Path, shape: Shape, seed: u64) -> Result<()> {
                 let k = left.min(1 << 20);
                 buf.clear();
                 for _ in 0..k {
-                    let v = if *sd == 0.0 { 0x3f80 } else { rng.bf16_normal(*sd) };
+                    let v = if *sd == 0.0 {
+                        0x3f80
+                    } else {
+                        rng.bf16_normal(*sd)
+                    };
                     buf.extend_from_slice(&v.to_le_bytes());
                 }
                 w.write_all(&buf)?;
@@ -236,7 +294,10 @@ mod tests {
         .unwrap();
         assert_eq!(r.continuous, 14);
         let model = crate::model::Model::load(&out).unwrap();
-        let ids = model.tokenizer.encode("hello world<|eot_id|>", true).unwrap();
+        let ids = model
+            .tokenizer
+            .encode("hello world<|eot_id|>", true)
+            .unwrap();
         assert_eq!(ids[0], 2048);
         assert_eq!(*ids.last().unwrap(), 2048 + 9);
     }

@@ -135,7 +135,7 @@ fn activation_quantization_matches_quantize_row_i8_s() {
             if trial == 2 {
                 // Exact halves after scaling (max 127 → scale 1): ties to even.
                 for (j, v) in x.iter_mut().enumerate() {
-                    *v = (j % 255) as f32 - 127.0 + if j % 3 == 0 { 0.5 } else { 0.0 };
+                    *v = (j % 255) as f32 - 127.0 + if j.is_multiple_of(3) { 0.5 } else { 0.0 };
                 }
                 x[0] = 127.0;
             }

@@ -93,7 +93,14 @@ fn prompt_ids_match_the_reference_tokenization() {
     check_prompt(&m, SHAKESPEARE_IDS);
 
     // The session renders the same thing from its conversation.
-    let mut s = Session::new(&m, 256, false, SamplingParams::default(), Some(SYSTEM.into())).unwrap();
+    let mut s = Session::new(
+        &m,
+        256,
+        false,
+        SamplingParams::default(),
+        Some(SYSTEM.into()),
+    )
+    .unwrap();
     s.conv.turns = four_messages()[1..].to_vec();
     assert_eq!(s.tokens(true).unwrap(), SHAKESPEARE_IDS);
 }
@@ -142,7 +149,12 @@ fn later_turns_prefill_only_the_new_tokens() {
     let p2 = s.prepare("What news?").unwrap();
     let new_msg = m.tokenizer.encode("User: What news?", false).unwrap().len();
     // Everything up to (at most a few tokens into) the first reply is reused.
-    assert!(p2.reused >= p1.tokens.len() - 1, "{} < {}", p2.reused, p1.tokens.len());
+    assert!(
+        p2.reused >= p1.tokens.len() - 1,
+        "{} < {}",
+        p2.reused,
+        p1.tokens.len()
+    );
     assert!(p2.reused <= cached_after_1);
     let fresh = p2.tokens.len() - p2.reused;
     assert!(
@@ -187,7 +199,9 @@ fn a_full_context_drops_the_oldest_turns() {
     s.n_predict = Some(8);
     let mut dropped = 0;
     for i in 0..8 {
-        let p = s.prepare(&format!("Message number {i}, please answer.")).unwrap();
+        let p = s
+            .prepare(&format!("Message number {i}, please answer."))
+            .unwrap();
         assert!(p.tokens.len() + 8 <= 96);
         dropped += p.dropped_turns;
         s.generate(&p, |_| true).unwrap();
@@ -332,7 +346,20 @@ fn piped_mode_reports_the_context_filling() {
     input.push_str(&format!("/save {}\n", t.display()));
     let fx = fixture();
     let out = run_piped(
-        &["-m", fx.to_str().unwrap(), "-c", "80", "-n", "8", "--system", "S", "--temp", "0", "-t", "2"],
+        &[
+            "-m",
+            fx.to_str().unwrap(),
+            "-c",
+            "80",
+            "-n",
+            "8",
+            "--system",
+            "S",
+            "--temp",
+            "0",
+            "-t",
+            "2",
+        ],
         &input,
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -341,7 +368,10 @@ fn piped_mode_reports_the_context_filling() {
     let c = transcript(&t);
     assert_eq!(c.system.as_deref(), Some("S"));
     assert!(c.turns.len() < 12);
-    assert_eq!(c.turns[c.turns.len() - 2].content, "This is message 5 of a long chat.");
+    assert_eq!(
+        c.turns[c.turns.len() - 2].content,
+        "This is message 5 of a long chat."
+    );
 }
 
 #[test]
@@ -352,13 +382,21 @@ fn piped_mode_stops_at_a_bad_command() {
         ("/set top_p 2\n", "/set top_p: must be in (0, 1]"),
         ("/set colour red\n", "unknown setting colour"),
         ("/frobnicate\n", "unknown command /frobnicate"),
-        ("/load /nonexistent/file.json\n", "cannot read /nonexistent/file.json"),
+        (
+            "/load /nonexistent/file.json\n",
+            "cannot read /nonexistent/file.json",
+        ),
     ] {
         let out = run_piped(&["-m", fx.to_str().unwrap(), "-t", "2"], input);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{input}: {stderr}");
         assert!(stderr.contains(msg), "{input}: {stderr}");
-        assert!(stderr.trim_end().lines().last().unwrap().starts_with("tern: error: "));
+        assert!(stderr
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("tern: error: "));
     }
     // A stray argument is refused rather than taken for a message.
     let out = run_piped(&["-m", fx.to_str().unwrap(), "hello"], "");
@@ -370,14 +408,15 @@ fn piped_mode_stops_at_a_bad_command() {
 
 /// A tmux server of our own (its own socket), killed on drop.
 struct Tmux {
-    socket: String,
+    /// The server's socket, inside `_dir` so that it goes with it.
+    socket: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Tmux {
     fn cmd(&self) -> Command {
         let mut c = Command::new("tmux");
-        c.arg("-L").arg(&self.socket);
+        c.arg("-S").arg(&self.socket);
         c
     }
     fn run(&self, args: &[&str]) -> String {
@@ -414,33 +453,17 @@ impl Tmux {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    fn dead_status(&self) -> Option<i32> {
-        let s = self.run(&[
-            "display-message",
-            "-p",
-            "-t",
-            "chat",
-            "#{pane_dead} #{pane_dead_status}",
-        ]);
-        let mut w = s.split_whitespace();
-        match (w.next(), w.next()) {
-            (Some("1"), Some(code)) => code.parse().ok(),
-            _ => None,
-        }
-    }
+    /// tern's exit status, once the wrapper shell has printed it (tmux's own
+    /// `pane_dead_status` is unreliable: tmux 3.3 sometimes never reaps the child).
     fn wait_exit(&self) -> i32 {
-        let t0 = Instant::now();
-        loop {
-            if let Some(c) = self.dead_status() {
-                return c;
-            }
-            if t0.elapsed() > Duration::from_secs(60) {
-                panic!("tern did not exit; the screen:\n{}", self.screen());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let s = self.wait_for("tern to exit", |s| s.contains(EXIT_MARK));
+        let i = s.rfind(EXIT_MARK).unwrap() + EXIT_MARK.len();
+        let code: String = s[i..].chars().take_while(char::is_ascii_digit).collect();
+        code.parse().unwrap()
     }
 }
+
+const EXIT_MARK: &str = "[tern exit status ";
 
 impl Drop for Tmux {
     fn drop(&mut self) {
@@ -459,17 +482,14 @@ fn tmux_chat(args: &[&str]) -> Option<(Tmux, PathBuf)> {
     }
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("tmux.conf");
-    std::fs::write(&conf, "set -g remain-on-exit on\nset -g history-limit 10000\n").unwrap();
+    std::fs::write(
+        &conf,
+        "set -g remain-on-exit on\nset -g history-limit 10000\n",
+    )
+    .unwrap();
     let data = dir.path().join("data");
-    let socket = format!(
-        "tern-chat-test-{}-{}",
-        std::process::id(),
-        dir.path().file_name().unwrap().to_string_lossy()
-    );
-    let t = Tmux {
-        socket,
-        _dir: dir,
-    };
+    let socket = dir.path().join("tmux.sock");
+    let t = Tmux { socket, _dir: dir };
     let mut a: Vec<String> = vec![
         "-f".into(),
         conf.to_string_lossy().into_owned(),
@@ -481,6 +501,12 @@ fn tmux_chat(args: &[&str]) -> Option<(Tmux, PathBuf)> {
         "160".into(),
         "-y".into(),
         "50".into(),
+        // A shell that reports the exit status; it lets Ctrl-C through to
+        // tern (a caught trap resets to the default in the child).
+        "sh".into(),
+        "-c".into(),
+        format!("trap : INT; \"$@\"; echo \"{EXIT_MARK}$?]\""),
+        "sh".into(),
         "env".into(),
         format!("XDG_DATA_HOME={}", data.display()),
         env!("CARGO_BIN_EXE_tern").into(),
@@ -496,9 +522,13 @@ fn tmux_chat(args: &[&str]) -> Option<(Tmux, PathBuf)> {
     Some((t, data))
 }
 
-/// The lines after the last line that reads exactly `line`.
+/// The lines after the last line that reads exactly `line`, without the
+/// blank rows below the cursor.
 fn after<'a>(screen: &'a str, line: &str) -> Option<Vec<&'a str>> {
-    let lines: Vec<&str> = screen.lines().collect();
+    let mut lines: Vec<&str> = screen.lines().collect();
+    while lines.last().is_some_and(|l| l.trim().is_empty()) {
+        lines.pop();
+    }
     let i = lines.iter().rposition(|l| l.trim_end() == line)?;
     Some(lines[i + 1..].to_vec())
 }
@@ -533,9 +563,7 @@ fn interactive_session_in_a_pseudo_terminal() {
     });
     t.keys(&["C-c"]);
     t.wait_for("the interruption and the prompt", |s| {
-        after(s, "[interrupted]").is_some_and(|rest| {
-            rest.iter().any(|l| l.trim_end() == ">")
-        })
+        after(s, "[interrupted]").is_some_and(|rest| rest.iter().any(|l| l.trim_end() == ">"))
     });
 
     // Ctrl-D leaves cleanly, with the speed lines and the history saved.
@@ -545,7 +573,10 @@ fn interactive_session_in_a_pseudo_terminal() {
     assert!(s.contains("tern: 2 replies"), "{s}");
     assert!(s.contains("eval time ="), "{s}");
     let hist = std::fs::read_to_string(data.join("tern/chat_history.txt")).unwrap();
-    assert!(hist.contains("Hello there") && hist.contains("Tell me a long story"), "{hist}");
+    assert!(
+        hist.contains("Hello there") && hist.contains("Tell me a long story"),
+        "{hist}"
+    );
 }
 
 #[test]
@@ -554,9 +585,13 @@ fn ctrl_c_twice_at_the_prompt_exits() {
     else {
         return;
     };
-    t.wait_for("the prompt", |s| s.contains("Ctrl-D exits") && s.trim_end().ends_with('>'));
+    t.wait_for("the prompt", |s| {
+        s.contains("Ctrl-D exits") && s.trim_end().ends_with('>')
+    });
     t.keys(&["C-c"]);
-    t.wait_for("the hint", |s| s.contains("(Ctrl-C again or Ctrl-D to exit)"));
+    t.wait_for("the hint", |s| {
+        s.contains("(Ctrl-C again or Ctrl-D to exit)")
+    });
     t.keys(&["C-c"]);
     assert_eq!(t.wait_exit(), 0, "{}", t.screen());
 }

@@ -8,7 +8,12 @@ use tern::convert::{convert, ConvertOptions};
 use tern::gguf::GgufFile;
 use tern::quant::{i2s, tq, GgmlType};
 
-fn conv(input: &Path, out: &Path, outtype: GgmlType, embd: GgmlType) -> tern::convert::ConvertReport {
+fn conv(
+    input: &Path,
+    out: &Path,
+    outtype: GgmlType,
+    embd: GgmlType,
+) -> tern::convert::ConvertReport {
     convert(&ConvertOptions {
         input: input.to_path_buf(),
         outfile: Some(out.to_path_buf()),
@@ -37,7 +42,12 @@ fn fixtures_match_reference_ggufs_byte_for_byte() {
         let before = dir_hash(&hf_dir(name));
         let out = tmp.path().join(format!("{}.gguf", name));
         let rep = conv(&hf_dir(name), &out, GgmlType::I2S, GgmlType::F32);
-        assert_eq!(dir_hash(&hf_dir(name)), before, "{}: input folder changed", name);
+        assert_eq!(
+            dir_hash(&hf_dir(name)),
+            before,
+            "{}: input folder changed",
+            name
+        );
         let ours = GgufFile::open(&out).unwrap();
         let reference = GgufFile::open(&ref_gguf(name)).unwrap();
         // Every reference key with the same value (general.name may differ).
@@ -49,23 +59,38 @@ fn fixtures_match_reference_ggufs_byte_for_byte() {
         }
         assert_eq!(ours.tensors.len(), reference.tensors.len(), "{}", name);
         for rt in &reference.tensors {
-            let t = ours.tensor(&rt.name).unwrap_or_else(|| panic!("{}: missing {}", name, rt.name));
+            let t = ours
+                .tensor(&rt.name)
+                .unwrap_or_else(|| panic!("{}: missing {}", name, rt.name));
             assert_eq!((&t.dims, t.ty), (&rt.dims, rt.ty), "{}: {}", name, rt.name);
-            assert!(ours.tensor_data(t) == reference.tensor_data(rt), "{}: data of {} differs", name, rt.name);
+            assert!(
+                ours.tensor_data(t) == reference.tensor_data(rt),
+                "{}: data of {} differs",
+                name,
+                rt.name
+            );
         }
         let expected_kind = match *name {
             "b158-sparse" => (0, 14, 0),
             "b158-packed" => (0, 0, 14),
             _ => (rep.continuous, 0, 0),
         };
-        assert_eq!((rep.continuous, rep.ternary, rep.packed), expected_kind, "{}", name);
+        assert_eq!(
+            (rep.continuous, rep.ternary, rep.packed),
+            expected_kind,
+            "{}",
+            name
+        );
     }
 }
 
 #[test]
 fn architecture_and_activation_keys() {
     let tmp = tempfile::tempdir().unwrap();
-    for (name, arch, act) in [("b158-bf16", "bitnet-b1.58", "relu2"), ("bitnet-silu", "bitnet", "silu")] {
+    for (name, arch, act) in [
+        ("b158-bf16", "bitnet-b1.58", "relu2"),
+        ("bitnet-silu", "bitnet", "silu"),
+    ] {
         let out = tmp.path().join(format!("{}.gguf", name));
         conv(&hf_dir(name), &out, GgmlType::I2S, GgmlType::F16);
         let g = GgufFile::open(&out).unwrap();
@@ -75,7 +100,10 @@ fn architecture_and_activation_keys() {
         assert_eq!(g.get_str("tokenizer.ggml.pre"), Some("llama-bpe"));
         assert_eq!(g.get_u64("tokenizer.ggml.eot_token_id"), Some(2057));
         assert_eq!(g.get_u64("tokenizer.ggml.bos_token_id"), Some(2048));
-        assert!(g.get_str("tokenizer.chat_template").unwrap().contains("Assistant: "));
+        assert!(g
+            .get_str("tokenizer.chat_template")
+            .unwrap()
+            .contains("Assistant: "));
     }
 }
 
@@ -87,7 +115,12 @@ fn tq_and_float_outputs_decode_to_the_same_ternary_weights() {
     let base = tmp.path().join("i2s.gguf");
     conv(&src, &base, GgmlType::I2S, GgmlType::F32);
     let gi = GgufFile::open(&base).unwrap();
-    for ty in [GgmlType::TQ2_0, GgmlType::TQ1_0, GgmlType::F16, GgmlType::F32] {
+    for ty in [
+        GgmlType::TQ2_0,
+        GgmlType::TQ1_0,
+        GgmlType::F16,
+        GgmlType::F32,
+    ] {
         let out = tmp.path().join(format!("{}.gguf", ty.name()));
         let rep = conv(&src, &out, ty, GgmlType::F32);
         let g = GgufFile::open(&out).unwrap();
@@ -102,7 +135,12 @@ fn tq_and_float_outputs_decode_to_the_same_ternary_weights() {
             let want = |i: usize| codes[i] as f32 * s;
             match o.ty {
                 GgmlType::TQ2_0 | GgmlType::TQ1_0 => {
-                    let (c, ds) = if o.ty == GgmlType::TQ2_0 { tq::decode_tq2_0(od) } else { tq::decode_tq1_0(od) }.unwrap();
+                    let (c, ds) = if o.ty == GgmlType::TQ2_0 {
+                        tq::decode_tq2_0(od)
+                    } else {
+                        tq::decode_tq1_0(od)
+                    }
+                    .unwrap();
                     assert_eq!(c, codes, "{} {}", ty.name(), t.name);
                     let s16 = half::f16::from_f32(s).to_f32();
                     for (bi, &dd) in ds.iter().enumerate() {
@@ -119,7 +157,12 @@ fn tq_and_float_outputs_decode_to_the_same_ternary_weights() {
                 }
                 GgmlType::F32 => {
                     for i in 0..n {
-                        let v = f32::from_le_bytes([od[4 * i], od[4 * i + 1], od[4 * i + 2], od[4 * i + 3]]);
+                        let v = f32::from_le_bytes([
+                            od[4 * i],
+                            od[4 * i + 1],
+                            od[4 * i + 2],
+                            od[4 * i + 3],
+                        ]);
                         assert_eq!(v, want(i));
                     }
                 }
@@ -141,7 +184,10 @@ fn writer_reader_round_trip() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("rt.gguf");
     let kv = vec![
-        ("general.architecture".to_string(), Value::String("bitnet".into())),
+        (
+            "general.architecture".to_string(),
+            Value::String("bitnet".into()),
+        ),
         ("a.u8".into(), Value::U8(7)),
         ("a.i8".into(), Value::I8(-7)),
         ("a.u16".into(), Value::U16(700)),
@@ -152,17 +198,31 @@ fn writer_reader_round_trip() {
         ("a.f64".into(), Value::F64(0.1)),
         ("a.f32".into(), Value::F32(0.5)),
         ("a.bool".into(), Value::Bool(true)),
-        ("a.arr".into(), Value::Array(ValueType::I32, vec![Value::I32(1), Value::I32(-2)])),
+        (
+            "a.arr".into(),
+            Value::Array(ValueType::I32, vec![Value::I32(1), Value::I32(-2)]),
+        ),
         ("a.empty".into(), Value::Array(ValueType::String, vec![])),
     ];
     let plans = vec![
-        TensorPlan { name: "x".into(), dims: vec![3], ty: GgmlType::F32 },
-        TensorPlan { name: "w".into(), dims: vec![128, 2], ty: GgmlType::I2S },
+        TensorPlan {
+            name: "x".into(),
+            dims: vec![3],
+            ty: GgmlType::F32,
+        },
+        TensorPlan {
+            name: "w".into(),
+            dims: vec![128, 2],
+            ty: GgmlType::I2S,
+        },
     ];
     let codes: Vec<i8> = (0..256).map(|i| (i % 3) as i8 - 1).collect();
     let mut w = Vec::new();
     i2s::encode(&codes, 0.25, &mut w);
-    let x: Vec<u8> = [1f32, 2.0, 3.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let x: Vec<u8> = [1f32, 2.0, 3.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     write_gguf(&p, false, &kv, &plans, |i, out| {
         out.write_all(if i == 0 { &x } else { &w })?;
         Ok(())
@@ -192,13 +252,18 @@ fn bad_convert(dir: &Path, extra: &[&str], needle: &str) {
     args.extend_from_slice(extra);
     let o = run_tern(&args, Some(out_dir.path()));
     assert_clean_failure(&o, needle);
-    assert!(listing(out_dir.path()).is_empty(), "left files: {:?}", listing(out_dir.path()));
+    assert!(
+        listing(out_dir.path()).is_empty(),
+        "left files: {:?}",
+        listing(out_dir.path())
+    );
     assert_eq!(dir_hash(dir), before_in, "input changed");
 }
 
 fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     let p = dir.join("config.json");
-    let mut j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     f(&mut j);
     std::fs::write(&p, serde_json::to_string(&j).unwrap()).unwrap();
 }
@@ -217,7 +282,9 @@ fn unknown_architecture() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path().join("m");
     copy_dir(&hf_dir("b158-bf16"), &d);
-    edit_config(&d, |j| j["architectures"] = serde_json::json!(["LlamaForCausalLM"]));
+    edit_config(&d, |j| {
+        j["architectures"] = serde_json::json!(["LlamaForCausalLM"])
+    });
     bad_convert(&d, &[], "LlamaForCausalLM");
 }
 
@@ -251,8 +318,11 @@ fn packed_without_weight_scale() {
     let bytes = std::fs::read(&p).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let drop = "model.layers.1.mlp.up_proj.weight_scale";
-    let keep: Vec<(String, safetensors::tensor::TensorView)> =
-        st.tensors().into_iter().filter(|(n, _)| n != drop).collect();
+    let keep: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != drop)
+        .collect();
     let out = safetensors::serialize(keep, &None).unwrap();
     std::fs::write(&p, out).unwrap();
     bad_convert(&d, &[], "weight_scale");
@@ -262,7 +332,14 @@ fn packed_without_weight_scale() {
 fn width_not_multiple_of_128_for_i2s() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path().join("m");
-    let shape = tern::synth::Shape { hidden: 192, intermediate: 384, layers: 1, heads: 6, kv_heads: 2, vocab: 768 };
+    let shape = tern::synth::Shape {
+        hidden: 192,
+        intermediate: 384,
+        layers: 1,
+        heads: 6,
+        kv_heads: 2,
+        vocab: 768,
+    };
     tern::synth::synth_hf(&d, shape, 3).unwrap();
     bad_convert(&d, &["--outtype", "i2_s"], "multiple of 128");
 }
@@ -273,11 +350,23 @@ fn existing_outfile_needs_force() {
     let out = t.path().join("out.gguf");
     std::fs::write(&out, b"keep me").unwrap();
     let src = hf_dir("b158-bf16");
-    let o = run_tern(&["convert", src.to_str().unwrap(), "--outfile", "out.gguf"], Some(t.path()));
+    let o = run_tern(
+        &["convert", src.to_str().unwrap(), "--outfile", "out.gguf"],
+        Some(t.path()),
+    );
     assert_clean_failure(&o, "--force");
     assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
     assert_eq!(listing(t.path()), vec!["out.gguf"]);
-    let o = run_tern(&["convert", src.to_str().unwrap(), "--outfile", "out.gguf", "--force"], Some(t.path()));
+    let o = run_tern(
+        &[
+            "convert",
+            src.to_str().unwrap(),
+            "--outfile",
+            "out.gguf",
+            "--force",
+        ],
+        Some(t.path()),
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(GgufFile::open(&out).is_ok());
 }
@@ -286,12 +375,19 @@ fn existing_outfile_needs_force() {
 fn default_outfile_and_report() {
     let t = tempfile::tempdir().unwrap();
     let src = hf_dir("b158-sparse");
-    let o = run_tern(&["convert", src.to_str().unwrap(), "--outtype", "tq2_0"], Some(t.path()));
+    let o = run_tern(
+        &["convert", src.to_str().unwrap(), "--outtype", "tq2_0"],
+        Some(t.path()),
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{}", err);
     assert_eq!(listing(t.path()), vec!["b158-sparse-tq2_0.gguf"]);
     // Per-tensor report with kind, scale, zeros, and the summary line.
-    assert!(err.contains("blk.0.attn_q.weight") && err.contains("ternary") && err.contains("zeros"), "{}", err);
+    assert!(
+        err.contains("blk.0.attn_q.weight") && err.contains("ternary") && err.contains("zeros"),
+        "{}",
+        err
+    );
     assert!(err.contains("14 already ternary"), "{}", err);
 }
 
@@ -309,10 +405,21 @@ fn sentencepiece_vocab_fallback() {
     // No tokenizer.json but a tokenizer.model: the vocabulary comes from it (pitfall 5).
     let t = tempfile::tempdir().unwrap();
     let d = t.path().join("m");
-    let shape = tern::synth::Shape { hidden: 256, intermediate: 256, layers: 1, heads: 4, kv_heads: 4, vocab: 768 };
+    let shape = tern::synth::Shape {
+        hidden: 256,
+        intermediate: 256,
+        layers: 1,
+        heads: 4,
+        kv_heads: 4,
+        vocab: 768,
+    };
     tern::synth::synth_hf(&d, shape, 5).unwrap();
     std::fs::remove_file(d.join("tokenizer.json")).unwrap();
-    std::fs::copy(root().join("models/fixtures/spm-tiny/tokenizer.model"), d.join("tokenizer.model")).unwrap();
+    std::fs::copy(
+        root().join("models/fixtures/spm-tiny/tokenizer.model"),
+        d.join("tokenizer.model"),
+    )
+    .unwrap();
     let out = t.path().join("o.gguf");
     let rep = conv(&d, &out, GgmlType::I2S, GgmlType::F16);
     assert_eq!(rep.continuous, 7);
@@ -322,4 +429,48 @@ fn sentencepiece_vocab_fallback() {
     assert_eq!(toks.len(), 768, "padded to the embedding rows");
     assert_eq!(toks[767].as_str(), Some("[PAD767]"));
     assert!(g.get("tokenizer.ggml.scores").is_some());
+}
+
+#[test]
+fn sharded_checkpoint_converts_identically() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("sharded");
+    copy_dir(&hf_dir("b158-bf16"), &d);
+    let single = d.join("model.safetensors");
+    let bytes = std::fs::read(&single).unwrap();
+    std::fs::remove_file(&single).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut all = st.tensors();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    let (a, b) = all.split_at(all.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (i, part) in [a, b].iter().enumerate() {
+        let fname = format!("model-0000{}-of-00002.safetensors", i + 1);
+        let out = safetensors::serialize(part.iter().map(|(n, v)| (n.clone(), v.clone())), &None)
+            .unwrap();
+        std::fs::write(d.join(&fname), out).unwrap();
+        for (n, _) in part.iter() {
+            map.insert(n.clone(), serde_json::json!(fname));
+        }
+    }
+    std::fs::write(
+        d.join("model.safetensors.index.json"),
+        serde_json::to_string(&serde_json::json!({"metadata": {}, "weight_map": map})).unwrap(),
+    )
+    .unwrap();
+    let out = t.path().join("s.gguf");
+    conv(&d, &out, GgmlType::I2S, GgmlType::F32);
+    let ours = GgufFile::open(&out).unwrap();
+    let reference = GgufFile::open(&ref_gguf("b158-bf16")).unwrap();
+    for rt in &reference.tensors {
+        let t = ours.tensor(&rt.name).unwrap();
+        assert!(
+            ours.tensor_data(t) == reference.tensor_data(rt),
+            "{}",
+            rt.name
+        );
+    }
+    // A missing shard is a clean error.
+    std::fs::remove_file(d.join("model-00002-of-00002.safetensors")).unwrap();
+    bad_convert(&d, &[], "missing shard");
 }

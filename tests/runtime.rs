@@ -24,7 +24,13 @@ fn check_against_refs(gguf: &Path, name: &str) {
         for p in prompts(&dir) {
             assert_eq!(p.vocab, m.hp.n_vocab);
             // Tokenization from GGUF metadata gives the reference ids.
-            assert_eq!(m.tokenizer.encode(&p.text, true).unwrap(), p.tokens, "{} {}: tokens", name, p.name);
+            assert_eq!(
+                m.tokenizer.encode(&p.text, true).unwrap(),
+                p.tokens,
+                "{} {}: tokens",
+                name,
+                p.name
+            );
             let ours = logits(&m, &p.tokens);
             let a = compare(&ref_logits(&dir, &p.name), &ours, p.vocab);
             assert!(
@@ -98,7 +104,15 @@ fn wrong_scale_is_detected() {
     let g = tern::gguf::GgufFile::open(&ref_gguf(name)).unwrap();
     let mut m = Model::from_gguf(g).unwrap();
     for l in &mut m.layers {
-        for p in [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo, &mut l.wgate, &mut l.wup, &mut l.wdown] {
+        for p in [
+            &mut l.wq,
+            &mut l.wk,
+            &mut l.wv,
+            &mut l.wo,
+            &mut l.wgate,
+            &mut l.wup,
+            &mut l.wdown,
+        ] {
             if let tern::model::Proj::Ternary { scale, .. } = p {
                 *scale *= 1.0 - 0.426;
             }
@@ -135,7 +149,12 @@ fn greedy_is_deterministic_across_runs_and_threads() {
     let gguf = ref_gguf("tern-shakespeare");
     let g = gguf.to_str().unwrap();
     let run = |t: &str| {
-        let o = run_tern(&["run", "-m", g, "-p", "ROMEO.", "-n", "40", "--temp", "0", "-t", t], None);
+        let o = run_tern(
+            &[
+                "run", "-m", g, "-p", "ROMEO.", "-n", "40", "--temp", "0", "-t", t,
+            ],
+            None,
+        );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8(o.stdout).unwrap()
     };
@@ -145,7 +164,12 @@ fn greedy_is_deterministic_across_runs_and_threads() {
     assert_eq!(a, run("2"));
     // Seeded sampling is reproducible too.
     let s = |seed: &str| {
-        let o = run_tern(&["run", "-m", g, "-p", "KING.", "-n", "30", "--seed", seed, "-t", "2"], None);
+        let o = run_tern(
+            &[
+                "run", "-m", g, "-p", "KING.", "-n", "30", "--seed", seed, "-t", "2",
+            ],
+            None,
+        );
         String::from_utf8(o.stdout).unwrap()
     };
     assert_eq!(s("42"), s("42"));
@@ -169,7 +193,15 @@ fn logits_cli_writes_positions_by_vocab() {
     let toks: Vec<String> = p.tokens.iter().map(|x| x.to_string()).collect();
     let g = ref_gguf("b158-bf16");
     let o = run_tern(
-        &["logits", "-m", g.to_str().unwrap(), "--tokens", &toks.join(","), "--out", out.to_str().unwrap()],
+        &[
+            "logits",
+            "-m",
+            g.to_str().unwrap(),
+            "--tokens",
+            &toks.join(","),
+            "--out",
+            out.to_str().unwrap(),
+        ],
         None,
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -178,12 +210,34 @@ fn logits_cli_writes_positions_by_vocab() {
     assert!(compare(&ref_logits(&dir, &p.name), &l, p.vocab).passes(&Thresholds::default()));
     // -p gives the same as the reference token ids (BOS added by the model's rule).
     let out2 = t.path().join("l2.f32");
-    let o = run_tern(&["logits", "-m", g.to_str().unwrap(), "-p", &p.text, "--out", out2.to_str().unwrap()], None);
+    let o = run_tern(
+        &[
+            "logits",
+            "-m",
+            g.to_str().unwrap(),
+            "-p",
+            &p.text,
+            "--out",
+            out2.to_str().unwrap(),
+        ],
+        None,
+    );
     assert!(o.status.success());
     assert_eq!(tern::metrics::read_f32_file(&out2).unwrap(), l);
     // bad token id: clean error, no output
     let out3 = t.path().join("l3.f32");
-    let o = run_tern(&["logits", "-m", g.to_str().unwrap(), "--tokens", "1,999999", "--out", out3.to_str().unwrap()], None);
+    let o = run_tern(
+        &[
+            "logits",
+            "-m",
+            g.to_str().unwrap(),
+            "--tokens",
+            "1,999999",
+            "--out",
+            out3.to_str().unwrap(),
+        ],
+        None,
+    );
     assert_clean_failure(&o, "outside the vocabulary");
     assert!(!out3.exists());
 }
@@ -198,12 +252,20 @@ fn malformed(bytes: Vec<u8>, needle: &str) {
         Ok(_) => panic!("malformed file accepted ({})", needle),
         Err(e) => format!("{:#}", e),
     };
-    assert!(e.to_lowercase().contains(&needle.to_lowercase()), "{:?} lacks {:?}", e, needle);
+    assert!(
+        e.to_lowercase().contains(&needle.to_lowercase()),
+        "{:?} lacks {:?}",
+        e,
+        needle
+    );
     for cmd in ["inspect", "run"] {
         let o = if cmd == "inspect" {
             run_tern(&["inspect", p.to_str().unwrap()], None)
         } else {
-            run_tern(&["run", "-m", p.to_str().unwrap(), "-p", "x", "-n", "1"], None)
+            run_tern(
+                &["run", "-m", p.to_str().unwrap(), "-p", "x", "-n", "1"],
+                None,
+            )
         };
         assert_clean_failure(&o, needle);
     }
@@ -211,7 +273,10 @@ fn malformed(bytes: Vec<u8>, needle: &str) {
 
 /// Byte offset of the tensor-info block of tensor `name` (its name string).
 fn find(bytes: &[u8], needle: &[u8]) -> usize {
-    bytes.windows(needle.len()).position(|w| w == needle).expect("needle present")
+    bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("needle present")
 }
 
 #[test]
@@ -259,7 +324,11 @@ fn every_truncation_point_is_an_error_not_a_panic() {
     let mut cuts: Vec<usize> = (0..4096).collect();
     cuts.extend((4096..good.len()).step_by(4099));
     for c in cuts {
-        assert!(tern::gguf::GgufFile::from_bytes(good[..c].to_vec()).is_err(), "cut at {} accepted", c);
+        assert!(
+            tern::gguf::GgufFile::from_bytes(good[..c].to_vec()).is_err(),
+            "cut at {} accepted",
+            c
+        );
     }
 }
 
@@ -302,8 +371,15 @@ fn official_gguf_quirks_are_fixed_with_warnings() {
             *v = Value::String("{% for message in messages %}{{ 'Human: ' + message['content'] + '\\n\\nBITNETAssistant: ' }}{% endfor %}".into());
         }
     }
-    let plans: Vec<TensorPlan> =
-        src.tensors.iter().map(|t| TensorPlan { name: t.name.clone(), dims: t.dims.clone(), ty: t.ty }).collect();
+    let plans: Vec<TensorPlan> = src
+        .tensors
+        .iter()
+        .map(|t| TensorPlan {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ty: t.ty,
+        })
+        .collect();
     let t = tempfile::tempdir().unwrap();
     let p = t.path().join("official-like.gguf");
     write_gguf(&p, false, &kv, &plans, |i, w| {
@@ -318,13 +394,36 @@ fn official_gguf_quirks_are_fixed_with_warnings() {
     assert!(m.tokenizer.is_eog(2057), "<|eot_id|> ends generation");
     // The LLaMA-3 split is applied: the `split` prompt tokenizes as the reference.
     let dir = ref_dir("transformers", "b158-bf16");
-    let sp = prompts(&dir).into_iter().find(|p| p.name == "split").unwrap();
+    let sp = prompts(&dir)
+        .into_iter()
+        .find(|p| p.name == "split")
+        .unwrap();
     assert_eq!(m.tokenizer.encode(&sp.text, true).unwrap(), sp.tokens);
     // The CLI prints each warning on one line.
-    let o = run_tern(&["run", "-m", p.to_str().unwrap(), "-p", "hi", "-n", "2", "--temp", "0"], None);
+    let o = run_tern(
+        &[
+            "run",
+            "-m",
+            p.to_str().unwrap(),
+            "-p",
+            "hi",
+            "-n",
+            "2",
+            "--temp",
+            "0",
+        ],
+        None,
+    );
     assert!(o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(err.lines().filter(|l| l.starts_with("tern: warning:")).count(), 3, "{}", err);
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.starts_with("tern: warning:"))
+            .count(),
+        3,
+        "{}",
+        err
+    );
 }
 
 /// A file whose architecture is not a BitNet graph is refused by name.
@@ -335,10 +434,23 @@ fn wrong_architecture_is_refused() {
     let kv: Vec<(String, Value)> = src
         .kv
         .iter()
-        .map(|(k, v)| if k == "general.architecture" { (k.clone(), Value::String("llama".into())) } else { (k.clone(), v.clone()) })
+        .map(|(k, v)| {
+            if k == "general.architecture" {
+                (k.clone(), Value::String("llama".into()))
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
         .collect();
-    let plans: Vec<TensorPlan> =
-        src.tensors.iter().map(|t| TensorPlan { name: t.name.clone(), dims: t.dims.clone(), ty: t.ty }).collect();
+    let plans: Vec<TensorPlan> = src
+        .tensors
+        .iter()
+        .map(|t| TensorPlan {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ty: t.ty,
+        })
+        .collect();
     let t = tempfile::tempdir().unwrap();
     let p = t.path().join("llama.gguf");
     write_gguf(&p, false, &kv, &plans, |i, w| {
@@ -346,6 +458,9 @@ fn wrong_architecture_is_refused() {
         Ok(())
     })
     .unwrap();
-    let o = run_tern(&["run", "-m", p.to_str().unwrap(), "-p", "hi", "-n", "2"], None);
+    let o = run_tern(
+        &["run", "-m", p.to_str().unwrap(), "-p", "hi", "-n", "2"],
+        None,
+    );
     assert_clean_failure(&o, "llama");
 }

@@ -20,7 +20,9 @@
 //! Every call into C first checks that this CPU has the instructions the C
 //! code was compiled for and that gcc laid out the structs passed by value
 //! the way the bindings (generated with libclang) say. Calls that touch
-//! llama.cpp's global state are serialized.
+//! llama.cpp's global state are serialized. llama.cpp's log is kept quiet
+//! (its warnings and errors end up in tern's error messages); set
+//! `TERN_BITNET_CPP_LOG=1` to see all of it on stderr.
 
 #[allow(
     non_upper_case_globals,
@@ -147,7 +149,7 @@ pub fn quantize_i2_s(values: &[f32], rows: usize, cols: usize) -> Result<Vec<u8>
         .checked_mul(cols)
         .filter(|&n| n == values.len())
         .ok_or_else(|| anyhow!("{} values for a {}×{} matrix", values.len(), rows, cols))?;
-    if n == 0 || n % QK_I2_S != 0 {
+    if n == 0 || !n.is_multiple_of(QK_I2_S) {
         bail!(
             "I2_S needs a non-empty multiple of {} values, got {}",
             QK_I2_S,
@@ -209,7 +211,7 @@ pub fn quantize_row_i8_s(x: &[f32]) -> Result<(Vec<i8>, f32, i32)> {
 /// [`ternary_dot`].
 pub fn vec_dot_i2_i8_s(w: &[u8], y: &[i8]) -> Result<f32> {
     ensure_ready()?;
-    if y.is_empty() || y.len() % QK_I2_S != 0 {
+    if y.is_empty() || !y.len().is_multiple_of(QK_I2_S) {
         bail!(
             "the I2_S dot product needs a non-empty multiple of {} values, got {}",
             QK_I2_S,

@@ -1,7 +1,366 @@
-// Being written by a teammate; replaced before this lands.
-#[derive(clap::Args)]
-pub struct Args {}
+//! `tern bench`: prompt-processing and generation speed in the style of
+//! llama-bench, plus the bytes read per generated token, the memory read
+//! bandwidth of this machine and how close generation comes to the bound
+//! they imply.
 
-pub fn run(_a: Args) -> anyhow::Result<()> {
-    anyhow::bail!("tern bench: not built yet")
+use super::load_model;
+use crate::kernels;
+use crate::model::{Context, Model};
+use anyhow::{anyhow, bail, Context as _, Result};
+use rayon::prelude::*;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// GGUF model file (default: the built-in model).
+    #[arg(short = 'm', long = "model")]
+    pub model: Option<PathBuf>,
+    /// Prompt lengths to time (comma-separated; 0 skips the test).
+    #[arg(short = 'p', long = "n-prompt", default_value = "128")]
+    pub n_prompt: String,
+    /// Generated token counts to time (comma-separated; 0 skips the test).
+    #[arg(short = 'n', long = "n-gen", default_value = "128")]
+    pub n_gen: String,
+    /// Thread counts (comma-separated; default: physical cores).
+    #[arg(short = 't', long = "threads")]
+    pub threads: Option<String>,
+    /// Repetitions of each test.
+    #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
+    pub reps: usize,
+    /// Output format: md (table) or json (llama-bench field names).
+    #[arg(short = 'o', long = "output", default_value = "md")]
+    pub output: String,
+    /// Size of the buffer for the read-bandwidth measurement, MiB.
+    #[arg(long = "bw-mib", default_value_t = 1024)]
+    pub bw_mib: usize,
+}
+
+fn parse_list(flag: &str, s: &str, allow_zero: bool) -> Result<Vec<usize>> {
+    let v: Vec<usize> = s
+        .split(',')
+        .map(|x| {
+            x.trim()
+                .parse::<usize>()
+                .map_err(|_| anyhow!("{}: {:?} is not a whole number", flag, x.trim()))
+        })
+        .collect::<Result<_>>()?;
+    if !allow_zero && v.contains(&0) {
+        bail!("{} must be at least 1", flag);
+    }
+    Ok(v)
+}
+
+/// One timed test: `n_prompt` tokens in one batch, or `n_gen` tokens one by one.
+struct Record {
+    threads: usize,
+    n_prompt: usize,
+    n_gen: usize,
+    /// Seconds per repetition.
+    samples: Vec<f64>,
+}
+
+impl Record {
+    fn tokens(&self) -> usize {
+        self.n_prompt + self.n_gen
+    }
+    fn name(&self) -> String {
+        if self.n_gen == 0 {
+            format!("pp{}", self.n_prompt)
+        } else {
+            format!("tg{}", self.n_gen)
+        }
+    }
+    fn ts(&self) -> Vec<f64> {
+        self.samples
+            .iter()
+            .map(|s| self.tokens() as f64 / s)
+            .collect()
+    }
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
+}
+
+/// Token ids for the timed prompt: BOS (if the model adds one), then a fixed
+/// pseudo-random sequence over the vocabulary.
+fn bench_tokens(model: &Model, n: usize) -> Vec<u32> {
+    let nv = model.hp.n_vocab as u64;
+    let mut s = 0x243f_6a88_85a3_08d3u64;
+    let mut v: Vec<u32> = Vec::with_capacity(n);
+    if model.tokenizer.add_bos() {
+        if let Some(b) = model.tokenizer.bos() {
+            v.push(b);
+        }
+    }
+    while v.len() < n {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        v.push((s % nv) as u32);
+    }
+    v.truncate(n);
+    v
+}
+
+fn time_prompt(model: &Model, toks: &[u32]) -> Result<f64> {
+    let mut ctx = Context::new(model, toks.len(), false);
+    let t0 = Instant::now();
+    ctx.eval(toks, false)?;
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+fn time_gen(model: &Model, toks: &[u32]) -> Result<f64> {
+    let mut ctx = Context::new(model, toks.len(), false);
+    let t0 = Instant::now();
+    for &t in toks {
+        ctx.eval(&[t], false)?;
+    }
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// Streaming read bandwidth in GB/s: every thread of the current pool sums
+/// its share of `buf`; best of a few passes.
+fn read_bandwidth(buf: &[u64]) -> f64 {
+    let threads = rayon::current_num_threads();
+    let part = buf.len().div_ceil(threads);
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let s: u64 = buf.par_chunks(part).map(sum_words).sum();
+        let secs = t0.elapsed().as_secs_f64();
+        std::hint::black_box(s);
+        best = best.max((buf.len() * 8) as f64 / secs / 1e9);
+    }
+    best
+}
+
+/// Wrapping sum with independent lanes, so the loop vectorizes and is bound
+/// by memory, not by an add chain.
+fn sum_words(c: &[u64]) -> u64 {
+    let mut acc = [0u64; 8];
+    let it = c.chunks_exact(8);
+    let rest: u64 = it.remainder().iter().fold(0, |a, &b| a.wrapping_add(b));
+    for w in it {
+        for (a, &x) in acc.iter_mut().zip(w) {
+            *a = a.wrapping_add(x);
+        }
+    }
+    acc.iter().fold(rest, |a, &b| a.wrapping_add(b))
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name") || l.starts_with("Model"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|x| x.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let prompts = parse_list("-p", &a.n_prompt, true)?;
+    let gens = parse_list("-n", &a.n_gen, true)?;
+    let threads = match &a.threads {
+        Some(s) => parse_list("-t", s, false)?,
+        None => vec![kernels::physical_cores()],
+    };
+    if a.reps == 0 {
+        bail!("-r must be at least 1");
+    }
+    let json = match a.output.as_str() {
+        "md" => false,
+        "json" => true,
+        o => bail!("-o {:?}: choose md or json", o),
+    };
+    if prompts.iter().chain(&gens).all(|&n| n == 0) {
+        bail!("nothing to time: every -p and -n is 0");
+    }
+    if a.bw_mib == 0 {
+        bail!("--bw-mib must be at least 1");
+    }
+    let model = load_model(a.model.as_deref())?;
+    let kern = model.kernel;
+    let name = a
+        .model
+        .as_deref()
+        .and_then(|p| p.file_name())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| super::DEFAULT_MODEL_NAME.to_string());
+    let model_size: u64 = model.gguf.tensors.iter().map(|t| t.size).sum();
+    let n_params = model.n_params();
+    let bpt = model.bytes_per_token();
+    let cpu = cpu_name();
+    eprintln!(
+        "tern bench: {} ({:.2} GiB, {:.2} B params), kernel {}, CPU {}",
+        name,
+        model_size as f64 / (1u64 << 30) as f64,
+        n_params as f64 / 1e9,
+        kern.variant(),
+        cpu
+    );
+
+    let mut bw_buf = Vec::new();
+    let mut records = Vec::new();
+    let mut bandwidth = Vec::new();
+    for &nt in &threads {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(nt)
+            .build()
+            .with_context(|| format!("cannot start {} threads", nt))?;
+        pool.install(|| -> Result<()> {
+            for &p in prompts.iter().filter(|&&p| p > 0) {
+                let toks = bench_tokens(&model, p);
+                time_prompt(&model, &toks)?; // warm-up
+                let samples = (0..a.reps)
+                    .map(|_| time_prompt(&model, &toks))
+                    .collect::<Result<Vec<_>>>()?;
+                records.push(Record {
+                    threads: nt,
+                    n_prompt: p,
+                    n_gen: 0,
+                    samples,
+                });
+            }
+            for &n in gens.iter().filter(|&&n| n > 0) {
+                let toks = bench_tokens(&model, n);
+                time_gen(&model, &toks[..n.min(4)])?; // warm-up
+                let samples = (0..a.reps)
+                    .map(|_| time_gen(&model, &toks))
+                    .collect::<Result<Vec<_>>>()?;
+                records.push(Record {
+                    threads: nt,
+                    n_prompt: 0,
+                    n_gen: n,
+                    samples,
+                });
+            }
+            if bw_buf.is_empty() {
+                // Non-zero so every page is really backed by memory.
+                bw_buf = vec![1u64; (a.bw_mib << 20) / 8];
+            }
+            bandwidth.push((nt, read_bandwidth(&bw_buf)));
+            Ok(())
+        })?;
+    }
+    let bw_of = |nt: usize| {
+        bandwidth
+            .iter()
+            .find(|b| b.0 == nt)
+            .map(|b| b.1)
+            .unwrap_or(0.0)
+    };
+
+    if json {
+        let mut out = Vec::new();
+        for r in &records {
+            let ts = r.ts();
+            let (m, sd) = mean_sd(&ts);
+            let ns: Vec<u64> = r.samples.iter().map(|s| (s * 1e9) as u64).collect();
+            let (mns, sdns) = mean_sd(&r.samples.iter().map(|s| s * 1e9).collect::<Vec<_>>());
+            let bw = bw_of(r.threads);
+            let gen_fields = if r.n_gen > 0 {
+                let implied = bpt as f64 * m / 1e9;
+                format!(
+                    ", \"implied_gbs\": {:.3}, \"bound_ts\": {:.3}, \"bound_frac\": {:.4}",
+                    implied,
+                    bw * 1e9 / bpt as f64,
+                    if bw > 0.0 { implied / bw } else { 0.0 }
+                )
+            } else {
+                String::new()
+            };
+            out.push(format!(
+                "  {{\"model_filename\": {}, \"model_type\": {}, \"model_size\": {}, \"model_n_params\": {}, \
+\"backends\": \"CPU\", \"cpu_info\": {}, \"kernel\": {}, \"n_threads\": {}, \"n_batch\": {}, \"type_k\": \"f16\", \"type_v\": \"f16\", \
+\"n_prompt\": {}, \"n_gen\": {}, \"avg_ns\": {}, \"stddev_ns\": {}, \"avg_ts\": {:.6}, \"stddev_ts\": {:.6}, \
+\"samples_ns\": {:?}, \"samples_ts\": [{}], \"bytes_per_token\": {}, \"read_bw_gbs\": {:.3}{}}}",
+                json_str(&name),
+                json_str(&format!("{} {}", model.hp.arch, name)),
+                model_size,
+                n_params,
+                json_str(&cpu),
+                json_str(kern.variant()),
+                r.threads,
+                crate::model::forward::MAX_BATCH,
+                r.n_prompt,
+                r.n_gen,
+                mns as u64,
+                sdns as u64,
+                m,
+                sd,
+                ns,
+                ts.iter().map(|x| format!("{:.6}", x)).collect::<Vec<_>>().join(", "),
+                bpt,
+                bw,
+                gen_fields
+            ));
+        }
+        println!("[\n{}\n]", out.join(",\n"));
+        return Ok(());
+    }
+
+    println!("| model | size | params | kernel | threads | test | t/s | GB/s | % of bound |");
+    println!("| ----- | ---: | -----: | ------ | ------: | ---: | --: | ---: | ---------: |");
+    for r in &records {
+        let (m, sd) = mean_sd(&r.ts());
+        let (gbs, frac) = if r.n_gen > 0 {
+            let implied = bpt as f64 * m / 1e9;
+            let bw = bw_of(r.threads);
+            (
+                format!("{:.2}", implied),
+                if bw > 0.0 {
+                    format!("{:.0}%", 100.0 * implied / bw)
+                } else {
+                    "-".into()
+                },
+            )
+        } else {
+            ("-".into(), "-".into())
+        };
+        println!(
+            "| {} | {:.2} GiB | {:.2} B | {} | {} | {} | {:.2} ± {:.2} | {} | {} |",
+            name,
+            model_size as f64 / (1u64 << 30) as f64,
+            n_params as f64 / 1e9,
+            kern.variant(),
+            r.threads,
+            r.name(),
+            m,
+            sd,
+            gbs,
+            frac
+        );
+    }
+    println!();
+    println!(
+        "bytes read per generated token: {:.3} GB (ternary projections + output head; KV cache not counted)",
+        bpt as f64 / 1e9
+    );
+    for &(nt, bw) in &bandwidth {
+        println!(
+            "read bandwidth, {} thread{}: {:.2} GB/s (streaming sum over {} MiB) → bound {:.2} tokens/s",
+            nt,
+            if nt == 1 { "" } else { "s" },
+            bw,
+            a.bw_mib,
+            bw * 1e9 / bpt as f64
+        );
+    }
+    Ok(())
 }

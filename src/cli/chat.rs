@@ -17,7 +17,12 @@ pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
     /// System prompt (llama.cpp's single-dash `-sys TEXT` works too).
-    #[arg(short = 's', long = "system", visible_alias = "sys", value_name = "TEXT")]
+    #[arg(
+        short = 's',
+        long = "system",
+        visible_alias = "sys",
+        value_name = "TEXT"
+    )]
     pub system: Option<String>,
     /// Most tokens per reply; -1 = until the end of the turn or a full context.
     #[arg(
@@ -93,9 +98,10 @@ pub fn run(a: Args) -> Result<()> {
     install_ctrlc(!interactive);
     let mut reader: Box<dyn Reader> = if interactive {
         let name = match &a.model.model {
-            Some(p) => p
-                .file_name()
-                .map_or_else(|| p.display().to_string(), |f| f.to_string_lossy().into_owned()),
+            Some(p) => p.file_name().map_or_else(
+                || p.display().to_string(),
+                |f| f.to_string_lossy().into_owned(),
+            ),
             None => DEFAULT_MODEL_NAME.to_string(),
         };
         ui.info(&format!(
@@ -130,7 +136,11 @@ pub fn run(a: Args) -> Result<()> {
 /// The system prompt from `-s/--system/--sys TEXT`, or from llama.cpp's
 /// literal `-sys TEXT` / `-sys=TEXT`, which clap parses as `-s` with the
 /// value "ys" (TEXT then lands in `extra`). `raw` is the command line.
-fn system_prompt(parsed: Option<String>, extra: &[String], raw: &[String]) -> Result<Option<String>> {
+fn system_prompt(
+    parsed: Option<String>,
+    extra: &[String],
+    raw: &[String],
+) -> Result<Option<String>> {
     let dash_sys = raw.iter().any(|r| r == "-sys");
     let dash_sys_eq = raw.iter().any(|r| r.starts_with("-sys="));
     match parsed {
@@ -147,7 +157,10 @@ fn system_prompt(parsed: Option<String>, extra: &[String], raw: &[String]) -> Re
         }
         p => {
             if let Some(x) = extra.first() {
-                bail!("unexpected argument '{}' (the message is read from stdin)", x);
+                bail!(
+                    "unexpected argument '{}' (the message is read from stdin)",
+                    x
+                );
             }
             Ok(p)
         }
@@ -164,7 +177,10 @@ fn install_ctrlc(exit_when_idle: bool) {
         }
     });
     if let Err(e) = r {
-        eprintln!("tern: warning: cannot catch Ctrl-C ({}); it will end tern", e);
+        eprintln!(
+            "tern: warning: cannot catch Ctrl-C ({}); it will end tern",
+            e
+        );
     }
 }
 
@@ -428,7 +444,11 @@ impl Trimmed {
         }
         let mut out = std::mem::take(&mut self.pending);
         let body = &piece[..end];
-        out.push_str(if self.started { body } else { body.trim_start() });
+        out.push_str(if self.started {
+            body
+        } else {
+            body.trim_start()
+        });
         self.started = true;
         self.pending.push_str(&piece[end..]);
         out
@@ -481,7 +501,8 @@ fn command(s: &mut Session, line: &str, ui: &Ui) -> Result<Flow> {
             if arg.is_empty() {
                 bail!("usage: /load FILE");
             }
-            let text = std::fs::read_to_string(arg).with_context(|| format!("cannot read {}", arg))?;
+            let text =
+                std::fs::read_to_string(arg).with_context(|| format!("cannot read {}", arg))?;
             let mut conv = Conversation::from_json(&text).with_context(|| arg.to_string())?;
             if conv.system.is_none() {
                 conv.system = s.conv.system.clone();

@@ -53,7 +53,7 @@ pub struct ModelArgs {
     /// GGUF model file (default: the tern-shakespeare model built into tern).
     #[arg(short = 'm', long = "model")]
     pub model: Option<PathBuf>,
-    /// Threads (default: all cores).
+    /// Threads (default: the number of physical cores).
     #[arg(short = 't', long = "threads")]
     pub threads: Option<usize>,
 }
@@ -62,12 +62,37 @@ pub struct ModelArgs {
 pub static DEFAULT_MODEL: &[u8] = include_bytes!("../../models/tern-shakespeare-i2_s.gguf");
 pub const DEFAULT_MODEL_NAME: &str = "tern-shakespeare-i2_s.gguf";
 
+/// Physical cores (hyper-threads share one core's SIMD units, so llama.cpp
+/// defaults to this too), from /proc/cpuinfo where available.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return logical;
+    };
+    let mut cores = std::collections::HashSet::new();
+    let mut phys = "";
+    for line in info.lines() {
+        if let Some((k, v)) = line.split_once(':') {
+            match k.trim() {
+                "physical id" => phys = v.trim(),
+                "core id" => {
+                    cores.insert((phys.to_string(), v.trim().to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    if cores.is_empty() {
+        logical
+    } else {
+        cores.len().min(logical)
+    }
+}
+
 pub fn set_threads(n: Option<usize>) -> Result<usize> {
-    let n = n.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
+    let n = n.unwrap_or_else(physical_cores);
     if n == 0 {
         anyhow::bail!("--threads must be at least 1");
     }

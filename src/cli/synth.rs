@@ -14,8 +14,13 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let shape = Shape::by_name(&a.shape).ok_or_else(|| anyhow!("unknown --shape {:?} (2b4t, tiny)", a.shape))?;
+    let shape = Shape::by_name(&a.shape)
+        .ok_or_else(|| anyhow!("unknown --shape {:?} (2b4t, tiny)", a.shape))?;
     synth_hf(&a.out_dir, shape, a.seed)?;
-    eprintln!("tern synth: wrote a random bf16 {:?} checkpoint to {}", shape, a.out_dir.display());
+    eprintln!(
+        "tern synth: wrote a random bf16 {:?} checkpoint to {}",
+        shape,
+        a.out_dir.display()
+    );
     Ok(())
 }

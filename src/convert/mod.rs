@@ -82,7 +82,7 @@ const PROJ: &[(&str, &str)] = &[
     ("mlp.down_proj", "ffn_down"),
 ];
 
-fn pick<'a>(ck: &Checkpoint, candidates: &[&'a str]) -> Result<String> {
+fn pick(ck: &Checkpoint, candidates: &[&str]) -> Result<String> {
     for c in candidates {
         if ck.contains(c) {
             return Ok(c.to_string());

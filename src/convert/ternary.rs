@@ -87,7 +87,7 @@ pub fn unpack_packed(
     weight_scale: f32,
 ) -> Result<Ternarized> {
     let r4 = rows / 4;
-    if rows % 4 != 0 || data.len() != r4 * cols {
+    if !rows.is_multiple_of(4) || data.len() != r4 * cols {
         bail!(
             "packed data has {} bytes, expected {} × {}",
             data.len(),
@@ -159,8 +159,8 @@ mod tests {
     #[test]
     fn packed_layout() {
         // rows 8, cols 1: R = 2; byte0 (row 0) codes i=0..3 → rows 0,2,4,6.
-        let b0 = 2 | (1 << 2) | (0 << 4) | (2 << 6);
-        let b1 = 1 | (1 << 2) | (1 << 4) | (0 << 6);
+        let b0 = 2 | (1 << 2) | (2 << 6); // code 0 (= -1) at bits 4..5
+        let b1 = 1 | (1 << 2) | (1 << 4); // code 0 (= -1) at bits 6..7
         let t = unpack_packed(&[b0, b1], 8, 1, 4.0).unwrap();
         assert_eq!(t.codes, vec![1, 0, 0, 0, -1, 0, 1, -1]);
         assert_eq!(t.scale, 0.25);

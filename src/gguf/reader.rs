@@ -180,10 +180,16 @@ impl GgufFile {
         // Each metadata entry takes at least 8 (key len) + 4 (type) + 1 bytes,
         // each tensor entry at least 8 + 4 + 8 + 4 + 8.
         if n_kv.saturating_mul(13) > c.remaining() as u64 {
-            bail!("truncated or corrupt file: metadata count {} does not fit in the file", n_kv);
+            bail!(
+                "truncated or corrupt file: metadata count {} does not fit in the file",
+                n_kv
+            );
         }
         if n_tensors.saturating_mul(32) > c.remaining() as u64 {
-            bail!("truncated or corrupt file: tensor count {} does not fit in the file", n_tensors);
+            bail!(
+                "truncated or corrupt file: tensor count {} does not fit in the file",
+                n_tensors
+            );
         }
         let mut kv = Vec::with_capacity(n_kv as usize);
         for i in 0..n_kv {

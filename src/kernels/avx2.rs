@@ -14,8 +14,8 @@ pub struct Avx2;
 
 /// Blocks summed in 16-bit lanes before widening.
 const CHUNK: usize = 8;
-/// Tokens per register tile in the ternary GEMM.
-const TILE_T: usize = 3;
+/// Tokens per register tile in the ternary GEMM (many tokens).
+const TILE_T: usize = 4;
 /// Row groups that share one token tile (its activations stay in L1).
 const GROUP_BLOCK: usize = 8;
 
@@ -39,12 +39,30 @@ impl Kernel for Avx2 {
         // enough).
         unsafe { i2s_gemm_avx2(w, g0, g1, xs, sums, out) }
     }
-    fn f16_gemm(&self, w: &[f16], d: usize, v0: usize, v1: usize, xs: &[f32], n: usize, out: &mut [f32]) {
+    fn f16_gemm(
+        &self,
+        w: &[f16],
+        d: usize,
+        v0: usize,
+        v1: usize,
+        xs: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) {
         super::check_float_gemm(w.len(), d, v0, v1, xs, n, out);
         // SAFETY: CPU support checked at selection; sizes asserted above.
         unsafe { float_gemm::<true>(w.as_ptr() as *const u8, d, v0, v1, xs, n, out) }
     }
-    fn f32_gemm(&self, w: &[f32], d: usize, v0: usize, v1: usize, xs: &[f32], n: usize, out: &mut [f32]) {
+    fn f32_gemm(
+        &self,
+        w: &[f32],
+        d: usize,
+        v0: usize,
+        v1: usize,
+        xs: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) {
         super::check_float_gemm(w.len(), d, v0, v1, xs, n, out);
         // SAFETY: CPU support checked at selection; sizes asserted above.
         unsafe { float_gemm::<false>(w.as_ptr() as *const u8, d, v0, v1, xs, n, out) }
@@ -80,7 +98,14 @@ impl Kernel for Avx2 {
 /// [`GROUP_BLOCK`] row groups so the tile's activations stay in L1 while the
 /// packed weights of the block come from L2.
 #[target_feature(enable = "avx2")]
-unsafe fn i2s_gemm_avx2(w: &Packed, g0: usize, g1: usize, xs: &[i8], sums: &[i32], out: &mut [i32]) {
+unsafe fn i2s_gemm_avx2(
+    w: &Packed,
+    g0: usize,
+    g1: usize,
+    xs: &[i8],
+    sums: &[i32],
+    out: &mut [i32],
+) {
     let n = sums.len();
     let k = w.cols();
     let nb = w.blocks();
@@ -99,10 +124,12 @@ unsafe fn i2s_gemm_avx2(w: &Packed, g0: usize, g1: usize, xs: &[i8], sums: &[i32
                 let wp = wbase.add(g * gstride);
                 let o = op.add(t * ld + g * GROUP);
                 let x0 = xp.add(t * k);
+                let sp = sums.as_ptr().add(t);
                 match tt {
-                    1 => tile::<1>(wp, nb, x0, k, sums.as_ptr().add(t), o, ld),
-                    2 => tile::<2>(wp, nb, x0, k, sums.as_ptr().add(t), o, ld),
-                    _ => tile::<3>(wp, nb, x0, k, sums.as_ptr().add(t), o, ld),
+                    1 => tile1(wp, nb, x0, sp, o),
+                    2 => tile2::<2>(wp, nb, x0, k, sp, o, ld),
+                    3 => tile2::<3>(wp, nb, x0, k, sp, o, ld),
+                    _ => tile2::<4>(wp, nb, x0, k, sp, o, ld),
                 }
             }
             t += tt;
@@ -111,12 +138,82 @@ unsafe fn i2s_gemm_avx2(w: &Packed, g0: usize, g1: usize, xs: &[i8], sums: &[i32
     }
 }
 
-/// Four rows (one packed group, `nb` blocks at `wp`) × `T` tokens (rows of
-/// `k` int8 starting at `x0`). Writes `out[t·ld + r]` = dot − sums[t].
+/// An empty `asm!` that pins `v` in a register: keeps LLVM from
+/// re-associating the accumulator sums into trees that need more registers
+/// than there are (and then spill).
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn keep(v: &mut __m256i) {
+    std::arch::asm!(
+        "/* {0} */",
+        inout(ymm_reg) * v,
+        options(pure, nomem, nostack, preserves_flags)
+    );
+}
+
+/// Sum the eight 32-bit lanes of four row accumulators: `[Σa0, Σa1, Σa2, Σa3]`.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn hsum4(a: [__m256i; 4]) -> __m128i {
+    let s = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
+    _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s))
+}
+
+/// One token (generation): the four rows of a packed group against one
+/// activation row; each activation vector is loaded once for four rows.
+/// Writes `out[r]` = dot − sum.
 #[target_feature(enable = "avx2")]
 #[inline]
 #[allow(clippy::needless_range_loop)]
-unsafe fn tile<const T: usize>(
+unsafe fn tile1(wp: *const u8, nb: usize, x0: *const i8, sum: *const i32, out: *mut i32) {
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc32 = [_mm256_setzero_si256(); GROUP];
+    let mut b = 0;
+    while b < nb {
+        let be = (b + CHUNK).min(nb);
+        let mut acc = [_mm256_setzero_si256(); GROUP];
+        for bi in b..be {
+            let wb = wp.add(bi * GROUP_BLOCK_BYTES);
+            // A hint only: the address may lie past the buffer, so no `add`.
+            _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(8 * GROUP_BLOCK_BYTES) as *const i8);
+            let xb = x0.add(bi * QK);
+            let x = [
+                _mm256_loadu_si256(xb as *const __m256i),
+                _mm256_loadu_si256(xb.add(32) as *const __m256i),
+                _mm256_loadu_si256(xb.add(64) as *const __m256i),
+                _mm256_loadu_si256(xb.add(96) as *const __m256i),
+            ];
+            for r in 0..GROUP {
+                let wv = _mm256_loadu_si256(wb.add(r * 32) as *const __m256i);
+                let p0 =
+                    _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16::<6>(wv), mask), x[0]);
+                let p1 =
+                    _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16::<4>(wv), mask), x[1]);
+                let p2 =
+                    _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16::<2>(wv), mask), x[2]);
+                let p3 = _mm256_maddubs_epi16(_mm256_and_si256(wv, mask), x[3]);
+                let s = _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
+                acc[r] = _mm256_add_epi16(acc[r], s);
+            }
+        }
+        for r in 0..GROUP {
+            acc32[r] = _mm256_add_epi32(acc32[r], _mm256_madd_epi16(acc[r], ones));
+        }
+        b = be;
+    }
+    let r = _mm_sub_epi32(hsum4(acc32), _mm_set1_epi32(*sum));
+    _mm_storeu_si128(out as *mut __m128i, r);
+}
+
+/// Many tokens (prompt): a packed group × `T` tokens, two rows at a time so
+/// the 2·T accumulators, two code vectors and one activation vector fit
+/// the 16 registers (each unpacked code vector serves `T` tokens, each
+/// activation vector two rows). Writes `out[t·ld + r]` = dot − sums[t].
+#[target_feature(enable = "avx2")]
+#[inline]
+#[allow(clippy::needless_range_loop)]
+unsafe fn tile2<const T: usize>(
     wp: *const u8,
     nb: usize,
     x0: *const i8,
@@ -128,44 +225,57 @@ unsafe fn tile<const T: usize>(
     let mask = _mm256_set1_epi8(3);
     let ones = _mm256_set1_epi16(1);
     let mut acc32 = [[_mm256_setzero_si256(); GROUP]; T];
-    let mut b = 0;
-    while b < nb {
-        let be = (b + CHUNK).min(nb);
-        let mut acc = [[_mm256_setzero_si256(); GROUP]; T];
-        for bi in b..be {
-            let wb = wp.add(bi * GROUP_BLOCK_BYTES);
-            // A hint only: the address may lie past the buffer, so no `add`.
-            _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(8 * GROUP_BLOCK_BYTES) as *const i8);
-            for r in 0..GROUP {
-                let wv = _mm256_loadu_si256(wb.add(r * 32) as *const __m256i);
-                let c0 = _mm256_and_si256(_mm256_srli_epi16::<6>(wv), mask);
-                let c1 = _mm256_and_si256(_mm256_srli_epi16::<4>(wv), mask);
-                let c2 = _mm256_and_si256(_mm256_srli_epi16::<2>(wv), mask);
-                let c3 = _mm256_and_si256(wv, mask);
-                for (t, a) in acc.iter_mut().enumerate() {
-                    let xb = x0.add(t * k + bi * QK);
-                    let p0 = _mm256_maddubs_epi16(c0, _mm256_loadu_si256(xb as *const __m256i));
-                    let p1 = _mm256_maddubs_epi16(c1, _mm256_loadu_si256(xb.add(32) as *const __m256i));
-                    let p2 = _mm256_maddubs_epi16(c2, _mm256_loadu_si256(xb.add(64) as *const __m256i));
-                    let p3 = _mm256_maddubs_epi16(c3, _mm256_loadu_si256(xb.add(96) as *const __m256i));
-                    let s = _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
-                    a[r] = _mm256_add_epi16(a[r], s);
+    for half in 0..2 {
+        let wh = wp.add(half * 64);
+        let mut b = 0;
+        while b < nb {
+            let be = (b + CHUNK).min(nb);
+            let mut acc = [[_mm256_setzero_si256(); 2]; T];
+            for bi in b..be {
+                let wb = wh.add(bi * GROUP_BLOCK_BYTES);
+                let w0 = _mm256_loadu_si256(wb as *const __m256i);
+                let w1 = _mm256_loadu_si256(wb.add(32) as *const __m256i);
+                let xb = x0.add(bi * QK);
+                macro_rules! step {
+                    ($i:literal, $c0:expr, $c1:expr) => {{
+                        let (c0, c1) = ($c0, $c1);
+                        for t in 0..T {
+                            let xv = _mm256_loadu_si256(xb.add(t * k + 32 * $i) as *const __m256i);
+                            acc[t][0] = _mm256_add_epi16(acc[t][0], _mm256_maddubs_epi16(c0, xv));
+                            acc[t][1] = _mm256_add_epi16(acc[t][1], _mm256_maddubs_epi16(c1, xv));
+                            keep(&mut acc[t][0]);
+                            keep(&mut acc[t][1]);
+                        }
+                    }};
+                }
+                step!(
+                    0,
+                    _mm256_and_si256(_mm256_srli_epi16::<6>(w0), mask),
+                    _mm256_and_si256(_mm256_srli_epi16::<6>(w1), mask)
+                );
+                step!(
+                    1,
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(w0), mask),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(w1), mask)
+                );
+                step!(
+                    2,
+                    _mm256_and_si256(_mm256_srli_epi16::<2>(w0), mask),
+                    _mm256_and_si256(_mm256_srli_epi16::<2>(w1), mask)
+                );
+                step!(3, _mm256_and_si256(w0, mask), _mm256_and_si256(w1, mask));
+            }
+            for t in 0..T {
+                for r in 0..2 {
+                    let a = &mut acc32[t][2 * half + r];
+                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(acc[t][r], ones));
                 }
             }
+            b = be;
         }
-        for (a32, a16) in acc32.iter_mut().zip(&acc) {
-            for r in 0..GROUP {
-                a32[r] = _mm256_add_epi32(a32[r], _mm256_madd_epi16(a16[r], ones));
-            }
-        }
-        b = be;
     }
-    for (t, a) in acc32.iter().enumerate() {
-        let s01 = _mm256_hadd_epi32(a[0], a[1]);
-        let s23 = _mm256_hadd_epi32(a[2], a[3]);
-        let s = _mm256_hadd_epi32(s01, s23);
-        let r = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
-        let r = _mm_sub_epi32(r, _mm_set1_epi32(*sums.add(t)));
+    for t in 0..T {
+        let r = _mm_sub_epi32(hsum4(acc32[t]), _mm_set1_epi32(*sums.add(t)));
         _mm_storeu_si128(out.add(t * ld) as *mut __m128i, r);
     }
 }
@@ -203,9 +313,15 @@ unsafe fn quantize_avx2(x: &[f32], q: &mut [i8]) -> (f32, i32) {
         let i1 = quant8(xp.add(i + 8), av, lo, hi);
         let i2 = quant8(xp.add(i + 16), av, lo, hi);
         let i3 = quant8(xp.add(i + 24), av, lo, hi);
-        sumv = _mm256_add_epi32(sumv, _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)));
+        sumv = _mm256_add_epi32(
+            sumv,
+            _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)),
+        );
         let p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
-        _mm256_storeu_si256(qp.add(i) as *mut __m256i, _mm256_permutevar8x32_epi32(p, perm));
+        _mm256_storeu_si256(
+            qp.add(i) as *mut __m256i,
+            _mm256_permutevar8x32_epi32(p, perm),
+        );
         i += 32;
     }
     let mut sl = [0i32; 8];
@@ -319,7 +435,8 @@ unsafe fn float_gemm<const F16: bool>(
     if n == 1 {
         let mut v = v0;
         while v + 4 <= v1 {
-            let r = float_tile::<F16, 4, 1>([row(v), row(v + 1), row(v + 2), row(v + 3)], [xr(0)], d);
+            let r =
+                float_tile::<F16, 4, 1>([row(v), row(v + 1), row(v + 2), row(v + 3)], [xr(0)], d);
             for (j, rr) in r.iter().enumerate() {
                 out[v - v0 + j] = rr[0];
             }

@@ -33,7 +33,9 @@ const GROUP_BLOCK: usize = 8;
 
 impl Avx512 {
     pub fn detect() -> bool {
-        Avx2::detect() && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
+        Avx2::detect()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
     }
     /// The best AVX-512 kernel for this CPU, if it has AVX-512 F + BW.
     pub fn get() -> Option<&'static Avx512> {
@@ -77,10 +79,28 @@ impl Kernel for Avx512 {
             }
         }
     }
-    fn f16_gemm(&self, w: &[f16], d: usize, v0: usize, v1: usize, xs: &[f32], n: usize, out: &mut [f32]) {
+    fn f16_gemm(
+        &self,
+        w: &[f16],
+        d: usize,
+        v0: usize,
+        v1: usize,
+        xs: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) {
         Avx2.f16_gemm(w, d, v0, v1, xs, n, out)
     }
-    fn f32_gemm(&self, w: &[f32], d: usize, v0: usize, v1: usize, xs: &[f32], n: usize, out: &mut [f32]) {
+    fn f32_gemm(
+        &self,
+        w: &[f32],
+        d: usize,
+        v0: usize,
+        v1: usize,
+        xs: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) {
         Avx2.f32_gemm(w, d, v0, v1, xs, n, out)
     }
     fn quantize_act(&self, x: &[f32], q: &mut [i8]) -> (f32, i32) {
@@ -207,7 +227,12 @@ macro_rules! gemm_impl {
 }
 
 gemm_impl!(gemm_bw, tile_bw, "avx512f,avx512bw,avx2", false);
-gemm_impl!(gemm_vnni, tile_vnni, "avx512f,avx512bw,avx512vnni,avx2", true);
+gemm_impl!(
+    gemm_vnni,
+    tile_vnni,
+    "avx512f,avx512bw,avx512vnni,avx2",
+    true
+);
 
 /// The four code vectors (0..3 per byte) of a 64-byte vector holding two
 /// rows' 32-byte blocks.
@@ -222,4 +247,3 @@ unsafe fn codes(wv: __m512i) -> [__m512i; 4] {
         _mm512_and_si512(wv, mask),
     ]
 }
-

@@ -36,7 +36,11 @@ pub fn quantize_batch(kern: &dyn Kernel, x: &[f32], k: usize) -> QBatch {
 
 /// [`quantize_batch`] into an existing batch (no allocation once it is large enough).
 pub fn quantize_into(kern: &dyn Kernel, x: &[f32], k: usize, qb: &mut QBatch) {
-    assert!(k > 0 && x.len() % k == 0, "activations are not whole rows of {}", k);
+    assert!(
+        k > 0 && x.len() % k == 0,
+        "activations are not whole rows of {}",
+        k
+    );
     let n = x.len() / k;
     qb.k = k;
     qb.q.resize(n * k, 0);
@@ -123,7 +127,9 @@ pub fn matmul(kern: &dyn Kernel, w: &Proj, xb: &QBatch, out: &mut [f32]) {
             let chunk = chunk_rows(rows, n, 64);
             par_rows(out, n, rows, chunk, |_, m0, outs| {
                 let m1 = m0 + outs[0].len();
-                float_block(n, m1 - m0, outs, |buf| kern.f32_gemm(data, k, m0, m1, &xf, n, buf));
+                float_block(n, m1 - m0, outs, |buf| {
+                    kern.f32_gemm(data, k, m0, m1, &xf, n, buf)
+                });
                 for (o, &a) in outs.iter_mut().zip(&xb.a) {
                     for v in o.iter_mut() {
                         *v /= a;
@@ -187,7 +193,14 @@ pub enum HeadWeights<'a> {
 }
 
 /// `logits[r·vocab + v] = W_v · xn_r` for `nr` rows of `xn`, in float.
-pub fn head_matmul(kern: &dyn Kernel, w: HeadWeights, xn: &[f32], nr: usize, nv: usize, d: usize) -> Vec<f32> {
+pub fn head_matmul(
+    kern: &dyn Kernel,
+    w: HeadWeights,
+    xn: &[f32],
+    nr: usize,
+    nv: usize,
+    d: usize,
+) -> Vec<f32> {
     let mut out = vec![0f32; nv * nr];
     head_matmul_into(kern, w, xn, nr, nv, d, &mut out);
     out

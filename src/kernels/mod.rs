@@ -22,6 +22,7 @@ pub mod avx512;
 pub mod matmul;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
+pub mod ops;
 pub mod scalar;
 
 use half::f16;
@@ -55,13 +56,31 @@ pub trait Kernel: Send + Sync {
     /// Float rows `v0..v1` of `w` (row length `d`, f16) against `n` f32
     /// rows `xs`: `out[t · (v1 - v0) + (v - v0)] = w_v · xs_t`.
     #[allow(clippy::too_many_arguments)]
-    fn f16_gemm(&self, w: &[f16], d: usize, v0: usize, v1: usize, xs: &[f32], n: usize, out: &mut [f32]) {
+    fn f16_gemm(
+        &self,
+        w: &[f16],
+        d: usize,
+        v0: usize,
+        v1: usize,
+        xs: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) {
         scalar::f16_gemm(w, d, v0, v1, xs, n, out)
     }
 
     /// As [`Kernel::f16_gemm`] for f32 weights.
     #[allow(clippy::too_many_arguments)]
-    fn f32_gemm(&self, w: &[f32], d: usize, v0: usize, v1: usize, xs: &[f32], n: usize, out: &mut [f32]) {
+    fn f32_gemm(
+        &self,
+        w: &[f32],
+        d: usize,
+        v0: usize,
+        v1: usize,
+        xs: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) {
         scalar::f32_gemm(w, d, v0, v1, xs, n, out)
     }
 
@@ -97,9 +116,8 @@ pub trait Kernel: Send + Sync {
 /// Rows are padded to a multiple of four and cut into groups of four; group
 /// `g` is `K/128` runs of 128 bytes, run `b` holding block `b` of rows
 /// `4g, 4g+1, 4g+2, 4g+3` (32 canonical bytes each). Padding rows hold code
-/// 1 (weight 0). The bytes live in an anonymous mapping that asks the kernel
-/// for huge pages (fewer TLB misses while streaming; falls back to a plain
-/// allocation where that is not possible).
+/// 1 (weight 0). Large matrices live in a 2 MiB-aligned anonymous mapping
+/// that asks the kernel for huge pages (fewer TLB misses while streaming).
 pub struct Packed {
     buf: Buf,
     rows: usize,
@@ -107,32 +125,40 @@ pub struct Packed {
 }
 
 enum Buf {
-    Map(memmap2::MmapMut),
+    /// An anonymous mapping and the offset of the data in it.
+    Map(memmap2::MmapMut, usize, usize),
     Vec(Vec<u8>),
 }
 
+/// Transparent huge page size on x86-64 and most aarch64 kernels.
+const HUGE: usize = 2 << 20;
+
 impl Buf {
-    /// A zeroed buffer of `len` bytes, huge-page backed where possible.
+    /// A zeroed buffer of `len` bytes. From 2 MiB up it is an anonymous
+    /// mapping advised for huge pages with the data starting on a 2 MiB
+    /// boundary, so every whole 2 MiB of it can be one TLB entry (the
+    /// partial tail uses small pages; nothing is allocated for the unused
+    /// head). Falls back to the heap.
     fn zeroed(len: usize) -> Buf {
-        // Mappings below 2 MiB cannot use huge pages; keep those on the heap.
-        if len >= 2 << 20 {
-            if let Ok(m) = memmap2::MmapMut::map_anon(len) {
+        if len >= HUGE {
+            if let Ok(m) = memmap2::MmapMut::map_anon(len + HUGE) {
                 #[cfg(target_os = "linux")]
                 let _ = m.advise(memmap2::Advice::HugePage);
-                return Buf::Map(m);
+                let off = (m.as_ptr() as usize).next_multiple_of(HUGE) - m.as_ptr() as usize;
+                return Buf::Map(m, off, len);
             }
         }
         Buf::Vec(vec![0u8; len])
     }
     fn bytes(&self) -> &[u8] {
         match self {
-            Buf::Map(m) => m,
+            Buf::Map(m, off, len) => &m[*off..*off + *len],
             Buf::Vec(v) => v,
         }
     }
     fn bytes_mut(&mut self) -> &mut [u8] {
         match self {
-            Buf::Map(m) => m,
+            Buf::Map(m, off, len) => &mut m[*off..*off + *len],
             Buf::Vec(v) => v,
         }
     }
@@ -143,7 +169,11 @@ impl Packed {
     /// (`rows · cols / 4` bytes, no scale tail; `cols` a multiple of 128).
     pub fn from_i2s(canonical: &[u8], rows: usize, cols: usize) -> anyhow::Result<Packed> {
         if cols == 0 || cols % QK != 0 {
-            anyhow::bail!("ternary rows of {} values are not a multiple of {}", cols, QK);
+            anyhow::bail!(
+                "ternary rows of {} values are not a multiple of {}",
+                cols,
+                QK
+            );
         }
         if canonical.len() != rows * cols / 4 {
             anyhow::bail!(
@@ -217,14 +247,34 @@ impl std::ops::Deref for Packed {
 /// this first, so the SIMD code can rely on the sizes.
 pub(crate) fn check_gemm(w: &Packed, g0: usize, g1: usize, xs: &[i8], sums: &[i32], out: &[i32]) {
     let n = sums.len();
-    assert!(g0 <= g1 && g1 <= w.groups(), "row groups {}..{} of {}", g0, g1, w.groups());
+    assert!(
+        g0 <= g1 && g1 <= w.groups(),
+        "row groups {}..{} of {}",
+        g0,
+        g1,
+        w.groups()
+    );
     assert_eq!(xs.len(), n * w.cols(), "activation size");
     assert!(out.len() >= n * GROUP * (g1 - g0), "output size");
 }
 
 /// Check the arguments of the float GEMMs.
-pub(crate) fn check_float_gemm(wlen: usize, d: usize, v0: usize, v1: usize, xs: &[f32], n: usize, out: &[f32]) {
-    assert!(v0 <= v1 && v1 * d <= wlen, "rows {}..{} of {}", v0, v1, wlen / d.max(1));
+pub(crate) fn check_float_gemm(
+    wlen: usize,
+    d: usize,
+    v0: usize,
+    v1: usize,
+    xs: &[f32],
+    n: usize,
+    out: &[f32],
+) {
+    assert!(
+        v0 <= v1 && v1 * d <= wlen,
+        "rows {}..{} of {}",
+        v0,
+        v1,
+        wlen / d.max(1)
+    );
     assert!(xs.len() >= n * d, "activation size");
     assert!(out.len() >= n * (v1 - v0), "output size");
 }
@@ -278,9 +328,17 @@ pub fn select(name: Option<&str>) -> anyhow::Result<&'static dyn Kernel> {
             if let Some(k) = all.iter().find(|k| k.name() == n) {
                 Ok(*k)
             } else if known.contains(&n) {
-                anyhow::bail!("kernel {:?} is not available on this CPU (have: {})", n, names())
+                anyhow::bail!(
+                    "kernel {:?} is not available on this CPU (have: {})",
+                    n,
+                    names()
+                )
             } else {
-                anyhow::bail!("unknown kernel {:?} (TERN_KERNEL takes one of: {})", n, known.join(", "))
+                anyhow::bail!(
+                    "unknown kernel {:?} (TERN_KERNEL takes one of: {})",
+                    n,
+                    known.join(", ")
+                )
             }
         }
         None => Ok(*all.last().expect("scalar always available")),

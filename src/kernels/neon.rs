@@ -74,12 +74,30 @@ impl Kernel for Neon {
             }
         }
     }
-    fn f16_gemm(&self, w: &[f16], d: usize, v0: usize, v1: usize, xs: &[f32], n: usize, out: &mut [f32]) {
+    fn f16_gemm(
+        &self,
+        w: &[f16],
+        d: usize,
+        v0: usize,
+        v1: usize,
+        xs: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) {
         super::check_float_gemm(w.len(), d, v0, v1, xs, n, out);
         // SAFETY: NEON is part of aarch64; sizes asserted above.
         unsafe { float_gemm::<true>(w.as_ptr() as *const u8, d, v0, v1, xs, n, out) }
     }
-    fn f32_gemm(&self, w: &[f32], d: usize, v0: usize, v1: usize, xs: &[f32], n: usize, out: &mut [f32]) {
+    fn f32_gemm(
+        &self,
+        w: &[f32],
+        d: usize,
+        v0: usize,
+        v1: usize,
+        xs: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) {
         super::check_float_gemm(w.len(), d, v0, v1, xs, n, out);
         // SAFETY: NEON is part of aarch64; sizes asserted above.
         unsafe { float_gemm::<false>(w.as_ptr() as *const u8, d, v0, v1, xs, n, out) }
@@ -150,7 +168,14 @@ unsafe fn codes(p: *const u8) -> [uint8x16_t; 8] {
 macro_rules! gemm_impl {
     ($gemm:ident, $tile:ident, $feat:literal, $dot:literal) => {
         #[target_feature(enable = $feat)]
-        unsafe fn $gemm(w: &Packed, g0: usize, g1: usize, xs: &[i8], sums: &[i32], out: &mut [i32]) {
+        unsafe fn $gemm(
+            w: &Packed,
+            g0: usize,
+            g1: usize,
+            xs: &[i8],
+            sums: &[i32],
+            out: &mut [i32],
+        ) {
             let n = sums.len();
             let k = w.cols();
             let nb = w.blocks();
@@ -361,7 +386,8 @@ unsafe fn float_gemm<const F16: bool>(
         for v in v0..v1 {
             macro_rules! run {
                 ($t:literal) => {{
-                    let xv: [*const f32; $t] = std::array::from_fn(|j| xs.as_ptr().add((t + j) * d));
+                    let xv: [*const f32; $t] =
+                        std::array::from_fn(|j| xs.as_ptr().add((t + j) * d));
                     let res = float_tile::<F16, 1, $t>([row(v)], xv, d);
                     for (u, &val) in res[0].iter().enumerate() {
                         out[(t + u) * ld + v - v0] = val;
@@ -386,7 +412,10 @@ unsafe fn axpy_neon<const F16: bool>(p: f32, x: *const u8, y: &mut [f32]) {
     let yp = y.as_mut_ptr();
     let mut i = 0;
     while i + 4 <= n {
-        vst1q_f32(yp.add(i), vfmaq_f32(vld1q_f32(yp.add(i)), pv, load4::<F16>(x, i)));
+        vst1q_f32(
+            yp.add(i),
+            vfmaq_f32(vld1q_f32(yp.add(i)), pv, load4::<F16>(x, i)),
+        );
         i += 4;
     }
     while i < n {

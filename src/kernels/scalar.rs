@@ -197,7 +197,11 @@ mod tests {
         for t in 0..n {
             for m in 0..8 {
                 let want = if m < rows {
-                    dot_i2s(&w[m * k / 4..(m + 1) * k / 4], &x[t * k..(t + 1) * k], sums[t])
+                    dot_i2s(
+                        &w[m * k / 4..(m + 1) * k / 4],
+                        &x[t * k..(t + 1) * k],
+                        sums[t],
+                    )
                 } else {
                     0
                 };

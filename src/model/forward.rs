@@ -1,9 +1,9 @@
 //! The BitNet graph (docs §1) over a KV cache, batched over prompt tokens.
 
 use super::{FloatMat, Model};
-use crate::kernels::matmul::{head_matmul, matmul, quantize_batch, HeadWeights};
 use crate::hf::config::Activation;
-use crate::kernels::Kernel;
+use crate::kernels::matmul::{head_matmul, matmul, quantize_batch, HeadWeights};
+use crate::kernels::ops::{attend, Kv, RopeTable};
 use anyhow::{bail, Result};
 use half::f16;
 use rayon::prelude::*;
@@ -34,26 +34,10 @@ impl KvStore {
             KvStore::F32(v) => v[at..at + src.len()].copy_from_slice(src),
         }
     }
-    fn dot(&self, k: &dyn Kernel, at: usize, q: &[f32]) -> f32 {
+    fn view(&self) -> Kv<'_> {
         match self {
-            KvStore::F16(v) => k.dot_f16(&v[at..at + q.len()], q),
-            KvStore::F32(v) => k.dot_f32(&v[at..at + q.len()], q),
-        }
-    }
-    fn axpy(&self, at: usize, p: f32, out: &mut [f32]) {
-        match self {
-            KvStore::F16(v) => {
-                let n = out.len();
-                for (o, x) in out.iter_mut().zip(&v[at..at + n]) {
-                    *o += p * x.to_f32();
-                }
-            }
-            KvStore::F32(v) => {
-                let n = out.len();
-                for (o, x) in out.iter_mut().zip(&v[at..at + n]) {
-                    *o += p * x;
-                }
-            }
+            KvStore::F16(v) => Kv::F16(v),
+            KvStore::F32(v) => Kv::F32(v),
         }
     }
 }
@@ -75,22 +59,6 @@ fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
         let inv = 1.0 / ((ss / d as f64) as f32 + eps).sqrt();
         for i in 0..d {
             or[i] = xr[i] * inv * w[i];
-        }
-    }
-}
-
-/// NeoX RoPE: element i pairs with i + d/2 within each head.
-fn rope(x: &mut [f32], n_heads: usize, hd: usize, pos: usize, theta: f32) {
-    let half = hd / 2;
-    for h in 0..n_heads {
-        let v = &mut x[h * hd..(h + 1) * hd];
-        for i in 0..half {
-            let freq = (theta as f64).powf(-2.0 * i as f64 / hd as f64);
-            let ang = pos as f64 * freq;
-            let (s, c) = (ang.sin() as f32, ang.cos() as f32);
-            let (a, b) = (v[i], v[i + half]);
-            v[i] = a * c - b * s;
-            v[i + half] = a * s + b * c;
         }
     }
 }
@@ -171,6 +139,7 @@ impl<'m> Context<'m> {
         let mut f2 = vec![0f32; n * ff];
         let scale = 1.0 / (hd as f32).sqrt();
         let group = hp.n_head / hp.n_head_kv;
+        let rope = RopeTable::new(hd, hp.rope_theta, pos0, n);
 
         for (li, layer) in m.layers.iter().enumerate() {
             rmsnorm(&x, &layer.attn_norm, hp.eps, &mut a);
@@ -179,45 +148,28 @@ impl<'m> Context<'m> {
             matmul(kern, &layer.wk, &qa, &mut kk);
             matmul(kern, &layer.wv, &qa, &mut vv);
             for j in 0..n {
-                rope(
-                    &mut q[j * qd..(j + 1) * qd],
-                    hp.n_head,
-                    hd,
-                    pos0 + j,
-                    hp.rope_theta,
-                );
-                rope(
-                    &mut kk[j * kvd..(j + 1) * kvd],
-                    hp.n_head_kv,
-                    hd,
-                    pos0 + j,
-                    hp.rope_theta,
-                );
+                rope.apply(&mut q[j * qd..(j + 1) * qd], hp.n_head, pos0 + j);
+                rope.apply(&mut kk[j * kvd..(j + 1) * kvd], hp.n_head_kv, pos0 + j);
                 self.k[li].write((pos0 + j) * kvd, &kk[j * kvd..(j + 1) * kvd]);
                 self.v[li].write((pos0 + j) * kvd, &vv[j * kvd..(j + 1) * kvd]);
             }
-            let kc = &self.k[li];
-            let vc = &self.v[li];
+            let (kc, vc) = (self.k[li].view(), self.v[li].view());
             let qref = &q;
             o.par_chunks_mut(hd).enumerate().for_each(|(c, out)| {
                 let j = c / hp.n_head;
                 let h = c % hp.n_head;
-                let kvh = h / group;
                 let qv = &qref[j * qd + h * hd..j * qd + (h + 1) * hd];
-                let npos = pos0 + j + 1;
-                let mut s: Vec<f32> = (0..npos)
-                    .map(|t| kc.dot(kern, t * kvd + kvh * hd, qv) * scale)
-                    .collect();
-                let mx = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                let mut sum = 0f32;
-                for v in s.iter_mut() {
-                    *v = (*v - mx).exp();
-                    sum += *v;
-                }
-                out.fill(0.0);
-                for (t, &p) in s.iter().enumerate() {
-                    vc.axpy(t * kvd + kvh * hd, p / sum, out);
-                }
+                attend(
+                    kern,
+                    qv,
+                    kc,
+                    vc,
+                    kvd,
+                    (h / group) * hd,
+                    pos0 + j + 1,
+                    scale,
+                    out,
+                );
             });
             rmsnorm(&o, &layer.attn_sub_norm, hp.eps, &mut o2);
             let qo = quantize_batch(kern, &o2, qd);
@@ -265,8 +217,22 @@ impl<'m> Context<'m> {
         }
         let m = self.model;
         Ok(match m.head() {
-            FloatMat::F32(w) => head_matmul(m.kernel, HeadWeights::F32(w), &xn, rows.len(), hp.n_vocab, d),
-            h => head_matmul(m.kernel, HeadWeights::F16(m.f16_mapped(h)), &xn, rows.len(), hp.n_vocab, d),
+            FloatMat::F32(w) => head_matmul(
+                m.kernel,
+                HeadWeights::F32(w),
+                &xn,
+                rows.len(),
+                hp.n_vocab,
+                d,
+            ),
+            h => head_matmul(
+                m.kernel,
+                HeadWeights::F16(m.f16_mapped(h)),
+                &xn,
+                rows.len(),
+                hp.n_vocab,
+                d,
+            ),
         })
     }
 }

@@ -333,7 +333,7 @@ impl Model {
                 let n = rows * cols;
                 Ok(match t.ty {
                     GgmlType::I2S => {
-                        if cols % i2s::BLOCK != 0 {
+                        if !cols.is_multiple_of(i2s::BLOCK) {
                             bail!(
                                 "tensor {}: I2_S rows of {} values are not a multiple of 128",
                                 name,
@@ -358,7 +358,7 @@ impl Model {
                         .with_context(|| format!("tensor {}", name))?;
                         let per_block = tq::QK_K;
                         let mut scale = None;
-                        let mut uniform = cols % i2s::BLOCK == 0;
+                        let mut uniform = cols.is_multiple_of(i2s::BLOCK);
                         for (bi, &d) in ds.iter().enumerate() {
                             if !d.is_finite() {
                                 bail!("tensor {}: block {} has a non-finite scale", name, bi);

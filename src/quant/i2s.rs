@@ -21,7 +21,7 @@ pub fn tensor_bytes(n: usize) -> usize {
 /// tensor scale.
 pub fn encode(codes: &[i8], scale: f32, out: &mut Vec<u8>) {
     assert!(
-        codes.len() % BLOCK == 0,
+        codes.len().is_multiple_of(BLOCK),
         "I2_S needs a multiple of 128 values"
     );
     let start = out.len();
@@ -42,7 +42,7 @@ pub fn encode(codes: &[i8], scale: f32, out: &mut Vec<u8>) {
 /// Validate an I2_S tensor of `n` values: size, no code 3, finite scale.
 /// Returns the scale.
 pub fn validate(data: &[u8], n: usize) -> Result<f32> {
-    if n % BLOCK != 0 {
+    if !n.is_multiple_of(BLOCK) {
         bail!(
             "I2_S tensor of {} values is not a whole number of 128-blocks",
             n

@@ -127,7 +127,7 @@ impl GgmlType {
     pub fn tensor_bytes(self, n_elems: u64, row_len: u64) -> Result<u64> {
         let info = self.info();
         let b = info.block as u64;
-        if row_len == 0 || row_len % b != 0 {
+        if row_len == 0 || !row_len.is_multiple_of(b) {
             bail!(
                 "{} needs rows whose length is a multiple of {}, got {}",
                 info.name,
@@ -135,7 +135,7 @@ impl GgmlType {
                 row_len
             );
         }
-        if n_elems % row_len != 0 {
+        if !n_elems.is_multiple_of(row_len) {
             bail!(
                 "{} elements is not a whole number of rows of {}",
                 n_elems,

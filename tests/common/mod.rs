@@ -6,7 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub const FIXTURES: &[&str] = &["b158-bf16", "b158-sparse", "b158-packed", "bitnet-silu"];
-pub const ALL_MODELS: &[&str] = &["b158-bf16", "b158-sparse", "b158-packed", "bitnet-silu", "tern-shakespeare"];
+pub const ALL_MODELS: &[&str] = &[
+    "b158-bf16",
+    "b158-sparse",
+    "b158-packed",
+    "bitnet-silu",
+    "tern-shakespeare",
+];
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -22,7 +28,9 @@ pub fn hf_dir(name: &str) -> PathBuf {
 }
 
 pub fn ref_gguf(name: &str) -> PathBuf {
-    root().join("vendor/reference/gguf").join(format!("{}.i2_s.gguf", name))
+    root()
+        .join("vendor/reference/gguf")
+        .join(format!("{}.i2_s.gguf", name))
 }
 
 /// `vendor/reference/<which>/<name>` (which = transformers or bitnet.cpp).
@@ -46,12 +54,23 @@ pub fn prompts(dir: &Path) -> Vec<RefPrompt> {
         .collect();
     entries.sort();
     for p in entries {
-        let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-        let name = p.file_name().unwrap().to_string_lossy().trim_end_matches(".tokens.json").to_string();
+        let j: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let name = p
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .trim_end_matches(".tokens.json")
+            .to_string();
         out.push(RefPrompt {
             name,
             text: j["text"].as_str().unwrap().to_string(),
-            tokens: j["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect(),
+            tokens: j["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_u64().unwrap() as u32)
+                .collect(),
             vocab: j["vocab"].as_u64().unwrap() as usize,
         });
     }
@@ -79,10 +98,17 @@ pub fn run_tern(args: &[&str], cwd: Option<&Path>) -> Output {
 /// A failing run: non-zero exit, no panic, exactly one `tern: error:` line.
 pub fn assert_clean_failure(o: &Output, needle: &str) {
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "expected failure, got success; stderr: {}", err);
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {}",
+        err
+    );
     assert_eq!(o.status.code(), Some(1), "stderr: {}", err);
     assert!(!err.contains("panicked"), "panic: {}", err);
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("tern: error:")).collect();
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("tern: error:"))
+        .collect();
     assert_eq!(lines.len(), 1, "want one error line, stderr: {}", err);
     assert!(
         lines[0].to_lowercase().contains(&needle.to_lowercase()),
@@ -106,7 +132,10 @@ pub fn copy_dir(src: &Path, dst: &Path) {
 
 /// Names of the files in a folder.
 pub fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }

@@ -1,0 +1,141 @@
+//! Kernel benchmarks at the BitNet b1.58 2B-4T shapes: every kernel this CPU
+//! runs, one thread (the raw kernel) and the threaded driver, for one token
+//! (GEMV, generation) and a prompt batch (GEMM), plus the F16 output head
+//! (128256 × 2560) and activation quantization.
+//!
+//!     cargo bench --bench kernels                 # everything
+//!     cargo bench --bench kernels -- avx2/gemv    # a filter
+//!
+//! Throughput is weight bytes per second for GEMV and the head (memory
+//! bound), multiply-adds per second for GEMM.
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use half::f16;
+use std::time::Duration;
+use tern::kernels::matmul::{head_matmul_into, quantize_batch, ternary, HeadWeights};
+use tern::kernels::{all_variants, Kernel, Packed};
+
+/// (rows, cols): q/o, k/v, gate/up, down.
+const SHAPES: [(usize, usize); 4] = [(2560, 2560), (640, 2560), (6912, 2560), (2560, 6912)];
+/// Tokens in the prompt-batch benchmarks.
+const BATCH: usize = 128;
+const VOCAB: usize = 128256;
+const EMBD: usize = 2560;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn packed(rng: &mut Rng, rows: usize, cols: usize) -> Packed {
+    let w: Vec<u8> = (0..rows * cols / 4)
+        .map(|_| (0..4).fold(0u8, |b, i| b | (((rng.next() % 3) as u8) << (2 * i))))
+        .collect();
+    Packed::from_i2s(&w, rows, cols).expect("valid shape")
+}
+
+fn floats(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| (rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5).collect()
+}
+
+fn kernels() -> Vec<&'static dyn Kernel> {
+    // The scalar reference is far slower and only there for correctness.
+    let all = all_variants();
+    if std::env::var("TERN_BENCH_SCALAR").is_ok() {
+        all
+    } else {
+        all.into_iter().filter(|k| k.name() != "scalar").collect()
+    }
+}
+
+fn ternary_benches(c: &mut Criterion) {
+    let mut rng = Rng(0x1234_5678);
+    for &(rows, cols) in &SHAPES {
+        let w = packed(&mut rng, rows, cols);
+        let x = floats(&mut rng, BATCH * cols);
+        let shape = format!("{}x{}", rows, cols);
+        for kern in kernels() {
+            let name = kern.variant();
+            let q1 = quantize_batch(kern, &x[..cols], cols);
+            let qn = quantize_batch(kern, &x, cols);
+
+            let mut g = c.benchmark_group(format!("{}/gemv", name));
+            g.throughput(Throughput::Bytes(w.len() as u64));
+            let mut out = vec![0i32; 4 * w.groups()];
+            g.bench_function(BenchmarkId::new("1-thread", &shape), |b| {
+                b.iter(|| kern.i2s_gemm(&w, 0, w.groups(), &q1.q, &q1.sums, black_box(&mut out)))
+            });
+            let mut outf = vec![0f32; rows];
+            g.bench_function(BenchmarkId::new("pool", &shape), |b| {
+                b.iter(|| ternary(kern, &w, 0.5, &q1, black_box(&mut outf)))
+            });
+            g.finish();
+
+            let mut g = c.benchmark_group(format!("{}/gemm{}", name, BATCH));
+            g.throughput(Throughput::Elements((rows * cols * BATCH) as u64));
+            let mut out = vec![0i32; BATCH * 4 * w.groups()];
+            g.bench_function(BenchmarkId::new("1-thread", &shape), |b| {
+                b.iter(|| kern.i2s_gemm(&w, 0, w.groups(), &qn.q, &qn.sums, black_box(&mut out)))
+            });
+            let mut outf = vec![0f32; BATCH * rows];
+            g.bench_function(BenchmarkId::new("pool", &shape), |b| {
+                b.iter(|| ternary(kern, &w, 0.5, &qn, black_box(&mut outf)))
+            });
+            g.finish();
+        }
+    }
+}
+
+fn head_benches(c: &mut Criterion) {
+    let mut rng = Rng(99);
+    let head: Vec<f16> = (0..VOCAB * EMBD)
+        .map(|_| f16::from_f32((rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5))
+        .collect();
+    let x = floats(&mut rng, EMBD);
+    let shape = format!("{}x{}", VOCAB, EMBD);
+    for kern in kernels() {
+        let mut g = c.benchmark_group(format!("{}/head-f16", kern.variant()));
+        g.throughput(Throughput::Bytes((head.len() * 2) as u64));
+        let mut out = vec![0f32; VOCAB];
+        g.bench_function(BenchmarkId::new("1-thread", &shape), |b| {
+            b.iter(|| kern.f16_gemm(&head, EMBD, 0, VOCAB, &x, 1, black_box(&mut out)))
+        });
+        g.bench_function(BenchmarkId::new("pool", &shape), |b| {
+            b.iter(|| head_matmul_into(kern, HeadWeights::F16(&head), &x, 1, VOCAB, EMBD, black_box(&mut out)))
+        });
+        g.finish();
+    }
+}
+
+fn quantize_benches(c: &mut Criterion) {
+    let mut rng = Rng(5);
+    let x = floats(&mut rng, 6912);
+    let mut q = vec![0i8; x.len()];
+    let mut g = c.benchmark_group("quantize");
+    g.throughput(Throughput::Elements(x.len() as u64));
+    for kern in all_variants() {
+        g.bench_function(BenchmarkId::new(kern.variant(), x.len()), |b| {
+            b.iter(|| kern.quantize_act(black_box(&x), &mut q))
+        });
+    }
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = ternary_benches, head_benches, quantize_benches
+}
+criterion_main!(benches);
