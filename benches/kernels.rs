@@ -40,7 +40,9 @@ fn packed(rng: &mut Rng, rows: usize, cols: usize) -> Packed {
 }
 
 fn floats(rng: &mut Rng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| (rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5).collect()
+    (0..n)
+        .map(|_| (rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+        .collect()
 }
 
 fn kernels() -> Vec<&'static dyn Kernel> {
@@ -106,7 +108,17 @@ fn head_benches(c: &mut Criterion) {
             b.iter(|| kern.f16_gemm(&head, EMBD, 0, VOCAB, &x, 1, black_box(&mut out)))
         });
         g.bench_function(BenchmarkId::new("pool", &shape), |b| {
-            b.iter(|| head_matmul_into(kern, HeadWeights::F16(&head), &x, 1, VOCAB, EMBD, black_box(&mut out)))
+            b.iter(|| {
+                head_matmul_into(
+                    kern,
+                    HeadWeights::F16(&head),
+                    &x,
+                    1,
+                    VOCAB,
+                    EMBD,
+                    black_box(&mut out),
+                )
+            })
         });
         g.finish();
     }

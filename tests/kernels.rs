@@ -55,7 +55,9 @@ fn activations(rng: &mut Rng, n: usize, k: usize, style: usize) -> Vec<i8> {
 }
 
 fn sums(x: &[i8], k: usize) -> Vec<i32> {
-    x.chunks(k).map(|r| r.iter().map(|&v| v as i32).sum()).collect()
+    x.chunks(k)
+        .map(|r| r.iter().map(|&v| v as i32).sum())
+        .collect()
 }
 
 /// One kernel over one shape, every group sub-range style, against the
@@ -107,7 +109,10 @@ fn check_i2s(kern: &dyn Kernel, w: &[u8], rows: usize, cols: usize, x: &[i8], n:
 fn i2s_kernels_match_scalar_on_random_shapes() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let kernels = all_variants();
-    eprintln!("kernels: {:?}", kernels.iter().map(|k| k.variant()).collect::<Vec<_>>());
+    eprintln!(
+        "kernels: {:?}",
+        kernels.iter().map(|k| k.variant()).collect::<Vec<_>>()
+    );
     // Edge sizes: 1 block, chunk boundaries (8/16 blocks ± 1), rows not a
     // multiple of 4, token counts around every tile width.
     let cols_set = [128, 256, 384, 1024, 1152, 2048, 2176];
@@ -130,7 +135,13 @@ fn i2s_kernels_match_scalar_on_random_shapes() {
 fn i2s_extremes_do_not_overflow() {
     // Every code 2 (or 3) against every activation -128: the largest
     // magnitudes the 16-bit stages can see, over a long row.
-    for (byte, xv) in [(0xAAu8, -128i8), (0xAA, 127), (0xFF, -128), (0xFF, 127), (0x00, -128)] {
+    for (byte, xv) in [
+        (0xAAu8, -128i8),
+        (0xAA, 127),
+        (0xFF, -128),
+        (0xFF, 127),
+        (0x00, -128),
+    ] {
         let (rows, cols, n) = (5, 4096, 5);
         let w = vec![byte; rows * cols / 4];
         let x = vec![xv; n * cols];
@@ -166,7 +177,13 @@ fn quantize_matches_scalar_bit_for_bit() {
         for k in all_variants() {
             let mut got = vec![0i8; len];
             let (a, s) = k.quantize_act(&x, &mut got);
-            assert_eq!(a.to_bits(), wa.to_bits(), "{} case {} scale", k.variant(), case);
+            assert_eq!(
+                a.to_bits(),
+                wa.to_bits(),
+                "{} case {} scale",
+                k.variant(),
+                case
+            );
             assert_eq!(s, ws, "{} case {} sum", k.variant(), case);
             assert_eq!(got, want, "{} case {} values", k.variant(), case);
         }
@@ -180,7 +197,14 @@ fn close(a: f32, b: f32, mag: f32) -> bool {
 #[test]
 fn float_kernels_agree_and_do_not_depend_on_tiling() {
     let mut rng = Rng(7);
-    for &(rows, d, n) in &[(1, 8, 1), (5, 13, 3), (9, 64, 5), (17, 100, 2), (33, 256, 7), (6, 2560, 4)] {
+    for &(rows, d, n) in &[
+        (1, 8, 1),
+        (5, 13, 3),
+        (9, 64, 5),
+        (17, 100, 2),
+        (33, 256, 7),
+        (6, 2560, 4),
+    ] {
         let w32: Vec<f32> = (0..rows * d).map(|_| rng.f32()).collect();
         let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
         let xs: Vec<f32> = (0..n * d).map(|_| rng.f32()).collect();
@@ -196,23 +220,49 @@ fn float_kernels_agree_and_do_not_depend_on_tiling() {
                     let r16 = scalar::dot_f16(&w16[v * d..(v + 1) * d], x);
                     let r32 = scalar::dot_f32(&w32[v * d..(v + 1) * d], x);
                     let (g16, g32) = (full16[t * rows + v], full32[t * rows + v]);
-                    assert!(close(g16, r16, mag), "{} f16 {} vs {}", k.variant(), g16, r16);
-                    assert!(close(g32, r32, mag), "{} f32 {} vs {}", k.variant(), g32, r32);
+                    assert!(
+                        close(g16, r16, mag),
+                        "{} f16 {} vs {}",
+                        k.variant(),
+                        g16,
+                        r16
+                    );
+                    assert!(
+                        close(g32, r32, mag),
+                        "{} f32 {} vs {}",
+                        k.variant(),
+                        g32,
+                        r32
+                    );
                     assert!(close(k.dot_f16(&w16[v * d..(v + 1) * d], x), r16, mag));
                     assert!(close(k.dot_f32(&w32[v * d..(v + 1) * d], x), r32, mag));
                     // One row, one token: the same bits as inside the big tile.
                     let mut one = [0f32];
                     k.f16_gemm(&w16, d, v, v + 1, x, 1, &mut one);
-                    assert_eq!(one[0].to_bits(), g16.to_bits(), "{} f16 tiling", k.variant());
+                    assert_eq!(
+                        one[0].to_bits(),
+                        g16.to_bits(),
+                        "{} f16 tiling",
+                        k.variant()
+                    );
                     k.f32_gemm(&w32, d, v, v + 1, x, 1, &mut one);
-                    assert_eq!(one[0].to_bits(), g32.to_bits(), "{} f32 tiling", k.variant());
+                    assert_eq!(
+                        one[0].to_bits(),
+                        g32.to_bits(),
+                        "{} f32 tiling",
+                        k.variant()
+                    );
                 }
             }
             let mut y = xs[..d].to_vec();
             let mut want = y.clone();
             k.axpy_f16(0.75, &w16[..d], &mut y);
             scalar::axpy_f16(0.75, &w16[..d], &mut want);
-            assert!(y.iter().zip(&want).all(|(a, b)| close(*a, *b, 1.0)), "{} axpy", k.variant());
+            assert!(
+                y.iter().zip(&want).all(|(a, b)| close(*a, *b, 1.0)),
+                "{} axpy",
+                k.variant()
+            );
         }
     }
 }
@@ -229,17 +279,23 @@ fn matmul_is_independent_of_threads_and_batch() {
         cols,
     };
     let vocab = 301;
-    let head: Vec<f16> = (0..vocab * cols).map(|_| f16::from_f32(rng.f32())).collect();
+    let head: Vec<f16> = (0..vocab * cols)
+        .map(|_| f16::from_f32(rng.f32()))
+        .collect();
     let x: Vec<f32> = (0..9 * cols).map(|_| rng.f32() * 3.0).collect();
     let run = |threads: usize, n: usize| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         pool.install(|| {
             let mut res = Vec::new();
             for k in all_variants() {
                 let qb = quantize_batch(k, &x[..n * cols], cols);
                 let mut out = vec![0f32; n * rows];
                 matmul(k, &proj, &qb, &mut out);
-                let logits = head_matmul(k, HeadWeights::F16(&head), &x[..n * cols], n, vocab, cols);
+                let logits =
+                    head_matmul(k, HeadWeights::F16(&head), &x[..n * cols], n, vocab, cols);
                 res.push((out, logits));
             }
             res

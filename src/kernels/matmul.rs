@@ -37,7 +37,7 @@ pub fn quantize_batch(kern: &dyn Kernel, x: &[f32], k: usize) -> QBatch {
 /// [`quantize_batch`] into an existing batch (no allocation once it is large enough).
 pub fn quantize_into(kern: &dyn Kernel, x: &[f32], k: usize, qb: &mut QBatch) {
     assert!(
-        k > 0 && x.len() % k == 0,
+        k > 0 && x.len().is_multiple_of(k),
         "activations are not whole rows of {}",
         k
     );

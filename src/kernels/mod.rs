@@ -168,7 +168,7 @@ impl Packed {
     /// Repack `rows × cols` ternary weights given as canonical I2_S bytes
     /// (`rows · cols / 4` bytes, no scale tail; `cols` a multiple of 128).
     pub fn from_i2s(canonical: &[u8], rows: usize, cols: usize) -> anyhow::Result<Packed> {
-        if cols == 0 || cols % QK != 0 {
+        if cols == 0 || !cols.is_multiple_of(QK) {
             anyhow::bail!(
                 "ternary rows of {} values are not a multiple of {}",
                 cols,
