@@ -358,7 +358,7 @@ fn mutated_headers_never_panic() {
 /// one-line warning.
 #[test]
 fn official_gguf_quirks_are_fixed_with_warnings() {
-    use tern::gguf::{write_gguf, GgufFile, TensorPlan, Value};
+    use tern::gguf::{GgufFile, Value};
     let src = GgufFile::open(&ref_gguf("b158-bf16")).unwrap();
     let mut kv: Vec<(String, Value)> = src
         .kv
@@ -371,22 +371,9 @@ fn official_gguf_quirks_are_fixed_with_warnings() {
             *v = Value::String("{% for message in messages %}{{ 'Human: ' + message['content'] + '\\n\\nBITNETAssistant: ' }}{% endfor %}".into());
         }
     }
-    let plans: Vec<TensorPlan> = src
-        .tensors
-        .iter()
-        .map(|t| TensorPlan {
-            name: t.name.clone(),
-            dims: t.dims.clone(),
-            ty: t.ty,
-        })
-        .collect();
     let t = tempfile::tempdir().unwrap();
     let p = t.path().join("official-like.gguf");
-    write_gguf(&p, false, &kv, &plans, |i, w| {
-        w.write_all(src.tensor_data(&src.tensors[i]))?;
-        Ok(())
-    })
-    .unwrap();
+    rewrite_gguf(&src, &p, &kv);
     let m = Model::load(&p).unwrap();
     assert_eq!(m.warnings.len(), 3, "{:?}", m.warnings);
     assert!(m.warnings.iter().all(|w| !w.contains('\n')));
@@ -429,7 +416,7 @@ fn official_gguf_quirks_are_fixed_with_warnings() {
 /// A file whose architecture is not a BitNet graph is refused by name.
 #[test]
 fn wrong_architecture_is_refused() {
-    use tern::gguf::{write_gguf, GgufFile, TensorPlan, Value};
+    use tern::gguf::{GgufFile, Value};
     let src = GgufFile::open(&ref_gguf("b158-bf16")).unwrap();
     let kv: Vec<(String, Value)> = src
         .kv
@@ -442,22 +429,9 @@ fn wrong_architecture_is_refused() {
             }
         })
         .collect();
-    let plans: Vec<TensorPlan> = src
-        .tensors
-        .iter()
-        .map(|t| TensorPlan {
-            name: t.name.clone(),
-            dims: t.dims.clone(),
-            ty: t.ty,
-        })
-        .collect();
     let t = tempfile::tempdir().unwrap();
     let p = t.path().join("llama.gguf");
-    write_gguf(&p, false, &kv, &plans, |i, w| {
-        w.write_all(src.tensor_data(&src.tensors[i]))?;
-        Ok(())
-    })
-    .unwrap();
+    rewrite_gguf(&src, &p, &kv);
     let o = run_tern(
         &["run", "-m", p.to_str().unwrap(), "-p", "hi", "-n", "2"],
         None,

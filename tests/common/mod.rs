@@ -139,3 +139,21 @@ pub fn listing(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Write a copy of the GGUF `src` with metadata `kv` and the same tensors.
+pub fn rewrite_gguf(src: &tern::gguf::GgufFile, out: &Path, kv: &[(String, tern::gguf::Value)]) {
+    let plans: Vec<tern::gguf::TensorPlan> = src
+        .tensors
+        .iter()
+        .map(|t| tern::gguf::TensorPlan {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ty: t.ty,
+        })
+        .collect();
+    tern::gguf::write_gguf(out, false, kv, &plans, |i, w| {
+        w.write_all(src.tensor_data(&src.tensors[i]))?;
+        Ok(())
+    })
+    .unwrap();
+}
