@@ -2,7 +2,8 @@
 //! scalar reference's integers (ternary products, activation quantization)
 //! over random shapes and data, edge sizes included; float kernels agree
 //! with the reference closely and do not depend on tiling or thread count.
-//! The same file runs under qemu-aarch64 for NEON (see .ci/neon.sh).
+//! The same file runs under qemu-aarch64 for NEON (see .ci/neon.sh, which
+//! skips the `cli_` tests: they start the binary, which would need qemu too).
 
 use half::f16;
 use tern::kernels::matmul::{head_matmul, matmul, quantize_batch, HeadWeights};
@@ -268,6 +269,65 @@ fn float_kernels_agree_and_do_not_depend_on_tiling() {
 }
 
 #[test]
+fn attention_kernels_equal_their_dot_and_axpy() {
+    use tern::kernels::ops::Kv;
+    let mut rng = Rng(11);
+    for &(hd, stride, npos) in &[
+        (128, 640, 1),
+        (128, 640, 37),
+        (64, 200, 9),
+        (100, 300, 5),
+        (12, 40, 3),
+    ] {
+        let kv32: Vec<f32> = (0..npos * stride).map(|_| rng.f32()).collect();
+        let kv16: Vec<f16> = kv32.iter().map(|&v| f16::from_f32(v)).collect();
+        let q: Vec<f32> = (0..hd).map(|_| rng.f32()).collect();
+        let p: Vec<f32> = (0..npos).map(|_| rng.f32().abs()).collect();
+        let off = stride - hd;
+        for k in all_variants() {
+            for kv in [Kv::F16(&kv16), Kv::F32(&kv32)] {
+                let mut s = vec![0f32; npos];
+                k.attn_scores(kv, stride, off, &q, 0.125, &mut s);
+                let mut o = vec![0f32; hd];
+                k.attn_values(kv, stride, off, &p, &mut o);
+                let mut want_o = vec![0f32; hd];
+                for t in 0..npos {
+                    let at = t * stride + off;
+                    let (d, w) = match kv {
+                        Kv::F16(v) => {
+                            k.axpy_f16(p[t], &v[at..at + hd], &mut want_o);
+                            (
+                                k.dot_f16(&v[at..at + hd], &q),
+                                scalar::dot_f16(&v[at..at + hd], &q),
+                            )
+                        }
+                        Kv::F32(v) => {
+                            k.axpy_f32(p[t], &v[at..at + hd], &mut want_o);
+                            (
+                                k.dot_f32(&v[at..at + hd], &q),
+                                scalar::dot_f32(&v[at..at + hd], &q),
+                            )
+                        }
+                    };
+                    assert_eq!(
+                        s[t].to_bits(),
+                        (d * 0.125).to_bits(),
+                        "{} score",
+                        k.variant()
+                    );
+                    assert!(
+                        close(s[t], w * 0.125, hd as f32),
+                        "{} score vs scalar",
+                        k.variant()
+                    );
+                }
+                assert_eq!(o, want_o, "{} values hd {}", k.variant(), hd);
+            }
+        }
+    }
+}
+
+#[test]
 fn matmul_is_independent_of_threads_and_batch() {
     let mut rng = Rng(3);
     let (rows, cols) = (70, 512);
@@ -331,4 +391,143 @@ fn forced_kernel_names() {
     assert!(tern::kernels::select(Some("neon")).is_err());
     #[cfg(target_arch = "aarch64")]
     assert!(tern::kernels::select(Some("avx2")).is_err());
+}
+
+// ------------------------------------------------------------ whole model
+
+fn builtin() -> tern::model::Model {
+    let p =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tern-shakespeare-i2_s.gguf");
+    tern::model::Model::load(&p).expect("built-in model loads")
+}
+
+#[test]
+fn any_batch_size_gives_the_same_logits_as_one_token_at_a_time() {
+    let m = builtin();
+    let nv = m.hp.n_vocab as u32;
+    let toks: Vec<u32> = (0..530u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 7) % nv)
+        .collect();
+    // One token at a time: the reference for every position.
+    let mut ctx = tern::model::Context::new(&m, toks.len(), false);
+    let mut seq = Vec::new();
+    for &t in &toks {
+        seq.push(ctx.eval(&[t], false).unwrap());
+    }
+    // Batches of every awkward size, past MAX_BATCH (512) included; each
+    // batch's last row must match the sequential run bit for bit (integer
+    // products are exact, the float steps are per row and per position).
+    let mut ctx = tern::model::Context::new(&m, toks.len(), false);
+    let mut at = 0;
+    for n in [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33, 400] {
+        let l = ctx.eval(&toks[at..at + n], false).unwrap();
+        at += n;
+        assert_eq!(l, seq[at - 1], "batch of {} ending at {}", n, at);
+    }
+    // All rows of a batch.
+    let mut ctx = tern::model::Context::new(&m, toks.len(), false);
+    let all = ctx.eval(&toks, true).unwrap();
+    let v = m.hp.n_vocab;
+    for (j, s) in seq.iter().enumerate() {
+        assert_eq!(
+            &all[j * v..(j + 1) * v],
+            &s[..],
+            "row {} of a {}-token batch",
+            j,
+            toks.len()
+        );
+    }
+}
+
+fn tern_bin(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(args)
+        .output()
+        .expect("tern runs")
+}
+
+#[test]
+fn cli_bench_md_and_llama_bench_json() {
+    let o = tern_bin(&[
+        "bench", "-p", "16", "-n", "4", "-t", "1,2", "-r", "2", "--bw-mib", "8",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = String::from_utf8_lossy(&o.stdout);
+    for want in [
+        "| model |",
+        "pp16",
+        "tg4",
+        "read bandwidth, 1 thread",
+        "read bandwidth, 2 threads",
+        "bytes read per generated token",
+    ] {
+        assert!(md.contains(want), "missing {:?} in\n{}", want, md);
+    }
+    let o = tern_bin(&[
+        "bench", "-p", "8", "-n", "2", "-t", "1", "-r", "1", "-o", "json", "--bw-mib", "8",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    let recs = v.as_array().expect("a list of records");
+    assert_eq!(recs.len(), 2);
+    for r in recs {
+        for key in [
+            "n_prompt",
+            "n_gen",
+            "n_threads",
+            "avg_ts",
+            "stddev_ts",
+            "model_size",
+            "model_filename",
+            "samples_ts",
+        ] {
+            assert!(r.get(key).is_some(), "record lacks {}: {}", key, r);
+        }
+        assert!(r["avg_ts"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(recs[0]["n_prompt"], 8);
+    assert_eq!(recs[1]["n_gen"], 2);
+    assert!(recs[1].get("bound_frac").is_some());
+}
+
+#[test]
+fn cli_bench_bad_arguments_fail_cleanly() {
+    for (args, needle) in [
+        (&["bench", "-o", "xml"][..], "md or json"),
+        (&["bench", "-t", "0"][..], "at least 1"),
+        (&["bench", "-t", "two"][..], "not a whole number"),
+        (&["bench", "-p", "0", "-n", "0"][..], "nothing to time"),
+        (&["bench", "-r", "0"][..], "at least 1"),
+        (
+            &["bench", "-m", "/nonexistent/model.gguf"][..],
+            "model.gguf",
+        ),
+    ] {
+        let o = tern_bin(args);
+        assert!(!o.status.success(), "{:?} succeeded", args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("tern: error:") && err.contains(needle),
+            "{:?}: {}",
+            args,
+            err
+        );
+        assert!(!err.contains("panicked"), "{:?}: {}", args, err);
+    }
+}
+
+#[test]
+fn cli_forcing_a_missing_kernel_is_a_clean_error() {
+    #[cfg(target_arch = "x86_64")]
+    let missing = "neon";
+    #[cfg(not(target_arch = "x86_64"))]
+    let missing = "avx2";
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["run", "-p", "x", "-n", "1"])
+        .env("TERN_KERNEL", missing)
+        .output()
+        .expect("tern runs");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not available on this CPU"), "{}", err);
 }

@@ -109,6 +109,42 @@ pub trait Kernel: Send + Sync {
     fn axpy_f32(&self, p: f32, x: &[f32], y: &mut [f32]) {
         scalar::axpy_f32(p, x, y)
     }
+
+    /// Attention scores of one head: `scores[t] = scale · (K_t · q)` for
+    /// `t < scores.len()`, `K_t` = `q.len()` values at `t·stride + off` of `k`.
+    /// Each score equals `scale · dot` of the same kernel's `dot_f16`/`dot_f32`.
+    fn attn_scores(
+        &self,
+        k: ops::Kv,
+        stride: usize,
+        off: usize,
+        q: &[f32],
+        scale: f32,
+        scores: &mut [f32],
+    ) {
+        ops::check_rows(k, stride, off, q.len(), scores.len());
+        for (t, s) in scores.iter_mut().enumerate() {
+            let at = t * stride + off;
+            *s = match k {
+                ops::Kv::F16(k) => self.dot_f16(&k[at..at + q.len()], q),
+                ops::Kv::F32(k) => self.dot_f32(&k[at..at + q.len()], q),
+            } * scale;
+        }
+    }
+
+    /// Weighted sum of one head's values: `out = Σ_t p[t] · V_t`, summed in
+    /// position order as repeated `axpy` would.
+    fn attn_values(&self, v: ops::Kv, stride: usize, off: usize, p: &[f32], out: &mut [f32]) {
+        ops::check_rows(v, stride, off, out.len(), p.len());
+        out.fill(0.0);
+        for (t, &pt) in p.iter().enumerate() {
+            let at = t * stride + off;
+            match v {
+                ops::Kv::F16(v) => self.axpy_f16(pt, &v[at..at + out.len()], out),
+                ops::Kv::F32(v) => self.axpy_f32(pt, &v[at..at + out.len()], out),
+            }
+        }
+    }
 }
 
 /// Ternary weights repacked for the kernels.

@@ -3,7 +3,27 @@
 
 use super::Kernel;
 use half::f16;
+use rayon::prelude::*;
 use std::cell::RefCell;
+
+/// RMS norm of each row of `x` (rows of `w.len()`): `x / sqrt(mean(x²) + eps) · w`,
+/// the mean summed in f64 in order (the reference's arithmetic); rows in
+/// parallel when there are several.
+pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    let row = |(xr, or): (&[f32], &mut [f32])| {
+        let ss: f64 = xr.iter().map(|&v| (v as f64) * (v as f64)).sum();
+        let inv = 1.0 / ((ss / d as f64) as f32 + eps).sqrt();
+        for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
+            *o = v * inv * g;
+        }
+    };
+    if x.len() >= 4 * d && rayon::current_num_threads() > 1 {
+        x.par_chunks(d).zip(out.par_chunks_mut(d)).for_each(row);
+    } else {
+        x.chunks(d).zip(out.chunks_mut(d)).for_each(row);
+    }
+}
 
 /// One layer of a KV cache: `positions × stride` values.
 #[derive(Clone, Copy)]
@@ -13,18 +33,30 @@ pub enum Kv<'a> {
 }
 
 impl Kv<'_> {
-    fn dot(&self, kern: &dyn Kernel, at: usize, q: &[f32]) -> f32 {
+    pub fn len(&self) -> usize {
         match self {
-            Kv::F16(v) => kern.dot_f16(&v[at..at + q.len()], q),
-            Kv::F32(v) => kern.dot_f32(&v[at..at + q.len()], q),
+            Kv::F16(v) => v.len(),
+            Kv::F32(v) => v.len(),
         }
     }
-    fn axpy(&self, kern: &dyn Kernel, at: usize, p: f32, out: &mut [f32]) {
-        let n = out.len();
-        match self {
-            Kv::F16(v) => kern.axpy_f16(p, &v[at..at + n], out),
-            Kv::F32(v) => kern.axpy_f32(p, &v[at..at + n], out),
-        }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Check that `rows` head vectors of `width` at `t·stride + off` lie in `kv`
+/// (every attention kernel calls this first, so SIMD code may rely on it).
+pub fn check_rows(kv: Kv, stride: usize, off: usize, width: usize, rows: usize) {
+    if rows > 0 {
+        assert!(
+            (rows - 1) * stride + off + width <= kv.len(),
+            "{} rows of {} at stride {} + {} exceed a cache of {}",
+            rows,
+            width,
+            stride,
+            off,
+            kv.len()
+        );
     }
 }
 
@@ -49,18 +81,18 @@ pub fn attend(
 ) {
     SCORES.with(|s| {
         let mut s = s.borrow_mut();
-        s.clear();
-        s.extend((0..npos).map(|t| k.dot(kern, t * stride + off, q) * scale));
+        s.resize(npos, 0.0);
+        kern.attn_scores(k, stride, off, q, scale, &mut s);
         let mx = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         let mut sum = 0f32;
         for x in s.iter_mut() {
             *x = (*x - mx).exp();
             sum += *x;
         }
-        out.fill(0.0);
-        for (t, &p) in s.iter().enumerate() {
-            v.axpy(kern, t * stride + off, p / sum, out);
+        for x in s.iter_mut() {
+            *x /= sum;
         }
+        kern.attn_values(v, stride, off, &s, out);
     });
 }
 
@@ -112,4 +144,32 @@ impl RopeTable {
             }
         }
     }
+}
+
+/// Wrapping sum of `words`, with independent lanes so the loop is bound by
+/// memory, not by an add chain: the streaming read that `tern bench` takes
+/// as the machine's read bandwidth. With `prefetch` (x86-64) each 64-byte
+/// line is also prefetched 16 KiB ahead into L2, as the one-token kernels
+/// do; the bench keeps the faster of the two.
+pub fn stream_sum(words: &[u64], prefetch: bool) -> u64 {
+    let mut acc = [0u64; 8];
+    let it = words.chunks_exact(8);
+    let rest: u64 = it.remainder().iter().fold(0, |a, &b| a.wrapping_add(b));
+    for w in it {
+        #[cfg(target_arch = "x86_64")]
+        if prefetch {
+            // SAFETY: a prefetch is only a hint; it never faults, and the
+            // address is formed with `wrapping_add`, never dereferenced.
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+                _mm_prefetch::<_MM_HINT_T1>((w.as_ptr() as *const i8).wrapping_add(16 << 10));
+            }
+        }
+        for (a, &x) in acc.iter_mut().zip(w) {
+            *a = a.wrapping_add(x);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = prefetch;
+    acc.iter().fold(rest, |a, &b| a.wrapping_add(b))
 }

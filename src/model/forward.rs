@@ -53,14 +53,7 @@ pub struct Context<'m> {
 }
 
 fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let d = w.len();
-    for (xr, or) in x.chunks(d).zip(out.chunks_mut(d)) {
-        let ss: f64 = xr.iter().map(|&v| (v as f64) * (v as f64)).sum();
-        let inv = 1.0 / ((ss / d as f64) as f32 + eps).sqrt();
-        for i in 0..d {
-            or[i] = xr[i] * inv * w[i];
-        }
-    }
+    crate::kernels::ops::rmsnorm(x, w, eps, out)
 }
 
 impl<'m> Context<'m> {
