@@ -166,6 +166,14 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
 
 /// Write a random bf16 BitNet (`BitNetForCausalLM`, relu², tied) checkpoint.
 pub fn synth_hf(dir: &Path, shape: Shape, seed: u64) -> Result<()> {
+    synth_hf_variant(dir, shape, seed, false)
+}
+
+/// [`synth_hf`], or with `silu` the original BitNet variant
+/// (`BitnetForCausalLM`, `model_type` llama, SiLU, its sub-norm names; GGUF
+/// architecture `bitnet`), which the late-2024 bitnet.cpp linked by the
+/// `bitnet-cpp` feature can run. Same shapes, so the same cost per token.
+pub fn synth_hf_variant(dir: &Path, shape: Shape, seed: u64, silu: bool) -> Result<()> {
     let s = shape;
     if s.vocab <= 256 + 256
         || !s.hidden.is_multiple_of(s.heads)
@@ -175,8 +183,18 @@ pub fn synth_hf(dir: &Path, shape: Shape, seed: u64) -> Result<()> {
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let hd = s.hidden / s.heads;
+    let (arch, model_type, act) = if silu {
+        ("BitnetForCausalLM", "llama", "silu")
+    } else {
+        ("BitNetForCausalLM", "bitnet", "relu2")
+    };
+    let (attn_sub, ffn_sub) = if silu {
+        ("self_attn.inner_attn_ln.weight", "mlp.ffn_layernorm.weight")
+    } else {
+        ("self_attn.attn_sub_norm.weight", "mlp.ffn_sub_norm.weight")
+    };
     let config = json!({
-        "architectures": ["BitNetForCausalLM"], "model_type": "bitnet", "hidden_act": "relu2",
+        "architectures": [arch], "model_type": model_type, "hidden_act": act,
         "hidden_size": s.hidden, "intermediate_size": s.intermediate, "num_hidden_layers": s.layers,
         "num_attention_heads": s.heads, "num_key_value_heads": s.kv_heads, "vocab_size": s.vocab,
         "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
@@ -211,8 +229,8 @@ pub fn synth_hf(dir: &Path, shape: Shape, seed: u64) -> Result<()> {
         for (n, sh) in [
             ("input_layernorm.weight", vec![s.hidden]),
             ("post_attention_layernorm.weight", vec![s.hidden]),
-            ("self_attn.attn_sub_norm.weight", vec![s.hidden]),
-            ("mlp.ffn_sub_norm.weight", vec![s.intermediate]),
+            (attn_sub, vec![s.hidden]),
+            (ffn_sub, vec![s.intermediate]),
         ] {
             tensors.push((format!("{p}{n}"), sh, 0.0));
         }

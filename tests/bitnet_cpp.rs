@@ -359,3 +359,61 @@ fn tern_check_bitnet_cpp_cli() {
     assert!(stdout.contains("bitnet.cpp (live)"), "{}", stdout);
     assert!(stdout.contains("PASS: 2/2 prompts"), "{}", stdout);
 }
+
+/// The timing entry points behind `tern bench --bitnet-cpp`: one sample per
+/// repetition, each a real run (a prompt past the micro-batch cap goes
+/// through in pieces instead of overflowing bitnet.cpp's stack), and the
+/// context they use leaves the engine's logits unchanged afterwards.
+#[test]
+fn engine_timings_for_bench() {
+    let engine = bitnet_cpp::Engine::load(&silu_gguf()).unwrap();
+    let nv = engine.n_vocab() as u32;
+    let mut rng = Rng(11);
+    let toks: Vec<u32> = (0..bitnet_cpp::BENCH_MAX_UBATCH + 150)
+        .map(|_| rng.next() % nv)
+        .collect();
+    let before = engine.evaluate(&toks[..8], 0).unwrap().logits;
+    for threads in [1, 2] {
+        let pp = engine.time_prompt(threads, &toks, 2).unwrap();
+        assert_eq!(pp.len(), 2);
+        assert!(pp.iter().all(|&s| s > 0.0 && s.is_finite()), "{:?}", pp);
+        let tg = engine.time_gen(threads, &toks[..6], 3).unwrap();
+        assert_eq!(tg.len(), 3);
+        assert!(tg.iter().all(|&s| s > 0.0 && s.is_finite()), "{:?}", tg);
+    }
+    assert!(engine.time_prompt(1, &[], 1).is_err());
+    assert!(engine.time_gen(1, &[nv], 1).is_err());
+    assert_eq!(engine.evaluate(&toks[..8], 0).unwrap().logits, before);
+
+    // Through the CLI, side by side with tern.
+    let g = silu_gguf();
+    let o = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args([
+            "bench",
+            "-m",
+            g.to_str().unwrap(),
+            "--bitnet-cpp",
+            "-p",
+            "32",
+            "-n",
+            "4",
+            "-r",
+            "1",
+            "-t",
+            "1",
+            "--bw-mib",
+            "8",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = String::from_utf8_lossy(&o.stdout);
+    for want in [
+        "| tern ",
+        "| bitnet.cpp (",
+        "pp32, 1 thread: tern",
+        "tg4, 1 thread: tern",
+    ] {
+        assert!(md.contains(want), "missing {:?} in\n{}", want, md);
+    }
+}

@@ -452,6 +452,87 @@ impl Engine {
     }
 }
 
+/// Tokens per micro-batch in [`Engine::time_prompt`]: llama-bench's default
+/// is 512, but this bitnet.cpp overflows its stack a little past 300 tokens
+/// per batch at BitNet 2B-4T's shapes (which would take tern down with it),
+/// so longer prompts go through in micro-batches of this many tokens.
+pub const BENCH_MAX_UBATCH: usize = 256;
+
+impl Engine {
+    /// Seconds per run of `llama_decode` over `tokens` in one batch from an
+    /// emptied KV cache, with logits for the last position only (what
+    /// llama-bench's prompt test does): one untimed warm-up, then `reps`
+    /// timed runs on `n_threads` threads.
+    pub fn time_prompt(&self, n_threads: usize, tokens: &[u32], reps: usize) -> Result<Vec<f64>> {
+        self.check_tokens(tokens)?;
+        let n = tokens.len();
+        let _guard = engine_lock();
+        take_log();
+        let ctx = ContextGuard::with(
+            self,
+            n as u32,
+            n as u32,
+            n.min(BENCH_MAX_UBATCH) as u32,
+            n_threads,
+        )?;
+        let mut batch = BatchGuard::new(n)?;
+        for (i, &t) in tokens.iter().enumerate() {
+            batch.set(i, t as i32, i as i32, i + 1 == n);
+        }
+        (0..=reps)
+            .map(|_| {
+                ctx.clear();
+                let t0 = std::time::Instant::now();
+                ctx.decode(&batch, n)?;
+                Ok(t0.elapsed().as_secs_f64())
+            })
+            .skip(1)
+            .collect()
+    }
+
+    /// Seconds per run of `tokens.len()` single-token `llama_decode` calls
+    /// from an emptied KV cache, each with its logits (llama-bench's
+    /// generation test): one untimed warm-up, then `reps` timed runs.
+    pub fn time_gen(&self, n_threads: usize, tokens: &[u32], reps: usize) -> Result<Vec<f64>> {
+        self.check_tokens(tokens)?;
+        let n = tokens.len();
+        let _guard = engine_lock();
+        take_log();
+        let ctx = ContextGuard::with(self, n as u32, 1, 1, n_threads)?;
+        let mut one = BatchGuard::new(1)?;
+        let mut out = Vec::with_capacity(reps);
+        for rep in 0..=reps {
+            ctx.clear();
+            let t0 = std::time::Instant::now();
+            for (i, &t) in tokens.iter().enumerate() {
+                one.set(0, t as i32, i as i32, true);
+                ctx.decode(&one, 1)?;
+            }
+            if rep > 0 {
+                out.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        Ok(out)
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        if tokens.is_empty() {
+            bail!("no tokens to evaluate");
+        }
+        if tokens.len() > (i32::MAX / 2) as usize {
+            bail!("{} tokens is too many", tokens.len());
+        }
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.n_vocab) {
+            bail!(
+                "token id {} is outside bitnet.cpp's vocabulary of {}",
+                t,
+                self.n_vocab
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Engine {
     fn drop(&mut self) {
         let _guard = engine_lock();
@@ -479,23 +560,46 @@ struct ContextGuard {
 }
 
 impl ContextGuard {
+    /// The whole prompt in one batch and one micro-batch, on the engine's threads.
     fn new(engine: &Engine, n_ctx: u32, n_batch: u32) -> Result<ContextGuard> {
+        Self::with(
+            engine,
+            n_ctx,
+            n_batch,
+            n_batch,
+            engine.n_threads.max(1) as usize,
+        )
+    }
+
+    fn with(
+        engine: &Engine,
+        n_ctx: u32,
+        n_batch: u32,
+        n_ubatch: u32,
+        n_threads: usize,
+    ) -> Result<ContextGuard> {
+        let n_threads = n_threads.clamp(1, 512) as i32;
         // SAFETY: default parameters from the library, adjusted field by
         // field; the model pointer is live for the engine's lifetime.
         let raw = unsafe {
             let mut p = sys::llama_context_default_params();
             p.n_ctx = n_ctx.max(1);
-            // The whole prompt in one batch and one micro-batch.
             p.n_batch = n_batch.max(1);
-            p.n_ubatch = n_batch.max(1);
-            p.n_threads = engine.n_threads;
-            p.n_threads_batch = engine.n_threads;
+            p.n_ubatch = n_ubatch.clamp(1, n_batch.max(1));
+            p.n_threads = n_threads;
+            p.n_threads_batch = n_threads;
             p.no_perf = true;
             sys::llama_new_context_with_model(engine.model.as_ptr(), p)
         };
         let ctx = NonNull::new(raw)
             .ok_or_else(|| with_log("bitnet.cpp could not create a context".to_string()))?;
         Ok(ContextGuard { ctx })
+    }
+
+    /// Empty the KV cache (cells and data).
+    fn clear(&self) {
+        // SAFETY: the context is live; the call only resets its cache.
+        unsafe { sys::llama_kv_cache_clear(self.ctx.as_ptr()) }
     }
 
     fn decode(&self, batch: &BatchGuard, n: usize) -> Result<()> {

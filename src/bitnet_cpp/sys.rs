@@ -355,6 +355,7 @@ extern "C" {
     pub fn llama_batch_free(batch: llama_batch);
     pub fn llama_decode(ctx: *mut llama_context, batch: llama_batch) -> i32;
     pub fn llama_get_logits(ctx: *mut llama_context) -> *mut f32;
+    pub fn llama_kv_cache_clear(ctx: *mut llama_context);
     pub fn llama_log_set(log_callback: ggml_log_callback, user_data: *mut ::std::os::raw::c_void);
     pub fn quantize_row_i8_s(
         x: *const f32,

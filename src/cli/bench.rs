@@ -34,6 +34,18 @@ pub struct Args {
     /// Size of the buffer for the read-bandwidth measurement, MiB.
     #[arg(long = "bw-mib", default_value_t = 1024)]
     pub bw_mib: usize,
+    /// Also time bitnet.cpp's `llama_decode` on the same file, threads and
+    /// tokens, each test right after tern's (needs a build with
+    /// `--features bitnet-cpp` and `-m`).
+    #[arg(long = "bitnet-cpp")]
+    pub bitnet_cpp: bool,
+}
+
+/// Who ran a test.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    Tern,
+    BitnetCpp,
 }
 
 fn parse_list(flag: &str, s: &str, allow_zero: bool) -> Result<Vec<usize>> {
@@ -53,6 +65,7 @@ fn parse_list(flag: &str, s: &str, allow_zero: bool) -> Result<Vec<usize>> {
 
 /// One timed test: `n_prompt` tokens in one batch, or `n_gen` tokens one by one.
 struct Record {
+    engine: Engine,
     threads: usize,
     n_prompt: usize,
     n_gen: usize,
@@ -167,6 +180,71 @@ fn json_str(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
 
+/// bitnet.cpp loaded for `--bitnet-cpp`.
+#[cfg(feature = "bitnet-cpp")]
+struct Reference(crate::bitnet_cpp::Engine);
+
+#[cfg(feature = "bitnet-cpp")]
+impl Reference {
+    fn open(path: Option<&std::path::Path>) -> Result<Reference> {
+        let path = path
+            .ok_or_else(|| anyhow!("--bitnet-cpp needs the model as a file: pass -m MODEL.gguf"))?;
+        Ok(Reference(crate::bitnet_cpp::Engine::load(path)?))
+    }
+    fn label() -> String {
+        format!(
+            "bitnet.cpp ({})",
+            compiler_short(crate::bitnet_cpp::COMPILER)
+        )
+    }
+    fn time_prompt(&self, nt: usize, toks: &[u32], reps: usize) -> Result<Vec<f64>> {
+        self.0.time_prompt(nt, toks, reps)
+    }
+    fn time_gen(&self, nt: usize, toks: &[u32], reps: usize) -> Result<Vec<f64>> {
+        self.0.time_gen(nt, toks, reps)
+    }
+}
+
+/// "clang 19.1.7" or "g++ 12.2.0" from build.rs's "path (`--version` line)".
+#[cfg_attr(not(feature = "bitnet-cpp"), allow(dead_code))]
+fn compiler_short(s: &str) -> String {
+    let line = s
+        .split_once(" (")
+        .map(|x| x.1.strip_suffix(')').unwrap_or(x.1))
+        .unwrap_or(s)
+        .trim();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    if let Some(i) = words.iter().position(|&w| w == "version") {
+        if line.contains("clang") && i + 1 < words.len() {
+            return format!("clang {}", words[i + 1]);
+        }
+    }
+    match (words.first(), words.last()) {
+        (Some(first), Some(last)) if words.len() > 1 => format!("{} {}", first, last),
+        _ => line.to_string(),
+    }
+}
+
+/// Stand-in for builds without the feature: `--bitnet-cpp` is an error.
+#[cfg(not(feature = "bitnet-cpp"))]
+struct Reference;
+
+#[cfg(not(feature = "bitnet-cpp"))]
+impl Reference {
+    fn open(_: Option<&std::path::Path>) -> Result<Reference> {
+        bail!("--bitnet-cpp: this tern was built without bitnet.cpp; rebuild with `cargo build --release --features bitnet-cpp`")
+    }
+    fn label() -> String {
+        String::new()
+    }
+    fn time_prompt(&self, _: usize, _: &[u32], _: usize) -> Result<Vec<f64>> {
+        unreachable!("Reference::open always fails without the feature")
+    }
+    fn time_gen(&self, _: usize, _: &[u32], _: usize) -> Result<Vec<f64>> {
+        unreachable!("Reference::open always fails without the feature")
+    }
+}
+
 pub fn run(a: Args) -> Result<()> {
     let prompts = parse_list("-p", &a.n_prompt, true)?;
     let gens = parse_list("-n", &a.n_gen, true)?;
@@ -188,6 +266,11 @@ pub fn run(a: Args) -> Result<()> {
     if a.bw_mib == 0 {
         bail!("--bw-mib must be at least 1");
     }
+    let reference = if a.bitnet_cpp {
+        Some(Reference::open(a.model.as_deref())?)
+    } else {
+        None
+    };
     let model = load_model(a.model.as_deref())?;
     let kern = model.kernel;
     let name = a
@@ -200,6 +283,11 @@ pub fn run(a: Args) -> Result<()> {
     let n_params = model.n_params();
     let bpt = model.bytes_per_token();
     let cpu = cpu_name();
+    let tern_label = format!("tern {}", kern.variant());
+    let engine_label = |e: Engine| match e {
+        Engine::Tern => tern_label.clone(),
+        Engine::BitnetCpp => Reference::label(),
+    };
     eprintln!(
         "tern bench: {} ({:.2} GiB, {:.2} B params), kernel {}, CPU {}",
         name,
@@ -229,37 +317,56 @@ pub fn run(a: Args) -> Result<()> {
         bandwidth.push((nt, pool.install(|| read_bandwidth(&bw_buf))));
     }
     for (&nt, pool) in threads.iter().zip(&pools) {
-        pool.install(|| -> Result<()> {
-            for &p in prompts.iter().filter(|&&p| p > 0) {
-                let toks = bench_tokens(&model, p);
+        // Each test runs on tern and then (with --bitnet-cpp) on bitnet.cpp,
+        // so both see the same state of the machine.
+        for &p in prompts.iter().filter(|&&p| p > 0) {
+            let toks = bench_tokens(&model, p);
+            let samples = pool.install(|| -> Result<Vec<f64>> {
                 let mut ctx = Context::new(&model, p, false);
                 time_prompt(&mut ctx, &toks)?; // warm-up
-                let samples = (0..a.reps)
-                    .map(|_| time_prompt(&mut ctx, &toks))
-                    .collect::<Result<Vec<_>>>()?;
+                (0..a.reps).map(|_| time_prompt(&mut ctx, &toks)).collect()
+            })?;
+            records.push(Record {
+                engine: Engine::Tern,
+                threads: nt,
+                n_prompt: p,
+                n_gen: 0,
+                samples,
+            });
+            if let Some(r) = &reference {
                 records.push(Record {
+                    engine: Engine::BitnetCpp,
                     threads: nt,
                     n_prompt: p,
                     n_gen: 0,
-                    samples,
+                    samples: r.time_prompt(nt, &toks, a.reps)?,
                 });
             }
-            for &n in gens.iter().filter(|&&n| n > 0) {
-                let toks = bench_tokens(&model, n);
+        }
+        for &n in gens.iter().filter(|&&n| n > 0) {
+            let toks = bench_tokens(&model, n);
+            let samples = pool.install(|| -> Result<Vec<f64>> {
                 let mut ctx = Context::new(&model, n, false);
                 time_gen(&mut ctx, &toks)?; // warm-up
-                let samples = (0..a.reps)
-                    .map(|_| time_gen(&mut ctx, &toks))
-                    .collect::<Result<Vec<_>>>()?;
+                (0..a.reps).map(|_| time_gen(&mut ctx, &toks)).collect()
+            })?;
+            records.push(Record {
+                engine: Engine::Tern,
+                threads: nt,
+                n_prompt: 0,
+                n_gen: n,
+                samples,
+            });
+            if let Some(r) = &reference {
                 records.push(Record {
+                    engine: Engine::BitnetCpp,
                     threads: nt,
                     n_prompt: 0,
                     n_gen: n,
-                    samples,
+                    samples: r.time_gen(nt, &toks, a.reps)?,
                 });
             }
-            Ok(())
-        })?;
+        }
     }
     for ((&nt, pool), b) in threads.iter().zip(&pools).zip(bandwidth.iter_mut()) {
         let after = pool.install(|| read_bandwidth(&bw_buf));
@@ -292,19 +399,25 @@ pub fn run(a: Args) -> Result<()> {
             } else {
                 String::new()
             };
+            let (engine, kernel, n_batch) = match r.engine {
+                Engine::Tern => ("tern", kern.variant(), crate::model::forward::MAX_BATCH),
+                Engine::BitnetCpp => ("bitnet.cpp", "ggml-i2_s", r.n_prompt.max(1)),
+            };
             out.push(format!(
-                "  {{\"model_filename\": {}, \"model_type\": {}, \"model_size\": {}, \"model_n_params\": {}, \
+                "  {{\"engine\": {}, \"engine_info\": {}, \"model_filename\": {}, \"model_type\": {}, \"model_size\": {}, \"model_n_params\": {}, \
 \"backends\": \"CPU\", \"cpu_info\": {}, \"kernel\": {}, \"n_threads\": {}, \"n_batch\": {}, \"type_k\": \"f16\", \"type_v\": \"f16\", \
 \"n_prompt\": {}, \"n_gen\": {}, \"avg_ns\": {}, \"stddev_ns\": {}, \"avg_ts\": {:.6}, \"stddev_ts\": {:.6}, \
 \"samples_ns\": {:?}, \"samples_ts\": [{}], \"bytes_per_token\": {}, \"read_bw_gbs\": {:.3}{}}}",
+                json_str(engine),
+                json_str(&engine_label(r.engine)),
                 json_str(&name),
                 json_str(&format!("{} {}", model.hp.arch, name)),
                 model_size,
                 n_params,
                 json_str(&cpu),
-                json_str(kern.variant()),
+                json_str(kernel),
                 r.threads,
-                crate::model::forward::MAX_BATCH,
+                n_batch,
                 r.n_prompt,
                 r.n_gen,
                 mns as u64,
@@ -322,7 +435,7 @@ pub fn run(a: Args) -> Result<()> {
         return Ok(());
     }
 
-    println!("| model | size | params | kernel | threads | test | t/s | GB/s | % of bound |");
+    println!("| model | size | params | engine | threads | test | t/s | GB/s | % of bound |");
     println!("| ----- | ---: | -----: | ------ | ------: | ---: | --: | ---: | ---------: |");
     for r in &records {
         let (m, sd) = mean_sd(&r.ts());
@@ -345,7 +458,7 @@ pub fn run(a: Args) -> Result<()> {
             name,
             model_size as f64 / (1u64 << 30) as f64,
             n_params as f64 / 1e9,
-            kern.variant(),
+            engine_label(r.engine),
             r.threads,
             r.name(),
             m,
@@ -355,6 +468,26 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     println!();
+    for r in records.iter().filter(|r| r.engine == Engine::BitnetCpp) {
+        if let Some(t) = records.iter().find(|t| {
+            t.engine == Engine::Tern
+                && t.threads == r.threads
+                && t.n_prompt == r.n_prompt
+                && t.n_gen == r.n_gen
+        }) {
+            let (mt, _) = mean_sd(&t.ts());
+            let (mb, _) = mean_sd(&r.ts());
+            println!(
+                "{}, {} thread{}: tern {:.2} t/s vs bitnet.cpp {:.2} t/s → {:.2}×",
+                r.name(),
+                r.threads,
+                if r.threads == 1 { "" } else { "s" },
+                mt,
+                mb,
+                mt / mb
+            );
+        }
+    }
     println!(
         "bytes read per generated token: {:.3} GB (ternary projections + output head; KV cache not counted)",
         bpt as f64 / 1e9
@@ -370,4 +503,21 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compiler_short;
+
+    #[test]
+    fn compiler_names() {
+        assert_eq!(
+            compiler_short("clang++-19 (Debian clang version 19.1.7 (3~deb12u1))"),
+            "clang 19.1.7"
+        );
+        assert_eq!(
+            compiler_short("g++ (g++ (Debian 12.2.0-14+deb12u1) 12.2.0)"),
+            "g++ 12.2.0"
+        );
+    }
 }

@@ -1,4 +1,4 @@
-use crate::synth::{synth_hf, Shape};
+use crate::synth::{synth_hf_variant, Shape};
 use anyhow::{anyhow, Result};
 use std::path::PathBuf;
 
@@ -11,12 +11,22 @@ pub struct Args {
     pub shape: String,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Model variant: b1.58 (BitNetForCausalLM, ReLU², GGUF `bitnet-b1.58`)
+    /// or bitnet (BitnetForCausalLM, SiLU, GGUF `bitnet`: what the bitnet.cpp
+    /// of `--features bitnet-cpp` runs, e.g. for `tern bench --bitnet-cpp`).
+    #[arg(long, default_value = "b1.58")]
+    pub variant: String,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let shape = Shape::by_name(&a.shape)
         .ok_or_else(|| anyhow!("unknown --shape {:?} (2b4t, tiny)", a.shape))?;
-    synth_hf(&a.out_dir, shape, a.seed)?;
+    let silu = match a.variant.as_str() {
+        "b1.58" | "bitnet-b1.58" => false,
+        "bitnet" => true,
+        v => return Err(anyhow!("unknown --variant {:?} (b1.58, bitnet)", v)),
+    };
+    synth_hf_variant(&a.out_dir, shape, a.seed, silu)?;
     eprintln!(
         "tern synth: wrote a random bf16 {:?} checkpoint to {}",
         shape,
