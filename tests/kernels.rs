@@ -7,7 +7,7 @@
 
 use half::f16;
 use tern::kernels::matmul::{head_matmul, matmul, quantize_batch, HeadWeights};
-use tern::kernels::{all_variants, scalar, Kernel, Packed};
+use tern::kernels::{all_variants, scalar, BlockActs, Kernel, Packed, QuantHead};
 use tern::model::Proj;
 
 struct Rng(u64);
@@ -391,6 +391,246 @@ fn forced_kernel_names() {
     assert!(tern::kernels::select(Some("neon")).is_err());
     #[cfg(target_arch = "aarch64")]
     assert!(tern::kernels::select(Some("avx2")).is_err());
+}
+
+// ------------------------------------------------- quantized output head
+
+/// Q8_K / Q8_0 activation quants: random, or the extremes ±127.
+fn head_acts(rng: &mut Rng, len: usize, style: usize) -> Vec<i8> {
+    (0..len)
+        .map(|_| match style {
+            0 => (rng.below(255) as i32 - 127) as i8,
+            1 => 127,
+            2 => -127,
+            _ => [-127i8, 127, 0, -1, 1][rng.below(5)],
+        })
+        .collect()
+}
+
+fn sums16(a: &[i8]) -> Vec<i16> {
+    a.chunks(16)
+        .map(|c| c.iter().map(|&v| v as i16).sum())
+        .collect()
+}
+
+#[test]
+fn quant_head_block_dots_match_scalar() {
+    let mut rng = Rng(0x51_7e55);
+    for case in 0..120 {
+        let kind = if case % 2 == 0 {
+            QuantHead::Q8_0
+        } else {
+            QuantHead::Q6K
+        };
+        let k = kind.block() * [1, 2, 3, 10][rng.below(4)];
+        // Any bytes are a valid block of either type (Q8_0 quants -128
+        // included, Q6_K scales -128 included); the extremes stress the
+        // 16-bit stages.
+        let w: Vec<u8> = (0..kind.row_bytes(k))
+            .map(|_| match case % 5 {
+                1 => 0x80,
+                2 => 0xFF,
+                3 => 0x7F,
+                _ => rng.next() as u8,
+            })
+            .collect();
+        let a = head_acts(&mut rng, k, case % 4);
+        let bs = sums16(&a);
+        let nb = k / kind.block();
+        let mut want = vec![0i32; nb];
+        match kind {
+            QuantHead::Q8_0 => scalar::q8_0_block_dots(&w, &a, &mut want),
+            QuantHead::Q6K => scalar::q6_k_block_dots(&w, &a, &bs, &mut want),
+        }
+        for kern in all_variants() {
+            let mut got = vec![i32::MIN; nb];
+            match kind {
+                QuantHead::Q8_0 => kern.q8_0_block_dots(&w, &a, &mut got),
+                QuantHead::Q6K => kern.q6_k_block_dots(&w, &a, &bs, &mut got),
+            }
+            assert_eq!(
+                got,
+                want,
+                "{} {:?} k {} case {}",
+                kern.variant(),
+                kind,
+                k,
+                case
+            );
+        }
+    }
+}
+
+/// A `rows × k` head quantized from random floats (some rows zero, some
+/// with outliers), as the converter would write it.
+fn quant_head(rng: &mut Rng, kind: QuantHead, rows: usize, k: usize) -> Vec<u8> {
+    let mut x: Vec<f32> = (0..rows * k).map(|_| rng.f32() * 0.05).collect();
+    for r in 0..rows {
+        match r % 5 {
+            2 => x[r * k..(r + 1) * k].fill(0.0),
+            3 => x[r * k + rng.below(k)] = 1.5,
+            _ => {}
+        }
+    }
+    let mut w = Vec::new();
+    match kind {
+        QuantHead::Q8_0 => tern::quant::q8_0::quantize(&x, &mut w),
+        QuantHead::Q6K => tern::quant::q6_k::quantize(&x, &mut w),
+    }
+    w
+}
+
+/// Σ_b |d_w · d_x| · Σ_i |w_i · x_i| of one Q8_0 row and token: the sum of
+/// the magnitudes of every product, which bounds the rounding of any
+/// summation order; the float tolerance is relative to it.
+fn q8_0_mag(row: &[u8], x: &BlockActs, t: usize) -> f32 {
+    let a = x.row(t);
+    row.chunks_exact(34)
+        .enumerate()
+        .map(|(b, wb)| {
+            let dw = f16::from_le_bytes([wb[0], wb[1]]).to_f32();
+            let s: i32 = wb[2..]
+                .iter()
+                .zip(&a[32 * b..32 * b + 32])
+                .map(|(&q, &v)| (q as i8 as i32 * v as i32).abs())
+                .sum();
+            (dw * x.scales(t)[b]).abs() * s as f32
+        })
+        .sum()
+}
+
+fn qgemm(kern: &dyn Kernel, w: &[u8], v0: usize, v1: usize, x: &BlockActs) -> Vec<f32> {
+    let mut out = vec![f32::NAN; x.n * (v1 - v0)];
+    match x.kind {
+        QuantHead::Q8_0 => kern.q8_0_gemm(w, v0, v1, x, &mut out),
+        QuantHead::Q6K => kern.q6_k_gemm(w, v0, v1, x, &mut out),
+    }
+    out
+}
+
+#[test]
+fn quant_head_gemm_agrees_with_scalar_and_does_not_depend_on_tiling() {
+    let mut rng = Rng(0xbead);
+    for case in 0..40 {
+        let kind = if case % 2 == 0 {
+            QuantHead::Q8_0
+        } else {
+            QuantHead::Q6K
+        };
+        let k = kind.block() * [1, 3, 10][rng.below(3)];
+        let rows = [1, 3, 4, 5, 13, 33][rng.below(6)];
+        let n = [1, 2, 3, 4, 5, 9][rng.below(6)];
+        let w = quant_head(&mut rng, kind, rows, k);
+        let mut xf: Vec<f32> = (0..n * k).map(|_| rng.f32() * 4.0).collect();
+        if n > 1 {
+            xf[k..2 * k].fill(0.0); // an all-zero token: d = 0
+        }
+        let x = BlockActs::quantize(kind, &xf, k);
+        let want = qgemm(&scalar::Scalar, &w, 0, rows, &x);
+        let rb = kind.row_bytes(k);
+        for kern in all_variants() {
+            let got = qgemm(kern, &w, 0, rows, &x);
+            // Q6_K sums each block exactly in integers first: every kernel
+            // gives the scalar bits.
+            if kind == QuantHead::Q6K {
+                assert_eq!(
+                    got,
+                    want,
+                    "{} Q6_K k {} rows {} n {}",
+                    kern.variant(),
+                    k,
+                    rows,
+                    n
+                );
+            }
+            for t in 0..n {
+                for v in 0..rows {
+                    if kind == QuantHead::Q6K {
+                        continue;
+                    }
+                    let (g, s) = (got[t * rows + v], want[t * rows + v]);
+                    let mag = q8_0_mag(&w[v * rb..(v + 1) * rb], &x, t);
+                    assert!(
+                        (g - s).abs() <= 2e-5 * mag + 1e-30,
+                        "{} {:?} k {} rows {} n {}: row {} token {}: {} vs scalar {} (mag {})",
+                        kern.variant(),
+                        kind,
+                        k,
+                        rows,
+                        n,
+                        v,
+                        t,
+                        g,
+                        s,
+                        mag
+                    );
+                }
+            }
+            // A sub-range of rows, and each token on its own, give the
+            // same bits as the full product.
+            if rows > 1 {
+                let part = qgemm(kern, &w, 1, rows, &x);
+                for t in 0..n {
+                    assert_eq!(
+                        &part[t * (rows - 1)..(t + 1) * (rows - 1)],
+                        &got[t * rows + 1..(t + 1) * rows],
+                        "{} rows 1..{}",
+                        kern.variant(),
+                        rows
+                    );
+                }
+            }
+            for t in 0..n {
+                let one = BlockActs::quantize(kind, &xf[t * k..(t + 1) * k], k);
+                assert_eq!(
+                    qgemm(kern, &w, 0, rows, &one),
+                    &got[t * rows..(t + 1) * rows],
+                    "{} token {} alone",
+                    kern.variant(),
+                    t
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn quant_head_is_independent_of_threads_and_batch() {
+    let mut rng = Rng(11);
+    let (vocab, d) = (301, 512);
+    let heads = [
+        quant_head(&mut rng, QuantHead::Q8_0, vocab, d),
+        quant_head(&mut rng, QuantHead::Q6K, vocab, d),
+    ];
+    let x: Vec<f32> = (0..6 * d).map(|_| rng.f32() * 3.0).collect();
+    let run = |threads: usize, n: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut res = Vec::new();
+            for k in all_variants() {
+                for (i, h) in heads.iter().enumerate() {
+                    let w = if i == 0 {
+                        HeadWeights::Q8_0(h)
+                    } else {
+                        HeadWeights::Q6K(h)
+                    };
+                    res.push(head_matmul(k, w, &x[..n * d], n, vocab, d));
+                }
+            }
+            res
+        })
+    };
+    let one = run(1, 6);
+    assert_eq!(one, run(2, 6));
+    assert_eq!(one, run(3, 6));
+    for n in [1, 2, 5] {
+        for (a, b) in one.iter().zip(&run(2, n)) {
+            assert_eq!(&a[..n * vocab], &b[..]);
+        }
+    }
 }
 
 // ------------------------------------------------------------ whole model

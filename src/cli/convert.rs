@@ -13,7 +13,9 @@ pub struct Args {
     /// Projection type: i2_s, tq2_0, tq1_0, f16, f32.
     #[arg(long, default_value = "i2_s")]
     pub outtype: String,
-    /// Token embedding / output head type: f16 or f32.
+    /// Token embedding / output head type: f16, f32, q8_0 or q6_k (ggml's
+    /// reference quantizers, byte for byte; rows that do not hold whole
+    /// blocks fall back as llama.cpp's tools do: q6_k → q8_0 → f16).
     #[arg(long = "embd-type", default_value = "f16")]
     pub embd_type: String,
     /// Overwrite an existing output file.
@@ -29,7 +31,18 @@ pub fn run(a: Args) -> Result<()> {
         )
     })?;
     let embd_type = GgmlType::from_name(&a.embd_type)
-        .ok_or_else(|| anyhow!("unknown --embd-type {:?} (f16, f32)", a.embd_type))?;
+        .filter(|t| {
+            matches!(
+                t,
+                GgmlType::F16 | GgmlType::F32 | GgmlType::Q8_0 | GgmlType::Q6K
+            )
+        })
+        .ok_or_else(|| {
+            anyhow!(
+                "unknown --embd-type {:?} (f16, f32, q8_0, q6_k)",
+                a.embd_type
+            )
+        })?;
     convert(&ConvertOptions {
         input: a.model_dir,
         outfile: a.outfile,

@@ -11,7 +11,7 @@ use crate::gguf::{write_gguf, TensorPlan, Value, ValueType};
 use crate::hf::checkpoint::RawTensor;
 use crate::hf::config::HfConfig;
 use crate::hf::{Checkpoint, HfVocab};
-use crate::quant::{i2s, tq, GgmlType};
+use crate::quant::{i2s, q6_k, q8_0, tq, GgmlType};
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::Dtype;
 use std::io::{IsTerminal, Write};
@@ -48,6 +48,7 @@ pub fn file_type(outtype: GgmlType) -> u32 {
         GgmlType::F32 => 0,
         GgmlType::F16 => 1,
         GgmlType::Q8_0 => 7,
+        GgmlType::Q6K => 18,
         GgmlType::BF16 => 32,
         GgmlType::TQ1_0 => 36,
         GgmlType::TQ2_0 => 37,
@@ -126,7 +127,7 @@ fn plan(
         plan: TensorPlan {
             name: "token_embd.weight".into(),
             dims: vec![h as u64, cfg.vocab as u64],
-            ty: embd_type,
+            ty: embd_tensor_type("token_embd.weight", h, embd_type, &mut fallbacks),
         },
         hf_name: emb,
         role: Role::Embedding,
@@ -143,7 +144,7 @@ fn plan(
             plan: TensorPlan {
                 name: "output.weight".into(),
                 dims: vec![h as u64, cfg.vocab as u64],
-                ty: embd_type,
+                ty: embd_tensor_type("output.weight", h, embd_type, &mut fallbacks),
             },
             hf_name: "lm_head.weight".into(),
             role: Role::Output,
@@ -273,6 +274,37 @@ fn plan(
     Ok((out, fallbacks))
 }
 
+/// The type an embedding / output head of rows of `cols` values is written
+/// in: `embd_type`, or the fallback llama.cpp's tools take when the rows do
+/// not hold whole blocks — Q8_0 → F16 (`convert_hf_to_gguf.py` on gguf-py's
+/// `QuantError`), Q6_K → Q8_0, or F16 when even that does not fit
+/// (llama-quantize's rule for k-quants).
+fn embd_tensor_type(
+    name: &str,
+    cols: usize,
+    embd_type: GgmlType,
+    fallbacks: &mut Vec<String>,
+) -> GgmlType {
+    let fits = |t: GgmlType| cols.is_multiple_of(t.info().block);
+    if fits(embd_type) {
+        return embd_type;
+    }
+    let ty = if embd_type == GgmlType::Q6K && fits(GgmlType::Q8_0) {
+        GgmlType::Q8_0
+    } else {
+        GgmlType::F16
+    };
+    fallbacks.push(format!(
+        "{} ({} columns is not a multiple of {}, needed by {}): {}",
+        name,
+        cols,
+        embd_type.info().block,
+        embd_type.name(),
+        ty.name()
+    ));
+    ty
+}
+
 fn scale_name(weight: &str) -> String {
     format!("{}_scale", weight)
 }
@@ -315,9 +347,35 @@ fn write_f16(w: &mut dyn Write, xs: &[f32]) -> Result<()> {
     Ok(())
 }
 
+/// Quantize `xs` (whole blocks) to Q8_0 or Q6_K, the blocks spread over
+/// the rayon pool (each block is quantized on its own, so the bytes do not
+/// depend on the split).
+fn write_quantized(w: &mut dyn Write, xs: &[f32], ty: GgmlType) -> Result<()> {
+    use rayon::prelude::*;
+    let info = ty.info();
+    // 64 blocks per task: 16 KiB of Q6_K input, 8 KiB of Q8_0.
+    let per_task = 64 * info.block;
+    let parts: Vec<Vec<u8>> = xs
+        .par_chunks(per_task)
+        .map(|c| {
+            let mut out = Vec::with_capacity(c.len() / info.block * info.block_bytes);
+            match ty {
+                GgmlType::Q8_0 => q8_0::quantize(c, &mut out),
+                _ => q6_k::quantize(c, &mut out),
+            }
+            out
+        })
+        .collect();
+    for p in parts {
+        w.write_all(&p)?;
+    }
+    Ok(())
+}
+
 /// Write a float tensor (embedding, head) in row chunks so memory stays bounded.
 fn write_float_tensor(w: &mut dyn Write, t: &RawTensor, ty: GgmlType) -> Result<()> {
     let n = t.n_elements();
+    // A multiple of every block size (Q6_K: 256), so chunks hold whole blocks.
     let chunk = 1 << 20;
     let mut start = 0;
     while start < n {
@@ -326,8 +384,9 @@ fn write_float_tensor(w: &mut dyn Write, t: &RawTensor, ty: GgmlType) -> Result<
         match ty {
             GgmlType::F32 => write_f32(w, &xs)?,
             GgmlType::F16 => write_f16(w, &xs)?,
+            GgmlType::Q8_0 | GgmlType::Q6K => write_quantized(w, &xs, ty)?,
             other => bail!(
-                "embedding type {} is not supported (f16 or f32)",
+                "embedding type {} is not supported (f16, f32, q8_0 or q6_k)",
                 other.name()
             ),
         }
@@ -469,8 +528,11 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
     if !dir.is_dir() {
         bail!("{} is not a directory", dir.display());
     }
-    if !matches!(opts.embd_type, GgmlType::F16 | GgmlType::F32) {
-        bail!("--embd-type must be f16 or f32");
+    if !matches!(
+        opts.embd_type,
+        GgmlType::F16 | GgmlType::F32 | GgmlType::Q8_0 | GgmlType::Q6K
+    ) {
+        bail!("--embd-type must be f16, f32, q8_0 or q6_k");
     }
     if !matches!(
         opts.outtype,
@@ -578,6 +640,20 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
             }
             Role::Embedding | Role::Output => {
                 let t = ck.require(&p.hf_name)?;
+                if matches!(p.plan.ty, GgmlType::Q8_0 | GgmlType::Q6K) {
+                    say(format!(
+                        "  {:<28} {:<10} {} × {}  → {}",
+                        p.plan.name,
+                        if p.role == Role::Embedding {
+                            "embedding"
+                        } else {
+                            "head"
+                        },
+                        p.rows,
+                        p.cols,
+                        p.plan.ty.name()
+                    ));
+                }
                 write_float_tensor(w, &t, p.plan.ty)?;
             }
             Role::Projection => {

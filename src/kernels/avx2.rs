@@ -7,7 +7,8 @@
 //! the scalar integer sum exactly. `Σ code·x − Σ x` gives the ternary dot.
 
 use super::ops::Kv;
-use super::{Kernel, Packed, GROUP, GROUP_BLOCK_BYTES, QK};
+use super::{BlockActs, Kernel, Packed, QuantHead, GROUP, GROUP_BLOCK_BYTES, QK};
+use crate::quant::{q6_k, q8_0};
 use half::f16;
 use std::arch::x86_64::*;
 
@@ -78,6 +79,49 @@ impl Kernel for Avx2 {
         assert_eq!(x.len(), q.len());
         // SAFETY: CPU support checked at selection; lengths equal.
         unsafe { quantize_avx2(x, q) }
+    }
+    fn q8_0_block_dots(&self, w: &[u8], a: &[i8], out: &mut [i32]) {
+        super::check_block_dots(QuantHead::Q8_0, w, a, out);
+        for (b, o) in out.iter_mut().enumerate() {
+            // SAFETY: CPU support checked at selection; `check_block_dots`
+            // asserted that block `b` lies inside `w` (34 bytes) and `a` (32).
+            *o = unsafe {
+                hsum_i32(
+                    q8_0_block::<1>(
+                        w.as_ptr().add(b * q8_0::BLOCK_BYTES),
+                        [a.as_ptr().add(b * q8_0::QK8_0)],
+                    )[0],
+                )
+            };
+        }
+    }
+    fn q6_k_block_dots(&self, w: &[u8], a: &[i8], bsums: &[i16], out: &mut [i32]) {
+        super::check_block_dots(QuantHead::Q6K, w, a, out);
+        assert_eq!(bsums.len(), a.len() / 16, "activation sums");
+        for (b, o) in out.iter_mut().enumerate() {
+            // SAFETY: CPU support checked at selection; the asserts above
+            // put block `b` inside `w` (210 bytes), `a` (256) and `bsums` (16).
+            *o = unsafe {
+                hsum_i32(
+                    q6_k_block::<1>(
+                        w.as_ptr().add(b * q6_k::BLOCK_BYTES),
+                        [a.as_ptr().add(b * q6_k::QK_K)],
+                        [bsums.as_ptr().add(b * 16)],
+                    )[0],
+                )
+            };
+        }
+    }
+    fn q8_0_gemm(&self, w: &[u8], v0: usize, v1: usize, x: &BlockActs, out: &mut [f32]) {
+        super::check_quant_gemm(QuantHead::Q8_0, w, v0, v1, x, out);
+        // SAFETY: CPU support checked at selection; `check_quant_gemm`
+        // asserted the sizes of the rows, activations and output.
+        unsafe { quant_gemm::<false>(w, v0, v1, x, out) }
+    }
+    fn q6_k_gemm(&self, w: &[u8], v0: usize, v1: usize, x: &BlockActs, out: &mut [f32]) {
+        super::check_quant_gemm(QuantHead::Q6K, w, v0, v1, x, out);
+        // SAFETY: as for `q8_0_gemm`.
+        unsafe { quant_gemm::<true>(w, v0, v1, x, out) }
     }
     fn dot_f32(&self, a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
@@ -646,5 +690,271 @@ unsafe fn axpy_avx2<const F16: bool>(p: f32, x: *const u8, y: &mut [f32]) {
     while i < n {
         *yp.add(i) += p * elem::<F16>(x, i);
         i += 1;
+    }
+}
+
+/// Sum of the eight i32 lanes.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// An f16 at `p` (any alignment) as f32.
+#[target_feature(enable = "avx2,f16c")]
+#[inline]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    let bits = u16::from_le_bytes([*p, *p.add(1)]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// One Q8_0 block (`w` at its f16 scale, quants after it) against the
+/// matching 32 activation quants of `T` tokens: per token eight i32 lanes
+/// summing to `Σ w·a` exactly. `|w|` (`vpsignb` of the activations by the
+/// weights' signs) keeps `vpmaddubsw` exact: |pair sum| ≤ 2·128·127 < 2¹⁵;
+/// needs activations ≠ -128, which the Q8_0 quantizer guarantees.
+#[target_feature(enable = "avx2")]
+#[inline]
+#[allow(clippy::needless_range_loop)]
+unsafe fn q8_0_block<const T: usize>(w: *const u8, a: [*const i8; T]) -> [__m256i; T] {
+    let wv = _mm256_loadu_si256(w.add(2) as *const __m256i);
+    let aw = _mm256_abs_epi8(wv);
+    let ones = _mm256_set1_epi16(1);
+    let mut r = [_mm256_setzero_si256(); T];
+    for t in 0..T {
+        let av = _mm256_loadu_si256(a[t] as *const __m256i);
+        r[t] = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(av, wv)), ones);
+    }
+    r
+}
+
+/// `vpshufb` masks over eight i16 sub-block scales (the same eight in
+/// both 128-bit lanes): mask `k` spreads scale `2k` over the low lane and
+/// scale `2k + 1` over the high lane.
+const Q6_SCALE_SHUF: [[u8; 32]; 4] = {
+    let mut m = [[0u8; 32]; 4];
+    let mut k = 0;
+    while k < 4 {
+        let mut i = 0;
+        while i < 32 {
+            let s = 2 * k + i / 16;
+            m[k][i] = (2 * s + i % 2) as u8;
+            i += 1;
+        }
+        k += 1;
+    }
+    m
+};
+
+/// One Q6_K block (`w`, 210 bytes) against the matching 256 Q8_K quants
+/// (`a`, each in -127..=127) and their 16 sums (`bs`) of `T` tokens: per
+/// token eight i32 lanes summing to `Σ_j scale_j · Σ (q − 32)·a` exactly.
+/// The 6-bit codes (0..63) go through `vpmaddubsw` unsigned (|pair sum| ≤
+/// 2·63·128), `vpmaddwd` applies the sub-block scales, and the −32 offset
+/// is taken out once per block as `32 · Σ_j scale_j · bsum_j`.
+#[target_feature(enable = "avx2")]
+#[inline]
+#[allow(clippy::needless_range_loop)]
+unsafe fn q6_k_block<const T: usize>(
+    w: *const u8,
+    a: [*const i8; T],
+    bs: [*const i16; T],
+) -> [__m256i; T] {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m2 = _mm256_set1_epi8(0x03);
+    let m2b = _mm256_set1_epi8(0x0C);
+    let m2h = _mm256_set1_epi8(0x30);
+    let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(q6_k::SC_OFF) as *const __m128i));
+    let mut acc = [_mm256_setzero_si256(); T];
+    for h in 0..2 {
+        // Scales 8h..8h + 8 in both lanes.
+        let half = if h == 0 {
+            _mm256_permute2x128_si256::<0x00>(sc16, sc16)
+        } else {
+            _mm256_permute2x128_si256::<0x11>(sc16, sc16)
+        };
+        let ql0 = _mm256_loadu_si256(w.add(64 * h) as *const __m256i);
+        let ql1 = _mm256_loadu_si256(w.add(64 * h + 32) as *const __m256i);
+        let qh = _mm256_loadu_si256(w.add(q6_k::QH_OFF + 32 * h) as *const __m256i);
+        for k in 0..4 {
+            let q = match k {
+                0 => _mm256_or_si256(
+                    _mm256_and_si256(ql0, m4),
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(qh, m2)),
+                ),
+                1 => _mm256_or_si256(
+                    _mm256_and_si256(ql1, m4),
+                    _mm256_slli_epi16::<2>(_mm256_and_si256(qh, m2b)),
+                ),
+                2 => _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                    _mm256_and_si256(qh, m2h),
+                ),
+                _ => _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                    _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2h),
+                ),
+            };
+            // Scale of sub-block 8h + 2k in the low lane, 8h + 2k + 1 high.
+            let shuf = _mm256_loadu_si256(Q6_SCALE_SHUF[k].as_ptr() as *const __m256i);
+            let s16 = _mm256_shuffle_epi8(half, shuf);
+            for t in 0..T {
+                let av = _mm256_loadu_si256(a[t].add(128 * h + 32 * k) as *const __m256i);
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, av), s16);
+                acc[t] = _mm256_add_epi32(acc[t], p);
+            }
+        }
+    }
+    for t in 0..T {
+        let b = _mm256_madd_epi16(_mm256_loadu_si256(bs[t] as *const __m256i), sc16);
+        acc[t] = _mm256_sub_epi32(acc[t], _mm256_slli_epi32::<5>(b));
+    }
+    acc
+}
+
+/// `R` head rows × `T` tokens of a quantized head (`Q6`: Q6_K, else Q8_0)
+/// over `nb` blocks. Q8_0: each (row, token) keeps one 8-lane f32
+/// accumulator, `acc += f32(block lanes) · (d_w · d_x)` block after block,
+/// then a fixed horizontal sum. Q6_K (ten times fewer, larger blocks): each
+/// block's lanes are summed exactly in integers first and the float sum is
+/// the scalar reference's, bit for bit. Either way the result does not
+/// depend on `R`, `T` or the thread split.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+#[allow(clippy::needless_range_loop)]
+unsafe fn quant_tile<const Q6: bool, const R: usize, const T: usize>(
+    w: [*const u8; R],
+    a: [*const i8; T],
+    da: [*const f32; T],
+    bs: [*const i16; T],
+    nb: usize,
+) -> [[f32; T]; R] {
+    let (qk, bb) = if Q6 {
+        (q6_k::QK_K, q6_k::BLOCK_BYTES)
+    } else {
+        (q8_0::QK8_0, q8_0::BLOCK_BYTES)
+    };
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let mut sacc = [[0f32; T]; R];
+    for b in 0..nb {
+        for r in 0..R {
+            let wb = w[r].add(b * bb);
+            // One token streams the rows once: the lines PREFETCH_HEAD
+            // ahead, into L2 (a hint only, so `wrapping_add`).
+            if T == 1 {
+                let pf = wb.wrapping_add(PREFETCH_HEAD) as *const i8;
+                _mm_prefetch::<_MM_HINT_T1>(pf);
+                if Q6 {
+                    _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(64));
+                    _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(128));
+                    _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(192));
+                }
+            }
+            let at: [*const i8; T] = std::array::from_fn(|t| a[t].add(b * qk));
+            if Q6 {
+                let bt: [*const i16; T] = std::array::from_fn(|t| bs[t].add(b * 16));
+                let dw = f16_at(wb.add(q6_k::D_OFF));
+                let dots = q6_k_block::<T>(wb, at, bt);
+                for t in 0..T {
+                    sacc[r][t] += (dw * *da[t].add(b)) * hsum_i32(dots[t]) as f32;
+                }
+            } else {
+                let dw = f16_at(wb);
+                let dots = q8_0_block::<T>(wb, at);
+                for t in 0..T {
+                    let s = _mm256_set1_ps(dw * *da[t].add(b));
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[t]), s, acc[r][t]);
+                }
+            }
+        }
+    }
+    if Q6 {
+        return sacc;
+    }
+    let mut res = [[0f32; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            res[r][t] = hsum_f32(acc[r][t]);
+        }
+    }
+    res
+}
+
+/// Driver of the quantized head product: one token streams four rows at a
+/// time; many tokens take tiles of up to four tokens per row, so each
+/// weight block is decoded once per tile while the chunk's rows stay in L2.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quant_gemm<const Q6: bool>(
+    w: &[u8],
+    v0: usize,
+    v1: usize,
+    x: &BlockActs,
+    out: &mut [f32],
+) {
+    let kind = if Q6 { QuantHead::Q6K } else { QuantHead::Q8_0 };
+    let rb = kind.row_bytes(x.k);
+    let nb = x.k / kind.block();
+    let row = |v: usize| w.as_ptr().add(v * rb);
+    let ap = |t: usize| x.qs.as_ptr().add(t * x.k);
+    let dp = |t: usize| x.d.as_ptr().add(t * nb);
+    // Q8_0 has no sums: any valid pointer, never read.
+    let bp = |t: usize| {
+        if Q6 {
+            x.bsums.as_ptr().add(t * x.k / 16)
+        } else {
+            x.bsums.as_ptr()
+        }
+    };
+    let ld = v1 - v0;
+    if x.n == 1 {
+        let mut v = v0;
+        while v + 4 <= v1 {
+            let r = quant_tile::<Q6, 4, 1>(
+                [row(v), row(v + 1), row(v + 2), row(v + 3)],
+                [ap(0)],
+                [dp(0)],
+                [bp(0)],
+                nb,
+            );
+            for (j, rr) in r.iter().enumerate() {
+                out[v - v0 + j] = rr[0];
+            }
+            v += 4;
+        }
+        while v < v1 {
+            out[v - v0] = quant_tile::<Q6, 1, 1>([row(v)], [ap(0)], [dp(0)], [bp(0)], nb)[0][0];
+            v += 1;
+        }
+        return;
+    }
+    let mut t = 0;
+    while t < x.n {
+        let tt = (x.n - t).min(4);
+        for v in v0..v1 {
+            macro_rules! run {
+                ($t:literal) => {{
+                    let res = quant_tile::<Q6, 1, $t>(
+                        [row(v)],
+                        std::array::from_fn(|j| ap(t + j)),
+                        std::array::from_fn(|j| dp(t + j)),
+                        std::array::from_fn(|j| bp(t + j)),
+                        nb,
+                    );
+                    for (u, &val) in res[0].iter().enumerate() {
+                        out[(t + u) * ld + v - v0] = val;
+                    }
+                }};
+            }
+            match tt {
+                4 => run!(4),
+                3 => run!(3),
+                2 => run!(2),
+                _ => run!(1),
+            }
+        }
+        t += tt;
     }
 }

@@ -9,12 +9,13 @@
 //! activation. Without VNNI the products are summed exactly as in the AVX2
 //! kernel (16-bit `vpmaddubsw` pair sums over at most [`CHUNK`] blocks, then
 //! widened); with VNNI `vpdpbusd` accumulates the u8×i8 products straight
-//! into 32 bits. Both give the exact integer sum. The float operations use
-//! the AVX2 code (every AVX-512 CPU has AVX2, FMA and F16C).
+//! into 32 bits. Both give the exact integer sum. The float operations and
+//! the quantized (Q8_0 / Q6_K) output head use the AVX2 code (every
+//! AVX-512 CPU has AVX2, FMA and F16C).
 
 use super::avx2::Avx2;
 use super::ops::Kv;
-use super::{Kernel, Packed, GROUP, GROUP_BLOCK_BYTES, QK};
+use super::{BlockActs, Kernel, Packed, GROUP, GROUP_BLOCK_BYTES, QK};
 use half::f16;
 use std::arch::x86_64::*;
 
@@ -106,6 +107,18 @@ impl Kernel for Avx512 {
     }
     fn quantize_act(&self, x: &[f32], q: &mut [i8]) -> (f32, i32) {
         Avx2.quantize_act(x, q)
+    }
+    fn q8_0_block_dots(&self, w: &[u8], a: &[i8], out: &mut [i32]) {
+        Avx2.q8_0_block_dots(w, a, out)
+    }
+    fn q6_k_block_dots(&self, w: &[u8], a: &[i8], bsums: &[i16], out: &mut [i32]) {
+        Avx2.q6_k_block_dots(w, a, bsums, out)
+    }
+    fn q8_0_gemm(&self, w: &[u8], v0: usize, v1: usize, x: &BlockActs, out: &mut [f32]) {
+        Avx2.q8_0_gemm(w, v0, v1, x, out)
+    }
+    fn q6_k_gemm(&self, w: &[u8], v0: usize, v1: usize, x: &BlockActs, out: &mut [f32]) {
+        Avx2.q6_k_gemm(w, v0, v1, x, out)
     }
     fn dot_f32(&self, a: &[f32], b: &[f32]) -> f32 {
         Avx2.dot_f32(a, b)

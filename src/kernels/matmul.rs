@@ -9,7 +9,7 @@
 //! smaller row blocks whose packed weights stay in cache while every token
 //! passes over them. Per-call scratch is thread-local and reused.
 
-use super::{Kernel, Packed, GROUP};
+use super::{BlockActs, Kernel, Packed, QuantHead, GROUP};
 use crate::model::Proj;
 use half::f16;
 use rayon::prelude::*;
@@ -190,9 +190,16 @@ fn float_block(n: usize, len: usize, outs: &mut [&mut [f32]], run: impl FnOnce(&
 pub enum HeadWeights<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
+    /// Q8_0 blocks (34 bytes per 32 values), rows back to back.
+    Q8_0(&'a [u8]),
+    /// Q6_K blocks (210 bytes per 256 values), rows back to back.
+    Q6K(&'a [u8]),
 }
 
-/// `logits[r·vocab + v] = W_v · xn_r` for `nr` rows of `xn`, in float.
+/// `logits[r·vocab + v] = W_v · xn_r` for `nr` rows of `xn`: in float for
+/// F32/F16 weights; for Q8_0/Q6_K weights each row of `xn` is first
+/// quantized per block as ggml does (see [`BlockActs`]) and the products
+/// are integer per block.
 pub fn head_matmul(
     kern: &dyn Kernel,
     w: HeadWeights,
@@ -217,11 +224,19 @@ pub fn head_matmul_into(
     out: &mut [f32],
 ) {
     let chunk = chunk_rows(nv, nr, 64);
+    let acts = match w {
+        HeadWeights::Q8_0(_) => Some(BlockActs::quantize(QuantHead::Q8_0, &xn[..nr * d], d)),
+        HeadWeights::Q6K(_) => Some(BlockActs::quantize(QuantHead::Q6K, &xn[..nr * d], d)),
+        _ => None,
+    };
     par_rows(out, nr, nv, chunk, |_, v0, outs| {
         let v1 = v0 + outs[0].len();
-        float_block(nr, v1 - v0, outs, |buf| match w {
-            HeadWeights::F32(w) => kern.f32_gemm(w, d, v0, v1, xn, nr, buf),
-            HeadWeights::F16(w) => kern.f16_gemm(w, d, v0, v1, xn, nr, buf),
+        float_block(nr, v1 - v0, outs, |buf| match (w, &acts) {
+            (HeadWeights::F32(w), _) => kern.f32_gemm(w, d, v0, v1, xn, nr, buf),
+            (HeadWeights::F16(w), _) => kern.f16_gemm(w, d, v0, v1, xn, nr, buf),
+            (HeadWeights::Q8_0(w), Some(x)) => kern.q8_0_gemm(w, v0, v1, x, buf),
+            (HeadWeights::Q6K(w), Some(x)) => kern.q6_k_gemm(w, v0, v1, x, buf),
+            _ => unreachable!("quantized weights come with quantized activations"),
         });
     });
 }

@@ -14,6 +14,15 @@
 //! they are repacked into [`Packed`]: rows interleaved by four so that one
 //! 128-byte run holds the same block of four rows, which every kernel reads
 //! as one sequential stream.
+//!
+//! A Q8_0 or Q6_K output head stays in its GGUF blocks (read in place from
+//! the memory map). The normed hidden state is quantized per token the way
+//! ggml quantizes the other operand of its dot products ([`BlockActs`]:
+//! Q8_0 blocks, or Q8_K blocks with sums of 16), the products are integer
+//! per block (bit-identical across kernels) and one float multiply-add per
+//! block applies both scales. Q6_K heads sum the blocks in the scalar
+//! order on every kernel (bit-identical results); Q8_0 heads keep one
+//! float accumulator per lane (agreeing with scalar to rounding).
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
@@ -82,6 +91,36 @@ pub trait Kernel: Send + Sync {
         out: &mut [f32],
     ) {
         scalar::f32_gemm(w, d, v0, v1, xs, n, out)
+    }
+
+    /// Integer dots of one Q8_0 head row `w` (`k / 32` blocks of 34 bytes)
+    /// with Q8_0 activation quants `a` (`k` values, each in -127..=127):
+    /// `out[b] = Σ_{i<32} w_q[32b + i] · a[32b + i]`. Exact, so equal across
+    /// kernels.
+    fn q8_0_block_dots(&self, w: &[u8], a: &[i8], out: &mut [i32]) {
+        scalar::q8_0_block_dots(w, a, out)
+    }
+
+    /// Integer dots of one Q6_K head row `w` (`k / 256` blocks of 210 bytes)
+    /// with Q8_K activation quants `a` (each in -127..=127) and their sums
+    /// per 16 (`bsums`): `out[b] = Σ_j scale_j · Σ_{i in sub-block j}
+    /// (q_i − 32) · a_i`. Exact, so equal across kernels.
+    fn q6_k_block_dots(&self, w: &[u8], a: &[i8], bsums: &[i16], out: &mut [i32]) {
+        scalar::q6_k_block_dots(w, a, bsums, out)
+    }
+
+    /// Rows `v0..v1` of a Q8_0 head (row length `x.k`, rows back to back in
+    /// `w`) against the `x.n` activation rows of `x` (Q8_0 blocks):
+    /// `out[t · (v1 - v0) + (v - v0)] = Σ_b d_w[v][b] · d_x[t][b] · dot_b`.
+    /// The integer block dots are exact; how the float terms are summed is
+    /// the kernel's, fixed per kernel (independent of `v0`, `v1`, `x.n`).
+    fn q8_0_gemm(&self, w: &[u8], v0: usize, v1: usize, x: &BlockActs, out: &mut [f32]) {
+        scalar::q8_0_gemm(w, v0, v1, x, out)
+    }
+
+    /// As [`Kernel::q8_0_gemm`] for a Q6_K head and Q8_K activations.
+    fn q6_k_gemm(&self, w: &[u8], v0: usize, v1: usize, x: &BlockActs, out: &mut [f32]) {
+        scalar::q6_k_gemm(w, v0, v1, x, out)
     }
 
     /// Per-token activation quantization (docs §2): `a = 127 / max(|x|, 1e-5)`,
@@ -313,6 +352,138 @@ pub(crate) fn check_float_gemm(
     );
     assert!(xs.len() >= n * d, "activation size");
     assert!(out.len() >= n * (v1 - v0), "output size");
+}
+
+/// The block format of a quantized output head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantHead {
+    /// Q8_0 weights, Q8_0 activations (blocks of 32).
+    Q8_0,
+    /// Q6_K weights, Q8_K activations (blocks of 256).
+    Q6K,
+}
+
+impl QuantHead {
+    /// Values per weight (and activation) block.
+    pub fn block(self) -> usize {
+        match self {
+            QuantHead::Q8_0 => crate::quant::q8_0::QK8_0,
+            QuantHead::Q6K => crate::quant::q6_k::QK_K,
+        }
+    }
+    /// Bytes per weight block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            QuantHead::Q8_0 => crate::quant::q8_0::BLOCK_BYTES,
+            QuantHead::Q6K => crate::quant::q6_k::BLOCK_BYTES,
+        }
+    }
+    /// Bytes of one weight row of `k` values.
+    pub fn row_bytes(self, k: usize) -> usize {
+        k / self.block() * self.block_bytes()
+    }
+}
+
+/// Activation rows quantized per block for a quantized head, the way ggml
+/// quantizes the other operand of its dot products: Q8_0 blocks for a Q8_0
+/// head (`quant::q8_0::quantize_acts`), Q8_K blocks for a Q6_K head
+/// (`quant::q6_k::quantize_q8_k`, with the sums of each 16 quants).
+#[derive(Debug, Clone)]
+pub struct BlockActs {
+    pub kind: QuantHead,
+    /// Row length.
+    pub k: usize,
+    /// Rows.
+    pub n: usize,
+    /// `n · k` quants, each in -127..=127.
+    pub qs: Vec<i8>,
+    /// `n · k / block` block scales.
+    pub d: Vec<f32>,
+    /// `n · k / 16` sums of 16 quants (Q8_K only; empty for Q8_0).
+    pub bsums: Vec<i16>,
+}
+
+impl BlockActs {
+    /// Quantize `n` rows of `k` values (`k` a multiple of the block).
+    pub fn quantize(kind: QuantHead, x: &[f32], k: usize) -> BlockActs {
+        assert!(
+            k > 0 && k.is_multiple_of(kind.block()) && x.len().is_multiple_of(k),
+            "activations are not whole rows of whole blocks"
+        );
+        let n = x.len() / k;
+        let mut qs = vec![0i8; x.len()];
+        let mut d = vec![0f32; x.len() / kind.block()];
+        let mut bsums = Vec::new();
+        match kind {
+            QuantHead::Q8_0 => crate::quant::q8_0::quantize_acts(x, &mut qs, &mut d),
+            QuantHead::Q6K => {
+                bsums = vec![0i16; x.len() / 16];
+                crate::quant::q6_k::quantize_q8_k(x, &mut qs, &mut d, &mut bsums)
+            }
+        }
+        BlockActs {
+            kind,
+            k,
+            n,
+            qs,
+            d,
+            bsums,
+        }
+    }
+    /// The quants of row `t`.
+    pub fn row(&self, t: usize) -> &[i8] {
+        &self.qs[t * self.k..(t + 1) * self.k]
+    }
+    /// The block scales of row `t`.
+    pub fn scales(&self, t: usize) -> &[f32] {
+        let nb = self.k / self.kind.block();
+        &self.d[t * nb..(t + 1) * nb]
+    }
+    /// The sums of 16 of row `t` (Q8_K).
+    pub fn sums16(&self, t: usize) -> &[i16] {
+        &self.bsums[t * self.k / 16..(t + 1) * self.k / 16]
+    }
+}
+
+/// Check the arguments of the quantized head GEMMs; every implementation
+/// calls this first, so the SIMD code can rely on the sizes.
+pub(crate) fn check_quant_gemm(
+    kind: QuantHead,
+    w: &[u8],
+    v0: usize,
+    v1: usize,
+    x: &BlockActs,
+    out: &[f32],
+) {
+    assert_eq!(x.kind, kind, "activation blocks for another head type");
+    let nb = x.k / kind.block();
+    assert!(
+        x.k > 0 && x.k.is_multiple_of(kind.block()),
+        "row length {}",
+        x.k
+    );
+    assert_eq!(x.qs.len(), x.n * x.k, "activation size");
+    assert_eq!(x.d.len(), x.n * nb, "activation scales");
+    if kind == QuantHead::Q6K {
+        assert_eq!(x.bsums.len(), x.n * x.k / 16, "activation sums");
+    }
+    let rb = kind.row_bytes(x.k);
+    assert!(
+        v0 <= v1 && v1 * rb <= w.len(),
+        "rows {}..{} of {}",
+        v0,
+        v1,
+        w.len() / rb
+    );
+    assert!(out.len() >= x.n * (v1 - v0), "output size");
+}
+
+/// Check the arguments of the block-dot functions.
+pub(crate) fn check_block_dots(kind: QuantHead, w: &[u8], a: &[i8], out: &[i32]) {
+    let nb = a.len() / kind.block();
+    assert!(a.len().is_multiple_of(kind.block()), "activation size");
+    assert_eq!(w.len(), nb * kind.block_bytes(), "weight row size");
+    assert_eq!(out.len(), nb, "output size");
 }
 
 /// Every kernel this CPU can run, best last.

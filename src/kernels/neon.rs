@@ -12,7 +12,8 @@
 //!
 //! `vdotq_s32` is not stable in Rust yet, hence the one-instruction `asm!`.
 
-use super::{Kernel, Packed, GROUP, GROUP_BLOCK_BYTES, QK};
+use super::{BlockActs, Kernel, Packed, QuantHead, GROUP, GROUP_BLOCK_BYTES, QK};
+use crate::quant::{q6_k, q8_0};
 use half::f16;
 use std::arch::aarch64::*;
 use std::arch::asm;
@@ -106,6 +107,67 @@ impl Kernel for Neon {
         assert_eq!(x.len(), q.len());
         // SAFETY: NEON is part of aarch64; lengths equal.
         unsafe { quantize_neon(x, q) }
+    }
+    fn q8_0_block_dots(&self, w: &[u8], a: &[i8], out: &mut [i32]) {
+        super::check_block_dots(QuantHead::Q8_0, w, a, out);
+        for (b, o) in out.iter_mut().enumerate() {
+            let (wb, ab) = (
+                w[b * q8_0::BLOCK_BYTES..].as_ptr(),
+                a[b * q8_0::QK8_0..].as_ptr(),
+            );
+            // SAFETY: NEON is part of aarch64, dotprod used only when the CPU
+            // reported it; `check_block_dots` asserted that block `b` lies
+            // inside `w` (34 bytes) and `a` (32 values).
+            *o = unsafe {
+                vaddvq_s32(if self.dotprod {
+                    q8_block_dot::<1>(wb, [ab])[0]
+                } else {
+                    q8_block_plain::<1>(wb, [ab])[0]
+                })
+            };
+        }
+    }
+    fn q6_k_block_dots(&self, w: &[u8], a: &[i8], bsums: &[i16], out: &mut [i32]) {
+        super::check_block_dots(QuantHead::Q6K, w, a, out);
+        assert_eq!(bsums.len(), a.len() / 16, "activation sums");
+        for (b, o) in out.iter_mut().enumerate() {
+            let (wb, ab) = (
+                w[b * q6_k::BLOCK_BYTES..].as_ptr(),
+                a[b * q6_k::QK_K..].as_ptr(),
+            );
+            // SAFETY: as above, block `b` lies inside `w` (210 bytes) and `a` (256).
+            *o = unsafe {
+                if self.dotprod {
+                    q6_block_dot::<1>(wb, [ab])[0]
+                } else {
+                    q6_block_plain::<1>(wb, [ab])[0]
+                }
+            };
+        }
+    }
+    fn q8_0_gemm(&self, w: &[u8], v0: usize, v1: usize, x: &BlockActs, out: &mut [f32]) {
+        super::check_quant_gemm(QuantHead::Q8_0, w, v0, v1, x, out);
+        // SAFETY: NEON is part of aarch64, dotprod used only when the CPU
+        // reported it; `check_quant_gemm` asserted the sizes of the rows,
+        // activations and output.
+        unsafe {
+            if self.dotprod {
+                qgemm_dot::<false>(w, v0, v1, x, out)
+            } else {
+                qgemm_plain::<false>(w, v0, v1, x, out)
+            }
+        }
+    }
+    fn q6_k_gemm(&self, w: &[u8], v0: usize, v1: usize, x: &BlockActs, out: &mut [f32]) {
+        super::check_quant_gemm(QuantHead::Q6K, w, v0, v1, x, out);
+        // SAFETY: as for `q8_0_gemm`.
+        unsafe {
+            if self.dotprod {
+                qgemm_dot::<true>(w, v0, v1, x, out)
+            } else {
+                qgemm_plain::<true>(w, v0, v1, x, out)
+            }
+        }
     }
     fn dot_f16(&self, a: &[f16], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
@@ -423,3 +485,265 @@ unsafe fn axpy_neon<const F16: bool>(p: f32, x: *const u8, y: &mut [f32]) {
         i += 1;
     }
 }
+
+// ------------------------------------------------- quantized output head
+
+/// `acc + Σ` of four adjacent i8 × i8 products per lane (`sdot`).
+#[target_feature(enable = "neon,dotprod")]
+#[inline]
+unsafe fn sdot_s8(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    let mut r = acc;
+    asm!(
+        "sdot {0:v}.4s, {1:v}.16b, {2:v}.16b",
+        inout(vreg) r,
+        in(vreg) a,
+        in(vreg) b,
+        options(pure, nomem, nostack, preserves_flags)
+    );
+    r
+}
+
+/// Σ a·b of sixteen i8 pairs as four i32 lanes without `sdot`: `smull`
+/// into 16 bits (|product| ≤ 2¹⁴), widened pairwise at once.
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn dot16_plain(a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    let lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+    vpadalq_s16(vpaddlq_s16(lo), vmull_high_s8(a, b))
+}
+
+/// Prefetch the line at `p` into L2 (a hint: any address is allowed).
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn prefetch_l2(p: *const u8) {
+    asm!("prfm pldl2keep, [{0}]", in(reg) p, options(nostack, readonly, preserves_flags));
+}
+
+/// How far ahead the one-token head product prefetches its rows.
+const PREFETCH_HEAD: usize = 32 << 10;
+
+/// Generates the block dots and the GEMM driver of the quantized head for
+/// one accumulation method (`sdot` or `smull`).
+macro_rules! qhead_impl {
+    ($gemm:ident, $tile:ident, $q8:ident, $q6:ident, $feat:literal, $dot:literal) => {
+        /// One Q8_0 block (`w` at its f16 scale) against the matching 32
+        /// activation quants of `T` tokens: four i32 lanes per token summing
+        /// to `Σ w·a` exactly.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        #[allow(clippy::needless_range_loop)]
+        unsafe fn $q8<const T: usize>(w: *const u8, a: [*const i8; T]) -> [int32x4_t; T] {
+            let w0 = vld1q_s8(w.add(2) as *const i8);
+            let w1 = vld1q_s8(w.add(18) as *const i8);
+            let mut r = [vdupq_n_s32(0); T];
+            for t in 0..T {
+                let a0 = vld1q_s8(a[t]);
+                let a1 = vld1q_s8(a[t].add(16));
+                r[t] = if $dot {
+                    sdot_s8(sdot_s8(vdupq_n_s32(0), w0, a0), w1, a1)
+                } else {
+                    vaddq_s32(dot16_plain(w0, a0), dot16_plain(w1, a1))
+                };
+            }
+            r
+        }
+
+        /// One Q6_K block against the matching 256 Q8_K quants of `T`
+        /// tokens: per token `Σ_j scale_j · Σ (q − 32)·a`, exact. Each
+        /// 16-byte code vector is one sub-block; `q − 32` fits a signed
+        /// byte, so no sums of the activations are needed.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        #[allow(clippy::needless_range_loop)]
+        unsafe fn $q6<const T: usize>(w: *const u8, a: [*const i8; T]) -> [i32; T] {
+            let m4 = vdupq_n_u8(0x0F);
+            let m3 = vdupq_n_u8(0x03);
+            let off = vdupq_n_s8(32);
+            let mut acc = [vdupq_n_s32(0); T];
+            for h in 0..2 {
+                for e in 0..2 {
+                    let l0 = vld1q_u8(w.add(64 * h + 16 * e));
+                    let l1 = vld1q_u8(w.add(64 * h + 32 + 16 * e));
+                    let hb = vld1q_u8(w.add(q6_k::QH_OFF + 32 * h + 16 * e));
+                    let q = [
+                        vorrq_u8(vandq_u8(l0, m4), vshlq_n_u8::<4>(vandq_u8(hb, m3))),
+                        vorrq_u8(
+                            vandq_u8(l1, m4),
+                            vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<2>(hb), m3)),
+                        ),
+                        vorrq_u8(
+                            vshrq_n_u8::<4>(l0),
+                            vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<4>(hb), m3)),
+                        ),
+                        vorrq_u8(vshrq_n_u8::<4>(l1), vshlq_n_u8::<4>(vshrq_n_u8::<6>(hb))),
+                    ];
+                    for (k, &qk) in q.iter().enumerate() {
+                        // Values 128h + 32k + 16e .. + 16: sub-block 8h + 2k + e.
+                        let qs = vsubq_s8(vreinterpretq_s8_u8(qk), off);
+                        let sc = *w.add(q6_k::SC_OFF + 8 * h + 2 * k + e) as i8 as i32;
+                        for t in 0..T {
+                            let av = vld1q_s8(a[t].add(128 * h + 32 * k + 16 * e));
+                            let d = if $dot {
+                                sdot_s8(vdupq_n_s32(0), qs, av)
+                            } else {
+                                dot16_plain(qs, av)
+                            };
+                            acc[t] = vmlaq_n_s32(acc[t], d, sc);
+                        }
+                    }
+                }
+            }
+            let mut r = [0i32; T];
+            for t in 0..T {
+                r[t] = vaddvq_s32(acc[t]);
+            }
+            r
+        }
+
+        /// `R` rows × `T` tokens; Q8_0: one 4-lane f32 accumulator per
+        /// (row, token); Q6_K: the scalar reference's float sum over exact
+        /// block dots. Independent of `R`, `T` and the thread split.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        #[allow(clippy::needless_range_loop)]
+        unsafe fn $tile<const Q6: bool, const R: usize, const T: usize>(
+            w: [*const u8; R],
+            a: [*const i8; T],
+            da: [*const f32; T],
+            nb: usize,
+        ) -> [[f32; T]; R] {
+            let (qk, bb) = if Q6 {
+                (q6_k::QK_K, q6_k::BLOCK_BYTES)
+            } else {
+                (q8_0::QK8_0, q8_0::BLOCK_BYTES)
+            };
+            let mut acc = [[vdupq_n_f32(0.0); T]; R];
+            let mut sacc = [[0f32; T]; R];
+            for b in 0..nb {
+                for r in 0..R {
+                    let wb = w[r].add(b * bb);
+                    if T == 1 {
+                        let pf = wb.wrapping_add(PREFETCH_HEAD);
+                        prefetch_l2(pf);
+                        if Q6 {
+                            prefetch_l2(pf.wrapping_add(64));
+                            prefetch_l2(pf.wrapping_add(128));
+                            prefetch_l2(pf.wrapping_add(192));
+                        }
+                    }
+                    let mut at = [std::ptr::null::<i8>(); T];
+                    for t in 0..T {
+                        at[t] = a[t].add(b * qk);
+                    }
+                    if Q6 {
+                        let dw = q6_k::block_d(std::slice::from_raw_parts(wb, bb));
+                        let dots = $q6::<T>(wb, at);
+                        for t in 0..T {
+                            sacc[r][t] += (dw * *da[t].add(b)) * dots[t] as f32;
+                        }
+                    } else {
+                        let dw = f16::from_le_bytes([*wb, *wb.add(1)]).to_f32();
+                        let dots = $q8::<T>(wb, at);
+                        for t in 0..T {
+                            let s = vdupq_n_f32(dw * *da[t].add(b));
+                            acc[r][t] = vfmaq_f32(acc[r][t], vcvtq_f32_s32(dots[t]), s);
+                        }
+                    }
+                }
+            }
+            if Q6 {
+                return sacc;
+            }
+            let mut res = [[0f32; T]; R];
+            for r in 0..R {
+                for t in 0..T {
+                    res[r][t] = vaddvq_f32(acc[r][t]);
+                }
+            }
+            res
+        }
+
+        /// One token: four rows at a time; many tokens: tiles of up to
+        /// four tokens per row.
+        #[target_feature(enable = $feat)]
+        unsafe fn $gemm<const Q6: bool>(
+            w: &[u8],
+            v0: usize,
+            v1: usize,
+            x: &BlockActs,
+            out: &mut [f32],
+        ) {
+            let kind = if Q6 { QuantHead::Q6K } else { QuantHead::Q8_0 };
+            let rb = kind.row_bytes(x.k);
+            let nb = x.k / kind.block();
+            let row = |v: usize| w.as_ptr().add(v * rb);
+            let ap = |t: usize| x.qs.as_ptr().add(t * x.k);
+            let dp = |t: usize| x.d.as_ptr().add(t * nb);
+            let ld = v1 - v0;
+            if x.n == 1 {
+                let mut v = v0;
+                while v + 4 <= v1 {
+                    let r = $tile::<Q6, 4, 1>(
+                        [row(v), row(v + 1), row(v + 2), row(v + 3)],
+                        [ap(0)],
+                        [dp(0)],
+                        nb,
+                    );
+                    for (j, rr) in r.iter().enumerate() {
+                        out[v - v0 + j] = rr[0];
+                    }
+                    v += 4;
+                }
+                while v < v1 {
+                    out[v - v0] = $tile::<Q6, 1, 1>([row(v)], [ap(0)], [dp(0)], nb)[0][0];
+                    v += 1;
+                }
+                return;
+            }
+            let mut t = 0;
+            while t < x.n {
+                let tt = (x.n - t).min(4);
+                for v in v0..v1 {
+                    macro_rules! run {
+                        ($t:literal) => {{
+                            let mut a = [std::ptr::null::<i8>(); $t];
+                            let mut d = [std::ptr::null::<f32>(); $t];
+                            for j in 0..$t {
+                                a[j] = ap(t + j);
+                                d[j] = dp(t + j);
+                            }
+                            let res = $tile::<Q6, 1, $t>([row(v)], a, d, nb);
+                            for (u, &val) in res[0].iter().enumerate() {
+                                out[(t + u) * ld + v - v0] = val;
+                            }
+                        }};
+                    }
+                    match tt {
+                        4 => run!(4),
+                        3 => run!(3),
+                        2 => run!(2),
+                        _ => run!(1),
+                    }
+                }
+                t += tt;
+            }
+        }
+    };
+}
+
+qhead_impl!(
+    qgemm_plain,
+    qtile_plain,
+    q8_block_plain,
+    q6_block_plain,
+    "neon",
+    false
+);
+qhead_impl!(
+    qgemm_dot,
+    qtile_dot,
+    q8_block_dot,
+    q6_block_dot,
+    "neon,dotprod",
+    true
+);

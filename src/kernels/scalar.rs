@@ -1,6 +1,7 @@
 //! Portable reference kernels.
 
-use super::{Kernel, Packed, BLOCK_BYTES, GROUP, GROUP_BLOCK_BYTES, QK};
+use super::{BlockActs, Kernel, Packed, QuantHead, BLOCK_BYTES, GROUP, GROUP_BLOCK_BYTES, QK};
+use crate::quant::{q6_k, q8_0};
 use half::f16;
 
 pub struct Scalar;
@@ -144,6 +145,108 @@ pub fn f32_gemm(w: &[f32], d: usize, v0: usize, v1: usize, xs: &[f32], n: usize,
             out[t * ld + v - v0] = dot_f32(row, &xs[t * d..(t + 1) * d]);
         }
     }
+}
+
+/// Reference [`Kernel::q8_0_block_dots`].
+pub fn q8_0_block_dots(w: &[u8], a: &[i8], out: &mut [i32]) {
+    super::check_block_dots(QuantHead::Q8_0, w, a, out);
+    for ((wb, ab), o) in w
+        .chunks_exact(q8_0::BLOCK_BYTES)
+        .zip(a.chunks_exact(q8_0::QK8_0))
+        .zip(out.iter_mut())
+    {
+        *o = wb[2..]
+            .iter()
+            .zip(ab)
+            .map(|(&q, &x)| q as i8 as i32 * x as i32)
+            .sum();
+    }
+}
+
+/// Reference [`Kernel::q6_k_block_dots`] (straight from the codes; `bsums`
+/// is only checked for its size, the SIMD kernels use it).
+pub fn q6_k_block_dots(w: &[u8], a: &[i8], bsums: &[i16], out: &mut [i32]) {
+    super::check_block_dots(QuantHead::Q6K, w, a, out);
+    assert_eq!(bsums.len(), a.len() / 16, "activation sums");
+    for ((wb, ab), o) in w
+        .chunks_exact(q6_k::BLOCK_BYTES)
+        .zip(a.chunks_exact(q6_k::QK_K))
+        .zip(out.iter_mut())
+    {
+        let q = q6_k::codes(wb);
+        let mut isum = 0i32;
+        for j in 0..16 {
+            let sc = wb[q6_k::SC_OFF + j] as i8 as i32;
+            let s: i32 = (16 * j..16 * j + 16)
+                .map(|i| (q[i] as i32 - 32) * ab[i] as i32)
+                .sum();
+            isum += sc * s;
+        }
+        *o = isum;
+    }
+}
+
+/// Reference quantized head product: per row and token, the block dots
+/// summed in block order as `Σ (d_w · d_x) · dot` in f32.
+#[allow(clippy::too_many_arguments)]
+fn quant_gemm(
+    kind: QuantHead,
+    w: &[u8],
+    v0: usize,
+    v1: usize,
+    x: &BlockActs,
+    out: &mut [f32],
+    dots: impl Fn(&[u8], &[i8], usize, &mut [i32]),
+    wd: impl Fn(&[u8]) -> f32,
+) {
+    super::check_quant_gemm(kind, w, v0, v1, x, out);
+    let rb = kind.row_bytes(x.k);
+    let nb = x.k / kind.block();
+    let ld = v1 - v0;
+    let mut buf = vec![0i32; nb];
+    for v in v0..v1 {
+        let row = &w[v * rb..(v + 1) * rb];
+        for t in 0..x.n {
+            dots(row, x.row(t), t, &mut buf);
+            let mut s = 0f32;
+            for ((wb, &dx), &dot) in row
+                .chunks_exact(kind.block_bytes())
+                .zip(x.scales(t))
+                .zip(&buf)
+            {
+                s += (wd(wb) * dx) * dot as f32;
+            }
+            out[t * ld + v - v0] = s;
+        }
+    }
+}
+
+/// Reference [`Kernel::q8_0_gemm`].
+pub fn q8_0_gemm(w: &[u8], v0: usize, v1: usize, x: &BlockActs, out: &mut [f32]) {
+    quant_gemm(
+        QuantHead::Q8_0,
+        w,
+        v0,
+        v1,
+        x,
+        out,
+        |row, a, _, o| q8_0_block_dots(row, a, o),
+        |b| f16::from_le_bytes([b[0], b[1]]).to_f32(),
+    )
+}
+
+/// Reference [`Kernel::q6_k_gemm`].
+pub fn q6_k_gemm(w: &[u8], v0: usize, v1: usize, x: &BlockActs, out: &mut [f32]) {
+    quant_gemm(
+        QuantHead::Q6K,
+        w,
+        v0,
+        v1,
+        x,
+        out,
+        |row, a, t, o| q6_k_block_dots(row, a, x.sums16(t), o),
+        q6_k::block_d,
+    )
 }
 
 #[cfg(test)]

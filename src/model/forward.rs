@@ -1,8 +1,8 @@
 //! The BitNet graph (docs §1) over a KV cache, batched over prompt tokens.
 
-use super::{FloatMat, Model};
+use super::Model;
 use crate::hf::config::Activation;
-use crate::kernels::matmul::{head_matmul, matmul, quantize_batch, HeadWeights};
+use crate::kernels::matmul::{head_matmul, matmul, quantize_batch};
 use crate::kernels::ops::{attend, Kv, RopeTable};
 use anyhow::{bail, Result};
 use half::f16;
@@ -209,23 +209,13 @@ impl<'m> Context<'m> {
             );
         }
         let m = self.model;
-        Ok(match m.head() {
-            FloatMat::F32(w) => head_matmul(
-                m.kernel,
-                HeadWeights::F32(w),
-                &xn,
-                rows.len(),
-                hp.n_vocab,
-                d,
-            ),
-            h => head_matmul(
-                m.kernel,
-                HeadWeights::F16(m.f16_mapped(h)),
-                &xn,
-                rows.len(),
-                hp.n_vocab,
-                d,
-            ),
-        })
+        Ok(head_matmul(
+            m.kernel,
+            m.head_weights(),
+            &xn,
+            rows.len(),
+            hp.n_vocab,
+            d,
+        ))
     }
 }

@@ -9,8 +9,9 @@ pub use forward::Context;
 
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::hf::config::Activation;
-use crate::kernels::{self, Kernel};
-use crate::quant::{i2s, tq, GgmlType};
+use crate::kernels::matmul::HeadWeights;
+use crate::kernels::{self, Kernel, QuantHead};
+use crate::quant::{i2s, q6_k, q8_0, tq, GgmlType};
 use crate::tokenizer::{Tokenizer, VocabSpec};
 use anyhow::{anyhow, bail, Context as _, Result};
 use half::f16;
@@ -79,6 +80,9 @@ pub enum FloatMat {
     F16(Vec<f16>),
     /// F16 rows read in place from the memory map (byte offset, element count).
     F16Mapped(usize, usize),
+    /// Q8_0 or Q6_K rows read in place from the memory map, never
+    /// dequantized as a whole (block format, byte offset, byte count).
+    QuantMapped(QuantHead, usize, usize),
 }
 
 pub struct Layer {
@@ -318,7 +322,27 @@ impl Model {
                         )
                     }
                 }
-                GgmlType::BF16 | GgmlType::Q8_0 => FloatMat::F32(f32_data(&gguf, t)?),
+                GgmlType::Q8_0 | GgmlType::Q6K => {
+                    let kind = if t.ty == GgmlType::Q8_0 {
+                        QuantHead::Q8_0
+                    } else {
+                        QuantHead::Q6K
+                    };
+                    let bytes = gguf.tensor_data(t);
+                    let rows = t.dims.get(1).copied().unwrap_or(1) as usize;
+                    if bytes.len() != rows * kind.row_bytes(n_embd) {
+                        bail!(
+                            "tensor {}: {} bytes of {} for {} rows of {}",
+                            t.name,
+                            bytes.len(),
+                            t.ty.name(),
+                            rows,
+                            n_embd
+                        );
+                    }
+                    FloatMat::QuantMapped(kind, (gguf.data_start + t.offset) as usize, bytes.len())
+                }
+                GgmlType::BF16 => FloatMat::F32(f32_data(&gguf, t)?),
                 other => bail!(
                     "tensor {}: type {} is not supported for embeddings",
                     t.name,
@@ -480,6 +504,33 @@ impl Model {
                     *o = x.to_f32();
                 }
             }
+            FloatMat::QuantMapped(kind, ..) => {
+                let rb = kind.row_bytes(d);
+                let row = &self.quant_mapped(m)[i * rb..(i + 1) * rb];
+                match kind {
+                    QuantHead::Q8_0 => q8_0::dequantize(row, out),
+                    QuantHead::Q6K => q6_k::dequantize(row, out),
+                }
+            }
+        }
+    }
+
+    /// The mapped blocks of a `FloatMat::QuantMapped` (empty for the others).
+    pub fn quant_mapped<'a>(&'a self, m: &'a FloatMat) -> &'a [u8] {
+        match m {
+            FloatMat::QuantMapped(_, off, len) => &self.gguf.raw_bytes()[*off..*off + *len],
+            _ => &[],
+        }
+    }
+
+    /// The output head as the kernels take it.
+    pub fn head_weights(&self) -> HeadWeights<'_> {
+        let h = self.head();
+        match h {
+            FloatMat::F32(w) => HeadWeights::F32(w),
+            FloatMat::F16(_) | FloatMat::F16Mapped(..) => HeadWeights::F16(self.f16_mapped(h)),
+            FloatMat::QuantMapped(QuantHead::Q8_0, ..) => HeadWeights::Q8_0(self.quant_mapped(h)),
+            FloatMat::QuantMapped(QuantHead::Q6K, ..) => HeadWeights::Q6K(self.quant_mapped(h)),
         }
     }
 
@@ -491,7 +542,7 @@ impl Model {
                 bytemuck::cast_slice(&all[*off..*off + n * 2])
             }
             FloatMat::F16(v) => v,
-            FloatMat::F32(_) => &[],
+            FloatMat::F32(_) | FloatMat::QuantMapped(..) => &[],
         }
     }
 
@@ -505,6 +556,7 @@ impl Model {
             FloatMat::F32(v) => v.len() * 4,
             FloatMat::F16(v) => v.len() * 2,
             FloatMat::F16Mapped(_, n) => n * 2,
+            FloatMat::QuantMapped(_, _, bytes) => *bytes,
         };
         let proj: usize = self
             .layers

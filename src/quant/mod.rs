@@ -2,6 +2,8 @@
 //! bytes per block, name), plus the packing code of each ternary format.
 
 pub mod i2s;
+pub mod q6_k;
+pub mod q8_0;
 pub mod tq;
 
 use anyhow::{bail, Result};
@@ -12,6 +14,7 @@ pub enum GgmlType {
     F32,
     F16,
     Q8_0,
+    Q6K,
     BF16,
     TQ1_0,
     TQ2_0,
@@ -60,6 +63,15 @@ pub const TYPE_TABLE: &[TypeInfo] = &[
         name: "Q8_0",
         block: 32,
         block_bytes: 34,
+        tensor_tail: 0,
+        ternary: false,
+    },
+    TypeInfo {
+        ty: GgmlType::Q6K,
+        id: 14,
+        name: "Q6_K",
+        block: 256,
+        block_bytes: 210,
         tensor_tail: 0,
         ternary: false,
     },
@@ -119,7 +131,12 @@ impl GgmlType {
     }
     pub fn from_name(s: &str) -> Option<GgmlType> {
         let s = s.to_ascii_uppercase().replace('-', "_");
-        let s = if s == "I2S" { "I2_S".to_string() } else { s };
+        let s = match s.as_str() {
+            "I2S" => "I2_S".to_string(),
+            "Q80" => "Q8_0".to_string(),
+            "Q6K" => "Q6_K".to_string(),
+            _ => s,
+        };
         TYPE_TABLE.iter().find(|t| t.name == s).map(|t| t.ty)
     }
     /// Byte size of a tensor of `n_elems` elements whose rows hold `row_len`
