@@ -417,3 +417,38 @@ fn engine_timings_for_bench() {
         assert!(md.contains(want), "missing {:?} in\n{}", want, md);
     }
 }
+
+/// A quantized token embedding / output head (`--embd-type q8_0|q6_k`):
+/// bitnet.cpp runs the very file tern wrote (ggml's own Q8_0 / Q6_K dot
+/// products on it) and tern's logits agree within the usual thresholds.
+#[test]
+fn quantized_head_agrees_with_bitnet_cpp() {
+    let t = tempfile::tempdir().unwrap();
+    let hf = root().join("models/fixtures/bitnet-silu");
+    for (embd, ty) in [
+        ("q8_0", tern::quant::GgmlType::Q8_0),
+        ("q6_k", tern::quant::GgmlType::Q6K),
+    ] {
+        let out = t.path().join(format!("silu-{}.gguf", embd));
+        let o = Command::new(env!("CARGO_BIN_EXE_tern"))
+            .arg("convert")
+            .arg(&hf)
+            .args(["--embd-type", embd, "--outfile"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let g = tern::gguf::GgufFile::open(&out).unwrap();
+        assert_eq!(g.tensor("token_embd.weight").unwrap().ty, ty);
+        let o = Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(["check", "--bitnet-cpp", "-m"])
+            .arg(&out)
+            .args(["-p", "The capital of France is", "-p", "Numbers: 1, 2, 3,"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        eprintln!("{}: {}{}", embd, stdout, String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{}", stdout);
+        assert!(stdout.contains("PASS: 2/2 prompts"), "{}", stdout);
+    }
+}
