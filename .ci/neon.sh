@@ -3,7 +3,8 @@
 # aarch64-unknown-linux-gnu and run them under qemu-aarch64, once on a CPU
 # with the dot-product extension (`-cpu max`: scalar, neon, neon+dotprod are
 # all checked against the scalar reference) and once on one without it
-# (`-cpu cortex-a72`: the plain NEON path). Installs what it needs.
+# (`-cpu cortex-a72`: the plain NEON path); then the model's reference
+# logits tests with the NEON kernel on both. Installs what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,6 +44,14 @@ run() {
     echo "neon.sh: the $want kernel was not tested under -cpu $cpu" >&2
     exit 1
   fi
+  # The model's logits against the transformers / bitnet.cpp references
+  # (reference GGUFs, tern's own conversions, TQ/F16 variants) with the
+  # NEON kernel forced: loading fails if this CPU cannot run it.
+  echo "neon.sh: reference logits with TERN_KERNEL=neon under -cpu $cpu"
+  TERN_KERNEL=neon CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$QEMU -cpu $cpu -L $SYSROOT" \
+    cargo test --release --target "$TARGET" --test runtime -- \
+      reference_ggufs_match_both_references tern_converted_ggufs_match_both_references \
+      f16_tq2_tq1_agree_with_i2s
 }
 
 run max neon+dotprod
