@@ -409,16 +409,7 @@ impl Engine {
     /// tokens with logits for every position (positions × vocab), then
     /// `n_greedy` greedy tokens decoded one at a time with the KV cache.
     pub fn evaluate(&self, tokens: &[u32], n_greedy: usize) -> Result<Evaluation> {
-        if tokens.is_empty() {
-            bail!("no tokens to evaluate");
-        }
-        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.n_vocab) {
-            bail!(
-                "token id {} is outside bitnet.cpp's vocabulary of {}",
-                t,
-                self.n_vocab
-            );
-        }
+        self.check_tokens(tokens)?;
         let n = tokens.len();
         let total = n
             .checked_add(n_greedy)
@@ -452,6 +443,25 @@ impl Engine {
     }
 }
 
+/// One untimed warm-up of `run`, then `reps` timed runs, each from an
+/// emptied KV cache: seconds per run.
+fn timed_runs(
+    ctx: &ContextGuard,
+    reps: usize,
+    mut run: impl FnMut() -> Result<()>,
+) -> Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(reps);
+    for rep in 0..=reps {
+        ctx.clear();
+        let t0 = std::time::Instant::now();
+        run()?;
+        if rep > 0 {
+            out.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok(out)
+}
+
 /// Tokens per micro-batch in [`Engine::time_prompt`]: llama-bench's default
 /// is 512, but this bitnet.cpp overflows its stack a little past 300 tokens
 /// per batch at BitNet 2B-4T's shapes (which would take tern down with it),
@@ -479,15 +489,7 @@ impl Engine {
         for (i, &t) in tokens.iter().enumerate() {
             batch.set(i, t as i32, i as i32, i + 1 == n);
         }
-        (0..=reps)
-            .map(|_| {
-                ctx.clear();
-                let t0 = std::time::Instant::now();
-                ctx.decode(&batch, n)?;
-                Ok(t0.elapsed().as_secs_f64())
-            })
-            .skip(1)
-            .collect()
+        timed_runs(&ctx, reps, || ctx.decode(&batch, n))
     }
 
     /// Seconds per run of `tokens.len()` single-token `llama_decode` calls
@@ -500,19 +502,13 @@ impl Engine {
         take_log();
         let ctx = ContextGuard::with(self, n as u32, 1, 1, n_threads)?;
         let mut one = BatchGuard::new(1)?;
-        let mut out = Vec::with_capacity(reps);
-        for rep in 0..=reps {
-            ctx.clear();
-            let t0 = std::time::Instant::now();
+        timed_runs(&ctx, reps, || {
             for (i, &t) in tokens.iter().enumerate() {
                 one.set(0, t as i32, i as i32, true);
                 ctx.decode(&one, 1)?;
             }
-            if rep > 0 {
-                out.push(t0.elapsed().as_secs_f64());
-            }
-        }
-        Ok(out)
+            Ok(())
+        })
     }
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {

@@ -302,6 +302,13 @@ pub fn run(a: Args) -> Result<()> {
     // bound look lower than it is.
     // Non-zero so every page is really backed by memory.
     let bw_buf = vec![1u64; (a.bw_mib << 20) / 8];
+    // pp tests, then tg tests: (n_prompt, n_gen), one of them 0.
+    let tests: Vec<(usize, usize)> = prompts
+        .iter()
+        .filter(|&&p| p > 0)
+        .map(|&p| (p, 0))
+        .chain(gens.iter().filter(|&&n| n > 0).map(|&n| (0, n)))
+        .collect();
     let mut records = Vec::new();
     let mut bandwidth = Vec::new();
     let pools = threads
@@ -319,52 +326,35 @@ pub fn run(a: Args) -> Result<()> {
     for (&nt, pool) in threads.iter().zip(&pools) {
         // Each test runs on tern and then (with --bitnet-cpp) on bitnet.cpp,
         // so both see the same state of the machine.
-        for &p in prompts.iter().filter(|&&p| p > 0) {
-            let toks = bench_tokens(&model, p);
+        for &(n_prompt, n_gen) in &tests {
+            let toks = bench_tokens(&model, n_prompt + n_gen);
+            let time = |ctx: &mut Context| {
+                if n_gen == 0 {
+                    time_prompt(ctx, &toks)
+                } else {
+                    time_gen(ctx, &toks)
+                }
+            };
             let samples = pool.install(|| -> Result<Vec<f64>> {
-                let mut ctx = Context::new(&model, p, false);
-                time_prompt(&mut ctx, &toks)?; // warm-up
-                (0..a.reps).map(|_| time_prompt(&mut ctx, &toks)).collect()
+                let mut ctx = Context::new(&model, toks.len(), false);
+                time(&mut ctx)?; // warm-up
+                (0..a.reps).map(|_| time(&mut ctx)).collect()
             })?;
-            records.push(Record {
-                engine: Engine::Tern,
+            let record = |engine, samples| Record {
+                engine,
                 threads: nt,
-                n_prompt: p,
-                n_gen: 0,
+                n_prompt,
+                n_gen,
                 samples,
-            });
+            };
+            records.push(record(Engine::Tern, samples));
             if let Some(r) = &reference {
-                records.push(Record {
-                    engine: Engine::BitnetCpp,
-                    threads: nt,
-                    n_prompt: p,
-                    n_gen: 0,
-                    samples: r.time_prompt(nt, &toks, a.reps)?,
-                });
-            }
-        }
-        for &n in gens.iter().filter(|&&n| n > 0) {
-            let toks = bench_tokens(&model, n);
-            let samples = pool.install(|| -> Result<Vec<f64>> {
-                let mut ctx = Context::new(&model, n, false);
-                time_gen(&mut ctx, &toks)?; // warm-up
-                (0..a.reps).map(|_| time_gen(&mut ctx, &toks)).collect()
-            })?;
-            records.push(Record {
-                engine: Engine::Tern,
-                threads: nt,
-                n_prompt: 0,
-                n_gen: n,
-                samples,
-            });
-            if let Some(r) = &reference {
-                records.push(Record {
-                    engine: Engine::BitnetCpp,
-                    threads: nt,
-                    n_prompt: 0,
-                    n_gen: n,
-                    samples: r.time_gen(nt, &toks, a.reps)?,
-                });
+                let samples = if n_gen == 0 {
+                    r.time_prompt(nt, &toks, a.reps)?
+                } else {
+                    r.time_gen(nt, &toks, a.reps)?
+                };
+                records.push(record(Engine::BitnetCpp, samples));
             }
         }
     }
