@@ -106,15 +106,7 @@ impl ChatTemplate {
 /// start (templates usually write it themselves; it is added only when the
 /// vocabulary wants BOS and the text does not begin with it).
 pub fn tokenize_prompt(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
-    let mut ids = tok.encode(text, false)?;
-    if tok.add_bos() {
-        if let Some(bos) = tok.bos() {
-            if ids.first() != Some(&bos) {
-                ids.insert(0, bos);
-            }
-        }
-    }
-    Ok(ids)
+    Ok(tok.encode_prompt(text)?.0)
 }
 
 /// Length of the longest common prefix of `a` and `b`.
@@ -237,6 +229,26 @@ pub struct Session<'m> {
     pub last: Option<GenStats>,
     pub total: GenStats,
     pub replies: usize,
+    /// What the user should know about chatting with this model (e.g. that
+    /// it is a base model without a chat template).
+    pub warnings: Vec<String>,
+}
+
+/// A warning when `model` has no chat template of its own and no
+/// `<|eot_id|>` token: a base model (e.g. a SentencePiece 1bitLLM model),
+/// chatted with through [`crate::model::default_chat_template`].
+pub fn base_model_warning(model: &Model) -> Option<String> {
+    let tok = &model.tokenizer;
+    if model.gguf.get_str("tokenizer.chat_template").is_some()
+        || tok.find_token("<|eot_id|>").is_some()
+    {
+        return None;
+    }
+    let end = tok.eos().map_or("(none: the vocabulary has no EOS)", |e| tok.token_text(e));
+    Some(format!(
+        "this model has no chat template and no <|eot_id|> token, so it is probably a base model not trained to chat; using the System:/User:/Assistant: format with turns ended by {}",
+        end
+    ))
 }
 
 impl<'m> Session<'m> {
@@ -250,18 +262,25 @@ impl<'m> Session<'m> {
         if n_ctx < 2 {
             bail!("the context size must be at least 2 tokens");
         }
+        params.validate()?;
         Ok(Session {
             model,
             template: ChatTemplate::for_model(model)?,
             conv: Conversation::new(system),
             sampler: Sampler::new(params),
             n_predict: Some(256),
-            ctx: Context::new(model, n_ctx, kv_f32),
+            ctx: Context::try_new(model, n_ctx, kv_f32)?,
             cached: Vec::new(),
             last: None,
             total: GenStats::default(),
             replies: 0,
+            warnings: base_model_warning(model).into_iter().collect(),
         })
+    }
+
+    /// Most prompt tokens per forward pass (see [`Context::n_batch`]).
+    pub fn set_batch(&mut self, n: usize) {
+        self.ctx.n_batch = n;
     }
 
     pub fn n_ctx(&self) -> usize {

@@ -97,7 +97,7 @@ impl LogitSource for TernSource<'_> {
             bail!("no tokens to evaluate");
         }
         let nv = self.model.hp.n_vocab;
-        let mut ctx = ModelContext::new(self.model, tokens.len() + n_greedy, self.kv_f32);
+        let mut ctx = ModelContext::try_new(self.model, tokens.len() + n_greedy, self.kv_f32)?;
         let logits = ctx.eval(tokens, true)?;
         let mut greedy = Vec::with_capacity(n_greedy);
         let mut row = logits[logits.len() - nv..].to_vec();

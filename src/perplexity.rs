@@ -110,15 +110,33 @@ pub fn scored_per_chunk(n_ctx: usize) -> usize {
     n_ctx - 1 - first_scored(n_ctx)
 }
 
+/// The smallest context that scores a token (`scored_per_chunk` ≥ 1).
+pub const MIN_CTX: usize = 3;
+
+/// Refuse a context too small to score a token (below [`MIN_CTX`]).
+pub fn check_n_ctx(n_ctx: usize) -> Result<()> {
+    if n_ctx < MIN_CTX {
+        bail!(
+            "a context of {} tokens scores nothing: perplexity needs at least {} (the second half of each chunk is scored)",
+            n_ctx,
+            MIN_CTX
+        );
+    }
+    Ok(())
+}
+
 /// Number of chunks a text of `n_tokens` gives: `n_tokens / n_ctx`, capped by
 /// `max_chunks`. Like llama-perplexity, at least `2·n_ctx` tokens are required.
 pub fn chunk_count(n_tokens: usize, n_ctx: usize, max_chunks: Option<usize>) -> Result<usize> {
-    if n_tokens < 2 * n_ctx {
+    check_n_ctx(n_ctx)?;
+    // u128: no context size overflows the doubling.
+    let need = 2 * n_ctx as u128;
+    if (n_tokens as u128) < need {
         bail!(
             "the text tokenizes to only {} tokens; perplexity with a context of {} needs at least {} (use a longer text or a smaller -c)",
             n_tokens,
             n_ctx,
-            2 * n_ctx
+            need
         );
     }
     let n = n_tokens / n_ctx;
@@ -157,7 +175,7 @@ pub fn eval_chunk(
     ctx.truncate(0);
     let mut out = Vec::with_capacity((input.len() - first) * nv);
     let mut start = 0;
-    for piece in input.chunks(n_batch) {
+    for piece in input.chunks(n_batch.max(1)) {
         let end = start + piece.len();
         if end <= first {
             ctx.eval(piece, false)?;
@@ -280,7 +298,7 @@ pub fn perplexity(
         write_header(w, n_ctx, nv, &tokens[..n_chunk * n_ctx])?;
     }
 
-    let mut ctx = Context::new(model, n_ctx, opts.kv_f32);
+    let mut ctx = Context::try_new(model, n_ctx, opts.kv_f32)?;
     let mut stats = PplStats::default();
     let mut running = Vec::with_capacity(n_chunk);
     let mut records = vec![0u8; if base.is_some() { n_scored * rec } else { 0 }];
@@ -913,7 +931,7 @@ pub fn kl_divergence(
     let n_scored = scored_per_chunk(n_ctx);
     let rec = record_bytes(nv);
     let bos = chunk_bos(model);
-    let mut ctx = Context::new(model, n_ctx, opts.kv_f32);
+    let mut ctx = Context::try_new(model, n_ctx, opts.kv_f32)?;
     let mut stats = KlStats::default();
     let t0 = Instant::now();
     for i in 0..n_chunk {

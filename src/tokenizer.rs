@@ -231,6 +231,26 @@ impl Tokenizer {
         Ok(out)
     }
 
+    /// Encode a prompt for generation: BOS first when the model adds BOS, and
+    /// exactly once — a text that already begins with the BOS token's text
+    /// (`<|begin_of_text|>…`) keeps its own and gets no second one. The flag
+    /// says that the text brought its own BOS while the model adds one (so
+    /// that a caller can say so; llama.cpp keeps both and warns).
+    pub fn encode_prompt(&self, text: &str) -> Result<(Vec<u32>, bool)> {
+        let mut ids = self.encode(text, false)?;
+        let mut own_bos = false;
+        if self.add_bos {
+            if let Some(bos) = self.bos {
+                if ids.first() == Some(&bos) {
+                    own_bos = true;
+                } else {
+                    ids.insert(0, bos);
+                }
+            }
+        }
+        Ok((ids, own_bos))
+    }
+
     /// Number of tokens in the vocabulary.
     pub fn n_vocab(&self) -> usize {
         self.tokens.len()

@@ -336,7 +336,7 @@ pub fn run(a: Args) -> Result<()> {
                 }
             };
             let samples = pool.install(|| -> Result<Vec<f64>> {
-                let mut ctx = Context::new(&model, toks.len(), false);
+                let mut ctx = Context::try_new(&model, toks.len(), false)?;
                 time(&mut ctx)?; // warm-up
                 (0..a.reps).map(|_| time(&mut ctx)).collect()
             })?;

@@ -2,52 +2,16 @@
 //! streaming, Ctrl-C to stop a reply), or one message per line when stdin
 //! is not a terminal, so it can be scripted.
 
-use super::run::SampleArgs;
-use super::{load_model, set_threads, ModelArgs, DEFAULT_MODEL_NAME};
+use super::run::{context_size, lower_c, n_predict_value, warn_past_training, Args};
+use super::{set_threads, DEFAULT_MODEL_NAME};
 use crate::chat::{Conversation, Session};
 use crate::gguf::writer::AtomicFile;
 use crate::model::generate::StopReason;
+use crate::model::sampling::SETTINGS;
 use anyhow::{anyhow, bail, Context as _, Result};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-
-#[derive(clap::Args)]
-pub struct Args {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    /// System prompt (llama.cpp's single-dash `-sys TEXT` works too).
-    #[arg(
-        short = 's',
-        long = "system",
-        visible_alias = "sys",
-        value_name = "TEXT"
-    )]
-    pub system: Option<String>,
-    /// Most tokens per reply; -1 = until the end of the turn or a full context.
-    #[arg(
-        short = 'n',
-        long = "n-predict",
-        default_value_t = 256,
-        allow_negative_numbers = true
-    )]
-    pub n_predict: i64,
-    /// Context size (default: the model's, at most 4096).
-    #[arg(short = 'c', long = "ctx-size")]
-    pub ctx: Option<usize>,
-    #[command(flatten)]
-    pub sample: SampleArgs,
-    /// Keep the KV cache in f32 instead of f16.
-    #[arg(long = "kv-f32")]
-    pub kv_f32: bool,
-    /// Neither read nor write the line-editing history file.
-    #[arg(long = "no-history")]
-    pub no_history: bool,
-    /// The TEXT of a literal `-sys TEXT` (clap reads `-sys` as `-s ys` and
-    /// leaves TEXT over); anything else here is an error.
-    #[arg(hide = true)]
-    pub sys_text: Vec<String>,
-}
 
 const PROMPT: &str = "> ";
 const CONTINUE: &str = "... ";
@@ -61,8 +25,9 @@ Commands:
   /help                 this text
   /reset                clear the history (the system prompt stays) and the cache
   /system [TEXT]        set the system prompt (without TEXT: show it)
-  /set [NAME VALUE]     temp, top_k, top_p, min_p, repeat_penalty, seed or
-                        n_predict (-1: no limit); without arguments: show them
+  /set [NAME VALUE]     temp, top_k, top_p, min_p, repeat_penalty,
+                        repeat_last_n, seed (-1: random) or n_predict (-1: no
+                        limit); without arguments: show them
   /stats                speed of the last reply and of all replies
   /save FILE            write the transcript as JSON messages
   /load FILE            read a transcript written by /save
@@ -74,24 +39,32 @@ static GENERATING: AtomicBool = AtomicBool::new(false);
 /// Set by Ctrl-C during generation; checked after every token.
 static STOP: AtomicBool = AtomicBool::new(false);
 
+/// A chat (`tern chat`, `tern run -cnv`): the system prompt from -sys, or
+/// else from -p/-f as llama-cli's conversation mode takes it.
 pub fn run(a: Args) -> Result<()> {
-    let raw: Vec<String> = std::env::args_os()
-        .map(|s| s.to_string_lossy().into_owned())
-        .collect();
-    let system = system_prompt(a.system.clone(), &a.sys_text, &raw)?;
-    let n_predict = match a.n_predict {
-        -1 => None,
-        n if n > 0 => Some(n as usize),
-        n => bail!("-n must be positive, or -1 for no limit (got {})", n),
+    let system = match (a.system_text()?, a.prompt_text()?) {
+        (Some(_), Some(_)) => bail!(
+            "in a conversation -p/-f is the system prompt: give it once, with -p or with -sys"
+        ),
+        (s, p) => s.or(p),
     };
-    let threads = set_threads(a.model.threads)?;
-    let m = load_model(a.model.model.as_deref())?;
-    let n_ctx = a.ctx.unwrap_or(m.hp.n_ctx_train.min(4096));
-    if n_ctx == 0 {
-        bail!("--ctx-size must be positive");
+    let n_predict = a.n_predict(256)?;
+    let params = a.sample.params()?;
+    let kv_f32 = a.kv_f32()?;
+    let n_batch = a.n_batch()?;
+    if a.no_display_prompt || a.ignore_eos {
+        a.note("--no-display-prompt and --ignore-eos have no effect in a chat");
     }
-    let mut s = Session::new(&m, n_ctx, a.kv_f32, a.sample.params(), system)?;
+    let threads = set_threads(a.model.threads)?;
+    let m = a.model.load()?;
+    let n_ctx = context_size(&m, a.ctx)?;
+    let mut s = Session::new(&m, n_ctx, kv_f32, params, system).map_err(lower_c)?;
+    warn_past_training(&m, n_ctx, "tern chat");
     s.n_predict = n_predict;
+    s.set_batch(n_batch);
+    for w in &s.warnings {
+        eprintln!("tern: warning: {}", w);
+    }
 
     let interactive = std::io::stdin().is_terminal();
     let ui = Ui { interactive };
@@ -131,40 +104,6 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     r
-}
-
-/// The system prompt from `-s/--system/--sys TEXT`, or from llama.cpp's
-/// literal `-sys TEXT` / `-sys=TEXT`, which clap parses as `-s` with the
-/// value "ys" (TEXT then lands in `extra`). `raw` is the command line.
-fn system_prompt(
-    parsed: Option<String>,
-    extra: &[String],
-    raw: &[String],
-) -> Result<Option<String>> {
-    let dash_sys = raw.iter().any(|r| r == "-sys");
-    let dash_sys_eq = raw.iter().any(|r| r.starts_with("-sys="));
-    match parsed {
-        Some(v) if v == "ys" && dash_sys => match extra {
-            [text] => Ok(Some(text.clone())),
-            [] => bail!("-sys needs a value (the system prompt)"),
-            [_, more, ..] => bail!("unexpected argument '{}'", more),
-        },
-        Some(v) if dash_sys_eq && v.starts_with("ys=") => {
-            if let Some(x) = extra.first() {
-                bail!("unexpected argument '{}'", x);
-            }
-            Ok(Some(v[3..].to_string()))
-        }
-        p => {
-            if let Some(x) = extra.first() {
-                bail!(
-                    "unexpected argument '{}' (the message is read from stdin)",
-                    x
-                );
-            }
-            Ok(p)
-        }
-    }
 }
 
 fn install_ctrlc(exit_when_idle: bool) {
@@ -507,7 +446,7 @@ fn command(s: &mut Session, line: &str, ui: &Ui) -> Result<Flow> {
             if conv.system.is_none() {
                 conv.system = s.conv.system.clone();
             }
-            let n = conv.turns.len();
+            let n = conv.messages().len();
             s.conv = conv;
             ui.info(&format!("[loaded {} messages from {}]", n, arg));
         }
@@ -525,78 +464,50 @@ fn set(s: &mut Session, arg: &str, ui: &Ui) -> Result<()> {
             return Ok(());
         }
         [k, v] => (k.replace('-', "_"), v),
-        _ => bail!("usage: /set temp|top_k|top_p|min_p|repeat_penalty|seed|n_predict VALUE"),
+        _ => bail!("usage: /set NAME VALUE ({}, n_predict)", SETTINGS.join(", ")),
     };
-    let bad = || anyhow!("/set {}: bad value {:?}", key, val);
-    let float = || -> Result<f32> {
-        val.parse::<f32>()
-            .ok()
-            .filter(|x| x.is_finite())
-            .ok_or_else(bad)
-    };
-    let p = &mut s.sampler.params;
-    match key.as_str() {
-        "temp" => {
-            let x = float()?;
-            if x < 0.0 {
-                bail!("/set temp: must be at least 0 (0 = greedy)");
+    let shown = if key == "n_predict" {
+        let n = val
+            .parse::<i64>()
+            .map_err(|_| anyhow!("/set n_predict {}: is not a whole number", val))?;
+        s.n_predict = n_predict_value(n).map_err(|e| anyhow!("/set {}", e))?;
+        val.to_string()
+    } else {
+        // The same check as the command-line flags (SamplingParams::set).
+        let mut p = s.sampler.params.clone();
+        p.set(&key, val).map_err(|e| {
+            if SETTINGS.contains(&key.as_str()) {
+                anyhow!("/set {} {}: {}", key, val, e.problem)
+            } else {
+                anyhow!(
+                    "/set: unknown setting {} ({}, n_predict)",
+                    key,
+                    SETTINGS.join(", ")
+                )
             }
-            p.temp = x;
-        }
-        "top_k" => p.top_k = val.parse().map_err(|_| bad())?,
-        "top_p" => {
-            let x = float()?;
-            if !(x > 0.0 && x <= 1.0) {
-                bail!("/set top_p: must be in (0, 1]");
-            }
-            p.top_p = x;
-        }
-        "min_p" => {
-            let x = float()?;
-            if !(0.0..=1.0).contains(&x) {
-                bail!("/set min_p: must be in [0, 1]");
-            }
-            p.min_p = x;
-        }
-        "repeat_penalty" => {
-            let x = float()?;
-            if x <= 0.0 {
-                bail!("/set repeat_penalty: must be positive (1 = off)");
-            }
-            p.repeat_penalty = x;
-        }
-        "seed" => {
-            let seed = val.parse().map_err(|_| bad())?;
+        })?;
+        let seed = p.seed;
+        s.sampler.params = p;
+        if key == "seed" {
             s.sampler.reseed(seed);
         }
-        "n_predict" => {
-            s.n_predict = match val.parse::<i64>().map_err(|_| bad())? {
-                -1 => None,
-                n if n > 0 => Some(n as usize),
-                _ => bail!("/set n_predict: must be positive, or -1 for no limit"),
-            };
-        }
-        _ => bail!(
-            "/set: unknown setting {} (temp, top_k, top_p, min_p, repeat_penalty, seed, n_predict)",
-            key
-        ),
-    }
-    ui.info(&format!("[{} = {}]", key, val));
+        s.sampler.params.get(&key).unwrap_or_default()
+    };
+    ui.info(&format!("[{} = {}]", key, shown));
     Ok(())
 }
 
 fn settings(s: &Session) -> String {
     let p = &s.sampler.params;
-    format!(
-        "temp {}, top_k {}, top_p {}, min_p {}, repeat_penalty {}, seed {}, n_predict {}",
-        p.temp,
-        p.top_k,
-        p.top_p,
-        p.min_p,
-        p.repeat_penalty,
-        p.seed,
+    let mut parts: Vec<String> = SETTINGS
+        .iter()
+        .map(|k| format!("{} {}", k, p.get(k).unwrap_or_default()))
+        .collect();
+    parts.push(format!(
+        "n_predict {}",
         s.n_predict.map_or("-1".to_string(), |n| n.to_string())
-    )
+    ));
+    parts.join(", ")
 }
 
 fn stats(s: &Session) -> String {
@@ -617,32 +528,6 @@ fn stats(s: &Session) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn v(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn dash_sys() {
-        let raw = v(&["tern", "chat", "-sys", "Be kind."]);
-        assert_eq!(
-            system_prompt(Some("ys".into()), &v(&["Be kind."]), &raw).unwrap(),
-            Some("Be kind.".into())
-        );
-        let raw = v(&["tern", "chat", "-sys=Be kind."]);
-        assert_eq!(
-            system_prompt(Some("ys=Be kind.".into()), &[], &raw).unwrap(),
-            Some("Be kind.".into())
-        );
-        // `-s ys` means the system prompt "ys".
-        let raw = v(&["tern", "chat", "-s", "ys"]);
-        assert_eq!(
-            system_prompt(Some("ys".into()), &[], &raw).unwrap(),
-            Some("ys".into())
-        );
-        assert!(system_prompt(None, &v(&["hello"]), &v(&["tern", "chat", "hello"])).is_err());
-        assert!(system_prompt(Some("ys".into()), &[], &v(&["tern", "chat", "-sys"])).is_err());
-    }
 
     #[test]
     fn trimmed_reply() {

@@ -1,7 +1,7 @@
 //! `tern check`: compare tern's logits with a reference bundle (or a live
 //! bitnet.cpp), and write bundles of tern's own logits (`--dump`).
 
-use super::{load_model, set_threads, ModelArgs};
+use super::{set_threads, ModelArgs};
 use crate::check::{
     bitnet_cpp_source, check_prompt, table_header, table_row, verdict, write_bundle, Bundle,
     Criteria, DumpPrompt, Evaluation, LogitSource, PromptReport, RefPrompt, TernSource, BITNET_CPP,
@@ -128,7 +128,7 @@ pub fn run(a: Args) -> Result<()> {
     }
 
     set_threads(a.model.threads)?;
-    let model = load_model(a.model.model.as_deref())?;
+    let model = a.model.load()?;
     let nv = model.hp.n_vocab;
     if let Some(b) = &bundle {
         if let Some(p) = b.prompts.iter().find(|p| p.vocab != nv) {

@@ -1,5 +1,5 @@
-use super::{load_model, set_threads, ModelArgs};
-use crate::model::Context;
+use super::run::new_context;
+use super::{set_threads, ModelArgs};
 use anyhow::{anyhow, bail, Context as _, Result};
 use std::io::Write;
 use std::path::PathBuf;
@@ -34,16 +34,18 @@ pub fn parse_tokens(s: &str) -> Result<Vec<u32>> {
 
 pub fn run(a: Args) -> Result<()> {
     set_threads(a.model.threads)?;
-    let m = load_model(a.model.model.as_deref())?;
+    let m = a.model.load()?;
     let tokens = match (&a.tokens, &a.prompt) {
         (Some(t), _) => parse_tokens(t)?,
-        (None, Some(p)) => m.tokenizer.encode(p, m.tokenizer.add_bos())?,
+        (None, Some(p)) => m.tokenizer.encode_prompt(p)?.0,
         (None, None) => bail!("give --tokens or -p"),
     };
     if tokens.is_empty() {
         bail!("no tokens");
     }
-    let mut ctx = Context::new(&m, tokens.len(), a.kv_f32);
+    // One position per token: past the training context the model is out
+    // of its depth (and attention grows quadratically).
+    let mut ctx = new_context(&m, tokens.len(), a.kv_f32, "tern logits")?;
     let logits = ctx.eval(&tokens, true)?;
     let mut buf = Vec::with_capacity(logits.len() * 4);
     for x in &logits {

@@ -5,16 +5,18 @@ mod chat;
 mod check;
 mod convert;
 mod inspect;
+mod llama_flags;
 mod logits;
 mod perplexity;
+mod pipe;
 mod run;
 mod synth;
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use anyhow::{bail, Result};
+use clap::{CommandFactory, FromArgMatches, Subcommand};
 use std::path::{Path, PathBuf};
 
-#[derive(Parser)]
+#[derive(clap::Parser)]
 #[command(
     name = "tern",
     version,
@@ -31,12 +33,12 @@ enum Cmd {
     Convert(convert::Args),
     /// Show a GGUF file's metadata and tensors.
     Inspect(inspect::Args),
-    /// Generate text from a prompt.
+    /// Generate text from a prompt (llama-cli's options; -cnv starts a chat).
     Run(run::Args),
     /// Write the logits of every prompt position (f32 LE, positions × vocab).
     Logits(logits::Args),
-    /// Interactive chat in the terminal.
-    Chat(chat::Args),
+    /// Interactive chat in the terminal (llama-cli's conversation mode).
+    Chat(run::Args),
     /// Perplexity of a text file, and KL divergence between models.
     Perplexity(perplexity::Args),
     /// Compare a model's logits with a reference bundle (or bitnet.cpp).
@@ -56,6 +58,15 @@ pub struct ModelArgs {
     /// Threads (default: the number of physical cores).
     #[arg(short = 't', long = "threads")]
     pub threads: Option<usize>,
+    /// Read the model into memory instead of mapping it.
+    #[arg(long = "no-mmap")]
+    pub no_mmap: bool,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<crate::model::Model> {
+        open_model(self.model.as_deref(), self.no_mmap)
+    }
 }
 
 /// The built-in model: a small trained BitNet b1.58 (see models/PROVENANCE.md).
@@ -103,8 +114,48 @@ pub fn set_threads(n: Option<usize>) -> Result<usize> {
     Ok(n)
 }
 
+/// A note on stderr, llama.cpp style (`tern: note: …`).
+pub fn note(s: &str) {
+    eprintln!("tern: note: {}", s);
+}
+
 pub fn load_model(path: Option<&Path>) -> Result<crate::model::Model> {
+    open_model(path, false)
+}
+
+/// Load `path` (mapped, or read into memory with `no_mmap`), or the built-in
+/// model; print the loader's warnings. A folder or a safetensors file gets
+/// the hint to convert it first.
+fn open_model(path: Option<&Path>, no_mmap: bool) -> Result<crate::model::Model> {
+    if let Some(p) = path {
+        let hf = |what: &str, dir: &Path| {
+            format!(
+                "{} {}; for a Hugging Face folder run `tern convert {}` and pass the .gguf it writes",
+                p.display(),
+                what,
+                dir.display()
+            )
+        };
+        if p.is_dir() {
+            bail!("{}", hf("is a directory", p));
+        }
+        if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors")) {
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+            bail!(
+                "{}",
+                hf("is a safetensors file, not GGUF", dir.unwrap_or(Path::new(".")))
+            );
+        }
+    }
     let m = match path {
+        Some(p) if no_mmap => {
+            let bytes = std::fs::read(p)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {}", p.display(), e))?;
+            let g = crate::gguf::GgufFile::from_bytes(bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {:#}", p.display(), e))?;
+            crate::model::Model::from_gguf(g)
+                .map_err(|e| anyhow::anyhow!("{}: {:#}", p.display(), e))?
+        }
         Some(p) => crate::model::Model::load(p)?,
         None => {
             eprintln!(
@@ -122,24 +173,36 @@ pub fn load_model(path: Option<&Path>) -> Result<crate::model::Model> {
 }
 
 pub fn main() -> i32 {
-    let cli = Cli::parse();
-    let r = match cli.cmd {
+    pipe::quiet_broken_pipe(dispatch)
+}
+
+fn dispatch() -> Result<()> {
+    let mut cmd = Cli::command();
+    cmd.build();
+    let t = match llama_flags::translate(&cmd, std::env::args_os().collect()) {
+        Ok(t) => t,
+        // A usage error, reported (and exited with 2) the way clap reports its own.
+        Err(e) => cmd.error(clap::error::ErrorKind::UnknownArgument, e).exit(),
+    };
+    let matches = cmd.try_get_matches_from(&t.args).unwrap_or_else(|e| e.exit());
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let quiet = t.args.iter().any(|a| a == "--log-disable");
+    if !quiet {
+        for n in &t.notes {
+            note(n);
+        }
+    }
+    match cli.cmd {
         Cmd::Convert(a) => convert::run(a),
         Cmd::Inspect(a) => inspect::run(a),
+        Cmd::Run(a) if a.is_chat(false) => chat::run(a),
         Cmd::Run(a) => run::run(a),
+        Cmd::Chat(a) if a.is_chat(true) => chat::run(a),
+        Cmd::Chat(a) => run::run(a),
         Cmd::Logits(a) => logits::run(a),
-        Cmd::Chat(a) => chat::run(a),
         Cmd::Perplexity(a) => perplexity::run(a),
         Cmd::Check(a) => check::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Synth(a) => synth::run(a),
-    };
-    match r {
-        Ok(()) => 0,
-        Err(e) => {
-            // One line: the outermost context and its causes joined.
-            eprintln!("tern: error: {:#}", e);
-            1
-        }
     }
 }

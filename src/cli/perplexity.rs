@@ -1,8 +1,9 @@
 //! `tern perplexity`: llama-perplexity's perplexity and KL-divergence modes.
 
-use super::{load_model, set_threads, ModelArgs};
+use super::run::{lower_c, warn_past_training};
+use super::{set_threads, ModelArgs};
 use crate::perplexity::{self as ppl, KldBase, Options};
-use anyhow::{bail, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -15,7 +16,7 @@ pub struct Args {
     pub file: Option<PathBuf>,
     /// Tokens per chunk [default: 512; with --kl-divergence, the base file's].
     #[arg(short = 'c', long = "ctx-size")]
-    pub ctx_size: Option<usize>,
+    pub ctx_size: Option<u64>,
     /// Tokens per forward pass.
     #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
     pub batch_size: usize,
@@ -82,7 +83,17 @@ pub fn run(a: Args) -> Result<()> {
         ),
         _ => None,
     };
-    if let (Some(b), Some(c)) = (&base_in, a.ctx_size) {
+    let ctx_size = a
+        .ctx_size
+        .map(|c| usize::try_from(c).map_err(|_| anyhow!("-c {}: more tokens than this machine can address", c)))
+        .transpose()?;
+    if let Some(c) = ctx_size {
+        ppl::check_n_ctx(c)?;
+    }
+    if a.batch_size == 0 {
+        bail!("-b must be at least 1");
+    }
+    if let (Some(b), Some(c)) = (&base_in, ctx_size) {
         if b.n_ctx != c {
             bail!(
                 "the base file was made with -c {}; drop -c or pass -c {}",
@@ -93,27 +104,21 @@ pub fn run(a: Args) -> Result<()> {
     }
 
     set_threads(a.model.threads)?;
-    let model = load_model(a.model.model.as_deref())?;
+    let model = a.model.load()?;
     let opts = Options {
-        n_ctx: base_in
-            .as_ref()
-            .map_or(a.ctx_size.unwrap_or(512), |b| b.n_ctx),
+        n_ctx: base_in.as_ref().map_or(ctx_size.unwrap_or(512), |b| b.n_ctx),
         n_batch: a.batch_size,
         max_chunks: a.chunks,
         kv_f32: a.kv_f32,
     };
-    if opts.n_ctx > model.hp.n_ctx_train {
-        eprintln!(
-            "perplexity: warning: the model was trained on only {} context tokens ({} specified)",
-            model.hp.n_ctx_train, opts.n_ctx
-        );
-    }
+    let warn_ctx = || warn_past_training(&model, opts.n_ctx, "perplexity");
 
     if let Some(base) = base_in.as_mut() {
         if a.file.is_some() {
             eprintln!("perplexity: note: -f is ignored with --kl-divergence (the tokens come from the base file)");
         }
-        return run_kl(&model, base, &opts);
+        warn_ctx();
+        return run_kl(&model, base, &opts).map_err(lower_c);
     }
 
     let text = text.expect("read above");
@@ -125,6 +130,7 @@ pub fn run(a: Args) -> Result<()> {
         t.elapsed().as_secs_f64() * 1e3
     );
     let n_chunk = ppl::chunk_count(tokens.len(), opts.n_ctx, opts.max_chunks)?;
+    warn_ctx();
     eprintln!(
         "perplexity: calculating perplexity over {} chunks of {} tokens ({} tokens in the text), n_ctx={}, batch_size={}",
         n_chunk,
@@ -158,13 +164,10 @@ pub fn run(a: Args) -> Result<()> {
         &opts,
         writer.as_mut().map(|w| w as &mut dyn Write),
         &mut progress,
-    )?;
-    println!();
-    println!(
-        "Final estimate: PPL = {:.4} +/- {:.5}",
-        r.ppl(),
-        r.stats.ppl_err()
-    );
+    )
+    .map_err(lower_c)?;
+    // The base file is complete before stdout is written again (a closed
+    // stdout then still leaves a finished file).
     writer
         .map(|w| w.into_inner().map(|_| ()).map_err(|e| e.into_error()))
         .transpose()
@@ -177,6 +180,12 @@ pub fn run(a: Args) -> Result<()> {
             p.display()
         );
     }
+    println!();
+    println!(
+        "Final estimate: PPL = {:.4} +/- {:.5}",
+        r.ppl(),
+        r.stats.ppl_err()
+    );
     eprintln!(
         "perplexity: {} tokens ({} chunks × {}) in {:.2} s, {:.2} tokens/s",
         r.n_chunk * r.n_ctx,

@@ -20,6 +20,19 @@ use std::path::Path;
 /// The trained BitNet chat format (from the HF tokenizer_config of 2B-4T).
 pub const BITNET_CHAT_TEMPLATE: &str = "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}{% if message['role'] == 'system' %}{{ 'System: ' + message['content'] + '<|eot_id|>' }}{% elif message['role'] == 'user' %}{{ 'User: ' + message['content'] + '<|eot_id|>' }}{% elif message['role'] == 'assistant' %}{{ 'Assistant: ' + message['content'] + '<|eot_id|>' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}";
 
+/// The chat template used when a file has none (or only the official GGUF's
+/// placeholder): the trained BitNet format when the vocabulary has
+/// `<|eot_id|>`; otherwise the same format with each turn ended by the
+/// vocabulary's own EOS (`</s>` in SentencePiece base models such as
+/// 1bitLLM's), so that the end of a turn is a real token the model can emit.
+pub fn default_chat_template(tok: &Tokenizer) -> String {
+    if tok.find_token("<|eot_id|>").is_some() {
+        BITNET_CHAT_TEMPLATE.to_string()
+    } else {
+        BITNET_CHAT_TEMPLATE.replace("'<|eot_id|>'", "eos_token")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Hparams {
     pub arch: String,
@@ -469,10 +482,10 @@ impl Model {
                 if t.contains("BITNETAssistant") || (t.contains("Human:") && !t.contains("{%")) =>
             {
                 warnings.push("the embedded chat template is the official GGUF's placeholder (Human:/BITNETAssistant:); using the trained System:/User:/Assistant: format".into());
-                BITNET_CHAT_TEMPLATE.to_string()
+                default_chat_template(&tokenizer)
             }
             Some(t) => t.to_string(),
-            None => BITNET_CHAT_TEMPLATE.to_string(),
+            None => default_chat_template(&tokenizer),
         };
         Ok(Model {
             gguf,

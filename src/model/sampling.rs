@@ -1,16 +1,164 @@
 //! Token sampling, llama.cpp style: repetition penalty, top-k, top-p,
 //! min-p, temperature, then a draw from a seeded RNG. `temp <= 0` is greedy.
+//!
+//! [`SamplingParams::validate`] and [`SamplingParams::set`] are the one place
+//! where sampling values from users (command-line flags, `/set` in the chat,
+//! request fields) are checked.
 
-#[derive(Debug, Clone)]
+/// Sampling settings, with llama.cpp's meanings and defaults (`--temp 0.8
+/// --top-k 40 --top-p 0.95 --min-p 0.05 --repeat-penalty 1.0
+/// --repeat-last-n 64`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
+    /// Temperature; `<= 0` is greedy (argmax).
     pub temp: f32,
+    /// Keep the `top_k` most likely tokens; 0 keeps all.
     pub top_k: usize,
+    /// Nucleus sampling: keep the smallest set whose probability reaches
+    /// `top_p`, in [0, 1]; 1 keeps all.
     pub top_p: f32,
+    /// Drop tokens less likely than `min_p` × the most likely one, in [0, 1].
     pub min_p: f32,
+    /// Divide positive logits (multiply negative ones) of recent tokens by
+    /// this, > 0; 1 is off.
     pub repeat_penalty: f32,
-    /// How many recent tokens the penalty looks at.
+    /// How many recent tokens the penalty looks at (`usize::MAX`: all).
     pub repeat_last_n: usize,
     pub seed: u64,
+}
+
+/// The names [`SamplingParams::set`] knows (`-` may stand for `_`).
+pub const SETTINGS: &[&str] = &[
+    "temp",
+    "top_k",
+    "top_p",
+    "min_p",
+    "repeat_penalty",
+    "repeat_last_n",
+    "seed",
+];
+
+/// A sampling value that was refused: which setting, the value as given,
+/// and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name} = {value}: {problem}")]
+pub struct SamplingError {
+    /// The setting's name as in [`SETTINGS`] (or the unknown name given).
+    pub name: String,
+    pub value: String,
+    /// What is wrong, e.g. "must be between 0 and 1".
+    pub problem: String,
+}
+
+impl SamplingParams {
+    /// Check every value: `temp` finite (≤ 0 is greedy), `top_p` and `min_p`
+    /// in [0, 1], `repeat_penalty` finite and > 0.
+    pub fn validate(&self) -> Result<(), SamplingError> {
+        let bad = |name: &str, value: f32, problem: &str| SamplingError {
+            name: name.to_string(),
+            value: value.to_string(),
+            problem: problem.to_string(),
+        };
+        if !self.temp.is_finite() {
+            return Err(bad(
+                "temp",
+                self.temp,
+                "must be a finite number (0 or less is greedy)",
+            ));
+        }
+        for (name, v) in [("top_p", self.top_p), ("min_p", self.min_p)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(bad(name, v, "must be between 0 and 1"));
+            }
+        }
+        if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
+            return Err(bad(
+                "repeat_penalty",
+                self.repeat_penalty,
+                "must be a positive number (1 is off)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Set one value from text, as typed on a command line: `name` is one of
+    /// [`SETTINGS`] (`top-k` or `top_k`); `top_k` 0 or less keeps every token,
+    /// `repeat_last_n -1` looks at the whole history, `seed -1` draws a random
+    /// seed. The value is validated; on error nothing changes.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), SamplingError> {
+        let key = name.replace('-', "_");
+        let err = |problem: &str| SamplingError {
+            name: key.clone(),
+            value: value.to_string(),
+            problem: problem.to_string(),
+        };
+        let int = || -> Result<i64, SamplingError> {
+            value.trim().parse().map_err(|_| err("is not a whole number"))
+        };
+        let float = || -> Result<f32, SamplingError> {
+            value.trim().parse().map_err(|_| err("is not a number"))
+        };
+        let mut p = self.clone();
+        match key.as_str() {
+            "temp" => p.temp = float()?,
+            "top_k" => p.top_k = usize::try_from(int()?.max(0)).unwrap_or(usize::MAX),
+            "top_p" => p.top_p = float()?,
+            "min_p" => p.min_p = float()?,
+            "repeat_penalty" => p.repeat_penalty = float()?,
+            "repeat_last_n" => {
+                p.repeat_last_n = match int()? {
+                    -1 => usize::MAX,
+                    n => usize::try_from(n)
+                        .map_err(|_| err("must be 0 or more, or -1 for the whole history"))?,
+                }
+            }
+            "seed" => {
+                p.seed = match value.trim() {
+                    "-1" => random_seed(),
+                    v => v
+                        .parse()
+                        .map_err(|_| err("must be a whole number from 0 to 2^64-1, or -1 (random)"))?,
+                }
+            }
+            _ => {
+                return Err(SamplingError {
+                    name: name.to_string(),
+                    value: value.to_string(),
+                    problem: format!("unknown setting (known: {})", SETTINGS.join(", ")),
+                })
+            }
+        }
+        // Report the value as typed, under the name used.
+        p.validate().map_err(|e| err(&e.problem))?;
+        *self = p;
+        Ok(())
+    }
+
+    /// The value of a setting as `set` accepts it back (`-1` for an unlimited
+    /// `repeat_last_n`); None for an unknown name.
+    pub fn get(&self, name: &str) -> Option<String> {
+        Some(match name.replace('-', "_").as_str() {
+            "temp" => self.temp.to_string(),
+            "top_k" => self.top_k.to_string(),
+            "top_p" => self.top_p.to_string(),
+            "min_p" => self.min_p.to_string(),
+            "repeat_penalty" => self.repeat_penalty.to_string(),
+            "repeat_last_n" if self.repeat_last_n == usize::MAX => "-1".to_string(),
+            "repeat_last_n" => self.repeat_last_n.to_string(),
+            "seed" => self.seed.to_string(),
+            _ => return None,
+        })
+    }
+}
+
+/// A seed from the clock, for `seed -1` (llama.cpp's default: random).
+pub fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    // Fold the 128-bit count into 64 bits (no narrowing `as`).
+    let [a, b]: [u64; 2] = bytemuck::cast(nanos);
+    Rng::new(a ^ b.rotate_left(32)).next_u64()
 }
 
 impl Default for SamplingParams {

@@ -1,0 +1,103 @@
+//! A closed pipe on stdout (`tern inspect M | head -1`, `tern run … | head`)
+//! ends tern quietly with status 0, like other command-line tools, for every
+//! subcommand at once.
+//!
+//! On Unix the Rust runtime ignores SIGPIPE, so a write to a pipe whose
+//! reader is gone fails with EPIPE instead of killing the process; on Windows
+//! the write fails with ERROR_NO_DATA. Both are `io::ErrorKind::BrokenPipe`.
+//! Such an error can come back two ways: as an `Err` that a command returns
+//! (streamed output written with `write!`), or as the panic of `println!`,
+//! which unwinds (running destructors, so temporary files are removed) to
+//! [`quiet_broken_pipe`], which turns both into exit status 0 without a word.
+
+use std::any::Any;
+use std::io::{self, ErrorKind, Write};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Once;
+
+/// Run `f`, the whole command: 0 on success or on a closed pipe, 1 with a
+/// one-line error otherwise. Other panics go on as before.
+pub fn quiet_broken_pipe(f: impl FnOnce() -> anyhow::Result<()>) -> i32 {
+    install_hook();
+    match panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) if is_broken_pipe(&e) => 0,
+        Ok(Err(e)) => {
+            // One line: the outermost context and its causes joined. A closed
+            // stderr has no one to tell.
+            let _ = writeln!(io::stderr(), "tern: error: {:#}", e);
+            1
+        }
+        Err(p) if is_print_to_closed_pipe(p.as_ref()) => 0,
+        Err(p) => panic::resume_unwind(p),
+    }
+}
+
+/// Whether an error, or any of its causes, is a broken pipe.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == ErrorKind::BrokenPipe)
+    })
+}
+
+/// The panic message of `println!`/`eprintln!` writing to a closed pipe:
+/// "failed printing to stdout: " and the text of an OS error whose kind is
+/// `BrokenPipe` (EPIPE on Unix, ERROR_NO_DATA or ERROR_BROKEN_PIPE on
+/// Windows; found by asking std which codes map to that kind, so no
+/// platform's wording is written here).
+fn is_print_to_closed_pipe(payload: &(dyn Any + Send)) -> bool {
+    let msg = match (
+        payload.downcast_ref::<String>(),
+        payload.downcast_ref::<&str>(),
+    ) {
+        (Some(s), _) => s.as_str(),
+        (None, Some(s)) => s,
+        (None, None) => return false,
+    };
+    let Some(err) = msg
+        .strip_prefix("failed printing to stdout: ")
+        .or_else(|| msg.strip_prefix("failed printing to stderr: "))
+    else {
+        return false;
+    };
+    (1..4096).any(|code| {
+        let e = io::Error::from_raw_os_error(code);
+        e.kind() == ErrorKind::BrokenPipe && e.to_string() == err
+    })
+}
+
+/// Keep the default panic message, except for printing to a closed pipe.
+fn install_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let default = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if !is_print_to_closed_pipe(info.payload()) {
+                default(info);
+            }
+        }));
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognizes_closed_pipes_only() {
+        let epipe = io::Error::from(ErrorKind::BrokenPipe);
+        let e = anyhow::Error::from(epipe).context("cannot write the reply");
+        assert!(is_broken_pipe(&e));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("Broken pipe")));
+        let os = (1..4096)
+            .map(io::Error::from_raw_os_error)
+            .find(|e| e.kind() == ErrorKind::BrokenPipe)
+            .expect("this platform has a broken-pipe error code");
+        let msg = format!("failed printing to stdout: {}", os);
+        assert!(is_print_to_closed_pipe(&msg));
+        let full = format!("failed printing to stdout: {}", io::Error::from_raw_os_error(28));
+        assert!(!is_print_to_closed_pipe(&full));
+        assert!(!is_print_to_closed_pipe(&"index out of bounds"));
+    }
+}
