@@ -151,6 +151,10 @@ struct TokensJson {
     text: Option<String>,
     tokens: Vec<u32>,
     vocab: usize,
+    /// GGML type of the output head that made the logits (written by
+    /// `--dump`; absent in the vendored bundles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    head_type: Option<String>,
 }
 
 /// A reference bundle loaded from disk.
@@ -159,6 +163,8 @@ pub struct Bundle {
     pub dir: PathBuf,
     /// Sorted by name.
     pub prompts: Vec<RefPrompt>,
+    /// The output head's type that made the logits, when the bundle says.
+    pub head_type: Option<String>,
 }
 
 /// Prompt names become file names: keep them plain.
@@ -215,6 +221,7 @@ impl Bundle {
             BTreeMap::new()
         };
         let mut prompts = Vec::with_capacity(names.len());
+        let mut head_type = None;
         for name in names {
             let tp = dir.join(format!("{}.tokens.json", name));
             let s = std::fs::read_to_string(&tp)
@@ -256,6 +263,7 @@ impl Bundle {
                     want
                 );
             }
+            head_type = head_type.or(tj.head_type);
             prompts.push(RefPrompt {
                 greedy: greedy.get(&name).cloned(),
                 name,
@@ -268,7 +276,36 @@ impl Bundle {
         Ok(Bundle {
             dir: dir.to_path_buf(),
             prompts,
+            head_type,
         })
+    }
+}
+
+/// The GGML type name of `model`'s output head (the tied embedding when
+/// there is no `output.weight`).
+pub fn head_type(model: &Model) -> &'static str {
+    model
+        .gguf
+        .tensor("output.weight")
+        .or_else(|| model.gguf.tensor("token_embd.weight"))
+        .map_or("?", |t| t.ty.name())
+}
+
+/// A note when the model's head type differs from the reference's (or the
+/// reference does not say and the model's head is quantized): the
+/// thresholds assume matching types.
+pub fn head_type_note(model_head: &str, reference_head: Option<&str>) -> Option<String> {
+    let float = |t: &str| matches!(t, "F32" | "F16" | "BF16");
+    match reference_head {
+        Some(r) if r != model_head => Some(format!(
+            "the model's output head is {} but the reference's is {}: the thresholds assume matching types, so expect larger differences",
+            model_head, r
+        )),
+        None if !float(model_head) => Some(format!(
+            "the model's output head is {} and the reference does not record its own (the vendored bundles come from float heads): the thresholds assume matching types, so expect larger differences",
+            model_head
+        )),
+        _ => None,
     }
 }
 
@@ -463,6 +500,8 @@ pub fn verdict(reports: &[PromptReport]) -> String {
 /// One prompt to write into a bundle.
 pub struct DumpPrompt<'a> {
     pub name: &'a str,
+    /// GGML type name of the model's output head (recorded in the bundle).
+    pub head_type: &'a str,
     pub text: Option<&'a str>,
     pub tokens: &'a [u32],
     pub vocab: usize,
@@ -532,6 +571,7 @@ pub fn write_bundle(dir: &Path, prompts: &[DumpPrompt], force: bool) -> Result<(
             text: p.text.map(str::to_string),
             tokens: p.tokens.to_vec(),
             vocab: p.vocab,
+            head_type: Some(p.head_type.to_string()),
         };
         let json = serde_json::to_string(&tj).context("cannot serialize tokens.json")?;
         write_atomic(

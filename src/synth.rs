@@ -19,6 +19,17 @@ pub struct Shape {
     pub vocab: usize,
 }
 
+/// "hidden 2560, intermediate 6912, 30 layers, 20/5 heads, vocab 128256".
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "hidden {}, intermediate {}, {} layers, {}/{} heads, vocab {}",
+            self.hidden, self.intermediate, self.layers, self.heads, self.kv_heads, self.vocab
+        )
+    }
+}
+
 impl Shape {
     /// BitNet b1.58 2B-4T.
     pub const B2B4T: Shape = Shape {
@@ -179,7 +190,7 @@ pub fn synth_hf_variant(dir: &Path, shape: Shape, seed: u64, silu: bool) -> Resu
         || !s.hidden.is_multiple_of(s.heads)
         || !s.heads.is_multiple_of(s.kv_heads)
     {
-        bail!("unusable shape {:?}", s);
+        bail!("unusable shape ({})", s);
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let hd = s.hidden / s.heads;

@@ -176,6 +176,97 @@ fn cpu_name() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
+/// A model size as llama-bench prints it: MiB below 1 GiB, else GiB.
+fn size_label(bytes: u64) -> String {
+    const GIB: f64 = (1u64 << 30) as f64;
+    let b = bytes as f64;
+    if b < GIB {
+        format!("{:.2} MiB", b / (1u64 << 20) as f64)
+    } else {
+        format!("{:.2} GiB", b / GIB)
+    }
+}
+
+/// A parameter count as llama-bench prints it: M below 10⁹, else B.
+fn params_label(n: u64) -> String {
+    let x = n as f64;
+    if x < 1e9 {
+        format!("{:.2} M", x / 1e6)
+    } else {
+        format!("{:.2} B", x / 1e9)
+    }
+}
+
+/// llama-bench's `model_type`: architecture, size and weight type
+/// (`bitnet-b1.58 3.74M I2_S`), not a file name.
+fn model_type(model: &Model) -> String {
+    let proj = model
+        .gguf
+        .tensor("blk.0.attn_q.weight")
+        .map_or("?", |t| t.ty.name());
+    format!(
+        "{} {} {}",
+        model.hp.arch,
+        params_label(model.n_params()).replace(' ', ""),
+        proj
+    )
+}
+
+/// Repetitions that differ by more than this (sd / mean) make a test suspect.
+const MAX_SPREAD: f64 = 0.10;
+/// tern / bitnet.cpp ratios outside [1/x, x] are more likely a mistake (other
+/// file, threads or a machine busy in one run) than a real difference.
+const MAX_RATIO: f64 = 4.0;
+
+/// Warnings about the figures: tests whose repetitions spread widely (a busy
+/// machine) and tern / bitnet.cpp ratios that are implausible.
+fn warnings(records: &[Record]) -> Vec<String> {
+    let mut w = Vec::new();
+    for r in records {
+        let (m, sd) = mean_sd(&r.ts());
+        if m > 0.0 && sd / m > MAX_SPREAD {
+            w.push(format!(
+                "warning: {} ({}, {} threads) varies by {:.0}% between repetitions: the machine is probably busy; rerun with more -r or when it is idle",
+                r.name(),
+                if r.engine == Engine::Tern { "tern" } else { "bitnet.cpp" },
+                r.threads,
+                100.0 * sd / m
+            ));
+        }
+    }
+    for (t, b) in ratio_pairs(records) {
+        let ratio = mean_sd(&t.ts()).0 / mean_sd(&b.ts()).0;
+        if !(1.0 / MAX_RATIO..=MAX_RATIO).contains(&ratio) {
+            w.push(format!(
+                "warning: {}, {} threads: tern / bitnet.cpp = {:.2}× is implausible; check that the machine was idle and rerun",
+                t.name(),
+                t.threads,
+                ratio
+            ));
+        }
+    }
+    w
+}
+
+/// (tern, bitnet.cpp) records of the same test.
+fn ratio_pairs(records: &[Record]) -> Vec<(&Record, &Record)> {
+    records
+        .iter()
+        .filter(|r| r.engine == Engine::BitnetCpp)
+        .filter_map(|b| {
+            records
+                .iter()
+                .find(|t| {
+                    t.engine == Engine::Tern
+                        && t.threads == b.threads
+                        && t.n_prompt == b.n_prompt
+                        && t.n_gen == b.n_gen
+                })
+                .map(|t| (t, b))
+        })
+        .collect()
+}
+
 fn json_str(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
@@ -288,11 +379,13 @@ pub fn run(a: Args) -> Result<()> {
         Engine::Tern => tern_label.clone(),
         Engine::BitnetCpp => Reference::label(),
     };
+    let mtype = model_type(&model);
     eprintln!(
-        "tern bench: {} ({:.2} GiB, {:.2} B params), kernel {}, CPU {}",
+        "tern bench: {} ({}, {}, {} params), kernel {}, CPU {}",
         name,
-        model_size as f64 / (1u64 << 30) as f64,
-        n_params as f64 / 1e9,
+        mtype,
+        size_label(model_size),
+        params_label(n_params),
         kern.variant(),
         cpu
     );
@@ -370,6 +463,9 @@ pub fn run(a: Args) -> Result<()> {
             .unwrap_or(0.0)
     };
 
+    for w in warnings(&records) {
+        eprintln!("tern bench: {}", w);
+    }
     if json {
         let mut out = Vec::new();
         for r in &records {
@@ -401,7 +497,7 @@ pub fn run(a: Args) -> Result<()> {
                 json_str(engine),
                 json_str(&engine_label(r.engine)),
                 json_str(&name),
-                json_str(&format!("{} {}", model.hp.arch, name)),
+                json_str(&mtype),
                 model_size,
                 n_params,
                 json_str(&cpu),
@@ -444,10 +540,10 @@ pub fn run(a: Args) -> Result<()> {
             ("-".into(), "-".into())
         };
         println!(
-            "| {} | {:.2} GiB | {:.2} B | {} | {} | {} | {:.2} ± {:.2} | {} | {} |",
-            name,
-            model_size as f64 / (1u64 << 30) as f64,
-            n_params as f64 / 1e9,
+            "| {} | {} | {} | {} | {} | {} | {:.2} ± {:.2} | {} | {} |",
+            mtype,
+            size_label(model_size),
+            params_label(n_params),
             engine_label(r.engine),
             r.threads,
             r.name(),
@@ -458,25 +554,18 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     println!();
-    for r in records.iter().filter(|r| r.engine == Engine::BitnetCpp) {
-        if let Some(t) = records.iter().find(|t| {
-            t.engine == Engine::Tern
-                && t.threads == r.threads
-                && t.n_prompt == r.n_prompt
-                && t.n_gen == r.n_gen
-        }) {
-            let (mt, _) = mean_sd(&t.ts());
-            let (mb, _) = mean_sd(&r.ts());
-            println!(
-                "{}, {} thread{}: tern {:.2} t/s vs bitnet.cpp {:.2} t/s → {:.2}×",
-                r.name(),
-                r.threads,
-                if r.threads == 1 { "" } else { "s" },
-                mt,
-                mb,
-                mt / mb
-            );
-        }
+    for (t, r) in ratio_pairs(&records) {
+        let (mt, _) = mean_sd(&t.ts());
+        let (mb, _) = mean_sd(&r.ts());
+        println!(
+            "{}, {} thread{}: tern {:.2} t/s vs bitnet.cpp {:.2} t/s → {:.2}×",
+            r.name(),
+            r.threads,
+            if r.threads == 1 { "" } else { "s" },
+            mt,
+            mb,
+            mt / mb
+        );
     }
     println!(
         "bytes read per generated token: {:.3} GB (ternary projections + output head; KV cache not counted)",
@@ -497,7 +586,35 @@ pub fn run(a: Args) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::compiler_short;
+    use super::*;
+
+    #[test]
+    fn llama_bench_units() {
+        assert_eq!(size_label(2_904_424), "2.77 MiB");
+        assert_eq!(size_label(1_264_893_952), "1.18 GiB");
+        assert_eq!(params_label(3_740_000), "3.74 M");
+        assert_eq!(params_label(2_412_000_000), "2.41 B");
+    }
+
+    #[test]
+    fn spread_and_ratio_warnings() {
+        let rec = |engine, samples: &[f64]| Record {
+            engine,
+            threads: 2,
+            n_prompt: 0,
+            n_gen: 16,
+            samples: samples.to_vec(),
+        };
+        let steady = [1.0, 1.01, 0.99];
+        assert!(warnings(&[rec(Engine::Tern, &steady), rec(Engine::BitnetCpp, &steady)]).is_empty());
+        let w = warnings(&[rec(Engine::Tern, &[1.0, 2.0, 1.0])]);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("varies by"), "{w:?}");
+        // bitnet.cpp taking 10× as long: tern / bitnet.cpp = 10×.
+        let w = warnings(&[rec(Engine::Tern, &steady), rec(Engine::BitnetCpp, &[10.0, 10.1, 9.9])]);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("implausible"), "{w:?}");
+    }
 
     #[test]
     fn compiler_names() {

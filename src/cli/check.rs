@@ -3,7 +3,7 @@
 
 use super::{set_threads, ModelArgs};
 use crate::check::{
-    bitnet_cpp_source, check_prompt, table_header, table_row, verdict, write_bundle, Bundle,
+    bitnet_cpp_source, check_prompt, head_type, head_type_note, table_header, table_row, verdict, write_bundle, Bundle,
     Criteria, DumpPrompt, Evaluation, LogitSource, PromptReport, RefPrompt, TernSource, BITNET_CPP,
     GREEDY_TOKENS, NO_BITNET_CPP,
 };
@@ -223,6 +223,13 @@ pub fn run(a: Args) -> Result<()> {
             }
         );
         println!("{}", table_header(width));
+        // A live bitnet.cpp reads the same file, so only bundles can differ.
+        let head = head_type(&model);
+        if let (Some(b), None) = (&bundle, &live) {
+            if let Some(n) = head_type_note(head, b.head_type.as_deref()) {
+                eprintln!("tern check: note: {}", n);
+            }
+        }
     }
 
     let mut tern = TernSource::new(&model, a.kv_f32);
@@ -273,6 +280,7 @@ pub fn run(a: Args) -> Result<()> {
             .zip(&evals)
             .map(|(j, ev)| DumpPrompt {
                 name: &j.name,
+                head_type: head_type(&model),
                 text: j.text.as_deref(),
                 tokens: &j.tokens,
                 vocab: nv,
@@ -288,13 +296,9 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
 
-    let failed = reports.iter().filter(|r| !r.passed()).count();
-    if failed > 0 {
-        bail!(
-            "check failed: {} of {} prompts outside the thresholds",
-            failed,
-            reports.len()
-        );
+    if reports.iter().any(|r| !r.passed()) {
+        // The FAIL verdict is on stdout already: exit 1 without repeating it.
+        return Err(super::pipe::Reported.into());
     }
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! (streamed output written with `write!`), or as the panic of `println!`,
 //! which unwinds (running destructors, so temporary files are removed) to
 //! [`quiet_broken_pipe`], which turns both into exit status 0 without a word.
+//! It is also where a failed command gets its one-line error and status 1.
 
 use std::any::Any;
 use std::io::{self, ErrorKind, Write};
@@ -22,6 +23,7 @@ pub fn quiet_broken_pipe(f: impl FnOnce() -> anyhow::Result<()>) -> i32 {
     match panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => 0,
         Ok(Err(e)) if is_broken_pipe(&e) => 0,
+        Ok(Err(e)) if e.is::<Reported>() => 1,
         Ok(Err(e)) => {
             // One line: the outermost context and its causes joined. A closed
             // stderr has no one to tell.
@@ -32,6 +34,12 @@ pub fn quiet_broken_pipe(f: impl FnOnce() -> anyhow::Result<()>) -> i32 {
         Err(p) => panic::resume_unwind(p),
     }
 }
+
+/// A failure the command has reported itself (e.g. `check`'s FAIL verdict):
+/// exit status 1 with no further message.
+#[derive(Debug, thiserror::Error)]
+#[error("failure already reported")]
+pub struct Reported;
 
 /// Whether an error, or any of its causes, is a broken pipe.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {

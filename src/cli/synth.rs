@@ -28,7 +28,12 @@ pub fn run(a: Args) -> Result<()> {
     };
     synth_hf_variant(&a.out_dir, shape, a.seed, silu)?;
     eprintln!(
-        "tern synth: wrote a random bf16 {:?} checkpoint to {}",
+        "tern synth: wrote a random bf16 {} checkpoint ({}) to {}",
+        if silu {
+            "BitnetForCausalLM (SiLU)"
+        } else {
+            "BitNetForCausalLM (ReLU²)"
+        },
         shape,
         a.out_dir.display()
     );

@@ -416,17 +416,40 @@ pub fn encode_projection(tz: &Ternarized, ty: GgmlType, out: &mut Vec<u8>) -> Re
     Ok(())
 }
 
-pub fn default_outfile(input: &Path, outtype: GgmlType) -> PathBuf {
+/// The default output name, `<dir>-<outtype>.gguf`, with the embedding /
+/// head type added when it is not the default F16
+/// (`<dir>-i2_s-q6_k.gguf`), so that two conversions of one folder do not
+/// collide.
+pub fn default_outfile(input: &Path, outtype: GgmlType, embd_type: GgmlType) -> PathBuf {
     let name = input
         .canonicalize()
         .ok()
         .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "model".into());
-    PathBuf::from(format!(
-        "{}-{}.gguf",
-        name,
-        outtype.name().to_ascii_lowercase()
-    ))
+    let mut file = format!("{}-{}", name, outtype.name().to_ascii_lowercase());
+    if embd_type != GgmlType::F16 {
+        file.push('-');
+        file.push_str(&embd_type.name().to_ascii_lowercase());
+    }
+    file.push_str(".gguf");
+    PathBuf::from(file)
+}
+
+/// Where a conversion writes: `outfile`, or the default name in the current
+/// directory, or in `outfile` when that is a directory (as
+/// `convert_hf_to_gguf.py --outfile DIR` allows).
+pub fn output_path(
+    input: &Path,
+    outfile: Option<&Path>,
+    outtype: GgmlType,
+    embd_type: GgmlType,
+) -> PathBuf {
+    let default = || default_outfile(input, outtype, embd_type);
+    match outfile {
+        Some(o) if o.is_dir() => o.join(default()),
+        Some(o) => o.to_path_buf(),
+        None => default(),
+    }
 }
 
 pub fn metadata(
@@ -550,10 +573,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
         .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "model".into());
     let kv = metadata(&cfg, &vocab, &name, opts.outtype);
-    let outfile = opts
-        .outfile
-        .clone()
-        .unwrap_or_else(|| default_outfile(dir, opts.outtype));
+    let outfile = output_path(dir, opts.outfile.as_deref(), opts.outtype, opts.embd_type);
     if outfile.exists() && !opts.force {
         bail!(
             "{} already exists (use --force to overwrite)",
