@@ -244,7 +244,9 @@ pub fn base_model_warning(model: &Model) -> Option<String> {
     {
         return None;
     }
-    let end = tok.eos().map_or("(none: the vocabulary has no EOS)", |e| tok.token_text(e));
+    let end = tok
+        .eos()
+        .map_or("(none: the vocabulary has no EOS)", |e| tok.token_text(e));
     Some(format!(
         "this model has no chat template and no <|eot_id|> token, so it is probably a base model not trained to chat; using the System:/User:/Assistant: format with turns ended by {}",
         end

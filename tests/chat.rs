@@ -378,8 +378,18 @@ fn piped_mode_reports_the_context_filling() {
 fn piped_mode_stops_at_a_bad_command() {
     let fx = fixture();
     for (input, msg) in [
-        ("/set temp hot\n", "/set temp: bad value"),
-        ("/set top_p 2\n", "/set top_p: must be in (0, 1]"),
+        ("/set temp hot\n", "/set temp hot: is not a number"),
+        ("/set top_p 2\n", "/set top_p 2: must be between 0 and 1"),
+        (
+            "/set top-p nan\n",
+            "/set top_p nan: must be between 0 and 1",
+        ),
+        ("/set min_p 2\n", "/set min_p 2: must be between 0 and 1"),
+        (
+            "/set repeat_penalty 0\n",
+            "/set repeat_penalty 0: must be a positive number",
+        ),
+        ("/set temp nan\n", "/set temp nan: must be a finite number"),
         ("/set colour red\n", "unknown setting colour"),
         ("/frobnicate\n", "unknown command /frobnicate"),
         (
@@ -400,7 +410,7 @@ fn piped_mode_stops_at_a_bad_command() {
     }
     // A stray argument is refused rather than taken for a message.
     let out = run_piped(&["-m", fx.to_str().unwrap(), "hello"], "");
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unexpected argument 'hello'"));
     let out = run_piped(&["-m", fx.to_str().unwrap(), "-n", "0"], "");
     assert_eq!(out.status.code(), Some(1));
@@ -594,4 +604,56 @@ fn ctrl_c_twice_at_the_prompt_exits() {
     });
     t.keys(&["C-c"]);
     assert_eq!(t.wait_exit(), 0, "{}", t.screen());
+}
+
+#[test]
+fn type_ahead_is_kept() {
+    let Some((t, _)) = tmux_chat(&[
+        "--no-history",
+        "-n",
+        "4",
+        "-c",
+        "4096",
+        "--temp",
+        "0",
+        "-t",
+        "2",
+    ]) else {
+        return;
+    };
+    t.wait_for("the prompt", |s| {
+        s.contains("Ctrl-D exits") && s.trim_end().ends_with('>')
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("t.json");
+
+    // Two lines in one send-keys: the second one is not lost.
+    t.keys(&["Good morrow", "Enter", "/stats", "Enter"]);
+    t.wait_for("the typed-ahead /stats", |s| {
+        after(s, "> /stats").is_some_and(|rest| rest.iter().any(|l| l.starts_with("replies: 1;")))
+    });
+
+    // A """ block typed in one go, then /save.
+    let save = format!("/save {}", saved.display());
+    t.keys(&[
+        "\"\"\"", "Enter", "one", "Enter", "two", "Enter", "\"\"\"", "Enter", &save, "Enter",
+    ]);
+    t.wait_for("the transcript", |s| s.contains("[saved 4 messages"));
+    let c = transcript(&saved);
+    assert_eq!(c.turns[2].content, "one\ntwo");
+
+    // Lines typed while a long reply streams are kept for the next prompts.
+    t.type_line("/set n_predict 2000");
+    t.wait_for("the /set note", |s| s.contains("[n_predict = 2000]"));
+    t.type_line("Tell me a long story");
+    t.wait_for("streamed output", |s| {
+        after(s, "> Tell me a long story")
+            .is_some_and(|rest| rest.iter().map(|l| l.trim().len()).sum::<usize>() >= 40)
+    });
+    t.keys(&["/stats", "Enter", "/exit", "Enter"]);
+    assert_eq!(t.wait_exit(), 0, "{}", t.screen());
+    let s = t.screen();
+    let rest = after(&s, "> /stats").unwrap_or_else(|| panic!("no /stats prompt:\n{s}"));
+    assert!(rest.iter().any(|l| l.starts_with("replies: 3;")), "{s}");
+    assert!(s.contains("> /exit"), "{s}");
 }

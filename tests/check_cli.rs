@@ -148,7 +148,13 @@ fn wrong_scales_fail() {
             "{name}: no FAIL verdict\n{out}"
         );
         assert!(out.lines().any(|l| l.ends_with("  FAIL")), "{name}\n{out}");
-        assert_one_line_error(&o, name, "check failed");
+        // The verdict is given once: status 1, no error line repeating it.
+        assert_eq!(o.status.code(), Some(1), "{name}\n{err}");
+        assert!(
+            !err.contains("tern: error"),
+            "{name}: verdict repeated\n{err}"
+        );
+        assert!(!err.contains("panicked"), "{name}\n{err}");
     }
 }
 

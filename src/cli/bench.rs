@@ -606,12 +606,17 @@ mod tests {
             samples: samples.to_vec(),
         };
         let steady = [1.0, 1.01, 0.99];
-        assert!(warnings(&[rec(Engine::Tern, &steady), rec(Engine::BitnetCpp, &steady)]).is_empty());
+        assert!(
+            warnings(&[rec(Engine::Tern, &steady), rec(Engine::BitnetCpp, &steady)]).is_empty()
+        );
         let w = warnings(&[rec(Engine::Tern, &[1.0, 2.0, 1.0])]);
         assert_eq!(w.len(), 1);
         assert!(w[0].contains("varies by"), "{w:?}");
         // bitnet.cpp taking 10× as long: tern / bitnet.cpp = 10×.
-        let w = warnings(&[rec(Engine::Tern, &steady), rec(Engine::BitnetCpp, &[10.0, 10.1, 9.9])]);
+        let w = warnings(&[
+            rec(Engine::Tern, &steady),
+            rec(Engine::BitnetCpp, &[10.0, 10.1, 9.9]),
+        ]);
         assert_eq!(w.len(), 1);
         assert!(w[0].contains("implausible"), "{w:?}");
     }

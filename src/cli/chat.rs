@@ -48,7 +48,7 @@ pub fn run(a: Args) -> Result<()> {
         ),
         (s, p) => s.or(p),
     };
-    let n_predict = a.n_predict(256)?;
+    let n_predict = reply_limit(a.n_predict(256)?)?;
     let params = a.sample.params()?;
     let kv_f32 = a.kv_f32()?;
     let n_batch = a.n_batch()?;
@@ -104,6 +104,14 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     r
+}
+
+/// A chat reply needs at least one token.
+fn reply_limit(n: Option<usize>) -> Result<Option<usize>> {
+    if n == Some(0) {
+        bail!("-n 0: a reply needs at least one token (-1: no limit)");
+    }
+    Ok(n)
 }
 
 fn install_ctrlc(exit_when_idle: bool) {
@@ -464,13 +472,18 @@ fn set(s: &mut Session, arg: &str, ui: &Ui) -> Result<()> {
             return Ok(());
         }
         [k, v] => (k.replace('-', "_"), v),
-        _ => bail!("usage: /set NAME VALUE ({}, n_predict)", SETTINGS.join(", ")),
+        _ => bail!(
+            "usage: /set NAME VALUE ({}, n_predict)",
+            SETTINGS.join(", ")
+        ),
     };
     let shown = if key == "n_predict" {
         let n = val
             .parse::<i64>()
             .map_err(|_| anyhow!("/set n_predict {}: is not a whole number", val))?;
-        s.n_predict = n_predict_value(n).map_err(|e| anyhow!("/set {}", e))?;
+        s.n_predict = n_predict_value(n)
+            .and_then(reply_limit)
+            .map_err(|e| anyhow!("/set {:#}", e))?;
         val.to_string()
     } else {
         // The same check as the command-line flags (SamplingParams::set).

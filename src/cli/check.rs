@@ -3,9 +3,9 @@
 
 use super::{set_threads, ModelArgs};
 use crate::check::{
-    bitnet_cpp_source, check_prompt, head_type, head_type_note, table_header, table_row, verdict, write_bundle, Bundle,
-    Criteria, DumpPrompt, Evaluation, LogitSource, PromptReport, RefPrompt, TernSource, BITNET_CPP,
-    GREEDY_TOKENS, NO_BITNET_CPP,
+    bitnet_cpp_source, check_prompt, head_type, head_type_note, table_header, table_row, verdict,
+    write_bundle, Bundle, Criteria, DumpPrompt, Evaluation, LogitSource, PromptReport, RefPrompt,
+    TernSource, BITNET_CPP, GREEDY_TOKENS, NO_BITNET_CPP,
 };
 use crate::metrics::Thresholds;
 use anyhow::{bail, Result};

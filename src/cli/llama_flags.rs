@@ -239,10 +239,10 @@ pub fn translate(cli: &Command, args: Vec<OsString>) -> Result<Translated, Strin
     // Push `--LONG=VALUE` for an option that takes a value, taking the next
     // word when the value is not attached.
     let with_value = |out: &mut Translated,
-                          i: &mut usize,
-                          typed: &str,
-                          a: &Arg,
-                          attached: Option<&str>|
+                      i: &mut usize,
+                      typed: &str,
+                      a: &Arg,
+                      attached: Option<&str>|
      -> Result<(), String> {
         let value = match attached {
             Some(v) => OsString::from(v),
@@ -349,7 +349,8 @@ pub fn translate(cli: &Command, args: Vec<OsString>) -> Result<Translated, Strin
                 } else if let Some(v) = tail.strip_prefix('=') {
                     Some(v)
                 } else if tail.starts_with(|ch: char| ch.is_ascii_digit())
-                    || (tail.starts_with('-') && tail[1..].starts_with(|ch: char| ch.is_ascii_digit()))
+                    || (tail.starts_with('-')
+                        && tail[1..].starts_with(|ch: char| ch.is_ascii_digit()))
                 {
                     Some(tail)
                 } else {
@@ -489,7 +490,17 @@ mod tests {
     #[test]
     fn negative_values_and_equals() {
         assert_eq!(
-            args(&["run", "-n", "-1", "--seed", "-1", "--temp=-1", "-p", "-x", "-s=-1"]),
+            args(&[
+                "run",
+                "-n",
+                "-1",
+                "--seed",
+                "-1",
+                "--temp=-1",
+                "-p",
+                "-x",
+                "-s=-1"
+            ]),
             [
                 "run",
                 "--n-predict=-1",
@@ -512,7 +523,19 @@ mod tests {
 
     #[test]
     fn ignored_and_unknown() {
-        let t = tr(&["chat", "-fa", "-mg", "1", "-ts", "3,1", "--no-warmup", "-fa", "on", "-i"]).unwrap();
+        let t = tr(&[
+            "chat",
+            "-fa",
+            "-mg",
+            "1",
+            "-ts",
+            "3,1",
+            "--no-warmup",
+            "-fa",
+            "on",
+            "-i",
+        ])
+        .unwrap();
         assert_eq!(t.args.len(), 3, "{:?}", t.args);
         assert_eq!(t.notes.len(), 4, "{:?}", t.notes);
         assert!(t.notes[3].starts_with("-fa on ignored"));
@@ -520,8 +543,14 @@ mod tests {
             (vec!["run", "-xyz"], "'-xyz'"),
             (vec!["run", "-pHello"], "'-pHello'"),
             (vec!["run", "-ctxcp", "2"], "'-ctxcp'"),
-            (vec!["inspect", "-temp", "1"], "-temp is not an option of `tern inspect`"),
-            (vec!["convert", "-ngl", "9"], "-ngl is not an option of `tern convert`"),
+            (
+                vec!["inspect", "-temp", "1"],
+                "-temp is not an option of `tern inspect`",
+            ),
+            (
+                vec!["convert", "-ngl", "9"],
+                "-ngl is not an option of `tern convert`",
+            ),
             (vec!["run", "-ngl"], "-ngl needs a value"),
             (vec!["run", "-n"], "-n needs a value"),
         ] {

@@ -139,11 +139,16 @@ fn open_model(path: Option<&Path>, no_mmap: bool) -> Result<crate::model::Model>
         if p.is_dir() {
             bail!("{}", hf("is a directory", p));
         }
-        if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors")) {
+        if p.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+        {
             let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
             bail!(
                 "{}",
-                hf("is a safetensors file, not GGUF", dir.unwrap_or(Path::new(".")))
+                hf(
+                    "is a safetensors file, not GGUF",
+                    dir.unwrap_or(Path::new("."))
+                )
             );
         }
     }
@@ -184,7 +189,9 @@ fn dispatch() -> Result<()> {
         // A usage error, reported (and exited with 2) the way clap reports its own.
         Err(e) => cmd.error(clap::error::ErrorKind::UnknownArgument, e).exit(),
     };
-    let matches = cmd.try_get_matches_from(&t.args).unwrap_or_else(|e| e.exit());
+    let matches = cmd
+        .try_get_matches_from(&t.args)
+        .unwrap_or_else(|e| e.exit());
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let quiet = t.args.iter().any(|a| a == "--log-disable");
     if !quiet {

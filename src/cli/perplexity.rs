@@ -85,7 +85,10 @@ pub fn run(a: Args) -> Result<()> {
     };
     let ctx_size = a
         .ctx_size
-        .map(|c| usize::try_from(c).map_err(|_| anyhow!("-c {}: more tokens than this machine can address", c)))
+        .map(|c| {
+            usize::try_from(c)
+                .map_err(|_| anyhow!("-c {}: more tokens than this machine can address", c))
+        })
         .transpose()?;
     if let Some(c) = ctx_size {
         ppl::check_n_ctx(c)?;
@@ -106,7 +109,9 @@ pub fn run(a: Args) -> Result<()> {
     set_threads(a.model.threads)?;
     let model = a.model.load()?;
     let opts = Options {
-        n_ctx: base_in.as_ref().map_or(ctx_size.unwrap_or(512), |b| b.n_ctx),
+        n_ctx: base_in
+            .as_ref()
+            .map_or(ctx_size.unwrap_or(512), |b| b.n_ctx),
         n_batch: a.batch_size,
         max_chunks: a.chunks,
         kv_f32: a.kv_f32,

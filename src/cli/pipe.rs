@@ -104,7 +104,10 @@ mod tests {
             .expect("this platform has a broken-pipe error code");
         let msg = format!("failed printing to stdout: {}", os);
         assert!(is_print_to_closed_pipe(&msg));
-        let full = format!("failed printing to stdout: {}", io::Error::from_raw_os_error(28));
+        let full = format!(
+            "failed printing to stdout: {}",
+            io::Error::from_raw_os_error(28)
+        );
         assert!(!is_print_to_closed_pipe(&full));
         assert!(!is_print_to_closed_pipe(&"index out of bounds"));
     }

@@ -3,9 +3,9 @@
 //! chat and `chat -no-cnv` a run, as in llama-cli.
 
 use super::{llama_flags::process_escapes, note, set_threads, ModelArgs};
+use crate::model::forward::ContextError;
 use crate::model::generate::{generate, StopReason};
 use crate::model::sampling::{random_seed, Sampler, SamplingParams};
-use crate::model::forward::ContextError;
 use crate::model::{Context, Model};
 use crate::tokenizer::StreamDecoder;
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -74,7 +74,12 @@ pub struct Args {
     #[arg(short = 'p', long, value_name = "TEXT")]
     pub prompt: Option<String>,
     /// Read the prompt from a file (one final newline dropped, as llama.cpp does).
-    #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with = "prompt")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        conflicts_with = "prompt"
+    )]
     pub file: Option<PathBuf>,
     /// System prompt of a conversation (llama.cpp's -sys).
     #[arg(long = "system", value_name = "TEXT")]
@@ -100,7 +105,12 @@ pub struct Args {
     #[arg(short = 'c', long = "ctx-size", value_name = "N")]
     pub ctx: Option<u64>,
     /// Prompt tokens per forward pass: the smaller of -b and -ub, at most 512.
-    #[arg(short = 'b', long = "batch-size", value_name = "N", default_value_t = 2048)]
+    #[arg(
+        short = 'b',
+        long = "batch-size",
+        value_name = "N",
+        default_value_t = 2048
+    )]
     pub batch_size: usize,
     /// See --batch-size (llama.cpp's physical batch, -ub).
     #[arg(long = "ubatch-size", value_name = "N", default_value_t = 512)]
@@ -198,11 +208,7 @@ impl Args {
                 None => Ok(None),
                 Some("f16") => Ok(Some(false)),
                 Some("f32") => Ok(Some(true)),
-                Some(o) => bail!(
-                    "{} {}: tern keeps the KV cache in f16 or f32",
-                    flag,
-                    o
-                ),
+                Some(o) => bail!("{} {}: tern keeps the KV cache in f16 or f32", flag, o),
             }
         };
         let k = ty("--cache-type-k", &self.cache_type_k)?;
@@ -282,16 +288,21 @@ pub fn lower_c(e: anyhow::Error) -> anyhow::Error {
 
 /// A context of `n_ctx` tokens (error: the KV-cache size it would need),
 /// and the warning above the training context.
-pub fn new_context<'m>(m: &'m Model, n_ctx: usize, kv_f32: bool, what: &str) -> Result<Context<'m>> {
+pub fn new_context<'m>(
+    m: &'m Model,
+    n_ctx: usize,
+    kv_f32: bool,
+    what: &str,
+) -> Result<Context<'m>> {
     let ctx = Context::try_new(m, n_ctx, kv_f32).map_err(|e| lower_c(e.into()))?;
     warn_past_training(m, n_ctx, what);
     Ok(ctx)
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let text = a
-        .prompt_text()?
-        .ok_or_else(|| anyhow!("give a prompt with -p TEXT or -f FILE (or start a chat with -cnv)"))?;
+    let text = a.prompt_text()?.ok_or_else(|| {
+        anyhow!("give a prompt with -p TEXT or -f FILE (or start a chat with -cnv)")
+    })?;
     if a.system.is_some() || a.system_file.is_some() {
         a.note("the system prompt is used in conversations only (add -cnv)");
     }
@@ -326,7 +337,11 @@ pub fn run(a: Args) -> Result<()> {
             .iter()
             .map(|&t| format!("{}:{:?}", t, m.tokenizer.token_text(t)))
             .collect();
-        eprintln!("tern: prompt: {} tokens [{}]", prompt.len(), shown.join(", "));
+        eprintln!(
+            "tern: prompt: {} tokens [{}]",
+            prompt.len(),
+            shown.join(", ")
+        );
     }
     // The last token sampled needs no room in the cache.
     let room = n_ctx - prompt.len() + 1;
@@ -377,10 +392,9 @@ pub fn run(a: Args) -> Result<()> {
     drop(out);
     match st.stop {
         StopReason::EndOfGeneration => eprintln!("[end of text]"),
-        StopReason::ContextFull => eprintln!(
-            "[context full after {} tokens: raise -c]",
-            st.gen_tokens
-        ),
+        StopReason::ContextFull => {
+            eprintln!("[context full after {} tokens: raise -c]", st.gen_tokens)
+        }
         StopReason::Length | StopReason::Interrupted => {}
     }
     if !a.log_disable {

@@ -93,7 +93,10 @@ impl SamplingParams {
             problem: problem.to_string(),
         };
         let int = || -> Result<i64, SamplingError> {
-            value.trim().parse().map_err(|_| err("is not a whole number"))
+            value
+                .trim()
+                .parse()
+                .map_err(|_| err("is not a whole number"))
         };
         let float = || -> Result<f32, SamplingError> {
             value.trim().parse().map_err(|_| err("is not a number"))
@@ -115,9 +118,9 @@ impl SamplingParams {
             "seed" => {
                 p.seed = match value.trim() {
                     "-1" => random_seed(),
-                    v => v
-                        .parse()
-                        .map_err(|_| err("must be a whole number from 0 to 2^64-1, or -1 (random)"))?,
+                    v => v.parse().map_err(|_| {
+                        err("must be a whole number from 0 to 2^64-1, or -1 (random)")
+                    })?,
                 }
             }
             _ => {
