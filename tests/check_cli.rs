@@ -211,9 +211,12 @@ fn dump_round_trip_is_exact() {
         &std::fs::read_to_string(reference_dir.join("split.tokens.json")).unwrap(),
     )
     .unwrap();
-    let b: serde_json::Value =
+    let mut b: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dump.join("split.tokens.json")).unwrap())
             .unwrap();
+    // The dump records the head type that made its logits.
+    assert_eq!(b["head_type"], "F32");
+    b.as_object_mut().unwrap().remove("head_type");
     assert_eq!(a, b);
 
     // A second dump into the same place needs --force.
@@ -304,4 +307,51 @@ fn bad_input_is_a_one_line_error() {
         "2",
     ]);
     assert_one_line_error(&o, "bad threshold", "--min-top1");
+}
+
+#[test]
+fn a_head_type_unlike_the_reference_is_noted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let q8 = tmp.path().join("q8.gguf");
+    let hf = root().join("models/fixtures/b158-sparse");
+    let o = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args([
+            "convert",
+            p(&hf),
+            "--embd-type",
+            "q8_0",
+            "--outfile",
+            p(&q8),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+    let note = "note: the model's output head is Q8_0";
+    let o = tern(&[
+        "-m",
+        p(&q8),
+        "--reference",
+        p(&reference("bitnet.cpp", "b158-sparse")),
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(err.matches(note).count(), 1, "{out}{err}");
+    assert!(
+        err.contains("the thresholds assume matching types"),
+        "{err}"
+    );
+    // Against its own dump (which records Q8_0): no note.
+    let dump = tmp.path().join("dump");
+    let o = tern(&["-m", p(&q8), "-p", "Hello there", "--dump", p(&dump)]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let o = tern(&["-m", p(&q8), "--reference", p(&dump)]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(!err.contains("note: the model's output head"), "{err}");
+    // The F32-head GGUF against the same dump: the types differ.
+    let o = tern(&["-m", p(&gguf("b158-sparse")), "--reference", p(&dump)]);
+    let err = text(&o).1;
+    assert!(
+        err.contains("output head is F32 but the reference's is Q8_0"),
+        "{err}"
+    );
 }

@@ -392,6 +392,43 @@ fn default_outfile_and_report() {
 }
 
 #[test]
+fn default_name_has_the_head_type_and_outfile_may_be_a_folder() {
+    let t = tempfile::tempdir().unwrap();
+    let src = hf_dir("b158-bf16");
+    let out = t.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    for embd in ["f16", "q6_k", "f32"] {
+        let o = run_tern(
+            &["convert", src.to_str().unwrap(), "--embd-type", embd],
+            Some(t.path()),
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let o = run_tern(
+            &[
+                "convert",
+                src.to_str().unwrap(),
+                "--embd-type",
+                embd,
+                "--outfile",
+                "out",
+            ],
+            Some(t.path()),
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let names = [
+        "b158-bf16-i2_s-f32.gguf",
+        "b158-bf16-i2_s-q6_k.gguf",
+        "b158-bf16-i2_s.gguf",
+    ];
+    assert_eq!(listing(&out), names);
+    let mut top = names.to_vec();
+    top.push("out");
+    top.sort();
+    assert_eq!(listing(t.path()), top);
+}
+
+#[test]
 fn missing_tokenizer() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path().join("m");

@@ -3,17 +3,13 @@
 
 mod common;
 
-use common::{hf_dir, ref_gguf, root};
+use common::{assert_clean_failure, hf_dir, ref_gguf, root, tern};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use tern::chat::Session;
 use tern::model::sampling::SamplingParams;
 use tern::model::Model;
-
-fn tern() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tern"))
-}
 
 fn run(args: &[&str]) -> Output {
     tern().args(args).stdin(Stdio::null()).output().unwrap()
@@ -51,23 +47,18 @@ fn ok(o: &Output, what: &str) -> (String, String) {
     (out, err)
 }
 
-/// A failure with exactly one `tern: error:` line containing `needle` (or a
-/// clap usage error, status 2, when `usage`).
-fn one_line_error(o: &Output, what: &str, needle: &str) -> String {
+/// A usage error as clap reports it: status 2, one `error:` line with `needle`.
+fn usage_error(o: &Output, what: &str, needle: &str) {
     let (_, err) = text(o);
-    assert!(!o.status.success(), "{what}: should fail\n{err}");
+    assert_eq!(o.status.code(), Some(2), "{what}\n{err}");
     assert!(!err.contains("panicked"), "{what}: panic\n{err}");
-    let errs: Vec<&str> = err
-        .lines()
-        .filter(|l| l.starts_with("tern: error:") || l.starts_with("error:"))
-        .collect();
+    let errs: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errs.len(), 1, "{what}: one error line expected\n{err}");
     assert!(
         errs[0].contains(needle),
         "{what}: {:?} lacks {needle:?}",
         errs[0]
     );
-    errs[0].to_string()
 }
 
 fn fixture() -> PathBuf {
@@ -272,12 +263,11 @@ fn llama_cpp_options_are_accepted_or_named_exactly() {
         ),
     ] {
         let o = run(&args);
-        assert_eq!(o.status.code(), Some(2), "{args:?}");
-        one_line_error(&o, &format!("{args:?}"), typed);
+        usage_error(&o, &format!("{args:?}"), typed);
     }
     // -ctk q8_0: one line naming what tern keeps.
     let o = run(&["run", "-m", s(&fx), "-p", "x", "-ctk", "q8_0"]);
-    one_line_error(&o, "-ctk q8_0", "--cache-type-k q8_0");
+    assert_clean_failure(&o, "--cache-type-k q8_0");
 }
 
 #[test]
@@ -335,11 +325,7 @@ fn negative_numbers_as_llama_cpp() {
     );
     ok(&o, "chat negatives");
     // Other negative counts are refused by name.
-    one_line_error(
-        &run(&["run", "-m", s(&fx), "-p", "x", "-n", "-3"]),
-        "-n -3",
-        "-n -3",
-    );
+    assert_clean_failure(&run(&["run", "-m", s(&fx), "-p", "x", "-n", "-3"]), "-n -3");
 }
 
 #[test]
@@ -367,9 +353,8 @@ fn prompt_from_a_file_and_escapes() {
         prompt(&["--file", s(&f), "--no-escape"]),
         "ROMEO.\\tJuliet\nwherefore\n"
     );
-    one_line_error(
+    assert_clean_failure(
         &run(&["run", "-m", s(&fx), "-f", s(&dir.path().join("none.txt"))]),
-        "missing -f",
         "cannot read",
     );
     // -f in a chat is the system prompt.
@@ -400,20 +385,12 @@ fn sampling_values_are_validated_alike() {
         ),
     ] {
         let want = format!("{flag} {value}: {problem}");
-        one_line_error(
-            &run(&["run", "-m", s(&fx), "-p", "x", flag, value]),
-            "run",
-            &want,
-        );
-        one_line_error(
-            &run_in(&["chat", "-m", s(&fx), flag, value], ""),
-            "chat",
-            &want,
-        );
+        assert_clean_failure(&run(&["run", "-m", s(&fx), "-p", "x", flag, value]), &want);
+        assert_clean_failure(&run_in(&["chat", "-m", s(&fx), flag, value], ""), &want);
         // /set in the chat: the same check.
         let name = flag.trim_start_matches("--").replace('-', "_");
         let o = run_in(&["chat", "-m", s(&fx)], &format!("/set {name} {value}\n"));
-        one_line_error(&o, "/set", &format!("/set {name} {value}: {problem}"));
+        assert_clean_failure(&o, &format!("/set {name} {value}: {problem}"));
     }
     // chat -s is the seed (as in llama.cpp), not the system prompt.
     let o = run_in(&["chat", "-m", s(&fx), "-s", "42", "-n", "2"], "Hi\n");
@@ -552,9 +529,12 @@ fn huge_contexts_are_one_line_errors() {
             ("run", run(&["run", "-m", s(&fx), "-p", "x", "-c", c])),
             ("chat", run_in(&["chat", "-m", s(&fx), "-c", c], "Hi\n")),
         ] {
-            let line = one_line_error(&o, &format!("{what} -c {c}"), "needs a KV cache of");
-            assert!(line.contains(&format!("a context of {c} tokens")), "{line}");
-            assert!(line.ends_with("lower -c"), "{line}");
+            let line = assert_clean_failure(&o, "needs a KV cache of");
+            assert!(
+                line.contains(&format!("a context of {c} tokens")),
+                "{what}: {line}"
+            );
+            assert!(line.ends_with("lower -c"), "{what}: {line}");
         }
     }
     // perplexity: -c 0 and a -c larger than the text are errors, not NaN.
@@ -569,7 +549,7 @@ fn huge_contexts_are_one_line_errors() {
         ),
     ] {
         let o = run(&["perplexity", "-f", s(&heldout), "-c", c]);
-        one_line_error(&o, &format!("perplexity -c {c}"), needle);
+        assert_clean_failure(&o, needle);
         assert!(!text(&o).0.contains("PPL"));
     }
     // Above the training context: a warning in run and chat, as in perplexity.
@@ -700,19 +680,19 @@ fn a_closed_pipe_ends_quietly() {
 fn a_folder_or_safetensors_as_model_gets_the_convert_hint() {
     let dir = hf_dir("b158-bf16");
     let o = run(&["run", "-m", s(&dir), "-p", "x"]);
-    let line = one_line_error(&o, "folder", "is a directory");
+    let line = assert_clean_failure(&o, "is a directory");
     assert!(
         line.contains(&format!("run `tern convert {}`", dir.display())),
         "{line}"
     );
     let st = dir.join("model.safetensors");
     let o = run(&["chat", "-m", s(&st)]);
-    let line = one_line_error(&o, "safetensors", "is a safetensors file, not GGUF");
+    let line = assert_clean_failure(&o, "is a safetensors file, not GGUF");
     assert!(
         line.contains(&format!("run `tern convert {}`", dir.display())),
         "{line}"
     );
     let heldout = root().join("models/tern-shakespeare/heldout.txt");
     let o = run(&["perplexity", "-m", s(&dir), "-f", s(&heldout)]);
-    one_line_error(&o, "perplexity folder", "is a directory");
+    assert_clean_failure(&o, "is a directory");
 }

@@ -91,7 +91,7 @@ pub fn run(a: Args) -> Result<()> {
         })
         .transpose()?;
     if let Some(c) = ctx_size {
-        ppl::check_n_ctx(c)?;
+        ppl::check_n_ctx(c).with_context(|| format!("-c {}", c))?;
     }
     if a.batch_size == 0 {
         bail!("-b must be at least 1");

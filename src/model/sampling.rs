@@ -311,6 +311,59 @@ mod tests {
     use super::*;
 
     #[test]
+    fn validation_and_set() {
+        let mut p = SamplingParams::default();
+        assert_eq!(p.validate(), Ok(()));
+        assert_eq!(
+            (p.repeat_penalty, p.repeat_last_n),
+            (1.0, 64),
+            "llama.cpp's defaults"
+        );
+        for (name, value, problem) in [
+            ("temp", "nan", "must be a finite number"),
+            ("temp", "inf", "must be a finite number"),
+            ("top-p", "nan", "must be between 0 and 1"),
+            ("top_p", "1.5", "must be between 0 and 1"),
+            ("min_p", "2", "must be between 0 and 1"),
+            ("min-p", "-0.1", "must be between 0 and 1"),
+            ("repeat_penalty", "0", "must be a positive number"),
+            ("repeat-penalty", "nan", "must be a positive number"),
+            ("top_k", "1.5", "is not a whole number"),
+            ("repeat_last_n", "-2", "must be 0 or more"),
+            ("seed", "-2", "or -1 (random)"),
+            ("seed", "18446744073709551616", "or -1 (random)"),
+        ] {
+            let before = p.clone();
+            let e = p.set(name, value).unwrap_err();
+            assert_eq!(e.name, name.replace('-', "_"));
+            assert_eq!(e.value, value);
+            assert!(e.problem.contains(problem), "{name} {value}: {e}");
+            assert_eq!(p, before, "unchanged on error");
+        }
+        assert!(p
+            .set("colour", "red")
+            .unwrap_err()
+            .problem
+            .contains("unknown setting"));
+        // llama.cpp's negative values.
+        p.set("temp", "-1").unwrap();
+        assert_eq!(p.temp, -1.0);
+        p.set("top-k", "-1").unwrap();
+        assert_eq!(p.top_k, 0);
+        p.set("repeat_last_n", "-1").unwrap();
+        assert_eq!(p.repeat_last_n, usize::MAX);
+        assert_eq!(p.get("repeat_last_n").as_deref(), Some("-1"));
+        p.set("seed", "18446744073709551615").unwrap();
+        assert_eq!(p.seed, u64::MAX);
+        // A struct filled in directly (a server request) gets the same check.
+        let q = SamplingParams {
+            min_p: f32::NAN,
+            ..Default::default()
+        };
+        assert_eq!(q.validate().unwrap_err().name, "min_p");
+    }
+
+    #[test]
     fn greedy_and_seeded() {
         let logits = vec![0.1, 2.0, 1.9, -1.0];
         let mut s = Sampler::new(SamplingParams {

@@ -95,8 +95,9 @@ pub fn run_tern(args: &[&str], cwd: Option<&Path>) -> Output {
     c.output().expect("run tern")
 }
 
-/// A failing run: non-zero exit, no panic, exactly one `tern: error:` line.
-pub fn assert_clean_failure(o: &Output, needle: &str) {
+/// A failing run: non-zero exit, no panic, exactly one `tern: error:` line
+/// (returned).
+pub fn assert_clean_failure(o: &Output, needle: &str) -> String {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success(),
@@ -117,6 +118,7 @@ pub fn assert_clean_failure(o: &Output, needle: &str) {
         needle
     );
     assert!(!lines[0].contains('\n'));
+    lines[0].to_string()
 }
 
 /// Copy a folder (one level) into `dst`.
