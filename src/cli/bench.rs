@@ -463,9 +463,12 @@ pub fn run(a: Args) -> Result<()> {
             .unwrap_or(0.0)
     };
 
-    for w in warnings(&records) {
-        eprintln!("tern bench: {}", w);
-    }
+    // After the figures, whatever the format.
+    let warn = || {
+        for w in warnings(&records) {
+            eprintln!("tern bench: {}", w);
+        }
+    };
     if json {
         let mut out = Vec::new();
         for r in &records {
@@ -518,6 +521,7 @@ pub fn run(a: Args) -> Result<()> {
             ));
         }
         println!("[\n{}\n]", out.join(",\n"));
+        warn();
         return Ok(());
     }
 
@@ -581,6 +585,7 @@ pub fn run(a: Args) -> Result<()> {
             bw * 1e9 / bpt as f64
         );
     }
+    warn();
     Ok(())
 }
 
