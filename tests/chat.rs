@@ -2,9 +2,10 @@
 //! reuse across turns, piped mode through the real binary, and an
 //! interactive session under a pseudo-terminal (tmux).
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use tern::chat::{tokenize_prompt, ChatTemplate, Conversation, Message, Session};
 use tern::gguf::GgufFile;
@@ -17,10 +18,6 @@ fn root() -> PathBuf {
 
 fn fixture() -> PathBuf {
     root().join("vendor/reference/gguf/b158-bf16.i2_s.gguf")
-}
-
-fn tern() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tern"))
 }
 
 const SYSTEM: &str = "You are a helpful assistant.";
@@ -222,21 +219,9 @@ fn a_full_context_drops_the_oldest_turns() {
 }
 
 fn run_piped(args: &[&str], input: &str) -> Output {
-    let mut child = tern()
-        .arg("chat")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    let mut a = vec!["chat"];
+    a.extend_from_slice(args);
+    common::run_with_stdin(&a, input)
 }
 
 fn transcript(p: &Path) -> Conversation {

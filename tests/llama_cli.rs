@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_clean_failure, hf_dir, ref_gguf, root, tern};
+use common::{assert_clean_failure, hf_dir, ref_gguf, root, run_with_stdin, tern};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -13,24 +13,6 @@ use tern::model::Model;
 
 fn run(args: &[&str]) -> Output {
     tern().args(args).stdin(Stdio::null()).output().unwrap()
-}
-
-/// Run with `input` on stdin.
-fn run_in(args: &[&str], input: &str) -> Output {
-    let mut child = tern()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
 }
 
 fn text(o: &Output) -> (String, String) {
@@ -96,29 +78,18 @@ fn eval_tokens(err: &str, which: &str) -> usize {
     after.split_whitespace().next().unwrap().parse().unwrap()
 }
 
+/// The command line bitnet.cpp's run_inference.py builds, for model `m`.
+fn run_inference_py(m: &str) -> Vec<&str> {
+    vec![
+        "run", "-m", m, "-n", "32", "-t", "2", "-p", "Hi", "-ngl", "0", "-c", "2048", "-temp",
+        "0.8", "-b", "1",
+    ]
+}
+
 #[test]
 fn run_inference_py_command_line_runs_unchanged() {
-    // The line bitnet.cpp's run_inference.py builds.
     let fx = fixture();
-    let o = run(&[
-        "run",
-        "-m",
-        s(&fx),
-        "-n",
-        "32",
-        "-t",
-        "2",
-        "-p",
-        "Hi",
-        "-ngl",
-        "0",
-        "-c",
-        "2048",
-        "-temp",
-        "0.8",
-        "-b",
-        "1",
-    ]);
+    let o = run(&run_inference_py(s(&fx)));
     let (out, err) = ok(&o, "run_inference.py line");
     assert!(out.starts_with("Hi"), "{out}");
     assert!(
@@ -135,29 +106,9 @@ fn run_inference_py_command_line_runs_unchanged() {
     // The same line with -cnv is a chat whose system prompt is -p.
     let dir = tempfile::tempdir().unwrap();
     let t = dir.path().join("t.json");
-    let o = run_in(
-        &[
-            "run",
-            "-m",
-            s(&fx),
-            "-n",
-            "32",
-            "-t",
-            "2",
-            "-p",
-            "Hi",
-            "-ngl",
-            "0",
-            "-c",
-            "2048",
-            "-temp",
-            "0.8",
-            "-b",
-            "1",
-            "-cnv",
-        ],
-        &format!("Hello there\n/save {}\n", t.display()),
-    );
+    let mut cnv = run_inference_py(s(&fx));
+    cnv.push("-cnv");
+    let o = run_with_stdin(&cnv, &format!("Hello there\n/save {}\n", t.display()));
     ok(&o, "-cnv");
     let conv = std::fs::read_to_string(&t).unwrap();
     let msgs: serde_json::Value = serde_json::from_str(&conv).unwrap();
@@ -168,7 +119,7 @@ fn run_inference_py_command_line_runs_unchanged() {
     assert_eq!(msgs.as_array().unwrap().len(), 3);
 
     // -i is a chat too; `chat -no-cnv` is a plain run.
-    let o = run_in(&["run", "-m", s(&fx), "-i", "-n", "4", "-s", "5"], "Hi\n");
+    let o = run_with_stdin(&["run", "-m", s(&fx), "-i", "-n", "4", "-s", "5"], "Hi\n");
     let (_, err) = ok(&o, "-i");
     assert!(err.contains("tern: 1 reply, seed 5"), "{err}");
     let o = run(&["chat", "-m", s(&fx), "-no-cnv", "-p", "Hello", "-n", "3"]);
@@ -307,7 +258,7 @@ fn negative_numbers_as_llama_cpp() {
     );
     assert!(err.contains(", seed "), "{err}");
     // In a chat too.
-    let o = run_in(
+    let o = run_with_stdin(
         &[
             "chat",
             "-m",
@@ -359,7 +310,7 @@ fn prompt_from_a_file_and_escapes() {
     );
     // -f in a chat is the system prompt.
     let t = dir.path().join("t.json");
-    let o = run_in(
+    let o = run_with_stdin(
         &["chat", "-m", s(&fx), "-f", s(&f), "-n", "2"],
         &format!("/save {}\n", t.display()),
     );
@@ -386,14 +337,17 @@ fn sampling_values_are_validated_alike() {
     ] {
         let want = format!("{flag} {value}: {problem}");
         assert_clean_failure(&run(&["run", "-m", s(&fx), "-p", "x", flag, value]), &want);
-        assert_clean_failure(&run_in(&["chat", "-m", s(&fx), flag, value], ""), &want);
+        assert_clean_failure(
+            &run_with_stdin(&["chat", "-m", s(&fx), flag, value], ""),
+            &want,
+        );
         // /set in the chat: the same check.
         let name = flag.trim_start_matches("--").replace('-', "_");
-        let o = run_in(&["chat", "-m", s(&fx)], &format!("/set {name} {value}\n"));
+        let o = run_with_stdin(&["chat", "-m", s(&fx)], &format!("/set {name} {value}\n"));
         assert_clean_failure(&o, &format!("/set {name} {value}: {problem}"));
     }
     // chat -s is the seed (as in llama.cpp), not the system prompt.
-    let o = run_in(&["chat", "-m", s(&fx), "-s", "42", "-n", "2"], "Hi\n");
+    let o = run_with_stdin(&["chat", "-m", s(&fx), "-s", "42", "-n", "2"], "Hi\n");
     let (_, err) = ok(&o, "chat -s");
     assert!(err.contains("seed 42"), "{err}");
 }
@@ -481,7 +435,7 @@ fn a_prompt_with_its_own_bos_gets_no_second_one() {
 fn chat_on_a_base_model_uses_its_own_end_token() {
     // ../shared/cases/bughunt/spm-chat-literal-eot
     let spm = spm_base_model();
-    let o = run_in(
+    let o = run_with_stdin(
         &[
             "chat",
             "-m",
@@ -527,7 +481,10 @@ fn huge_contexts_are_one_line_errors() {
     for c in ["1000000000", "18446744073709551615", "9223372036854775808"] {
         for (what, o) in [
             ("run", run(&["run", "-m", s(&fx), "-p", "x", "-c", c])),
-            ("chat", run_in(&["chat", "-m", s(&fx), "-c", c], "Hi\n")),
+            (
+                "chat",
+                run_with_stdin(&["chat", "-m", s(&fx), "-c", c], "Hi\n"),
+            ),
         ] {
             let line = assert_clean_failure(&o, "needs a KV cache of");
             assert!(
@@ -559,7 +516,7 @@ fn huge_contexts_are_one_line_errors() {
         err.contains("warning: the model was trained on only 4096 context tokens (5000 specified)"),
         "{err}"
     );
-    let o = run_in(&["chat", "-m", s(&fx), "-n", "1", "-c", "5000"], "Hi\n");
+    let o = run_with_stdin(&["chat", "-m", s(&fx), "-n", "1", "-c", "5000"], "Hi\n");
     let (_, err) = ok(&o, "chat -c 5000");
     assert!(
         err.contains("trained on only 4096 context tokens (5000 specified)"),

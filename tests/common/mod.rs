@@ -95,6 +95,24 @@ pub fn run_tern(args: &[&str], cwd: Option<&Path>) -> Output {
     c.output().expect("run tern")
 }
 
+/// Run tern with `input` on stdin (stdout and stderr captured).
+pub fn run_with_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = tern()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tern");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // tern may stop reading early (a bad command); a closed pipe is fine.
+    let _ = stdin.write_all(input.as_bytes());
+    drop(stdin);
+    child.wait_with_output().expect("wait for tern")
+}
+
 /// A failing run: non-zero exit, no panic, exactly one `tern: error:` line
 /// (returned).
 pub fn assert_clean_failure(o: &Output, needle: &str) -> String {
