@@ -653,3 +653,36 @@ fn a_folder_or_safetensors_as_model_gets_the_convert_hint() {
     let o = run(&["perplexity", "-m", s(&dir), "-f", s(&heldout)]);
     assert_clean_failure(&o, "is a directory");
 }
+
+#[test]
+fn save_and_load_count_the_same_messages() {
+    let fx = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("t.json");
+    let o = run_with_stdin(
+        &["chat", "-m", s(&fx), "-sys", "Be brief.", "-n", "3"],
+        &format!("Hello\n/save {0}\n/load {0}\n", t.display()),
+    );
+    let (_, err) = ok(&o, "save/load");
+    assert!(err.contains("[saved 3 messages"), "{err}");
+    assert!(err.contains("[loaded 3 messages"), "{err}");
+    // In a conversation -p is the system prompt: given twice, it is refused.
+    let o = run_with_stdin(&["chat", "-m", s(&fx), "-sys", "A", "-p", "B"], "");
+    assert_clean_failure(&o, "give it once");
+}
+
+#[test]
+fn perplexity_chunks_minus_one_is_all() {
+    let heldout = root().join("models/tern-shakespeare/heldout.txt");
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.txt");
+    let text = std::fs::read_to_string(heldout).unwrap();
+    std::fs::write(&short, &text[..3000]).unwrap();
+    let o = run(&["perplexity", "-f", s(&short), "-c", "128", "--chunks", "-1"]);
+    let (out, err) = ok(&o, "--chunks -1");
+    assert!(out.contains("Final estimate: PPL = "), "{out}{err}");
+    assert_clean_failure(
+        &run(&["perplexity", "-f", s(&short), "-c", "128", "--chunks", "-2"]),
+        "--chunks -2",
+    );
+}

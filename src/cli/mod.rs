@@ -12,7 +12,7 @@ mod pipe;
 mod run;
 mod synth;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::{CommandFactory, FromArgMatches, Subcommand};
 use std::path::{Path, PathBuf};
 
@@ -154,12 +154,10 @@ fn open_model(path: Option<&Path>, no_mmap: bool) -> Result<crate::model::Model>
     }
     let m = match path {
         Some(p) if no_mmap => {
-            let bytes = std::fs::read(p)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {}", p.display(), e))?;
-            let g = crate::gguf::GgufFile::from_bytes(bytes)
-                .map_err(|e| anyhow::anyhow!("{}: {:#}", p.display(), e))?;
-            crate::model::Model::from_gguf(g)
-                .map_err(|e| anyhow::anyhow!("{}: {:#}", p.display(), e))?
+            let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+            crate::gguf::GgufFile::from_bytes(bytes)
+                .and_then(crate::model::Model::from_gguf)
+                .with_context(|| p.display().to_string())?
         }
         Some(p) => crate::model::Model::load(p)?,
         None => {

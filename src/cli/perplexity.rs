@@ -20,9 +20,9 @@ pub struct Args {
     /// Tokens per forward pass.
     #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
     pub batch_size: usize,
-    /// Evaluate at most this many chunks.
+    /// Evaluate at most this many chunks; -1 = all (as llama-perplexity).
     #[arg(long)]
-    pub chunks: Option<usize>,
+    pub chunks: Option<i64>,
     /// Base file of log-probabilities: written by a plain run, read with --kl-divergence.
     #[arg(long = "kl-divergence-base")]
     pub kl_divergence_base: Option<PathBuf>,
@@ -108,14 +108,20 @@ pub fn run(a: Args) -> Result<()> {
 
     set_threads(a.model.threads)?;
     let model = a.model.load()?;
-    let opts = Options {
-        n_ctx: base_in
-            .as_ref()
-            .map_or(ctx_size.unwrap_or(512), |b| b.n_ctx),
-        n_batch: a.batch_size,
-        max_chunks: a.chunks,
-        kv_f32: a.kv_f32,
-    };
+    let opts =
+        Options {
+            n_ctx: base_in
+                .as_ref()
+                .map_or(ctx_size.unwrap_or(512), |b| b.n_ctx),
+            n_batch: a.batch_size,
+            max_chunks: match a.chunks {
+                None | Some(-1) => None,
+                Some(n) => Some(usize::try_from(n).map_err(|_| {
+                    anyhow!("--chunks {}: give a number of chunks, or -1 for all", n)
+                })?),
+            },
+            kv_f32: a.kv_f32,
+        };
     let warn_ctx = || warn_past_training(&model, opts.n_ctx, "perplexity");
 
     if let Some(base) = base_in.as_mut() {

@@ -82,7 +82,7 @@ pub struct Args {
     )]
     pub file: Option<PathBuf>,
     /// System prompt of a conversation (llama.cpp's -sys).
-    #[arg(long = "system", value_name = "TEXT")]
+    #[arg(long = "system", value_name = "TEXT", alias = "sys")]
     pub system: Option<String>,
     /// Read the system prompt from a file (llama.cpp's -sysf).
     #[arg(
