@@ -420,6 +420,9 @@ pub fn run(a: Args) -> Result<()> {
         // Each test runs on tern and then (with --bitnet-cpp) on bitnet.cpp,
         // so both see the same state of the machine.
         for &(n_prompt, n_gen) in &tests {
+            // The context first: its size is checked before anything is
+            // sized from the token count.
+            let mut ctx = Context::try_new(&model, n_prompt + n_gen, false)?;
             let toks = bench_tokens(&model, n_prompt + n_gen);
             let time = |ctx: &mut Context| {
                 if n_gen == 0 {
@@ -429,7 +432,6 @@ pub fn run(a: Args) -> Result<()> {
                 }
             };
             let samples = pool.install(|| -> Result<Vec<f64>> {
-                let mut ctx = Context::try_new(&model, toks.len(), false)?;
                 time(&mut ctx)?; // warm-up
                 (0..a.reps).map(|_| time(&mut ctx)).collect()
             })?;

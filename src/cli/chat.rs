@@ -94,7 +94,7 @@ pub fn run(a: Args) -> Result<()> {
 
     let r = chat_loop(&mut s, reader.as_mut(), &ui);
     reader.close();
-    if s.replies > 0 {
+    if s.replies > 0 && !a.log_disable {
         eprintln!(
             "tern: {} {}, seed {}\n{}",
             s.replies,
