@@ -99,6 +99,18 @@ impl ChatTemplate {
         tmpl.render(ctx)
             .map_err(|e| anyhow!("chat template: {}", e))
     }
+
+    /// The prompt tokens for `messages`: [`ChatTemplate::render`], then
+    /// [`tokenize_prompt`]. The one path from messages to tokens that
+    /// `tern chat` and `tern serve` share.
+    pub fn prompt_tokens(
+        &self,
+        tok: &Tokenizer,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
+        tokenize_prompt(tok, &self.render(messages, add_generation_prompt)?)
+    }
 }
 
 /// Tokenize a rendered prompt: special-token texts (`<|begin_of_text|>`,
@@ -265,12 +277,12 @@ impl<'m> Session<'m> {
     }
 
     pub fn n_ctx(&self) -> usize {
-        self.ctx.n_ctx
+        self.ctx.n_ctx()
     }
 
     /// Tokens currently in the KV cache.
     pub fn n_cached(&self) -> usize {
-        self.ctx.n_past
+        self.ctx.n_past()
     }
 
     /// Forget the conversation (the system prompt stays) and empty the cache.
@@ -287,15 +299,16 @@ impl<'m> Session<'m> {
 
     /// The conversation as tokens, optionally with the generation prompt.
     pub fn tokens(&self, add_generation_prompt: bool) -> Result<Vec<u32>> {
-        let text = self
-            .template
-            .render(&self.conv.messages(), add_generation_prompt)?;
-        tokenize_prompt(&self.model.tokenizer, &text)
+        self.template.prompt_tokens(
+            &self.model.tokenizer,
+            &self.conv.messages(),
+            add_generation_prompt,
+        )
     }
 
     /// Room kept free for the reply when deciding whether old turns must go.
     fn reply_room(&self) -> usize {
-        let n = self.ctx.n_ctx;
+        let n = self.ctx.n_ctx();
         match self.n_predict {
             Some(p) => p.min(n / 2),
             None => n / 4,
@@ -317,7 +330,7 @@ impl<'m> Session<'m> {
     /// Like [`Session::prepare`] for a conversation that already ends with
     /// the user's message (e.g. one just loaded).
     pub fn fit(&mut self) -> Result<Prepared> {
-        let n_ctx = self.ctx.n_ctx;
+        let n_ctx = self.ctx.n_ctx();
         let room = self.reply_room();
         let mut dropped = 0;
         let saved = self.conv.clone();
@@ -368,7 +381,7 @@ impl<'m> Session<'m> {
         prep: &Prepared,
         mut on_text: impl FnMut(&str) -> bool,
     ) -> Result<Reply> {
-        let n_ctx = self.ctx.n_ctx;
+        let n_ctx = self.ctx.n_ctx();
         let left = n_ctx.saturating_sub(prep.tokens.len());
         let n_predict = self.n_predict.map_or(left, |p| p.min(left));
         let mut seq = self.cached.clone();
@@ -403,10 +416,10 @@ impl<'m> Session<'m> {
             text.push_str(&rest);
             on_text(&rest);
         }
-        if stats.stop == StopReason::Length && self.ctx.n_past >= n_ctx {
+        if stats.stop == StopReason::Length && self.ctx.n_past() >= n_ctx {
             stats.stop = StopReason::ContextFull;
         }
-        seq.truncate(self.ctx.n_past);
+        seq.truncate(self.ctx.n_past());
         self.cached = seq;
         self.conv.turns.push(Message::assistant(&text));
         self.total.prompt_tokens += stats.prompt_tokens;

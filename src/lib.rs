@@ -13,5 +13,6 @@ pub mod metrics;
 pub mod model;
 pub mod perplexity;
 pub mod quant;
+pub mod server;
 pub mod synth;
 pub mod tokenizer;

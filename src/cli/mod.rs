@@ -8,6 +8,7 @@ mod inspect;
 mod logits;
 mod perplexity;
 mod run;
+mod serve;
 mod synth;
 
 use anyhow::Result;
@@ -45,6 +46,8 @@ enum Cmd {
     Bench(bench::Args),
     /// Write a random BitNet checkpoint in Hugging Face layout (for benchmarks).
     Synth(synth::Args),
+    /// OpenAI-compatible HTTP server with concurrent sequences.
+    Serve(serve::Args),
 }
 
 /// Options shared by every command that loads a model.
@@ -121,8 +124,23 @@ pub fn load_model(path: Option<&Path>) -> Result<crate::model::Model> {
     Ok(m)
 }
 
+/// The command line with llama.cpp's one-dash long options (`-np`) spelled
+/// the way clap reads them (`--parallel`).
+fn llama_spellings(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    args.map(|a| {
+        match serve::LLAMA_SERVER_SPELLINGS
+            .iter()
+            .find(|(short, _)| a.to_str() == Some(short))
+        {
+            Some((_, long)) => long.into(),
+            None => a,
+        }
+    })
+    .collect()
+}
+
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(llama_spellings(std::env::args_os()));
     let r = match cli.cmd {
         Cmd::Convert(a) => convert::run(a),
         Cmd::Inspect(a) => inspect::run(a),
@@ -133,6 +151,7 @@ pub fn main() -> i32 {
         Cmd::Check(a) => check::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Synth(a) => synth::run(a),
+        Cmd::Serve(a) => serve::run(a),
     };
     match r {
         Ok(()) => 0,

@@ -42,6 +42,7 @@ impl SampleArgs {
             repeat_penalty: self.repeat_penalty,
             repeat_last_n: 64,
             seed,
+            ..SamplingParams::default()
         }
     }
 }

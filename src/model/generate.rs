@@ -84,7 +84,7 @@ pub fn generate(
             st.stop = StopReason::Interrupted;
             break;
         }
-        if ctx.n_past >= ctx.n_ctx {
+        if ctx.n_past() >= ctx.n_ctx() {
             st.stop = StopReason::ContextFull;
             break;
         }

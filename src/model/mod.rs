@@ -5,7 +5,7 @@ pub mod forward;
 pub mod generate;
 pub mod sampling;
 
-pub use forward::Context;
+pub use forward::{Batch, Context, KvCache};
 
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::hf::config::Activation;

@@ -1,5 +1,8 @@
-//! Token sampling, llama.cpp style: repetition penalty, top-k, top-p,
-//! min-p, temperature, then a draw from a seeded RNG. `temp <= 0` is greedy.
+//! Token sampling, llama.cpp style: repetition, frequency and presence
+//! penalties, top-k, top-p, min-p, temperature, then a draw from a seeded
+//! RNG. `temp <= 0` is greedy.
+
+use std::collections::HashMap;
 
 #[derive(Debug, Clone)]
 pub struct SamplingParams {
@@ -8,9 +11,64 @@ pub struct SamplingParams {
     pub top_p: f32,
     pub min_p: f32,
     pub repeat_penalty: f32,
-    /// How many recent tokens the penalty looks at.
+    /// Subtracted from a logit once per occurrence of its token in the
+    /// recent tokens (OpenAI's `frequency_penalty`; 0 = off).
+    pub frequency_penalty: f32,
+    /// Subtracted from a logit once if its token occurs in the recent tokens
+    /// (OpenAI's `presence_penalty`; 0 = off).
+    pub presence_penalty: f32,
+    /// How many recent tokens the penalties look at.
     pub repeat_last_n: usize,
     pub seed: u64,
+}
+
+/// A sampling parameter outside its range; `name` is the field's name in
+/// [`SamplingParams`] (front ends map it to their own flag or field name).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{name} = {value} is out of range: {expected}")]
+pub struct BadSamplingParam {
+    pub name: &'static str,
+    pub value: f64,
+    pub expected: &'static str,
+}
+
+impl SamplingParams {
+    /// Check every value's range: `temp` finite (≤ 0 is greedy), `top_p` and
+    /// `min_p` in [0, 1], `repeat_penalty` finite and > 0 (1 = off),
+    /// `frequency_penalty` and `presence_penalty` in [-2, 2] (OpenAI's range).
+    pub fn validate(&self) -> Result<(), BadSamplingParam> {
+        let checks: [(&'static str, f32, bool, &'static str); 6] = [
+            ("temp", self.temp, self.temp.is_finite(), "a finite number (<= 0 is greedy)"),
+            ("top_p", self.top_p, (0.0..=1.0).contains(&self.top_p), "between 0 and 1"),
+            ("min_p", self.min_p, (0.0..=1.0).contains(&self.min_p), "between 0 and 1"),
+            (
+                "repeat_penalty",
+                self.repeat_penalty,
+                self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0,
+                "a positive number (1 = off)",
+            ),
+            (
+                "frequency_penalty",
+                self.frequency_penalty,
+                (-2.0..=2.0).contains(&self.frequency_penalty),
+                "between -2 and 2",
+            ),
+            (
+                "presence_penalty",
+                self.presence_penalty,
+                (-2.0..=2.0).contains(&self.presence_penalty),
+                "between -2 and 2",
+            ),
+        ];
+        match checks.into_iter().find(|c| !c.2) {
+            Some((name, value, _, expected)) => Err(BadSamplingParam {
+                name,
+                value: value as f64,
+                expected,
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Default for SamplingParams {
@@ -21,6 +79,8 @@ impl Default for SamplingParams {
             top_p: 0.95,
             min_p: 0.05,
             repeat_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             repeat_last_n: 64,
             seed: 0,
         }
@@ -91,18 +151,27 @@ impl Sampler {
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let p = &self.params;
         let mut l = logits.to_vec();
-        if p.repeat_penalty != 1.0 && p.repeat_penalty > 0.0 {
+        let repeat = p.repeat_penalty != 1.0 && p.repeat_penalty > 0.0;
+        if repeat || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
+            // llama.cpp's penalties: repetition divides a positive logit
+            // (multiplies a negative one) once; frequency and presence subtract.
             let start = history.len().saturating_sub(p.repeat_last_n);
-            let mut seen = std::collections::HashSet::new();
+            let mut counts: HashMap<u32, u32> = HashMap::new();
             for &t in &history[start..] {
-                if (t as usize) < l.len() && seen.insert(t) {
-                    let v = &mut l[t as usize];
+                if (t as usize) < l.len() {
+                    *counts.entry(t).or_default() += 1;
+                }
+            }
+            for (&t, &c) in &counts {
+                let v = &mut l[t as usize];
+                if repeat {
                     *v = if *v > 0.0 {
                         *v / p.repeat_penalty
                     } else {
                         *v * p.repeat_penalty
                     };
                 }
+                *v -= c as f32 * p.frequency_penalty + p.presence_penalty;
             }
         }
         if p.temp <= 0.0 {
