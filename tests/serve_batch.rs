@@ -89,7 +89,10 @@ fn check(m: &Model) {
         assert_eq!(batched[s].len(), STEPS);
         for (i, (a, b)) in solo.iter().zip(&batched[s]).enumerate() {
             let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-            assert!(same, "sequence {s}, step {i}: logits differ alone and batched");
+            assert!(
+                same,
+                "sequence {s}, step {i}: logits differ alone and batched"
+            );
         }
         let g1: Vec<u32> = solo.iter().map(|r| argmax(r)).collect();
         let g2: Vec<u32> = batched[s].iter().map(|r| argmax(r)).collect();
@@ -114,7 +117,10 @@ fn bad_batches_are_errors() {
     let mut c = [KvCache::new(&m.hp, 4, false), KvCache::new(&m.hp, 4, false)];
     let run = |c: &mut [KvCache; 2], b: &Batch| {
         let mut refs: Vec<&mut KvCache> = c.iter_mut().collect();
-        decode(&m, &mut refs, b).map(|_| ()).unwrap_err().to_string()
+        decode(&m, &mut refs, b)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
     };
     let mut b = Batch::default();
     assert!(run(&mut c, &b).contains("no tokens"));

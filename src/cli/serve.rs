@@ -105,9 +105,10 @@ pub fn run(a: Args) -> Result<()> {
     let keys = api_keys(&a)?;
     let threads = set_threads(a.model.threads)?;
     let alias = a.alias.clone().unwrap_or_else(|| match &a.model.model {
-        Some(p) => p
-            .file_name()
-            .map_or_else(|| p.display().to_string(), |f| f.to_string_lossy().into_owned()),
+        Some(p) => p.file_name().map_or_else(
+            || p.display().to_string(),
+            |f| f.to_string_lossy().into_owned(),
+        ),
         None => DEFAULT_MODEL_NAME.to_string(),
     });
     let cfg = ServeConfig {

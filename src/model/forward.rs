@@ -160,7 +160,11 @@ fn check_batch(model: &Model, caches: &[&mut KvCache], b: &Batch) -> Result<()> 
     let mut next: Vec<usize> = caches.iter().map(|c| c.n_past).collect();
     for i in 0..n {
         if b.token[i] as usize >= nv {
-            bail!("token id {} is outside the vocabulary of {}", b.token[i], nv);
+            bail!(
+                "token id {} is outside the vocabulary of {}",
+                b.token[i],
+                nv
+            );
         }
         let s = b.seq[i];
         let Some(want) = next.get_mut(s) else {
@@ -232,10 +236,13 @@ pub fn decode(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Resu
     let mut ropes: Vec<(usize, RopeTable)> = Vec::new();
     let mut rope_of = vec![0usize; n];
     for j in 0..n {
-        let cont = j > 0 && batch.seq[j] == batch.seq[j - 1] && batch.pos[j] == batch.pos[j - 1] + 1;
+        let cont =
+            j > 0 && batch.seq[j] == batch.seq[j - 1] && batch.pos[j] == batch.pos[j - 1] + 1;
         if !cont {
             let len = (j..n)
-                .take_while(|&i| batch.seq[i] == batch.seq[j] && batch.pos[i] == batch.pos[j] + (i - j))
+                .take_while(|&i| {
+                    batch.seq[i] == batch.seq[j] && batch.pos[i] == batch.pos[j] + (i - j)
+                })
                 .count();
             ropes.push((j, RopeTable::new(hd, hp.rope_theta, batch.pos[j], len)));
         }

@@ -38,9 +38,24 @@ impl SamplingParams {
     /// `frequency_penalty` and `presence_penalty` in [-2, 2] (OpenAI's range).
     pub fn validate(&self) -> Result<(), BadSamplingParam> {
         let checks: [(&'static str, f32, bool, &'static str); 6] = [
-            ("temp", self.temp, self.temp.is_finite(), "a finite number (<= 0 is greedy)"),
-            ("top_p", self.top_p, (0.0..=1.0).contains(&self.top_p), "between 0 and 1"),
-            ("min_p", self.min_p, (0.0..=1.0).contains(&self.min_p), "between 0 and 1"),
+            (
+                "temp",
+                self.temp,
+                self.temp.is_finite(),
+                "a finite number (<= 0 is greedy)",
+            ),
+            (
+                "top_p",
+                self.top_p,
+                (0.0..=1.0).contains(&self.top_p),
+                "between 0 and 1",
+            ),
+            (
+                "min_p",
+                self.min_p,
+                (0.0..=1.0).contains(&self.min_p),
+                "between 0 and 1",
+            ),
             (
                 "repeat_penalty",
                 self.repeat_penalty,

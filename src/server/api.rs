@@ -101,7 +101,10 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("tool_choice", "tool calls are not supported"),
     ("functions", "function calls are not supported"),
     ("function_call", "function calls are not supported"),
-    ("response_format", "only the text response format is supported"),
+    (
+        "response_format",
+        "only the text response format is supported",
+    ),
     ("logit_bias", "logit_bias is not supported"),
     ("best_of", "best_of must be 1"),
     ("suffix", "suffix (fill in the middle) is not supported"),
@@ -115,7 +118,9 @@ const UNSUPPORTED: &[(&str, &str)] = &[
 fn neutral(key: &str, v: &Value) -> bool {
     match (key, v) {
         (_, Value::Null) => true,
-        ("response_format", Value::Object(o)) => o.get("type").and_then(Value::as_str) == Some("text"),
+        ("response_format", Value::Object(o)) => {
+            o.get("type").and_then(Value::as_str) == Some("text")
+        }
         ("logit_bias", Value::Object(o)) => o.is_empty(),
         ("best_of", v) => v.as_u64() == Some(1),
         ("suffix", Value::String(s)) => s.is_empty(),
@@ -148,7 +153,9 @@ impl Common {
     ) -> Result<Settings, String> {
         if let Some(n) = self.n {
             if n != 1 {
-                return Err(format!("n = {n}: tern returns one choice per request (n must be 1)"));
+                return Err(format!(
+                    "n = {n}: tern returns one choice per request (n must be 1)"
+                ));
             }
         }
         if max_tokens == Some(0) {
@@ -156,14 +163,20 @@ impl Common {
         }
         if let Some(k) = top_logprobs {
             if k as usize > MAX_TOP_LOGPROBS {
-                return Err(format!("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}"));
+                return Err(format!(
+                    "top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}"
+                ));
             }
         }
         let d = SamplingParams::default();
         let seed = match self.seed {
             None | Some(-1) => random_seed,
             Some(s) if s >= 0 => s as u64,
-            Some(s) => return Err(format!("seed = {s}: must be non-negative (or -1 for random)")),
+            Some(s) => {
+                return Err(format!(
+                    "seed = {s}: must be non-negative (or -1 for random)"
+                ))
+            }
         };
         let params = SamplingParams {
             temp: self.temperature.unwrap_or(d.temp),
@@ -202,7 +215,10 @@ impl Common {
                 ..Default::default()
             },
             stream: self.stream,
-            include_usage: self.stream_options.as_ref().is_some_and(|o| o.include_usage),
+            include_usage: self
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o.include_usage),
             logprobs: top_logprobs.is_some(),
         })
     }
@@ -216,8 +232,11 @@ impl ChatRequest {
             (_, Some(_)) => return Err("top_logprobs needs logprobs: true".into()),
             _ => None,
         };
-        self.common
-            .settings(self.max_completion_tokens.or(self.common.max_tokens), top, random_seed)
+        self.common.settings(
+            self.max_completion_tokens.or(self.common.max_tokens),
+            top,
+            random_seed,
+        )
     }
 
     /// The messages as the chat template takes them: roles system
@@ -309,9 +328,10 @@ impl CompletionRequest {
                 Value::Array(t) if !t.is_empty() => Ok(Prompt::Tokens(ids(t)?)),
                 _ => Err("prompt must be a string or a list of token ids".into()),
             },
-            Value::Array(a) if a.len() > 1 => {
-                Err("prompt: one prompt per request (a list of several prompts is not supported)".into())
-            }
+            Value::Array(a) if a.len() > 1 => Err(
+                "prompt: one prompt per request (a list of several prompts is not supported)"
+                    .into(),
+            ),
             _ => Err("prompt must be a string or a list of token ids".into()),
         }
     }
@@ -359,14 +379,21 @@ mod tests {
         };
         let base = r#""messages": [{"role": "user", "content": "hi"}]"#;
         assert!(bad(&format!("{{{base}, \"n\": 2}}")).contains("n must be 1"));
-        assert!(bad(&format!("{{{base}, \"tools\": [{{\"type\": \"function\"}}]}}")).contains("tool"));
-        assert!(bad(&format!("{{{base}, \"response_format\": {{\"type\": \"json_object\"}}}}"))
-            .contains("response format"));
+        assert!(bad(&format!(
+            "{{{base}, \"tools\": [{{\"type\": \"function\"}}]}}"
+        ))
+        .contains("tool"));
+        assert!(bad(&format!(
+            "{{{base}, \"response_format\": {{\"type\": \"json_object\"}}}}"
+        ))
+        .contains("response format"));
         assert!(bad(&format!("{{{base}, \"temperature\": 1e9, \"top_p\": 3}}")).contains("top_p"));
         assert!(bad(&format!("{{{base}, \"top_logprobs\": 2}}")).contains("logprobs"));
         assert!(bad(r#"{"messages": [{"role": "tool", "content": "x"}]}"#).contains("role"));
-        assert!(bad(r#"{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#)
-            .contains("image_url"));
+        assert!(
+            bad(r#"{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#)
+                .contains("image_url")
+        );
         assert!(bad(r#"{"messages": []}"#).contains("empty"));
         // Neutral values of those fields are fine.
         let ok = chat(&format!(
@@ -374,14 +401,18 @@ mod tests {
         ));
         assert!(ok.settings(0).is_ok());
         // Wrong types are parse errors.
-        assert!(serde_json::from_str::<ChatRequest>(&format!("{{{base}, \"temperature\": \"hot\"}}")).is_err());
+        assert!(serde_json::from_str::<ChatRequest>(&format!(
+            "{{{base}, \"temperature\": \"hot\"}}"
+        ))
+        .is_err());
         assert!(serde_json::from_str::<ChatRequest>(r#"{"messages": "hi"}"#).is_err());
     }
 
     #[test]
     fn completion_prompts() {
         let p = |v: &str| {
-            let r: CompletionRequest = serde_json::from_str(&format!("{{\"prompt\": {v}}}")).unwrap();
+            let r: CompletionRequest =
+                serde_json::from_str(&format!("{{\"prompt\": {v}}}")).unwrap();
             r.prompt()
         };
         assert!(matches!(p("\"hi\""), Ok(Prompt::Text(t)) if t == "hi"));

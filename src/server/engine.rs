@@ -325,9 +325,7 @@ pub fn check_request(model: &Model, cfg: &EngineConfig, req: &Request) -> Result
     if req.max_tokens == Some(0) {
         return bad("max_tokens must be at least 1".into());
     }
-    req.params
-        .validate()
-        .or_else(|e| bad(e.to_string()))
+    req.params.validate().or_else(|e| bad(e.to_string()))
 }
 
 /// Holds back generated text that may be the start of a stop string, and
@@ -351,7 +349,12 @@ impl StopMatcher {
     /// stop string and anything after it are dropped).
     pub fn push(&mut self, piece: &str) -> (String, bool) {
         self.held.push_str(piece);
-        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
             let out = self.held[..at].to_string();
             self.held.clear();
             return (out, true);
@@ -381,7 +384,12 @@ impl StopMatcher {
 /// (log-softmax of `logits`, summed in f64).
 pub fn logprobs(logits: &[f32], token: u32, k: usize) -> TokenLogprob {
     let mx = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-    let lse = mx + logits.iter().map(|&v| (v as f64 - mx).exp()).sum::<f64>().ln();
+    let lse = mx
+        + logits
+            .iter()
+            .map(|&v| (v as f64 - mx).exp())
+            .sum::<f64>()
+            .ln();
     let lp = |v: f32| (v as f64 - lse) as f32;
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
     let k = k.min(idx.len());
@@ -396,8 +404,13 @@ pub fn logprobs(logits: &[f32], token: u32, k: usize) -> TokenLogprob {
     idx.truncate(k);
     idx.sort_by(by_logit);
     TokenLogprob {
-        logprob: logits.get(token as usize).map_or(f32::NEG_INFINITY, |&v| lp(v)),
-        top: idx.into_iter().map(|t| (t, lp(logits[t as usize]))).collect(),
+        logprob: logits
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |&v| lp(v)),
+        top: idx
+            .into_iter()
+            .map(|t| (t, lp(logits[t as usize])))
+            .collect(),
     }
 }
 
@@ -543,7 +556,8 @@ impl Scheduler {
         let room = slot.cache.n_ctx() - n;
         let limit = job.req.max_tokens.map_or(room, |t| t.min(room));
         m.prompt_tokens.fetch_add(n as u64, Ordering::Relaxed);
-        m.prompt_tokens_cached.fetch_add(reused as u64, Ordering::Relaxed);
+        m.prompt_tokens_cached
+            .fetch_add(reused as u64, Ordering::Relaxed);
         slot.seq = Some(Active {
             limit,
             n_prompt_done: reused,
@@ -674,7 +688,8 @@ impl Scheduler {
         let model = self.model.clone();
         let batch = std::mem::take(&mut self.batch);
         let result = {
-            let mut caches: Vec<&mut KvCache> = self.slots.iter_mut().map(|s| &mut s.cache).collect();
+            let mut caches: Vec<&mut KvCache> =
+                self.slots.iter_mut().map(|s| &mut s.cache).collect();
             catch_unwind(AssertUnwindSafe(|| decode(&model, &mut caches, &batch)))
         };
         let logits = match result {
@@ -756,8 +771,7 @@ impl Scheduler {
         m.tokens_predicted.fetch_add(1, Ordering::Relaxed);
         let piece = a.decoder.push(&tok.token_bytes(next, false));
         let (text, hit) = a.stopper.push(&piece);
-        if a
-            .job
+        if a.job
             .events
             .send(Event::Token {
                 id: next,
@@ -866,7 +880,9 @@ mod tests {
     }
 
     /// Every event received so far: token ids, and the summary if done.
-    fn drain(rx: &mut UnboundedReceiver<Event>) -> (Vec<u32>, Option<Summary>, Option<EngineError>) {
+    fn drain(
+        rx: &mut UnboundedReceiver<Event>,
+    ) -> (Vec<u32>, Option<Summary>, Option<EngineError>) {
         let (mut ids, mut sum, mut err) = (vec![], None, None);
         while let Ok(ev) = rx.try_recv() {
             match ev {
@@ -902,7 +918,10 @@ mod tests {
         let lp = logprobs(&l, 2, 3);
         let z: f64 = l.iter().map(|&v| (v as f64).exp()).sum();
         assert!((lp.logprob as f64 - (2.0 - z.ln())).abs() < 1e-6);
-        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 3, 2]);
+        assert_eq!(
+            lp.top.iter().map(|t| t.0).collect::<Vec<_>>(),
+            vec![1, 3, 2]
+        );
         assert!(lp.top[0].1 >= lp.top[2].1);
     }
 
@@ -943,7 +962,13 @@ mod tests {
     fn batched_greedy_equals_alone_and_prefix_is_reused() {
         let m = model();
         let metrics = Metrics::default();
-        let texts = ["ROMEO.", "KING HENRY.", "First Citizen:", "JULIET. O", "HAMLET."];
+        let texts = [
+            "ROMEO.",
+            "KING HENRY.",
+            "First Citizen:",
+            "JULIET. O",
+            "HAMLET.",
+        ];
         let run = |s: &mut Scheduler, reqs: Vec<Request>| -> Vec<(Vec<u32>, Summary)> {
             let mut q = VecDeque::new();
             let mut rxs = vec![];

@@ -132,7 +132,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut r = (self.status, Json(self.body())).into_response();
         if let Some(s) = self.retry_after {
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         r
     }
@@ -141,7 +142,9 @@ impl IntoResponse for ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> ApiError {
         let status = match e {
-            EngineError::QueueFull(_) | EngineError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            EngineError::QueueFull(_) | EngineError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             EngineError::BadRequest(_) => StatusCode::BAD_REQUEST,
             EngineError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -163,7 +166,9 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 }
 
 /// Parse a JSON body (413 past the body limit, 400 for bad JSON or types).
-fn parse<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+fn parse<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
     let bytes = body.map_err(|r| {
         let status = r.status();
         let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -239,14 +244,19 @@ async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Resp
         .map(str::trim);
     let ok = given.is_some_and(|g| {
         keys.iter()
-            .fold(subtle::Choice::from(0), |acc, k| acc | k.as_bytes().ct_eq(g.as_bytes()))
+            .fold(subtle::Choice::from(0), |acc, k| {
+                acc | k.as_bytes().ct_eq(g.as_bytes())
+            })
             .into()
     });
     if ok {
         next.run(req).await
     } else {
-        ApiError::new(StatusCode::UNAUTHORIZED, "invalid or missing API key (Authorization: Bearer KEY)")
-            .into_response()
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid or missing API key (Authorization: Bearer KEY)",
+        )
+        .into_response()
     }
 }
 
@@ -323,9 +333,13 @@ async fn detokenize(
     let r: DetokenizeRequest = parse(body)?;
     let nv = m.hp.n_vocab;
     if let Some(t) = r.tokens.iter().find(|&&t| t as usize >= nv) {
-        return Err(ApiError::bad(format!("token id {t} is outside the vocabulary of {nv}")));
+        return Err(ApiError::bad(format!(
+            "token id {t} is outside the vocabulary of {nv}"
+        )));
     }
-    Ok(Json(json!({ "content": m.tokenizer.decode(&r.tokens, false) })))
+    Ok(Json(
+        json!({ "content": m.tokenizer.decode(&r.tokens, false) }),
+    ))
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
@@ -341,28 +355,86 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> 
         0.0
     };
     let rows: [(&str, &str, &str, String); 12] = [
-        ("requests_total", "counter", "Requests accepted.", get(&m.requests).to_string()),
-        ("requests_failed_total", "counter", "Requests that ended with an error.", get(&m.requests_failed).to_string()),
-        ("requests_processing", "gauge", "Requests in a slot.", e.active().to_string()),
-        ("requests_queued", "gauge", "Requests waiting for a slot.", e.queued().to_string()),
-        ("slots", "gauge", "Sequence slots (-np).", e.config.n_slots.to_string()),
-        ("prompt_tokens_total", "counter", "Prompt tokens of admitted requests.", get(&m.prompt_tokens).to_string()),
-        ("prompt_tokens_cached_total", "counter", "Prompt tokens found in a slot's KV cache (not evaluated).", get(&m.prompt_tokens_cached).to_string()),
-        ("prompt_tokens_evaluated_total", "counter", "Prompt tokens evaluated.", get(&m.prompt_tokens_evaluated).to_string()),
-        ("tokens_predicted_total", "counter", "Generated tokens.", predicted.to_string()),
-        ("tokens_predicted_seconds_total", "counter", "Seconds spent in steps that decoded tokens.", format!("{decode_secs:.6}")),
-        ("predicted_tokens_per_second", "gauge", "Generated tokens per second of decoding steps (all sequences together).", format!("{rate:.3}")),
-        ("steps_total", "counter", "Forward passes.", get(&m.steps).to_string()),
+        (
+            "requests_total",
+            "counter",
+            "Requests accepted.",
+            get(&m.requests).to_string(),
+        ),
+        (
+            "requests_failed_total",
+            "counter",
+            "Requests that ended with an error.",
+            get(&m.requests_failed).to_string(),
+        ),
+        (
+            "requests_processing",
+            "gauge",
+            "Requests in a slot.",
+            e.active().to_string(),
+        ),
+        (
+            "requests_queued",
+            "gauge",
+            "Requests waiting for a slot.",
+            e.queued().to_string(),
+        ),
+        (
+            "slots",
+            "gauge",
+            "Sequence slots (-np).",
+            e.config.n_slots.to_string(),
+        ),
+        (
+            "prompt_tokens_total",
+            "counter",
+            "Prompt tokens of admitted requests.",
+            get(&m.prompt_tokens).to_string(),
+        ),
+        (
+            "prompt_tokens_cached_total",
+            "counter",
+            "Prompt tokens found in a slot's KV cache (not evaluated).",
+            get(&m.prompt_tokens_cached).to_string(),
+        ),
+        (
+            "prompt_tokens_evaluated_total",
+            "counter",
+            "Prompt tokens evaluated.",
+            get(&m.prompt_tokens_evaluated).to_string(),
+        ),
+        (
+            "tokens_predicted_total",
+            "counter",
+            "Generated tokens.",
+            predicted.to_string(),
+        ),
+        (
+            "tokens_predicted_seconds_total",
+            "counter",
+            "Seconds spent in steps that decoded tokens.",
+            format!("{decode_secs:.6}"),
+        ),
+        (
+            "predicted_tokens_per_second",
+            "gauge",
+            "Generated tokens per second of decoding steps (all sequences together).",
+            format!("{rate:.3}"),
+        ),
+        (
+            "steps_total",
+            "counter",
+            "Forward passes.",
+            get(&m.steps).to_string(),
+        ),
     ];
     let mut out = String::new();
     for (name, kind, help, value) in rows {
-        out.push_str(&format!("# HELP tern_{name} {help}\n# TYPE tern_{name} {kind}\ntern_{name} {value}\n"));
+        out.push_str(&format!(
+            "# HELP tern_{name} {help}\n# TYPE tern_{name} {kind}\ntern_{name} {value}\n"
+        ));
     }
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        out,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 
 /// Chat or text completion: the response shapes differ.
@@ -428,7 +500,10 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|_| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error: preparing the prompt failed")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error: preparing the prompt failed",
+        )
     })?
 }
 
@@ -446,7 +521,11 @@ async fn run(
         kind,
         id: format!(
             "{}-{:016x}",
-            if kind == Kind::Chat { "chatcmpl" } else { "cmpl" },
+            if kind == Kind::Chat {
+                "chatcmpl"
+            } else {
+                "cmpl"
+            },
             random_u64()
         ),
         created: unix_now(),
@@ -479,7 +558,13 @@ fn usage(s: &Summary) -> Value {
 
 /// llama-server's `timings` object.
 fn timings(s: &Summary) -> Value {
-    let per = |n: usize, secs: f64| if n > 0 && secs > 0.0 { n as f64 / secs } else { 0.0 };
+    let per = |n: usize, secs: f64| {
+        if n > 0 && secs > 0.0 {
+            n as f64 / secs
+        } else {
+            0.0
+        }
+    };
     let evaluated = s.prompt_tokens - s.cached_tokens;
     json!({
         "cache_n": s.cached_tokens,
@@ -527,8 +612,11 @@ fn logprobs_json(m: &Model, kind: Kind, toks: &[(u32, TokenLogprob)], offset0: u
                 offset += t.len();
                 tokens.push(t);
                 lps.push(lp.logprob);
-                let top: serde_json::Map<String, Value> =
-                    lp.top.iter().map(|&(t, l)| (piece(m, t).0, json!(l))).collect();
+                let top: serde_json::Map<String, Value> = lp
+                    .top
+                    .iter()
+                    .map(|&(t, l)| (piece(m, t).0, json!(l)))
+                    .collect();
                 tops.push(Value::Object(top));
             }
             json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offs})
@@ -536,7 +624,14 @@ fn logprobs_json(m: &Model, kind: Kind, toks: &[(u32, TokenLogprob)], offset0: u
     }
 }
 
-fn choice(meta: &Meta, m: &Model, out: &Output, finish: Option<FinishReason>, delta: bool, offset0: usize) -> Value {
+fn choice(
+    meta: &Meta,
+    m: &Model,
+    out: &Output,
+    finish: Option<FinishReason>,
+    delta: bool,
+    offset0: usize,
+) -> Value {
     let logprobs = if meta.logprobs {
         logprobs_json(m, meta.kind, &out.tokens, offset0)
     } else {
@@ -551,7 +646,11 @@ fn choice(meta: &Meta, m: &Model, out: &Output, finish: Option<FinishReason>, de
             "finish_reason": finish,
         }),
         (Kind::Chat, true) => {
-            let d = if out.text.is_empty() { json!({}) } else { json!({"content": out.text}) };
+            let d = if out.text.is_empty() {
+                json!({})
+            } else {
+                json!({"content": out.text})
+            };
             json!({"index": 0, "delta": d, "logprobs": logprobs, "finish_reason": finish})
         }
         (Kind::Text, _) => json!({
@@ -581,7 +680,11 @@ fn envelope(meta: &Meta, chunk: bool, choices: Value) -> Value {
     })
 }
 
-async fn collect(st: &AppState, mut rx: UnboundedReceiver<Event>, meta: Meta) -> Result<Response, ApiError> {
+async fn collect(
+    st: &AppState,
+    mut rx: UnboundedReceiver<Event>,
+    meta: Meta,
+) -> Result<Response, ApiError> {
     let model = st.model()?;
     let mut out = Output::default();
     loop {
@@ -594,7 +697,11 @@ async fn collect(st: &AppState, mut rx: UnboundedReceiver<Event>, meta: Meta) ->
             }
             Some(Event::Text(t)) => out.text.push_str(&t),
             Some(Event::Done(s)) => {
-                let mut body = envelope(&meta, false, json!([choice(&meta, model, &out, Some(s.finish), false, 0)]));
+                let mut body = envelope(
+                    &meta,
+                    false,
+                    json!([choice(&meta, model, &out, Some(s.finish), false, 0)]),
+                );
                 body["usage"] = usage(&s);
                 body["timings"] = timings(&s);
                 return Ok(Json(body).into_response());
@@ -633,7 +740,11 @@ impl StreamState {
         };
         let meta = &self.meta;
         let chunk = |out: &Output, finish: Option<FinishReason>, offset0: usize| {
-            let mut v = envelope(meta, true, json!([choice(meta, model, out, finish, true, offset0)]));
+            let mut v = envelope(
+                meta,
+                true,
+                json!([choice(meta, model, out, finish, true, offset0)]),
+            );
             if meta.include_usage {
                 v["usage"] = Value::Null;
             }
@@ -641,7 +752,10 @@ impl StreamState {
         };
         match ev {
             Event::Token { id, text, logprob } => {
-                let mut out = Output { text, tokens: vec![] };
+                let mut out = Output {
+                    text,
+                    tokens: vec![],
+                };
                 if let Some(lp) = logprob {
                     out.tokens.push((id, lp));
                 }
@@ -651,12 +765,26 @@ impl StreamState {
                 }
             }
             Event::Text(text) => {
-                let out = Output { text, tokens: vec![] };
+                let out = Output {
+                    text,
+                    tokens: vec![],
+                };
                 self.queue.push_back(chunk(&out, None, self.sent));
                 self.sent += out.text.len();
             }
             Event::Done(s) => {
-                let mut last = envelope(meta, true, json!([choice(meta, model, &Output::default(), Some(s.finish), true, self.sent)]));
+                let mut last = envelope(
+                    meta,
+                    true,
+                    json!([choice(
+                        meta,
+                        model,
+                        &Output::default(),
+                        Some(s.finish),
+                        true,
+                        self.sent
+                    )]),
+                );
                 last["timings"] = timings(&s);
                 if meta.include_usage {
                     last["usage"] = Value::Null;
@@ -689,7 +817,11 @@ fn stream(st: Arc<AppState>, rx: UnboundedReceiver<Event>, meta: Meta) -> impl I
     };
     if s.meta.kind == Kind::Chat {
         // OpenAI's first chunk carries the role.
-        let mut first = envelope(&s.meta, true, json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]));
+        let mut first = envelope(
+            &s.meta,
+            true,
+            json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]),
+        );
         if s.meta.include_usage {
             first["usage"] = Value::Null;
         }
@@ -706,7 +838,10 @@ fn stream(st: Arc<AppState>, rx: UnboundedReceiver<Event>, meta: Meta) -> impl I
             match s.rx.recv().await {
                 Some(ev) => s.on_event(ev),
                 None => {
-                    let e = ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error: the engine dropped the request");
+                    let e = ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal error: the engine dropped the request",
+                    );
                     s.queue.push_back(data(&e.body()));
                     s.finished = true;
                 }
@@ -731,25 +866,39 @@ mod tests {
         }))
     }
 
-    async fn call(app: Router, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (StatusCode, Value, axum::http::HeaderMap) {
+    async fn call(
+        app: Router,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (StatusCode, Value, axum::http::HeaderMap) {
         let mut b = axum::http::Request::builder().method(method).uri(path);
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let r = app.oneshot(b.body(axum::body::Body::from(body.to_string())).unwrap()).await.unwrap();
+        let r = app
+            .oneshot(b.body(axum::body::Body::from(body.to_string())).unwrap())
+            .await
+            .unwrap();
         let status = r.status();
         let headers = r.headers().clone();
         let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), headers)
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            headers,
+        )
+    }
+
+    async fn boom() -> StatusCode {
+        panic!("boom")
     }
 
     #[tokio::test]
     async fn loading_panics_auth_limits_and_cors() {
         let st = state(&["sekret"]);
-        let app = layered(
-            routes().route("/boom", get(|| async { panic!("boom") })),
-            st.clone(),
-        );
+        let app = layered(routes().route("/boom", get(boom)), st.clone());
         // While loading: /health 503 (without a key), the rest 503 too.
         let (s, v, _) = call(app.clone(), "GET", "/health", &[], "").await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
@@ -761,7 +910,14 @@ mod tests {
         let (s, v, _) = call(app.clone(), "GET", "/v1/models", &[], "").await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
         assert_eq!(v["error"]["type"], "authentication_error");
-        let (s, _, _) = call(app.clone(), "GET", "/v1/models", &[("authorization", "Bearer sekreT")], "").await;
+        let (s, _, _) = call(
+            app.clone(),
+            "GET",
+            "/v1/models",
+            &[("authorization", "Bearer sekreT")],
+            "",
+        )
+        .await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
         // A panic is a 500 in OpenAI's shape; the app keeps answering.
         let (s, v, _) = call(app.clone(), "GET", "/boom", &auth, "").await;
@@ -770,18 +926,27 @@ mod tests {
         // Body limit (1024 here) → 413, before loading matters.
         let big = format!("{{\"content\": \"{}\"}}", "a".repeat(4096));
         let (s, v, _) = call(app.clone(), "POST", "/tokenize", &auth, &big).await;
-        assert!(s == StatusCode::PAYLOAD_TOO_LARGE || s == StatusCode::SERVICE_UNAVAILABLE, "{s} {v}");
+        assert!(
+            s == StatusCode::PAYLOAD_TOO_LARGE || s == StatusCode::SERVICE_UNAVAILABLE,
+            "{s} {v}"
+        );
         // CORS preflight for the allowed origin needs no key.
         let (s, _, h) = call(
             app.clone(),
             "OPTIONS",
             "/v1/chat/completions",
-            &[("origin", "http://example.test"), ("access-control-request-method", "POST")],
+            &[
+                ("origin", "http://example.test"),
+                ("access-control-request-method", "POST"),
+            ],
             "",
         )
         .await;
         assert!(s.is_success(), "{s}");
-        assert_eq!(h.get("access-control-allow-origin").unwrap(), "http://example.test");
+        assert_eq!(
+            h.get("access-control-allow-origin").unwrap(),
+            "http://example.test"
+        );
         // Unknown path → 404 JSON.
         let (s, v, _) = call(app, "GET", "/nope", &auth, "").await;
         assert_eq!(s, StatusCode::NOT_FOUND);

@@ -92,7 +92,10 @@ pub fn serve(
     r
 }
 
-async fn run(cfg: ServeConfig, load: impl FnOnce() -> Result<Model> + Send + 'static) -> Result<()> {
+async fn run(
+    cfg: ServeConfig,
+    load: impl FnOnce() -> Result<Model> + Send + 'static,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", cfg.host, cfg.port))?;
@@ -160,7 +163,8 @@ async fn run(cfg: ServeConfig, load: impl FnOnce() -> Result<Model> + Send + 'st
             signaled.notify_one();
         }
     };
-    let server = axum::serve(listener, http::router(state.clone())).with_graceful_shutdown(shutdown);
+    let server =
+        axum::serve(listener, http::router(state.clone())).with_graceful_shutdown(shutdown);
     // Bounded: connections that do not close after the grace period are cut.
     let deadline = async {
         signaled.notified().await;
