@@ -42,7 +42,7 @@ pub struct Args {
     pub alias: Option<String>,
     /// Seconds a request may take, queue included (then it ends with
     /// finish_reason "length").
-    #[arg(long = "timeout", visible_alias = "to", default_value_t = 600)]
+    #[arg(long = "timeout", default_value_t = 600)]
     pub timeout: u64,
     /// Allow cross-origin requests from ORIGIN (`*` for any); off by default.
     #[arg(long = "cors", value_name = "ORIGIN")]

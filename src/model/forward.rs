@@ -233,21 +233,19 @@ pub fn decode(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Resu
     let scale = 1.0 / (hd as f32).sqrt();
     let group = hp.n_head / hp.n_head_kv;
     // RoPE angles per run of consecutive positions of one sequence.
-    let mut ropes: Vec<(usize, RopeTable)> = Vec::new();
-    let mut rope_of = vec![0usize; n];
-    for j in 0..n {
-        let cont =
-            j > 0 && batch.seq[j] == batch.seq[j - 1] && batch.pos[j] == batch.pos[j - 1] + 1;
-        if !cont {
-            let len = (j..n)
-                .take_while(|&i| {
-                    batch.seq[i] == batch.seq[j] && batch.pos[i] == batch.pos[j] + (i - j)
-                })
-                .count();
-            ropes.push((j, RopeTable::new(hd, hp.rope_theta, batch.pos[j], len)));
-        }
-        rope_of[j] = ropes.len() - 1;
-    }
+    let mut ropes: Vec<RopeTable> = Vec::new();
+    let rope_of: Vec<usize> = (0..n)
+        .map(|j| {
+            let (s, p) = (batch.seq[j], batch.pos[j]);
+            if j == 0 || batch.seq[j - 1] != s || batch.pos[j - 1] + 1 != p {
+                let len = (j..n)
+                    .take_while(|&i| batch.seq[i] == s && batch.pos[i] == p + (i - j))
+                    .count();
+                ropes.push(RopeTable::new(hd, hp.rope_theta, p, len));
+            }
+            ropes.len() - 1
+        })
+        .collect();
 
     for (li, layer) in m.layers.iter().enumerate() {
         rmsnorm(&x, &layer.attn_norm, hp.eps, &mut a);
@@ -257,7 +255,7 @@ pub fn decode(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Resu
         matmul(kern, &layer.wv, &qa, &mut vv);
         for j in 0..n {
             let (p, s) = (batch.pos[j], batch.seq[j]);
-            let rope = &ropes[rope_of[j]].1;
+            let rope = &ropes[rope_of[j]];
             rope.apply(&mut q[j * qd..(j + 1) * qd], hp.n_head, p);
             rope.apply(&mut kk[j * kvd..(j + 1) * kvd], hp.n_head_kv, p);
             caches[s].k[li].write(p * kvd, &kk[j * kvd..(j + 1) * kvd]);

@@ -581,8 +581,11 @@ impl Scheduler {
         slot.last_used = self.clock;
         if let Some(a) = slot.seq.take() {
             if let Some(ev) = ev {
-                if matches!(ev, Event::Error(_)) {
+                if let Event::Error(e) = &ev {
                     m.requests_failed.fetch_add(1, Ordering::Relaxed);
+                    if matches!(e, EngineError::Internal(_)) {
+                        eprintln!("tern serve: slot {i}: {e}");
+                    }
                 }
                 let _ = a.job.events.send(ev);
             }
