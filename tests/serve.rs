@@ -71,6 +71,24 @@ impl Server {
     fn post(&self, path: &str, body: &Value) -> Resp {
         request(&self.addr, "POST", path, &[], body.to_string().as_bytes())
     }
+    /// Start a streamed chat that generates `max_tokens` whatever the model
+    /// says (ignore_eos); returns the connection once the first bytes of the
+    /// response arrived.
+    fn open_stream(&self, max_tokens: u32) -> TcpStream {
+        let mut body = chat_body("ROMEO.", max_tokens);
+        body["stream"] = json!(true);
+        body["ignore_eos"] = json!(true);
+        let mut c = send_head(
+            &self.addr,
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            body.to_string().as_bytes(),
+        );
+        let mut buf = [0u8; 256];
+        assert!(c.read(&mut buf).unwrap() > 0);
+        c
+    }
     fn metric(&self, name: &str) -> f64 {
         let r = get(&self.addr, "/metrics");
         let text = String::from_utf8(r.body).unwrap();
@@ -424,18 +442,7 @@ fn error_statuses() {
     check(get(&s.addr, "/v2/nothing"), 404, "no such endpoint");
 
     // Queue full: one slot, no queue; a running stream makes the next one wait → 503.
-    let mut body = chat_body("ROMEO.", 100);
-    body["stream"] = json!(true);
-    body["ignore_eos"] = json!(true);
-    let mut busy = send_head(
-        &s.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        body.to_string().as_bytes(),
-    );
-    let mut buf = [0u8; 256];
-    let _ = busy.read(&mut buf).unwrap();
+    let busy = s.open_stream(100);
     let r = s.post("/v1/chat/completions", &chat_body("x", 1));
     assert_eq!(r.header("retry-after"), Some("1"));
     check(r, 503, "busy");
@@ -497,16 +504,7 @@ fn api_key() {
 fn client_leaving_mid_stream_frees_its_slot() {
     // One slot and no queue: the next request is refused unless the slot is free.
     let s = Server::start(&["-np", "1", "-c", "4096", "--max-queue", "0"]);
-    let mut body = chat_body("ROMEO.", 4000);
-    body["stream"] = json!(true);
-    body["ignore_eos"] = json!(true);
-    let mut c = send_head(
-        &s.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        body.to_string().as_bytes(),
-    );
+    let mut c = s.open_stream(4000);
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
     while got.windows(6).filter(|w| w == b"data: ").count() < 5 {
@@ -675,18 +673,7 @@ fn two_turn_chat_equals_tern_chat_and_reuses_the_prefix() {
 #[test]
 fn sigterm_finishes_or_cancels_and_exits_zero() {
     let mut s = Server::start(&["-np", "1", "-c", "4096"]);
-    let mut body = chat_body("ROMEO.", 4000);
-    body["stream"] = json!(true);
-    body["ignore_eos"] = json!(true);
-    let mut c = send_head(
-        &s.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        body.to_string().as_bytes(),
-    );
-    let mut buf = [0u8; 1024];
-    assert!(c.read(&mut buf).unwrap() > 0);
+    let mut c = s.open_stream(4000);
     let t0 = Instant::now();
     let ok = Command::new("kill")
         .args(["-TERM", &s.child.id().to_string()])
