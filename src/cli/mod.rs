@@ -124,19 +124,24 @@ pub fn load_model(path: Option<&Path>) -> Result<crate::model::Model> {
     Ok(m)
 }
 
-/// The command line with llama.cpp's one-dash long options (`-np`) spelled
-/// the way clap reads them (`--parallel`).
+/// The command line with llama-server's one-dash long options (`-np`)
+/// spelled the way clap reads them (`--parallel`), for `tern serve`.
 fn llama_spellings(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    args.map(|a| {
-        match serve::LLAMA_SERVER_SPELLINGS
-            .iter()
-            .find(|(short, _)| a.to_str() == Some(short))
-        {
-            Some((_, long)) => long.into(),
-            None => a,
-        }
-    })
-    .collect()
+    let args: Vec<std::ffi::OsString> = args.collect();
+    if args.get(1).and_then(|a| a.to_str()) != Some("serve") {
+        return args;
+    }
+    args.into_iter()
+        .map(|a| {
+            match serve::LLAMA_SERVER_SPELLINGS
+                .iter()
+                .find(|(short, _)| a.to_str() == Some(short))
+            {
+                Some((_, long)) => long.into(),
+                None => a,
+            }
+        })
+        .collect()
 }
 
 pub fn main() -> i32 {
