@@ -32,7 +32,7 @@ one() { # label np command...
   wait_ready
   echo "# load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
   python3 "$here/serve_load.py" --url "http://127.0.0.1:$port" --streams "$np" \
-    --rounds 3 --max-tokens "$max_tokens" --label "$label" --json
+    --rounds "${ROUNDS:-3}" --max-tokens "$max_tokens" --label "$label" --json
   kill -TERM "$pid"
   wait "$pid" || true
 }

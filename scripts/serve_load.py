@@ -13,8 +13,9 @@ times. Reported per C:
   TTFT            time from sending a request to its first token (mean, max)
 
 Tokens per stream: `usage.completion_tokens` when the server sends a usage
-block (stream_options.include_usage), else the number of chunks that carry
-text (one per token in both servers). Standard library only.
+block (stream_options.include_usage; `tokens_predicted` in llama.cpp's own
+stream format, which older llama-server builds use for /v1/completions),
+else the number of chunks that carry text. Standard library only.
 
   python3 scripts/serve_load.py --url http://127.0.0.1:8080 --streams 1,2,4,8
 """
@@ -54,6 +55,13 @@ def one_stream(url, body, result, start_barrier):
         for c in ev.get("choices") or []:
             if c.get("text"):
                 times.append(time.perf_counter())
+        # Older llama-server builds answer /v1/completions in llama.cpp's
+        # own format: {"content", "stop", "tokens_predicted"}.
+        if ev.get("content"):
+            times.append(time.perf_counter())
+        if ev.get("stop") is True and "tokens_predicted" in ev:
+            usage = {"completion_tokens": ev["tokens_predicted"]}
+            break
     t1 = time.perf_counter()
     conn.close()
     result.update(t0=t0, t1=t1, times=times, usage=usage)

@@ -193,10 +193,15 @@ impl Sampler {
             return argmax(&l);
         }
         let mut cand: Vec<(u32, f32)> = l.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
-        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        // Highest logit first, ties by id: a total order, so selecting the
+        // top k before sorting gives the same list as sorting everything
+        // (and saves sorting a whole vocabulary per token).
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if p.top_k > 0 && p.top_k < cand.len() {
+            cand.select_nth_unstable_by(p.top_k - 1, order);
             cand.truncate(p.top_k);
         }
+        cand.sort_by(order);
         // softmax over the remaining candidates (before temperature, as llama.cpp's top-p/min-p do)
         let probs = |c: &[(u32, f32)], t: f32| -> Vec<f64> {
             let mx = c[0].1 as f64;
