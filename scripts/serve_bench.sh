@@ -24,7 +24,7 @@ wait_ready() {
   return 1
 }
 
-one() { # label np command...
+one() { # label np command... (the command's --port is $port; each server gets a fresh one)
   local label=$1 np=$2
   shift 2
   "$@" >/tmp/serve_bench.$label.log 2>&1 &
@@ -35,14 +35,14 @@ one() { # label np command...
     --rounds "${ROUNDS:-3}" --max-tokens "$max_tokens" --label "$label" --json
   kill -TERM "$pid"
   wait "$pid" || true
+  port=$((port + 1))
 }
 
 for pass in $(seq "$passes"); do
   for np in $streams; do
-    one tern "$np" "$tern" serve -m "$model" -np "$np" -c 512 --port "$port"
+    one tern "$np" sh -c "exec $tern serve -m '$model' -np $np -c 512 --port $port"
     if [ -n "${LLAMA_SERVER:-}" ]; then
-      one llama-server "$np" "$LLAMA_SERVER" -m "$model" -np "$np" -cb -c $((512 * np)) \
-        -t "$(nproc)" --port "$port"
+      one llama-server "$np" sh -c "exec '$LLAMA_SERVER' -m '$model' -np $np -cb -c $((512 * np)) -t $(nproc) --port $port"
     fi
   done
 done

@@ -122,6 +122,8 @@ pub enum EngineError {
     QueueFull(usize),
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("the request timed out waiting for a slot")]
+    QueueTimeout,
     #[error("{0}")]
     BadRequest(String),
     #[error("internal error: {0}")]
@@ -512,9 +514,7 @@ impl Scheduler {
             }
             if job.req.deadline.is_some_and(|d| Instant::now() >= d) {
                 m.requests_failed.fetch_add(1, Ordering::Relaxed);
-                let _ = job.events.send(Event::Error(EngineError::BadRequest(
-                    "the request timed out waiting for a slot".into(),
-                )));
+                let _ = job.events.send(Event::Error(EngineError::QueueTimeout));
                 continue;
             }
             self.start(job, m);

@@ -142,7 +142,7 @@ impl IntoResponse for ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> ApiError {
         let status = match e {
-            EngineError::QueueFull(_) | EngineError::ShuttingDown => {
+            EngineError::QueueFull(_) | EngineError::ShuttingDown | EngineError::QueueTimeout => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             EngineError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -515,7 +515,7 @@ async fn run(
 ) -> Result<Response, ApiError> {
     let l = st.ready()?;
     settings.request.prompt = prompt;
-    settings.request.deadline = Some(Instant::now() + st.config.timeout);
+    settings.request.deadline = Instant::now().checked_add(st.config.timeout);
     let rx = l.engine.submit(settings.request)?;
     let meta = Meta {
         kind,
