@@ -1,5 +1,6 @@
 //! tern: convert and run ternary (BitNet b1.58) language models.
 
+pub mod arch;
 #[cfg(feature = "bitnet-cpp")]
 pub mod bitnet_cpp;
 pub mod chat;
@@ -13,6 +14,7 @@ pub mod metrics;
 pub mod model;
 pub mod perplexity;
 pub mod quant;
+pub mod rope;
 pub mod server;
 pub mod synth;
 pub mod tokenizer;

@@ -1,22 +1,30 @@
-//! Hugging Face BitNet checkpoint → GGUF.
+//! Hugging Face ternary checkpoint → GGUF, for every architecture of
+//! [`crate::arch::ARCHS`].
 //!
-//! Every projection is classified per tensor (docs §3): continuous master
+//! Every projection is classified per tensor (docs §3, §7): continuous master
 //! weights get the absmean rule, already-ternary weights keep their codes
-//! and exact scale, offline-packed uint8 weights are unpacked with
-//! `W = T / weight_scale`. Nothing depends on file or folder names.
+//! and exact scale, offline codes (packed uint8, or unpacked float) with a
+//! `weight_scale` get `W = T / weight_scale` (`BitLinear`) or
+//! `W = T × weight_scale` (`AutoBitLinear` offline); `AutoBitLinear` online
+//! always takes absmean. Q and K rows are permuted for an architecture whose
+//! RoPE pairs adjacent elements. Nothing depends on file or folder names.
 
 pub mod ternary;
 
+use crate::arch::RopeLayout;
 use crate::gguf::{write_gguf, TensorPlan, Value, ValueType};
 use crate::hf::checkpoint::RawTensor;
-use crate::hf::config::HfConfig;
+use crate::hf::config::{HfConfig, LinearClass, RopeScaling};
 use crate::hf::{Checkpoint, HfVocab};
 use crate::quant::{i2s, q6_k, q8_0, tq, GgmlType};
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::Dtype;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-pub use ternary::{ternarize_float, unpack_packed, Ternarized, TernaryKind};
+pub use ternary::{
+    absmean, float_codes, permute_rope_rows, ternarize_float, unpack_packed, ScaleRule, Ternarized,
+    TernaryKind,
+};
 
 #[derive(Debug, Clone)]
 pub struct ConvertOptions {
@@ -47,6 +55,7 @@ pub fn file_type(outtype: GgmlType) -> u32 {
     match outtype {
         GgmlType::F32 => 0,
         GgmlType::F16 => 1,
+        GgmlType::Q4_0 => 2,
         GgmlType::Q8_0 => 7,
         GgmlType::Q6K => 18,
         GgmlType::BF16 => 32,
@@ -62,6 +71,8 @@ enum Role {
     Output,
     Norm,
     Projection,
+    /// `rope_freqs.weight`: computed from `rope_scaling` (llama3), not read.
+    RopeFreqs,
 }
 
 struct Planned {
@@ -71,6 +82,38 @@ struct Planned {
     /// HF shape [rows, cols] the tensor must have once unpacked.
     rows: usize,
     cols: usize,
+    /// Heads whose rows get the RoPE permutation (Q, K of an adjacent-pair arch).
+    permute_heads: Option<usize>,
+}
+
+/// GGUF name of the per-linear input RMSNorm (`use_rms_norm`) of projection
+/// `gg` (e.g. `attn_q`) in block `l`. llama.cpp has no such tensor; tern
+/// names it after the projection it feeds.
+pub fn input_norm_name(l: usize, gg: &str) -> String {
+    format!("blk.{}.{}_input_norm.weight", l, gg)
+}
+
+/// How the converter turns stored projections into ternary codes and scale.
+#[derive(Debug, Clone, Copy)]
+pub struct Recipe {
+    /// The meaning of a stored `weight_scale`.
+    pub rule: ScaleRule,
+    /// Absmean even for already-ternary floats (AutoBitLinear online).
+    pub absmean_always: bool,
+}
+
+impl Recipe {
+    pub fn of(cfg: &HfConfig) -> Recipe {
+        let class = cfg.quant.as_ref().map(|q| q.linear_class);
+        Recipe {
+            rule: if class == Some(LinearClass::AutoOffline) {
+                ScaleRule::Multiply
+            } else {
+                ScaleRule::Divide
+            },
+            absmean_always: class == Some(LinearClass::AutoOnline),
+        }
+    }
 }
 
 const PROJ: &[(&str, &str)] = &[
@@ -122,7 +165,16 @@ fn plan(
         role: Role::Norm,
         rows: 1,
         cols: n,
+        permute_heads: None,
     };
+    // Modules that transformers would leave as float nn.Linear: tern runs every
+    // projection as a BitLinear and the head as a float matrix, so anything
+    // else is refused rather than silently given other semantics.
+    if let Some(q) = &cfg.quant {
+        if ck.contains("lm_head.weight") && !cfg.tied && !q.keeps_float("lm_head") {
+            bail!("quantization_config.modules_to_not_convert does not list lm_head, so transformers runs the output head as a BitLinear; tern runs only float output heads");
+        }
+    }
     out.push(Planned {
         plan: TensorPlan {
             name: "token_embd.weight".into(),
@@ -133,6 +185,7 @@ fn plan(
         role: Role::Embedding,
         rows: cfg.vocab,
         cols: h,
+        permute_heads: None,
     });
     out.push(norm(
         pick(ck, &["model.norm.weight"])?,
@@ -150,6 +203,22 @@ fn plan(
             role: Role::Output,
             rows: cfg.vocab,
             cols: h,
+            permute_heads: None,
+        });
+    }
+    if let RopeScaling::Llama3 { .. } = cfg.rope_scaling {
+        let n = cfg.head_dim / 2;
+        out.push(Planned {
+            plan: TensorPlan {
+                name: "rope_freqs.weight".into(),
+                dims: vec![n as u64],
+                ty: GgmlType::F32,
+            },
+            hf_name: String::new(),
+            role: Role::RopeFreqs,
+            rows: 1,
+            cols: n,
+            permute_heads: None,
         });
     }
     for l in 0..cfg.layers {
@@ -165,28 +234,16 @@ fn plan(
             format!("{b}ffn_norm.weight"),
             h,
         ));
-        out.push(norm(
-            pick(
-                ck,
-                &[
-                    &format!("{p}self_attn.attn_sub_norm.weight"),
-                    &format!("{p}self_attn.inner_attn_ln.weight"),
-                ],
-            )?,
-            format!("{b}attn_sub_norm.weight"),
-            qd,
-        ));
-        out.push(norm(
-            pick(
-                ck,
-                &[
-                    &format!("{p}mlp.ffn_sub_norm.weight"),
-                    &format!("{p}mlp.ffn_layernorm.weight"),
-                ],
-            )?,
-            format!("{b}ffn_sub_norm.weight"),
-            cfg.intermediate,
-        ));
+        if let Some(sub) = &cfg.arch.sub_norms {
+            for (names, gg, n) in [
+                (sub.attn, "attn_sub_norm", qd),
+                (sub.ffn, "ffn_sub_norm", cfg.intermediate),
+            ] {
+                let cands: Vec<String> = names.iter().map(|m| format!("{p}{m}.weight")).collect();
+                let cands: Vec<&str> = cands.iter().map(String::as_str).collect();
+                out.push(norm(pick(ck, &cands)?, format!("{b}{gg}.weight"), n));
+            }
+        }
         for (hf, gg) in PROJ {
             let (rows, cols) = match *gg {
                 "attn_q" => (qd, h),
@@ -196,6 +253,24 @@ fn plan(
                 _ => (h, cfg.intermediate),
             };
             let name = format!("{b}{gg}.weight");
+            let module = format!("{p}{hf}");
+            if let Some(q) = &cfg.quant {
+                if q.keeps_float(&module) {
+                    bail!("quantization_config.modules_to_not_convert keeps {} a float nn.Linear; tern runs every projection as a BitLinear", module);
+                }
+                if q.use_rms_norm {
+                    out.push(norm(
+                        format!("{module}.rms_norm.weight"),
+                        input_norm_name(l, gg),
+                        cols,
+                    ));
+                }
+            }
+            let permute_heads = match (cfg.arch.rope, *gg) {
+                (RopeLayout::Adjacent, "attn_q") => Some(cfg.heads),
+                (RopeLayout::Adjacent, "attn_k") => Some(cfg.kv_heads),
+                _ => None,
+            };
             let mut ty = outtype;
             if ty.info().ternary && cols % ty.info().block != 0 {
                 if ty == GgmlType::I2S {
@@ -222,11 +297,12 @@ fn plan(
                 role: Role::Projection,
                 rows,
                 cols,
+                permute_heads,
             });
         }
     }
     // Shapes against the config, before anything is written.
-    for p in &out {
+    for p in out.iter().filter(|p| p.role != Role::RopeFreqs) {
         let t = ck.require(&p.hf_name)?;
         let expect: Vec<usize> = match (p.role, t.dtype) {
             (Role::Norm, _) => vec![p.cols],
@@ -309,24 +385,40 @@ fn scale_name(weight: &str) -> String {
     format!("{}_scale", weight)
 }
 
-/// Classify and ternarize one projection.
+/// Classify and ternarize one projection (by `recipe`), permuting its rows
+/// for adjacent-pair RoPE when `permute_heads` is given.
 pub fn ternarize_tensor(
     ck: &Checkpoint,
     hf_name: &str,
     rows: usize,
     cols: usize,
+    recipe: Recipe,
+    permute_heads: Option<usize>,
 ) -> Result<Ternarized> {
     let t = ck.require(hf_name)?;
-    if t.dtype == Dtype::U8 {
-        let s = ck.require(&scale_name(hf_name))?;
+    let sname = scale_name(hf_name);
+    let weight_scale = || -> Result<f32> {
+        let s = ck.require(&sname)?;
         if s.n_elements() != 1 {
             bail!("{} must hold one value, found {:?}", s.name, s.shape);
         }
-        let ws = s.to_f32()?[0];
-        return unpack_packed(t.data, rows, cols, ws)
-            .with_context(|| format!("tensor {}", hf_name));
+        Ok(s.to_f32()?[0])
+    };
+    let mut tz = if t.dtype == Dtype::U8 {
+        unpack_packed(t.data, rows, cols, weight_scale()?, recipe.rule)
+    } else if recipe.absmean_always {
+        Ok(absmean(&t.to_f32()?))
+    } else if ck.contains(&sname) {
+        float_codes(&t.to_f32()?, weight_scale()?, recipe.rule)
+    } else {
+        Ok(ternarize_float(&t.to_f32()?))
     }
-    Ok(ternarize_float(&t.to_f32()?))
+    .with_context(|| format!("tensor {}", hf_name))?;
+    if let Some(n_head) = permute_heads {
+        tz.codes = permute_rope_rows(&tz.codes, rows, cols, n_head)
+            .with_context(|| format!("tensor {}", hf_name))?;
+    }
+    Ok(tz)
 }
 
 fn write_f32(w: &mut dyn Write, xs: &[f32]) -> Result<()> {
@@ -435,7 +527,7 @@ pub fn metadata(
     name: &str,
     outtype: GgmlType,
 ) -> Vec<(String, Value)> {
-    let arch = cfg.variant.gguf_arch();
+    let arch = cfg.arch.gguf;
     let a = |k: &str| format!("{}.{}", arch, k);
     let mut kv: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(arch.into())),
@@ -466,10 +558,38 @@ pub fn metadata(
         kv.push((a("attention.key_length"), Value::U32(cfg.head_dim as u32)));
         kv.push((a("attention.value_length"), Value::U32(cfg.head_dim as u32)));
     }
-    kv.push((
-        a("hidden_activation"),
-        Value::String(cfg.activation.name().into()),
-    ));
+    if cfg.arch.writes_activation {
+        kv.push((
+            a("hidden_activation"),
+            Value::String(cfg.activation.name().into()),
+        ));
+    }
+    // llama.cpp's keys; llama3's per-frequency factors go in the
+    // `rope_freqs.weight` tensor instead, as llama.cpp's converter writes them.
+    match cfg.rope_scaling {
+        RopeScaling::None | RopeScaling::Llama3 { .. } => {}
+        RopeScaling::Linear { factor } => {
+            kv.push((a("rope.scaling.type"), Value::String("linear".into())));
+            kv.push((a("rope.scaling.factor"), Value::F32(factor)));
+        }
+        RopeScaling::Yarn {
+            factor,
+            original_context,
+        } => {
+            kv.push((a("rope.scaling.type"), Value::String("yarn".into())));
+            kv.push((a("rope.scaling.factor"), Value::F32(factor)));
+            kv.push((
+                a("rope.scaling.original_context_length"),
+                Value::U32(original_context),
+            ));
+        }
+    }
+    if let Some(q) = cfg.quant.as_ref().filter(|q| q.use_rms_norm) {
+        kv.push((
+            a("bitlinear.input_norm_rms_epsilon"),
+            Value::F32(q.rms_norm_eps),
+        ));
+    }
     kv.push((
         "tokenizer.ggml.model".into(),
         Value::String(vocab.model.clone()),
@@ -579,7 +699,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
     let plans: Vec<TensorPlan> = planned.iter().map(|p| p.plan.clone()).collect();
     let mut report = ConvertReport {
         outfile: outfile.clone(),
-        arch: cfg.variant.gguf_arch().into(),
+        arch: cfg.arch.gguf.into(),
         tensors: planned.len(),
         continuous: 0,
         ternary: 0,
@@ -612,7 +732,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
             "tern convert: {} ({}) → {} [{}], {} layers, hidden {}, vocab {}{}",
             cfg.architecture,
             cfg.activation.name(),
-            cfg.variant.gguf_arch(),
+            cfg.arch.gguf,
             opts.outtype.name(),
             cfg.layers,
             cfg.hidden,
@@ -628,6 +748,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
         }
     }
     let mut counts = (0usize, 0usize, 0usize);
+    let recipe = Recipe::of(&cfg);
     write_gguf(&outfile, opts.force, &kv, &plans, |i, w| {
         let p = &planned[i];
         if let Some(pb) = &pb {
@@ -656,8 +777,17 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
                 }
                 write_float_tensor(w, &t, p.plan.ty)?;
             }
+            Role::RopeFreqs => {
+                let f = crate::rope::llama3_freq_factors(
+                    cfg.head_dim,
+                    cfg.rope_theta,
+                    cfg.rope_scaling,
+                );
+                write_f32(w, &f)?;
+            }
             Role::Projection => {
-                let tz = ternarize_tensor(&ck, &p.hf_name, p.rows, p.cols)?;
+                let tz =
+                    ternarize_tensor(&ck, &p.hf_name, p.rows, p.cols, recipe, p.permute_heads)?;
                 match tz.kind {
                     TernaryKind::Continuous => counts.0 += 1,
                     TernaryKind::Ternary => counts.1 += 1,
@@ -692,11 +822,12 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
     report.bytes = std::fs::metadata(&outfile).map(|m| m.len()).unwrap_or(0);
     if !opts.quiet {
         eprintln!(
-            "tern convert: {} projections ({} continuous → absmean, {} already ternary → kept exactly, {} packed → W = T / weight_scale); wrote {} ({:.1} MB)",
+            "tern convert: {} projections ({} continuous → absmean, {} already ternary → kept exactly, {} packed → {}); wrote {} ({:.1} MB)",
             counts.0 + counts.1 + counts.2,
             counts.0,
             counts.1,
             counts.2,
+            recipe.rule.formula(),
             outfile.display(),
             report.bytes as f64 / 1e6
         );

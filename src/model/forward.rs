@@ -1,11 +1,14 @@
-//! The BitNet graph (docs §1) over per-sequence KV caches: one forward pass
-//! over the tokens of many sequences ([`Batch`], llama.cpp's `llama_batch`),
-//! and [`Context`], one sequence over one cache, on top of it.
+//! The one forward pass of every architecture (docs §1, §7) over
+//! per-sequence KV caches: the blocks are shared, the architecture's row
+//! (`Model::hp.graph`) says which norms, activation and RoPE layout apply.
+//! One pass runs the tokens of many sequences ([`Batch`], llama.cpp's
+//! `llama_batch`); [`Context`], one sequence over one cache, sits on top.
 
-use super::{Hparams, Model};
+use super::{Hparams, Model, Proj};
 use crate::hf::config::Activation;
 use crate::kernels::matmul::{head_matmul, matmul, quantize_batch};
 use crate::kernels::ops::{attend, Kv, RopeTable};
+use crate::kernels::Kernel;
 use anyhow::{bail, Result};
 use half::f16;
 use rayon::prelude::*;
@@ -142,6 +145,37 @@ fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     crate::kernels::ops::rmsnorm(x, w, eps, out)
 }
 
+/// BitLinear projections sharing one input `x` (rows of `width`): int8
+/// activations per token, then each projection into its output. With input
+/// norms (`use_rms_norm`), each projection first normalizes the input with
+/// its own weights; without, the input is quantized once for all.
+fn bitlinear(
+    kern: &dyn Kernel,
+    x: &[f32],
+    width: usize,
+    norm_eps: f32,
+    outs: &mut [(&Proj, Option<&[f32]>, &mut [f32])],
+) {
+    if outs.iter().all(|(_, n, _)| n.is_none()) {
+        let qx = quantize_batch(kern, x, width);
+        for (w, _, out) in outs.iter_mut() {
+            matmul(kern, w, &qx, out);
+        }
+        return;
+    }
+    let mut xn = vec![0f32; x.len()];
+    for (w, n, out) in outs.iter_mut() {
+        let qx = match n {
+            Some(g) => {
+                rmsnorm(x, g, norm_eps, &mut xn);
+                quantize_batch(kern, &xn, width)
+            }
+            None => quantize_batch(kern, x, width),
+        };
+        matmul(kern, w, &qx, out);
+    }
+}
+
 /// Check a batch against the caches: every token in the vocabulary, every
 /// sequence index valid, each sequence's positions continuing its cache
 /// (`n_past`, `n_past + 1`, … in batch order) and within its context.
@@ -232,7 +266,9 @@ pub fn decode(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Resu
     let mut f2 = vec![0f32; n * ff];
     let scale = 1.0 / (hd as f32).sqrt();
     let group = hp.n_head / hp.n_head_kv;
-    // RoPE angles per run of consecutive positions of one sequence.
+    let ieps = hp.input_norm_eps;
+    // RoPE angles per run of consecutive positions of one sequence: each
+    // token is rotated by its own position's angles.
     let mut ropes: Vec<RopeTable> = Vec::new();
     let rope_of: Vec<usize> = (0..n)
         .map(|j| {
@@ -241,23 +277,36 @@ pub fn decode(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Resu
                 let len = (j..n)
                     .take_while(|&i| batch.seq[i] == s && batch.pos[i] == p + (i - j))
                     .count();
-                ropes.push(RopeTable::new(hd, hp.rope_theta, p, len));
+                ropes.push(RopeTable::new(&hp.rope.inv_freq, hp.rope.mscale, p, len));
             }
             ropes.len() - 1
         })
         .collect();
 
     for (li, layer) in m.layers.iter().enumerate() {
+        let inorm = layer.input_norms.as_ref();
         rmsnorm(&x, &layer.attn_norm, hp.eps, &mut a);
-        let qa = quantize_batch(kern, &a, d);
-        matmul(kern, &layer.wq, &qa, &mut q);
-        matmul(kern, &layer.wk, &qa, &mut kk);
-        matmul(kern, &layer.wv, &qa, &mut vv);
+        bitlinear(
+            kern,
+            &a,
+            d,
+            ieps,
+            &mut [
+                (&layer.wq, inorm.map(|n| &n.q[..]), &mut q),
+                (&layer.wk, inorm.map(|n| &n.k[..]), &mut kk),
+                (&layer.wv, inorm.map(|n| &n.v[..]), &mut vv),
+            ],
+        );
         for j in 0..n {
             let (p, s) = (batch.pos[j], batch.seq[j]);
             let rope = &ropes[rope_of[j]];
-            rope.apply(&mut q[j * qd..(j + 1) * qd], hp.n_head, p);
-            rope.apply(&mut kk[j * kvd..(j + 1) * kvd], hp.n_head_kv, p);
+            rope.apply(&mut q[j * qd..(j + 1) * qd], hp.n_head, p, hp.rope_layout);
+            rope.apply(
+                &mut kk[j * kvd..(j + 1) * kvd],
+                hp.n_head_kv,
+                p,
+                hp.rope_layout,
+            );
             caches[s].k[li].write(p * kvd, &kk[j * kvd..(j + 1) * kvd]);
             caches[s].v[li].write(p * kvd, &vv[j * kvd..(j + 1) * kvd]);
         }
@@ -284,16 +333,34 @@ pub fn decode(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Resu
             );
         });
         drop(views);
-        rmsnorm(&o, &layer.attn_sub_norm, hp.eps, &mut o2);
-        let qo = quantize_batch(kern, &o2, qd);
-        matmul(kern, &layer.wo, &qo, &mut tmp);
+        let attn_out = match &layer.attn_sub_norm {
+            Some(w) => {
+                rmsnorm(&o, w, hp.eps, &mut o2);
+                &o2
+            }
+            None => &o,
+        };
+        bitlinear(
+            kern,
+            attn_out,
+            qd,
+            ieps,
+            &mut [(&layer.wo, inorm.map(|n| &n.o[..]), &mut tmp)],
+        );
         for (xi, ti) in x.iter_mut().zip(&tmp) {
             *xi += ti;
         }
         rmsnorm(&x, &layer.ffn_norm, hp.eps, &mut a);
-        let qf = quantize_batch(kern, &a, d);
-        matmul(kern, &layer.wgate, &qf, &mut g);
-        matmul(kern, &layer.wup, &qf, &mut u);
+        bitlinear(
+            kern,
+            &a,
+            d,
+            ieps,
+            &mut [
+                (&layer.wgate, inorm.map(|n| &n.gate[..]), &mut g),
+                (&layer.wup, inorm.map(|n| &n.up[..]), &mut u),
+            ],
+        );
         match hp.activation {
             Activation::Relu2 => {
                 for (gi, ui) in g.iter_mut().zip(&u) {
@@ -307,9 +374,20 @@ pub fn decode(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Resu
                 }
             }
         }
-        rmsnorm(&g, &layer.ffn_sub_norm, hp.eps, &mut f2);
-        let qd2 = quantize_batch(kern, &f2, ff);
-        matmul(kern, &layer.wdown, &qd2, &mut tmp);
+        let ffn_act = match &layer.ffn_sub_norm {
+            Some(w) => {
+                rmsnorm(&g, w, hp.eps, &mut f2);
+                &f2
+            }
+            None => &g,
+        };
+        bitlinear(
+            kern,
+            ffn_act,
+            ff,
+            ieps,
+            &mut [(&layer.wdown, inorm.map(|n| &n.down[..]), &mut tmp)],
+        );
         for (xi, ti) in x.iter_mut().zip(&tmp) {
             *xi += ti;
         }

@@ -1,5 +1,6 @@
-//! A BitNet model loaded from GGUF: hyper-parameters, weights re-packed for
+//! A ternary model loaded from GGUF: hyper-parameters, weights re-packed for
 //! the kernels, tokenizer; plus the forward pass (`forward`) and sampling.
+//! The graph comes from the architecture's row in [`crate::arch::ARCHS`].
 
 pub mod forward;
 pub mod generate;
@@ -7,11 +8,14 @@ pub mod sampling;
 
 pub use forward::{Batch, Context, KvCache};
 
+use crate::arch::{Arch, RopeLayout};
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::hf::config::Activation;
+use crate::hf::config::RopeScaling;
 use crate::kernels::matmul::HeadWeights;
 use crate::kernels::{self, Kernel, QuantHead};
 use crate::quant::{i2s, q6_k, q8_0, tq, GgmlType};
+use crate::rope::RopeFreqs;
 use crate::tokenizer::{Tokenizer, VocabSpec};
 use anyhow::{anyhow, bail, Context as _, Result};
 use half::f16;
@@ -23,6 +27,8 @@ pub const BITNET_CHAT_TEMPLATE: &str = "{% for message in messages %}{% if loop.
 #[derive(Debug, Clone)]
 pub struct Hparams {
     pub arch: String,
+    /// The graph: the architecture's row.
+    pub graph: &'static Arch,
     pub activation: Activation,
     pub n_vocab: usize,
     pub n_ctx_train: usize,
@@ -34,7 +40,14 @@ pub struct Hparams {
     pub head_dim: usize,
     pub rope_dim: usize,
     pub rope_theta: f32,
+    /// `<arch>.rope.scaling.*` as read.
+    pub rope_scaling: RopeScaling,
+    /// The per-pair frequencies every position is rotated by.
+    pub rope: RopeFreqs,
+    pub rope_layout: RopeLayout,
     pub eps: f32,
+    /// Epsilon of the per-projection input norms (`use_rms_norm` models).
+    pub input_norm_eps: f32,
 }
 
 /// A projection ready for the kernels.
@@ -85,11 +98,25 @@ pub enum FloatMat {
     QuantMapped(QuantHead, usize, usize),
 }
 
+/// One projection's input RMSNorm weights (`use_rms_norm` checkpoints:
+/// transformers' BitLinear normalizes its own input), per projection.
+pub struct InputNorms {
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub o: Vec<f32>,
+    pub gate: Vec<f32>,
+    pub up: Vec<f32>,
+    pub down: Vec<f32>,
+}
+
 pub struct Layer {
     pub attn_norm: Vec<f32>,
     pub ffn_norm: Vec<f32>,
-    pub attn_sub_norm: Vec<f32>,
-    pub ffn_sub_norm: Vec<f32>,
+    /// The BitNet sub-norms (`None` for graphs without them, e.g. llama).
+    pub attn_sub_norm: Option<Vec<f32>>,
+    pub ffn_sub_norm: Option<Vec<f32>>,
+    pub input_norms: Option<InputNorms>,
     pub wq: Proj,
     pub wk: Proj,
     pub wv: Proj,
@@ -114,44 +141,22 @@ pub struct Model {
 }
 
 fn f32_data(g: &GgufFile, t: &TensorInfo) -> Result<Vec<f32>> {
-    let b = g.tensor_data(t);
-    Ok(match t.ty {
-        GgmlType::F32 => b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        GgmlType::F16 => b
-            .chunks_exact(2)
-            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        GgmlType::BF16 => b
-            .chunks_exact(2)
-            .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
-            .collect(),
-        GgmlType::TQ2_0 => {
-            let mut v = Vec::new();
-            tq::dequantize_tq2_0(b, &mut v)?;
-            v
-        }
-        GgmlType::TQ1_0 => {
-            let mut v = Vec::new();
-            tq::dequantize_tq1_0(b, &mut v)?;
-            v
-        }
-        GgmlType::I2S => {
-            let n = t.n_elements() as usize;
-            let s = i2s::validate(b, n)?;
-            i2s::decode_codes(b, n)
-                .into_iter()
-                .map(|c| c as f32 * s)
-                .collect()
-        }
-        other => bail!(
-            "tensor {}: type {} cannot be read as float",
-            t.name,
-            other.name()
-        ),
-    })
+    let n = usize::try_from(t.n_elements())
+        .map_err(|_| anyhow!("tensor {}: too many elements", t.name))?;
+    crate::quant::dequantize(t.ty, g.tensor_data(t), n)
+        .with_context(|| format!("tensor {}", t.name))
+}
+
+/// What a projection tensor holds, for a graph that runs only ternary ones.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ProjNature {
+    /// A ternary type, or a float tensor holding only `{-s, 0, +s}`.
+    Ternary,
+    /// A float tensor with other values: a non-ternary model.
+    Float,
+    /// A block-quantized tensor (Q4_0, Q8_0, Q6_K): the type llama-quantize
+    /// falls back to for rows a ternary type cannot hold.
+    Fallback,
 }
 
 impl Model {
@@ -166,12 +171,13 @@ impl Model {
             .architecture()
             .ok_or_else(|| anyhow!("general.architecture is missing"))?
             .to_string();
-        if !matches!(arch.as_str(), "bitnet-b1.58" | "bitnet-25" | "bitnet") {
-            bail!(
-                "architecture {:?} is not a BitNet graph (tern runs bitnet-b1.58, bitnet-25 and bitnet)",
-                arch
-            );
-        }
+        let graph = Arch::from_gguf(&arch).ok_or_else(|| {
+            anyhow!(
+                "architecture {:?} is not a graph tern runs ({})",
+                crate::hf::short(&arch),
+                Arch::gguf_names()
+            )
+        })?;
         let key = |k: &str| format!("{}.{}", arch, k);
         let req = |k: &str| -> Result<usize> {
             let v = gguf
@@ -222,20 +228,14 @@ impl Model {
             );
         }
         let activation = match gguf.get_str(&key("hidden_activation")) {
-            Some(s) => Activation::parse(s).ok_or_else(|| {
+            Some(s) if graph.activation.from_metadata => Activation::parse(s).ok_or_else(|| {
                 anyhow!(
                     "{} = {:?} is not relu2 or silu",
                     key("hidden_activation"),
-                    s
+                    crate::hf::short(s)
                 )
             })?,
-            None => {
-                if arch == "bitnet" {
-                    Activation::Silu
-                } else {
-                    Activation::Relu2
-                }
-            }
+            _ => graph.activation.default,
         };
         let eps = gguf
             .get_f64(&key("attention.layer_norm_rms_epsilon"))
@@ -249,6 +249,34 @@ impl Model {
             );
         }
         let n_ctx_train = gguf.get_u64(&key("context_length")).unwrap_or(2048) as usize;
+        let rope_scaling = rope_scaling(&gguf, &arch)?;
+        let freq_factors = match gguf.tensor("rope_freqs.weight") {
+            None => None,
+            Some(t) => {
+                if t.dims != [(head_dim / 2) as u64] {
+                    bail!(
+                        "tensor rope_freqs.weight has dims {:?}, expected [{}]",
+                        t.dims,
+                        head_dim / 2
+                    );
+                }
+                let f = f32_data(&gguf, t)?;
+                if f.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+                    bail!("tensor rope_freqs.weight holds a value that is not a positive number");
+                }
+                Some(f)
+            }
+        };
+        let rope = crate::rope::freqs(head_dim, rope_theta, rope_scaling, freq_factors.as_deref());
+        let input_norm_eps = gguf
+            .get_f64(&key("bitlinear.input_norm_rms_epsilon"))
+            .unwrap_or(1e-6) as f32;
+        if !(input_norm_eps > 0.0 && input_norm_eps.is_finite()) {
+            bail!(
+                "{} is not a positive number",
+                key("bitlinear.input_norm_rms_epsilon")
+            );
+        }
 
         // Tokenizer.
         let spec = vocab_spec(&gguf, &mut warnings)?;
@@ -266,6 +294,7 @@ impl Model {
         }
         let hp = Hparams {
             arch: arch.clone(),
+            graph,
             activation,
             n_vocab,
             n_ctx_train,
@@ -277,7 +306,11 @@ impl Model {
             head_dim,
             rope_dim,
             rope_theta,
+            rope_scaling,
+            rope,
+            rope_layout: graph.rope,
             eps,
+            input_norm_eps,
         };
 
         let kernel = kernels::active()?;
@@ -350,12 +383,13 @@ impl Model {
                 ),
             })
         };
-        let proj =
+        let mut natures: Vec<(String, ProjNature)> = Vec::new();
+        let mut proj =
             |name: &str, rows: usize, cols: usize, warnings: &mut Vec<String>| -> Result<Proj> {
                 let t = get(name, &[cols, rows])?;
                 let data = gguf.tensor_data(t);
                 let n = rows * cols;
-                Ok(match t.ty {
+                let (p, nature) = match t.ty {
                     GgmlType::I2S => {
                         if !cols.is_multiple_of(i2s::BLOCK) {
                             bail!(
@@ -366,12 +400,13 @@ impl Model {
                         }
                         let scale =
                             i2s::validate(data, n).with_context(|| format!("tensor {}", name))?;
-                        Proj::Ternary {
+                        let p = Proj::Ternary {
                             data: kernels::Packed::from_i2s(&data[..n / 4], rows, cols)?,
                             scale,
                             rows,
                             cols,
-                        }
+                        };
+                        (p, ProjNature::Ternary)
                     }
                     GgmlType::TQ2_0 | GgmlType::TQ1_0 => {
                         let (codes, ds) = if t.ty == GgmlType::TQ2_0 {
@@ -382,7 +417,7 @@ impl Model {
                         .with_context(|| format!("tensor {}", name))?;
                         let per_block = tq::QK_K;
                         let mut scale = None;
-                        let mut uniform = cols.is_multiple_of(i2s::BLOCK);
+                        let mut uniform = true;
                         for (bi, &d) in ds.iter().enumerate() {
                             if !d.is_finite() {
                                 bail!("tensor {}: block {} has a non-finite scale", name, bi);
@@ -400,15 +435,10 @@ impl Model {
                             }
                         }
                         if uniform {
-                            let mut packed = Vec::with_capacity(n / 4 + i2s::TAIL);
-                            i2s::encode(&codes, 0.0, &mut packed);
-                            packed.truncate(n / 4);
-                            Proj::Ternary {
-                                data: kernels::Packed::from_i2s(&packed, rows, cols)?,
-                                scale: scale.unwrap_or(0.0),
-                                rows,
-                                cols,
-                            }
+                            (
+                                ternary_proj(&codes, scale.unwrap_or(0.0), rows, cols)?,
+                                ProjNature::Ternary,
+                            )
                         } else {
                             warnings.push(format!(
                                 "{}: {} blocks have different scales; running it as float weights",
@@ -420,20 +450,30 @@ impl Model {
                                 .enumerate()
                                 .map(|(i, &c)| c as f32 * ds[i / per_block])
                                 .collect();
-                            Proj::Float { data, rows, cols }
+                            (Proj::Float { data, rows, cols }, ProjNature::Ternary)
                         }
                     }
-                    GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => Proj::Float {
-                        data: f32_data(&gguf, t)?,
-                        rows,
-                        cols,
-                    },
-                    other => bail!(
-                        "tensor {}: type {} is not supported for projections",
-                        name,
-                        other.name()
+                    GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+                        let data = f32_data(&gguf, t)?;
+                        match crate::quant::exact_ternary(&data) {
+                            Some((codes, scale)) => (
+                                ternary_proj(&codes, scale, rows, cols)?,
+                                ProjNature::Ternary,
+                            ),
+                            None => (Proj::Float { data, rows, cols }, ProjNature::Float),
+                        }
+                    }
+                    GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::Q6K => (
+                        Proj::Float {
+                            data: f32_data(&gguf, t)?,
+                            rows,
+                            cols,
+                        },
+                        ProjNature::Fallback,
                     ),
-                })
+                };
+                natures.push((name.to_string(), nature));
+                Ok(p)
             };
 
         let te = get("token_embd.weight", &[n_embd, n_vocab])?;
@@ -448,11 +488,35 @@ impl Model {
         let mut layers = Vec::with_capacity(n_layer);
         for l in 0..n_layer {
             let b = |s: &str| format!("blk.{}.{}.weight", l, s);
+            let sub = |s: &str, n: usize| -> Result<Option<Vec<f32>>> {
+                match graph.sub_norms {
+                    Some(_) => Ok(Some(norm(&b(s), n)?)),
+                    None => Ok(None),
+                }
+            };
+            let inorm = |gg: &str, n: usize| norm(&crate::convert::input_norm_name(l, gg), n);
+            let input_norms = if gguf
+                .tensor(&crate::convert::input_norm_name(l, "attn_q"))
+                .is_some()
+            {
+                Some(InputNorms {
+                    q: inorm("attn_q", n_embd)?,
+                    k: inorm("attn_k", n_embd)?,
+                    v: inorm("attn_v", n_embd)?,
+                    o: inorm("attn_output", qd)?,
+                    gate: inorm("ffn_gate", n_embd)?,
+                    up: inorm("ffn_up", n_embd)?,
+                    down: inorm("ffn_down", n_ff)?,
+                })
+            } else {
+                None
+            };
             layers.push(Layer {
                 attn_norm: norm(&b("attn_norm"), n_embd)?,
                 ffn_norm: norm(&b("ffn_norm"), n_embd)?,
-                attn_sub_norm: norm(&b("attn_sub_norm"), qd)?,
-                ffn_sub_norm: norm(&b("ffn_sub_norm"), n_ff)?,
+                attn_sub_norm: sub("attn_sub_norm", qd)?,
+                ffn_sub_norm: sub("ffn_sub_norm", n_ff)?,
+                input_norms,
                 wq: proj(&b("attn_q"), qd, n_embd, &mut warnings)?,
                 wk: proj(&b("attn_k"), kvd, n_embd, &mut warnings)?,
                 wv: proj(&b("attn_v"), kvd, n_embd, &mut warnings)?,
@@ -461,6 +525,11 @@ impl Model {
                 wup: proj(&b("ffn_up"), n_ff, n_embd, &mut warnings)?,
                 wdown: proj(&b("ffn_down"), n_embd, n_ff, &mut warnings)?,
             });
+        }
+
+        drop(proj);
+        if graph.ternary_only {
+            check_ternary(&arch, &natures)?;
         }
 
         // Chat template, with the official GGUF's placeholder replaced.
@@ -664,5 +733,125 @@ fn vocab_spec(g: &GgufFile, warnings: &mut Vec<String>) -> Result<VocabSpec> {
         eos,
         eot,
         add_bos: g.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(true),
+    })
+}
+
+/// A projection from ternary codes and one scale: packed for the ternary
+/// kernels when its rows hold whole I2_S blocks, else run as float weights.
+fn ternary_proj(codes: &[i8], scale: f32, rows: usize, cols: usize) -> Result<Proj> {
+    if !cols.is_multiple_of(i2s::BLOCK) {
+        return Ok(Proj::Float {
+            data: codes.iter().map(|&c| c as f32 * scale).collect(),
+            rows,
+            cols,
+        });
+    }
+    let n = rows * cols;
+    let mut packed = Vec::with_capacity(n / 4 + i2s::TAIL);
+    i2s::encode(codes, 0.0, &mut packed);
+    packed.truncate(n / 4);
+    Ok(Proj::Ternary {
+        data: kernels::Packed::from_i2s(&packed, rows, cols)?,
+        scale,
+        rows,
+        cols,
+    })
+}
+
+/// A graph that runs only ternary projections (llama): refuse a file whose
+/// projections are float with other values, or that has no ternary one at
+/// all (an ordinary Llama GGUF), in one line. Block-quantized fallbacks
+/// beside ternary tensors (mainline's Q4_0 `ffn_down` in a TQ2_0 file) run
+/// with BitLinear semantics like the rest.
+fn check_ternary(arch: &str, natures: &[(String, ProjNature)]) -> Result<()> {
+    if let Some((name, _)) = natures.iter().find(|(_, n)| *n == ProjNature::Float) {
+        bail!(
+            "{} is not ternary (it holds more than the three values -s, 0, +s): tern runs {:?} GGUFs only with ternary projections (BitNet b1.58), never an ordinary {} model",
+            name,
+            arch,
+            arch
+        );
+    }
+    if !natures.iter().any(|(_, n)| *n == ProjNature::Ternary) {
+        bail!(
+            "no projection of this {:?} GGUF is ternary (all are block-quantized): tern runs {:?} GGUFs only with ternary projections (BitNet b1.58)",
+            arch,
+            arch
+        );
+    }
+    Ok(())
+}
+
+/// `<arch>.rope.scaling.*` (llama.cpp's keys; the older
+/// `<arch>.rope.scale_linear` too). A type tern cannot apply is an error.
+fn rope_scaling(g: &GgufFile, arch: &str) -> Result<RopeScaling> {
+    let key = |k: &str| format!("{}.{}", arch, k);
+    let factor = g.get_f64(&key("rope.scaling.factor"));
+    let positive = |f: Option<f64>, what: &str| -> Result<f32> {
+        match f {
+            Some(x) if x.is_finite() && x > 0.0 && x < 1e6 => Ok(x as f32),
+            Some(x) => bail!("{} = {} is not a positive number", key(what), x),
+            None => bail!("{} is missing", key(what)),
+        }
+    };
+    let ty = match g.get_str(&key("rope.scaling.type")) {
+        Some(t) => t.to_ascii_lowercase(),
+        None => match g.get_f64(&key("rope.scale_linear")) {
+            Some(f) if f != 1.0 => {
+                return Ok(RopeScaling::Linear {
+                    factor: positive(Some(f), "rope.scale_linear")?,
+                })
+            }
+            _ => return Ok(RopeScaling::None),
+        },
+    };
+    Ok(match ty.as_str() {
+        "none" => RopeScaling::None,
+        "linear" => RopeScaling::Linear {
+            factor: positive(factor, "rope.scaling.factor")?,
+        },
+        "yarn" => {
+            let orig = g
+                .get_u64(&key("rope.scaling.original_context_length"))
+                .ok_or_else(|| {
+                    anyhow!("{} is missing", key("rope.scaling.original_context_length"))
+                })?;
+            if orig == 0 || orig > (1 << 31) {
+                bail!(
+                    "{} = {} is out of range",
+                    key("rope.scaling.original_context_length"),
+                    orig
+                );
+            }
+            for k in [
+                "rope.scaling.yarn_beta_fast",
+                "rope.scaling.yarn_beta_slow",
+                "rope.scaling.attn_factor",
+            ] {
+                if let Some(v) = g.get_f64(&key(k)) {
+                    let default = match k {
+                        "rope.scaling.yarn_beta_fast" => 32.0,
+                        "rope.scaling.yarn_beta_slow" => 1.0,
+                        _ => 1.0,
+                    };
+                    if v != default {
+                        bail!(
+                            "{} = {}: tern applies YaRN only with llama.cpp's defaults",
+                            key(k),
+                            v
+                        );
+                    }
+                }
+            }
+            RopeScaling::Yarn {
+                factor: positive(factor, "rope.scaling.factor")?,
+                original_context: orig as u32,
+            }
+        }
+        other => bail!(
+            "{} = {:?}: tern cannot apply this RoPE scaling (none, linear and yarn are supported)",
+            key("rope.scaling.type"),
+            crate::hf::short(other)
+        ),
     })
 }
