@@ -260,14 +260,6 @@ fn bad_convert(dir: &Path, extra: &[&str], needle: &str) {
     assert_eq!(dir_hash(dir), before_in, "input changed");
 }
 
-fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
-    let p = dir.join("config.json");
-    let mut j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-    f(&mut j);
-    std::fs::write(&p, serde_json::to_string(&j).unwrap()).unwrap();
-}
-
 #[test]
 fn missing_config() {
     let t = tempfile::tempdir().unwrap();
