@@ -197,6 +197,11 @@ fn case_autobitlinear_offline_scale() {
         d.join("config.json"),
     )
     .unwrap();
+    assert_same_tensors_as_shared_case(
+        &d.join("model.safetensors"),
+        "autobitlinear-offline-scale/model.safetensors",
+        &[],
+    );
     let o = run_tern(
         &["convert", d.to_str().unwrap(), "--outfile", "out.gguf"],
         Some(t.path()),
@@ -241,6 +246,51 @@ fn case_autobitlinear_offline_scale() {
         a.mean_kl,
         a.top1
     );
+}
+
+/// Where `../shared` is beside the checkout (not needed by the suite), the
+/// input rebuilt here must hold the same tensors as the case's own file
+/// (but `except`, which the case fills with its own random values).
+fn assert_same_tensors_as_shared_case(ours: &Path, case_file: &str, except: &[&str]) {
+    let shared = root().join("../shared/cases/bughunt").join(case_file);
+    if !shared.is_file() {
+        return;
+    }
+    let (a, b) = (
+        std::fs::read(ours).unwrap(),
+        std::fs::read(&shared).unwrap(),
+    );
+    if case_file.ends_with(".gguf") {
+        let (ga, gb) = (
+            GgufFile::open(ours).unwrap(),
+            GgufFile::open(&shared).unwrap(),
+        );
+        assert_eq!(ga.tensors.len(), gb.tensors.len());
+        for t in gb
+            .tensors
+            .iter()
+            .filter(|t| !except.contains(&t.name.as_str()))
+        {
+            let o = ga.tensor(&t.name).unwrap();
+            assert_eq!((o.ty, &o.dims), (t.ty, &t.dims), "{}", t.name);
+            assert!(ga.tensor_data(o) == gb.tensor_data(t), "{}", t.name);
+        }
+        return;
+    }
+    let (sa, sb) = (
+        safetensors::SafeTensors::deserialize(&a).unwrap(),
+        safetensors::SafeTensors::deserialize(&b).unwrap(),
+    );
+    assert_eq!(sa.len(), sb.len());
+    for (n, t) in sb.tensors() {
+        let o = sa.tensor(&n).unwrap();
+        assert_eq!(
+            (o.dtype(), o.shape(), o.data()),
+            (t.dtype(), t.shape(), t.data()),
+            "{}",
+            n
+        );
+    }
 }
 
 /// Metadata as bitnet.cpp's pipeline writes it: no eot id.
@@ -437,7 +487,9 @@ fn llama_gguf_with_non_ternary_projections_is_refused() {
 /// `../shared/cases/bughunt/llama-arch-gguf`: the b158-packed I2_S file as
 /// bitnet.cpp lays out a Llama model (arch `llama`, no sub-norms, F16
 /// token_embd and a separate F16 `output.weight`). Rebuilt here from the
-/// vendored reference GGUF, tensor for tensor as the case's file holds them.
+/// vendored reference GGUF, tensor for tensor as the case's file holds them,
+/// except the head: the case's holds other random values, this one the
+/// embedding's.
 pub fn llama_arch_gguf(out: &Path) {
     let g = GgufFile::open(&ref_gguf("b158-packed")).unwrap();
     let kv = map_metadata(&g, |k| {
@@ -495,6 +547,11 @@ fn case_llama_arch_gguf() {
     let t = tempfile::tempdir().unwrap();
     let f = t.path().join("llama-arch-i2s.gguf");
     llama_arch_gguf(&f);
+    assert_same_tensors_as_shared_case(
+        &f,
+        "llama-arch-gguf/llama-arch-i2s.gguf",
+        &["output.weight"],
+    );
     let o = run_tern(
         &[
             "run",
