@@ -507,10 +507,13 @@ impl Ord for SpmBigram {
 fn build_gpt2(spec: &VocabSpec, types: &[i32]) -> Result<tokenizers::Tokenizer> {
     let pre = spec.pre.as_deref();
     let (regex, ignore_merges) = match pre {
-        Some("llama-bpe" | "llama3" | "llama-v3") => (LLAMA3_PRE_REGEX, true),
+        // llama.cpp runs the Falcon3 / Falcon-E vocabularies with the LLaMA-3 split too.
+        Some("llama-bpe" | "llama3" | "llama-v3" | "falcon3" | "falcon_e") => {
+            (LLAMA3_PRE_REGEX, true)
+        }
         None | Some("default" | "gpt-2" | "gpt2") => (GPT2_PRE_REGEX, false),
         Some(other) => bail!(
-            "unsupported pre-tokenizer '{other}' (tokenizer.ggml.pre; supported: llama-bpe, llama3, llama-v3, default, gpt-2)"
+            "unsupported pre-tokenizer '{other}' (tokenizer.ggml.pre; supported: llama-bpe, llama3, llama-v3, falcon3, falcon_e, default, gpt-2)"
         ),
     };
 

@@ -888,3 +888,41 @@ fn use_rms_norm_input_norms_are_kept_and_applied() {
         differ.max_rel_rms
     );
 }
+
+/// A Falcon3-style tokenizer: the LLaMA-3 split in a vocabulary carrying the
+/// Falcon family's special tokens (here two reserved specials renamed).
+/// Converted, it is named `falcon3`; tern's run-time tokenization (built from
+/// the GGUF alone) equals the `tokenizers` crate's on tokenizer.json.
+#[test]
+fn falcon3_tokenizer_converts_and_tokenizes_like_tokenizers() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("falcon3-tok");
+    copy_dir(&hf_dir("llama-b158-packed"), &d);
+    let p = d.join("tokenizer.json");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("<|reserved_special_token_0|>", ">>TITLE<<")
+        .replace("<|reserved_special_token_1|>", ">>ABSTRACT<<");
+    std::fs::write(&p, text).unwrap();
+    let out = conv_dir(&d, &t.path().join("f.gguf"), GgmlType::I2S, GgmlType::F16);
+    let g = GgufFile::open(&out).unwrap();
+    assert_eq!(g.get_str("tokenizer.ggml.pre"), Some("falcon3"));
+    let m = Model::load(&out).unwrap();
+    let hf = tokenizers::Tokenizer::from_file(&p).unwrap();
+    let dir = ref_dir("transformers", "llama-b158-packed");
+    for pr in prompts(&dir) {
+        let ours = m.tokenizer.encode(&pr.text, true).unwrap();
+        let theirs = hf.encode(pr.text.as_str(), true).unwrap().get_ids().to_vec();
+        assert_eq!(ours, theirs, "{}", pr.name);
+        assert_eq!(ours, pr.tokens, "{}", pr.name);
+    }
+    // The same vocabulary with the LLaMA-3 split stays llama-bpe.
+    let g = GgufFile::open(&conv_dir(
+        &hf_dir("llama-b158-packed"),
+        &t.path().join("l.gguf"),
+        GgmlType::I2S,
+        GgmlType::F16,
+    ))
+    .unwrap();
+    assert_eq!(g.get_str("tokenizer.ggml.pre"), Some("llama-bpe"));
+}

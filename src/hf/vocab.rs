@@ -91,13 +91,34 @@ fn collect_regexes(j: &J, out: &mut Vec<String>) {
     }
 }
 
-/// Name the pre-tokenizer of a tokenizer.json the way llama.cpp does.
+/// Whether a tokenizer.json holds the Falcon family's special tokens
+/// (`>>TITLE<<`, `>>ABSTRACT<<`, … first in Falcon, Falcon3 and Falcon-E
+/// vocabularies).
+fn has_falcon_specials(tok: &J) -> bool {
+    let in_vocab = |s: &str| {
+        tok.get("model")
+            .and_then(|m| m.get("vocab"))
+            .and_then(|v| v.get(s))
+            .is_some()
+            || tok
+                .get("added_tokens")
+                .and_then(|a| a.as_array())
+                .is_some_and(|a| a.iter().any(|t| t.get("content").and_then(|c| c.as_str()) == Some(s)))
+    };
+    in_vocab(">>TITLE<<") && in_vocab(">>ABSTRACT<<")
+}
+
+/// Name the pre-tokenizer of a tokenizer.json the way llama.cpp does. The
+/// split decides the tokenization; a LLaMA-3 split in a Falcon vocabulary is
+/// named `falcon3`, which llama.cpp (and tern) run with the LLaMA-3 regex, as
+/// `falcon_e` (the two names differ only in llama.cpp's vocabulary hash).
 fn detect_pre(tok: &J) -> Result<String> {
     let mut regexes = Vec::new();
     if let Some(p) = tok.get("pre_tokenizer") {
         collect_regexes(p, &mut regexes);
     }
     match regexes.as_slice() {
+        [r] if r == LLAMA3_REGEX && has_falcon_specials(tok) => Ok("falcon3".into()),
         [r] if r == LLAMA3_REGEX => Ok("llama-bpe".into()),
         [r] if r == GPT2_REGEX => Ok("gpt-2".into()),
         [] => bail!("tokenizer.json has no pre-tokenizer split; tern cannot tell which GGUF pre-tokenizer applies"),
