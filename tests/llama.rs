@@ -912,7 +912,11 @@ fn falcon3_tokenizer_converts_and_tokenizes_like_tokenizers() {
     let dir = ref_dir("transformers", "llama-b158-packed");
     for pr in prompts(&dir) {
         let ours = m.tokenizer.encode(&pr.text, true).unwrap();
-        let theirs = hf.encode(pr.text.as_str(), true).unwrap().get_ids().to_vec();
+        let theirs = hf
+            .encode(pr.text.as_str(), true)
+            .unwrap()
+            .get_ids()
+            .to_vec();
         assert_eq!(ours, theirs, "{}", pr.name);
         assert_eq!(ours, pr.tokens, "{}", pr.name);
     }
@@ -925,4 +929,27 @@ fn falcon3_tokenizer_converts_and_tokenizes_like_tokenizers() {
     ))
     .unwrap();
     assert_eq!(g.get_str("tokenizer.ggml.pre"), Some("llama-bpe"));
+}
+
+/// A sharded Falcon3-style checkpoint whose weights and `weight_scale`s lie
+/// in different shards converts to the same bytes as the single file.
+#[test]
+fn sharded_llama_checkpoint_with_scales_in_another_shard() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("sharded");
+    copy_dir(&hf_dir("llama-b158-packed"), &d);
+    shard_checkpoint(&d, 2, |_, name| usize::from(name.ends_with("weight_scale")));
+    let a = conv_dir(&d, &t.path().join("s.gguf"), GgmlType::I2S, GgmlType::F16);
+    let b = conv_dir(
+        &hf_dir("llama-b158-packed"),
+        &t.path().join("one.gguf"),
+        GgmlType::I2S,
+        GgmlType::F16,
+    );
+    let (ga, gb) = (GgufFile::open(&a).unwrap(), GgufFile::open(&b).unwrap());
+    assert_eq!(ga.tensors.len(), gb.tensors.len());
+    for tb in &gb.tensors {
+        let ta = ga.tensor(&tb.name).unwrap();
+        assert!(ga.tensor_data(ta) == gb.tensor_data(tb), "{}", tb.name);
+    }
 }

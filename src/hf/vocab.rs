@@ -103,7 +103,10 @@ fn has_falcon_specials(tok: &J) -> bool {
             || tok
                 .get("added_tokens")
                 .and_then(|a| a.as_array())
-                .is_some_and(|a| a.iter().any(|t| t.get("content").and_then(|c| c.as_str()) == Some(s)))
+                .is_some_and(|a| {
+                    a.iter()
+                        .any(|t| t.get("content").and_then(|c| c.as_str()) == Some(s))
+                })
     };
     in_vocab(">>TITLE<<") && in_vocab(">>ABSTRACT<<")
 }

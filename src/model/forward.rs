@@ -145,6 +145,9 @@ fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     crate::kernels::ops::rmsnorm(x, w, eps, out)
 }
 
+/// One BitLinear of a group: the weights, its input norm if any, its output.
+type Projection<'a> = (&'a Proj, Option<&'a [f32]>, &'a mut [f32]);
+
 /// BitLinear projections sharing one input `x` (rows of `width`): int8
 /// activations per token, then each projection into its output. With input
 /// norms (`use_rms_norm`), each projection first normalizes the input with
@@ -154,7 +157,7 @@ fn bitlinear(
     x: &[f32],
     width: usize,
     norm_eps: f32,
-    outs: &mut [(&Proj, Option<&[f32]>, &mut [f32])],
+    outs: &mut [Projection<'_>],
 ) {
     if outs.iter().all(|(_, n, _)| n.is_none()) {
         let qx = quantize_batch(kern, x, width);

@@ -527,7 +527,6 @@ impl Model {
             });
         }
 
-        drop(proj);
         if graph.ternary_only {
             check_ternary(&arch, &natures)?;
         }

@@ -246,3 +246,38 @@ pub fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     f(&mut j);
     std::fs::write(&p, serde_json::to_string(&j).unwrap()).unwrap();
 }
+
+/// Split the folder's `model.safetensors` into `n` shards (tensor `name`
+/// goes to shard `shard_of(index in name order, name)`) with an index file,
+/// as `save_pretrained` writes large checkpoints.
+pub fn shard_checkpoint(dir: &Path, n: usize, shard_of: impl Fn(usize, &str) -> usize) {
+    let single = dir.join("model.safetensors");
+    let bytes = std::fs::read(&single).unwrap();
+    std::fs::remove_file(&single).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut all = st.tensors();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut map = serde_json::Map::new();
+    for s in 0..n {
+        let fname = format!("model-{:05}-of-{:05}.safetensors", s + 1, n);
+        let part: Vec<_> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, (name, _))| shard_of(*i, name) == s)
+            .map(|(_, (name, v))| (name.clone(), v.clone()))
+            .collect();
+        for (name, _) in &part {
+            map.insert(name.clone(), serde_json::json!(fname));
+        }
+        std::fs::write(
+            dir.join(&fname),
+            safetensors::serialize(part, &None).unwrap(),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::to_string(&serde_json::json!({"metadata": {}, "weight_map": map})).unwrap(),
+    )
+    .unwrap();
+}
