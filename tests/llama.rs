@@ -29,6 +29,12 @@ fn conv_dir(input: &Path, out: &Path, ty: GgmlType, embd: GgmlType) -> PathBuf {
     out.to_path_buf()
 }
 
+/// `llama-b158-packed` converted to `ty` (F16 embedding and head) in `dir`.
+fn packed_as(dir: &Path, ty: GgmlType) -> PathBuf {
+    let out = dir.join(format!("llama-b158-packed-{}.gguf", ty.name()));
+    conv_dir(&hf_dir("llama-b158-packed"), &out, ty, GgmlType::F16)
+}
+
 fn logits(m: &Model, tokens: &[u32]) -> Vec<f32> {
     let mut ctx = Context::new(m, tokens.len(), false);
     ctx.eval(tokens, true).unwrap()
@@ -157,12 +163,7 @@ fn autobitlinear_offline_gives_the_bitlinear_logits() {
         GgmlType::I2S,
         GgmlType::F16,
     );
-    let b = conv_dir(
-        &hf_dir("llama-b158-packed"),
-        &t.path().join("b.gguf"),
-        GgmlType::I2S,
-        GgmlType::F16,
-    );
+    let b = packed_as(t.path(), GgmlType::I2S);
     let (ma, mb) = (Model::load(&a).unwrap(), Model::load(&b).unwrap());
     for p in prompts(&ref_dir("transformers", "llama-b158-packed")) {
         assert_eq!(logits(&ma, &p.tokens), logits(&mb, &p.tokens), "{}", p.name);
@@ -305,43 +306,18 @@ fn bitnet_cpp_layout_runs_with_the_same_logits() {
     let t = tempfile::tempdir().unwrap();
     // F16 token_embd and output (tern's default), I2_S projections,
     // permuted Q/K: the layout of convert-hf-to-gguf-bitnet.py + llama-quantize.
-    let base = conv_dir(
-        &hf_dir("llama-b158-packed"),
-        &t.path().join("base.gguf"),
-        GgmlType::I2S,
-        GgmlType::F16,
-    );
+    let base = packed_as(t.path(), GgmlType::I2S);
     let g = GgufFile::open(&base).unwrap();
     let f16 = t.path().join("bitnet-cpp-f16.gguf");
-    rewrite_gguf_tensors(
-        &g,
-        &f16,
-        &bitnet_cpp_kv(&g),
-        |ti, b| Some((plan_of(ti), b.to_vec())),
-        vec![],
-    );
+    rewrite_gguf(&g, &f16, &bitnet_cpp_kv(&g));
     // The Q8_0 output bitnet.cpp writes when the width is not a multiple of 256.
     let q8 = t.path().join("bitnet-cpp-q8.gguf");
-    rewrite_gguf_tensors(
+    requantize_where(
         &g,
         &q8,
         &bitnet_cpp_kv(&g),
-        |ti, b| {
-            if ti.name != "output.weight" {
-                return Some((plan_of(ti), b.to_vec()));
-            }
-            let x = tern::quant::dequantize(ti.ty, b, ti.n_elements() as usize).unwrap();
-            let mut out = Vec::new();
-            q8_0::quantize(&x, &mut out);
-            Some((
-                TensorPlan {
-                    ty: GgmlType::Q8_0,
-                    ..plan_of(ti)
-                },
-                out,
-            ))
-        },
-        vec![],
+        |n| n == "output.weight",
+        GgmlType::Q8_0,
     );
     let mb = Model::load(&base).unwrap();
     let mf = Model::load(&f16).unwrap();
@@ -349,6 +325,42 @@ fn bitnet_cpp_layout_runs_with_the_same_logits() {
         assert_eq!(logits(&mb, &p.tokens), logits(&mf, &p.tokens));
     }
     check_transformers(&q8, "llama-b158-packed", &Thresholds::default());
+}
+
+/// A tensor re-encoded in `ty` (Q8_0 or Q4_0) the way ggml's reference
+/// quantizers write it.
+fn requantize(ti: &tern::gguf::TensorInfo, b: &[u8], ty: GgmlType) -> (TensorPlan, Vec<u8>) {
+    let x = tern::quant::dequantize(ti.ty, b, ti.n_elements() as usize).unwrap();
+    let mut out = Vec::new();
+    match ty {
+        GgmlType::Q8_0 => q8_0::quantize(&x, &mut out),
+        GgmlType::Q4_0 => q4_0::quantize(&x, &mut out).unwrap(),
+        other => panic!("requantize to {}", other.name()),
+    }
+    (TensorPlan { ty, ..plan_of(ti) }, out)
+}
+
+/// Copy of `g` (metadata `kv`) with the tensors `pick` names re-encoded in `ty`.
+fn requantize_where(
+    g: &GgufFile,
+    out: &Path,
+    kv: &[(String, Value)],
+    pick: impl Fn(&str) -> bool,
+    ty: GgmlType,
+) {
+    rewrite_gguf_tensors(
+        g,
+        out,
+        kv,
+        |ti, b| {
+            Some(if pick(&ti.name) {
+                requantize(ti, b, ty)
+            } else {
+                (plan_of(ti), b.to_vec())
+            })
+        },
+        vec![],
+    );
 }
 
 fn plan_of(t: &tern::gguf::TensorInfo) -> TensorPlan {
@@ -365,34 +377,15 @@ fn plan_of(t: &tern::gguf::TensorInfo) -> TensorPlan {
 #[test]
 fn mainline_tq2_0_with_q4_0_ffn_down_runs() {
     let t = tempfile::tempdir().unwrap();
-    let tq = conv_dir(
-        &hf_dir("llama-b158-packed"),
-        &t.path().join("tq.gguf"),
-        GgmlType::TQ2_0,
-        GgmlType::F16,
-    );
+    let tq = packed_as(t.path(), GgmlType::TQ2_0);
     let g = GgufFile::open(&tq).unwrap();
     let mixed = t.path().join("mainline-tq2_0.gguf");
-    rewrite_gguf_tensors(
+    requantize_where(
         &g,
         &mixed,
         &g.kv,
-        |ti, b| {
-            if !ti.name.ends_with("ffn_down.weight") {
-                return Some((plan_of(ti), b.to_vec()));
-            }
-            let x = tern::quant::dequantize(ti.ty, b, ti.n_elements() as usize).unwrap();
-            let mut out = Vec::new();
-            q4_0::quantize(&x, &mut out).unwrap();
-            Some((
-                TensorPlan {
-                    ty: GgmlType::Q4_0,
-                    ..plan_of(ti)
-                },
-                out,
-            ))
-        },
-        vec![],
+        |n| n.ends_with("ffn_down.weight"),
+        GgmlType::Q4_0,
     );
     let o = run_tern(
         &[
@@ -425,12 +418,7 @@ fn mainline_tq2_0_with_q4_0_ffn_down_runs() {
 #[test]
 fn llama_gguf_with_non_ternary_projections_is_refused() {
     let t = tempfile::tempdir().unwrap();
-    let f32 = conv_dir(
-        &hf_dir("llama-b158-packed"),
-        &t.path().join("f32.gguf"),
-        GgmlType::F32,
-        GgmlType::F16,
-    );
+    let f32 = packed_as(t.path(), GgmlType::F32);
     let g = GgufFile::open(&f32).unwrap();
     // One projection with continuous values: an ordinary Llama tensor.
     let bad = t.path().join("float.gguf");
@@ -454,26 +442,12 @@ fn llama_gguf_with_non_ternary_projections_is_refused() {
     assert_clean_failure(&o, "blk.1.ffn_up.weight is not ternary");
     // Every projection block-quantized (an ordinary Q8_0 Llama): refused.
     let q8 = t.path().join("q8.gguf");
-    rewrite_gguf_tensors(
+    requantize_where(
         &g,
         &q8,
         &g.kv,
-        |ti, b| {
-            if !ti.name.starts_with("blk.") || ti.name.ends_with("norm.weight") {
-                return Some((plan_of(ti), b.to_vec()));
-            }
-            let x = tern::quant::dequantize(ti.ty, b, ti.n_elements() as usize).unwrap();
-            let mut out = Vec::new();
-            q8_0::quantize(&x, &mut out);
-            Some((
-                TensorPlan {
-                    ty: GgmlType::Q8_0,
-                    ..plan_of(ti)
-                },
-                out,
-            ))
-        },
-        vec![],
+        |n| n.starts_with("blk.") && !n.ends_with("norm.weight"),
+        GgmlType::Q8_0,
     );
     let o = run_tern(
         &["run", "-m", q8.to_str().unwrap(), "-p", "Hi", "-n", "1"],
@@ -860,13 +834,7 @@ fn use_rms_norm_input_norms_are_kept_and_applied() {
     let a = with_norms(1.0, "n1");
     let b = with_norms(4.0, "n4");
     assert!(a.layers.iter().all(|l| l.input_norms.is_some()));
-    let plain = Model::load(&conv_dir(
-        &hf_dir("llama-b158-packed"),
-        &t.path().join("plain.gguf"),
-        GgmlType::I2S,
-        GgmlType::F16,
-    ))
-    .unwrap();
+    let plain = Model::load(&packed_as(t.path(), GgmlType::I2S)).unwrap();
     let p = &prompts(&ref_dir("transformers", "llama-b158-packed"))[0];
     let (la, lb) = (logits(&a, &p.tokens), logits(&b, &p.tokens));
     // Equal up to int8 rounding flips (the f32 norms of c·x and x differ in
@@ -921,13 +889,7 @@ fn falcon3_tokenizer_converts_and_tokenizes_like_tokenizers() {
         assert_eq!(ours, pr.tokens, "{}", pr.name);
     }
     // The same vocabulary with the LLaMA-3 split stays llama-bpe.
-    let g = GgufFile::open(&conv_dir(
-        &hf_dir("llama-b158-packed"),
-        &t.path().join("l.gguf"),
-        GgmlType::I2S,
-        GgmlType::F16,
-    ))
-    .unwrap();
+    let g = GgufFile::open(&packed_as(t.path(), GgmlType::I2S)).unwrap();
     assert_eq!(g.get_str("tokenizer.ggml.pre"), Some("llama-bpe"));
 }
 
@@ -940,12 +902,7 @@ fn sharded_llama_checkpoint_with_scales_in_another_shard() {
     copy_dir(&hf_dir("llama-b158-packed"), &d);
     shard_checkpoint(&d, 2, |_, name| usize::from(name.ends_with("weight_scale")));
     let a = conv_dir(&d, &t.path().join("s.gguf"), GgmlType::I2S, GgmlType::F16);
-    let b = conv_dir(
-        &hf_dir("llama-b158-packed"),
-        &t.path().join("one.gguf"),
-        GgmlType::I2S,
-        GgmlType::F16,
-    );
+    let b = packed_as(t.path(), GgmlType::I2S);
     let (ga, gb) = (GgufFile::open(&a).unwrap(), GgufFile::open(&b).unwrap());
     assert_eq!(ga.tensors.len(), gb.tensors.len());
     for tb in &gb.tensors {

@@ -134,13 +134,7 @@ pub fn unpack_packed(
             }
         }
     }
-    let zeros = count_zeros(&codes);
-    Ok(Ternarized {
-        codes,
-        scale: rule.tensor_scale(weight_scale),
-        kind: TernaryKind::Packed,
-        zeros,
-    })
+    Ok(offline(codes, weight_scale, rule))
 }
 
 /// Unpacked offline codes: a float tensor holding only -1, 0 and 1, with
@@ -160,13 +154,18 @@ pub fn float_codes(w: &[f32], weight_scale: f32, rule: ScaleRule) -> Result<Tern
             ),
         });
     }
+    Ok(offline(codes, weight_scale, rule))
+}
+
+/// Offline codes with their stored `weight_scale`, read by `rule`.
+fn offline(codes: Vec<i8>, weight_scale: f32, rule: ScaleRule) -> Ternarized {
     let zeros = count_zeros(&codes);
-    Ok(Ternarized {
+    Ternarized {
         codes,
         scale: rule.tensor_scale(weight_scale),
         kind: TernaryKind::Packed,
         zeros,
-    })
+    }
 }
 
 fn check_weight_scale(weight_scale: f32) -> Result<()> {
