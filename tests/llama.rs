@@ -45,6 +45,7 @@ fn logits(m: &Model, tokens: &[u32]) -> Vec<f32> {
 fn check_transformers(gguf: &Path, reference: &str, th: &Thresholds) {
     let m = Model::load(gguf).unwrap_or_else(|e| panic!("{}: {:#}", gguf.display(), e));
     let dir = ref_dir("transformers", reference);
+    let mut worst = (0f64, 0f64, 1f64);
     for p in prompts(&dir) {
         assert_eq!(
             m.tokenizer.encode(&p.text, true).unwrap(),
@@ -53,6 +54,11 @@ fn check_transformers(gguf: &Path, reference: &str, th: &Thresholds) {
             p.name
         );
         let a = compare(&ref_logits(&dir, &p.name), &logits(&m, &p.tokens), p.vocab);
+        worst = (
+            worst.0.max(a.max_rel_rms),
+            worst.1.max(a.mean_kl),
+            worst.2.min(a.top1),
+        );
         assert!(
             a.passes(th),
             "{} vs transformers/{} on {}: max rel RMS {:.4}, mean KL {:.5}, top-1 {:.2}",
@@ -64,6 +70,14 @@ fn check_transformers(gguf: &Path, reference: &str, th: &Thresholds) {
             a.top1
         );
     }
+    eprintln!(
+        "{} vs transformers/{}: max rel RMS ≤ {:.4}, mean KL ≤ {:.5}, top-1 ≥ {:.2}",
+        gguf.file_name().unwrap().to_string_lossy(),
+        reference,
+        worst.0,
+        worst.1,
+        worst.2
+    );
 }
 
 #[test]
@@ -327,6 +341,61 @@ fn bitnet_cpp_layout_runs_with_the_same_logits() {
     check_transformers(&q8, "llama-b158-packed", &Thresholds::default());
 }
 
+/// A plain Q4_K encoder (not ggml's iterative one, but a valid encoding of
+/// the format `tern::quant::q4_k` reads): per 32-value sub-block
+/// `x ≈ d·sc·q − dmin·m` with 6-bit `sc`, `m` and 4-bit `q`.
+fn q4_k_encode(x: &[f32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for blk in x.chunks_exact(256) {
+        let (mut scale, mut mins) = ([0f32; 8], [0f32; 8]);
+        for (s, sub) in blk.chunks_exact(32).enumerate() {
+            let lo = sub.iter().fold(0f32, |a, &v| a.min(v));
+            let hi = sub.iter().fold(0f32, |a, &v| a.max(v));
+            scale[s] = (hi - lo) / 15.0;
+            mins[s] = -lo;
+        }
+        let d = scale.iter().fold(0f32, |a, &v| a.max(v)) / 63.0;
+        let dmin = mins.iter().fold(0f32, |a, &v| a.max(v)) / 63.0;
+        let (d16, dmin16) = (half::f16::from_f32(d), half::f16::from_f32(dmin));
+        let q6 = |v: f32, u: f32| {
+            if u > 0.0 {
+                (v / u).round().clamp(0.0, 63.0) as u8
+            } else {
+                0
+            }
+        };
+        let sc: Vec<u8> = scale.iter().map(|&v| q6(v, d16.to_f32())).collect();
+        let m: Vec<u8> = mins.iter().map(|&v| q6(v, dmin16.to_f32())).collect();
+        let mut scales = [0u8; 12];
+        for j in 0..4 {
+            scales[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
+            scales[j + 4] = m[j] | ((m[j + 4] >> 4) << 6);
+            scales[j + 8] = (sc[j + 4] & 0x0f) | ((m[j + 4] & 0x0f) << 4);
+        }
+        out.extend_from_slice(&d16.to_le_bytes());
+        out.extend_from_slice(&dmin16.to_le_bytes());
+        out.extend_from_slice(&scales);
+        let q = |s: usize, v: f32| {
+            let step = d16.to_f32() * sc[s] as f32;
+            if step > 0.0 {
+                ((v + dmin16.to_f32() * m[s] as f32) / step)
+                    .round()
+                    .clamp(0.0, 15.0) as u8
+            } else {
+                0
+            }
+        };
+        for j in 0..4 {
+            for l in 0..32 {
+                let lo = q(2 * j, blk[64 * j + l]);
+                let hi = q(2 * j + 1, blk[64 * j + 32 + l]);
+                out.push(lo | (hi << 4));
+            }
+        }
+    }
+    out
+}
+
 /// A tensor re-encoded in `ty` (Q8_0 or Q4_0) the way ggml's reference
 /// quantizers write it.
 fn requantize(ti: &tern::gguf::TensorInfo, b: &[u8], ty: GgmlType) -> (TensorPlan, Vec<u8>) {
@@ -335,6 +404,8 @@ fn requantize(ti: &tern::gguf::TensorInfo, b: &[u8], ty: GgmlType) -> (TensorPla
     match ty {
         GgmlType::Q8_0 => q8_0::quantize(&x, &mut out),
         GgmlType::Q4_0 => q4_0::quantize(&x, &mut out).unwrap(),
+        GgmlType::Q6K => tern::quant::q6_k::quantize(&x, &mut out),
+        GgmlType::Q4K => out = q4_k_encode(&x),
         other => panic!("requantize to {}", other.name()),
     }
     (TensorPlan { ty, ..plan_of(ti) }, out)
@@ -372,20 +443,39 @@ fn plan_of(t: &tern::gguf::TensorInfo) -> TensorPlan {
 }
 
 /// Mainline llama.cpp's `llama-quantize … TQ2_0` puts tensors whose rows are
-/// not whole 256-blocks in Q4_0; the fixture's rows all fit, so the Q4_0
-/// `ffn_down` is made here the way ggml's `quantize_row_q4_0_ref` makes it.
+/// not whole 256-blocks in Q4_0, `token_embd` in Q4_K and `output` in Q6_K;
+/// the fixture's rows all fit, so the Q4_0 `ffn_down` is made here the way
+/// ggml's `quantize_row_q4_0_ref` makes it, then the embedding and head.
 #[test]
 fn mainline_tq2_0_with_q4_0_ffn_down_runs() {
     let t = tempfile::tempdir().unwrap();
     let tq = packed_as(t.path(), GgmlType::TQ2_0);
     let g = GgufFile::open(&tq).unwrap();
     let mixed = t.path().join("mainline-tq2_0.gguf");
+    let step = t.path().join("step.gguf");
     requantize_where(
         &g,
-        &mixed,
+        &step,
         &g.kv,
         |n| n.ends_with("ffn_down.weight"),
         GgmlType::Q4_0,
+    );
+    let g = GgufFile::open(&step).unwrap();
+    let step2 = t.path().join("step2.gguf");
+    requantize_where(
+        &g,
+        &step2,
+        &g.kv,
+        |n| n == "token_embd.weight",
+        GgmlType::Q4K,
+    );
+    let g = GgufFile::open(&step2).unwrap();
+    requantize_where(&g, &mixed, &g.kv, |n| n == "output.weight", GgmlType::Q6K);
+    let g = GgufFile::open(&mixed).unwrap();
+    assert_eq!(g.tensor("token_embd.weight").unwrap().ty, GgmlType::Q4K);
+    assert_eq!(
+        g.tensor("blk.0.ffn_down.weight").unwrap().ty,
+        GgmlType::Q4_0
     );
     let o = run_tern(
         &[

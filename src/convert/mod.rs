@@ -57,6 +57,7 @@ pub fn file_type(outtype: GgmlType) -> u32 {
         GgmlType::F16 => 1,
         GgmlType::Q4_0 => 2,
         GgmlType::Q8_0 => 7,
+        GgmlType::Q4K => 15,
         GgmlType::Q6K => 18,
         GgmlType::BF16 => 32,
         GgmlType::TQ1_0 => 36,

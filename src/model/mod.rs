@@ -375,7 +375,11 @@ impl Model {
                     }
                     FloatMat::QuantMapped(kind, (gguf.data_start + t.offset) as usize, bytes.len())
                 }
-                GgmlType::BF16 => FloatMat::F32(f32_data(&gguf, t)?),
+                // Dequantized once at load (mainline llama-quantize writes a
+                // TQ model's token_embd in Q4_K).
+                GgmlType::BF16 | GgmlType::Q4_0 | GgmlType::Q4K => {
+                    FloatMat::F32(f32_data(&gguf, t)?)
+                }
                 other => bail!(
                     "tensor {}: type {} is not supported for embeddings",
                     t.name,
@@ -463,7 +467,7 @@ impl Model {
                             None => (Proj::Float { data, rows, cols }, ProjNature::Float),
                         }
                     }
-                    GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::Q6K => (
+                    GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q6K => (
                         Proj::Float {
                             data: f32_data(&gguf, t)?,
                             rows,

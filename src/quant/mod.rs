@@ -3,6 +3,7 @@
 
 pub mod i2s;
 pub mod q4_0;
+pub mod q4_k;
 pub mod q6_k;
 pub mod q8_0;
 pub mod tq;
@@ -16,6 +17,7 @@ pub enum GgmlType {
     F16,
     Q4_0,
     Q8_0,
+    Q4K,
     Q6K,
     BF16,
     TQ1_0,
@@ -74,6 +76,15 @@ pub const TYPE_TABLE: &[TypeInfo] = &[
         name: "Q8_0",
         block: 32,
         block_bytes: 34,
+        tensor_tail: 0,
+        ternary: false,
+    },
+    TypeInfo {
+        ty: GgmlType::Q4K,
+        id: 12,
+        name: "Q4_K",
+        block: 256,
+        block_bytes: 144,
         tensor_tail: 0,
         ternary: false,
     },
@@ -147,6 +158,7 @@ impl GgmlType {
             "Q80" => "Q8_0".to_string(),
             "Q40" => "Q4_0".to_string(),
             "Q6K" => "Q6_K".to_string(),
+            "Q4K" => "Q4_K".to_string(),
             _ => s,
         };
         TYPE_TABLE.iter().find(|t| t.name == s).map(|t| t.ty)
@@ -194,11 +206,12 @@ pub fn dequantize(ty: GgmlType, data: &[u8], n: usize) -> Result<Vec<f32>> {
         GgmlType::BF16 => words(2)
             .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
-        GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::Q6K => {
+        GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q6K => {
             let mut v = vec![0f32; n];
             match ty {
                 GgmlType::Q4_0 => q4_0::dequantize(data, &mut v),
                 GgmlType::Q8_0 => q8_0::dequantize(data, &mut v),
+                GgmlType::Q4K => q4_k::dequantize(data, &mut v),
                 _ => q6_k::dequantize(data, &mut v),
             }
             v
