@@ -1005,3 +1005,54 @@ fn sharded_llama_checkpoint_with_scales_in_another_shard() {
         assert!(ga.tensor_data(ta) == gb.tensor_data(tb), "{}", tb.name);
     }
 }
+
+/// `modules_to_not_convert: []` (a literal list without `lm_head`): the head
+/// is a BitLinear too. tern writes it ternary and runs it with int8
+/// activations; the independent numpy reference of that model agrees, the
+/// float-head model does not.
+#[test]
+fn lm_head_converted_when_the_list_leaves_it_out() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("head");
+    copy_dir(&hf_dir("llama-b158-online"), &d);
+    edit_config(&d, |j| {
+        j["quantization_config"]["modules_to_not_convert"] = serde_json::json!([]);
+    });
+    let out = conv_dir(&d, &t.path().join("h.gguf"), GgmlType::I2S, GgmlType::F16);
+    let g = GgufFile::open(&out).unwrap();
+    assert_eq!(g.tensor("output.weight").unwrap().ty, GgmlType::I2S);
+    let m = Model::load(&out).unwrap();
+    assert!(m.output_bitlinear.is_some() && m.output.is_none());
+    let plain = Model::load(&conv_dir(
+        &hf_dir("llama-b158-online"),
+        &t.path().join("p.gguf"),
+        GgmlType::I2S,
+        GgmlType::F16,
+    ))
+    .unwrap();
+    let dir = root().join("vendor/reference/numpy/llama-b158-online-ternary-head");
+    for p in prompts(&dir) {
+        let reference = ref_logits(&dir, &p.name);
+        let a = compare(&reference, &logits(&m, &p.tokens), p.vocab);
+        assert!(
+            a.passes(&Thresholds::default()),
+            "{}: {:.4}",
+            p.name,
+            a.max_rel_rms
+        );
+        let b = compare(&reference, &logits(&plain, &p.tokens), p.vocab);
+        assert!(
+            !b.passes(&Thresholds::default()),
+            "{}: {:.4}",
+            p.name,
+            b.max_rel_rms
+        );
+    }
+    // Tied embeddings with a converted head: refused in one line.
+    edit_config(&d, |j| j["tie_word_embeddings"] = true.into());
+    let o = run_tern(
+        &["convert", d.to_str().unwrap(), "--outfile", "x.gguf"],
+        Some(t.path()),
+    );
+    assert_clean_failure(&o, "lm_head");
+}

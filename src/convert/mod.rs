@@ -171,11 +171,17 @@ fn plan(
     // Modules that transformers would leave as float nn.Linear: tern runs every
     // projection as a BitLinear and the head as a float matrix, so anything
     // else is refused rather than silently given other semantics.
-    if let Some(q) = &cfg.quant {
-        if ck.contains("lm_head.weight") && !cfg.tied && !q.keeps_float("lm_head") {
-            bail!("quantization_config.modules_to_not_convert does not list lm_head, so transformers runs the output head as a BitLinear; tern runs only float output heads");
+    // A list without lm_head makes the head a BitLinear too (written in the
+    // projection type, run with int8 activations).
+    let head_bitlinear = match &cfg.quant {
+        Some(q) if ck.contains("lm_head.weight") && !q.keeps_float("lm_head") => {
+            if cfg.tied || q.use_rms_norm {
+                bail!("quantization_config.modules_to_not_convert does not list lm_head, so transformers runs the output head as a BitLinear; tern runs such a head only untied and without use_rms_norm");
+            }
+            true
         }
-    }
+        _ => false,
+    };
     out.push(Planned {
         plan: TensorPlan {
             name: "token_embd.weight".into(),
@@ -194,14 +200,31 @@ fn plan(
         h,
     ));
     if ck.contains("lm_head.weight") && !cfg.tied {
+        let (ty, role) = if head_bitlinear {
+            if outtype == GgmlType::I2S && !h.is_multiple_of(i2s::BLOCK) {
+                bail!(
+                    "lm_head.weight has {} columns: I2_S needs a multiple of 128",
+                    h
+                );
+            }
+            (
+                projection_type(outtype, h, "output.weight", &mut fallbacks),
+                Role::Projection,
+            )
+        } else {
+            (
+                embd_tensor_type("output.weight", h, embd_type, &mut fallbacks),
+                Role::Output,
+            )
+        };
         out.push(Planned {
             plan: TensorPlan {
                 name: "output.weight".into(),
                 dims: vec![h as u64, cfg.vocab as u64],
-                ty: embd_tensor_type("output.weight", h, embd_type, &mut fallbacks),
+                ty,
             },
             hf_name: "lm_head.weight".into(),
-            role: Role::Output,
+            role,
             rows: cfg.vocab,
             cols: h,
             permute_heads: None,
@@ -272,22 +295,14 @@ fn plan(
                 (RopeLayout::Adjacent, "attn_k") => Some(cfg.kv_heads),
                 _ => None,
             };
-            let mut ty = outtype;
-            if ty.info().ternary && cols % ty.info().block != 0 {
-                if ty == GgmlType::I2S {
-                    bail!(
-                        "{} has {} columns: I2_S needs a multiple of 128 (choose --outtype f16, f32, tq2_0 or tq1_0)",
-                        name,
-                        cols
-                    );
-                }
-                // llama.cpp's converter falls back to F16 for rows a block type cannot hold.
-                fallbacks.push(format!(
-                    "{} ({} columns is not a multiple of 256): F16",
-                    name, cols
-                ));
-                ty = GgmlType::F16;
+            if outtype == GgmlType::I2S && !cols.is_multiple_of(i2s::BLOCK) {
+                bail!(
+                    "{} has {} columns: I2_S needs a multiple of 128 (choose --outtype f16, f32, tq2_0 or tq1_0)",
+                    name,
+                    cols
+                );
             }
+            let ty = projection_type(outtype, cols, &name, &mut fallbacks);
             out.push(Planned {
                 plan: TensorPlan {
                     name,
@@ -349,6 +364,27 @@ fn plan(
         }
     }
     Ok((out, fallbacks))
+}
+
+/// The type a projection of rows of `cols` values is written in: `outtype`,
+/// or F16 where a ternary block type cannot hold the rows (llama.cpp's
+/// converter falls back the same way).
+fn projection_type(
+    outtype: GgmlType,
+    cols: usize,
+    name: &str,
+    fallbacks: &mut Vec<String>,
+) -> GgmlType {
+    if outtype.info().ternary && !cols.is_multiple_of(outtype.info().block) {
+        fallbacks.push(format!(
+            "{} ({} columns is not a multiple of {}): F16",
+            name,
+            cols,
+            outtype.info().block
+        ));
+        return GgmlType::F16;
+    }
+    outtype
 }
 
 /// The type an embedding / output head of rows of `cols` values is written

@@ -411,6 +411,17 @@ pub fn decode(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Resu
             &mut xn[r * d..(r + 1) * d],
         );
     }
+    if let Some(head) = &m.output_bitlinear {
+        let mut out = vec![0f32; rows.len() * hp.n_vocab];
+        bitlinear(
+            kern,
+            &xn,
+            d,
+            hp.input_norm_eps,
+            &mut [(head, None, &mut out)],
+        );
+        return Ok(out);
+    }
     Ok(head_matmul(
         m.kernel,
         m.head_weights(),

@@ -130,8 +130,12 @@ pub struct Model {
     pub gguf: GgufFile,
     pub hp: Hparams,
     pub tok_embd: FloatMat,
-    /// `None` when the head is tied to the embedding.
+    /// `None` when the head is tied to the embedding (or a BitLinear).
     pub output: Option<FloatMat>,
+    /// A ternary `output.weight` (a checkpoint whose
+    /// `modules_to_not_convert` leaves `lm_head` converted): run as a
+    /// BitLinear, with int8 activations, instead of a float head.
+    pub output_bitlinear: Option<Proj>,
     pub output_norm: Vec<f32>,
     pub layers: Vec<Layer>,
     pub tokenizer: Tokenizer,
@@ -482,9 +486,16 @@ impl Model {
 
         let te = get("token_embd.weight", &[n_embd, n_vocab])?;
         let tok_embd = float_mat(te)?;
-        let output = match gguf.tensor("output.weight") {
-            Some(_) => Some(float_mat(get("output.weight", &[n_embd, n_vocab])?)?),
-            None => None,
+        let (output, output_bitlinear) = match gguf.tensor("output.weight") {
+            Some(t) if t.ty.info().ternary => (
+                None,
+                Some(proj("output.weight", n_vocab, n_embd, &mut warnings)?),
+            ),
+            Some(_) => (
+                Some(float_mat(get("output.weight", &[n_embd, n_vocab])?)?),
+                None,
+            ),
+            None => (None, None),
         };
         let output_norm = norm("output_norm.weight", n_embd)?;
         let qd = n_head * head_dim;
@@ -551,6 +562,7 @@ impl Model {
             hp,
             tok_embd,
             output,
+            output_bitlinear,
             output_norm,
             layers,
             tokenizer,
@@ -625,6 +637,9 @@ impl Model {
     /// Bytes read per generated token: every projection, the head, the norms.
     pub fn bytes_per_token(&self) -> u64 {
         let head = match self.head() {
+            _ if self.output_bitlinear.is_some() => {
+                self.output_bitlinear.as_ref().map_or(0, |p| p.bytes())
+            }
             FloatMat::F32(v) => v.len() * 4,
             FloatMat::F16(v) => v.len() * 2,
             FloatMat::F16Mapped(_, n) => n * 2,
@@ -649,7 +664,8 @@ impl Model {
             * (h.n_embd * (h.n_head + 2 * h.n_head_kv) * h.head_dim
                 + h.n_head * h.head_dim * h.n_embd
                 + 3 * h.n_embd * h.n_ff);
-        let emb = h.n_vocab * h.n_embd * if self.output.is_some() { 2 } else { 1 };
+        let untied = self.output.is_some() || self.output_bitlinear.is_some();
+        let emb = h.n_vocab * h.n_embd * if untied { 2 } else { 1 };
         (proj + emb) as u64
     }
 }

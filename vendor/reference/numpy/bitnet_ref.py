@@ -1,7 +1,12 @@
-"""Independent float64 numpy forward of a BitNetForCausalLM checkpoint
-(docs §1-§2 semantics: absmean ternary weights, per-token int8 activations
-rounded half to even, sub-norms, relu², GQA, rotate-half RoPE), with the
-config's rope_scaling applied as transformers does (linear only here).
+"""Independent float64 numpy forward of a BitNetForCausalLM or a
+LlamaForCausalLM + bitnet quantization_config checkpoint (docs §1-§2, §7
+semantics: ternary weights — absmean of float masters, or packed uint8 codes
+with W = T / weight_scale (BitLinear) or T × weight_scale (AutoBitLinear
+offline) —, per-token int8 activations rounded half to even, sub-norms when
+the checkpoint has them, relu² or SiLU gate, GQA, rotate-half RoPE; lm_head
+float unless quantization_config.modules_to_not_convert is a list without
+it), with the config's rope_scaling applied as transformers does (linear
+only here).
 
 Written for tern's tests from the semantics, sharing no code with tern:
   python bitnet_ref.py CHECKPOINT_DIR TOKENS_JSON OUT_LOGITS_F32
@@ -15,6 +20,9 @@ import sys
 import numpy as np
 
 
+RAW_U8 = {}
+
+
 def load(dirname):
     raw = open(f"{dirname}/model.safetensors", "rb").read()
     (n,) = struct.unpack_from("<Q", raw, 0)
@@ -26,6 +34,11 @@ def load(dirname):
             continue
         a, b = t["data_offsets"]
         buf = data[a:b]
+        if t["dtype"] == "U8":
+            RAW_U8[name] = np.frombuffer(buf, dtype=np.uint8).reshape(t["shape"])
+            x = np.zeros(1, dtype=np.float32)
+            out[name] = x
+            continue
         if t["dtype"] == "BF16":
             u = np.frombuffer(buf, dtype="<u2").astype(np.uint32) << 16
             x = u.view(np.float32)
@@ -48,6 +61,21 @@ def ternary(w):
     return np.clip(np.round(w / s), -1, 1), s
 
 
+def projection(w, name, qc):
+    """Codes and scale of one converted linear."""
+    t = w[name + ".weight"]
+    if name + ".weight_scale" not in w:
+        return ternary(t)
+    ws = float(w[name + ".weight_scale"].reshape(-1)[0])
+    if name + ".weight" in RAW_U8:
+        b = RAW_U8[name + ".weight"]
+        r4 = b.shape[0]
+        codes = np.concatenate([((b >> (2 * i)) & 3).astype(np.float64) - 1 for i in range(4)])
+        t = codes.reshape(4 * r4, -1)
+    mult = qc.get("linear_class") == "autobitlinear"
+    return t, (ws if mult else 1.0 / ws)
+
+
 def bitlinear(x, tw):
     t, s = tw
     sx = 127.0 / np.maximum(np.max(np.abs(x), axis=-1, keepdims=True), 1e-5)
@@ -64,6 +92,8 @@ def main():
     nkv = cfg.get("num_key_value_heads") or nh
     hd = cfg.get("head_dim") or h // nh
     eps = cfg.get("rms_norm_eps", 1e-5)
+    qc = cfg.get("quantization_config") or {}
+    act = cfg.get("hidden_act", "relu2")
     theta = cfg.get("rope_theta", 10000.0)
     scaling = cfg.get("rope_scaling") or {}
     kind = scaling.get("rope_type", scaling.get("type", "default"))
@@ -87,7 +117,7 @@ def main():
     mask = np.triu(np.full((n, n), -np.inf), 1)
     for l in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{l}."
-        tw = {k: ternary(w[p + k + ".weight"]) for k in [
+        tw = {k: projection(w, p + k, qc) for k in [
             "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]}
         a = rmsnorm(x, w[p + "input_layernorm.weight"], eps)
@@ -101,16 +131,27 @@ def main():
             s = np.exp(s - s.max(axis=1, keepdims=True))
             s /= s.sum(axis=1, keepdims=True)
             o[:, hh, :] = s @ v[:, hh // g, :]
-        o = rmsnorm(o.reshape(n, nh * hd), w[p + "self_attn.attn_sub_norm.weight"], eps)
+        o = o.reshape(n, nh * hd)
+        if p + "self_attn.attn_sub_norm.weight" in w:
+            o = rmsnorm(o, w[p + "self_attn.attn_sub_norm.weight"], eps)
         x = x + bitlinear(o, tw["self_attn.o_proj"])
         a = rmsnorm(x, w[p + "post_attention_layernorm.weight"], eps)
         gt = bitlinear(a, tw["mlp.gate_proj"])
         up = bitlinear(a, tw["mlp.up_proj"])
-        f = rmsnorm(np.maximum(gt, 0) ** 2 * up, w[p + "mlp.ffn_sub_norm.weight"], eps)
+        if act == "silu":
+            f = gt / (1.0 + np.exp(-gt)) * up
+        else:
+            f = np.maximum(gt, 0) ** 2 * up
+        if p + "mlp.ffn_sub_norm.weight" in w:
+            f = rmsnorm(f, w[p + "mlp.ffn_sub_norm.weight"], eps)
         x = x + bitlinear(f, tw["mlp.down_proj"])
     x = rmsnorm(x, w["model.norm.weight"], eps)
-    head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
-    (x @ head.T).astype("<f4").tofile(out)
+    listed = qc.get("modules_to_not_convert")
+    if "lm_head.weight" in w and listed is not None and not any(k in "lm_head" for k in listed):
+        logits = bitlinear(x, projection(w, "lm_head", qc))
+    else:
+        logits = x @ w.get("lm_head.weight", w["model.embed_tokens.weight"]).T
+    logits.astype("<f4").tofile(out)
 
 
 if __name__ == "__main__":
