@@ -186,20 +186,42 @@ impl Checkpoint {
             return;
         };
         let s = &self.shards[si];
-        if let Some((_, _, a, b)) = s.tensors.get(name) {
-            #[cfg(unix)]
-            {
-                // SAFETY: the mapping is a read-only, file-backed private map
-                // that is never written. MADV_DONTNEED on such pages only drops
-                // them from memory; later reads fault them back in from the
-                // file with identical contents, so no Rust reference observes a
-                // change.
-                let _ = unsafe {
-                    s.mmap
-                        .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, *a, b - a)
-                };
-            }
+        if let Some(&(_, _, a, b)) = s.tensors.get(name) {
+            release_pages(&s.mmap, a, b - a);
             let _ = &s.path;
         }
     }
 }
+
+/// Drop bytes `off..off + len` of a read-only file mapping from this
+/// process's resident memory; later reads fault them back in from the file
+/// with identical contents. Best effort: failures are ignored.
+#[cfg(unix)]
+fn release_pages(m: &Mmap, off: usize, len: usize) {
+    // SAFETY: the mapping is a read-only, file-backed private map that is
+    // never written. MADV_DONTNEED on such pages only drops them from memory;
+    // later reads fault them back in from the file with identical contents,
+    // so no Rust reference observes a change.
+    let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, off, len) };
+}
+
+/// Windows has no MADV_DONTNEED for views of a file; `VirtualUnlock` on pages
+/// that are not locked removes them from the working set instead (documented
+/// behaviour of VirtualUnlock; it then reports ERROR_NOT_LOCKED, ignored here).
+#[cfg(windows)]
+fn release_pages(m: &Mmap, off: usize, len: usize) {
+    let Some(range) = m.get(off..off.saturating_add(len)) else {
+        return;
+    };
+    if range.is_empty() {
+        return;
+    }
+    // SAFETY: `range` lies inside the live mapping `m`; VirtualUnlock only
+    // changes which of its pages are resident, never their contents.
+    let _ = unsafe {
+        windows_sys::Win32::System::Memory::VirtualUnlock(range.as_ptr().cast(), range.len())
+    };
+}
+
+#[cfg(not(any(unix, windows)))]
+fn release_pages(_: &Mmap, _: usize, _: usize) {}
