@@ -181,8 +181,8 @@ fn log_norm(row: &[f32]) -> (f32, usize, f64) {
         }
     }
     let mx = row[imax];
-    let sum: f64 = row.iter().map(|&v| ((v - mx) as f64).exp()).sum();
-    (mx, imax, mx as f64 + sum.ln())
+    let sum: f64 = row.iter().map(|&v| libm::exp((v - mx) as f64)).sum();
+    (mx, imax, mx as f64 + libm::log(sum))
 }
 
 /// Negative log-likelihood of `target` under one row of logits.
@@ -207,7 +207,7 @@ impl PplStats {
     }
     /// exp(mean NLL).
     pub fn ppl(&self) -> f64 {
-        (self.sum_nll / self.count as f64).exp()
+        libm::exp(self.sum_nll / self.count as f64)
     }
     /// llama-perplexity's ± : PPL · standard error of the mean NLL (0 when undefined).
     pub fn ppl_err(&self) -> f64 {
@@ -533,7 +533,7 @@ pub fn kl_point(row: &[f32], rec: &[u8], target: u32) -> KlPoint {
         }
         if lb > -16.0 {
             let lb = lb as f64;
-            kld += lb.exp() * (lb - (x as f64 - log_z));
+            kld += libm::exp(lb) * (lb - (x as f64 - log_z));
         }
     }
     let t = target as usize;
@@ -544,7 +544,7 @@ pub fn kl_point(row: &[f32], rec: &[u8], target: u32) -> KlPoint {
         nll_base,
         kld,
         same_top: imax == imax_base,
-        p_diff: (-nll).exp() - (-nll_base).exp(),
+        p_diff: libm::exp(-nll) - libm::exp(-nll_base),
     }
 }
 
@@ -700,7 +700,7 @@ impl KlStats {
     /// The running per-chunk line of llama-perplexity's KL table.
     pub fn chunk_line(&self, chunk: usize) -> String {
         let (lp, lb, cov) = self.log_ppls();
-        let ppl = lp.0.exp();
+        let ppl = libm::exp(lp.0);
         let lr = (
             lp.0 - lb.0,
             (lp.1 * lp.1 + lb.1 * lb.1 - 2.0 * cov).max(0.0).sqrt(),
@@ -727,14 +727,14 @@ impl KlStats {
     /// Final statistics.
     pub fn summary(&self) -> KlSummary {
         let (lp, lb, cov) = self.log_ppls();
-        let ppl = (lp.0.exp(), lp.0.exp() * lp.1);
-        let ppl_base = (lb.0.exp(), lb.0.exp() * lb.1);
+        let ppl = (libm::exp(lp.0), libm::exp(lp.0) * lp.1);
+        let ppl_base = (libm::exp(lb.0), libm::exp(lb.0) * lb.1);
         let cor = cov / (lp.1 * lb.1);
         let ln_ratio = (
             lp.0 - lb.0,
             (lp.1 * lp.1 + lb.1 * lb.1 - 2.0 * cov).max(0.0).sqrt(),
         );
-        let r = ln_ratio.0.exp();
+        let r = libm::exp(ln_ratio.0);
         let ppl_cov = ppl.0 * ppl_base.0 * cov;
         let diff = (
             ppl.0 - ppl_base.0,

@@ -12,7 +12,7 @@ use std::f64::consts::PI;
 /// The unscaled inverse frequency of pair `i` of a `dims`-wide rotation:
 /// `θ^(−2i/dims)`.
 fn base_freq(theta: f32, i: usize, dims: usize) -> f64 {
-    (theta as f64).powf(-2.0 * i as f64 / dims as f64)
+    libm::pow(theta as f64, -2.0 * i as f64 / dims as f64)
 }
 
 /// Llama 3.1's per-pair divisors (GGUF `rope_freqs.weight`, `dims / 2`
@@ -96,8 +96,8 @@ pub fn freqs(
             // The pair index whose wavelength makes `n_rot` turns over the
             // original context.
             let corr = |n_rot: f64| {
-                dims as f64 * (original_context as f64 / (n_rot * 2.0 * PI)).ln()
-                    / (2.0 * base.ln())
+                dims as f64 * libm::log(original_context as f64 / (n_rot * 2.0 * PI))
+                    / (2.0 * libm::log(base))
             };
             let low = corr(beta_fast).floor().max(0.0);
             let high = corr(beta_slow).ceil().min(dims as f64 - 1.0);
@@ -108,7 +108,7 @@ pub fn freqs(
                 let interpolated = *f / factor as f64;
                 *f = interpolated * (1.0 - extrapolation) + *f * extrapolation;
             }
-            mscale = (0.1 * (factor as f64).ln() + 1.0) as f32;
+            mscale = (0.1 * libm::log(factor as f64) + 1.0) as f32;
         }
     }
     RopeFreqs { inv_freq, mscale }

@@ -86,7 +86,7 @@ pub fn attend(
         let mx = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         let mut sum = 0f32;
         for x in s.iter_mut() {
-            *x = (*x - mx).exp();
+            *x = libm::expf(*x - mx);
             sum += *x;
         }
         for x in s.iter_mut() {
@@ -97,7 +97,8 @@ pub fn attend(
 }
 
 /// RoPE angles for a run of positions: cos/sin of `pos · inv_freq[i]`
-/// (computed in f64, as the reference does) times `mscale` (YaRN's
+/// (computed in f64 as the reference does, with the `libm`
+/// crate so that every OS gets the same bits) times `mscale` (YaRN's
 /// attention factor, else 1), for each of the head's `d/2` pairs.
 pub struct RopeTable {
     half: usize,
@@ -118,7 +119,7 @@ impl RopeTable {
         let mut sin = Vec::with_capacity(n * half);
         for p in pos0..pos0 + n {
             for &f in inv_freq {
-                let (s, c) = (p as f64 * f).sin_cos();
+                let (s, c) = libm::sincos(p as f64 * f);
                 cos.push(c as f32 * mscale);
                 sin.push(s as f32 * mscale);
             }

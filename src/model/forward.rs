@@ -373,7 +373,7 @@ pub fn decode(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Resu
             }
             Activation::Silu => {
                 for (gi, ui) in g.iter_mut().zip(&u) {
-                    *gi = *gi / (1.0 + (-*gi).exp()) * ui;
+                    *gi = *gi / (1.0 + libm::expf(-*gi)) * ui;
                 }
             }
         }

@@ -207,7 +207,7 @@ impl Sampler {
             let mx = c[0].1 as f64;
             let e: Vec<f64> = c
                 .iter()
-                .map(|&(_, v)| ((v as f64 - mx) / t as f64).exp())
+                .map(|&(_, v)| libm::exp((v as f64 - mx) / t as f64))
                 .collect();
             let s: f64 = e.iter().sum();
             e.into_iter().map(|x| x / s).collect()
