@@ -65,34 +65,9 @@ pub struct ModelArgs {
 pub static DEFAULT_MODEL: &[u8] = include_bytes!("../../models/tern-shakespeare-i2_s.gguf");
 pub const DEFAULT_MODEL_NAME: &str = "tern-shakespeare-i2_s.gguf";
 
-/// Physical cores (hyper-threads share one core's SIMD units, so llama.cpp
-/// defaults to this too), from /proc/cpuinfo where available.
-pub fn physical_cores() -> usize {
-    let logical = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
-        return logical;
-    };
-    let mut cores = std::collections::HashSet::new();
-    let mut phys = "";
-    for line in info.lines() {
-        if let Some((k, v)) = line.split_once(':') {
-            match k.trim() {
-                "physical id" => phys = v.trim(),
-                "core id" => {
-                    cores.insert((phys.to_string(), v.trim().to_string()));
-                }
-                _ => {}
-            }
-        }
-    }
-    if cores.is_empty() {
-        logical
-    } else {
-        cores.len().min(logical)
-    }
-}
+/// The default thread count: physical cores, as llama.cpp defaults to
+/// (hyper-threads share one core's SIMD units).
+pub use crate::kernels::physical_cores;
 
 pub fn set_threads(n: Option<usize>) -> Result<usize> {
     let n = n.unwrap_or_else(physical_cores);
