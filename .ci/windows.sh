@@ -182,7 +182,7 @@ n_check=0
 for gguf in vendor/reference/gguf/*.i2_s.gguf; do
     name=$(basename "$gguf" .i2_s.gguf)
     for ref in transformers bitnet.cpp; do
-        for k in "" scalar; do
+        for k in scalar ""; do
             TERN_KERNEL=$k win check -m "$(winpath "$gguf")" --reference "$(winpath "vendor/reference/$ref/$name")" \
                 >"$work/win/check.out" 2>&1 || {
                 cat "$work/win/check.out"
@@ -190,7 +190,7 @@ for gguf in vendor/reference/gguf/*.i2_s.gguf; do
             }
             n_check=$((n_check + 1))
         done
-        # The same figures as the Linux build (its AVX2 run; the first line
+        # The same figures as the Linux build, same kernel (the first line
         # names the paths, so it is left out).
         "$LIN" check -m "$gguf" --reference "vendor/reference/$ref/$name" >"$work/lin/check.out" 2>&1
         if ! diff <(tail -n +2 "$work/lin/check.out") <(tail -n +2 "$work/win/check.out"); then
