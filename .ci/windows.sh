@@ -260,8 +260,12 @@ wait_until() { # WHAT COMMAND...
 appdata=$WINEPREFIX/drive_c/users/$(id -un)/AppData/Roaming
 hist=$appdata/tern/chat_history.txt
 rm -f "$hist"
-tm -f /dev/null new-session -d -s chat -x 160 -y 50 \
-    "env WINEPREFIX='$WINEPREFIX' WINEDEBUG=-all WINEDLLOVERRIDES='$WINEDLLOVERRIDES' $WINE $EXE chat -n 12 --temp 0 -t 2; echo \"[tern exit status \$?]\"; sleep 600"
+# console 'ARGS': tern.exe ARGS in a new tmux pane, then its exit status.
+console() {
+    tm -f /dev/null new-session -d -s chat -x 160 -y 50 \
+        "env WINEPREFIX='$WINEPREFIX' WINEDEBUG=-all WINEDLLOVERRIDES='$WINEDLLOVERRIDES' $WINE $EXE $1; echo \"[tern exit status \$?]\"; sleep 600"
+}
+console "chat -n 12 --temp 0 -t 2"
 tm set-option -t chat history-limit 10000 >/dev/null
 wait_until "the banner and the prompt" prompt_after 'Ctrl-D exits'
 msg='Good morrow, fair Verona – ünïcødé'
@@ -293,8 +297,7 @@ grep -qF 'Tell me a long story' "$hist" || fail "history: $(cat "$hist")"
 say "history saved in %APPDATA%\\tern\\chat_history.txt ($(wc -l <"$hist") lines)"
 tm kill-server
 # `run` echoes a non-ASCII prompt to the console intact.
-tm -f /dev/null new-session -d -s chat -x 160 -y 50 \
-    "env WINEPREFIX='$WINEPREFIX' WINEDEBUG=-all WINEDLLOVERRIDES='$WINEDLLOVERRIDES' $WINE $EXE run -p 'Ünïcødé – ROMEO.' -n 4 -t 2; echo \"[tern exit status \$?]\"; sleep 600"
+console "run -p 'Ünïcødé – ROMEO.' -n 4 -t 2"
 wait_until "tern run to exit" on_screen '\[tern exit status [0-9]+\]'
 on_screen '^Ünïcødé – ROMEO\.' || { screen; fail "the console shows the prompt garbled"; }
 on_screen '\[tern exit status 0\]' || { screen; fail "tern run in the console did not exit with 0"; }
