@@ -670,6 +670,8 @@ fn two_turn_chat_equals_tern_chat_and_reuses_the_prefix() {
     assert!(s.metric("prompt_tokens_cached_total") >= cached as f64);
 }
 
+// SIGTERM and the `kill` command are Unix-only (on Windows the server stops on Ctrl-C).
+#[cfg(unix)]
 #[test]
 fn sigterm_finishes_or_cancels_and_exits_zero() {
     let mut s = Server::start(&["-np", "1", "-c", "4096"]);
