@@ -386,7 +386,13 @@ impl StopMatcher {
 /// (log-softmax of `logits`, summed in f64).
 pub fn logprobs(logits: &[f32], token: u32, k: usize) -> TokenLogprob {
     let mx = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-    let lse = mx + libm::log(logits.iter().map(|&v| libm::exp(v as f64 - mx)).sum::<f64>());
+    let lse = mx
+        + libm::log(
+            logits
+                .iter()
+                .map(|&v| libm::exp(v as f64 - mx))
+                .sum::<f64>(),
+        );
     let lp = |v: f32| (v as f64 - lse) as f32;
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
     let k = k.min(idx.len());
