@@ -9,10 +9,10 @@
 //! history (`/system`, `/load`, dropping old turns when the context fills)
 //! correct by construction: whatever no longer matches is re-prefilled.
 
-use crate::model::generate::{generate, GenStats, StopReason};
+use crate::model::generate::{reusable_prefix, GenStats, Generation, StopReason, TextStream};
 use crate::model::sampling::{Sampler, SamplingParams};
 use crate::model::{Context, Model};
-use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, Result};
 use minijinja::value::{from_args, Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, State};
@@ -127,11 +127,6 @@ pub fn tokenize_prompt(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
         }
     }
     Ok(ids)
-}
-
-/// Length of the longest common prefix of `a` and `b`.
-pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// The chat history: an optional system prompt and the user/assistant messages.
@@ -359,11 +354,7 @@ impl<'m> Session<'m> {
                 n_ctx
             );
         };
-        let mut reused = common_prefix(&self.cached, &tokens);
-        if reused == tokens.len() {
-            // Something must be evaluated to get the next-token logits.
-            reused -= 1;
-        }
+        let reused = reusable_prefix(&self.cached, &tokens);
         self.ctx.truncate(reused);
         self.cached.truncate(reused);
         Ok(Prepared {
@@ -384,24 +375,17 @@ impl<'m> Session<'m> {
         let n_ctx = self.ctx.n_ctx();
         let left = n_ctx.saturating_sub(prep.tokens.len());
         let n_predict = self.n_predict.map_or(left, |p| p.min(left));
-        let mut seq = self.cached.clone();
-        debug_assert_eq!(seq.len(), prep.reused);
         let tok = &self.model.tokenizer;
-        let mut dec = StreamDecoder::new();
+        let mut g = Generation::new(prep.tokens.clone(), n_predict, false)?;
+        let reused = g.sync(&self.cached);
+        debug_assert_eq!(reused, prep.reused);
+        let mut stream = TextStream::default();
         let mut text = String::new();
-        let r = generate(
-            &mut self.ctx,
-            &mut self.sampler,
-            &prep.tokens[prep.reused..],
-            &mut seq,
-            n_predict,
-            false,
-            |t| {
-                let piece = dec.push(&tok.token_bytes(t, false));
-                text.push_str(&piece);
-                on_text(&piece)
-            },
-        );
+        let r = g.run(&mut self.ctx, &mut self.sampler, |t| {
+            let piece = stream.push(tok, t);
+            text.push_str(&piece);
+            on_text(&piece)
+        });
         let mut stats = match r {
             Ok(s) => s,
             Err(e) => {
@@ -411,16 +395,15 @@ impl<'m> Session<'m> {
                 return Err(e);
             }
         };
-        let rest = dec.flush();
+        let rest = stream.finish();
         if !rest.is_empty() {
             text.push_str(&rest);
             on_text(&rest);
         }
-        if stats.stop == StopReason::Length && self.ctx.n_past() >= n_ctx {
+        if stats.stop == StopReason::Length && prep.tokens.len() + stats.gen_tokens >= n_ctx {
             stats.stop = StopReason::ContextFull;
         }
-        seq.truncate(self.ctx.n_past());
-        self.cached = seq;
+        self.cached = g.evaluated().to_vec();
         self.conv.turns.push(Message::assistant(&text));
         self.total.prompt_tokens += stats.prompt_tokens;
         self.total.prompt_secs += stats.prompt_secs;
@@ -790,12 +773,5 @@ You are helpful.<|im_end|>
         let late_system =
             r#"[{"role": "user", "content": "x"}, {"role": "system", "content": "y"}]"#;
         assert!(Conversation::from_json(late_system).is_err());
-    }
-
-    #[test]
-    fn prefix() {
-        assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4, 5]), 2);
-        assert_eq!(common_prefix(&[], &[1]), 0);
-        assert_eq!(common_prefix(&[1, 2], &[1, 2]), 2);
     }
 }

@@ -1,8 +1,7 @@
 use super::{load_model, set_threads, ModelArgs};
-use crate::model::generate::{generate, StopReason};
+use crate::model::generate::{Generation, StopReason, TextStream};
 use crate::model::sampling::{Sampler, SamplingParams};
 use crate::model::Context;
-use crate::tokenizer::StreamDecoder;
 use anyhow::{bail, Result};
 use std::io::Write;
 use std::time::Instant;
@@ -80,9 +79,6 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--ctx-size must be positive");
     }
     let prompt = m.tokenizer.encode(&a.prompt, m.tokenizer.add_bos())?;
-    if prompt.is_empty() {
-        bail!("the prompt is empty");
-    }
     if prompt.len() >= n_ctx {
         bail!(
             "the prompt has {} tokens but the context holds {} (raise -c)",
@@ -92,29 +88,18 @@ pub fn run(a: Args) -> Result<()> {
     }
     let mut ctx = Context::new(&m, n_ctx, a.kv_f32);
     let mut sampler = Sampler::new(a.sample.params());
+    let mut generation = Generation::new(prompt, a.n_predict, a.ignore_eos)?;
     let mut out = std::io::stdout().lock();
     // Echo the prompt like llama-cli (without the BOS text).
     write!(out, "{}", a.prompt)?;
     out.flush()?;
-    let mut dec = StreamDecoder::new();
-    let mut history = Vec::new();
-    let n_predict = a.n_predict.min(n_ctx - prompt.len());
-    let st = generate(
-        &mut ctx,
-        &mut sampler,
-        &prompt,
-        &mut history,
-        n_predict,
-        a.ignore_eos,
-        |t| {
-            let s = dec.push(&m.tokenizer.token_bytes(t, false));
-            let _ = out.write_all(s.as_bytes());
-            let _ = out.flush();
-            true
-        },
-    )?;
-    let rest = dec.flush();
-    writeln!(out, "{}", rest)?;
+    let mut text = TextStream::default();
+    let st = generation.run(&mut ctx, &mut sampler, |t| {
+        let _ = out.write_all(text.push(&m.tokenizer, t).as_bytes());
+        let _ = out.flush();
+        true
+    })?;
+    writeln!(out, "{}", text.finish())?;
     out.flush()?;
     eprintln!();
     eprintln!(
