@@ -83,7 +83,8 @@ impl Default for Options {
 }
 
 impl Options {
-    fn validate(&self) -> Result<()> {
+    /// Check the sizes: `n_ctx` ≥ 3, `n_batch` ≥ 1, `max_chunks` ≥ 1.
+    pub fn validate(&self) -> Result<()> {
         if self.n_ctx < 3 {
             bail!(
                 "context size {} is too small: -c must be at least 3",
@@ -255,8 +256,9 @@ impl PplResult {
 }
 
 /// Progress after each chunk: (chunk index from 0, chunk count, running
-/// estimate, seconds that chunk took).
-pub type ChunkProgress<'a> = &'a mut dyn FnMut(usize, usize, f64, f64);
+/// estimate, seconds that chunk took). Returning false stops the run with an
+/// error that says after which chunk.
+pub type ChunkProgress<'a> = &'a mut dyn FnMut(usize, usize, f64, f64) -> bool;
 
 /// Perplexity of `tokens` (already tokenized, BOS included as the model wants).
 /// With `base`, also writes a KL-divergence base file (see the module docs) to it.
@@ -312,7 +314,9 @@ pub fn perplexity(
                 .context("cannot write the KL-divergence base file")?;
         }
         running.push(stats.ppl());
-        progress(i, n_chunk, stats.ppl(), tc.elapsed().as_secs_f64());
+        if !progress(i, n_chunk, stats.ppl(), tc.elapsed().as_secs_f64()) && i + 1 < n_chunk {
+            bail!("perplexity: stopped after chunk {} of {}", i + 1, n_chunk);
+        }
     }
     Ok(PplResult {
         n_ctx,

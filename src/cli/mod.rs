@@ -61,9 +61,7 @@ pub struct ModelArgs {
     pub threads: Option<usize>,
 }
 
-/// The built-in model: a small trained BitNet b1.58 (see models/PROVENANCE.md).
-pub static DEFAULT_MODEL: &[u8] = include_bytes!("../../models/tern-shakespeare-i2_s.gguf");
-pub const DEFAULT_MODEL_NAME: &str = "tern-shakespeare-i2_s.gguf";
+pub use crate::model::BUILTIN_NAME as DEFAULT_MODEL_NAME;
 
 /// The default thread count: physical cores, as llama.cpp defaults to
 /// (hyper-threads share one core's SIMD units).
@@ -89,8 +87,7 @@ pub fn load_model(path: Option<&Path>) -> Result<crate::model::Model> {
                 "tern: no -m given; using the built-in model {} (trained BitNet b1.58, 4 layers)",
                 DEFAULT_MODEL_NAME
             );
-            let g = crate::gguf::GgufFile::from_bytes(DEFAULT_MODEL.to_vec())?;
-            crate::model::Model::from_gguf(g)?
+            crate::model::Model::builtin()?
         }
     };
     for w in &m.warnings {

@@ -50,6 +50,42 @@ pub struct ConvertReport {
     pub bytes: u64,
 }
 
+/// Projection types `convert` writes, by their names.
+pub const OUTTYPES: &[GgmlType] = &[
+    GgmlType::I2S,
+    GgmlType::TQ2_0,
+    GgmlType::TQ1_0,
+    GgmlType::F16,
+    GgmlType::F32,
+];
+/// Token embedding / output head types `convert` writes.
+pub const EMBD_TYPES: &[GgmlType] = &[GgmlType::F16, GgmlType::F32, GgmlType::Q8_0, GgmlType::Q6K];
+
+fn parse_type(name: &str, what: &str, allowed: &[GgmlType]) -> Result<GgmlType> {
+    GgmlType::from_name(name)
+        .filter(|t| allowed.contains(t))
+        .ok_or_else(|| {
+            let names: Vec<String> = allowed.iter().map(|t| t.name().to_lowercase()).collect();
+            anyhow!("unknown {} {:?} ({})", what, name, names.join(", "))
+        })
+}
+
+/// The projection type called `name` (`i2_s`, `tq2_0`, `tq1_0`, `f16`, `f32`).
+pub fn parse_outtype(name: &str) -> Result<GgmlType> {
+    parse_type(name, "outtype", OUTTYPES)
+}
+
+/// The embedding / head type called `name` (`f16`, `f32`, `q8_0`, `q6_k`).
+pub fn parse_embd_type(name: &str) -> Result<GgmlType> {
+    parse_type(name, "embedding type", EMBD_TYPES)
+}
+
+/// An error that carries an I/O error kind (so callers can tell a missing
+/// folder or an existing output file from other failures) with its message.
+fn io_error(kind: std::io::ErrorKind, msg: String) -> anyhow::Error {
+    anyhow::Error::new(std::io::Error::new(kind, msg))
+}
+
 /// GGUF `general.file_type` for each output type (llama.cpp's llama_ftype).
 pub fn file_type(outtype: GgmlType) -> u32 {
     match outtype {
@@ -683,18 +719,20 @@ pub fn metadata(
 pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
     let dir = &opts.input;
     if !dir.is_dir() {
-        bail!("{} is not a directory", dir.display());
+        let kind = if dir.exists() {
+            std::io::ErrorKind::NotADirectory
+        } else {
+            std::io::ErrorKind::NotFound
+        };
+        return Err(io_error(
+            kind,
+            format!("{} is not a directory", dir.display()),
+        ));
     }
-    if !matches!(
-        opts.embd_type,
-        GgmlType::F16 | GgmlType::F32 | GgmlType::Q8_0 | GgmlType::Q6K
-    ) {
+    if !EMBD_TYPES.contains(&opts.embd_type) {
         bail!("--embd-type must be f16, f32, q8_0 or q6_k");
     }
-    if !matches!(
-        opts.outtype,
-        GgmlType::I2S | GgmlType::TQ2_0 | GgmlType::TQ1_0 | GgmlType::F16 | GgmlType::F32
-    ) {
+    if !OUTTYPES.contains(&opts.outtype) {
         bail!("--outtype must be i2_s, tq2_0, tq1_0, f16 or f32");
     }
     let cfg = HfConfig::load(dir)?;
@@ -712,10 +750,13 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
         .clone()
         .unwrap_or_else(|| default_outfile(dir, opts.outtype));
     if outfile.exists() && !opts.force {
-        bail!(
-            "{} already exists (use --force to overwrite)",
-            outfile.display()
-        );
+        return Err(io_error(
+            std::io::ErrorKind::AlreadyExists,
+            format!(
+                "{} already exists (use --force to overwrite)",
+                outfile.display()
+            ),
+        ));
     }
     // Never write over an input file.
     if let (Ok(o), Ok(d)) = (outfile.canonicalize(), dir.canonicalize()) {
@@ -848,8 +889,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
             pb.inc(1);
         }
         Ok(())
-    })
-    .map_err(|e| anyhow!("{:#}", e))?;
+    })?;
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }

@@ -84,14 +84,21 @@ pub struct AtomicFile {
 
 impl AtomicFile {
     pub fn create(target: &Path, force: bool) -> Result<AtomicFile> {
+        let fail = |kind, msg| Err(std::io::Error::new(kind, msg).into());
         if target.exists() && !force {
-            bail!(
-                "{} already exists (use --force to overwrite)",
-                target.display()
+            return fail(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} already exists (use --force to overwrite)",
+                    target.display()
+                ),
             );
         }
         if target.is_dir() {
-            bail!("{} is a directory", target.display());
+            return fail(
+                std::io::ErrorKind::IsADirectory,
+                format!("{} is a directory", target.display()),
+            );
         }
         let mut partial = target.as_os_str().to_owned();
         partial.push(".partial");

@@ -24,6 +24,12 @@ use std::path::Path;
 /// The trained BitNet chat format (from the HF tokenizer_config of 2B-4T).
 pub const BITNET_CHAT_TEMPLATE: &str = "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}{% if message['role'] == 'system' %}{{ 'System: ' + message['content'] + '<|eot_id|>' }}{% elif message['role'] == 'user' %}{{ 'User: ' + message['content'] + '<|eot_id|>' }}{% elif message['role'] == 'assistant' %}{{ 'Assistant: ' + message['content'] + '<|eot_id|>' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}";
 
+/// The built-in model: a small trained BitNet b1.58, 4 layers, hidden 256
+/// (tern-shakespeare, see models/PROVENANCE.md), carried in the binary.
+pub static BUILTIN_GGUF: &[u8] = include_bytes!("../../models/tern-shakespeare-i2_s.gguf");
+/// The file name the built-in model was made from.
+pub const BUILTIN_NAME: &str = "tern-shakespeare-i2_s.gguf";
+
 #[derive(Debug, Clone)]
 pub struct Hparams {
     pub arch: String,
@@ -167,6 +173,11 @@ impl Model {
     pub fn load(path: &Path) -> Result<Model> {
         let gguf = GgufFile::open(path)?;
         Self::from_gguf(gguf).with_context(|| format!("{}", path.display()))
+    }
+
+    /// The built-in model ([`BUILTIN_GGUF`]).
+    pub fn builtin() -> Result<Model> {
+        Self::from_gguf(GgufFile::from_bytes(BUILTIN_GGUF.to_vec())?)
     }
 
     pub fn from_gguf(gguf: GgufFile) -> Result<Model> {
