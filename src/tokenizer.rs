@@ -15,6 +15,7 @@
 //! are matched as whole tokens before the rest of the text is tokenized.
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Result};
 use tokenizers::decoders::byte_level::ByteLevel;
@@ -122,6 +123,9 @@ pub struct Tokenizer {
     eot: Option<u32>,
     add_bos: bool,
     eog: HashSet<u32>,
+    /// The BPE tokenizer that leaves control-token texts alone, made on
+    /// first use by [`Tokenizer::encode_with`].
+    gpt2_plain: OnceLock<Box<tokenizers::Tokenizer>>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -206,12 +210,20 @@ impl Tokenizer {
             eot,
             add_bos: spec.add_bos,
             eog,
+            gpt2_plain: OnceLock::new(),
         })
     }
 
     /// Encode text; special/control tokens written in the text (e.g. "<|eot_id|>") are
     /// matched as whole tokens; BOS prepended when `add_bos`.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
+        self.encode_with(text, add_bos, true)
+    }
+
+    /// [`Tokenizer::encode`], with control-token texts matched only when
+    /// `parse_special` (llama.cpp's `parse_special`); otherwise they are
+    /// tokenized as plain text. User-defined tokens are always matched.
+    pub fn encode_with(&self, text: &str, add_bos: bool, parse_special: bool) -> Result<Vec<u32>> {
         let mut out = Vec::new();
         if add_bos {
             let bos = self
@@ -221,12 +233,32 @@ impl Tokenizer {
         }
         match &self.engine {
             Engine::Gpt2(hf) => {
+                let hf = if parse_special {
+                    hf
+                } else {
+                    self.gpt2_plain.get_or_init(|| {
+                        let mut plain = hf.clone();
+                        plain.set_encode_special_tokens(true);
+                        plain
+                    })
+                };
                 let enc = hf
                     .encode_fast(text, false)
                     .map_err(|e| anyhow!("BPE tokenization failed: {e}"))?;
                 out.extend_from_slice(enc.get_ids());
             }
-            Engine::Spm(spm) => self.spm_encode(spm, text, &mut out)?,
+            Engine::Spm(spm) if parse_special => {
+                self.spm_encode(spm, &spm.specials, text, &mut out)?
+            }
+            Engine::Spm(spm) => {
+                let user: Vec<(String, u32)> = spm
+                    .specials
+                    .iter()
+                    .filter(|(_, id)| self.types[*id as usize] != TOKEN_TYPE_CONTROL)
+                    .cloned()
+                    .collect();
+                self.spm_encode(spm, &user, text, &mut out)?
+            }
         }
         Ok(out)
     }
@@ -351,11 +383,17 @@ impl Tokenizer {
         frags
     }
 
-    fn spm_encode(&self, spm: &SpmData, text: &str, out: &mut Vec<u32>) -> Result<()> {
+    fn spm_encode(
+        &self,
+        spm: &SpmData,
+        specials: &[(String, u32)],
+        text: &str,
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
         // A space prefix goes before the first raw fragment and before any raw fragment
         // that follows a special token (llama.cpp's `add_space_prefix` + `is_prev_special`).
         let mut prev_special = true;
-        for frag in self.partition(&spm.specials, text) {
+        for frag in self.partition(specials, text) {
             match frag {
                 Fragment::Token(id) => {
                     out.push(id);
@@ -851,6 +889,14 @@ mod tests {
         assert_eq!(tok.decode(&ids, true), "<s> hello</s> hello<tool>");
         assert!(tok.is_eog(2));
         assert!(!tok.is_eog(272));
+        // Without parse_special, control texts are plain text; user-defined
+        // tokens (<tool>) are still matched.
+        let plain = tok
+            .encode_with("hello</s>hello<tool>", false, false)
+            .unwrap();
+        assert!(!plain.contains(&2));
+        assert_eq!(plain.last(), Some(&279));
+        assert_eq!(tok.decode(&plain, false), " hello</s>hello<tool>");
     }
 
     #[test]
