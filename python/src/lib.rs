@@ -70,6 +70,7 @@ struct Engine {
     cache: Mutex<Cache>,
     pool: ThreadPool,
     n_threads: usize,
+    n_ctx: usize,
     kv_f32: bool,
     /// The chat template, compiled on first use.
     template: OnceLock<Result<ChatTemplate, String>>,
@@ -201,6 +202,7 @@ impl Engine {
             }),
             pool,
             n_threads,
+            n_ctx,
             kv_f32,
             template: OnceLock::new(),
             next_stream: AtomicU64::new(1),
@@ -210,7 +212,7 @@ impl Engine {
     /// Context size in tokens.
     #[getter]
     fn n_ctx(&self) -> usize {
-        self.cache().loaded.borrow_dependent().n_ctx
+        self.n_ctx
     }
     #[getter]
     fn n_vocab(&self) -> usize {
@@ -259,13 +261,20 @@ impl Engine {
         self.cache().tokens.len()
     }
 
-    /// Token ids of `text`; control-token texts become their ids.
-    #[pyo3(signature = (text, add_bos=true))]
-    fn tokenize(&self, py: Python<'_>, text: &str, add_bos: bool) -> PyResult<Vec<u32>> {
+    /// Token ids of `text`; control-token texts become their ids only with
+    /// `special` (user-defined tokens always do).
+    #[pyo3(signature = (text, add_bos=true, special=true))]
+    fn tokenize(
+        &self,
+        py: Python<'_>,
+        text: &str,
+        add_bos: bool,
+        special: bool,
+    ) -> PyResult<Vec<u32>> {
         let tok = &self.model.tokenizer;
         let add_bos = add_bos && tok.add_bos();
         Ok(py
-            .detach(|| tok.encode(text, add_bos))
+            .detach(|| tok.encode_with(text, add_bos, special))
             .map_err(Fail::value)?)
     }
 
@@ -288,7 +297,7 @@ impl Engine {
         ids: Vec<i64>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let ids = token_ids(&self.model, &ids)?;
-        let n_ctx = self.n_ctx();
+        let n_ctx = self.n_ctx;
         if ids.is_empty() || ids.len() > n_ctx {
             return Err(value_error(format!(
                 "eval_logits needs 1 to n_ctx = {} tokens (got {})",
@@ -377,7 +386,7 @@ impl Engine {
     ) -> PyResult<Stream> {
         let this = slf.get();
         let prompt = token_ids(&this.model, &prompt)?;
-        let n_ctx = this.n_ctx();
+        let n_ctx = this.n_ctx;
         if prompt.is_empty() {
             return Err(value_error("the prompt is empty"));
         }

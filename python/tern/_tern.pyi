@@ -62,9 +62,9 @@ class Engine:
     @property
     def n_cached(self) -> int:
         """Tokens currently in the KV cache."""
-    def tokenize(self, text: str, add_bos: bool = True) -> List[int]:
-        """Token ids; control-token texts become their ids; BOS first when
-        ``add_bos`` and the model adds BOS."""
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> List[int]:
+        """Token ids; control-token texts become their ids with ``special``;
+        BOS first when ``add_bos`` and the model adds BOS."""
     def detokenize(self, ids: Sequence[int], special: bool = False) -> bytes:
         """Bytes of the tokens (control tokens only with ``special``)."""
     def eval_logits(self, ids: Sequence[int]) -> npt.NDArray[np.float32]:

@@ -199,25 +199,24 @@ class Llama:
 
     # -- tokens --------------------------------------------------------------
 
-    def tokenize(self, text: Union[bytes, str], add_bos: bool = True, special: bool = True) -> List[int]:
+    def tokenize(self, text: Union[bytes, str], add_bos: bool = True, special: bool = False) -> List[int]:
         """Token ids of ``text`` (UTF-8 bytes, or a str).
 
-        BOS comes first when ``add_bos`` and the model adds BOS. Texts of
-        control tokens (``<|eot_id|>``...) become their ids, as
-        llama-cpp-python does with ``special=True``; tern has no other mode,
-        so ``special=False`` is refused.
+        BOS comes first when ``add_bos`` and the model adds BOS. With
+        ``special``, texts of control tokens (``<|eot_id|>``...) become their
+        ids; without, they are tokenized as plain text (llama.cpp's
+        ``parse_special``). Prompts given to completions as text are
+        tokenized with ``special=True``.
 
         Raises:
-            TernValueError: text that is not UTF-8, or ``special=False``.
+            TernValueError: text that is not UTF-8.
         """
-        if not special:
-            raise TernValueError("special=False is not supported by tern: control-token texts always become their ids")
         if isinstance(text, (bytes, bytearray, memoryview)):
             try:
                 text = bytes(text).decode("utf-8")
             except UnicodeDecodeError as e:
                 raise TernValueError(f"the text is not UTF-8: {e}") from None
-        return self._engine.tokenize(text, add_bos)
+        return self._engine.tokenize(text, add_bos, special)
 
     def detokenize(self, tokens: Sequence[int], special: bool = False) -> bytes:
         """The bytes ``tokens`` stand for (control tokens such as BOS only
@@ -290,7 +289,7 @@ class Llama:
 
     def _prompt_tokens(self, prompt: Prompt) -> List[int]:
         if isinstance(prompt, str):
-            return self._engine.tokenize(prompt, True)
+            return self._engine.tokenize(prompt, True, True)
         return list(prompt)
 
     def _start(

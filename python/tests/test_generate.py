@@ -119,6 +119,15 @@ def test_tokens_and_sizes(llm):
     assert llm.detokenize(ids[:1], special=True) == b"<|begin_of_text|>"
     no_bos = llm.tokenize("ROMEO.", add_bos=False)
     assert no_bos and ids[1 : 1 + len(no_bos)] == no_bos
+    # Control-token texts are ids only with special=True (llama-cpp-python's rule).
+    eot = llm.tokenize(b"<|eot_id|>", add_bos=False, special=True)
+    assert len(eot) == 1
+    plain = llm.tokenize(b"<|eot_id|>", add_bos=False)
+    assert len(plain) > 1 and eot[0] not in plain
+    assert llm.detokenize(plain) == b"<|eot_id|>"
+    # A prompt given as text parses them: "<|eot_id|>" is one token there.
+    out = llm("ROMEO.<|eot_id|>", max_tokens=1, temperature=0)
+    assert out["usage"]["prompt_tokens"] == len(llm.tokenize(b"ROMEO.")) + 1
     assert llm.n_ctx() == 1024
     assert llm.n_vocab() == llm.eval_logits(ids).shape[1]
     assert llm.n_embd() == 256
