@@ -108,7 +108,7 @@ fn two_generations_share_one_context_by_resyncing() {
     for step in 0..12 {
         for (g, s) in [(&mut a, &mut sa), (&mut b, &mut sb)] {
             let keep = g.sync(&cached);
-            if step == 0 && cached.len() > 0 {
+            if step == 0 && !cached.is_empty() {
                 // B starts from A's prompt in the cache: the common prefix stays.
                 assert_eq!(keep, shared);
             }
