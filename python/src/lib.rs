@@ -18,7 +18,6 @@ use numpy::ndarray::Array2;
 use numpy::PyArray2;
 use pyo3::prelude::*;
 use rayon::ThreadPool;
-use self_cell::self_cell;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock};
@@ -27,6 +26,7 @@ use tern::chat::{ChatTemplate, Message};
 use tern::convert::{
     convert as convert_checkpoint, parse_embd_type, parse_outtype, ConvertOptions,
 };
+use tern::model::forward::KvCache;
 use tern::model::generate::{Generation, StopReason, TextStream};
 use tern::model::sampling::{Sampler, SamplingParams};
 use tern::model::{Context, Model};
@@ -36,28 +36,24 @@ use tern::perplexity as ppl;
 const MAX_THREADS: usize = 1024;
 /// Largest context (tokens) a `Llama` may ask for.
 const MAX_CTX: usize = 1 << 20;
-
-self_cell!(
-    /// The model and its KV-cache context, which borrows it.
-    struct Loaded {
-        owner: Arc<Model>,
-        #[covariant]
-        dependent: Context,
-    }
-);
+/// Largest KV cache a `Llama` may allocate (bytes).
+const MAX_KV_BYTES: u64 = 256 << 30;
 
 /// The KV cache and what it holds.
 struct Cache {
-    loaded: Loaded,
-    /// Tokens whose keys/values are in the context, from position 0.
+    /// None only after a panic took it mid-step (then a new one is made).
+    kv: Option<KvCache>,
+    /// Tokens whose keys/values are in the cache, from position 0.
     tokens: Vec<u32>,
-    /// The stream that last used the context (0: none).
+    /// The stream that last used the cache (0: none).
     user: u64,
 }
 
 impl Cache {
     fn clear(&mut self) {
-        self.loaded.with_dependent_mut(|_, ctx| ctx.truncate(0));
+        if let Some(kv) = self.kv.as_mut() {
+            kv.truncate(0);
+        }
         self.tokens.clear();
         self.user = 0;
     }
@@ -106,6 +102,21 @@ impl Engine {
                 g
             }
         }
+    }
+
+    /// Run `f` on a context over the KV cache.
+    fn with_context<R>(&self, cache: &mut Cache, f: impl FnOnce(&mut Context) -> R) -> R {
+        let kv = cache
+            .kv
+            .take()
+            .unwrap_or_else(|| KvCache::new(&self.model.hp, self.n_ctx, self.kv_f32));
+        let mut ctx = Context {
+            model: &self.model,
+            kv,
+        };
+        let r = f(&mut ctx);
+        cache.kv = Some(ctx.kv);
+        r
     }
 
     /// Run `job` on the pool with the GIL released; `stop` turns true when
@@ -191,12 +202,21 @@ impl Engine {
             0 => model.hp.n_ctx_train.min(MAX_CTX),
             n => n,
         };
-        let model = Arc::new(model);
-        let loaded = py.detach(|| Loaded::new(model.clone(), |m| Context::new(m, n_ctx, kv_f32)));
+        match KvCache::bytes(&model.hp, n_ctx, kv_f32) {
+            Some(b) if b <= MAX_KV_BYTES => {}
+            _ => {
+                return Err(value_error(format!(
+                    "n_ctx = {} needs a KV cache of more than {} GiB",
+                    n_ctx,
+                    MAX_KV_BYTES >> 30
+                )))
+            }
+        }
+        let kv = py.detach(|| KvCache::new(&model.hp, n_ctx, kv_f32));
         Ok(Engine {
-            model,
+            model: Arc::new(model),
             cache: Mutex::new(Cache {
-                loaded,
+                kv: Some(kv),
                 tokens: Vec::new(),
                 user: 0,
             }),
@@ -363,14 +383,14 @@ impl Engine {
             .collect();
         let tok = &self.model.tokenizer;
         Ok(py
-            .detach(|| template.tokens(tok, &messages, true))
+            .detach(|| template.prompt_tokens(tok, &messages, true))
             .map_err(Fail::value)?)
     }
 
     /// Start generating after `prompt` (token ids, BOS included as wanted):
     /// at most `max_tokens` tokens, stopping at end-of-generation tokens and
     /// at the first of `stop`. Returns an iterator of text pieces.
-    #[pyo3(signature = (prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop))]
+    #[pyo3(signature = (prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, frequency_penalty, presence_penalty, seed, stop))]
     #[allow(clippy::too_many_arguments)]
     fn generate(
         slf: &Bound<'_, Self>,
@@ -381,6 +401,8 @@ impl Engine {
         top_p: f32,
         min_p: f32,
         repeat_penalty: f32,
+        frequency_penalty: f32,
+        presence_penalty: f32,
         seed: u64,
         stop: Vec<String>,
     ) -> PyResult<Stream> {
@@ -403,10 +425,23 @@ impl Engine {
             top_p,
             min_p,
             repeat_penalty,
+            frequency_penalty,
+            presence_penalty,
             seed,
             ..SamplingParams::default()
         };
-        validate_sampling(&params)?;
+        // The field names are llama-cpp-python's argument names, but for temp.
+        params.validate().map_err(|e| {
+            let e = tern::model::sampling::BadSamplingParam {
+                name: if e.name == "temp" {
+                    "temperature"
+                } else {
+                    e.name
+                },
+                ..e
+            };
+            Fail::value(e)
+        })?;
         let gen = Generation::new(prompt, max_tokens, false).map_err(Fail::value)?;
         Ok(Stream {
             engine: slf.clone().unbind(),
@@ -424,33 +459,6 @@ impl Engine {
     fn reset(&self) {
         self.cache().clear();
     }
-}
-
-/// Sampling values users may give (llama.cpp's ranges).
-fn validate_sampling(p: &SamplingParams) -> PyResult<()> {
-    let bad = |name: &str, v: f32, problem: &str| {
-        Err(value_error(format!("{} = {}: {}", name, v, problem)))
-    };
-    if !p.temp.is_finite() {
-        return bad(
-            "temperature",
-            p.temp,
-            "must be a finite number (0 or less is greedy)",
-        );
-    }
-    for (name, v) in [("top_p", p.top_p), ("min_p", p.min_p)] {
-        if !(0.0..=1.0).contains(&v) {
-            return bad(name, v, "must be between 0 and 1");
-        }
-    }
-    if !(p.repeat_penalty.is_finite() && p.repeat_penalty > 0.0) {
-        return bad(
-            "repeat_penalty",
-            p.repeat_penalty,
-            "must be a positive number (1 is off)",
-        );
-    }
-    Ok(())
 }
 
 struct StreamState {
@@ -486,9 +494,7 @@ impl Stream {
             cache.user = self.id;
         }
         let (gen, sampler) = (&mut st.gen, &mut st.sampler);
-        let r = cache
-            .loaded
-            .with_dependent_mut(|_, ctx| gen.next_token(ctx, sampler));
+        let r = engine.with_context(cache, |ctx| gen.next_token(ctx, sampler));
         cache.tokens.clear();
         cache.tokens.extend_from_slice(st.gen.evaluated());
         let tok = &engine.model.tokenizer;

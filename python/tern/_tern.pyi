@@ -87,6 +87,8 @@ class Engine:
         top_p: float,
         min_p: float,
         repeat_penalty: float,
+        frequency_penalty: float,
+        presence_penalty: float,
         seed: int,
         stop: Sequence[str],
     ) -> Stream:

@@ -31,8 +31,6 @@ _COMPLETION_UNSUPPORTED: Dict[str, Any] = {
     "suffix": None,
     "logprobs": None,
     "typical_p": 1.0,
-    "frequency_penalty": 0.0,
-    "presence_penalty": 0.0,
     "tfs_z": 1.0,
     "mirostat_mode": 0,
     "stopping_criteria": None,
@@ -47,8 +45,6 @@ _CHAT_UNSUPPORTED: Dict[str, Any] = {
     "tool_choice": None,
     "typical_p": 1.0,
     "response_format": None,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
     "tfs_z": 1.0,
     "mirostat_mode": 0,
     "logits_processor": None,
@@ -301,6 +297,8 @@ class Llama:
         top_p: float,
         min_p: float,
         repeat_penalty: float,
+        frequency_penalty: float,
+        presence_penalty: float,
         seed: Optional[int],
         stop: Stop,
     ) -> "_tern.Stream":
@@ -315,6 +313,8 @@ class Llama:
             float(top_p),
             float(min_p),
             float(repeat_penalty),
+            float(frequency_penalty),
+            float(presence_penalty),
             self.seed if seed is None else _seed(seed),
             _stop_list(stop),
         )
@@ -360,8 +360,9 @@ class Llama:
                 context is full.
             temperature: 0 or less is greedy (argmax).
             top_p, min_p, top_k, repeat_penalty: llama.cpp's samplers
-                (``top_k`` <= 0 keeps every token; ``repeat_penalty`` 1 is off
-                and looks at the last 64 tokens).
+                (``top_k`` <= 0 keeps every token; ``repeat_penalty`` 1 is off).
+            frequency_penalty, presence_penalty: OpenAI's penalties, in
+                [-2, 2] (0 is off). All penalties look at the last 64 tokens.
             echo: put the prompt in front of the returned text.
             stop: string(s) that end the text; they are not part of it.
             stream: return an iterator of chunks instead of one dictionary.
@@ -390,7 +391,19 @@ class Llama:
         """
         _refuse_unsupported(_COMPLETION_UNSUPPORTED, locals())
         tokens = self._prompt_tokens(prompt)
-        s = self._start(tokens, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop)
+        s = self._start(
+            tokens,
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repeat_penalty,
+            frequency_penalty,
+            presence_penalty,
+            seed,
+            stop,
+        )
         cid = f"cmpl-{uuid.uuid4()}"
         created = int(time.time())
         name = model if model is not None else self.model_path
@@ -496,7 +509,19 @@ class Llama:
         _refuse_unsupported(_CHAT_UNSUPPORTED, locals())
         pairs = [_message_text(i, m) for i, m in enumerate(messages, 1)]
         tokens = self._engine.chat_tokens(pairs)
-        s = self._start(tokens, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop)
+        s = self._start(
+            tokens,
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repeat_penalty,
+            frequency_penalty,
+            presence_penalty,
+            seed,
+            stop,
+        )
         cid = f"chatcmpl-{uuid.uuid4()}"
         created = int(time.time())
         name = model if model is not None else self.model_path

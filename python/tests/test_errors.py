@@ -87,7 +87,9 @@ def test_bad_sampling_values(llm):
         {"seed": 2**64},
         {"stop": [1]},
         {"logit_bias": {1: 5.0}},
-        {"frequency_penalty": 0.5},
+        {"frequency_penalty": 2.5},
+        {"presence_penalty": -3.0},
+        {"tfs_z": 0.5},
         {"suffix": "x"},
     ]:
         with pytest.raises(TernValueError):

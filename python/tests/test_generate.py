@@ -53,6 +53,12 @@ def test_seeded_sampling_equals_tern_run(llm):
     assert cli.stdout.decode() == "ROMEO." + text(a) + "\n"
 
 
+def test_penalties_change_greedy_text(llm):
+    plain = text(llm("ROMEO.", max_tokens=48, temperature=0))
+    for kw in [{"frequency_penalty": 1.5}, {"presence_penalty": 1.5}, {"repeat_penalty": 1.3}]:
+        assert text(llm("ROMEO.", max_tokens=48, temperature=0, **kw)) != plain, kw
+
+
 def test_streaming_yields_the_same_text(llm):
     whole = llm("ROMEO.", max_tokens=64, temperature=0)
     chunks = list(llm("ROMEO.", max_tokens=64, temperature=0, stream=True))

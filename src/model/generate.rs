@@ -241,13 +241,13 @@ impl Generation {
 
 /// The text of a generation as it streams: token bytes decoded to whole UTF-8
 /// characters (llama.cpp's `token_to_piece` without special tokens), and stop
-/// strings: text that may still grow into a stop string is held back, and once
-/// one appears, the text before it is final and the rest is dropped.
+/// strings ([`StopMatcher`]): text that may still grow into a stop string is
+/// held back, and once one appears, the text before it is final and the rest
+/// is dropped.
 #[derive(Debug, Clone, Default)]
 pub struct TextStream {
     dec: StreamDecoder,
-    stops: Vec<String>,
-    held: String,
+    stop: StopMatcher,
     stopped: bool,
 }
 
@@ -255,7 +255,7 @@ impl TextStream {
     /// A stream cut at the first of `stops` (empty strings are ignored).
     pub fn new(stops: Vec<String>) -> TextStream {
         TextStream {
-            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            stop: StopMatcher::new(&stops),
             ..Default::default()
         }
     }
@@ -271,8 +271,9 @@ impl TextStream {
             return String::new();
         }
         let piece = self.dec.push(bytes);
-        self.held.push_str(&piece);
-        self.release(false)
+        let (out, hit) = self.stop.push(&piece);
+        self.stopped = hit;
+        out
     }
 
     /// The end of generation: whatever was held back.
@@ -281,40 +282,69 @@ impl TextStream {
             return String::new();
         }
         let rest = self.dec.flush();
-        self.held.push_str(&rest);
-        self.release(true)
+        let (mut out, hit) = self.stop.push(&rest);
+        self.stopped = hit;
+        if !hit {
+            out.push_str(&self.stop.flush());
+        }
+        out
     }
 
     /// Whether a stop string appeared (then nothing more comes out).
     pub fn stopped(&self) -> bool {
         self.stopped
     }
+}
 
-    fn release(&mut self, at_end: bool) -> String {
-        let first_stop = self.stops.iter().filter_map(|s| self.held.find(s)).min();
-        if let Some(at) = first_stop {
-            self.stopped = true;
-            self.held.truncate(at);
-            return std::mem::take(&mut self.held);
+/// Holds back generated text that may be the start of a stop string, and
+/// finds the first complete one.
+#[derive(Debug, Clone, Default)]
+pub struct StopMatcher {
+    stops: Vec<String>,
+    held: String,
+}
+
+impl StopMatcher {
+    pub fn new(stops: &[String]) -> StopMatcher {
+        StopMatcher {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            held: String::new(),
         }
-        let keep = if at_end { 0 } else { self.partial_stop() };
-        let out = self.held[..self.held.len() - keep].to_string();
-        self.held.drain(..self.held.len() - keep);
-        out
     }
 
-    /// Bytes at the end of the held text that begin some stop string.
-    fn partial_stop(&self) -> usize {
-        let h = &self.held;
-        self.stops
+    /// Add generated text. Returns the text that can be released now and
+    /// whether a stop string was found (the text before it is released, the
+    /// stop string and anything after it are dropped).
+    pub fn push(&mut self, piece: &str) -> (String, bool) {
+        self.held.push_str(piece);
+        if let Some(at) = self
+            .stops
             .iter()
-            .filter_map(|s| {
-                (1..s.len().min(h.len() + 1)).rev().find(|&k| {
-                    s.is_char_boundary(k) && h.is_char_boundary(h.len() - k) && h.ends_with(&s[..k])
-                })
-            })
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
+            let out = self.held[..at].to_string();
+            self.held.clear();
+            return (out, true);
+        }
+        // Keep the longest tail of the text that a stop string starts with.
+        let keep = self
+            .stops
+            .iter()
+            .flat_map(|s| s.char_indices().skip(1).map(move |(i, _)| &s[..i]))
+            .filter(|p| self.held.ends_with(p))
+            .map(str::len)
             .max()
-            .unwrap_or(0)
+            .unwrap_or(0);
+        let cut = self.held.len() - keep;
+        let out = self.held[..cut].to_string();
+        self.held.drain(..cut);
+        (out, false)
+    }
+
+    /// Whatever is held back (at the end of generation).
+    pub fn flush(&mut self) -> String {
+        std::mem::take(&mut self.held)
     }
 }
 
@@ -337,6 +367,19 @@ mod tests {
         let out = pieces.iter().map(|p| s.push_bytes(p)).collect();
         let end = s.finish();
         (out, end, s.stopped())
+    }
+
+    #[test]
+    fn stop_matcher_holds_back_prefixes() {
+        let mut s = StopMatcher::new(&["END".to_string(), "\n\n".to_string(), String::new()]);
+        assert_eq!(s.push("abc E"), ("abc ".to_string(), false));
+        assert_eq!(s.push("N"), (String::new(), false));
+        assert_eq!(s.push("x"), ("ENx".to_string(), false));
+        assert_eq!(s.push("é\n"), ("é".to_string(), false));
+        assert_eq!(s.push("\nrest"), (String::new(), true));
+        let mut s = StopMatcher::new(&["ab".to_string()]);
+        assert_eq!(s.push("xxa"), ("xx".to_string(), false));
+        assert_eq!(s.flush(), "a");
     }
 
     #[test]

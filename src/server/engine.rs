@@ -17,11 +17,10 @@
 //!   only; a panic in the forward pass fails the requests of that batch; the
 //!   engine keeps serving.
 
-use crate::chat::common_prefix;
 use crate::model::forward::{decode, Batch, KvCache, MAX_BATCH};
+use crate::model::generate::{common_prefix, TextStream};
 use crate::model::sampling::{Sampler, SamplingParams};
 use crate::model::Model;
-use crate::tokenizer::StreamDecoder;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -330,58 +329,6 @@ pub fn check_request(model: &Model, cfg: &EngineConfig, req: &Request) -> Result
     req.params.validate().or_else(|e| bad(e.to_string()))
 }
 
-/// Holds back generated text that may be the start of a stop string, and
-/// finds the first complete one.
-#[derive(Debug, Clone, Default)]
-pub struct StopMatcher {
-    stops: Vec<String>,
-    held: String,
-}
-
-impl StopMatcher {
-    pub fn new(stops: &[String]) -> StopMatcher {
-        StopMatcher {
-            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
-            held: String::new(),
-        }
-    }
-
-    /// Add generated text. Returns the text that can be released now and
-    /// whether a stop string was found (the text before it is released, the
-    /// stop string and anything after it are dropped).
-    pub fn push(&mut self, piece: &str) -> (String, bool) {
-        self.held.push_str(piece);
-        if let Some(at) = self
-            .stops
-            .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min()
-        {
-            let out = self.held[..at].to_string();
-            self.held.clear();
-            return (out, true);
-        }
-        // Keep the longest tail of the text that a stop string starts with.
-        let keep = self
-            .stops
-            .iter()
-            .flat_map(|s| s.char_indices().skip(1).map(move |(i, _)| &s[..i]))
-            .filter(|p| self.held.ends_with(p))
-            .map(str::len)
-            .max()
-            .unwrap_or(0);
-        let cut = self.held.len() - keep;
-        let out = self.held[..cut].to_string();
-        self.held.drain(..cut);
-        (out, false)
-    }
-
-    /// Whatever is held back (at the end of generation).
-    pub fn flush(&mut self) -> String {
-        std::mem::take(&mut self.held)
-    }
-}
-
 /// The model's log-probability of `token` and the `k` most likely tokens
 /// (log-softmax of `logits`, summed in f64).
 pub fn logprobs(logits: &[f32], token: u32, k: usize) -> TokenLogprob {
@@ -431,8 +378,8 @@ struct Active {
     /// Sampled but not yet evaluated.
     pending: Option<u32>,
     n_generated: usize,
-    decoder: StreamDecoder,
-    stopper: StopMatcher,
+    /// The generated text, UTF-8 whole and stop strings held back.
+    text: TextStream,
     admitted: Instant,
     first_token: Option<Instant>,
 }
@@ -567,8 +514,7 @@ impl Scheduler {
             sampler: Sampler::new(job.req.params.clone()),
             pending: None,
             n_generated: 0,
-            decoder: StreamDecoder::new(),
-            stopper: StopMatcher::new(&job.req.stop),
+            text: TextStream::new(job.req.stop.clone()),
             admitted: Instant::now(),
             first_token: None,
             job,
@@ -598,11 +544,7 @@ impl Scheduler {
             return;
         };
         // Release what the decoder and the stop matcher still hold.
-        let rest = a.decoder.flush();
-        let (mut text, hit) = a.stopper.push(&rest);
-        if !hit {
-            text.push_str(&a.stopper.flush());
-        }
+        let text = a.text.finish();
         if !text.is_empty() {
             let _ = a.job.events.send(Event::Text(text));
         }
@@ -773,8 +715,8 @@ impl Scheduler {
         a.history.push(next);
         a.n_generated += 1;
         m.tokens_predicted.fetch_add(1, Ordering::Relaxed);
-        let piece = a.decoder.push(&tok.token_bytes(next, false));
-        let (text, hit) = a.stopper.push(&piece);
+        let text = a.text.push(tok, next);
+        let hit = a.text.stopped();
         if a.job
             .events
             .send(Event::Token {
@@ -901,19 +843,6 @@ mod tests {
 
     fn prompt(m: &Model, text: &str) -> Vec<u32> {
         m.tokenizer.encode(text, true).unwrap()
-    }
-
-    #[test]
-    fn stop_matcher_holds_back_prefixes() {
-        let mut s = StopMatcher::new(&["END".to_string(), "\n\n".to_string(), String::new()]);
-        assert_eq!(s.push("abc E"), ("abc ".to_string(), false));
-        assert_eq!(s.push("N"), (String::new(), false));
-        assert_eq!(s.push("x"), ("ENx".to_string(), false));
-        assert_eq!(s.push("é\n"), ("é".to_string(), false));
-        assert_eq!(s.push("\nrest"), (String::new(), true));
-        let mut s = StopMatcher::new(&["ab".to_string()]);
-        assert_eq!(s.push("xxa"), ("xx".to_string(), false));
-        assert_eq!(s.flush(), "a");
     }
 
     #[test]
