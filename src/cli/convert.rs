@@ -1,5 +1,5 @@
 use crate::convert::{convert, parse_embd_type, parse_outtype, ConvertOptions};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -23,8 +23,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let outtype = parse_outtype(&a.outtype)?;
-    let embd_type = parse_embd_type(&a.embd_type)?;
+    let outtype = parse_outtype(&a.outtype).context("--outtype")?;
+    let embd_type = parse_embd_type(&a.embd_type).context("--embd-type")?;
     convert(&ConvertOptions {
         input: a.model_dir,
         outfile: a.outfile,

@@ -787,8 +787,7 @@ mod tests {
     use super::*;
 
     fn model() -> Arc<Model> {
-        let g = crate::gguf::GgufFile::from_bytes(crate::cli::DEFAULT_MODEL.to_vec()).unwrap();
-        Arc::new(Model::from_gguf(g).unwrap())
+        Arc::new(Model::builtin().unwrap())
     }
 
     fn cfg(n_slots: usize, n_batch: usize) -> EngineConfig {
