@@ -18,3 +18,4 @@ pub mod rope;
 pub mod server;
 pub mod synth;
 pub mod tokenizer;
+pub mod untrusted;

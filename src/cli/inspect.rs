@@ -12,7 +12,7 @@ pub struct Args {
 /// (scale, % zeros) of a ternary tensor, or None.
 fn ternary_stats(g: &GgufFile, t: &crate::gguf::TensorInfo) -> Option<(String, f64)> {
     let data = g.tensor_data(t);
-    let n = t.n_elements() as usize;
+    let n = t.n_elements_usize();
     let (codes, scale) = match t.ty {
         GgmlType::I2S => {
             let s = i2s::validate(data, n).ok()?;

@@ -4,18 +4,16 @@
 
 pub mod forward;
 pub mod generate;
+pub mod hparams;
 pub mod sampling;
 
 pub use forward::{Batch, Context, KvCache};
+pub use hparams::Hparams;
 
-use crate::arch::{Arch, RopeLayout};
 use crate::gguf::{GgufFile, TensorInfo};
-use crate::hf::config::Activation;
-use crate::hf::config::RopeScaling;
 use crate::kernels::matmul::HeadWeights;
 use crate::kernels::{self, Kernel, QuantHead};
 use crate::quant::{i2s, q6_k, q8_0, tq, GgmlType};
-use crate::rope::RopeFreqs;
 use crate::tokenizer::{Tokenizer, VocabSpec};
 use anyhow::{anyhow, bail, Context as _, Result};
 use half::f16;
@@ -29,32 +27,6 @@ pub const BITNET_CHAT_TEMPLATE: &str = "{% for message in messages %}{% if loop.
 pub static BUILTIN_GGUF: &[u8] = include_bytes!("../../models/tern-shakespeare-i2_s.gguf");
 /// The file name the built-in model was made from.
 pub const BUILTIN_NAME: &str = "tern-shakespeare-i2_s.gguf";
-
-#[derive(Debug, Clone)]
-pub struct Hparams {
-    pub arch: String,
-    /// The graph: the architecture's row.
-    pub graph: &'static Arch,
-    pub activation: Activation,
-    pub n_vocab: usize,
-    pub n_ctx_train: usize,
-    pub n_embd: usize,
-    pub n_layer: usize,
-    pub n_ff: usize,
-    pub n_head: usize,
-    pub n_head_kv: usize,
-    pub head_dim: usize,
-    pub rope_dim: usize,
-    pub rope_theta: f32,
-    /// `<arch>.rope.scaling.*` as read.
-    pub rope_scaling: RopeScaling,
-    /// The per-pair frequencies every position is rotated by.
-    pub rope: RopeFreqs,
-    pub rope_layout: RopeLayout,
-    pub eps: f32,
-    /// Epsilon of the per-projection input norms (`use_rms_norm` models).
-    pub input_norm_eps: f32,
-}
 
 /// A projection ready for the kernels.
 pub enum Proj {
@@ -182,151 +154,15 @@ impl Model {
 
     pub fn from_gguf(gguf: GgufFile) -> Result<Model> {
         let mut warnings = Vec::new();
-        let arch = gguf
-            .architecture()
-            .ok_or_else(|| anyhow!("general.architecture is missing"))?
-            .to_string();
-        let graph = Arch::from_gguf(&arch).ok_or_else(|| {
-            anyhow!(
-                "architecture {:?} is not a graph tern runs ({})",
-                crate::hf::short(&arch),
-                Arch::gguf_names()
-            )
-        })?;
-        let key = |k: &str| format!("{}.{}", arch, k);
-        let req = |k: &str| -> Result<usize> {
-            let v = gguf
-                .get_u64(&key(k))
-                .ok_or_else(|| anyhow!("missing or non-integer metadata {}", key(k)))?;
-            if v == 0 || v > (1 << 31) {
-                bail!("metadata {} = {} is out of range", key(k), v);
-            }
-            Ok(v as usize)
-        };
-        let n_embd = req("embedding_length")?;
-        let n_layer = req("block_count")?;
-        let n_ff = req("feed_forward_length")?;
-        let n_head = req("attention.head_count")?;
-        let n_head_kv = gguf
-            .get_u64(&key("attention.head_count_kv"))
-            .map(|v| v as usize)
-            .unwrap_or(n_head);
-        if n_head_kv == 0 || n_head % n_head_kv != 0 {
-            bail!(
-                "attention.head_count {} is not a multiple of head_count_kv {}",
-                n_head,
-                n_head_kv
-            );
-        }
-        let head_dim = match gguf.get_u64(&key("attention.key_length")) {
-            Some(v) => v as usize,
-            None => {
-                if n_embd % n_head != 0 {
-                    bail!(
-                        "embedding_length {} is not divisible by head_count {}",
-                        n_embd,
-                        n_head
-                    );
-                }
-                n_embd / n_head
-            }
-        };
-        let rope_dim = gguf
-            .get_u64(&key("rope.dimension_count"))
-            .map(|v| v as usize)
-            .unwrap_or(head_dim);
-        if rope_dim != head_dim || head_dim % 2 != 0 {
-            bail!(
-                "rope.dimension_count {} must equal the (even) head dimension {}",
-                rope_dim,
-                head_dim
-            );
-        }
-        let activation = match gguf.get_str(&key("hidden_activation")) {
-            Some(s) if graph.activation.from_metadata => Activation::parse(s).ok_or_else(|| {
-                anyhow!(
-                    "{} = {:?} is not relu2 or silu",
-                    key("hidden_activation"),
-                    crate::hf::short(s)
-                )
-            })?,
-            _ => graph.activation.default,
-        };
-        let eps = gguf
-            .get_f64(&key("attention.layer_norm_rms_epsilon"))
-            .unwrap_or(1e-5) as f32;
-        let rope_theta = gguf.get_f64(&key("rope.freq_base")).unwrap_or(10000.0) as f32;
-        if !(eps > 0.0 && eps.is_finite() && rope_theta > 0.0 && rope_theta.is_finite()) {
-            bail!(
-                "rms epsilon {} or rope.freq_base {} is not a positive number",
-                eps,
-                rope_theta
-            );
-        }
-        let n_ctx_train = gguf.get_u64(&key("context_length")).unwrap_or(2048) as usize;
-        let rope_scaling = rope_scaling(&gguf, &arch)?;
-        let freq_factors = match gguf.tensor("rope_freqs.weight") {
-            None => None,
-            Some(t) => {
-                if t.dims != [(head_dim / 2) as u64] {
-                    bail!(
-                        "tensor rope_freqs.weight has dims {:?}, expected [{}]",
-                        t.dims,
-                        head_dim / 2
-                    );
-                }
-                let f = f32_data(&gguf, t)?;
-                if f.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
-                    bail!("tensor rope_freqs.weight holds a value that is not a positive number");
-                }
-                Some(f)
-            }
-        };
-        let rope = crate::rope::freqs(head_dim, rope_theta, rope_scaling, freq_factors.as_deref());
-        let input_norm_eps = gguf
-            .get_f64(&key("bitlinear.input_norm_rms_epsilon"))
-            .unwrap_or(1e-6) as f32;
-        if !(input_norm_eps > 0.0 && input_norm_eps.is_finite()) {
-            bail!(
-                "{} is not a positive number",
-                key("bitlinear.input_norm_rms_epsilon")
-            );
-        }
-
-        // Tokenizer.
+        // Tokenizer first: the vocabulary size is one of the hyper-parameters.
         let spec = vocab_spec(&gguf, &mut warnings)?;
-        let tokenizer = Tokenizer::from_spec(&spec)?;
         let n_vocab = spec.tokens.len();
-        if let Some(v) = gguf.get_u64(&key("vocab_size")) {
-            if v as usize != n_vocab {
-                bail!(
-                    "{} = {} but the vocabulary has {} tokens",
-                    key("vocab_size"),
-                    v,
-                    n_vocab
-                );
-            }
-        }
-        let hp = Hparams {
-            arch: arch.clone(),
-            graph,
-            activation,
-            n_vocab,
-            n_ctx_train,
-            n_embd,
-            n_layer,
-            n_ff,
-            n_head,
-            n_head_kv,
-            head_dim,
-            rope_dim,
-            rope_theta,
-            rope_scaling,
-            rope,
-            rope_layout: graph.rope,
-            eps,
-            input_norm_eps,
-        };
+        let hp = Hparams::from_gguf(&gguf, n_vocab)?;
+        // Every tensor the counts imply, before anything is sized from them.
+        hp.check_tensors(&gguf)?;
+        let tokenizer = Tokenizer::from_spec(&spec)?;
+        let (n_embd, n_ff, n_layer) = (hp.n_embd, hp.n_ff, hp.n_layer);
+        let (arch, graph) = (hp.arch.clone(), hp.graph);
 
         let kernel = kernels::active()?;
         let get = |name: &str, dims: &[usize]| -> Result<&TensorInfo> {
@@ -357,10 +193,7 @@ impl Model {
                 GgmlType::F16 => {
                     let bytes = gguf.tensor_data(t);
                     if bytemuck::try_cast_slice::<u8, f16>(bytes).is_ok() {
-                        FloatMat::F16Mapped(
-                            (gguf.data_start + t.offset) as usize,
-                            t.n_elements() as usize,
-                        )
+                        FloatMat::F16Mapped(gguf.tensor_range(t).start, t.n_elements_usize())
                     } else {
                         FloatMat::F16(
                             bytes
@@ -377,8 +210,9 @@ impl Model {
                         QuantHead::Q6K
                     };
                     let bytes = gguf.tensor_data(t);
-                    let rows = t.dims.get(1).copied().unwrap_or(1) as usize;
-                    if bytes.len() != rows * kind.row_bytes(n_embd) {
+                    // dims were checked: [n_embd, n_vocab].
+                    let rows = n_vocab;
+                    if Some(bytes.len()) != rows.checked_mul(kind.row_bytes(n_embd)) {
                         bail!(
                             "tensor {}: {} bytes of {} for {} rows of {}",
                             t.name,
@@ -388,7 +222,7 @@ impl Model {
                             n_embd
                         );
                     }
-                    FloatMat::QuantMapped(kind, (gguf.data_start + t.offset) as usize, bytes.len())
+                    FloatMat::QuantMapped(kind, gguf.tensor_range(t).start, bytes.len())
                 }
                 // Dequantized once at load (mainline llama-quantize writes a
                 // TQ model's token_embd in Q4_K).
@@ -509,8 +343,7 @@ impl Model {
             None => (None, None),
         };
         let output_norm = norm("output_norm.weight", n_embd)?;
-        let qd = n_head * head_dim;
-        let kvd = n_head_kv * head_dim;
+        let (qd, kvd) = (hp.q_dim(), hp.kv_dim());
         let mut layers = Vec::with_capacity(n_layer);
         for l in 0..n_layer {
             let b = |s: &str| format!("blk.{}.{}.weight", l, s);
@@ -685,7 +518,7 @@ impl Model {
 fn vocab_spec(g: &GgufFile, warnings: &mut Vec<String>) -> Result<VocabSpec> {
     let model = g
         .get_str("tokenizer.ggml.model")
-        .ok_or_else(|| anyhow!("tokenizer.ggml.model is missing"))?
+        .ok_or_else(|| anyhow!("tokenizer.ggml.model is missing or not a string"))?
         .to_string();
     let strs = |k: &str| -> Result<Vec<String>> {
         match g.get(k) {
@@ -707,11 +540,24 @@ fn vocab_spec(g: &GgufFile, warnings: &mut Vec<String>) -> Result<VocabSpec> {
         bail!("tokenizer.ggml.tokens is missing or empty");
     }
     let merges = strs("tokenizer.ggml.merges")?;
-    let token_types: Vec<i32> = match g
-        .get("tokenizer.ggml.token_type")
-        .and_then(|v| v.as_array())
-    {
-        Some(a) => a.iter().map(|x| x.as_i64().unwrap_or(1) as i32).collect(),
+    let array = |k: &str| -> Result<Option<&[crate::gguf::Value]>> {
+        match g.get(k) {
+            None => Ok(None),
+            Some(v) => Ok(Some(
+                v.as_array()
+                    .ok_or_else(|| anyhow!("{} is not an array", k))?,
+            )),
+        }
+    };
+    let token_types: Vec<i32> = match array("tokenizer.ggml.token_type")? {
+        Some(a) => a
+            .iter()
+            .map(|x| {
+                x.as_i64()
+                    .and_then(|t| i32::try_from(t).ok())
+                    .ok_or_else(|| anyhow!("tokenizer.ggml.token_type holds a non-i32 value"))
+            })
+            .collect::<Result<_>>()?,
         None => vec![1; tokens.len()],
     };
     if token_types.len() != tokens.len() {
@@ -721,23 +567,41 @@ fn vocab_spec(g: &GgufFile, warnings: &mut Vec<String>) -> Result<VocabSpec> {
             tokens.len()
         );
     }
-    let scores: Vec<f32> = match g.get("tokenizer.ggml.scores").and_then(|v| v.as_array()) {
-        Some(a) => a.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect(),
+    let scores: Vec<f32> = match array("tokenizer.ggml.scores")? {
+        // f64 → f32 rounds; scores only order merges.
+        Some(a) => a
+            .iter()
+            .map(|x| {
+                x.as_f64()
+                    .map(|s| s as f32)
+                    .ok_or_else(|| anyhow!("tokenizer.ggml.scores holds a non-number"))
+            })
+            .collect::<Result<_>>()?,
         None => vec![],
     };
     let id = |k: &str| -> Result<Option<u32>> {
-        match g.get_u64(k) {
-            None => Ok(None),
-            Some(v) if (v as usize) < tokens.len() => Ok(Some(v as u32)),
-            Some(v) => bail!(
+        let Some(v) = g.get(k) else {
+            return Ok(None);
+        };
+        let n = v
+            .as_u64()
+            .ok_or_else(|| anyhow!("{} is not a non-negative integer", k))?;
+        match u32::try_from(n) {
+            Ok(i) if usize::try_from(n).is_ok_and(|n| n < tokens.len()) => Ok(Some(i)),
+            _ => bail!(
                 "{} = {} is outside the vocabulary of {}",
                 k,
-                v,
+                n,
                 tokens.len()
             ),
         }
     };
-    let find = |s: &str| tokens.iter().position(|t| t == s).map(|i| i as u32);
+    let find = |s: &str| {
+        tokens
+            .iter()
+            .position(|t| t == s)
+            .and_then(|i| u32::try_from(i).ok())
+    };
     let mut eot = id("tokenizer.ggml.eot_token_id")?;
     if eot.is_none() {
         if let Some(e) = find("<|eot_id|>") {
@@ -812,76 +676,3 @@ fn check_ternary(arch: &str, natures: &[(String, ProjNature)]) -> Result<()> {
     Ok(())
 }
 
-/// `<arch>.rope.scaling.*` (llama.cpp's keys; the older
-/// `<arch>.rope.scale_linear` too). A type tern cannot apply is an error.
-fn rope_scaling(g: &GgufFile, arch: &str) -> Result<RopeScaling> {
-    let key = |k: &str| format!("{}.{}", arch, k);
-    let factor = g.get_f64(&key("rope.scaling.factor"));
-    let positive = |f: Option<f64>, what: &str| -> Result<f32> {
-        match f {
-            Some(x) if x.is_finite() && x > 0.0 && x < 1e6 => Ok(x as f32),
-            Some(x) => bail!("{} = {} is not a positive number", key(what), x),
-            None => bail!("{} is missing", key(what)),
-        }
-    };
-    let ty = match g.get_str(&key("rope.scaling.type")) {
-        Some(t) => t.to_ascii_lowercase(),
-        None => match g.get_f64(&key("rope.scale_linear")) {
-            Some(f) if f != 1.0 => {
-                return Ok(RopeScaling::Linear {
-                    factor: positive(Some(f), "rope.scale_linear")?,
-                })
-            }
-            _ => return Ok(RopeScaling::None),
-        },
-    };
-    Ok(match ty.as_str() {
-        "none" => RopeScaling::None,
-        "linear" => RopeScaling::Linear {
-            factor: positive(factor, "rope.scaling.factor")?,
-        },
-        "yarn" => {
-            let orig = g
-                .get_u64(&key("rope.scaling.original_context_length"))
-                .ok_or_else(|| {
-                    anyhow!("{} is missing", key("rope.scaling.original_context_length"))
-                })?;
-            if orig == 0 || orig > (1 << 31) {
-                bail!(
-                    "{} = {} is out of range",
-                    key("rope.scaling.original_context_length"),
-                    orig
-                );
-            }
-            for k in [
-                "rope.scaling.yarn_beta_fast",
-                "rope.scaling.yarn_beta_slow",
-                "rope.scaling.attn_factor",
-            ] {
-                if let Some(v) = g.get_f64(&key(k)) {
-                    let default = match k {
-                        "rope.scaling.yarn_beta_fast" => 32.0,
-                        "rope.scaling.yarn_beta_slow" => 1.0,
-                        _ => 1.0,
-                    };
-                    if v != default {
-                        bail!(
-                            "{} = {}: tern applies YaRN only with llama.cpp's defaults",
-                            key(k),
-                            v
-                        );
-                    }
-                }
-            }
-            RopeScaling::Yarn {
-                factor: positive(factor, "rope.scaling.factor")?,
-                original_context: orig as u32,
-            }
-        }
-        other => bail!(
-            "{} = {:?}: tern cannot apply this RoPE scaling (none, linear and yarn are supported)",
-            key("rope.scaling.type"),
-            crate::hf::short(other)
-        ),
-    })
-}
