@@ -66,7 +66,12 @@ impl ChatTemplate {
         });
         env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME, source.to_string())
-            .map_err(|e| anyhow!("the chat template does not compile: {}", e))?;
+            .map_err(|e| {
+                anyhow!(
+                    "the chat template does not compile: {}",
+                    crate::untrusted::one_line(&e.to_string())
+                )
+            })?;
         Ok(ChatTemplate {
             env,
             bos_token: bos_token.to_string(),
@@ -97,7 +102,7 @@ impl ChatTemplate {
             eos_token => self.eos_token.as_str(),
         };
         tmpl.render(ctx)
-            .map_err(|e| anyhow!("chat template: {}", e))
+            .map_err(|e| anyhow!("chat template: {}", crate::untrusted::one_line(&e.to_string())))
     }
 
     /// The prompt tokens for `messages`: [`ChatTemplate::render`], then
@@ -201,9 +206,9 @@ impl Conversation {
                 "system" => bail!("message {}: a system message may only come first", i + 1),
                 "user" | "assistant" => conv.turns.push(m),
                 other => bail!(
-                    "message {}: unknown role {:?} (expected system, user or assistant)",
+                    "message {}: unknown role {} (expected system, user or assistant)",
                     i + 1,
-                    other
+                    crate::untrusted::quoted(other)
                 ),
             }
         }

@@ -16,6 +16,7 @@ pub mod perplexity;
 pub mod quant;
 pub mod rope;
 pub mod server;
+pub mod signals;
 pub mod synth;
 pub mod tokenizer;
 pub mod untrusted;

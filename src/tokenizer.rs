@@ -17,6 +17,7 @@
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::OnceLock;
 
+use crate::untrusted::{one_line, quoted};
 use anyhow::{anyhow, bail, Result};
 use tokenizers::decoders::byte_level::ByteLevel;
 use tokenizers::models::bpe::{Vocab, BPE};
@@ -187,7 +188,8 @@ impl Tokenizer {
             "gpt2" => Engine::Gpt2(Box::new(build_gpt2(spec, &types)?)),
             "llama" => Engine::Spm(build_spm(spec, &types, &token_to_id)?),
             other => bail!(
-                "unsupported tokenizer model '{other}' (tokenizer.ggml.model must be 'gpt2' or 'llama')"
+                "unsupported tokenizer model {} (tokenizer.ggml.model must be 'gpt2' or 'llama')",
+                quoted(other)
             ),
         };
 
@@ -244,7 +246,7 @@ impl Tokenizer {
                 };
                 let enc = hf
                     .encode_fast(text, false)
-                    .map_err(|e| anyhow!("BPE tokenization failed: {e}"))?;
+                    .map_err(|e| anyhow!("BPE tokenization failed: {}", one_line(&e.to_string())))?;
                 out.extend_from_slice(enc.get_ids());
             }
             Engine::Spm(spm) if parse_special => {
@@ -551,7 +553,8 @@ fn build_gpt2(spec: &VocabSpec, types: &[i32]) -> Result<tokenizers::Tokenizer> 
         }
         None | Some("default" | "gpt-2" | "gpt2") => (GPT2_PRE_REGEX, false),
         Some(other) => bail!(
-            "unsupported pre-tokenizer '{other}' (tokenizer.ggml.pre; supported: llama-bpe, llama3, llama-v3, falcon3, falcon_e, default, gpt-2)"
+            "unsupported pre-tokenizer {} (tokenizer.ggml.pre; supported: llama-bpe, llama3, llama-v3, falcon3, falcon_e, default, gpt-2)",
+            quoted(other)
         ),
     };
 
@@ -576,7 +579,12 @@ fn build_gpt2(spec: &VocabSpec, types: &[i32]) -> Result<tokenizers::Tokenizer> 
         .vocab_and_merges(vocab, merges)
         .ignore_merges(ignore_merges)
         .build()
-        .map_err(|e| anyhow!("cannot build the BPE model from the GGUF vocabulary: {e}"))?;
+        .map_err(|e| {
+            anyhow!(
+                "cannot build the BPE model from the GGUF vocabulary: {}",
+                one_line(&e.to_string())
+            )
+        })?;
 
     let split = Split::new(
         SplitPattern::Regex(regex.to_string()),
@@ -991,7 +999,7 @@ mod tests {
         let err = Tokenizer::from_spec(&gpt2_spec(Some("qwen2")))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("'qwen2'"), "{err}");
+        assert!(err.contains("\"qwen2\""), "{err}");
     }
 
     /// Deterministic pseudo-random strings over a mixed alphabet.

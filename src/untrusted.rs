@@ -71,18 +71,32 @@ pub fn name(s: &str) -> String {
 /// characters escaped, at most 4 × [`MAX_SHOWN`] characters.
 pub fn one_line(msg: &str) -> String {
     let mut out = String::new();
-    for c in msg.chars() {
-        if c.is_control() {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-        if out.chars().count() > 4 * MAX_SHOWN {
+    for (n, c) in msg.chars().enumerate() {
+        if n == 4 * MAX_SHOWN {
             out.push('…');
             break;
         }
+        push_escaped(&mut out, c);
     }
     out
+}
+
+/// `msg` with control characters (newlines, ESC, …) escaped: the last line
+/// of defence before a message reaches the terminal.
+pub fn escape_controls(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    for c in msg.chars() {
+        push_escaped(&mut out, c);
+    }
+    out
+}
+
+fn push_escaped(out: &mut String, c: char) {
+    if c.is_control() {
+        out.extend(c.escape_debug());
+    } else {
+        out.push(c);
+    }
 }
 
 #[cfg(test)]

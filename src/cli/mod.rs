@@ -117,6 +117,7 @@ fn llama_spellings(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::f
 }
 
 pub fn main() -> i32 {
+    crate::signals::install_sigbus_handler();
     let cli = Cli::parse_from(llama_spellings(std::env::args_os()));
     let r = match cli.cmd {
         Cmd::Convert(a) => convert::run(a),
@@ -133,8 +134,13 @@ pub fn main() -> i32 {
     match r {
         Ok(()) => 0,
         Err(e) => {
-            // One line: the outermost context and its causes joined.
-            eprintln!("tern: error: {:#}", e);
+            // One line: the outermost context and its causes joined; text
+            // from files was quoted where it entered the message, and any
+            // control character left is escaped here.
+            eprintln!(
+                "tern: error: {}",
+                crate::untrusted::escape_controls(&format!("{:#}", e))
+            );
             1
         }
     }

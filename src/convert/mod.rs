@@ -12,10 +12,12 @@
 pub mod ternary;
 
 use crate::arch::RopeLayout;
-use crate::gguf::{write_gguf, TensorPlan, Value, ValueType};
+use crate::gguf::{write_gguf, write_gguf_to, TensorPlan, Value, ValueType};
 use crate::hf::checkpoint::RawTensor;
 use crate::hf::config::{HfConfig, LinearClass, RopeScaling};
+use crate::hf::vocab::TokenizerFiles;
 use crate::hf::{Checkpoint, HfVocab};
+use crate::untrusted::quoted;
 use crate::quant::{i2s, q6_k, q8_0, tq, GgmlType};
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::Dtype;
@@ -179,8 +181,8 @@ fn plan(
     embd_type: GgmlType,
 ) -> Result<(Vec<Planned>, Vec<String>)> {
     let h = cfg.hidden;
-    let qd = cfg.heads * cfg.head_dim;
-    let kvd = cfg.kv_heads * cfg.head_dim;
+    let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+    check_layer_count(cfg, ck)?;
     let mut out = Vec::new();
     let mut fallbacks = Vec::new();
     let emb = pick(ck, &["model.embed_tokens.weight"])?;
@@ -423,6 +425,30 @@ fn projection_type(
     outtype
 }
 
+/// `N` of a checkpoint tensor `model.layers.N.…`.
+fn hf_layer_index(name: &str) -> Option<usize> {
+    name.strip_prefix("model.layers.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A checkpoint with more layers than `num_hidden_layers` says is refused
+/// rather than silently cut short.
+fn check_layer_count(cfg: &HfConfig, ck: &Checkpoint) -> Result<()> {
+    if let Some(n) = ck.names().filter_map(hf_layer_index).max() {
+        if n >= cfg.layers {
+            bail!(
+                "the checkpoint has layer {} but config.json says num_hidden_layers {}",
+                n,
+                cfg.layers
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The type an embedding / output head of rows of `cols` values is written
 /// in: `embd_type`, or the fallback llama.cpp's tools take when the rows do
 /// not hold whole blocks — Q8_0 → F16 (`convert_hf_to_gguf.py` on gguf-py's
@@ -473,25 +499,92 @@ pub fn ternarize_tensor(
     let weight_scale = || -> Result<f32> {
         let s = ck.require(&sname)?;
         if s.n_elements() != 1 {
-            bail!("{} must hold one value, found {:?}", s.name, s.shape);
+            bail!(
+                "{} must hold one value, found {:?}",
+                quoted(s.name),
+                s.shape
+            );
         }
         Ok(s.to_f32()?[0])
     };
     let mut tz = if t.dtype == Dtype::U8 {
         unpack_packed(t.data, rows, cols, weight_scale()?, recipe.rule)
     } else if recipe.absmean_always {
-        Ok(absmean(&t.to_f32()?))
+        absmean(&t.to_f32()?)
     } else if ck.contains(&sname) {
         float_codes(&t.to_f32()?, weight_scale()?, recipe.rule)
     } else {
-        Ok(ternarize_float(&t.to_f32()?))
+        ternarize_float(&t.to_f32()?)
     }
-    .with_context(|| format!("tensor {}", hf_name))?;
+    .with_context(|| format!("tensor {}", quoted(hf_name)))?;
     if let Some(n_head) = permute_heads {
         tz.codes = permute_rope_rows(&tz.codes, rows, cols, n_head)
-            .with_context(|| format!("tensor {}", hf_name))?;
+            .with_context(|| format!("tensor {}", quoted(hf_name)))?;
     }
     Ok(tz)
+}
+
+/// Largest magnitude a value may have to be stored in `ty`: F16 and the
+/// formats with f16 block scales (Q8_0, Q6_K, TQ2_0, TQ1_0) overflow to
+/// infinity past f16's largest value (Q8_0's scale is max/127, so allow
+/// that much more there).
+fn max_magnitude(ty: GgmlType) -> f32 {
+    let f16_max = half::f16::MAX.to_f32();
+    match ty {
+        GgmlType::F32 | GgmlType::I2S => f32::MAX,
+        GgmlType::Q8_0 => f16_max * 127.0,
+        _ => f16_max,
+    }
+}
+
+/// Every value of a float tensor finite and representable in `ty`.
+fn check_values(name: &str, xs: &[f32], ty: GgmlType) -> Result<()> {
+    use rayon::prelude::*;
+    let max = max_magnitude(ty);
+    if let Some(i) = xs
+        .par_iter()
+        .position_any(|x| !(x.is_finite() && x.abs() <= max))
+    {
+        bail!(
+            "tensor {}: value {} at element {} {}",
+            quoted(name),
+            xs[i],
+            i,
+            if xs[i].is_finite() {
+                format!(
+                    "does not fit in {} (choose --embd-type f32)",
+                    ty.name()
+                )
+            } else {
+                "is not a finite number".to_string()
+            }
+        );
+    }
+    Ok(())
+}
+
+/// A projection's scale must survive the output type: finite and positive
+/// as the f32 of I2_S, and inside f16's normal range where the type stores
+/// f16 (TQ2_0 / TQ1_0 block scales, F16 weights).
+fn check_scale(name: &str, scale: f32, ty: GgmlType) -> Result<()> {
+    let ok = scale.is_finite()
+        && scale > 0.0
+        && (matches!(ty, GgmlType::I2S | GgmlType::F32)
+            || (scale <= max_magnitude(ty) && scale >= half::f16::MIN_POSITIVE.to_f32()));
+    if !ok {
+        bail!(
+            "{}: scale {:e} cannot be stored in {}{}",
+            name,
+            scale,
+            ty.name(),
+            if scale.is_finite() && scale > 0.0 {
+                " (it is outside f16's range; choose --outtype i2_s or f32)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
 }
 
 fn write_f32(w: &mut dyn Write, xs: &[f32]) -> Result<()> {
@@ -546,6 +639,7 @@ fn write_float_tensor(w: &mut dyn Write, t: &RawTensor, ty: GgmlType) -> Result<
     while start < n {
         let len = chunk.min(n - start);
         let xs = t.to_f32_range(start, len)?;
+        check_values(t.name, &xs, ty)?;
         match ty {
             GgmlType::F32 => write_f32(w, &xs)?,
             GgmlType::F16 => write_f16(w, &xs)?,
@@ -581,6 +675,82 @@ pub fn encode_projection(tz: &Ternarized, ty: GgmlType, out: &mut Vec<u8>) -> Re
     Ok(())
 }
 
+/// What writing one tensor found (for the report line).
+enum Written {
+    Norm,
+    Float,
+    Projection {
+        kind: TernaryKind,
+        scale: f32,
+        zeros: usize,
+        n: usize,
+    },
+}
+
+/// Write the bytes of one planned tensor: checked values (finite, in the
+/// range of the output type), projections ternarized and encoded.
+fn write_tensor(
+    ck: &Checkpoint,
+    cfg: &HfConfig,
+    recipe: Recipe,
+    p: &Planned,
+    w: &mut dyn Write,
+) -> Result<Written> {
+    Ok(match p.role {
+        Role::Norm => {
+            let xs = ck.require(&p.hf_name)?.to_f32()?;
+            check_values(&p.hf_name, &xs, GgmlType::F32)?;
+            write_f32(w, &xs)?;
+            Written::Norm
+        }
+        Role::Embedding | Role::Output => {
+            write_float_tensor(w, &ck.require(&p.hf_name)?, p.plan.ty)?;
+            Written::Float
+        }
+        Role::RopeFreqs => {
+            let f = crate::rope::llama3_freq_factors(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling);
+            write_f32(w, &f)?;
+            Written::Float
+        }
+        Role::Projection => {
+            let tz = ternarize_tensor(ck, &p.hf_name, p.rows, p.cols, recipe, p.permute_heads)?;
+            check_scale(&p.hf_name, tz.scale, p.plan.ty)?;
+            let mut buf = Vec::new();
+            encode_projection(&tz, p.plan.ty, &mut buf)?;
+            w.write_all(&buf)?;
+            Written::Projection {
+                kind: tz.kind,
+                scale: tz.scale,
+                zeros: tz.zeros,
+                n: tz.codes.len(),
+            }
+        }
+    })
+}
+
+/// Convert checkpoint parts already in memory (`ck` may be
+/// [`Checkpoint::from_bytes`]) into a GGUF image written to `out`, with the
+/// same checks as [`convert`] and no report. For tests and fuzzing.
+pub fn convert_to_writer(
+    cfg: &HfConfig,
+    ck: &Checkpoint,
+    files: &TokenizerFiles,
+    name: &str,
+    outtype: GgmlType,
+    embd_type: GgmlType,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let (planned, _) = plan(cfg, ck, outtype, embd_type)?;
+    let vocab = HfVocab::build(files, cfg, cfg.vocab)?;
+    let kv = metadata(cfg, &vocab, name, outtype)?;
+    let plans: Vec<TensorPlan> = planned.iter().map(|p| p.plan.clone()).collect();
+    let recipe = Recipe::of(cfg);
+    write_gguf_to(out, &kv, &plans, |i, w| {
+        write_tensor(ck, cfg, recipe, &planned[i], w)?;
+        Ok(())
+    })
+}
+
 pub fn default_outfile(input: &Path, outtype: GgmlType) -> PathBuf {
     let name = input
         .canonicalize()
@@ -594,12 +764,22 @@ pub fn default_outfile(input: &Path, outtype: GgmlType) -> PathBuf {
     ))
 }
 
+/// A count as the GGUF's `uint32` (llama.cpp's type for these keys); a
+/// value that does not fit is an error, never truncated.
+fn u32_value(key: &str, x: usize) -> Result<Value> {
+    u32::try_from(x)
+        .map(Value::U32)
+        .map_err(|_| anyhow!("{} = {} does not fit the GGUF's u32", key, x))
+}
+
+/// The GGUF metadata of a conversion. Every count is range-checked into
+/// the type it is stored as.
 pub fn metadata(
     cfg: &HfConfig,
     vocab: &HfVocab,
     name: &str,
     outtype: GgmlType,
-) -> Vec<(String, Value)> {
+) -> Result<Vec<(String, Value)>> {
     let arch = cfg.arch.gguf;
     let a = |k: &str| format!("{}.{}", arch, k);
     let mut kv: Vec<(String, Value)> = vec![
@@ -607,29 +787,32 @@ pub fn metadata(
         ("general.name".into(), Value::String(name.into())),
         ("general.file_type".into(), Value::U32(file_type(outtype))),
         ("general.quantization_version".into(), Value::U32(2)),
-        (a("vocab_size"), Value::U32(cfg.vocab as u32)),
-        (a("context_length"), Value::U32(cfg.context as u32)),
-        (a("embedding_length"), Value::U32(cfg.hidden as u32)),
-        (a("block_count"), Value::U32(cfg.layers as u32)),
-        (
-            a("feed_forward_length"),
-            Value::U32(cfg.intermediate as u32),
-        ),
-        (a("rope.dimension_count"), Value::U32(cfg.head_dim as u32)),
-        (a("rope.freq_base"), Value::F32(cfg.rope_theta)),
-        (a("attention.head_count"), Value::U32(cfg.heads as u32)),
-        (
-            a("attention.head_count_kv"),
-            Value::U32(cfg.kv_heads as u32),
-        ),
-        (
-            a("attention.layer_norm_rms_epsilon"),
-            Value::F32(cfg.rms_eps),
-        ),
     ];
-    if cfg.head_dim * cfg.heads != cfg.hidden {
-        kv.push((a("attention.key_length"), Value::U32(cfg.head_dim as u32)));
-        kv.push((a("attention.value_length"), Value::U32(cfg.head_dim as u32)));
+    for (k, x) in [
+        ("vocab_size", cfg.vocab),
+        ("context_length", cfg.context),
+        ("embedding_length", cfg.hidden),
+        ("block_count", cfg.layers),
+        ("feed_forward_length", cfg.intermediate),
+        ("rope.dimension_count", cfg.head_dim),
+    ] {
+        kv.push((a(k), u32_value(&a(k), x)?));
+    }
+    kv.push((a("rope.freq_base"), Value::F32(cfg.rope_theta)));
+    for (k, x) in [
+        ("attention.head_count", cfg.heads),
+        ("attention.head_count_kv", cfg.kv_heads),
+    ] {
+        kv.push((a(k), u32_value(&a(k), x)?));
+    }
+    kv.push((
+        a("attention.layer_norm_rms_epsilon"),
+        Value::F32(cfg.rms_eps),
+    ));
+    if cfg.q_dim() != cfg.hidden {
+        for k in ["attention.key_length", "attention.value_length"] {
+            kv.push((a(k), u32_value(&a(k), cfg.head_dim)?));
+        }
     }
     if cfg.arch.writes_activation {
         kv.push((
@@ -713,7 +896,7 @@ pub fn metadata(
     if let Some(t) = &vocab.chat_template {
         kv.push(("tokenizer.chat_template".into(), Value::String(t.clone())));
     }
-    kv
+    Ok(kv)
 }
 
 pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
@@ -744,7 +927,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
         .ok()
         .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "model".into());
-    let kv = metadata(&cfg, &vocab, &name, opts.outtype);
+    let kv = metadata(&cfg, &vocab, &name, opts.outtype)?;
     let outfile = opts
         .outfile
         .clone()
@@ -832,57 +1015,40 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
         if let Some(pb) = &pb {
             pb.set_message(p.plan.name.clone());
         }
-        match p.role {
-            Role::Norm => {
-                let t = ck.require(&p.hf_name)?;
-                write_f32(w, &t.to_f32()?)?;
+        if p.role != Role::Projection && matches!(p.plan.ty, GgmlType::Q8_0 | GgmlType::Q6K) {
+            say(format!(
+                "  {:<28} {:<10} {} × {}  → {}",
+                p.plan.name,
+                if p.role == Role::Embedding {
+                    "embedding"
+                } else {
+                    "head"
+                },
+                p.rows,
+                p.cols,
+                p.plan.ty.name()
+            ));
+        }
+        if let Written::Projection {
+            kind,
+            scale,
+            zeros,
+            n,
+        } = write_tensor(&ck, &cfg, recipe, p, w)?
+        {
+            match kind {
+                TernaryKind::Continuous => counts.0 += 1,
+                TernaryKind::Ternary => counts.1 += 1,
+                TernaryKind::Packed => counts.2 += 1,
             }
-            Role::Embedding | Role::Output => {
-                let t = ck.require(&p.hf_name)?;
-                if matches!(p.plan.ty, GgmlType::Q8_0 | GgmlType::Q6K) {
-                    say(format!(
-                        "  {:<28} {:<10} {} × {}  → {}",
-                        p.plan.name,
-                        if p.role == Role::Embedding {
-                            "embedding"
-                        } else {
-                            "head"
-                        },
-                        p.rows,
-                        p.cols,
-                        p.plan.ty.name()
-                    ));
-                }
-                write_float_tensor(w, &t, p.plan.ty)?;
-            }
-            Role::RopeFreqs => {
-                let f = crate::rope::llama3_freq_factors(
-                    cfg.head_dim,
-                    cfg.rope_theta,
-                    cfg.rope_scaling,
-                );
-                write_f32(w, &f)?;
-            }
-            Role::Projection => {
-                let tz =
-                    ternarize_tensor(&ck, &p.hf_name, p.rows, p.cols, recipe, p.permute_heads)?;
-                match tz.kind {
-                    TernaryKind::Continuous => counts.0 += 1,
-                    TernaryKind::Ternary => counts.1 += 1,
-                    TernaryKind::Packed => counts.2 += 1,
-                }
-                say(format!(
-                    "  {:<28} {:<10} scale {:<12.6e} zeros {:5.1}%  → {}",
-                    p.plan.name,
-                    tz.kind.name(),
-                    tz.scale,
-                    100.0 * tz.zeros as f64 / tz.codes.len().max(1) as f64,
-                    p.plan.ty.name()
-                ));
-                let mut buf = Vec::new();
-                encode_projection(&tz, p.plan.ty, &mut buf)?;
-                w.write_all(&buf)?;
-            }
+            say(format!(
+                "  {:<28} {:<10} scale {:<12.6e} zeros {:5.1}%  → {}",
+                p.plan.name,
+                kind.name(),
+                scale,
+                100.0 * zeros as f64 / n.max(1) as f64,
+                p.plan.ty.name()
+            ));
         }
         ck.release(&p.hf_name);
         if let Some(pb) = &pb {

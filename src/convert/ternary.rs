@@ -63,24 +63,35 @@ fn count_zeros(codes: &[i8]) -> usize {
 }
 
 /// Classify a float tensor: at most three values `{-s, 0, +s}` means already
-/// ternary (kept exactly); anything else gets the absmean rule.
-pub fn ternarize_float(w: &[f32]) -> Ternarized {
+/// ternary (kept exactly); anything else gets the absmean rule. A NaN or
+/// infinite weight is an error (absmean would turn it into a silent 0).
+pub fn ternarize_float(w: &[f32]) -> Result<Ternarized> {
+    check_finite(w)?;
     if let Some((codes, scale)) = crate::quant::exact_ternary(w) {
         let zeros = count_zeros(&codes);
-        return Ternarized {
+        return Ok(Ternarized {
             codes,
             scale,
             kind: TernaryKind::Ternary,
             zeros,
-        };
+        });
     }
     absmean(w)
+}
+
+fn check_finite(w: &[f32]) -> Result<()> {
+    if let Some(i) = w.par_iter().position_any(|x| !x.is_finite()) {
+        bail!("weight {} is {}, not a finite number", i, w[i]);
+    }
+    Ok(())
 }
 
 /// The absmean rule on its own (transformers' online `WeightQuant`, which
 /// applies it even to weights that are already ternary):
 /// `s = mean|W|` (at least 1e-5), `T = clamp(round_half_even(W / s), -1, 1)`.
-pub fn absmean(w: &[f32]) -> Ternarized {
+/// A NaN or infinite weight is an error.
+pub fn absmean(w: &[f32]) -> Result<Ternarized> {
+    check_finite(w)?;
     // The sum runs sequentially: its rounding order is part of the exact result.
     let sum: f64 = w.iter().map(|&x| (x as f64).abs()).sum();
     let s = (sum / w.len().max(1) as f64).max(1e-5);
@@ -89,12 +100,12 @@ pub fn absmean(w: &[f32]) -> Ternarized {
         .map(|&x| (x as f64 / s).round_ties_even().clamp(-1.0, 1.0) as i8)
         .collect();
     let zeros = count_zeros(&codes);
-    Ternarized {
+    Ok(Ternarized {
         codes,
         scale: s as f32,
         kind: TernaryKind::Continuous,
         zeros,
-    }
+    })
 }
 
 /// Unpack an offline-packed projection of `rows × cols` (stored as
@@ -116,7 +127,7 @@ pub fn unpack_packed(
             cols
         );
     }
-    check_weight_scale(weight_scale)?;
+    check_weight_scale(weight_scale, rule)?;
     let mut codes = vec![0i8; rows * cols];
     for r in 0..r4 {
         for c in 0..cols {
@@ -140,7 +151,7 @@ pub fn unpack_packed(
 /// Unpacked offline codes: a float tensor holding only -1, 0 and 1, with
 /// its `weight_scale` (AutoBitLinear's load hook unpacks to this form).
 pub fn float_codes(w: &[f32], weight_scale: f32, rule: ScaleRule) -> Result<Ternarized> {
-    check_weight_scale(weight_scale)?;
+    check_weight_scale(weight_scale, rule)?;
     let mut codes = Vec::with_capacity(w.len());
     for (i, &x) in w.iter().enumerate() {
         codes.push(match x {
@@ -168,11 +179,16 @@ fn offline(codes: Vec<i8>, weight_scale: f32, rule: ScaleRule) -> Ternarized {
     }
 }
 
-fn check_weight_scale(weight_scale: f32) -> Result<()> {
-    if !(weight_scale.is_finite() && weight_scale != 0.0) {
+/// A `weight_scale` must be finite and non-zero, and so must the tensor
+/// scale `rule` makes of it (a subnormal one has an infinite inverse).
+fn check_weight_scale(weight_scale: f32, rule: ScaleRule) -> Result<()> {
+    let s = rule.tensor_scale(weight_scale);
+    if !(weight_scale.is_finite() && weight_scale != 0.0 && s.is_finite() && s != 0.0) {
         bail!(
-            "weight_scale {} is not a finite non-zero number",
-            weight_scale
+            "weight_scale {} is not a finite non-zero number ({} would make the scale {})",
+            weight_scale,
+            rule.formula(),
+            s
         );
     }
     Ok(())
@@ -220,7 +236,7 @@ mod tests {
         // Pitfall 8: absmean would give s·(1 - sparsity).
         let s = 0.0625f32;
         let w = [s, 0.0, -s, 0.0, 0.0, s];
-        let t = ternarize_float(&w);
+        let t = ternarize_float(&w).unwrap();
         assert_eq!(t.kind, TernaryKind::Ternary);
         assert_eq!(t.scale, s);
         assert_eq!(t.codes, vec![1, 0, -1, 0, 0, 1]);
@@ -230,12 +246,12 @@ mod tests {
     #[test]
     fn absmean() {
         let w = [0.5f32, -1.5, 0.25, 2.0];
-        let t = ternarize_float(&w);
+        let t = ternarize_float(&w).unwrap();
         assert_eq!(t.kind, TernaryKind::Continuous);
         assert_eq!(t.scale, 1.0625);
         assert_eq!(t.codes, vec![0, -1, 0, 1]);
         // exactly half rounds to even: 0.5 / 1.0 → 0
-        let t = ternarize_float(&[0.5, 1.5, -1.0, -1.0]);
+        let t = ternarize_float(&[0.5, 1.5, -1.0, -1.0]).unwrap();
         assert_eq!(t.scale, 1.0);
         assert_eq!(t.codes, vec![0, 1, -1, -1]);
     }
@@ -251,7 +267,14 @@ mod tests {
         let t = unpack_packed(&[b0, b1], 8, 1, 4.0, ScaleRule::Multiply).unwrap();
         assert_eq!(t.scale, 4.0);
         assert!(unpack_packed(&[0xff, 0], 8, 1, 4.0, ScaleRule::Divide).is_err());
-        assert!(unpack_packed(&[0, 0], 8, 1, 0.0, ScaleRule::Divide).is_err());
+        for bad in [0.0, f32::INFINITY, f32::NAN, 1e-45] {
+            assert!(
+                unpack_packed(&[0x55, 0x55], 8, 1, bad, ScaleRule::Divide).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(ternarize_float(&[1.0, f32::NAN]).is_err());
+        assert!(ternarize_float(&[1.0, f32::INFINITY]).is_err());
     }
 
     #[test]
@@ -260,7 +283,7 @@ mod tests {
         assert_eq!((t.codes.as_slice(), t.scale), (&[1i8, 0, -1, 1][..], 0.02));
         assert!(float_codes(&[0.5], 0.02, ScaleRule::Multiply).is_err());
         // Online: an already-ternary tensor still gets s = mean|W|.
-        let t = super::absmean(&[0.5, 0.0, -0.5, 0.0]);
+        let t = super::absmean(&[0.5, 0.0, -0.5, 0.0]).unwrap();
         assert_eq!((t.codes.as_slice(), t.scale), (&[1i8, 0, -1, 0][..], 0.25));
     }
 

@@ -165,7 +165,8 @@ impl GgufFile {
         // SAFETY: the map is read-only and private to this process; tern never
         // writes the file while it is mapped. Another process truncating the
         // file underneath us is outside what any mmap-based reader can guard
-        // against (llama.cpp has the same contract).
+        // against (llama.cpp has the same contract): reads past the new end
+        // raise SIGBUS, which `crate::signals` turns into a one-line error.
         let mmap =
             unsafe { Mmap::map(&f) }.with_context(|| format!("cannot map {}", path.display()))?;
         Self::parse(Backing::Mmap(mmap), path).with_context(|| format!("{}", path.display()))

@@ -10,9 +10,25 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+/// A shard's bytes: a read-only map of the file, or a buffer (tests, fuzzing).
+enum Backing {
+    Mmap(Mmap),
+    Bytes(Vec<u8>),
+}
+
+impl std::ops::Deref for Backing {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Backing::Mmap(m) => m,
+            Backing::Bytes(b) => b,
+        }
+    }
+}
+
 struct Shard {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Backing,
     /// name → (dtype, shape, byte range within the file)
     tensors: BTreeMap<String, (Dtype, Vec<usize>, usize, usize)>,
 }
@@ -73,20 +89,27 @@ impl RawTensor<'_> {
 fn open_shard(path: &Path) -> Result<Shard> {
     let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     // SAFETY: read-only private mapping of a checkpoint file that tern never
-    // writes; the converter treats its input folder as read-only.
+    // writes; the converter treats its input folder as read-only. Another
+    // process truncating it underneath raises SIGBUS, which `crate::signals`
+    // turns into a one-line error.
     let mmap =
         unsafe { Mmap::map(&f) }.with_context(|| format!("cannot map {}", path.display()))?;
+    parse_shard(Backing::Mmap(mmap), path)
+}
+
+fn parse_shard(mmap: Backing, path: &Path) -> Result<Shard> {
     let st = SafeTensors::deserialize(&mmap).map_err(|e| {
         anyhow!(
             "{}: not a valid safetensors file ({}); is it truncated?",
             path.display(),
-            e
+            crate::untrusted::one_line(&e.to_string())
         )
     })?;
     let base = mmap.as_ptr() as usize;
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
         let d = view.data();
+        // Offset of the view within the buffer it was parsed from.
         let start = d.as_ptr() as usize - base;
         tensors.insert(
             name,
@@ -124,7 +147,7 @@ impl Checkpoint {
                 if f.contains('/') || f.contains('\\') || f == ".." {
                     bail!(
                         "model.safetensors.index.json names a shard outside the folder: {}",
-                        f
+                        crate::untrusted::quoted(f)
                     );
                 }
             }
@@ -141,17 +164,34 @@ impl Checkpoint {
         let mut index = BTreeMap::new();
         for f in files {
             if !f.is_file() {
-                bail!("missing shard {}", f.display());
+                bail!(
+                    "missing shard {}",
+                    crate::untrusted::quoted(&f.to_string_lossy())
+                );
             }
             let s = open_shard(&f)?;
             for name in s.tensors.keys() {
                 if index.insert(name.clone(), shards.len()).is_some() {
-                    bail!("tensor {} appears in more than one shard", name);
+                    bail!(
+                        "tensor {} appears in more than one shard",
+                        crate::untrusted::quoted(name)
+                    );
                 }
             }
             shards.push(s);
         }
         Ok(Checkpoint { shards, index })
+    }
+
+    /// A single-shard checkpoint held in memory (the bytes of a
+    /// `model.safetensors`), for tests and fuzzing.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Checkpoint> {
+        let s = parse_shard(Backing::Bytes(bytes), Path::new("<memory>"))?;
+        let index = s.tensors.keys().map(|n| (n.clone(), 0)).collect();
+        Ok(Checkpoint {
+            shards: vec![s],
+            index,
+        })
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -186,8 +226,8 @@ impl Checkpoint {
             return;
         };
         let s = &self.shards[si];
-        if let Some(&(_, _, a, b)) = s.tensors.get(name) {
-            release_pages(&s.mmap, a, b - a);
+        if let (Some(&(_, _, a, b)), Backing::Mmap(mmap)) = (s.tensors.get(name), &s.mmap) {
+            release_pages(mmap, a, b - a);
             let _ = &s.path;
         }
     }

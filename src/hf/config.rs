@@ -1,6 +1,7 @@
 //! `config.json` and the graph variant it describes.
 
 use crate::arch::Arch;
+use crate::untrusted::quoted;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value as J;
 use std::path::Path;
@@ -282,28 +283,81 @@ pub struct HfConfig {
     pub rope_scaling: RopeScaling,
 }
 
-fn get_usize(j: &J, key: &str) -> Result<usize> {
-    let v = j
-        .get(key)
-        .ok_or_else(|| anyhow!("config.json has no {}", key))?;
-    let n = v
-        .as_u64()
-        .ok_or_else(|| anyhow!("config.json: {} is not a non-negative integer ({})", key, v))?;
-    if n == 0 || n > (1 << 31) {
-        bail!("config.json: {} = {} is out of range", key, n);
+/// A JSON value from a file as it appears in messages (escaped, cut short).
+pub fn json_shown(v: &J) -> String {
+    match v {
+        J::String(s) => quoted(s).to_string(),
+        // Numbers, booleans, null, arrays and objects as compact JSON.
+        _ => quoted(&v.to_string()).to_string(),
     }
-    Ok(n as usize)
 }
 
-fn ids(v: Option<&J>) -> Vec<u32> {
+/// Largest dimension or count accepted from config.json; the same bound the
+/// runtime puts on GGUF counts (llama.cpp stores them as `uint32_t`).
+pub const MAX_DIM: u64 = 1 << 31;
+
+/// An optional integer `key` in `1..=max`: `None` when absent or `null`;
+/// present with another type (negative, fractional, string) or out of range
+/// is an error, never silently the default.
+fn opt_count(j: &J, key: &str, max: u64) -> Result<Option<usize>> {
+    let v = match j.get(key) {
+        None | Some(J::Null) => return Ok(None),
+        Some(v) => v,
+    };
+    let n = v
+        .as_u64()
+        .ok_or_else(|| {
+            anyhow!(
+                "config.json: {} is not a non-negative integer ({})",
+                key,
+                json_shown(v)
+            )
+        })?;
+    if n == 0 || n > max {
+        bail!("config.json: {} = {} is out of range (1..={})", key, n, max);
+    }
+    Ok(Some(usize::try_from(n)?))
+}
+
+fn get_usize(j: &J, key: &str) -> Result<usize> {
+    opt_count(j, key, MAX_DIM)?.ok_or_else(|| anyhow!("config.json has no {}", key))
+}
+
+/// An optional number that must be finite and positive once rounded to the
+/// f32 the GGUF stores (a tiny f64 that rounds to 0, or a huge one that
+/// rounds to infinity, is refused like 0 or infinity).
+fn opt_positive_f32(key: &str, v: Option<&J>) -> Result<Option<f32>> {
+    let v = match v {
+        None | Some(J::Null) => return Ok(None),
+        Some(v) => v,
+    };
+    let x = v
+        .as_f64()
+        .ok_or_else(|| anyhow!("config.json: {} is not a number ({})", key, json_shown(v)))?;
+    // `as` rounds f64 → f32 (to ±inf out of range): checked just below.
+    let x32 = x as f32;
+    if !(x32.is_finite() && x32 > 0.0) {
+        bail!(
+            "config.json: {} = {} is not a finite positive number (as f32)",
+            key,
+            x
+        );
+    }
+    Ok(Some(x32))
+}
+
+/// Token ids (`bos_token_id`, `eos_token_id`: a number or a list of
+/// numbers; `null` = none). An id that is not a u32 is an error.
+pub fn token_ids(file: &str, key: &str, v: Option<&J>) -> Result<Vec<u32>> {
+    let one = |x: &J| -> Result<u32> {
+        x.as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| anyhow!("{}: {} holds {}, not a token id", file, key, json_shown(x)))
+    };
     match v {
-        Some(J::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(J::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_u64())
-            .map(|x| x as u32)
-            .collect(),
-        _ => vec![],
+        None | Some(J::Null) => Ok(vec![]),
+        Some(J::Array(a)) => a.iter().map(one).collect(),
+        Some(x) => Ok(vec![one(x)?]),
     }
 }
 
@@ -339,8 +393,8 @@ impl HfConfig {
             Some(q) => match q.get("quant_method").and_then(|m| m.as_str()) {
                 Some(m) if m.eq_ignore_ascii_case("bitnet") => Some(BitnetQuant::from_json(q)?),
                 other => bail!(
-                    "config.json: quantization_config.quant_method {:?} is not bitnet; tern converts ternary (BitNet) checkpoints only",
-                    crate::hf::short(other.unwrap_or("<none>"))
+                    "config.json: quantization_config.quant_method {} is not bitnet; tern converts ternary (BitNet) checkpoints only",
+                    quoted(other.unwrap_or("<none>"))
                 ),
             },
             None => None,
@@ -351,9 +405,9 @@ impl HfConfig {
                 Arch::from_gguf("bitnet-b1.58").expect("a bitnet-b1.58 row")
             }
             None => bail!(
-                "unsupported architecture {:?} (model_type {:?}): tern converts {}",
-                crate::hf::short(if arch.is_empty() { "<none>" } else { &arch }),
-                crate::hf::short(model_type),
+                "unsupported architecture {} (model_type {}): tern converts {}",
+                quoted(if arch.is_empty() { "<none>" } else { &arch }),
+                quoted(model_type),
                 Arch::hf_names()
             ),
         };
@@ -371,8 +425,8 @@ impl HfConfig {
                     a
                 }
                 _ => bail!(
-                    "config.json: unsupported hidden_act {:?} for {} ({})",
-                    crate::hf::short(s),
+                    "config.json: unsupported hidden_act {} for {} ({})",
+                    quoted(s),
                     arch,
                     if arch_row.activation.from_metadata {
                         "relu2 or silu"
@@ -385,17 +439,9 @@ impl HfConfig {
         };
         let hidden = get_usize(j, "hidden_size")?;
         let heads = get_usize(j, "num_attention_heads")?;
-        let kv_heads = if j
-            .get("num_key_value_heads")
-            .map(|v| !v.is_null())
-            .unwrap_or(false)
-        {
-            get_usize(j, "num_key_value_heads")?
-        } else {
-            heads
-        };
-        let head_dim = match j.get("head_dim").and_then(|v| v.as_u64()) {
-            Some(h) => h as usize,
+        let kv_heads = opt_count(j, "num_key_value_heads", MAX_DIM)?.unwrap_or(heads);
+        let head_dim = match opt_count(j, "head_dim", MAX_DIM)? {
+            Some(h) => h,
             None => {
                 if hidden % heads != 0 {
                     bail!(
@@ -420,22 +466,18 @@ impl HfConfig {
                 head_dim
             );
         }
-        let rope_theta = j
-            .get("rope_theta")
-            .and_then(|v| v.as_f64())
-            .or_else(|| {
-                j.get("rope_parameters")
-                    .and_then(|r| r.get("rope_theta"))
-                    .and_then(|v| v.as_f64())
-            })
-            .unwrap_or(10000.0) as f32;
-        let rms_eps = j
-            .get("rms_norm_eps")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(1e-5) as f32;
-        let max_pos = j.get("max_position_embeddings").and_then(|v| v.as_u64());
-        let rope_scaling = RopeScaling::from_json(j, max_pos)?;
-        Ok(HfConfig {
+        let rope_theta = match opt_positive_f32("rope_theta", j.get("rope_theta"))? {
+            Some(t) => t,
+            None => opt_positive_f32(
+                "rope_parameters.rope_theta",
+                j.get("rope_parameters").and_then(|r| r.get("rope_theta")),
+            )?
+            .unwrap_or(10000.0),
+        };
+        let rms_eps = opt_positive_f32("rms_norm_eps", j.get("rms_norm_eps"))?.unwrap_or(1e-5);
+        let max_pos = opt_count(j, "max_position_embeddings", u64::from(u32::MAX))?;
+        let rope_scaling = RopeScaling::from_json(j, max_pos.map(|n| n as u64))?;
+        let cfg = HfConfig {
             architecture: if arch.is_empty() {
                 model_type.to_string()
             } else {
@@ -452,16 +494,58 @@ impl HfConfig {
             vocab: get_usize(j, "vocab_size")?,
             rms_eps,
             rope_theta,
-            context: max_pos.unwrap_or(4096) as usize,
-            tied: j
-                .get("tie_word_embeddings")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false),
-            bos_token_id: ids(j.get("bos_token_id")).first().copied(),
-            eos_token_ids: ids(j.get("eos_token_id")),
+            context: max_pos.unwrap_or(4096),
+            tied: match j.get("tie_word_embeddings") {
+                None | Some(J::Null) => false,
+                Some(v) => v.as_bool().ok_or_else(|| {
+                    anyhow!(
+                        "config.json: tie_word_embeddings is not a boolean ({})",
+                        json_shown(v)
+                    )
+                })?,
+            },
+            bos_token_id: token_ids("config.json", "bos_token_id", j.get("bos_token_id"))?
+                .first()
+                .copied(),
+            eos_token_ids: token_ids("config.json", "eos_token_id", j.get("eos_token_id"))?,
             quant,
             rope_scaling,
-        })
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The config's values against each other: the attention widths
+    /// (`num_attention_heads · head_dim`, `num_key_value_heads · head_dim`)
+    /// computed with checked arithmetic and bounded like every other
+    /// dimension, so that no value the GGUF gets can wrap.
+    pub fn validate(&self) -> Result<()> {
+        for (what, heads) in [
+            ("num_attention_heads", self.heads),
+            ("num_key_value_heads", self.kv_heads),
+        ] {
+            if heads
+                .checked_mul(self.head_dim)
+                .is_none_or(|w| w as u64 > MAX_DIM)
+            {
+                bail!(
+                    "config.json: {} {} × head_dim {} is out of range",
+                    what,
+                    heads,
+                    self.head_dim
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Attention width `num_attention_heads · head_dim` (checked by `validate`).
+    pub fn q_dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+    /// K/V width `num_key_value_heads · head_dim` (checked by `validate`).
+    pub fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
     }
 }
 
