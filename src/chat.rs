@@ -101,8 +101,12 @@ impl ChatTemplate {
             bos_token => self.bos_token.as_str(),
             eos_token => self.eos_token.as_str(),
         };
-        tmpl.render(ctx)
-            .map_err(|e| anyhow!("chat template: {}", crate::untrusted::one_line(&e.to_string())))
+        tmpl.render(ctx).map_err(|e| {
+            anyhow!(
+                "chat template: {}",
+                crate::untrusted::one_line(&e.to_string())
+            )
+        })
     }
 
     /// The prompt tokens for `messages`: [`ChatTemplate::render`], then
@@ -582,7 +586,7 @@ fn string_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> 
         }
         "split" => {
             let (sep, maxsplit): (Option<&str>, Option<i64>) = from_args(args)?;
-            let max = maxsplit.filter(|&m| m >= 0).map(|m| m as usize);
+            let max = maxsplit.and_then(|m| usize::try_from(m).ok());
             let parts: Vec<Value> = match sep {
                 Some("") => return Err(Error::new(ErrorKind::InvalidOperation, "empty separator")),
                 Some(sep) => match max {
@@ -609,7 +613,7 @@ fn string_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> 
         "replace" => {
             let (old, new, count): (&str, &str, Option<i64>) = from_args(args)?;
             Value::from(match count {
-                Some(n) if n >= 0 => s.replacen(old, new, n as usize),
+                Some(n) if n >= 0 => s.replacen(old, new, usize::try_from(n).unwrap_or(usize::MAX)),
                 _ => s.replace(old, new),
             })
         }

@@ -453,11 +453,25 @@ impl KldBase {
                 n_chunk
             );
         }
-        let (n_ctx, n_vocab, n_chunk) = (n_ctx as usize, n_vocab as usize, n_chunk as usize);
-        let n_tok = n_ctx as u64 * n_chunk as u64;
-        let expect = 20
-            + 4 * n_tok
-            + n_chunk as u64 * scored_per_chunk(n_ctx) as u64 * record_bytes(n_vocab) as u64;
+        // Positive i32s (checked above); the sizes they imply are computed
+        // with checked arithmetic so that no header can wrap them back to
+        // the file's length.
+        let (n_ctx, n_vocab, n_chunk) = (
+            usize::try_from(n_ctx)?,
+            usize::try_from(n_vocab)?,
+            usize::try_from(n_chunk)?,
+        );
+        let n_tok = (n_ctx as u64) * (n_chunk as u64);
+        let expect = (n_chunk as u64)
+            .checked_mul(scored_per_chunk(n_ctx) as u64)
+            .and_then(|x| x.checked_mul(record_bytes(n_vocab) as u64))
+            .and_then(|x| x.checked_add(20 + 4 * n_tok))
+            .with_context(|| {
+                format!(
+                    "{}: header (n_ctx {}, n_vocab {}, n_chunk {}) implies more than 2^64 bytes",
+                    name, n_ctx, n_vocab, n_chunk
+                )
+            })?;
         if let Some(len) = len {
             if len != expect {
                 bail!(
@@ -471,7 +485,8 @@ impl KldBase {
                 );
             }
         }
-        let mut tb = vec![0u8; 4 * n_tok as usize];
+        // Bounded by the file's length when it is known (checked above).
+        let mut tb = vec![0u8; usize::try_from(4 * n_tok)?];
         r.read_exact(&mut tb)
             .with_context(|| format!("{}: truncated token list", name))?;
         let tokens = tb

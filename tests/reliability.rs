@@ -218,7 +218,10 @@ fn hostile_tensor_names_are_escaped_by_inspect_and_in_errors() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert_safe_text(&out);
-    assert!(out.contains(r#""blk.0.attn_q.weight\u{1b}[31m\nFAKE""#), "{out}");
+    assert!(
+        out.contains(r#""blk.0.attn_q.weight\u{1b}[31m\nFAKE""#),
+        "{out}"
+    );
     assert!(!out.lines().any(|l| l.starts_with("FAKE")), "{out}");
     // The loader misses blk.0.attn_q.weight; a tensor "past the layers"
     // would be named quoted too.
@@ -291,7 +294,10 @@ fn symlinks_at_the_output_or_a_partial_name_are_never_followed() {
     let got = convert_to("b158-sparse", &out);
     assert_eq!(got, want);
     assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
-    assert!(std::fs::symlink_metadata(&out).unwrap().file_type().is_file());
+    assert!(std::fs::symlink_metadata(&out)
+        .unwrap()
+        .file_type()
+        .is_file());
     assert!(std::fs::symlink_metadata(dir.path().join("m.gguf.partial"))
         .unwrap()
         .file_type()
@@ -315,7 +321,10 @@ fn symlinks_at_the_output_or_a_partial_name_are_never_followed() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
     assert_eq!(std::fs::metadata(&lo).unwrap().len(), 2 * 2304 * 4);
-    assert!(std::fs::symlink_metadata(&lo).unwrap().file_type().is_file());
+    assert!(std::fs::symlink_metadata(&lo)
+        .unwrap()
+        .file_type()
+        .is_file());
 }
 
 // ---- 7. the converter range-checks everything it writes -----------------
@@ -366,11 +375,20 @@ fn config_values_that_would_wrap_or_break_the_runtime_are_refused() {
         (json!({"rope_theta": -10000.0}), "rope_theta"),
         (json!({"rope_theta": 1e39}), "rope_theta"),
         (json!({"rope_theta": "10000"}), "rope_theta"),
-        (json!({"max_position_embeddings": 4294967301u64}), "max_position_embeddings"),
-        (json!({"max_position_embeddings": 0}), "max_position_embeddings"),
+        (
+            json!({"max_position_embeddings": 4294967301u64}),
+            "max_position_embeddings",
+        ),
+        (
+            json!({"max_position_embeddings": 0}),
+            "max_position_embeddings",
+        ),
         (json!({"num_key_value_heads": -2}), "num_key_value_heads"),
         (json!({"bos_token_id": 1099511627776u64}), "bos_token_id"),
-        (json!({"eos_token_id": [2049, 1099511627776u64]}), "eos_token_id"),
+        (
+            json!({"eos_token_id": [2049, 1099511627776u64]}),
+            "eos_token_id",
+        ),
         (json!({"num_hidden_layers": 1}), "num_hidden_layers"),
         (
             json!({"num_attention_heads": 1073741824, "num_key_value_heads": 1073741824, "head_dim": 4}),
@@ -432,7 +450,10 @@ fn bf16(x: f32) -> [u8; 2] {
 fn weight_scales_and_weights_that_break_the_runtime_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let scale = "model.layers.0.mlp.down_proj.weight_scale";
-    for (i, ws) in [0.0f32, -2.0, f32::INFINITY, f32::NAN, 1e-40].iter().enumerate() {
+    for (i, ws) in [0.0f32, -2.0, f32::INFINITY, f32::NAN, 1e-40]
+        .iter()
+        .enumerate()
+    {
         let d = dir.path().join(format!("ws{i}"));
         copy_dir(&hf_dir("b158-packed"), &d);
         poke_tensor(&d, scale, &bf16(*ws));

@@ -17,8 +17,8 @@ use crate::hf::checkpoint::RawTensor;
 use crate::hf::config::{HfConfig, LinearClass, RopeScaling};
 use crate::hf::vocab::TokenizerFiles;
 use crate::hf::{Checkpoint, HfVocab};
-use crate::untrusted::quoted;
 use crate::quant::{i2s, q6_k, q8_0, tq, GgmlType};
+use crate::untrusted::quoted;
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::Dtype;
 use std::io::{IsTerminal, Write};
@@ -551,10 +551,7 @@ fn check_values(name: &str, xs: &[f32], ty: GgmlType) -> Result<()> {
             xs[i],
             i,
             if xs[i].is_finite() {
-                format!(
-                    "does not fit in {} (choose --embd-type f32)",
-                    ty.name()
-                )
+                format!("does not fit in {} (choose --embd-type f32)", ty.name())
             } else {
                 "is not a finite number".to_string()
             }

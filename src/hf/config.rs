@@ -304,15 +304,13 @@ fn opt_count(j: &J, key: &str, max: u64) -> Result<Option<usize>> {
         None | Some(J::Null) => return Ok(None),
         Some(v) => v,
     };
-    let n = v
-        .as_u64()
-        .ok_or_else(|| {
-            anyhow!(
-                "config.json: {} is not a non-negative integer ({})",
-                key,
-                json_shown(v)
-            )
-        })?;
+    let n = v.as_u64().ok_or_else(|| {
+        anyhow!(
+            "config.json: {} is not a non-negative integer ({})",
+            key,
+            json_shown(v)
+        )
+    })?;
     if n == 0 || n > max {
         bail!("config.json: {} = {} is out of range (1..={})", key, n, max);
     }

@@ -166,10 +166,8 @@ impl TokenizerFiles {
                 None
             },
             tokenizer_config: read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(J::Null),
-            special_tokens_map: read_json(&dir.join("special_tokens_map.json"))?
-                .unwrap_or(J::Null),
-            generation_config: read_json(&dir.join("generation_config.json"))?
-                .unwrap_or(J::Null),
+            special_tokens_map: read_json(&dir.join("special_tokens_map.json"))?.unwrap_or(J::Null),
+            generation_config: read_json(&dir.join("generation_config.json"))?.unwrap_or(J::Null),
             chat_template_jinja: if jinja.is_file() {
                 Some(
                     std::fs::read_to_string(&jinja)
@@ -273,7 +271,12 @@ impl HfVocab {
             .or_else(|| lookup("<|im_end|>"))
             .or_else(|| lookup("<end_of_turn>"))
             .or_else(|| gen_eos.iter().copied().find(|&i| Some(i) != v.eos));
-        for (what, id) in [("bos", v.bos), ("eos", v.eos), ("eot", v.eot), ("unknown", v.unk)] {
+        for (what, id) in [
+            ("bos", v.bos),
+            ("eos", v.eos),
+            ("eot", v.eot),
+            ("unknown", v.unk),
+        ] {
             if let Some(id) = id {
                 if usize::try_from(id).map_or(true, |i| i >= v.tokens.len()) {
                     bail!(
@@ -361,10 +364,7 @@ impl HfVocab {
         let mut added_special = HashMap::new();
         if let Some(added) = tj.get("added_tokens").and_then(|a| a.as_array()) {
             for a in added {
-                let id = token_id(
-                    &"an added token",
-                    a.get("id").unwrap_or(&J::Null),
-                )?;
+                let id = token_id(&"an added token", a.get("id").unwrap_or(&J::Null))?;
                 let content = a
                     .get("content")
                     .and_then(|x| x.as_str())
