@@ -21,22 +21,16 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use tern::gguf::{write_gguf_to, TensorPlan, Value, ValueType};
 use tern::quant::{i2s, q8_0, GgmlType};
+use tern::synth::Rng;
 
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn code(&mut self) -> i8 {
-        (self.next() % 3) as i8 - 1
-    }
-    fn float(&mut self) -> f32 {
-        (self.next() % 2001) as f32 / 1000.0 - 1.0
-    }
+/// A ternary code in {-1, 0, +1}.
+fn code(r: &mut Rng) -> i8 {
+    (r.next() % 3) as i8 - 1
+}
+
+/// A float in [-1, 1].
+fn float(r: &mut Rng) -> f32 {
+    (r.next() % 2001) as f32 / 1000.0 - 1.0
 }
 
 struct Shape {
@@ -206,12 +200,12 @@ fn tiny_gguf(s: &Shape, seed: u64) -> Result<Vec<u8>> {
         data.push(if name.contains("norm") {
             float_bytes(*ty, &vec![1.0; n])
         } else if *ty == GgmlType::I2S {
-            let codes: Vec<i8> = (0..n).map(|_| rng.code()).collect();
+            let codes: Vec<i8> = (0..n).map(|_| code(&mut rng)).collect();
             let mut out = Vec::new();
             i2s::encode(&codes, 0.05, &mut out);
             out
         } else {
-            let xs: Vec<f32> = (0..n).map(|_| rng.float()).collect();
+            let xs: Vec<f32> = (0..n).map(|_| float(&mut rng)).collect();
             float_bytes(*ty, &xs)
         });
     }
@@ -297,7 +291,7 @@ fn hf_seed(c: &Ckpt, type_byte: u8, seed: u64) -> Vec<u8> {
         "model.embed_tokens.weight".into(),
         "BF16",
         vec![vocab, c.hidden],
-        bf16(&(0..n_emb).map(|_| rng.float()).collect::<Vec<_>>()),
+        bf16(&(0..n_emb).map(|_| float(&mut rng)).collect::<Vec<_>>()),
     ));
     t.push((
         "model.norm.weight".into(),
@@ -341,7 +335,7 @@ fn hf_seed(c: &Ckpt, type_byte: u8, seed: u64) -> Vec<u8> {
             t.push((name.clone(), "U8", vec![rows / 4, cols], b));
             t.push((format!("{name}_scale"), "BF16", vec![1], bf16(&[20.0])));
         } else {
-            let xs: Vec<f32> = (0..rows * cols).map(|_| rng.float()).collect();
+            let xs: Vec<f32> = (0..rows * cols).map(|_| float(&mut rng)).collect();
             t.push((name, "BF16", vec![rows, cols], bf16(&xs)));
         }
     }

@@ -48,9 +48,11 @@ impl Shape {
     }
 }
 
-struct Rng(u64);
+/// xorshift64 (seed must be non-zero): reproducible random data for
+/// synthetic checkpoints and fuzz seeds.
+pub struct Rng(pub u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;

@@ -19,22 +19,26 @@ fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// `tern logits` on `model`: must fail cleanly, mention `needle`, write nothing.
-fn logits_fails(model: &Path, needle: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.f32");
-    let o = run_tern(
+/// `tern logits -m model --tokens tokens --out out`.
+fn logits(model: &Path, tokens: &str, out: &Path) -> std::process::Output {
+    run_tern(
         &[
             "logits",
             "-m",
             model.to_str().unwrap(),
             "--tokens",
-            "1,2,3",
+            tokens,
             "--out",
             out.to_str().unwrap(),
         ],
         None,
-    );
+    )
+}
+
+/// `tern logits` on `model`: must fail cleanly, mention `needle`, write nothing.
+fn logits_fails(model: &Path, needle: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let o = logits(model, "1,2,3", &dir.path().join("out.f32"));
     assert_clean_failure(&o, needle);
     assert!(listing(dir.path()).is_empty(), "{:?}", listing(dir.path()));
     stderr(&o)
@@ -77,19 +81,7 @@ fn head_widths_are_checked_arithmetic_and_against_the_tensors() {
     logits_fails(&p, "the hyper-parameters imply");
     // The repaired file (key_length 16 = 32 / 2 heads) loads and runs.
     let p = with_key(&f, k, Value::U32(16), dir.path(), "ok.gguf");
-    let out = dir.path().join("ok.f32");
-    let o = run_tern(
-        &[
-            "logits",
-            "-m",
-            p.to_str().unwrap(),
-            "--tokens",
-            "1,2",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        None,
-    );
+    let o = logits(&p, "1,2", &dir.path().join("ok.f32"));
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
@@ -306,18 +298,7 @@ fn symlinks_at_the_output_or_a_partial_name_are_never_followed() {
     let lo = dir.path().join("l.f32");
     symlink(&victim, dir.path().join("l.f32.partial")).unwrap();
     symlink(&victim, &lo).unwrap();
-    let o = run_tern(
-        &[
-            "logits",
-            "-m",
-            out.to_str().unwrap(),
-            "--tokens",
-            "1,2",
-            "--out",
-            lo.to_str().unwrap(),
-        ],
-        None,
-    );
+    let o = logits(&out, "1,2", &lo);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
     assert_eq!(std::fs::metadata(&lo).unwrap().len(), 2 * 2304 * 4);

@@ -8,7 +8,7 @@
 //! in the file, this bounds every allocation by the file's size.
 
 use crate::arch::{Arch, RopeLayout};
-use crate::gguf::{GgufFile, Value};
+use crate::gguf::{GgufFile, TensorInfo, Value};
 use crate::hf::config::{Activation, RopeScaling};
 use crate::rope::RopeFreqs;
 use crate::untrusted::quoted;
@@ -323,20 +323,7 @@ impl Hparams {
                 g.tensors.len()
             );
         }
-        let want = |name: &str, dims: Vec<u64>| -> Result<()> {
-            let t = g
-                .tensor(name)
-                .ok_or_else(|| anyhow!("tensor {} is missing", name))?;
-            if t.dims != dims {
-                bail!(
-                    "tensor {} has dims {:?}, the hyper-parameters imply {:?}",
-                    name,
-                    t.dims,
-                    dims
-                );
-            }
-            Ok(())
-        };
+        let want = |name: &str, dims: Vec<u64>| tensor_with_dims(g, name, &dims).map(|_| ());
         let (d, nv) = (self.n_embd as u64, self.n_vocab as u64);
         want("token_embd.weight", vec![d, nv])?;
         if g.tensor("output.weight").is_some() {
@@ -439,6 +426,23 @@ fn rope_scaling(g: &GgufFile, arch: &str) -> Result<RopeScaling> {
             crate::hf::short(other)
         ),
     })
+}
+
+/// Tensor `name` (one tern asks for, not one read from the file) of `g`,
+/// which must have ggml dims `dims`.
+pub fn tensor_with_dims<'g>(g: &'g GgufFile, name: &str, dims: &[u64]) -> Result<&'g TensorInfo> {
+    let t = g
+        .tensor(name)
+        .ok_or_else(|| anyhow!("tensor {} is missing", name))?;
+    if t.dims != dims {
+        bail!(
+            "tensor {} has dims {:?}, the hyper-parameters imply {:?}",
+            name,
+            t.dims,
+            dims
+        );
+    }
+    Ok(t)
 }
 
 /// `N` of a `blk.N.…` tensor name.

@@ -166,19 +166,8 @@ impl Model {
 
         let kernel = kernels::active()?;
         let get = |name: &str, dims: &[usize]| -> Result<&TensorInfo> {
-            let t = gguf
-                .tensor(name)
-                .ok_or_else(|| anyhow!("tensor {} is missing", name))?;
-            let want: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
-            if t.dims != want {
-                bail!(
-                    "tensor {} has dims {:?}, the hyper-parameters imply {:?}",
-                    name,
-                    t.dims,
-                    want
-                );
-            }
-            Ok(t)
+            let dims: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+            hparams::tensor_with_dims(&gguf, name, &dims)
         };
         let norm = |name: &str, n: usize| -> Result<Vec<f32>> {
             let t = get(name, &[n])?;
