@@ -25,12 +25,12 @@ use tern::synth::Rng;
 
 /// A ternary code in {-1, 0, +1}.
 fn code(r: &mut Rng) -> i8 {
-    (r.next() % 3) as i8 - 1
+    (r.next_u64() % 3) as i8 - 1
 }
 
 /// A float in [-1, 1].
 fn float(r: &mut Rng) -> f32 {
-    (r.next() % 2001) as f32 / 1000.0 - 1.0
+    (r.next_u64() % 2001) as f32 / 1000.0 - 1.0
 }
 
 struct Shape {
@@ -268,7 +268,7 @@ fn safetensors(tensors: &[(String, &str, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
         off += bytes.len();
     }
     let mut h = serde_json::to_vec(&serde_json::Value::Object(header)).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
@@ -330,7 +330,11 @@ fn hf_seed(c: &Ckpt, type_byte: u8, seed: u64) -> Vec<u8> {
         if c.packed {
             // Four rows per byte, codes 0..=2 (= -1, 0, +1).
             let b: Vec<u8> = (0..rows / 4 * cols)
-                .map(|_| (0..4).map(|i| ((rng.next() % 3) as u8) << (2 * i)).sum())
+                .map(|_| {
+                    (0..4)
+                        .map(|i| ((rng.next_u64() % 3) as u8) << (2 * i))
+                        .sum()
+                })
                 .collect();
             t.push((name.clone(), "U8", vec![rows / 4, cols], b));
             t.push((format!("{name}_scale"), "BF16", vec![1], bf16(&[20.0])));

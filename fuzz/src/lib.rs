@@ -21,10 +21,8 @@ fn decode_tensors(g: &GgufFile) {
         let data = g.tensor_data(t);
         let n = t.n_elements_usize();
         match t.ty {
-            GgmlType::I2S => {
-                if i2s::validate(data, n).is_ok() {
-                    let _ = i2s::decode_codes(data, n);
-                }
+            GgmlType::I2S if i2s::validate(data, n).is_ok() => {
+                let _ = i2s::decode_codes(data, n);
             }
             GgmlType::TQ2_0 => {
                 let _ = tq::decode_tq2_0(data);
