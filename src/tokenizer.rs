@@ -244,9 +244,9 @@ impl Tokenizer {
                         plain
                     })
                 };
-                let enc = hf
-                    .encode_fast(text, false)
-                    .map_err(|e| anyhow!("BPE tokenization failed: {}", one_line(&e.to_string())))?;
+                let enc = hf.encode_fast(text, false).map_err(|e| {
+                    anyhow!("BPE tokenization failed: {}", one_line(&e.to_string()))
+                })?;
                 out.extend_from_slice(enc.get_ids());
             }
             Engine::Spm(spm) if parse_special => {

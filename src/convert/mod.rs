@@ -705,7 +705,8 @@ fn write_tensor(
             Written::Float
         }
         Role::RopeFreqs => {
-            let f = crate::rope::llama3_freq_factors(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling);
+            let f =
+                crate::rope::llama3_freq_factors(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling);
             write_f32(w, &f)?;
             Written::Float
         }

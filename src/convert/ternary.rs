@@ -179,13 +179,13 @@ fn offline(codes: Vec<i8>, weight_scale: f32, rule: ScaleRule) -> Ternarized {
     }
 }
 
-/// A `weight_scale` must be finite and non-zero, and so must the tensor
+/// A `weight_scale` must be finite and positive, and so must the tensor
 /// scale `rule` makes of it (a subnormal one has an infinite inverse).
 fn check_weight_scale(weight_scale: f32, rule: ScaleRule) -> Result<()> {
     let s = rule.tensor_scale(weight_scale);
-    if !(weight_scale.is_finite() && weight_scale != 0.0 && s.is_finite() && s != 0.0) {
+    if !(weight_scale.is_finite() && weight_scale > 0.0 && s.is_finite() && s > 0.0) {
         bail!(
-            "weight_scale {} is not a finite non-zero number ({} would make the scale {})",
+            "weight_scale {} is not a finite positive number ({} would make the scale {})",
             weight_scale,
             rule.formula(),
             s
@@ -267,7 +267,7 @@ mod tests {
         let t = unpack_packed(&[b0, b1], 8, 1, 4.0, ScaleRule::Multiply).unwrap();
         assert_eq!(t.scale, 4.0);
         assert!(unpack_packed(&[0xff, 0], 8, 1, 4.0, ScaleRule::Divide).is_err());
-        for bad in [0.0, f32::INFINITY, f32::NAN, 1e-45] {
+        for bad in [0.0, -4.0, f32::INFINITY, f32::NAN, 1e-45] {
             assert!(
                 unpack_packed(&[0x55, 0x55], 8, 1, bad, ScaleRule::Divide).is_err(),
                 "{bad}"

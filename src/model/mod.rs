@@ -664,4 +664,3 @@ fn check_ternary(arch: &str, natures: &[(String, ProjNature)]) -> Result<()> {
     }
     Ok(())
 }
-
