@@ -9,10 +9,10 @@
 //! history (`/system`, `/load`, dropping old turns when the context fills)
 //! correct by construction: whatever no longer matches is re-prefilled.
 
-use crate::model::generate::{generate, GenStats, StopReason};
+use crate::model::generate::{reusable_prefix, GenStats, Generation, StopReason, TextStream};
 use crate::model::sampling::{Sampler, SamplingParams};
 use crate::model::{Context, Model};
-use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, Result};
 use minijinja::value::{from_args, Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, State};
@@ -66,7 +66,12 @@ impl ChatTemplate {
         });
         env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME, source.to_string())
-            .map_err(|e| anyhow!("the chat template does not compile: {}", e))?;
+            .map_err(|e| {
+                anyhow!(
+                    "the chat template does not compile: {}",
+                    crate::untrusted::one_line(&e.to_string())
+                )
+            })?;
         Ok(ChatTemplate {
             env,
             bos_token: bos_token.to_string(),
@@ -96,8 +101,24 @@ impl ChatTemplate {
             bos_token => self.bos_token.as_str(),
             eos_token => self.eos_token.as_str(),
         };
-        tmpl.render(ctx)
-            .map_err(|e| anyhow!("chat template: {}", e))
+        tmpl.render(ctx).map_err(|e| {
+            anyhow!(
+                "chat template: {}",
+                crate::untrusted::one_line(&e.to_string())
+            )
+        })
+    }
+
+    /// The prompt tokens for `messages`: [`ChatTemplate::render`], then
+    /// [`tokenize_prompt`]. The one path from messages to tokens that
+    /// `tern chat` and `tern serve` share.
+    pub fn prompt_tokens(
+        &self,
+        tok: &Tokenizer,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
+        tokenize_prompt(tok, &self.render(messages, add_generation_prompt)?)
     }
 }
 
@@ -107,11 +128,6 @@ impl ChatTemplate {
 /// vocabulary wants BOS and the text does not begin with it).
 pub fn tokenize_prompt(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
     Ok(tok.encode_prompt(text)?.0)
-}
-
-/// Length of the longest common prefix of `a` and `b`.
-pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// The chat history: an optional system prompt and the user/assistant messages.
@@ -186,9 +202,9 @@ impl Conversation {
                 "system" => bail!("message {}: a system message may only come first", i + 1),
                 "user" | "assistant" => conv.turns.push(m),
                 other => bail!(
-                    "message {}: unknown role {:?} (expected system, user or assistant)",
+                    "message {}: unknown role {} (expected system, user or assistant)",
                     i + 1,
-                    other
+                    crate::untrusted::quoted(other)
                 ),
             }
         }
@@ -286,12 +302,12 @@ impl<'m> Session<'m> {
     }
 
     pub fn n_ctx(&self) -> usize {
-        self.ctx.n_ctx
+        self.ctx.n_ctx()
     }
 
     /// Tokens currently in the KV cache.
     pub fn n_cached(&self) -> usize {
-        self.ctx.n_past
+        self.ctx.n_past()
     }
 
     /// Forget the conversation (the system prompt stays) and empty the cache.
@@ -308,15 +324,16 @@ impl<'m> Session<'m> {
 
     /// The conversation as tokens, optionally with the generation prompt.
     pub fn tokens(&self, add_generation_prompt: bool) -> Result<Vec<u32>> {
-        let text = self
-            .template
-            .render(&self.conv.messages(), add_generation_prompt)?;
-        tokenize_prompt(&self.model.tokenizer, &text)
+        self.template.prompt_tokens(
+            &self.model.tokenizer,
+            &self.conv.messages(),
+            add_generation_prompt,
+        )
     }
 
     /// Room kept free for the reply when deciding whether old turns must go.
     fn reply_room(&self) -> usize {
-        let n = self.ctx.n_ctx;
+        let n = self.ctx.n_ctx();
         match self.n_predict {
             Some(p) => p.min(n / 2),
             None => n / 4,
@@ -338,7 +355,7 @@ impl<'m> Session<'m> {
     /// Like [`Session::prepare`] for a conversation that already ends with
     /// the user's message (e.g. one just loaded).
     pub fn fit(&mut self) -> Result<Prepared> {
-        let n_ctx = self.ctx.n_ctx;
+        let n_ctx = self.ctx.n_ctx();
         let room = self.reply_room();
         let mut dropped = 0;
         let saved = self.conv.clone();
@@ -367,11 +384,7 @@ impl<'m> Session<'m> {
                 n_ctx
             );
         };
-        let mut reused = common_prefix(&self.cached, &tokens);
-        if reused == tokens.len() {
-            // Something must be evaluated to get the next-token logits.
-            reused -= 1;
-        }
+        let reused = reusable_prefix(&self.cached, &tokens);
         self.ctx.truncate(reused);
         self.cached.truncate(reused);
         Ok(Prepared {
@@ -389,27 +402,20 @@ impl<'m> Session<'m> {
         prep: &Prepared,
         mut on_text: impl FnMut(&str) -> bool,
     ) -> Result<Reply> {
-        let n_ctx = self.ctx.n_ctx;
+        let n_ctx = self.ctx.n_ctx();
         let left = n_ctx.saturating_sub(prep.tokens.len());
         let n_predict = self.n_predict.map_or(left, |p| p.min(left));
-        let mut seq = self.cached.clone();
-        debug_assert_eq!(seq.len(), prep.reused);
         let tok = &self.model.tokenizer;
-        let mut dec = StreamDecoder::new();
+        let mut g = Generation::new(prep.tokens.clone(), n_predict, false)?;
+        let reused = g.sync(&self.cached);
+        debug_assert_eq!(reused, prep.reused);
+        let mut stream = TextStream::default();
         let mut text = String::new();
-        let r = generate(
-            &mut self.ctx,
-            &mut self.sampler,
-            &prep.tokens[prep.reused..],
-            &mut seq,
-            n_predict,
-            false,
-            |t| {
-                let piece = dec.push(&tok.token_bytes(t, false));
-                text.push_str(&piece);
-                on_text(&piece)
-            },
-        );
+        let r = g.run(&mut self.ctx, &mut self.sampler, |t| {
+            let piece = stream.push(tok, t);
+            text.push_str(&piece);
+            on_text(&piece)
+        });
         let mut stats = match r {
             Ok(s) => s,
             Err(e) => {
@@ -419,16 +425,15 @@ impl<'m> Session<'m> {
                 return Err(e);
             }
         };
-        let rest = dec.flush();
+        let rest = stream.finish();
         if !rest.is_empty() {
             text.push_str(&rest);
             on_text(&rest);
         }
-        if stats.stop == StopReason::Length && self.ctx.n_past >= n_ctx {
+        if stats.stop == StopReason::Length && prep.tokens.len() + stats.gen_tokens >= n_ctx {
             stats.stop = StopReason::ContextFull;
         }
-        seq.truncate(self.ctx.n_past);
-        self.cached = seq;
+        self.cached = g.evaluated().to_vec();
         self.conv.turns.push(Message::assistant(&text));
         self.total.prompt_tokens += stats.prompt_tokens;
         self.total.prompt_secs += stats.prompt_secs;
@@ -602,7 +607,7 @@ fn string_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> 
         }
         "split" => {
             let (sep, maxsplit): (Option<&str>, Option<i64>) = from_args(args)?;
-            let max = maxsplit.filter(|&m| m >= 0).map(|m| m as usize);
+            let max = maxsplit.and_then(|m| usize::try_from(m).ok());
             let parts: Vec<Value> = match sep {
                 Some("") => return Err(Error::new(ErrorKind::InvalidOperation, "empty separator")),
                 Some(sep) => match max {
@@ -629,7 +634,7 @@ fn string_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> 
         "replace" => {
             let (old, new, count): (&str, &str, Option<i64>) = from_args(args)?;
             Value::from(match count {
-                Some(n) if n >= 0 => s.replacen(old, new, n as usize),
+                Some(n) if n >= 0 => s.replacen(old, new, usize::try_from(n).unwrap_or(usize::MAX)),
                 _ => s.replace(old, new),
             })
         }
@@ -798,12 +803,5 @@ You are helpful.<|im_end|>
         let late_system =
             r#"[{"role": "user", "content": "x"}, {"role": "system", "content": "y"}]"#;
         assert!(Conversation::from_json(late_system).is_err());
-    }
-
-    #[test]
-    fn prefix() {
-        assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4, 5]), 2);
-        assert_eq!(common_prefix(&[], &[1]), 0);
-        assert_eq!(common_prefix(&[1, 2], &[1, 2]), 2);
     }
 }

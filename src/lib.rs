@@ -1,5 +1,6 @@
 //! tern: convert and run ternary (BitNet b1.58) language models.
 
+pub mod arch;
 #[cfg(feature = "bitnet-cpp")]
 pub mod bitnet_cpp;
 pub mod chat;
@@ -13,5 +14,9 @@ pub mod metrics;
 pub mod model;
 pub mod perplexity;
 pub mod quant;
+pub mod rope;
+pub mod server;
+pub mod signals;
 pub mod synth;
 pub mod tokenizer;
+pub mod untrusted;

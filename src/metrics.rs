@@ -4,7 +4,7 @@
 /// Log-softmax of one row, in f64.
 pub fn log_softmax(x: &[f32]) -> Vec<f64> {
     let mx = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-    let lse = x.iter().map(|&v| (v as f64 - mx).exp()).sum::<f64>().ln() + mx;
+    let lse = libm::log(x.iter().map(|&v| libm::exp(v as f64 - mx)).sum::<f64>()) + mx;
     x.iter().map(|&v| v as f64 - lse).collect()
 }
 
@@ -14,7 +14,7 @@ pub fn kl(reference: &[f32], test: &[f32]) -> f64 {
     let lt = log_softmax(test);
     lr.iter()
         .zip(&lt)
-        .map(|(&r, &t)| r.exp() * (r - t))
+        .map(|(&r, &t)| libm::exp(r) * (r - t))
         .sum::<f64>()
         .max(0.0)
 }

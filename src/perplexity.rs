@@ -83,7 +83,8 @@ impl Default for Options {
 }
 
 impl Options {
-    fn validate(&self) -> Result<()> {
+    /// Check the sizes: `n_ctx` ≥ 3, `n_batch` ≥ 1, `max_chunks` ≥ 1.
+    pub fn validate(&self) -> Result<()> {
         if self.n_ctx < 3 {
             bail!(
                 "context size {} is too small: -c must be at least 3",
@@ -199,8 +200,8 @@ fn log_norm(row: &[f32]) -> (f32, usize, f64) {
         }
     }
     let mx = row[imax];
-    let sum: f64 = row.iter().map(|&v| ((v - mx) as f64).exp()).sum();
-    (mx, imax, mx as f64 + sum.ln())
+    let sum: f64 = row.iter().map(|&v| libm::exp((v - mx) as f64)).sum();
+    (mx, imax, mx as f64 + libm::log(sum))
 }
 
 /// Negative log-likelihood of `target` under one row of logits.
@@ -225,7 +226,7 @@ impl PplStats {
     }
     /// exp(mean NLL).
     pub fn ppl(&self) -> f64 {
-        (self.sum_nll / self.count as f64).exp()
+        libm::exp(self.sum_nll / self.count as f64)
     }
     /// llama-perplexity's ± : PPL · standard error of the mean NLL (0 when undefined).
     pub fn ppl_err(&self) -> f64 {
@@ -273,8 +274,9 @@ impl PplResult {
 }
 
 /// Progress after each chunk: (chunk index from 0, chunk count, running
-/// estimate, seconds that chunk took).
-pub type ChunkProgress<'a> = &'a mut dyn FnMut(usize, usize, f64, f64);
+/// estimate, seconds that chunk took). Returning false stops the run with an
+/// error that says after which chunk.
+pub type ChunkProgress<'a> = &'a mut dyn FnMut(usize, usize, f64, f64) -> bool;
 
 /// Perplexity of `tokens` (already tokenized, BOS included as the model wants).
 /// With `base`, also writes a KL-divergence base file (see the module docs) to it.
@@ -330,7 +332,9 @@ pub fn perplexity(
                 .context("cannot write the KL-divergence base file")?;
         }
         running.push(stats.ppl());
-        progress(i, n_chunk, stats.ppl(), tc.elapsed().as_secs_f64());
+        if !progress(i, n_chunk, stats.ppl(), tc.elapsed().as_secs_f64()) && i + 1 < n_chunk {
+            bail!("perplexity: stopped after chunk {} of {}", i + 1, n_chunk);
+        }
     }
     Ok(PplResult {
         n_ctx,
@@ -467,11 +471,25 @@ impl KldBase {
                 n_chunk
             );
         }
-        let (n_ctx, n_vocab, n_chunk) = (n_ctx as usize, n_vocab as usize, n_chunk as usize);
-        let n_tok = n_ctx as u64 * n_chunk as u64;
-        let expect = 20
-            + 4 * n_tok
-            + n_chunk as u64 * scored_per_chunk(n_ctx) as u64 * record_bytes(n_vocab) as u64;
+        // Positive i32s (checked above); the sizes they imply are computed
+        // with checked arithmetic so that no header can wrap them back to
+        // the file's length.
+        let (n_ctx, n_vocab, n_chunk) = (
+            usize::try_from(n_ctx)?,
+            usize::try_from(n_vocab)?,
+            usize::try_from(n_chunk)?,
+        );
+        let n_tok = (n_ctx as u64) * (n_chunk as u64);
+        let expect = (n_chunk as u64)
+            .checked_mul(scored_per_chunk(n_ctx) as u64)
+            .and_then(|x| x.checked_mul(record_bytes(n_vocab) as u64))
+            .and_then(|x| x.checked_add(20 + 4 * n_tok))
+            .with_context(|| {
+                format!(
+                    "{}: header (n_ctx {}, n_vocab {}, n_chunk {}) implies more than 2^64 bytes",
+                    name, n_ctx, n_vocab, n_chunk
+                )
+            })?;
         if let Some(len) = len {
             if len != expect {
                 bail!(
@@ -485,7 +503,8 @@ impl KldBase {
                 );
             }
         }
-        let mut tb = vec![0u8; 4 * n_tok as usize];
+        // Bounded by the file's length when it is known (checked above).
+        let mut tb = vec![0u8; usize::try_from(4 * n_tok)?];
         r.read_exact(&mut tb)
             .with_context(|| format!("{}: truncated token list", name))?;
         let tokens = tb
@@ -551,7 +570,7 @@ pub fn kl_point(row: &[f32], rec: &[u8], target: u32) -> KlPoint {
         }
         if lb > -16.0 {
             let lb = lb as f64;
-            kld += lb.exp() * (lb - (x as f64 - log_z));
+            kld += libm::exp(lb) * (lb - (x as f64 - log_z));
         }
     }
     let t = target as usize;
@@ -562,7 +581,7 @@ pub fn kl_point(row: &[f32], rec: &[u8], target: u32) -> KlPoint {
         nll_base,
         kld,
         same_top: imax == imax_base,
-        p_diff: (-nll).exp() - (-nll_base).exp(),
+        p_diff: libm::exp(-nll) - libm::exp(-nll_base),
     }
 }
 
@@ -718,7 +737,7 @@ impl KlStats {
     /// The running per-chunk line of llama-perplexity's KL table.
     pub fn chunk_line(&self, chunk: usize) -> String {
         let (lp, lb, cov) = self.log_ppls();
-        let ppl = lp.0.exp();
+        let ppl = libm::exp(lp.0);
         let lr = (
             lp.0 - lb.0,
             (lp.1 * lp.1 + lb.1 * lb.1 - 2.0 * cov).max(0.0).sqrt(),
@@ -745,14 +764,14 @@ impl KlStats {
     /// Final statistics.
     pub fn summary(&self) -> KlSummary {
         let (lp, lb, cov) = self.log_ppls();
-        let ppl = (lp.0.exp(), lp.0.exp() * lp.1);
-        let ppl_base = (lb.0.exp(), lb.0.exp() * lb.1);
+        let ppl = (libm::exp(lp.0), libm::exp(lp.0) * lp.1);
+        let ppl_base = (libm::exp(lb.0), libm::exp(lb.0) * lb.1);
         let cor = cov / (lp.1 * lb.1);
         let ln_ratio = (
             lp.0 - lb.0,
             (lp.1 * lp.1 + lb.1 * lb.1 - 2.0 * cov).max(0.0).sqrt(),
         );
-        let r = ln_ratio.0.exp();
+        let r = libm::exp(ln_ratio.0);
         let ppl_cov = ppl.0 * ppl_base.0 * cov;
         let diff = (
             ppl.0 - ppl_base.0,

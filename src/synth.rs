@@ -59,9 +59,11 @@ impl Shape {
     }
 }
 
-struct Rng(u64);
+/// xorshift64 (seed must be non-zero): reproducible random data for
+/// synthetic checkpoints and fuzz seeds.
+pub struct Rng(pub u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -69,7 +71,7 @@ impl Rng {
     }
     /// Roughly normal(0, sd) from a sum of uniforms, as bf16 bits.
     fn bf16_normal(&mut self, sd: f32) -> u16 {
-        let r = self.next();
+        let r = self.next_u64();
         let s = ((r & 0xffff) + ((r >> 16) & 0xffff) + ((r >> 32) & 0xffff) + (r >> 48)) as f32
             / 65535.0
             - 2.0;
@@ -113,14 +115,14 @@ fn tokenizer_json(n_bpe: usize, n_special: usize) -> serde_json::Value {
         let pool = tokens.len();
         let early = merges.len() < 400;
         let a = if early {
-            letters[(rng.next() % 26) as usize]
+            letters[(rng.next_u64() % 26) as usize]
         } else {
-            (rng.next() as usize) % pool
+            (rng.next_u64() as usize) % pool
         };
         let b = if early {
-            letters[(rng.next() % 26) as usize]
+            letters[(rng.next_u64() % 26) as usize]
         } else {
-            (rng.next() as usize) % pool
+            (rng.next_u64() as usize) % pool
         };
         let t = format!("{}{}", tokens[a], tokens[b]);
         if t.chars().count() > 16 || !seen.insert(t.clone()) {

@@ -15,7 +15,9 @@
 //! are matched as whole tokens before the rest of the text is tokenized.
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::OnceLock;
 
+use crate::untrusted::{one_line, quoted};
 use anyhow::{anyhow, bail, Result};
 use tokenizers::decoders::byte_level::ByteLevel;
 use tokenizers::models::bpe::{Vocab, BPE};
@@ -122,6 +124,9 @@ pub struct Tokenizer {
     eot: Option<u32>,
     add_bos: bool,
     eog: HashSet<u32>,
+    /// The BPE tokenizer that leaves control-token texts alone, made on
+    /// first use by [`Tokenizer::encode_with`].
+    gpt2_plain: OnceLock<Box<tokenizers::Tokenizer>>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -183,7 +188,8 @@ impl Tokenizer {
             "gpt2" => Engine::Gpt2(Box::new(build_gpt2(spec, &types)?)),
             "llama" => Engine::Spm(build_spm(spec, &types, &token_to_id)?),
             other => bail!(
-                "unsupported tokenizer model '{other}' (tokenizer.ggml.model must be 'gpt2' or 'llama')"
+                "unsupported tokenizer model {} (tokenizer.ggml.model must be 'gpt2' or 'llama')",
+                quoted(other)
             ),
         };
 
@@ -206,12 +212,20 @@ impl Tokenizer {
             eot,
             add_bos: spec.add_bos,
             eog,
+            gpt2_plain: OnceLock::new(),
         })
     }
 
     /// Encode text; special/control tokens written in the text (e.g. "<|eot_id|>") are
     /// matched as whole tokens; BOS prepended when `add_bos`.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
+        self.encode_with(text, add_bos, true)
+    }
+
+    /// [`Tokenizer::encode`], with control-token texts matched only when
+    /// `parse_special` (llama.cpp's `parse_special`); otherwise they are
+    /// tokenized as plain text. User-defined tokens are always matched.
+    pub fn encode_with(&self, text: &str, add_bos: bool, parse_special: bool) -> Result<Vec<u32>> {
         let mut out = Vec::new();
         if add_bos {
             let bos = self
@@ -221,12 +235,32 @@ impl Tokenizer {
         }
         match &self.engine {
             Engine::Gpt2(hf) => {
-                let enc = hf
-                    .encode_fast(text, false)
-                    .map_err(|e| anyhow!("BPE tokenization failed: {e}"))?;
+                let hf = if parse_special {
+                    hf
+                } else {
+                    self.gpt2_plain.get_or_init(|| {
+                        let mut plain = hf.clone();
+                        plain.set_encode_special_tokens(true);
+                        plain
+                    })
+                };
+                let enc = hf.encode_fast(text, false).map_err(|e| {
+                    anyhow!("BPE tokenization failed: {}", one_line(&e.to_string()))
+                })?;
                 out.extend_from_slice(enc.get_ids());
             }
-            Engine::Spm(spm) => self.spm_encode(spm, text, &mut out)?,
+            Engine::Spm(spm) if parse_special => {
+                self.spm_encode(spm, &spm.specials, text, &mut out)?
+            }
+            Engine::Spm(spm) => {
+                let user: Vec<(String, u32)> = spm
+                    .specials
+                    .iter()
+                    .filter(|(_, id)| self.types[*id as usize] != TOKEN_TYPE_CONTROL)
+                    .cloned()
+                    .collect();
+                self.spm_encode(spm, &user, text, &mut out)?
+            }
         }
         Ok(out)
     }
@@ -371,11 +405,17 @@ impl Tokenizer {
         frags
     }
 
-    fn spm_encode(&self, spm: &SpmData, text: &str, out: &mut Vec<u32>) -> Result<()> {
+    fn spm_encode(
+        &self,
+        spm: &SpmData,
+        specials: &[(String, u32)],
+        text: &str,
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
         // A space prefix goes before the first raw fragment and before any raw fragment
         // that follows a special token (llama.cpp's `add_space_prefix` + `is_prev_special`).
         let mut prev_special = true;
-        for frag in self.partition(&spm.specials, text) {
+        for frag in self.partition(specials, text) {
             match frag {
                 Fragment::Token(id) => {
                     out.push(id);
@@ -527,10 +567,14 @@ impl Ord for SpmBigram {
 fn build_gpt2(spec: &VocabSpec, types: &[i32]) -> Result<tokenizers::Tokenizer> {
     let pre = spec.pre.as_deref();
     let (regex, ignore_merges) = match pre {
-        Some("llama-bpe" | "llama3" | "llama-v3") => (LLAMA3_PRE_REGEX, true),
+        // llama.cpp runs the Falcon3 / Falcon-E vocabularies with the LLaMA-3 split too.
+        Some("llama-bpe" | "llama3" | "llama-v3" | "falcon3" | "falcon_e") => {
+            (LLAMA3_PRE_REGEX, true)
+        }
         None | Some("default" | "gpt-2" | "gpt2") => (GPT2_PRE_REGEX, false),
         Some(other) => bail!(
-            "unsupported pre-tokenizer '{other}' (tokenizer.ggml.pre; supported: llama-bpe, llama3, llama-v3, default, gpt-2)"
+            "unsupported pre-tokenizer {} (tokenizer.ggml.pre; supported: llama-bpe, llama3, llama-v3, falcon3, falcon_e, default, gpt-2)",
+            quoted(other)
         ),
     };
 
@@ -555,7 +599,12 @@ fn build_gpt2(spec: &VocabSpec, types: &[i32]) -> Result<tokenizers::Tokenizer> 
         .vocab_and_merges(vocab, merges)
         .ignore_merges(ignore_merges)
         .build()
-        .map_err(|e| anyhow!("cannot build the BPE model from the GGUF vocabulary: {e}"))?;
+        .map_err(|e| {
+            anyhow!(
+                "cannot build the BPE model from the GGUF vocabulary: {}",
+                one_line(&e.to_string())
+            )
+        })?;
 
     let split = Split::new(
         SplitPattern::Regex(regex.to_string()),
@@ -868,6 +917,14 @@ mod tests {
         assert_eq!(tok.decode(&ids, true), "<s> hello</s> hello<tool>");
         assert!(tok.is_eog(2));
         assert!(!tok.is_eog(272));
+        // Without parse_special, control texts are plain text; user-defined
+        // tokens (<tool>) are still matched.
+        let plain = tok
+            .encode_with("hello</s>hello<tool>", false, false)
+            .unwrap();
+        assert!(!plain.contains(&2));
+        assert_eq!(plain.last(), Some(&279));
+        assert_eq!(tok.decode(&plain, false), " hello</s>hello<tool>");
     }
 
     #[test]
@@ -962,7 +1019,7 @@ mod tests {
         let err = Tokenizer::from_spec(&gpt2_spec(Some("qwen2")))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("'qwen2'"), "{err}");
+        assert!(err.contains("\"qwen2\""), "{err}");
     }
 
     /// Deterministic pseudo-random strings over a mixed alphabet.

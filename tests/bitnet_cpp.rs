@@ -452,3 +452,58 @@ fn quantized_head_agrees_with_bitnet_cpp() {
         assert!(stdout.contains("PASS: 2/2 prompts"), "{}", stdout);
     }
 }
+
+/// bitnet.cpp's llama graph on tern's own `llama` I2_S conversion of the
+/// `llama-b158-packed` fixture (permuted Q/K, F16 token_embd and output),
+/// through `tern check --bitnet-cpp` with the transformers reference prompts.
+#[test]
+fn tern_check_bitnet_cpp_llama_i2s() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("llama-b158-packed-i2_s.gguf");
+    tern::convert::convert(&tern::convert::ConvertOptions {
+        input: root().join("models/fixtures/llama-b158-packed"),
+        outfile: Some(out.clone()),
+        outtype: tern::quant::GgmlType::I2S,
+        embd_type: tern::quant::GgmlType::F16,
+        force: false,
+        quiet: true,
+    })
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["check", "--bitnet-cpp", "-m"])
+        .arg(&out)
+        .arg("--reference")
+        .arg(root().join("vendor/reference/transformers/llama-b158-packed"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    eprintln!("{}{}", stdout, stderr);
+    assert!(o.status.success(), "{}{}", stdout, stderr);
+    assert!(stdout.contains("bitnet.cpp (live)"), "{}", stdout);
+    assert!(stdout.contains("PASS: 5/5 prompts"), "{}", stdout);
+    // And bitnet.cpp against the transformers reference directly.
+    let dir = root().join("vendor/reference/transformers/llama-b158-packed");
+    let th = Thresholds::default();
+    for name in ["capital", "split"] {
+        let j: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("{}.tokens.json", name))).unwrap(),
+        )
+        .unwrap();
+        let tokens: Vec<u32> = j["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        let theirs = bitnet_cpp::logits_all(&out, &tokens).unwrap();
+        let reference =
+            tern::metrics::read_f32_file(&dir.join(format!("{}.logits.f32", name))).unwrap();
+        let a = compare(&reference, &theirs, 2304);
+        eprintln!(
+            "bitnet.cpp vs transformers, {}: max rel RMS {:.4}, mean KL {:.5}, top-1 {:.2}",
+            name, a.max_rel_rms, a.mean_kl, a.top1
+        );
+        assert!(a.passes(&th), "{}", name);
+    }
+}

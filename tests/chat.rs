@@ -6,6 +6,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+// The pseudo-terminal tests drive tmux, which only exists on Unix; on
+// Windows the interactive session is checked under wine by .ci/windows.sh.
+#[cfg(unix)]
 use std::time::{Duration, Instant};
 use tern::chat::{tokenize_prompt, ChatTemplate, Conversation, Message, Session};
 use tern::gguf::GgufFile;
@@ -402,12 +405,14 @@ fn piped_mode_stops_at_a_bad_command() {
 }
 
 /// A tmux server of our own (its own socket), killed on drop.
+#[cfg(unix)]
 struct Tmux {
     /// The server's socket, inside `_dir` so that it goes with it.
     socket: PathBuf,
     _dir: tempfile::TempDir,
 }
 
+#[cfg(unix)]
 impl Tmux {
     fn cmd(&self) -> Command {
         let mut c = Command::new("tmux");
@@ -458,8 +463,10 @@ impl Tmux {
     }
 }
 
+#[cfg(unix)]
 const EXIT_MARK: &str = "[tern exit status ";
 
+#[cfg(unix)]
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.cmd().arg("kill-server").output();
@@ -467,6 +474,7 @@ impl Drop for Tmux {
 }
 
 /// Start `tern chat ARGS` in a fresh tmux pane (None when tmux is missing).
+#[cfg(unix)]
 fn tmux_chat(args: &[&str]) -> Option<(Tmux, PathBuf)> {
     if Command::new("tmux").arg("-V").output().is_err() {
         if std::env::var_os("TERN_REQUIRE_TMUX").is_some() {
@@ -519,6 +527,7 @@ fn tmux_chat(args: &[&str]) -> Option<(Tmux, PathBuf)> {
 
 /// The lines after the last line that reads exactly `line`, without the
 /// blank rows below the cursor.
+#[cfg(unix)]
 fn after<'a>(screen: &'a str, line: &str) -> Option<Vec<&'a str>> {
     let mut lines: Vec<&str> = screen.lines().collect();
     while lines.last().is_some_and(|l| l.trim().is_empty()) {
@@ -528,6 +537,7 @@ fn after<'a>(screen: &'a str, line: &str) -> Option<Vec<&'a str>> {
     Some(lines[i + 1..].to_vec())
 }
 
+#[cfg(unix)]
 #[test]
 fn interactive_session_in_a_pseudo_terminal() {
     let Some((t, data)) = tmux_chat(&["-n", "8", "-c", "4096", "--temp", "0", "-t", "2"]) else {
@@ -574,6 +584,7 @@ fn interactive_session_in_a_pseudo_terminal() {
     );
 }
 
+#[cfg(unix)]
 #[test]
 fn ctrl_c_twice_at_the_prompt_exits() {
     let Some((t, _)) = tmux_chat(&["-m", fixture().to_str().unwrap(), "--no-history", "-t", "2"])

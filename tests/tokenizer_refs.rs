@@ -221,6 +221,14 @@ fn special_token_text_in_prompt_is_one_id() {
             .unwrap();
         assert_eq!(ids[0], bos, "{name}");
         assert_eq!(ids.len(), 2, "{name}: {ids:?}");
+        // Without parse_special the control texts are plain text.
+        let plain = tok.encode_with(text, false, false).unwrap();
+        assert!(!plain.contains(&eot) && !plain.contains(&bos), "{name}");
+        assert_eq!(tok.decode(&plain, false), text, "{name}");
+        assert_eq!(
+            tok.encode_with(text, true, true).unwrap(),
+            tok.encode(text, true).unwrap()
+        );
     }
 }
 

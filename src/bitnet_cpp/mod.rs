@@ -329,12 +329,12 @@ fn init_backend() {
 fn precheck(path: &Path) -> Result<()> {
     let g = GgufFile::open(path)?;
     let arch = g.architecture().unwrap_or("");
-    if arch != "bitnet" {
+    if arch != "bitnet" && arch != "llama" {
         bail!(
             "{}: architecture {:?}: the bitnet.cpp linked into this tern (bitnet-cpp-sys 0.0.5, \
-             late 2024) only runs `bitnet` (the SiLU graph); `bitnet-b1.58` files need a newer bitnet.cpp",
+             late 2024) only runs `bitnet` (the SiLU graph) and `llama`; `bitnet-b1.58` files need a newer bitnet.cpp",
             path.display(),
-            arch
+            crate::hf::short(arch)
         );
     }
     if let Some(act) = g.get_str("bitnet.hidden_activation") {

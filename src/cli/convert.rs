@@ -1,6 +1,5 @@
-use crate::convert::{convert, ConvertOptions};
-use crate::quant::GgmlType;
-use anyhow::{anyhow, Result};
+use crate::convert::{convert, parse_embd_type, parse_outtype, ConvertOptions};
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -24,25 +23,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let outtype = GgmlType::from_name(&a.outtype).ok_or_else(|| {
-        anyhow!(
-            "unknown --outtype {:?} (i2_s, tq2_0, tq1_0, f16, f32)",
-            a.outtype
-        )
-    })?;
-    let embd_type = GgmlType::from_name(&a.embd_type)
-        .filter(|t| {
-            matches!(
-                t,
-                GgmlType::F16 | GgmlType::F32 | GgmlType::Q8_0 | GgmlType::Q6K
-            )
-        })
-        .ok_or_else(|| {
-            anyhow!(
-                "unknown --embd-type {:?} (f16, f32, q8_0, q6_k)",
-                a.embd_type
-            )
-        })?;
+    let outtype = parse_outtype(&a.outtype).context("--outtype")?;
+    let embd_type = parse_embd_type(&a.embd_type).context("--embd-type")?;
     convert(&ConvertOptions {
         input: a.model_dir,
         outfile: a.outfile,

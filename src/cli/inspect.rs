@@ -12,7 +12,7 @@ pub struct Args {
 /// (scale, % zeros) of a ternary tensor, or None.
 fn ternary_stats(g: &GgufFile, t: &crate::gguf::TensorInfo) -> Option<(String, f64)> {
     let data = g.tensor_data(t);
-    let n = t.n_elements() as usize;
+    let n = t.n_elements_usize();
     let (codes, scale) = match t.ty {
         GgmlType::I2S => {
             let s = i2s::validate(data, n).ok()?;
@@ -50,8 +50,10 @@ pub fn run(a: Args) -> Result<()> {
         g.file_size()
     );
     println!();
+    // Keys and tensor names come from the file: shown bare when plain,
+    // else escaped and cut short (a crafted name cannot reach the terminal).
     for (k, v) in &g.kv {
-        println!("  {:<48} {}", k, v.display_short());
+        println!("  {:<48} {}", crate::untrusted::name(k), v.display_short());
     }
     println!();
     println!(
@@ -66,7 +68,7 @@ pub fn run(a: Args) -> Result<()> {
         };
         println!(
             "  {:<32} {:>6} {:>18} {:>12} {:>14} {:>8}",
-            t.name,
+            crate::untrusted::name(&t.name),
             t.ty.name(),
             dims,
             t.size,

@@ -10,6 +10,7 @@ mod logits;
 mod perplexity;
 mod pipe;
 mod run;
+mod serve;
 mod synth;
 
 use anyhow::{bail, Context as _, Result};
@@ -47,6 +48,8 @@ enum Cmd {
     Bench(bench::Args),
     /// Write a random BitNet checkpoint in Hugging Face layout (for benchmarks).
     Synth(synth::Args),
+    /// OpenAI-compatible HTTP server with concurrent sequences.
+    Serve(serve::Args),
 }
 
 /// Options shared by every command that loads a model.
@@ -69,38 +72,11 @@ impl ModelArgs {
     }
 }
 
-/// The built-in model: a small trained BitNet b1.58 (see models/PROVENANCE.md).
-pub static DEFAULT_MODEL: &[u8] = include_bytes!("../../models/tern-shakespeare-i2_s.gguf");
-pub const DEFAULT_MODEL_NAME: &str = "tern-shakespeare-i2_s.gguf";
+pub use crate::model::BUILTIN_NAME as DEFAULT_MODEL_NAME;
 
-/// Physical cores (hyper-threads share one core's SIMD units, so llama.cpp
-/// defaults to this too), from /proc/cpuinfo where available.
-pub fn physical_cores() -> usize {
-    let logical = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
-        return logical;
-    };
-    let mut cores = std::collections::HashSet::new();
-    let mut phys = "";
-    for line in info.lines() {
-        if let Some((k, v)) = line.split_once(':') {
-            match k.trim() {
-                "physical id" => phys = v.trim(),
-                "core id" => {
-                    cores.insert((phys.to_string(), v.trim().to_string()));
-                }
-                _ => {}
-            }
-        }
-    }
-    if cores.is_empty() {
-        logical
-    } else {
-        cores.len().min(logical)
-    }
-}
+/// The default thread count: physical cores, as llama.cpp defaults to
+/// (hyper-threads share one core's SIMD units).
+pub use crate::kernels::physical_cores;
 
 pub fn set_threads(n: Option<usize>) -> Result<usize> {
     let n = n.unwrap_or_else(physical_cores);
@@ -165,8 +141,7 @@ fn open_model(path: Option<&Path>, no_mmap: bool) -> Result<crate::model::Model>
                 "tern: no -m given; using the built-in model {} (trained BitNet b1.58, 4 layers)",
                 DEFAULT_MODEL_NAME
             );
-            let g = crate::gguf::GgufFile::from_bytes(DEFAULT_MODEL.to_vec())?;
-            crate::model::Model::from_gguf(g)?
+            crate::model::Model::builtin()?
         }
     };
     for w in &m.warnings {
@@ -175,14 +150,35 @@ fn open_model(path: Option<&Path>, no_mmap: bool) -> Result<crate::model::Model>
     Ok(m)
 }
 
+/// The command line with llama-server's one-dash long options (`-np`)
+/// spelled the way clap reads them (`--parallel`), for `tern serve`.
+fn llama_spellings(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let args: Vec<std::ffi::OsString> = args.collect();
+    if args.get(1).and_then(|a| a.to_str()) != Some("serve") {
+        return args;
+    }
+    args.into_iter()
+        .map(|a| {
+            match serve::LLAMA_SERVER_SPELLINGS
+                .iter()
+                .find(|(short, _)| a.to_str() == Some(short))
+            {
+                Some((_, long)) => long.into(),
+                None => a,
+            }
+        })
+        .collect()
+}
+
 pub fn main() -> i32 {
+    crate::signals::install_sigbus_handler();
     pipe::quiet_broken_pipe(dispatch)
 }
 
 fn dispatch() -> Result<()> {
     let mut cmd = Cli::command();
     cmd.build();
-    let t = match llama_flags::translate(&cmd, std::env::args_os().collect()) {
+    let t = match llama_flags::translate(&cmd, llama_spellings(std::env::args_os())) {
         Ok(t) => t,
         // A usage error, reported (and exited with 2) the way clap reports its own.
         Err(e) => cmd.error(clap::error::ErrorKind::UnknownArgument, e).exit(),
@@ -209,5 +205,6 @@ fn dispatch() -> Result<()> {
         Cmd::Check(a) => check::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Synth(a) => synth::run(a),
+        Cmd::Serve(a) => serve::run(a),
     }
 }

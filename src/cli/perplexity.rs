@@ -168,6 +168,7 @@ pub fn run(a: Args) -> Result<()> {
         let mut o = stdout.lock();
         let _ = write!(o, "[{}]{:.4},", i + 1, running);
         let _ = o.flush();
+        true
     };
     let r = ppl::perplexity(
         &model,

@@ -25,9 +25,15 @@ pub fn quiet_broken_pipe(f: impl FnOnce() -> anyhow::Result<()>) -> i32 {
         Ok(Err(e)) if is_broken_pipe(&e) => 0,
         Ok(Err(e)) if e.is::<Reported>() => 1,
         Ok(Err(e)) => {
-            // One line: the outermost context and its causes joined. A closed
-            // stderr has no one to tell.
-            let _ = writeln!(io::stderr(), "tern: error: {:#}", e);
+            // One line: the outermost context and its causes joined; text
+            // from files was quoted where it entered the message, and any
+            // control character left is escaped here. A closed stderr has
+            // no one to tell.
+            let _ = writeln!(
+                io::stderr(),
+                "tern: error: {}",
+                crate::untrusted::escape_controls(&format!("{:#}", e))
+            );
             1
         }
         Err(p) if is_print_to_closed_pipe(p.as_ref()) => 0,

@@ -4,10 +4,9 @@
 
 use super::{llama_flags::process_escapes, note, set_threads, ModelArgs};
 use crate::model::forward::ContextError;
-use crate::model::generate::{generate, StopReason};
+use crate::model::generate::{Generation, StopReason, TextStream};
 use crate::model::sampling::{random_seed, Sampler, SamplingParams};
 use crate::model::{Context, Model};
-use crate::tokenizer::StreamDecoder;
 use anyhow::{anyhow, bail, Context as _, Result};
 use std::io::Write;
 use std::path::PathBuf;
@@ -363,31 +362,23 @@ pub fn run(a: Args) -> Result<()> {
         write!(out, "{}", text)?;
         out.flush()?;
     }
-    let mut dec = StreamDecoder::new();
-    let mut history = Vec::new();
+    let mut generation = Generation::new(prompt, n_predict.unwrap_or(usize::MAX), a.ignore_eos)?;
+    let mut stream = TextStream::default();
     let mut write_err = None;
-    let st = generate(
-        &mut ctx,
-        &mut sampler,
-        &prompt,
-        &mut history,
-        n_predict.unwrap_or(usize::MAX),
-        a.ignore_eos,
-        |t| {
-            let s = dec.push(&m.tokenizer.token_bytes(t, false));
-            match out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
-                Ok(()) => true,
-                Err(e) => {
-                    write_err = Some(e);
-                    false
-                }
+    let st = generation.run(&mut ctx, &mut sampler, |t| {
+        let s = stream.push(&m.tokenizer, t);
+        match out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
+            Ok(()) => true,
+            Err(e) => {
+                write_err = Some(e);
+                false
             }
-        },
-    )?;
+        }
+    })?;
     if let Some(e) = write_err {
         return Err(e.into());
     }
-    writeln!(out, "{}", dec.flush())?;
+    writeln!(out, "{}", stream.finish())?;
     out.flush()?;
     drop(out);
     match st.stop {

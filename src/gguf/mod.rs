@@ -5,7 +5,7 @@ pub mod reader;
 pub mod writer;
 
 pub use reader::{GgufFile, TensorInfo};
-pub use writer::{write_gguf, TensorPlan};
+pub use writer::{write_gguf, write_gguf_to, TensorPlan};
 
 pub const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 pub const GGUF_VERSION: u32 = 3;

@@ -2,8 +2,10 @@
 
 use super::{align_up, Value, ValueType, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS};
 use crate::quant::GgmlType;
+use crate::untrusted::quoted;
 use anyhow::{anyhow, bail, Context, Result};
 use memmap2::Mmap;
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -20,14 +22,20 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
+    /// Number of elements (the reader checked that it is below 2^48).
     pub fn n_elements(&self) -> u64 {
         self.dims.iter().product()
     }
+    /// Number of elements as a `usize` (fits: the data lies in the file).
+    pub fn n_elements_usize(&self) -> usize {
+        usize::try_from(self.n_elements()).expect("tensor sizes are checked against the file")
+    }
     /// (rows, cols) of a 2-D weight: rows = outputs = dims[1], cols = dims[0].
     pub fn rows_cols(&self) -> (usize, usize) {
-        let cols = self.dims[0] as usize;
-        let rows = (self.n_elements() / self.dims[0].max(1)) as usize;
-        (rows, cols)
+        let cols = self.dims[0];
+        let rows = self.n_elements() / cols.max(1);
+        let fit = |x: u64| usize::try_from(x).expect("tensor sizes are checked against the file");
+        (fit(rows), fit(cols))
     }
 }
 
@@ -53,6 +61,8 @@ pub struct GgufFile {
     pub tensors: Vec<TensorInfo>,
     pub alignment: u64,
     pub data_start: u64,
+    /// Tensor name → index in `tensors`.
+    by_name: HashMap<String, usize>,
 }
 
 struct Cursor<'a> {
@@ -100,7 +110,8 @@ impl<'a> Cursor<'a> {
                 self.pos
             );
         }
-        let b = self.take(n as usize, what)?;
+        let n = usize::try_from(n).expect("bounded by the remaining bytes");
+        let b = self.take(n, what)?;
         String::from_utf8(b.to_vec()).map_err(|_| anyhow!("{} is not valid UTF-8", what))
     }
     fn value(&mut self, ty: ValueType, what: &str, depth: usize) -> Result<Value> {
@@ -132,7 +143,8 @@ impl<'a> Cursor<'a> {
                 if n.saturating_mul(et.min_size()) > self.remaining() as u64 {
                     bail!("{}: array of {} elements does not fit in the file", what, n);
                 }
-                let mut v = Vec::with_capacity(n as usize);
+                // Bounded by the bytes left, checked just above.
+                let mut v = Vec::with_capacity(usize::try_from(n)?);
                 for _ in 0..n {
                     v.push(self.value(et, what, depth + 1)?);
                 }
@@ -153,7 +165,8 @@ impl GgufFile {
         // SAFETY: the map is read-only and private to this process; tern never
         // writes the file while it is mapped. Another process truncating the
         // file underneath us is outside what any mmap-based reader can guard
-        // against (llama.cpp has the same contract).
+        // against (llama.cpp has the same contract): reads past the new end
+        // raise SIGBUS, which `crate::signals` turns into a one-line error.
         let mmap =
             unsafe { Mmap::map(&f) }.with_context(|| format!("cannot map {}", path.display()))?;
         Self::parse(Backing::Mmap(mmap), path).with_context(|| format!("{}", path.display()))
@@ -191,13 +204,15 @@ impl GgufFile {
                 n_tensors
             );
         }
-        let mut kv = Vec::with_capacity(n_kv as usize);
+        // Both counts are bounded by the bytes left, checked just above.
+        let mut kv = Vec::with_capacity(usize::try_from(n_kv)?);
         for i in 0..n_kv {
             let key = c.string(&format!("metadata key #{}", i))?;
-            let ty_raw = c.u32(&key)?;
+            let what = format!("metadata {}", quoted(&key));
+            let ty_raw = c.u32(&what)?;
             let ty = ValueType::from_u32(ty_raw)
-                .ok_or_else(|| anyhow!("metadata {}: unknown value type {}", key, ty_raw))?;
-            let v = c.value(ty, &key, 0)?;
+                .ok_or_else(|| anyhow!("{}: unknown value type {}", what, ty_raw))?;
+            let v = c.value(ty, &what, 0)?;
             kv.push((key, v));
         }
         let alignment = match kv.iter().find(|(k, _)| k == "general.alignment") {
@@ -212,54 +227,48 @@ impl GgufFile {
             }
             None => DEFAULT_ALIGNMENT,
         };
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
+        let mut tensors = Vec::with_capacity(usize::try_from(n_tensors)?);
+        let mut by_name = HashMap::with_capacity(tensors.capacity());
         for i in 0..n_tensors {
             let name = c.string(&format!("tensor name #{}", i))?;
-            let nd = c.u32(&name)? as usize;
-            if nd == 0 || nd > MAX_DIMS {
-                bail!(
-                    "tensor {}: {} dimensions (1..={} allowed)",
-                    name,
-                    nd,
-                    MAX_DIMS
-                );
-            }
+            let what = format!("tensor {}", quoted(&name));
+            let nd = c.u32(&what)?;
+            let nd = match usize::try_from(nd) {
+                Ok(nd) if (1..=MAX_DIMS).contains(&nd) => nd,
+                _ => bail!("{}: {} dimensions (1..={} allowed)", what, nd, MAX_DIMS),
+            };
             let mut dims = Vec::with_capacity(nd);
             for _ in 0..nd {
-                dims.push(c.u64(&name)?);
+                dims.push(c.u64(&what)?);
             }
-            let ty_raw = c.u32(&name)?;
+            let ty_raw = c.u32(&what)?;
             let ty = GgmlType::from_id(ty_raw).ok_or_else(|| {
-                anyhow!(
-                    "tensor {}: unknown or unsupported tensor type {}",
-                    name,
-                    ty_raw
-                )
+                anyhow!("{}: unknown or unsupported tensor type {}", what, ty_raw)
             })?;
-            let offset = c.u64(&name)?;
+            let offset = c.u64(&what)?;
             let mut n: u64 = 1;
             for &d in &dims {
                 if d == 0 {
-                    bail!("tensor {}: zero dimension in {:?}", name, dims);
+                    bail!("{}: zero dimension in {:?}", what, dims);
                 }
                 n = n
                     .checked_mul(d)
                     .filter(|&n| n < (1u64 << 48))
-                    .ok_or_else(|| anyhow!("tensor {}: absurd dimensions {:?}", name, dims))?;
+                    .ok_or_else(|| anyhow!("{}: absurd dimensions {:?}", what, dims))?;
             }
             let size = ty
                 .tensor_bytes(n, dims[0])
-                .with_context(|| format!("tensor {} {:?}", name, dims))?;
+                .with_context(|| format!("{} {:?}", what, dims))?;
             if offset % alignment != 0 {
                 bail!(
-                    "tensor {}: offset {} is not aligned to {}",
-                    name,
+                    "{}: offset {} is not aligned to {}",
+                    what,
                     offset,
                     alignment
                 );
             }
-            if tensors.iter().any(|t: &TensorInfo| t.name == name) {
-                bail!("tensor {} appears twice", name);
+            if by_name.insert(name.clone(), tensors.len()).is_some() {
+                bail!("{} appears twice", what);
             }
             tensors.push(TensorInfo {
                 name,
@@ -278,11 +287,11 @@ impl GgufFile {
             let end = data_start
                 .checked_add(t.offset)
                 .and_then(|x| x.checked_add(t.size))
-                .ok_or_else(|| anyhow!("tensor {}: offset overflows", t.name))?;
+                .ok_or_else(|| anyhow!("tensor {}: offset overflows", quoted(&t.name)))?;
             if end > file_len {
                 bail!(
                     "tensor {}: data [{}, {}) runs past the end of the file ({} bytes); the file is truncated or corrupt",
-                    t.name,
+                    quoted(&t.name),
                     data_start + t.offset,
                     end,
                     file_len
@@ -297,6 +306,7 @@ impl GgufFile {
             tensors,
             alignment,
             data_start,
+            by_name,
         })
     }
 
@@ -316,12 +326,17 @@ impl GgufFile {
         self.get(key).and_then(|v| v.as_bool())
     }
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        self.tensors.iter().find(|t| t.name == name)
+        self.by_name.get(name).map(|&i| &self.tensors[i])
+    }
+    /// Byte range of a tensor's data in the file image. Bounds were checked
+    /// at open, so the range lies in the image and the casts cannot wrap.
+    pub fn tensor_range(&self, t: &TensorInfo) -> std::ops::Range<usize> {
+        let start = usize::try_from(self.data_start + t.offset).expect("checked at open");
+        start..start + usize::try_from(t.size).expect("checked at open")
     }
     /// The bytes of a tensor (bounds were checked at open).
     pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
-        let s = (self.data_start + t.offset) as usize;
-        &self.backing.bytes()[s..s + t.size as usize]
+        &self.backing.bytes()[self.tensor_range(t)]
     }
     pub fn architecture(&self) -> Option<&str> {
         self.get_str("general.architecture")

@@ -1,12 +1,13 @@
 //! Streaming GGUF writer. The header is written from a plan (names, dims,
 //! types, sizes), then each tensor's bytes are produced one at a time, so
-//! memory stays bounded by the largest tensor. The file appears atomically:
-//! it is written to `<out>.partial`, fsynced and renamed.
+//! memory stays bounded by the largest tensor. The file appears atomically
+//! ([`AtomicFile`]): it is written to a uniquely named temporary file beside
+//! it, fsynced and renamed.
 
 use super::{align_up, Value, DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION};
 use crate::quant::GgmlType;
 use anyhow::{bail, Context, Result};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -19,9 +20,17 @@ pub struct TensorPlan {
 
 impl TensorPlan {
     pub fn size(&self) -> Result<u64> {
-        let n: u64 = self.dims.iter().product();
+        let n = self
+            .dims
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d))
+            .with_context(|| format!("tensor {}: dims {:?} overflow", self.name, self.dims))?;
+        let row = *self
+            .dims
+            .first()
+            .with_context(|| format!("tensor {} has no dimensions", self.name))?;
         self.ty
-            .tensor_bytes(n, self.dims[0])
+            .tensor_bytes(n, row)
             .with_context(|| format!("tensor {} {:?}", self.name, self.dims))
     }
 }
@@ -75,71 +84,125 @@ impl<W: Write> Write for Counting<W> {
 }
 
 /// A file that only appears under its final name once `commit` is called;
-/// dropping it uncommitted removes the partial file.
+/// dropping it uncommitted removes the temporary file.
+///
+/// The bytes go to a new, uniquely named file in the target's directory
+/// (`.<name>.<random>.partial`, created with `O_EXCL` by the `tempfile`
+/// crate, so an existing file or symlink of that name is never opened or
+/// followed), which is fsynced and renamed over the target. Two processes
+/// writing the same target at once each write their own file; the target
+/// ends as one of the two complete files, never a mix.
 pub struct AtomicFile {
-    partial: PathBuf,
     target: PathBuf,
-    file: Option<File>,
+    file: tempfile::NamedTempFile,
 }
 
 impl AtomicFile {
+    /// Start writing `target`. Without `force` an existing target is an
+    /// error; a directory is always an error.
     pub fn create(target: &Path, force: bool) -> Result<AtomicFile> {
-        if target.exists() && !force {
-            bail!(
-                "{} already exists (use --force to overwrite)",
-                target.display()
+        let fail = |kind, msg| Err(std::io::Error::new(kind, msg).into());
+        if target.is_dir() {
+            return fail(
+                std::io::ErrorKind::IsADirectory,
+                format!("{} is a directory", target.display()),
             );
         }
-        if target.is_dir() {
-            bail!("{} is a directory", target.display());
+        if target.symlink_metadata().is_ok() && !force {
+            return fail(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} already exists (use --force to overwrite)",
+                    target.display()
+                ),
+            );
         }
-        let mut partial = target.as_os_str().to_owned();
-        partial.push(".partial");
-        let partial = PathBuf::from(partial);
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&partial)
-            .with_context(|| format!("cannot create {}", partial.display()))?;
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let mut prefix = std::ffi::OsString::from(".");
+        prefix.push(target.file_name().unwrap_or_default());
+        prefix.push(".");
+        let mut b = tempfile::Builder::new();
+        b.prefix(&prefix).suffix(".partial");
+        // tempfile creates 0600 files; an output file gets the mode a plain
+        // File::create would give it (0666 less the umask).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            b.permissions(std::fs::Permissions::from_mode(0o666));
+        }
+        let file = b.tempfile_in(dir).with_context(|| {
+            format!(
+                "cannot create a temporary file in {} for {}",
+                dir.display(),
+                target.display()
+            )
+        })?;
         Ok(AtomicFile {
-            partial,
             target: target.to_path_buf(),
-            file: Some(file),
+            file,
         })
     }
     pub fn file(&mut self) -> &mut File {
-        self.file.as_mut().expect("file present until commit")
+        self.file.as_file_mut()
     }
-    pub fn commit(mut self) -> Result<()> {
-        let f = self.file.take().expect("file present until commit");
-        f.sync_all()
-            .with_context(|| format!("cannot sync {}", self.partial.display()))?;
-        drop(f);
-        std::fs::rename(&self.partial, &self.target).with_context(|| {
-            format!(
-                "cannot rename {} to {}",
-                self.partial.display(),
-                self.target.display()
+    /// Sync the bytes and rename the temporary file over the target (which
+    /// replaces a file or symlink of that name, never follows it).
+    pub fn commit(self) -> Result<()> {
+        let partial = self.file.path().to_path_buf();
+        self.file
+            .as_file()
+            .sync_all()
+            .with_context(|| format!("cannot sync {}", partial.display()))?;
+        self.file.persist(&self.target).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot rename {} to {}: {}",
+                partial.display(),
+                self.target.display(),
+                e.error
             )
         })?;
+        // Make the rename itself durable (best effort: not every platform
+        // can open a directory).
+        #[cfg(unix)]
+        if let Some(dir) = self.target.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
         Ok(())
     }
 }
 
-impl Drop for AtomicFile {
-    fn drop(&mut self) {
-        if self.file.take().is_some() {
-            let _ = std::fs::remove_file(&self.partial);
-        }
-    }
-}
-
-/// Write a GGUF file. `produce(i, w)` must write exactly the bytes of tensor
-/// `i` of `tensors`.
+/// Write a GGUF file atomically ([`AtomicFile`]). `produce(i, w)` must
+/// write exactly the bytes of tensor `i` of `tensors`.
 pub fn write_gguf(
     path: &Path,
     force: bool,
+    kv: &[(String, Value)],
+    tensors: &[TensorPlan],
+    produce: impl FnMut(usize, &mut dyn Write) -> Result<()>,
+) -> Result<()> {
+    let mut out = AtomicFile::create(path, force)?;
+    {
+        let mut w = BufWriter::with_capacity(1 << 20, out.file());
+        write_gguf_to(&mut w, kv, tensors, produce)?;
+        w.flush()?;
+    }
+    out.commit()
+}
+
+/// Write a GGUF image to any writer (a file, or a `Vec<u8>` for tests and
+/// fuzzing); see [`write_gguf`].
+pub fn write_gguf_to(
+    out: &mut dyn Write,
     kv: &[(String, Value)],
     tensors: &[TensorPlan],
     mut produce: impl FnMut(usize, &mut dyn Write) -> Result<()>,
@@ -153,55 +216,49 @@ pub fn write_gguf(
     for t in tensors {
         sizes.push(t.size()?);
     }
-    let mut out = AtomicFile::create(path, force)?;
-    {
-        let mut w = Counting {
-            inner: BufWriter::with_capacity(1 << 20, out.file()),
-            n: 0,
-        };
-        w.write_all(GGUF_MAGIC)?;
-        w.write_all(&GGUF_VERSION.to_le_bytes())?;
-        w.write_all(&(tensors.len() as u64).to_le_bytes())?;
-        w.write_all(&(kv.len() as u64).to_le_bytes())?;
-        for (k, v) in kv {
-            put_str(&mut w, k)?;
-            w.write_all(&(v.value_type() as u32).to_le_bytes())?;
-            put_value(&mut w, v)?;
-        }
-        let mut offset = 0u64;
-        let mut offsets = Vec::with_capacity(tensors.len());
-        for (t, &size) in tensors.iter().zip(&sizes) {
-            put_str(&mut w, &t.name)?;
-            w.write_all(&(t.dims.len() as u32).to_le_bytes())?;
-            for d in &t.dims {
-                w.write_all(&d.to_le_bytes())?;
-            }
-            w.write_all(&t.ty.id().to_le_bytes())?;
-            w.write_all(&offset.to_le_bytes())?;
-            offsets.push(offset);
-            offset = align_up(offset + size, alignment);
-        }
-        let pad = align_up(w.n, alignment) - w.n;
-        w.write_all(&vec![0u8; pad as usize])?;
-        let data_start = w.n;
-        for (i, t) in tensors.iter().enumerate() {
-            let here = w.n - data_start;
-            if here < offsets[i] {
-                w.write_all(&vec![0u8; (offsets[i] - here) as usize])?;
-            }
-            let before = w.n;
-            produce(i, &mut w)?;
-            let wrote = w.n - before;
-            if wrote != sizes[i] {
-                bail!(
-                    "internal error: tensor {} produced {} bytes, planned {}",
-                    t.name,
-                    wrote,
-                    sizes[i]
-                );
-            }
-        }
-        w.flush()?;
+    let mut w = Counting { inner: out, n: 0 };
+    let zeros = |n: u64| -> Result<Vec<u8>> { Ok(vec![0u8; usize::try_from(n)?]) };
+    w.write_all(GGUF_MAGIC)?;
+    w.write_all(&GGUF_VERSION.to_le_bytes())?;
+    w.write_all(&(tensors.len() as u64).to_le_bytes())?;
+    w.write_all(&(kv.len() as u64).to_le_bytes())?;
+    for (k, v) in kv {
+        put_str(&mut w, k)?;
+        w.write_all(&(v.value_type() as u32).to_le_bytes())?;
+        put_value(&mut w, v)?;
     }
-    out.commit()
+    let mut offset = 0u64;
+    let mut offsets = Vec::with_capacity(tensors.len());
+    for (t, &size) in tensors.iter().zip(&sizes) {
+        put_str(&mut w, &t.name)?;
+        w.write_all(&u32::try_from(t.dims.len())?.to_le_bytes())?;
+        for d in &t.dims {
+            w.write_all(&d.to_le_bytes())?;
+        }
+        w.write_all(&t.ty.id().to_le_bytes())?;
+        w.write_all(&offset.to_le_bytes())?;
+        offsets.push(offset);
+        offset = align_up(offset + size, alignment);
+    }
+    let pad = align_up(w.n, alignment) - w.n;
+    w.write_all(&zeros(pad)?)?;
+    let data_start = w.n;
+    for (i, t) in tensors.iter().enumerate() {
+        let here = w.n - data_start;
+        if here < offsets[i] {
+            w.write_all(&zeros(offsets[i] - here)?)?;
+        }
+        let before = w.n;
+        produce(i, &mut w)?;
+        let wrote = w.n - before;
+        if wrote != sizes[i] {
+            bail!(
+                "internal error: tensor {} produced {} bytes, planned {}",
+                t.name,
+                wrote,
+                sizes[i]
+            );
+        }
+    }
+    Ok(())
 }

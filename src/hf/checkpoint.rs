@@ -10,9 +10,25 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+/// A shard's bytes: a read-only map of the file, or a buffer (tests, fuzzing).
+enum Backing {
+    Mmap(Mmap),
+    Bytes(Vec<u8>),
+}
+
+impl std::ops::Deref for Backing {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Backing::Mmap(m) => m,
+            Backing::Bytes(b) => b,
+        }
+    }
+}
+
 struct Shard {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Backing,
     /// name → (dtype, shape, byte range within the file)
     tensors: BTreeMap<String, (Dtype, Vec<usize>, usize, usize)>,
 }
@@ -73,20 +89,27 @@ impl RawTensor<'_> {
 fn open_shard(path: &Path) -> Result<Shard> {
     let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     // SAFETY: read-only private mapping of a checkpoint file that tern never
-    // writes; the converter treats its input folder as read-only.
+    // writes; the converter treats its input folder as read-only. Another
+    // process truncating it underneath raises SIGBUS, which `crate::signals`
+    // turns into a one-line error.
     let mmap =
         unsafe { Mmap::map(&f) }.with_context(|| format!("cannot map {}", path.display()))?;
+    parse_shard(Backing::Mmap(mmap), path)
+}
+
+fn parse_shard(mmap: Backing, path: &Path) -> Result<Shard> {
     let st = SafeTensors::deserialize(&mmap).map_err(|e| {
         anyhow!(
             "{}: not a valid safetensors file ({}); is it truncated?",
             path.display(),
-            e
+            crate::untrusted::one_line(&e.to_string())
         )
     })?;
     let base = mmap.as_ptr() as usize;
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
         let d = view.data();
+        // Offset of the view within the buffer it was parsed from.
         let start = d.as_ptr() as usize - base;
         tensors.insert(
             name,
@@ -124,7 +147,7 @@ impl Checkpoint {
                 if f.contains('/') || f.contains('\\') || f == ".." {
                     bail!(
                         "model.safetensors.index.json names a shard outside the folder: {}",
-                        f
+                        crate::untrusted::quoted(f)
                     );
                 }
             }
@@ -141,17 +164,34 @@ impl Checkpoint {
         let mut index = BTreeMap::new();
         for f in files {
             if !f.is_file() {
-                bail!("missing shard {}", f.display());
+                bail!(
+                    "missing shard {}",
+                    crate::untrusted::quoted(&f.to_string_lossy())
+                );
             }
             let s = open_shard(&f)?;
             for name in s.tensors.keys() {
                 if index.insert(name.clone(), shards.len()).is_some() {
-                    bail!("tensor {} appears in more than one shard", name);
+                    bail!(
+                        "tensor {} appears in more than one shard",
+                        crate::untrusted::quoted(name)
+                    );
                 }
             }
             shards.push(s);
         }
         Ok(Checkpoint { shards, index })
+    }
+
+    /// A single-shard checkpoint held in memory (the bytes of a
+    /// `model.safetensors`), for tests and fuzzing.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Checkpoint> {
+        let s = parse_shard(Backing::Bytes(bytes), Path::new("<memory>"))?;
+        let index = s.tensors.keys().map(|n| (n.clone(), 0)).collect();
+        Ok(Checkpoint {
+            shards: vec![s],
+            index,
+        })
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -186,20 +226,42 @@ impl Checkpoint {
             return;
         };
         let s = &self.shards[si];
-        if let Some((_, _, a, b)) = s.tensors.get(name) {
-            #[cfg(unix)]
-            {
-                // SAFETY: the mapping is a read-only, file-backed private map
-                // that is never written. MADV_DONTNEED on such pages only drops
-                // them from memory; later reads fault them back in from the
-                // file with identical contents, so no Rust reference observes a
-                // change.
-                let _ = unsafe {
-                    s.mmap
-                        .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, *a, b - a)
-                };
-            }
+        if let (Some(&(_, _, a, b)), Backing::Mmap(mmap)) = (s.tensors.get(name), &s.mmap) {
+            release_pages(mmap, a, b - a);
             let _ = &s.path;
         }
     }
 }
+
+/// Drop bytes `off..off + len` of a read-only file mapping from this
+/// process's resident memory; later reads fault them back in from the file
+/// with identical contents. Best effort: failures are ignored.
+#[cfg(unix)]
+fn release_pages(m: &Mmap, off: usize, len: usize) {
+    // SAFETY: the mapping is a read-only, file-backed private map that is
+    // never written. MADV_DONTNEED on such pages only drops them from memory;
+    // later reads fault them back in from the file with identical contents,
+    // so no Rust reference observes a change.
+    let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, off, len) };
+}
+
+/// Windows has no MADV_DONTNEED for views of a file; `VirtualUnlock` on pages
+/// that are not locked removes them from the working set instead (documented
+/// behaviour of VirtualUnlock; it then reports ERROR_NOT_LOCKED, ignored here).
+#[cfg(windows)]
+fn release_pages(m: &Mmap, off: usize, len: usize) {
+    let Some(range) = m.get(off..off.saturating_add(len)) else {
+        return;
+    };
+    if range.is_empty() {
+        return;
+    }
+    // SAFETY: `range` lies inside the live mapping `m`; VirtualUnlock only
+    // changes which of its pages are resident, never their contents.
+    let _ = unsafe {
+        windows_sys::Win32::System::Memory::VirtualUnlock(range.as_ptr().cast(), range.len())
+    };
+}
+
+#[cfg(not(any(unix, windows)))]
+fn release_pages(_: &Mmap, _: usize, _: usize) {}

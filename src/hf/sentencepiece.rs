@@ -160,7 +160,7 @@ fn parse_piece(buf: &[u8], base: usize, idx: usize) -> Result<Piece> {
             }
             2 => score = f.expect_f32("SentencePiece.score")?,
             3 => {
-                let v = f.expect_varint("SentencePiece.type")? as i32;
+                let v = f.expect_i32("SentencePiece.type")?;
                 kind = match PieceType::from_proto(v) {
                     Some(k) => k,
                     None => bail!(
@@ -178,8 +178,7 @@ fn parse_piece(buf: &[u8], base: usize, idx: usize) -> Result<Piece> {
 fn parse_trainer_spec(buf: &[u8], base: usize, model: &mut SpModel) -> Result<()> {
     let mut r = Reader::new(buf, base);
     while let Some(f) = r.next_field()? {
-        // int32 / enum fields: proto encodes negative values as 64-bit
-        // sign-extended varints; the low 32 bits are the value.
+        // int32 / enum fields (negative values are 64-bit sign-extended).
         let slot = match f.number {
             3 => &mut model.model_type,
             40 => &mut model.unk_id,
@@ -188,7 +187,7 @@ fn parse_trainer_spec(buf: &[u8], base: usize, model: &mut SpModel) -> Result<()
             43 => &mut model.pad_id,
             _ => continue,
         };
-        *slot = Some(f.expect_varint("TrainerSpec int32 field")? as i32);
+        *slot = Some(f.expect_i32("TrainerSpec int32 field")?);
     }
     Ok(())
 }
@@ -251,6 +250,22 @@ impl<'a> Field<'a> {
             Value::Varint(v) => Ok(v),
             _ => Err(self.mismatch(name, 0)),
         }
+    }
+
+    /// An `int32` / enum field: protobuf writes negative values as the
+    /// 64-bit sign extension, so the varint read as an i64 must lie in i32's
+    /// range (anything else is not a value an encoder writes; it is refused
+    /// rather than cut to its low 32 bits).
+    fn expect_i32(&self, name: &str) -> Result<i32> {
+        let v = self.expect_varint(name)?;
+        // Reinterpreting the 64 bits is the wire format's definition.
+        i32::try_from(v as i64).map_err(|_| {
+            anyhow::anyhow!(
+                "{CTX}: {name} (field {}) holds {v}, not an int32, at byte {}",
+                self.number,
+                self.offset
+            )
+        })
     }
 
     fn expect_f32(&self, name: &str) -> Result<f32> {
@@ -319,7 +334,7 @@ impl<'a> Reader<'a> {
         if number == 0 || number > (1 << 29) - 1 {
             bail!("{CTX}: invalid field number {number} at byte {offset}");
         }
-        let number = number as u32;
+        let number = u32::try_from(number).expect("checked < 2^29 above");
         let value = match tag & 7 {
             0 => Value::Varint(self.varint()?),
             1 => {

@@ -1,8 +1,9 @@
 //! The vocabulary a converter writes: read from `tokenizer.json` (byte-level
 //! BPE) or `tokenizer.model` (SentencePiece), never from `tokenizer_class`.
 
-use super::config::HfConfig;
+use super::config::{json_shown, token_ids, HfConfig};
 use super::sentencepiece;
+use crate::untrusted::quoted;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value as J;
 use std::collections::HashMap;
@@ -91,19 +92,43 @@ fn collect_regexes(j: &J, out: &mut Vec<String>) {
     }
 }
 
-/// Name the pre-tokenizer of a tokenizer.json the way llama.cpp does.
+/// Whether a tokenizer.json holds the Falcon family's special tokens
+/// (`>>TITLE<<`, `>>ABSTRACT<<`, … first in Falcon, Falcon3 and Falcon-E
+/// vocabularies).
+fn has_falcon_specials(tok: &J) -> bool {
+    let in_vocab = |s: &str| {
+        tok.get("model")
+            .and_then(|m| m.get("vocab"))
+            .and_then(|v| v.get(s))
+            .is_some()
+            || tok
+                .get("added_tokens")
+                .and_then(|a| a.as_array())
+                .is_some_and(|a| {
+                    a.iter()
+                        .any(|t| t.get("content").and_then(|c| c.as_str()) == Some(s))
+                })
+    };
+    in_vocab(">>TITLE<<") && in_vocab(">>ABSTRACT<<")
+}
+
+/// Name the pre-tokenizer of a tokenizer.json the way llama.cpp does. The
+/// split decides the tokenization; a LLaMA-3 split in a Falcon vocabulary is
+/// named `falcon3`, which llama.cpp (and tern) run with the LLaMA-3 regex, as
+/// `falcon_e` (the two names differ only in llama.cpp's vocabulary hash).
 fn detect_pre(tok: &J) -> Result<String> {
     let mut regexes = Vec::new();
     if let Some(p) = tok.get("pre_tokenizer") {
         collect_regexes(p, &mut regexes);
     }
     match regexes.as_slice() {
+        [r] if r == LLAMA3_REGEX && has_falcon_specials(tok) => Ok("falcon3".into()),
         [r] if r == LLAMA3_REGEX => Ok("llama-bpe".into()),
         [r] if r == GPT2_REGEX => Ok("gpt-2".into()),
         [] => bail!("tokenizer.json has no pre-tokenizer split; tern cannot tell which GGUF pre-tokenizer applies"),
         other => bail!(
-            "tokenizer.json uses a pre-tokenizer split tern does not recognize ({:?}); supported: LLaMA-3 (llama-bpe) and GPT-2",
-            other
+            "tokenizer.json uses a pre-tokenizer split tern does not recognize ({}); supported: LLaMA-3 (llama-bpe) and GPT-2",
+            other.iter().map(|r| quoted(r).to_string()).collect::<Vec<_>>().join(", ")
         ),
     }
 }
@@ -113,22 +138,74 @@ fn looks_special(t: &str) -> bool {
         || (t.starts_with('<') && t.ends_with('>') && t.len() > 2 && !t.contains(' '))
 }
 
-impl HfVocab {
-    /// Build the vocabulary for a model with `n_rows` embedding rows.
-    pub fn load(dir: &Path, cfg: &HfConfig, n_rows: usize) -> Result<HfVocab> {
-        let tcfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(J::Null);
-        let smap = read_json(&dir.join("special_tokens_map.json"))?.unwrap_or(J::Null);
-        let gcfg = read_json(&dir.join("generation_config.json"))?.unwrap_or(J::Null);
-        let tj_path = dir.join("tokenizer.json");
-        let sp_path = dir.join("tokenizer.model");
+/// The tokenizer files of a checkpoint folder, read and parsed; absent
+/// files are `None` (or JSON `null`). Kept apart from [`HfVocab::build`] so
+/// that the vocabulary logic runs on bytes too (tests, fuzzing).
+#[derive(Debug, Clone, Default)]
+pub struct TokenizerFiles {
+    pub tokenizer_json: Option<J>,
+    pub tokenizer_model: Option<Vec<u8>>,
+    pub tokenizer_config: J,
+    pub special_tokens_map: J,
+    pub generation_config: J,
+    pub chat_template_jinja: Option<String>,
+}
 
-        let mut v = if tj_path.is_file() {
-            let tj = read_json(&tj_path)?.expect("file exists");
-            Self::from_tokenizer_json(&tj)?
-        } else if sp_path.is_file() {
-            let bytes = std::fs::read(&sp_path)
-                .with_context(|| format!("cannot read {}", sp_path.display()))?;
-            let m = sentencepiece::parse_model(&bytes)?;
+impl TokenizerFiles {
+    pub fn read(dir: &Path) -> Result<TokenizerFiles> {
+        let sp_path = dir.join("tokenizer.model");
+        let jinja = dir.join("chat_template.jinja");
+        Ok(TokenizerFiles {
+            tokenizer_json: read_json(&dir.join("tokenizer.json"))?,
+            tokenizer_model: if sp_path.is_file() {
+                Some(
+                    std::fs::read(&sp_path)
+                        .with_context(|| format!("cannot read {}", sp_path.display()))?,
+                )
+            } else {
+                None
+            },
+            tokenizer_config: read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(J::Null),
+            special_tokens_map: read_json(&dir.join("special_tokens_map.json"))?.unwrap_or(J::Null),
+            generation_config: read_json(&dir.join("generation_config.json"))?.unwrap_or(J::Null),
+            chat_template_jinja: if jinja.is_file() {
+                Some(
+                    std::fs::read_to_string(&jinja)
+                        .with_context(|| format!("cannot read {}", jinja.display()))?,
+                )
+            } else {
+                None
+            },
+        })
+    }
+}
+
+impl HfVocab {
+    /// Build the vocabulary for a model with `n_rows` embedding rows from
+    /// the tokenizer files in `dir`.
+    pub fn load(dir: &Path, cfg: &HfConfig, n_rows: usize) -> Result<HfVocab> {
+        let files = TokenizerFiles::read(dir)?;
+        if files.tokenizer_json.is_none() && files.tokenizer_model.is_none() {
+            bail!(
+                "{} has neither tokenizer.json nor tokenizer.model; tern needs one of them to build the vocabulary",
+                dir.display()
+            );
+        }
+        Self::build(&files, cfg, n_rows)
+    }
+
+    /// Build the vocabulary for a model with `n_rows` embedding rows:
+    /// tokenizer.json (preferred) or tokenizer.model, padded with `[PADn]`
+    /// up to `n_rows`, special tokens from the configs. Every id is checked
+    /// to lie in the vocabulary.
+    pub fn build(files: &TokenizerFiles, cfg: &HfConfig, n_rows: usize) -> Result<HfVocab> {
+        let tcfg = &files.tokenizer_config;
+        let smap = &files.special_tokens_map;
+        let gcfg = &files.generation_config;
+        let mut v = if let Some(tj) = &files.tokenizer_json {
+            Self::from_tokenizer_json(tj, n_rows)?
+        } else if let Some(bytes) = &files.tokenizer_model {
+            let m = sentencepiece::parse_model(bytes)?;
             let mut v = HfVocab::empty("llama");
             for p in &m.pieces {
                 v.tokens.push(p.piece.clone());
@@ -136,17 +213,13 @@ impl HfVocab {
                 v.types.push(p.kind.gguf_token_type());
             }
             // Absent fields take the proto defaults (unk 0, bos 1, eos 2; -1 = none).
-            let id =
-                |x: Option<i32>, d: i32| Some(x.unwrap_or(d)).filter(|&i| i >= 0).map(|i| i as u32);
+            let id = |x: Option<i32>, d: i32| u32::try_from(x.unwrap_or(d)).ok();
             v.unk = id(m.unk_id, 0);
             v.bos = id(m.bos_id, 1);
             v.eos = id(m.eos_id, 2);
             v
         } else {
-            bail!(
-                "{} has neither tokenizer.json nor tokenizer.model; tern needs one of them to build the vocabulary",
-                dir.display()
-            );
+            bail!("neither tokenizer.json nor tokenizer.model was given");
         };
 
         // Sizes: the vocabulary must cover exactly the embedding rows.
@@ -167,7 +240,12 @@ impl HfVocab {
             v.padded += 1;
         }
 
-        let lookup = |s: &str| v.tokens.iter().position(|t| t == s).map(|i| i as u32);
+        let lookup = |s: &str| {
+            v.tokens
+                .iter()
+                .position(|t| t == s)
+                .and_then(|i| u32::try_from(i).ok())
+        };
         // BOS / EOS: the tokenizer's own strings first, then config ids.
         let bos_s =
             token_string(tcfg.get("bos_token")).or_else(|| token_string(smap.get("bos_token")));
@@ -184,26 +262,30 @@ impl HfVocab {
             v.eos = cfg.eos_token_ids.first().copied();
         }
         // End of turn: <|eot_id|> when present, else another generation eos id.
-        let gen_eos: Vec<u32> = match gcfg.get("eos_token_id") {
-            Some(J::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-            Some(J::Array(a)) => a
-                .iter()
-                .filter_map(|x| x.as_u64())
-                .map(|x| x as u32)
-                .collect(),
-            _ => vec![],
-        };
+        let gen_eos = token_ids(
+            "generation_config.json",
+            "eos_token_id",
+            gcfg.get("eos_token_id"),
+        )?;
         v.eot = lookup("<|eot_id|>")
             .or_else(|| lookup("<|im_end|>"))
             .or_else(|| lookup("<end_of_turn>"))
             .or_else(|| gen_eos.iter().copied().find(|&i| Some(i) != v.eos));
-        for id in [v.bos, v.eos, v.eot].into_iter().flatten() {
-            if id as usize >= v.tokens.len() {
-                bail!(
-                    "special token id {} is outside the vocabulary of {}",
-                    id,
-                    v.tokens.len()
-                );
+        for (what, id) in [
+            ("bos", v.bos),
+            ("eos", v.eos),
+            ("eot", v.eot),
+            ("unknown", v.unk),
+        ] {
+            if let Some(id) = id {
+                if usize::try_from(id).map_or(true, |i| i >= v.tokens.len()) {
+                    bail!(
+                        "{} token id {} is outside the vocabulary of {}",
+                        what,
+                        id,
+                        v.tokens.len()
+                    );
+                }
             }
         }
         v.add_bos = match tcfg.get("add_bos_token").and_then(|b| b.as_bool()) {
@@ -222,13 +304,7 @@ impl HfVocab {
             _ => None,
         };
         if v.chat_template.is_none() {
-            let p = dir.join("chat_template.jinja");
-            if p.is_file() {
-                v.chat_template = Some(
-                    std::fs::read_to_string(&p)
-                        .with_context(|| format!("cannot read {}", p.display()))?,
-                );
-            }
+            v.chat_template = files.chat_template_jinja.clone();
         }
         Ok(v)
     }
@@ -252,38 +328,43 @@ impl HfVocab {
     }
 
     /// Byte-level BPE from tokenizer.json: ids exactly as the file numbers
-    /// them, no special token inserted.
-    pub fn from_tokenizer_json(tj: &J) -> Result<HfVocab> {
+    /// them, no special token inserted. Every id must be below `n_rows`
+    /// (the embedding rows) before anything is sized from it.
+    pub fn from_tokenizer_json(tj: &J, n_rows: usize) -> Result<HfVocab> {
         let model = tj
             .get("model")
             .ok_or_else(|| anyhow!("tokenizer.json has no model"))?;
         let mtype = model.get("type").and_then(|t| t.as_str()).unwrap_or("");
         if mtype != "BPE" {
             bail!(
-                "tokenizer.json model type {:?} is not supported (byte-level BPE only)",
-                mtype
+                "tokenizer.json model type {} is not supported (byte-level BPE only)",
+                quoted(mtype)
             );
         }
+        let token_id = |what: &dyn std::fmt::Display, id: &J| -> Result<u32> {
+            match id.as_u64().and_then(|i| u32::try_from(i).ok()) {
+                Some(i) if usize::try_from(i).is_ok_and(|i| i < n_rows) => Ok(i),
+                _ => bail!(
+                    "tokenizer.json: {} has id {}, outside the {} embedding rows",
+                    what,
+                    json_shown(id),
+                    n_rows
+                ),
+            }
+        };
         let vocab = model
             .get("vocab")
             .and_then(|v| v.as_object())
             .ok_or_else(|| anyhow!("tokenizer.json: model.vocab missing"))?;
         let mut by_id: HashMap<u32, (String, bool)> = HashMap::new();
         for (tok, id) in vocab {
-            let id = id
-                .as_u64()
-                .ok_or_else(|| anyhow!("tokenizer.json: bad id for {:?}", tok))?
-                as u32;
+            let id = token_id(&format_args!("token {}", quoted(tok)), id)?;
             by_id.insert(id, (tok.clone(), false));
         }
         let mut added_special = HashMap::new();
         if let Some(added) = tj.get("added_tokens").and_then(|a| a.as_array()) {
             for a in added {
-                let id = a
-                    .get("id")
-                    .and_then(|x| x.as_u64())
-                    .ok_or_else(|| anyhow!("tokenizer.json: added token without id"))?
-                    as u32;
+                let id = token_id(&"an added token", a.get("id").unwrap_or(&J::Null))?;
                 let content = a
                     .get("content")
                     .and_then(|x| x.as_str())
@@ -294,12 +375,10 @@ impl HfVocab {
                 by_id.insert(id, (content, true));
             }
         }
-        let n = by_id.keys().max().map(|&m| m as usize + 1).unwrap_or(0);
-        if n > (1 << 24) {
-            bail!("tokenizer.json: token id {} is absurd", n - 1);
-        }
+        // Every id is below n_rows (checked above), so this bounds the padding.
+        let n = by_id.keys().max().map_or(0, |&m| m + 1);
         let mut v = HfVocab::empty("gpt2");
-        for i in 0..n as u32 {
+        for i in 0..n {
             match by_id.get(&i) {
                 Some((t, added)) => {
                     v.tokens.push(t.clone());
@@ -328,7 +407,7 @@ impl HfVocab {
                         let b = p[1].as_str().unwrap_or("");
                         v.merges.push(format!("{} {}", a, b));
                     }
-                    _ => bail!("tokenizer.json: malformed merge {}", m),
+                    _ => bail!("tokenizer.json: malformed merge {}", json_shown(m)),
                 }
             }
         }

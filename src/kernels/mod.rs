@@ -564,12 +564,21 @@ pub fn active() -> anyhow::Result<&'static dyn Kernel> {
     Ok(*ACTIVE.get_or_init(|| k))
 }
 
-/// Physical cores (hyper-threads of one core counted once); falls back to
-/// the logical CPU count where the topology cannot be read.
+/// Physical cores (hyper-threads of one core counted once): from sysfs on
+/// Linux, from GetLogicalProcessorInformation (through `num_cpus`) on
+/// Windows; falls back to the logical CPU count where the topology cannot be
+/// read.
 pub fn physical_cores() -> usize {
     let logical = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    #[cfg(windows)]
+    {
+        let n = num_cpus::get_physical();
+        if n > 0 {
+            return n.min(logical);
+        }
+    }
     #[cfg(target_os = "linux")]
     {
         let mut seen = std::collections::HashSet::new();

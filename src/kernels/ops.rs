@@ -86,7 +86,7 @@ pub fn attend(
         let mx = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         let mut sum = 0f32;
         for x in s.iter_mut() {
-            *x = (*x - mx).exp();
+            *x = libm::expf(*x - mx);
             sum += *x;
         }
         for x in s.iter_mut() {
@@ -96,8 +96,10 @@ pub fn attend(
     });
 }
 
-/// NeoX RoPE angles for a run of positions: cos/sin of `pos · θ^(−2i/d)`
-/// for i < d/2, computed in f64 as the reference does.
+/// RoPE angles for a run of positions: cos/sin of `pos · inv_freq[i]`
+/// (computed in f64 as the reference does, with the `libm`
+/// crate so that every OS gets the same bits) times `mscale` (YaRN's
+/// attention factor, else 1), for each of the head's `d/2` pairs.
 pub struct RopeTable {
     half: usize,
     pos0: usize,
@@ -105,20 +107,21 @@ pub struct RopeTable {
     sin: Vec<f32>,
 }
 
+/// Which elements of a head form a rotated pair (see
+/// [`crate::arch::RopeLayout`]).
+pub use crate::arch::RopeLayout;
+
 impl RopeTable {
-    /// Angles for positions `pos0 .. pos0 + n` of heads `hd` wide.
-    pub fn new(hd: usize, theta: f32, pos0: usize, n: usize) -> RopeTable {
-        let half = hd / 2;
-        let freqs: Vec<f64> = (0..half)
-            .map(|i| (theta as f64).powf(-2.0 * i as f64 / hd as f64))
-            .collect();
+    /// Angles for positions `pos0 .. pos0 + n`, one per inverse frequency.
+    pub fn new(inv_freq: &[f64], mscale: f32, pos0: usize, n: usize) -> RopeTable {
+        let half = inv_freq.len();
         let mut cos = Vec::with_capacity(n * half);
         let mut sin = Vec::with_capacity(n * half);
         for p in pos0..pos0 + n {
-            for &f in &freqs {
-                let (s, c) = (p as f64 * f).sin_cos();
-                cos.push(c as f32);
-                sin.push(s as f32);
+            for &f in inv_freq {
+                let (s, c) = libm::sincos(p as f64 * f);
+                cos.push(c as f32 * mscale);
+                sin.push(s as f32 * mscale);
             }
         }
         RopeTable {
@@ -129,18 +132,30 @@ impl RopeTable {
         }
     }
 
-    /// Rotate every head of `x` (`n_heads × hd`) for position `pos`:
-    /// element i pairs with i + hd/2 within each head.
-    pub fn apply(&self, x: &mut [f32], n_heads: usize, pos: usize) {
+    /// Rotate every head of `x` (`n_heads × 2·half`) for position `pos`:
+    /// pair `i` is (`i`, `i + half`) in the NeoX layout, (`2i`, `2i + 1`) in
+    /// the adjacent one.
+    pub fn apply(&self, x: &mut [f32], n_heads: usize, pos: usize, layout: RopeLayout) {
         let half = self.half;
         let r = (pos - self.pos0) * half;
         let (cos, sin) = (&self.cos[r..r + half], &self.sin[r..r + half]);
         for v in x.chunks_exact_mut(2 * half).take(n_heads) {
-            let (a, b) = v.split_at_mut(half);
-            for i in 0..half {
-                let (x0, x1) = (a[i], b[i]);
-                a[i] = x0 * cos[i] - x1 * sin[i];
-                b[i] = x0 * sin[i] + x1 * cos[i];
+            match layout {
+                RopeLayout::Neox => {
+                    let (a, b) = v.split_at_mut(half);
+                    for i in 0..half {
+                        let (x0, x1) = (a[i], b[i]);
+                        a[i] = x0 * cos[i] - x1 * sin[i];
+                        b[i] = x0 * sin[i] + x1 * cos[i];
+                    }
+                }
+                RopeLayout::Adjacent => {
+                    for (i, pair) in v.chunks_exact_mut(2).enumerate() {
+                        let (x0, x1) = (pair[0], pair[1]);
+                        pair[0] = x0 * cos[i] - x1 * sin[i];
+                        pair[1] = x0 * sin[i] + x1 * cos[i];
+                    }
+                }
             }
         }
     }

@@ -1,9 +1,14 @@
-//! The BitNet graph (docs §1) over a KV cache, batched over prompt tokens.
+//! The one forward pass of every architecture (docs §1, §7) over
+//! per-sequence KV caches: the blocks are shared, the architecture's row
+//! (`Model::hp.graph`) says which norms, activation and RoPE layout apply.
+//! One pass runs the tokens of many sequences ([`Batch`], llama.cpp's
+//! `llama_batch`); [`Context`], one sequence over one cache, sits on top.
 
-use super::{Hparams, Model};
+use super::{Hparams, Model, Proj};
 use crate::hf::config::Activation;
 use crate::kernels::matmul::{head_matmul, matmul, quantize_batch};
 use crate::kernels::ops::{attend, Kv, RopeTable};
+use crate::kernels::Kernel;
 use anyhow::{bail, Result};
 use half::f16;
 use rayon::prelude::*;
@@ -11,6 +16,9 @@ use rayon::prelude::*;
 /// Most tokens pushed through the graph at once (bounds scratch memory).
 pub const MAX_BATCH: usize = 512;
 
+/// Keys or values of one layer, `positions × (n_head_kv · head_dim)`. The
+/// capacity for the whole context is reserved up front (address space only);
+/// the vector grows as positions are written, so memory follows use.
 enum KvStore {
     F16(Vec<f16>),
     F32(Vec<f32>),
@@ -19,33 +27,41 @@ enum KvStore {
 impl KvStore {
     fn new(n: usize, f32: bool) -> KvStore {
         if f32 {
-            KvStore::F32(vec![0.0; n])
+            KvStore::F32(Vec::with_capacity(n))
         } else {
-            KvStore::F16(vec![f16::ZERO; n])
+            KvStore::F16(Vec::with_capacity(n))
         }
     }
-    /// Like `new`, but an allocation the system refuses is an error.
+    /// Like `new`, but an allocation the system refuses is `None`.
     fn try_new(n: usize, f32: bool) -> Option<KvStore> {
-        fn zeroed<T: Clone>(n: usize, zero: T) -> Option<Vec<T>> {
+        Some(if f32 {
             let mut v = Vec::new();
             v.try_reserve_exact(n).ok()?;
-            v.resize(n, zero);
-            Some(v)
-        }
-        Some(if f32 {
-            KvStore::F32(zeroed(n, 0.0)?)
+            KvStore::F32(v)
         } else {
-            KvStore::F16(zeroed(n, f16::ZERO)?)
+            let mut v = Vec::new();
+            v.try_reserve_exact(n).ok()?;
+            KvStore::F16(v)
         })
     }
+    /// Write `src` at value offset `at`; `at` is at most the current length
+    /// (positions are written in order), so the store grows contiguously.
     fn write(&mut self, at: usize, src: &[f32]) {
         match self {
             KvStore::F16(v) => {
+                if v.len() < at + src.len() {
+                    v.resize(at + src.len(), f16::ZERO);
+                }
                 for (d, s) in v[at..at + src.len()].iter_mut().zip(src) {
                     *d = f16::from_f32(*s);
                 }
             }
-            KvStore::F32(v) => v[at..at + src.len()].copy_from_slice(src),
+            KvStore::F32(v) => {
+                if v.len() < at + src.len() {
+                    v.resize(at + src.len(), 0.0);
+                }
+                v[at..at + src.len()].copy_from_slice(src)
+            }
         }
     }
     fn view(&self) -> Kv<'_> {
@@ -56,21 +72,13 @@ impl KvStore {
     }
 }
 
-/// Inference state: the KV cache of one sequence.
-pub struct Context<'m> {
-    pub model: &'m Model,
-    pub n_ctx: usize,
-    /// Tokens currently in the cache.
-    pub n_past: usize,
-    /// Most tokens per forward pass when a prompt is evaluated (llama.cpp's
-    /// `n_ubatch`); at most [`MAX_BATCH`].
-    pub n_batch: usize,
+/// The KV cache of one sequence: keys and values of every layer for up to
+/// `n_ctx` positions, of which the first `n_past` are filled.
+pub struct KvCache {
+    n_ctx: usize,
+    n_past: usize,
     k: Vec<KvStore>,
     v: Vec<KvStore>,
-}
-
-fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    crate::kernels::ops::rmsnorm(x, w, eps, out)
 }
 
 /// Bytes of the KV cache for `n_ctx` tokens: keys and values of every layer,
@@ -155,17 +163,12 @@ pub enum ContextLimit {
     Refused,
 }
 
-impl<'m> Context<'m> {
-    /// A context of `n_ctx` tokens whose KV cache size was checked first:
+impl KvCache {
+    /// A cache of `n_ctx` positions whose size was checked first:
     /// `n_ctx` must be at least 1, and the cache must fit in the memory that
     /// is available (where the system says) and be granted by the allocator.
     /// The error states the size the cache would need.
-    pub fn try_new(
-        model: &'m Model,
-        n_ctx: usize,
-        kv_f32: bool,
-    ) -> Result<Context<'m>, ContextError> {
-        let hp = &model.hp;
+    pub fn try_new(hp: &Hparams, n_ctx: usize, kv_f32: bool) -> Result<KvCache, ContextError> {
         let err = |limit| ContextError {
             n_ctx,
             bytes: kv_cache_bytes(hp, n_ctx, kv_f32),
@@ -197,37 +200,422 @@ impl<'m> Context<'m> {
                 _ => return Err(err(ContextLimit::Refused)),
             }
         }
-        Ok(Context {
-            model,
+        Ok(KvCache {
             n_ctx,
             n_past: 0,
-            n_batch: MAX_BATCH,
             k,
             v,
         })
     }
 
-    pub fn new(model: &'m Model, n_ctx: usize, kv_f32: bool) -> Context<'m> {
-        let hp = &model.hp;
-        let kvd = hp.n_head_kv * hp.head_dim;
-        let n = n_ctx * kvd;
-        Context {
-            model,
+    /// An empty cache for `n_ctx` positions (f16, or f32 with `kv_f32`).
+    /// Callers bound `n_ctx` first (see [`KvCache::bytes`]).
+    pub fn new(hp: &Hparams, n_ctx: usize, kv_f32: bool) -> KvCache {
+        let n = n_ctx * hp.n_head_kv * hp.head_dim;
+        KvCache {
             n_ctx,
             n_past: 0,
-            n_batch: MAX_BATCH,
             k: (0..hp.n_layer).map(|_| KvStore::new(n, kv_f32)).collect(),
             v: (0..hp.n_layer).map(|_| KvStore::new(n, kv_f32)).collect(),
         }
     }
 
-    /// Forget everything after the first `n` cached tokens.
+    /// Bytes a full cache of `n_ctx` positions takes (keys and values of
+    /// every layer); `None` on overflow.
+    pub fn bytes(hp: &Hparams, n_ctx: usize, kv_f32: bool) -> Option<u64> {
+        u64::try_from(kv_cache_bytes(hp, n_ctx, kv_f32)).ok()
+    }
+
+    /// Positions the cache holds.
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// Positions filled (the next token goes at position `n_past`).
+    pub fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    /// Forget everything after the first `n` cached positions.
     pub fn truncate(&mut self, n: usize) {
         self.n_past = self.n_past.min(n);
     }
+}
 
-    /// Run `tokens` after the cached ones. Returns the logits of every new
-    /// position (`all`) or of the last one only, row-major `positions × vocab`.
+/// The tokens of one forward pass, of any number of sequences (llama.cpp's
+/// `llama_batch`): entry `i` is token `token[i]` at position `pos[i]` of
+/// sequence `seq[i]` (an index into the caches given to [`decode`]), and its
+/// logits are returned when `logits[i]`.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub token: Vec<u32>,
+    pub pos: Vec<usize>,
+    pub seq: Vec<usize>,
+    pub logits: Vec<bool>,
+}
+
+impl Batch {
+    pub fn add(&mut self, token: u32, pos: usize, seq: usize, logits: bool) {
+        self.token.push(token);
+        self.pos.push(pos);
+        self.seq.push(seq);
+        self.logits.push(logits);
+    }
+    pub fn len(&self) -> usize {
+        self.token.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.token.is_empty()
+    }
+    pub fn clear(&mut self) {
+        *self = Batch::default();
+    }
+    /// Entries whose logits [`decode`] returns.
+    pub fn n_logits(&self) -> usize {
+        self.logits.iter().filter(|&&l| l).count()
+    }
+}
+
+fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    crate::kernels::ops::rmsnorm(x, w, eps, out)
+}
+
+/// One BitLinear of a group: the weights, its input norm if any, its output.
+type Projection<'a> = (&'a Proj, Option<&'a [f32]>, &'a mut [f32]);
+
+/// BitLinear projections sharing one input `x` (rows of `width`): int8
+/// activations per token, then each projection into its output. With input
+/// norms (`use_rms_norm`), each projection first normalizes the input with
+/// its own weights; without, the input is quantized once for all.
+fn bitlinear(
+    kern: &dyn Kernel,
+    x: &[f32],
+    width: usize,
+    norm_eps: f32,
+    outs: &mut [Projection<'_>],
+) {
+    if outs.iter().all(|(_, n, _)| n.is_none()) {
+        let qx = quantize_batch(kern, x, width);
+        for (w, _, out) in outs.iter_mut() {
+            matmul(kern, w, &qx, out);
+        }
+        return;
+    }
+    let mut xn = vec![0f32; x.len()];
+    for (w, n, out) in outs.iter_mut() {
+        let qx = match n {
+            Some(g) => {
+                rmsnorm(x, g, norm_eps, &mut xn);
+                quantize_batch(kern, &xn, width)
+            }
+            None => quantize_batch(kern, x, width),
+        };
+        matmul(kern, w, &qx, out);
+    }
+}
+
+/// Check a batch against the caches: every token in the vocabulary, every
+/// sequence index valid, each sequence's positions continuing its cache
+/// (`n_past`, `n_past + 1`, … in batch order) and within its context.
+fn check_batch(model: &Model, caches: &[&mut KvCache], b: &Batch) -> Result<()> {
+    let n = b.len();
+    if n == 0 {
+        bail!("no tokens to evaluate");
+    }
+    if n > MAX_BATCH {
+        bail!("{} tokens in one batch; at most {}", n, MAX_BATCH);
+    }
+    if b.pos.len() != n || b.seq.len() != n || b.logits.len() != n {
+        bail!("batch fields differ in length");
+    }
+    let nv = model.hp.n_vocab;
+    let mut next: Vec<usize> = caches.iter().map(|c| c.n_past).collect();
+    for i in 0..n {
+        if b.token[i] as usize >= nv {
+            bail!(
+                "token id {} is outside the vocabulary of {}",
+                b.token[i],
+                nv
+            );
+        }
+        let s = b.seq[i];
+        let Some(want) = next.get_mut(s) else {
+            bail!("sequence {} has no KV cache ({} given)", s, caches.len());
+        };
+        if b.pos[i] != *want {
+            bail!(
+                "sequence {}: position {} does not continue its cache (next is {})",
+                s,
+                b.pos[i],
+                want
+            );
+        }
+        if b.pos[i] >= caches[s].n_ctx {
+            bail!(
+                "context is full: sequence {} at position {} >= context size {}",
+                s,
+                b.pos[i],
+                caches[s].n_ctx
+            );
+        }
+        *want += 1;
+    }
+    Ok(())
+}
+
+/// One forward pass over `batch` (at most [`MAX_BATCH`] tokens of any
+/// sequences): writes each token's keys and values into its sequence's
+/// cache, attends over that cache only, and returns the logits of the
+/// entries marked `logits`, row-major `rows × vocab` in batch order.
+///
+/// Every kernel computes each output in a fixed order whatever the batch
+/// holds, so a sequence's logits do not depend on the other sequences in the
+/// batch (`tests/serve_batch.rs` checks bit equality).
+///
+/// Errors (nothing is written): an empty or oversized batch, a token outside
+/// the vocabulary, a position that does not continue its cache or exceeds
+/// its context.
+pub fn decode(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Result<Vec<f32>> {
+    check_batch(model, caches, batch)?;
+    let m = model;
+    let hp = &m.hp;
+    let kern = m.kernel;
+    let tokens = &batch.token;
+    let n = tokens.len();
+    let d = hp.n_embd;
+    let hd = hp.head_dim;
+    let qd = hp.n_head * hd;
+    let kvd = hp.n_head_kv * hd;
+    let ff = hp.n_ff;
+
+    let mut x = vec![0f32; n * d];
+    for (j, &t) in tokens.iter().enumerate() {
+        m.float_row(&m.tok_embd, t as usize, &mut x[j * d..(j + 1) * d]);
+    }
+    let mut a = vec![0f32; n * d];
+    let mut q = vec![0f32; n * qd];
+    let mut kk = vec![0f32; n * kvd];
+    let mut vv = vec![0f32; n * kvd];
+    let mut o = vec![0f32; n * qd];
+    let mut o2 = vec![0f32; n * qd];
+    let mut tmp = vec![0f32; n * d];
+    let mut g = vec![0f32; n * ff];
+    let mut u = vec![0f32; n * ff];
+    let mut f2 = vec![0f32; n * ff];
+    let scale = 1.0 / (hd as f32).sqrt();
+    let group = hp.n_head / hp.n_head_kv;
+    let ieps = hp.input_norm_eps;
+    // RoPE angles per run of consecutive positions of one sequence: each
+    // token is rotated by its own position's angles.
+    let mut ropes: Vec<RopeTable> = Vec::new();
+    let rope_of: Vec<usize> = (0..n)
+        .map(|j| {
+            let (s, p) = (batch.seq[j], batch.pos[j]);
+            if j == 0 || batch.seq[j - 1] != s || batch.pos[j - 1] + 1 != p {
+                let len = (j..n)
+                    .take_while(|&i| batch.seq[i] == s && batch.pos[i] == p + (i - j))
+                    .count();
+                ropes.push(RopeTable::new(&hp.rope.inv_freq, hp.rope.mscale, p, len));
+            }
+            ropes.len() - 1
+        })
+        .collect();
+
+    for (li, layer) in m.layers.iter().enumerate() {
+        let inorm = layer.input_norms.as_ref();
+        rmsnorm(&x, &layer.attn_norm, hp.eps, &mut a);
+        bitlinear(
+            kern,
+            &a,
+            d,
+            ieps,
+            &mut [
+                (&layer.wq, inorm.map(|n| &n.q[..]), &mut q),
+                (&layer.wk, inorm.map(|n| &n.k[..]), &mut kk),
+                (&layer.wv, inorm.map(|n| &n.v[..]), &mut vv),
+            ],
+        );
+        for j in 0..n {
+            let (p, s) = (batch.pos[j], batch.seq[j]);
+            let rope = &ropes[rope_of[j]];
+            rope.apply(&mut q[j * qd..(j + 1) * qd], hp.n_head, p, hp.rope_layout);
+            rope.apply(
+                &mut kk[j * kvd..(j + 1) * kvd],
+                hp.n_head_kv,
+                p,
+                hp.rope_layout,
+            );
+            caches[s].k[li].write(p * kvd, &kk[j * kvd..(j + 1) * kvd]);
+            caches[s].v[li].write(p * kvd, &vv[j * kvd..(j + 1) * kvd]);
+        }
+        let views: Vec<(Kv, Kv)> = caches
+            .iter()
+            .map(|c| (c.k[li].view(), c.v[li].view()))
+            .collect();
+        let qref = &q;
+        o.par_chunks_mut(hd).enumerate().for_each(|(c, out)| {
+            let j = c / hp.n_head;
+            let h = c % hp.n_head;
+            let qv = &qref[j * qd + h * hd..j * qd + (h + 1) * hd];
+            let (kc, vc) = views[batch.seq[j]];
+            attend(
+                kern,
+                qv,
+                kc,
+                vc,
+                kvd,
+                (h / group) * hd,
+                batch.pos[j] + 1,
+                scale,
+                out,
+            );
+        });
+        drop(views);
+        let attn_out = match &layer.attn_sub_norm {
+            Some(w) => {
+                rmsnorm(&o, w, hp.eps, &mut o2);
+                &o2
+            }
+            None => &o,
+        };
+        bitlinear(
+            kern,
+            attn_out,
+            qd,
+            ieps,
+            &mut [(&layer.wo, inorm.map(|n| &n.o[..]), &mut tmp)],
+        );
+        for (xi, ti) in x.iter_mut().zip(&tmp) {
+            *xi += ti;
+        }
+        rmsnorm(&x, &layer.ffn_norm, hp.eps, &mut a);
+        bitlinear(
+            kern,
+            &a,
+            d,
+            ieps,
+            &mut [
+                (&layer.wgate, inorm.map(|n| &n.gate[..]), &mut g),
+                (&layer.wup, inorm.map(|n| &n.up[..]), &mut u),
+            ],
+        );
+        match hp.activation {
+            Activation::Relu2 => {
+                for (gi, ui) in g.iter_mut().zip(&u) {
+                    let r = gi.max(0.0);
+                    *gi = r * r * ui;
+                }
+            }
+            Activation::Silu => {
+                for (gi, ui) in g.iter_mut().zip(&u) {
+                    *gi = *gi / (1.0 + libm::expf(-*gi)) * ui;
+                }
+            }
+        }
+        let ffn_act = match &layer.ffn_sub_norm {
+            Some(w) => {
+                rmsnorm(&g, w, hp.eps, &mut f2);
+                &f2
+            }
+            None => &g,
+        };
+        bitlinear(
+            kern,
+            ffn_act,
+            ff,
+            ieps,
+            &mut [(&layer.wdown, inorm.map(|n| &n.down[..]), &mut tmp)],
+        );
+        for (xi, ti) in x.iter_mut().zip(&tmp) {
+            *xi += ti;
+        }
+    }
+    for &s in &batch.seq {
+        caches[s].n_past += 1;
+    }
+    let rows: Vec<usize> = (0..n).filter(|&j| batch.logits[j]).collect();
+    if rows.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut xn = vec![0f32; rows.len() * d];
+    for (r, &j) in rows.iter().enumerate() {
+        rmsnorm(
+            &x[j * d..(j + 1) * d],
+            &m.output_norm,
+            hp.eps,
+            &mut xn[r * d..(r + 1) * d],
+        );
+    }
+    if let Some(head) = &m.output_bitlinear {
+        let mut out = vec![0f32; rows.len() * hp.n_vocab];
+        bitlinear(
+            kern,
+            &xn,
+            d,
+            hp.input_norm_eps,
+            &mut [(head, None, &mut out)],
+        );
+        return Ok(out);
+    }
+    Ok(head_matmul(
+        m.kernel,
+        m.head_weights(),
+        &xn,
+        rows.len(),
+        hp.n_vocab,
+        d,
+    ))
+}
+
+/// One sequence over one KV cache: a thin wrapper over [`decode`].
+pub struct Context<'m> {
+    pub model: &'m Model,
+    pub kv: KvCache,
+    /// Most tokens per forward pass when a prompt is evaluated (llama.cpp's
+    /// `n_ubatch`); at most [`MAX_BATCH`].
+    pub n_batch: usize,
+}
+
+impl<'m> Context<'m> {
+    pub fn new(model: &'m Model, n_ctx: usize, kv_f32: bool) -> Context<'m> {
+        Context {
+            model,
+            kv: KvCache::new(&model.hp, n_ctx, kv_f32),
+            n_batch: MAX_BATCH,
+        }
+    }
+
+    /// A context whose KV cache size was checked first ([`KvCache::try_new`]).
+    pub fn try_new(
+        model: &'m Model,
+        n_ctx: usize,
+        kv_f32: bool,
+    ) -> Result<Context<'m>, ContextError> {
+        Ok(Context {
+            model,
+            kv: KvCache::try_new(&model.hp, n_ctx, kv_f32)?,
+            n_batch: MAX_BATCH,
+        })
+    }
+
+    /// Positions the cache holds.
+    pub fn n_ctx(&self) -> usize {
+        self.kv.n_ctx
+    }
+
+    /// Tokens currently in the cache.
+    pub fn n_past(&self) -> usize {
+        self.kv.n_past
+    }
+
+    /// Forget everything after the first `n` cached tokens.
+    pub fn truncate(&mut self, n: usize) {
+        self.kv.truncate(n);
+    }
+
+    /// Run `tokens` after the cached ones (in batches of at most
+    /// [`MAX_BATCH`]). Returns the logits of every new position (`all`) or
+    /// of the last one only, row-major `positions × vocab`.
     pub fn eval(&mut self, tokens: &[u32], all: bool) -> Result<Vec<f32>> {
         if tokens.is_empty() {
             bail!("no tokens to evaluate");
@@ -236,137 +624,29 @@ impl<'m> Context<'m> {
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= nv) {
             bail!("token id {} is outside the vocabulary of {}", t, nv);
         }
-        if self.n_past + tokens.len() > self.n_ctx {
+        let (n_past, n_ctx) = (self.kv.n_past, self.kv.n_ctx);
+        if n_past + tokens.len() > n_ctx {
             bail!(
                 "context is full: {} cached + {} new tokens > context size {}",
-                self.n_past,
+                n_past,
                 tokens.len(),
-                self.n_ctx
+                n_ctx
             );
         }
         let mut logits = Vec::with_capacity(if all { tokens.len() * nv } else { nv });
-        let chunks: Vec<&[u32]> = tokens.chunks(self.n_batch.clamp(1, MAX_BATCH)).collect();
-        let last = chunks.len() - 1;
-        for (ci, ch) in chunks.into_iter().enumerate() {
-            let want = all || ci == last;
-            let l = self.eval_batch(ch, want, all)?;
+        let mut batch = Batch::default();
+        let n_batch = self.n_batch.clamp(1, MAX_BATCH);
+        for (ci, ch) in tokens.chunks(n_batch).enumerate() {
+            let last_chunk = (ci + 1) * n_batch >= tokens.len();
+            batch.clear();
+            let pos0 = self.kv.n_past;
+            for (j, &t) in ch.iter().enumerate() {
+                let want = all || (last_chunk && j + 1 == ch.len());
+                batch.add(t, pos0 + j, 0, want);
+            }
+            let l = decode(self.model, &mut [&mut self.kv], &batch)?;
             logits.extend_from_slice(&l);
         }
         Ok(logits)
-    }
-
-    fn eval_batch(&mut self, tokens: &[u32], want_logits: bool, all: bool) -> Result<Vec<f32>> {
-        let m = self.model;
-        let hp = &m.hp;
-        let kern = m.kernel;
-        let n = tokens.len();
-        let d = hp.n_embd;
-        let hd = hp.head_dim;
-        let qd = hp.n_head * hd;
-        let kvd = hp.n_head_kv * hd;
-        let ff = hp.n_ff;
-        let pos0 = self.n_past;
-
-        let mut x = vec![0f32; n * d];
-        for (j, &t) in tokens.iter().enumerate() {
-            m.float_row(&m.tok_embd, t as usize, &mut x[j * d..(j + 1) * d]);
-        }
-        let mut a = vec![0f32; n * d];
-        let mut q = vec![0f32; n * qd];
-        let mut kk = vec![0f32; n * kvd];
-        let mut vv = vec![0f32; n * kvd];
-        let mut o = vec![0f32; n * qd];
-        let mut o2 = vec![0f32; n * qd];
-        let mut tmp = vec![0f32; n * d];
-        let mut g = vec![0f32; n * ff];
-        let mut u = vec![0f32; n * ff];
-        let mut f2 = vec![0f32; n * ff];
-        let scale = 1.0 / (hd as f32).sqrt();
-        let group = hp.n_head / hp.n_head_kv;
-        let rope = RopeTable::new(hd, hp.rope_theta, pos0, n);
-
-        for (li, layer) in m.layers.iter().enumerate() {
-            rmsnorm(&x, &layer.attn_norm, hp.eps, &mut a);
-            let qa = quantize_batch(kern, &a, d);
-            matmul(kern, &layer.wq, &qa, &mut q);
-            matmul(kern, &layer.wk, &qa, &mut kk);
-            matmul(kern, &layer.wv, &qa, &mut vv);
-            for j in 0..n {
-                rope.apply(&mut q[j * qd..(j + 1) * qd], hp.n_head, pos0 + j);
-                rope.apply(&mut kk[j * kvd..(j + 1) * kvd], hp.n_head_kv, pos0 + j);
-                self.k[li].write((pos0 + j) * kvd, &kk[j * kvd..(j + 1) * kvd]);
-                self.v[li].write((pos0 + j) * kvd, &vv[j * kvd..(j + 1) * kvd]);
-            }
-            let (kc, vc) = (self.k[li].view(), self.v[li].view());
-            let qref = &q;
-            o.par_chunks_mut(hd).enumerate().for_each(|(c, out)| {
-                let j = c / hp.n_head;
-                let h = c % hp.n_head;
-                let qv = &qref[j * qd + h * hd..j * qd + (h + 1) * hd];
-                attend(
-                    kern,
-                    qv,
-                    kc,
-                    vc,
-                    kvd,
-                    (h / group) * hd,
-                    pos0 + j + 1,
-                    scale,
-                    out,
-                );
-            });
-            rmsnorm(&o, &layer.attn_sub_norm, hp.eps, &mut o2);
-            let qo = quantize_batch(kern, &o2, qd);
-            matmul(kern, &layer.wo, &qo, &mut tmp);
-            for (xi, ti) in x.iter_mut().zip(&tmp) {
-                *xi += ti;
-            }
-            rmsnorm(&x, &layer.ffn_norm, hp.eps, &mut a);
-            let qf = quantize_batch(kern, &a, d);
-            matmul(kern, &layer.wgate, &qf, &mut g);
-            matmul(kern, &layer.wup, &qf, &mut u);
-            match hp.activation {
-                Activation::Relu2 => {
-                    for (gi, ui) in g.iter_mut().zip(&u) {
-                        let r = gi.max(0.0);
-                        *gi = r * r * ui;
-                    }
-                }
-                Activation::Silu => {
-                    for (gi, ui) in g.iter_mut().zip(&u) {
-                        *gi = *gi / (1.0 + (-*gi).exp()) * ui;
-                    }
-                }
-            }
-            rmsnorm(&g, &layer.ffn_sub_norm, hp.eps, &mut f2);
-            let qd2 = quantize_batch(kern, &f2, ff);
-            matmul(kern, &layer.wdown, &qd2, &mut tmp);
-            for (xi, ti) in x.iter_mut().zip(&tmp) {
-                *xi += ti;
-            }
-        }
-        self.n_past += n;
-        if !want_logits {
-            return Ok(vec![]);
-        }
-        let rows: Vec<usize> = if all { (0..n).collect() } else { vec![n - 1] };
-        let mut xn = vec![0f32; rows.len() * d];
-        for (r, &j) in rows.iter().enumerate() {
-            rmsnorm(
-                &x[j * d..(j + 1) * d],
-                &m.output_norm,
-                hp.eps,
-                &mut xn[r * d..(r + 1) * d],
-            );
-        }
-        let m = self.model;
-        Ok(head_matmul(
-            m.kernel,
-            m.head_weights(),
-            &xn,
-            rows.len(),
-            hp.n_vocab,
-            d,
-        ))
     }
 }

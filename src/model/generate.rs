@@ -1,15 +1,23 @@
-//! The generation loop shared by `run` and `chat`.
+//! The generation loop shared by `run`, `chat` and the Python package: a
+//! [`Generation`] evaluates a prompt and samples one token per step, a
+//! [`TextStream`] turns the sampled tokens into text (whole UTF-8 characters,
+//! stop strings held back and cut).
 
 use super::sampling::Sampler;
 use super::Context;
-use anyhow::Result;
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+use anyhow::{bail, Result};
 use std::time::Instant;
 
 #[derive(Debug, Clone, Default)]
 pub struct GenStats {
+    /// Prompt tokens evaluated (those already in the KV cache are not counted).
     pub prompt_tokens: usize,
+    /// Seconds spent evaluating them.
     pub prompt_secs: f64,
+    /// Tokens sampled.
     pub gen_tokens: usize,
+    /// Seconds spent sampling them and evaluating all but the last one.
     pub gen_secs: f64,
     /// Why generation stopped.
     pub stop: StopReason,
@@ -17,10 +25,14 @@ pub struct GenStats {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum StopReason {
+    /// `n_predict` tokens were generated.
     #[default]
     Length,
+    /// The model sampled an end-of-generation token (not part of the output).
     EndOfGeneration,
+    /// The last generated token no longer fits in the context.
     ContextFull,
+    /// The caller stopped it.
     Interrupted,
 }
 
@@ -49,47 +61,368 @@ impl GenStats {
     }
 }
 
-/// Feed `prompt` (tokens after those already cached), then sample up to
-/// `n_predict` tokens. `history` holds every token of the sequence (for the
-/// repetition penalty) and gets the new ones appended. `on_token` receives
-/// each sampled token and returns false to stop (interrupt).
-pub fn generate(
-    ctx: &mut Context,
-    sampler: &mut Sampler,
-    prompt: &[u32],
-    history: &mut Vec<u32>,
+/// Length of the longest common prefix of `a` and `b`.
+pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// How many leading tokens of `tokens` can be kept from a KV cache holding
+/// `cached`: their common prefix, but never all of `tokens` (the last one must
+/// be evaluated to get the next-token logits).
+pub fn reusable_prefix(cached: &[u32], tokens: &[u32]) -> usize {
+    common_prefix(cached, tokens).min(tokens.len().saturating_sub(1))
+}
+
+/// One sequence being generated, a token per [`Generation::next_token`]:
+/// the part of the prompt not yet in the KV cache is evaluated on the first
+/// step, then each step evaluates the previous token and samples the next.
+/// A sampled token is only evaluated when the following one is asked for, so
+/// stopping costs no wasted forward pass.
+///
+/// The context is passed to every step, so a caller may use it for something
+/// else in between: it then calls [`Generation::sync`] with what the cache
+/// holds, and the generation re-evaluates whatever it lost.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// The prompt, then the generated tokens.
+    tokens: Vec<u32>,
+    n_prompt: usize,
+    /// Leading tokens of `tokens` whose keys/values are in the context.
+    n_eval: usize,
+    /// Next-token logits after `tokens[..n_eval]` (valid when `n_eval == tokens.len()`).
+    logits: Vec<f32>,
     n_predict: usize,
     ignore_eos: bool,
-    mut on_token: impl FnMut(u32) -> bool,
-) -> Result<GenStats> {
-    let mut st = GenStats {
-        prompt_tokens: prompt.len(),
-        ..Default::default()
-    };
-    let t0 = Instant::now();
-    let mut logits = ctx.eval(prompt, false)?;
-    history.extend_from_slice(prompt);
-    st.prompt_secs = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    let tok = &ctx.model.tokenizer;
-    for _ in 0..n_predict {
-        let next = sampler.sample(&logits, history);
-        if !ignore_eos && tok.is_eog(next) {
-            st.stop = StopReason::EndOfGeneration;
-            break;
+    stats: GenStats,
+    done: bool,
+}
+
+impl Generation {
+    /// Generate after `prompt` (all the tokens of the sequence, BOS included),
+    /// at most `n_predict` tokens, stopping at end-of-generation tokens unless
+    /// `ignore_eos`. Nothing is assumed to be cached: see [`Generation::sync`].
+    pub fn new(prompt: Vec<u32>, n_predict: usize, ignore_eos: bool) -> Result<Generation> {
+        if prompt.is_empty() {
+            bail!("the prompt is empty");
         }
-        history.push(next);
-        st.gen_tokens += 1;
-        if !on_token(next) {
-            st.stop = StopReason::Interrupted;
-            break;
-        }
-        if ctx.n_past >= ctx.n_ctx {
-            st.stop = StopReason::ContextFull;
-            break;
-        }
-        logits = ctx.eval(&[next], false)?;
+        Ok(Generation {
+            n_prompt: prompt.len(),
+            tokens: prompt,
+            n_eval: 0,
+            logits: Vec::new(),
+            n_predict,
+            ignore_eos,
+            stats: GenStats::default(),
+            done: false,
+        })
     }
-    st.gen_secs = t1.elapsed().as_secs_f64();
-    Ok(st)
+
+    /// The context's cache holds `cached` (from its first position): keep what
+    /// this generation can reuse and re-evaluate the rest on the next step.
+    /// Returns the number of tokens kept (the next step truncates the context
+    /// to it).
+    pub fn sync(&mut self, cached: &[u32]) -> usize {
+        let common = common_prefix(cached, &self.tokens);
+        self.n_eval = if common > self.n_eval {
+            // Gained cached tokens; logits are only known at our own n_eval.
+            reusable_prefix(cached, &self.tokens)
+        } else {
+            common
+        };
+        self.n_eval
+    }
+
+    /// The next token, or `None` once generation has stopped ([`GenStats::stop`]
+    /// says why). `ctx` must hold at least the tokens this generation has
+    /// evaluated ([`Generation::evaluated`]); anything after them is dropped.
+    pub fn next_token(&mut self, ctx: &mut Context, sampler: &mut Sampler) -> Result<Option<u32>> {
+        if self.done {
+            return Ok(None);
+        }
+        if self.stats.gen_tokens >= self.n_predict {
+            return Ok(self.finish(StopReason::Length));
+        }
+        if ctx.n_past() < self.n_eval {
+            bail!(
+                "the context holds {} tokens, but this generation needs its first {}",
+                ctx.n_past(),
+                self.n_eval
+            );
+        }
+        ctx.truncate(self.n_eval);
+        let mut t = Instant::now();
+        if self.n_eval < self.tokens.len() {
+            if self.tokens.len() > ctx.n_ctx() {
+                if self.n_eval >= self.n_prompt {
+                    return Ok(self.finish(StopReason::ContextFull));
+                }
+                bail!(
+                    "the prompt has {} tokens but the context holds {}",
+                    self.n_prompt,
+                    ctx.n_ctx()
+                );
+            }
+            let in_prompt = self.n_eval < self.n_prompt;
+            let new = &self.tokens[self.n_eval..];
+            self.logits = ctx.eval(new, false)?;
+            self.n_eval = self.tokens.len();
+            if in_prompt {
+                self.stats.prompt_tokens += new.len();
+                self.stats.prompt_secs += t.elapsed().as_secs_f64();
+                t = Instant::now();
+            }
+        }
+        let next = sampler.sample(&self.logits, &self.tokens);
+        self.stats.gen_secs += t.elapsed().as_secs_f64();
+        if !self.ignore_eos && ctx.model.tokenizer.is_eog(next) {
+            return Ok(self.finish(StopReason::EndOfGeneration));
+        }
+        self.tokens.push(next);
+        self.stats.gen_tokens += 1;
+        Ok(Some(next))
+    }
+
+    fn finish(&mut self, why: StopReason) -> Option<u32> {
+        self.done = true;
+        self.stats.stop = why;
+        None
+    }
+
+    /// Stop here (the caller's reason); later steps return `None`.
+    pub fn interrupt(&mut self) {
+        if !self.done {
+            self.finish(StopReason::Interrupted);
+        }
+    }
+
+    /// Run to the end, handing each token to `on_token`; it returns false to
+    /// stop (then [`GenStats::stop`] is `Interrupted`).
+    pub fn run(
+        &mut self,
+        ctx: &mut Context,
+        sampler: &mut Sampler,
+        mut on_token: impl FnMut(u32) -> bool,
+    ) -> Result<GenStats> {
+        while let Some(t) = self.next_token(ctx, sampler)? {
+            if !on_token(t) {
+                self.interrupt();
+            }
+        }
+        Ok(self.stats.clone())
+    }
+
+    /// The prompt and the tokens generated so far.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// The generated tokens.
+    pub fn generated(&self) -> &[u32] {
+        &self.tokens[self.n_prompt..]
+    }
+
+    /// The tokens whose keys/values this generation has put in the context.
+    pub fn evaluated(&self) -> &[u32] {
+        &self.tokens[..self.n_eval]
+    }
+
+    pub fn n_prompt(&self) -> usize {
+        self.n_prompt
+    }
+
+    pub fn stats(&self) -> &GenStats {
+        &self.stats
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
+/// The text of a generation as it streams: token bytes decoded to whole UTF-8
+/// characters (llama.cpp's `token_to_piece` without special tokens), and stop
+/// strings ([`StopMatcher`]): text that may still grow into a stop string is
+/// held back, and once one appears, the text before it is final and the rest
+/// is dropped.
+#[derive(Debug, Clone, Default)]
+pub struct TextStream {
+    dec: StreamDecoder,
+    stop: StopMatcher,
+    stopped: bool,
+}
+
+impl TextStream {
+    /// A stream cut at the first of `stops` (empty strings are ignored).
+    pub fn new(stops: Vec<String>) -> TextStream {
+        TextStream {
+            stop: StopMatcher::new(&stops),
+            ..Default::default()
+        }
+    }
+
+    /// Add token `id`; returns the text that is now final (often empty).
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> String {
+        self.push_bytes(&tok.token_bytes(id, false))
+    }
+
+    /// Add the bytes of one token.
+    pub fn push_bytes(&mut self, bytes: &[u8]) -> String {
+        if self.stopped {
+            return String::new();
+        }
+        let piece = self.dec.push(bytes);
+        let (out, hit) = self.stop.push(&piece);
+        self.stopped = hit;
+        out
+    }
+
+    /// The end of generation: whatever was held back.
+    pub fn finish(&mut self) -> String {
+        if self.stopped {
+            return String::new();
+        }
+        let rest = self.dec.flush();
+        let (mut out, hit) = self.stop.push(&rest);
+        self.stopped = hit;
+        if !hit {
+            out.push_str(&self.stop.flush());
+        }
+        out
+    }
+
+    /// Whether a stop string appeared (then nothing more comes out).
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+}
+
+/// Holds back generated text that may be the start of a stop string, and
+/// finds the first complete one.
+#[derive(Debug, Clone, Default)]
+pub struct StopMatcher {
+    stops: Vec<String>,
+    held: String,
+}
+
+impl StopMatcher {
+    pub fn new(stops: &[String]) -> StopMatcher {
+        StopMatcher {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            held: String::new(),
+        }
+    }
+
+    /// Add generated text. Returns the text that can be released now and
+    /// whether a stop string was found (the text before it is released, the
+    /// stop string and anything after it are dropped).
+    pub fn push(&mut self, piece: &str) -> (String, bool) {
+        self.held.push_str(piece);
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
+            let out = self.held[..at].to_string();
+            self.held.clear();
+            return (out, true);
+        }
+        // Keep the longest tail of the text that a stop string starts with.
+        let keep = self
+            .stops
+            .iter()
+            .flat_map(|s| s.char_indices().skip(1).map(move |(i, _)| &s[..i]))
+            .filter(|p| self.held.ends_with(p))
+            .map(str::len)
+            .max()
+            .unwrap_or(0);
+        let cut = self.held.len() - keep;
+        let out = self.held[..cut].to_string();
+        self.held.drain(..cut);
+        (out, false)
+    }
+
+    /// Whatever is held back (at the end of generation).
+    pub fn flush(&mut self) -> String {
+        std::mem::take(&mut self.held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reusable() {
+        assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4, 5]), 2);
+        assert_eq!(common_prefix(&[1, 2], &[1, 2]), 2);
+        assert_eq!(reusable_prefix(&[1, 2, 3], &[1, 2, 4, 5]), 2);
+        assert_eq!(reusable_prefix(&[], &[1]), 0);
+        assert_eq!(reusable_prefix(&[1, 2], &[1, 2]), 1);
+        assert_eq!(reusable_prefix(&[1, 2, 3], &[1, 2]), 1);
+    }
+
+    fn stream(stops: &[&str], pieces: &[&[u8]]) -> (Vec<String>, String, bool) {
+        let mut s = TextStream::new(stops.iter().map(|s| s.to_string()).collect());
+        let out = pieces.iter().map(|p| s.push_bytes(p)).collect();
+        let end = s.finish();
+        (out, end, s.stopped())
+    }
+
+    #[test]
+    fn stop_matcher_holds_back_prefixes() {
+        let mut s = StopMatcher::new(&["END".to_string(), "\n\n".to_string(), String::new()]);
+        assert_eq!(s.push("abc E"), ("abc ".to_string(), false));
+        assert_eq!(s.push("N"), (String::new(), false));
+        assert_eq!(s.push("x"), ("ENx".to_string(), false));
+        assert_eq!(s.push("é\n"), ("é".to_string(), false));
+        assert_eq!(s.push("\nrest"), (String::new(), true));
+        let mut s = StopMatcher::new(&["ab".to_string()]);
+        assert_eq!(s.push("xxa"), ("xx".to_string(), false));
+        assert_eq!(s.flush(), "a");
+    }
+
+    #[test]
+    fn text_without_stops_passes_through() {
+        let (out, end, stopped) = stream(&[], &[b"Hello", b", ", b"world"]);
+        assert_eq!(out, ["Hello", ", ", "world"]);
+        assert_eq!((end.as_str(), stopped), ("", false));
+        // A character split over two tokens comes out whole.
+        let (out, end, _) = stream(&[], &[b"caf", b"\xc3", b"\xa9!"]);
+        assert_eq!(out, ["caf", "", "\u{e9}!"]);
+        assert_eq!(end, "");
+        // An incomplete character at the end becomes U+FFFD.
+        let (_, end, _) = stream(&[], &[b"a\xe2\x82"]);
+        assert_eq!(end, "\u{fffd}");
+    }
+
+    #[test]
+    fn stop_strings_are_held_back_and_cut() {
+        // The stop string spans tokens; nothing of it is ever shown.
+        let (out, end, stopped) = stream(&["\nUser:"], &[b"Fine", b".\n", b"Us", b"er: more"]);
+        assert_eq!(out, ["Fine", ".", "", ""]);
+        assert_eq!((end.as_str(), stopped), ("", true));
+        // A partial match that fails is released.
+        let (out, end, stopped) = stream(&["\nUser:"], &[b"a\nU", b"p"]);
+        assert_eq!(out, ["a", "\nUp"]);
+        assert_eq!((end.as_str(), stopped), ("", false));
+        // Held text is released at the end.
+        let (out, end, stopped) = stream(&["STOP"], &[b"xST"]);
+        assert_eq!(out, ["x"]);
+        assert_eq!((end.as_str(), stopped), ("ST", false));
+        // The earliest of several stop strings wins, inside one token too.
+        let (out, _, stopped) = stream(&["bb", "ab"], &[b"xabb"]);
+        assert_eq!((out[0].as_str(), stopped), ("x", true));
+        // Overlapping prefixes: "aab" in "aaab".
+        let (out, _, _) = stream(&["aab"], &[b"aa", b"ab"]);
+        assert_eq!(out, ["", "a"]);
+        // Multi-byte stop strings cut on character boundaries.
+        let (out, _, stopped) = stream(&["\u{e9}t\u{e9}"], &[b"l'\xc3\xa9", b"t\xc3\xa9"]);
+        assert_eq!((out.concat().as_str(), stopped), ("l'", true));
+        // After the stop nothing more comes out.
+        let mut s = TextStream::new(vec!["x".into()]);
+        assert_eq!(s.push_bytes(b"axb"), "a");
+        assert_eq!(s.push_bytes(b"c"), "");
+        assert_eq!(s.finish(), "");
+    }
 }

@@ -1,14 +1,16 @@
-//! A BitNet model loaded from GGUF: hyper-parameters, weights re-packed for
+//! A ternary model loaded from GGUF: hyper-parameters, weights re-packed for
 //! the kernels, tokenizer; plus the forward pass (`forward`) and sampling.
+//! The graph comes from the architecture's row in [`crate::arch::ARCHS`].
 
 pub mod forward;
 pub mod generate;
+pub mod hparams;
 pub mod sampling;
 
-pub use forward::Context;
+pub use forward::{Batch, Context, KvCache};
+pub use hparams::Hparams;
 
 use crate::gguf::{GgufFile, TensorInfo};
-use crate::hf::config::Activation;
 use crate::kernels::matmul::HeadWeights;
 use crate::kernels::{self, Kernel, QuantHead};
 use crate::quant::{i2s, q6_k, q8_0, tq, GgmlType};
@@ -33,22 +35,11 @@ pub fn default_chat_template(tok: &Tokenizer) -> String {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct Hparams {
-    pub arch: String,
-    pub activation: Activation,
-    pub n_vocab: usize,
-    pub n_ctx_train: usize,
-    pub n_embd: usize,
-    pub n_layer: usize,
-    pub n_ff: usize,
-    pub n_head: usize,
-    pub n_head_kv: usize,
-    pub head_dim: usize,
-    pub rope_dim: usize,
-    pub rope_theta: f32,
-    pub eps: f32,
-}
+/// The built-in model: a small trained BitNet b1.58, 4 layers, hidden 256
+/// (tern-shakespeare, see models/PROVENANCE.md), carried in the binary.
+pub static BUILTIN_GGUF: &[u8] = include_bytes!("../../models/tern-shakespeare-i2_s.gguf");
+/// The file name the built-in model was made from.
+pub const BUILTIN_NAME: &str = "tern-shakespeare-i2_s.gguf";
 
 /// A projection ready for the kernels.
 pub enum Proj {
@@ -98,11 +89,25 @@ pub enum FloatMat {
     QuantMapped(QuantHead, usize, usize),
 }
 
+/// One projection's input RMSNorm weights (`use_rms_norm` checkpoints:
+/// transformers' BitLinear normalizes its own input), per projection.
+pub struct InputNorms {
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub o: Vec<f32>,
+    pub gate: Vec<f32>,
+    pub up: Vec<f32>,
+    pub down: Vec<f32>,
+}
+
 pub struct Layer {
     pub attn_norm: Vec<f32>,
     pub ffn_norm: Vec<f32>,
-    pub attn_sub_norm: Vec<f32>,
-    pub ffn_sub_norm: Vec<f32>,
+    /// The BitNet sub-norms (`None` for graphs without them, e.g. llama).
+    pub attn_sub_norm: Option<Vec<f32>>,
+    pub ffn_sub_norm: Option<Vec<f32>>,
+    pub input_norms: Option<InputNorms>,
     pub wq: Proj,
     pub wk: Proj,
     pub wv: Proj,
@@ -116,8 +121,12 @@ pub struct Model {
     pub gguf: GgufFile,
     pub hp: Hparams,
     pub tok_embd: FloatMat,
-    /// `None` when the head is tied to the embedding.
+    /// `None` when the head is tied to the embedding (or a BitLinear).
     pub output: Option<FloatMat>,
+    /// A ternary `output.weight` (a checkpoint whose
+    /// `modules_to_not_convert` leaves `lm_head` converted): run as a
+    /// BitLinear, with int8 activations, instead of a float head.
+    pub output_bitlinear: Option<Proj>,
     pub output_norm: Vec<f32>,
     pub layers: Vec<Layer>,
     pub tokenizer: Tokenizer,
@@ -127,44 +136,22 @@ pub struct Model {
 }
 
 fn f32_data(g: &GgufFile, t: &TensorInfo) -> Result<Vec<f32>> {
-    let b = g.tensor_data(t);
-    Ok(match t.ty {
-        GgmlType::F32 => b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        GgmlType::F16 => b
-            .chunks_exact(2)
-            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        GgmlType::BF16 => b
-            .chunks_exact(2)
-            .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
-            .collect(),
-        GgmlType::TQ2_0 => {
-            let mut v = Vec::new();
-            tq::dequantize_tq2_0(b, &mut v)?;
-            v
-        }
-        GgmlType::TQ1_0 => {
-            let mut v = Vec::new();
-            tq::dequantize_tq1_0(b, &mut v)?;
-            v
-        }
-        GgmlType::I2S => {
-            let n = t.n_elements() as usize;
-            let s = i2s::validate(b, n)?;
-            i2s::decode_codes(b, n)
-                .into_iter()
-                .map(|c| c as f32 * s)
-                .collect()
-        }
-        other => bail!(
-            "tensor {}: type {} cannot be read as float",
-            t.name,
-            other.name()
-        ),
-    })
+    let n = usize::try_from(t.n_elements())
+        .map_err(|_| anyhow!("tensor {}: too many elements", t.name))?;
+    crate::quant::dequantize(t.ty, g.tensor_data(t), n)
+        .with_context(|| format!("tensor {}", t.name))
+}
+
+/// What a projection tensor holds, for a graph that runs only ternary ones.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ProjNature {
+    /// A ternary type, or a float tensor holding only `{-s, 0, +s}`.
+    Ternary,
+    /// A float tensor with other values: a non-ternary model.
+    Float,
+    /// A block-quantized tensor (Q4_0, Q8_0, Q6_K): the type llama-quantize
+    /// falls back to for rows a ternary type cannot hold.
+    Fallback,
 }
 
 impl Model {
@@ -173,141 +160,27 @@ impl Model {
         Self::from_gguf(gguf).with_context(|| format!("{}", path.display()))
     }
 
+    /// The built-in model ([`BUILTIN_GGUF`]).
+    pub fn builtin() -> Result<Model> {
+        Self::from_gguf(GgufFile::from_bytes(BUILTIN_GGUF.to_vec())?)
+    }
+
     pub fn from_gguf(gguf: GgufFile) -> Result<Model> {
         let mut warnings = Vec::new();
-        let arch = gguf
-            .architecture()
-            .ok_or_else(|| anyhow!("general.architecture is missing"))?
-            .to_string();
-        if !matches!(arch.as_str(), "bitnet-b1.58" | "bitnet-25" | "bitnet") {
-            bail!(
-                "architecture {:?} is not a BitNet graph (tern runs bitnet-b1.58, bitnet-25 and bitnet)",
-                arch
-            );
-        }
-        let key = |k: &str| format!("{}.{}", arch, k);
-        let req = |k: &str| -> Result<usize> {
-            let v = gguf
-                .get_u64(&key(k))
-                .ok_or_else(|| anyhow!("missing or non-integer metadata {}", key(k)))?;
-            if v == 0 || v > (1 << 31) {
-                bail!("metadata {} = {} is out of range", key(k), v);
-            }
-            Ok(v as usize)
-        };
-        let n_embd = req("embedding_length")?;
-        let n_layer = req("block_count")?;
-        let n_ff = req("feed_forward_length")?;
-        let n_head = req("attention.head_count")?;
-        let n_head_kv = gguf
-            .get_u64(&key("attention.head_count_kv"))
-            .map(|v| v as usize)
-            .unwrap_or(n_head);
-        if n_head_kv == 0 || n_head % n_head_kv != 0 {
-            bail!(
-                "attention.head_count {} is not a multiple of head_count_kv {}",
-                n_head,
-                n_head_kv
-            );
-        }
-        let head_dim = match gguf.get_u64(&key("attention.key_length")) {
-            Some(v) => v as usize,
-            None => {
-                if n_embd % n_head != 0 {
-                    bail!(
-                        "embedding_length {} is not divisible by head_count {}",
-                        n_embd,
-                        n_head
-                    );
-                }
-                n_embd / n_head
-            }
-        };
-        let rope_dim = gguf
-            .get_u64(&key("rope.dimension_count"))
-            .map(|v| v as usize)
-            .unwrap_or(head_dim);
-        if rope_dim != head_dim || head_dim % 2 != 0 {
-            bail!(
-                "rope.dimension_count {} must equal the (even) head dimension {}",
-                rope_dim,
-                head_dim
-            );
-        }
-        let activation = match gguf.get_str(&key("hidden_activation")) {
-            Some(s) => Activation::parse(s).ok_or_else(|| {
-                anyhow!(
-                    "{} = {:?} is not relu2 or silu",
-                    key("hidden_activation"),
-                    s
-                )
-            })?,
-            None => {
-                if arch == "bitnet" {
-                    Activation::Silu
-                } else {
-                    Activation::Relu2
-                }
-            }
-        };
-        let eps = gguf
-            .get_f64(&key("attention.layer_norm_rms_epsilon"))
-            .unwrap_or(1e-5) as f32;
-        let rope_theta = gguf.get_f64(&key("rope.freq_base")).unwrap_or(10000.0) as f32;
-        if !(eps > 0.0 && eps.is_finite() && rope_theta > 0.0 && rope_theta.is_finite()) {
-            bail!(
-                "rms epsilon {} or rope.freq_base {} is not a positive number",
-                eps,
-                rope_theta
-            );
-        }
-        let n_ctx_train = gguf.get_u64(&key("context_length")).unwrap_or(2048) as usize;
-
-        // Tokenizer.
+        // Tokenizer first: the vocabulary size is one of the hyper-parameters.
         let spec = vocab_spec(&gguf, &mut warnings)?;
-        let tokenizer = Tokenizer::from_spec(&spec)?;
         let n_vocab = spec.tokens.len();
-        if let Some(v) = gguf.get_u64(&key("vocab_size")) {
-            if v as usize != n_vocab {
-                bail!(
-                    "{} = {} but the vocabulary has {} tokens",
-                    key("vocab_size"),
-                    v,
-                    n_vocab
-                );
-            }
-        }
-        let hp = Hparams {
-            arch: arch.clone(),
-            activation,
-            n_vocab,
-            n_ctx_train,
-            n_embd,
-            n_layer,
-            n_ff,
-            n_head,
-            n_head_kv,
-            head_dim,
-            rope_dim,
-            rope_theta,
-            eps,
-        };
+        let hp = Hparams::from_gguf(&gguf, n_vocab)?;
+        // Every tensor the counts imply, before anything is sized from them.
+        hp.check_tensors(&gguf)?;
+        let tokenizer = Tokenizer::from_spec(&spec)?;
+        let (n_embd, n_ff, n_layer) = (hp.n_embd, hp.n_ff, hp.n_layer);
+        let (arch, graph) = (hp.arch.clone(), hp.graph);
 
         let kernel = kernels::active()?;
         let get = |name: &str, dims: &[usize]| -> Result<&TensorInfo> {
-            let t = gguf
-                .tensor(name)
-                .ok_or_else(|| anyhow!("tensor {} is missing", name))?;
-            let want: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
-            if t.dims != want {
-                bail!(
-                    "tensor {} has dims {:?}, the hyper-parameters imply {:?}",
-                    name,
-                    t.dims,
-                    want
-                );
-            }
-            Ok(t)
+            let dims: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+            hparams::tensor_with_dims(&gguf, name, &dims)
         };
         let norm = |name: &str, n: usize| -> Result<Vec<f32>> {
             let t = get(name, &[n])?;
@@ -322,10 +195,7 @@ impl Model {
                 GgmlType::F16 => {
                     let bytes = gguf.tensor_data(t);
                     if bytemuck::try_cast_slice::<u8, f16>(bytes).is_ok() {
-                        FloatMat::F16Mapped(
-                            (gguf.data_start + t.offset) as usize,
-                            t.n_elements() as usize,
-                        )
+                        FloatMat::F16Mapped(gguf.tensor_range(t).start, t.n_elements_usize())
                     } else {
                         FloatMat::F16(
                             bytes
@@ -342,8 +212,9 @@ impl Model {
                         QuantHead::Q6K
                     };
                     let bytes = gguf.tensor_data(t);
-                    let rows = t.dims.get(1).copied().unwrap_or(1) as usize;
-                    if bytes.len() != rows * kind.row_bytes(n_embd) {
+                    // dims were checked: [n_embd, n_vocab].
+                    let rows = n_vocab;
+                    if Some(bytes.len()) != rows.checked_mul(kind.row_bytes(n_embd)) {
                         bail!(
                             "tensor {}: {} bytes of {} for {} rows of {}",
                             t.name,
@@ -353,9 +224,13 @@ impl Model {
                             n_embd
                         );
                     }
-                    FloatMat::QuantMapped(kind, (gguf.data_start + t.offset) as usize, bytes.len())
+                    FloatMat::QuantMapped(kind, gguf.tensor_range(t).start, bytes.len())
                 }
-                GgmlType::BF16 => FloatMat::F32(f32_data(&gguf, t)?),
+                // Dequantized once at load (mainline llama-quantize writes a
+                // TQ model's token_embd in Q4_K).
+                GgmlType::BF16 | GgmlType::Q4_0 | GgmlType::Q4K => {
+                    FloatMat::F32(f32_data(&gguf, t)?)
+                }
                 other => bail!(
                     "tensor {}: type {} is not supported for embeddings",
                     t.name,
@@ -363,12 +238,13 @@ impl Model {
                 ),
             })
         };
-        let proj =
+        let mut natures: Vec<(String, ProjNature)> = Vec::new();
+        let mut proj =
             |name: &str, rows: usize, cols: usize, warnings: &mut Vec<String>| -> Result<Proj> {
                 let t = get(name, &[cols, rows])?;
                 let data = gguf.tensor_data(t);
                 let n = rows * cols;
-                Ok(match t.ty {
+                let (p, nature) = match t.ty {
                     GgmlType::I2S => {
                         if !cols.is_multiple_of(i2s::BLOCK) {
                             bail!(
@@ -379,12 +255,13 @@ impl Model {
                         }
                         let scale =
                             i2s::validate(data, n).with_context(|| format!("tensor {}", name))?;
-                        Proj::Ternary {
+                        let p = Proj::Ternary {
                             data: kernels::Packed::from_i2s(&data[..n / 4], rows, cols)?,
                             scale,
                             rows,
                             cols,
-                        }
+                        };
+                        (p, ProjNature::Ternary)
                     }
                     GgmlType::TQ2_0 | GgmlType::TQ1_0 => {
                         let (codes, ds) = if t.ty == GgmlType::TQ2_0 {
@@ -395,7 +272,7 @@ impl Model {
                         .with_context(|| format!("tensor {}", name))?;
                         let per_block = tq::QK_K;
                         let mut scale = None;
-                        let mut uniform = cols.is_multiple_of(i2s::BLOCK);
+                        let mut uniform = true;
                         for (bi, &d) in ds.iter().enumerate() {
                             if !d.is_finite() {
                                 bail!("tensor {}: block {} has a non-finite scale", name, bi);
@@ -413,15 +290,10 @@ impl Model {
                             }
                         }
                         if uniform {
-                            let mut packed = Vec::with_capacity(n / 4 + i2s::TAIL);
-                            i2s::encode(&codes, 0.0, &mut packed);
-                            packed.truncate(n / 4);
-                            Proj::Ternary {
-                                data: kernels::Packed::from_i2s(&packed, rows, cols)?,
-                                scale: scale.unwrap_or(0.0),
-                                rows,
-                                cols,
-                            }
+                            (
+                                ternary_proj(&codes, scale.unwrap_or(0.0), rows, cols)?,
+                                ProjNature::Ternary,
+                            )
                         } else {
                             warnings.push(format!(
                                 "{}: {} blocks have different scales; running it as float weights",
@@ -433,39 +305,79 @@ impl Model {
                                 .enumerate()
                                 .map(|(i, &c)| c as f32 * ds[i / per_block])
                                 .collect();
-                            Proj::Float { data, rows, cols }
+                            (Proj::Float { data, rows, cols }, ProjNature::Ternary)
                         }
                     }
-                    GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => Proj::Float {
-                        data: f32_data(&gguf, t)?,
-                        rows,
-                        cols,
-                    },
-                    other => bail!(
-                        "tensor {}: type {} is not supported for projections",
-                        name,
-                        other.name()
+                    GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+                        let data = f32_data(&gguf, t)?;
+                        match crate::quant::exact_ternary(&data) {
+                            Some((codes, scale)) => (
+                                ternary_proj(&codes, scale, rows, cols)?,
+                                ProjNature::Ternary,
+                            ),
+                            None => (Proj::Float { data, rows, cols }, ProjNature::Float),
+                        }
+                    }
+                    GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q6K => (
+                        Proj::Float {
+                            data: f32_data(&gguf, t)?,
+                            rows,
+                            cols,
+                        },
+                        ProjNature::Fallback,
                     ),
-                })
+                };
+                natures.push((name.to_string(), nature));
+                Ok(p)
             };
 
         let te = get("token_embd.weight", &[n_embd, n_vocab])?;
         let tok_embd = float_mat(te)?;
-        let output = match gguf.tensor("output.weight") {
-            Some(_) => Some(float_mat(get("output.weight", &[n_embd, n_vocab])?)?),
-            None => None,
+        let (output, output_bitlinear) = match gguf.tensor("output.weight") {
+            Some(t) if t.ty.info().ternary => (
+                None,
+                Some(proj("output.weight", n_vocab, n_embd, &mut warnings)?),
+            ),
+            Some(_) => (
+                Some(float_mat(get("output.weight", &[n_embd, n_vocab])?)?),
+                None,
+            ),
+            None => (None, None),
         };
         let output_norm = norm("output_norm.weight", n_embd)?;
-        let qd = n_head * head_dim;
-        let kvd = n_head_kv * head_dim;
+        let (qd, kvd) = (hp.q_dim(), hp.kv_dim());
         let mut layers = Vec::with_capacity(n_layer);
         for l in 0..n_layer {
             let b = |s: &str| format!("blk.{}.{}.weight", l, s);
+            let sub = |s: &str, n: usize| -> Result<Option<Vec<f32>>> {
+                match graph.sub_norms {
+                    Some(_) => Ok(Some(norm(&b(s), n)?)),
+                    None => Ok(None),
+                }
+            };
+            let inorm = |gg: &str, n: usize| norm(&crate::convert::input_norm_name(l, gg), n);
+            let input_norms = if gguf
+                .tensor(&crate::convert::input_norm_name(l, "attn_q"))
+                .is_some()
+            {
+                Some(InputNorms {
+                    q: inorm("attn_q", n_embd)?,
+                    k: inorm("attn_k", n_embd)?,
+                    v: inorm("attn_v", n_embd)?,
+                    o: inorm("attn_output", qd)?,
+                    gate: inorm("ffn_gate", n_embd)?,
+                    up: inorm("ffn_up", n_embd)?,
+                    down: inorm("ffn_down", n_ff)?,
+                })
+            } else {
+                None
+            };
             layers.push(Layer {
                 attn_norm: norm(&b("attn_norm"), n_embd)?,
                 ffn_norm: norm(&b("ffn_norm"), n_embd)?,
-                attn_sub_norm: norm(&b("attn_sub_norm"), qd)?,
-                ffn_sub_norm: norm(&b("ffn_sub_norm"), n_ff)?,
+                attn_sub_norm: sub("attn_sub_norm", qd)?,
+                ffn_sub_norm: sub("ffn_sub_norm", n_ff)?,
+                input_norms,
                 wq: proj(&b("attn_q"), qd, n_embd, &mut warnings)?,
                 wk: proj(&b("attn_k"), kvd, n_embd, &mut warnings)?,
                 wv: proj(&b("attn_v"), kvd, n_embd, &mut warnings)?,
@@ -474,6 +386,10 @@ impl Model {
                 wup: proj(&b("ffn_up"), n_ff, n_embd, &mut warnings)?,
                 wdown: proj(&b("ffn_down"), n_embd, n_ff, &mut warnings)?,
             });
+        }
+
+        if graph.ternary_only {
+            check_ternary(&arch, &natures)?;
         }
 
         // Chat template, with the official GGUF's placeholder replaced.
@@ -492,6 +408,7 @@ impl Model {
             hp,
             tok_embd,
             output,
+            output_bitlinear,
             output_norm,
             layers,
             tokenizer,
@@ -566,6 +483,9 @@ impl Model {
     /// Bytes read per generated token: every projection, the head, the norms.
     pub fn bytes_per_token(&self) -> u64 {
         let head = match self.head() {
+            _ if self.output_bitlinear.is_some() => {
+                self.output_bitlinear.as_ref().map_or(0, |p| p.bytes())
+            }
             FloatMat::F32(v) => v.len() * 4,
             FloatMat::F16(v) => v.len() * 2,
             FloatMat::F16Mapped(_, n) => n * 2,
@@ -590,7 +510,8 @@ impl Model {
             * (h.n_embd * (h.n_head + 2 * h.n_head_kv) * h.head_dim
                 + h.n_head * h.head_dim * h.n_embd
                 + 3 * h.n_embd * h.n_ff);
-        let emb = h.n_vocab * h.n_embd * if self.output.is_some() { 2 } else { 1 };
+        let untied = self.output.is_some() || self.output_bitlinear.is_some();
+        let emb = h.n_vocab * h.n_embd * if untied { 2 } else { 1 };
         (proj + emb) as u64
     }
 }
@@ -599,7 +520,7 @@ impl Model {
 fn vocab_spec(g: &GgufFile, warnings: &mut Vec<String>) -> Result<VocabSpec> {
     let model = g
         .get_str("tokenizer.ggml.model")
-        .ok_or_else(|| anyhow!("tokenizer.ggml.model is missing"))?
+        .ok_or_else(|| anyhow!("tokenizer.ggml.model is missing or not a string"))?
         .to_string();
     let strs = |k: &str| -> Result<Vec<String>> {
         match g.get(k) {
@@ -621,11 +542,24 @@ fn vocab_spec(g: &GgufFile, warnings: &mut Vec<String>) -> Result<VocabSpec> {
         bail!("tokenizer.ggml.tokens is missing or empty");
     }
     let merges = strs("tokenizer.ggml.merges")?;
-    let token_types: Vec<i32> = match g
-        .get("tokenizer.ggml.token_type")
-        .and_then(|v| v.as_array())
-    {
-        Some(a) => a.iter().map(|x| x.as_i64().unwrap_or(1) as i32).collect(),
+    let array = |k: &str| -> Result<Option<&[crate::gguf::Value]>> {
+        match g.get(k) {
+            None => Ok(None),
+            Some(v) => Ok(Some(
+                v.as_array()
+                    .ok_or_else(|| anyhow!("{} is not an array", k))?,
+            )),
+        }
+    };
+    let token_types: Vec<i32> = match array("tokenizer.ggml.token_type")? {
+        Some(a) => a
+            .iter()
+            .map(|x| {
+                x.as_i64()
+                    .and_then(|t| i32::try_from(t).ok())
+                    .ok_or_else(|| anyhow!("tokenizer.ggml.token_type holds a non-i32 value"))
+            })
+            .collect::<Result<_>>()?,
         None => vec![1; tokens.len()],
     };
     if token_types.len() != tokens.len() {
@@ -635,23 +569,41 @@ fn vocab_spec(g: &GgufFile, warnings: &mut Vec<String>) -> Result<VocabSpec> {
             tokens.len()
         );
     }
-    let scores: Vec<f32> = match g.get("tokenizer.ggml.scores").and_then(|v| v.as_array()) {
-        Some(a) => a.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect(),
+    let scores: Vec<f32> = match array("tokenizer.ggml.scores")? {
+        // f64 → f32 rounds; scores only order merges.
+        Some(a) => a
+            .iter()
+            .map(|x| {
+                x.as_f64()
+                    .map(|s| s as f32)
+                    .ok_or_else(|| anyhow!("tokenizer.ggml.scores holds a non-number"))
+            })
+            .collect::<Result<_>>()?,
         None => vec![],
     };
     let id = |k: &str| -> Result<Option<u32>> {
-        match g.get_u64(k) {
-            None => Ok(None),
-            Some(v) if (v as usize) < tokens.len() => Ok(Some(v as u32)),
-            Some(v) => bail!(
+        let Some(v) = g.get(k) else {
+            return Ok(None);
+        };
+        let n = v
+            .as_u64()
+            .ok_or_else(|| anyhow!("{} is not a non-negative integer", k))?;
+        match u32::try_from(n) {
+            Ok(i) if usize::try_from(n).is_ok_and(|n| n < tokens.len()) => Ok(Some(i)),
+            _ => bail!(
                 "{} = {} is outside the vocabulary of {}",
                 k,
-                v,
+                n,
                 tokens.len()
             ),
         }
     };
-    let find = |s: &str| tokens.iter().position(|t| t == s).map(|i| i as u32);
+    let find = |s: &str| {
+        tokens
+            .iter()
+            .position(|t| t == s)
+            .and_then(|i| u32::try_from(i).ok())
+    };
     let mut eot = id("tokenizer.ggml.eot_token_id")?;
     if eot.is_none() {
         if let Some(e) = find("<|eot_id|>") {
@@ -678,4 +630,50 @@ fn vocab_spec(g: &GgufFile, warnings: &mut Vec<String>) -> Result<VocabSpec> {
         eot,
         add_bos: g.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(true),
     })
+}
+
+/// A projection from ternary codes and one scale: packed for the ternary
+/// kernels when its rows hold whole I2_S blocks, else run as float weights.
+fn ternary_proj(codes: &[i8], scale: f32, rows: usize, cols: usize) -> Result<Proj> {
+    if !cols.is_multiple_of(i2s::BLOCK) {
+        return Ok(Proj::Float {
+            data: codes.iter().map(|&c| c as f32 * scale).collect(),
+            rows,
+            cols,
+        });
+    }
+    let n = rows * cols;
+    let mut packed = Vec::with_capacity(n / 4 + i2s::TAIL);
+    i2s::encode(codes, 0.0, &mut packed);
+    packed.truncate(n / 4);
+    Ok(Proj::Ternary {
+        data: kernels::Packed::from_i2s(&packed, rows, cols)?,
+        scale,
+        rows,
+        cols,
+    })
+}
+
+/// A graph that runs only ternary projections (llama): refuse a file whose
+/// projections are float with other values, or that has no ternary one at
+/// all (an ordinary Llama GGUF), in one line. Block-quantized fallbacks
+/// beside ternary tensors (mainline's Q4_0 `ffn_down` in a TQ2_0 file) run
+/// with BitLinear semantics like the rest.
+fn check_ternary(arch: &str, natures: &[(String, ProjNature)]) -> Result<()> {
+    if let Some((name, _)) = natures.iter().find(|(_, n)| *n == ProjNature::Float) {
+        bail!(
+            "{} is not ternary (it holds more than the three values -s, 0, +s): tern runs {:?} GGUFs only with ternary projections (BitNet b1.58), never an ordinary {} model",
+            name,
+            arch,
+            arch
+        );
+    }
+    if !natures.iter().any(|(_, n)| *n == ProjNature::Ternary) {
+        bail!(
+            "no projection of this {:?} GGUF is ternary (all are block-quantized): tern runs {:?} GGUFs only with ternary projections (BitNet b1.58)",
+            arch,
+            arch
+        );
+    }
+    Ok(())
 }

@@ -1,9 +1,12 @@
-//! Token sampling, llama.cpp style: repetition penalty, top-k, top-p,
-//! min-p, temperature, then a draw from a seeded RNG. `temp <= 0` is greedy.
+//! Token sampling, llama.cpp style: repetition, frequency and presence
+//! penalties, top-k, top-p, min-p, temperature, then a draw from a seeded
+//! RNG. `temp <= 0` is greedy.
 //!
 //! [`SamplingParams::validate`] and [`SamplingParams::set`] are the one place
 //! where sampling values from users (command-line flags, `/set` in the chat,
 //! request fields) are checked.
+
+use std::collections::HashMap;
 
 /// Sampling settings, with llama.cpp's meanings and defaults (`--temp 0.8
 /// --top-k 40 --top-p 0.95 --min-p 0.05 --repeat-penalty 1.0
@@ -22,7 +25,13 @@ pub struct SamplingParams {
     /// Divide positive logits (multiply negative ones) of recent tokens by
     /// this, > 0; 1 is off.
     pub repeat_penalty: f32,
-    /// How many recent tokens the penalty looks at (`usize::MAX`: all).
+    /// Subtracted from a logit once per occurrence of its token in the
+    /// recent tokens (OpenAI's `frequency_penalty`; 0 = off).
+    pub frequency_penalty: f32,
+    /// Subtracted from a logit once if its token occurs in the recent tokens
+    /// (OpenAI's `presence_penalty`; 0 = off).
+    pub presence_penalty: f32,
+    /// How many recent tokens the penalties look at (`usize::MAX`: all).
     pub repeat_last_n: usize,
     pub seed: u64,
 }
@@ -34,6 +43,8 @@ pub const SETTINGS: &[&str] = &[
     "top_p",
     "min_p",
     "repeat_penalty",
+    "frequency_penalty",
+    "presence_penalty",
     "repeat_last_n",
     "seed",
 ];
@@ -52,7 +63,8 @@ pub struct SamplingError {
 
 impl SamplingParams {
     /// Check every value: `temp` finite (≤ 0 is greedy), `top_p` and `min_p`
-    /// in [0, 1], `repeat_penalty` finite and > 0.
+    /// in [0, 1], `repeat_penalty` finite and > 0 (1 = off),
+    /// `frequency_penalty` and `presence_penalty` in [-2, 2] (OpenAI's range).
     pub fn validate(&self) -> Result<(), SamplingError> {
         let bad = |name: &str, value: f32, problem: &str| SamplingError {
             name: name.to_string(),
@@ -77,6 +89,14 @@ impl SamplingParams {
                 self.repeat_penalty,
                 "must be a positive number (1 is off)",
             ));
+        }
+        for (name, v) in [
+            ("frequency_penalty", self.frequency_penalty),
+            ("presence_penalty", self.presence_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(bad(name, v, "must be between -2 and 2 (0 is off)"));
+            }
         }
         Ok(())
     }
@@ -108,6 +128,8 @@ impl SamplingParams {
             "top_p" => p.top_p = float()?,
             "min_p" => p.min_p = float()?,
             "repeat_penalty" => p.repeat_penalty = float()?,
+            "frequency_penalty" => p.frequency_penalty = float()?,
+            "presence_penalty" => p.presence_penalty = float()?,
             "repeat_last_n" => {
                 p.repeat_last_n = match int()? {
                     -1 => usize::MAX,
@@ -146,6 +168,8 @@ impl SamplingParams {
             "top_p" => self.top_p.to_string(),
             "min_p" => self.min_p.to_string(),
             "repeat_penalty" => self.repeat_penalty.to_string(),
+            "frequency_penalty" => self.frequency_penalty.to_string(),
+            "presence_penalty" => self.presence_penalty.to_string(),
             "repeat_last_n" if self.repeat_last_n == usize::MAX => "-1".to_string(),
             "repeat_last_n" => self.repeat_last_n.to_string(),
             "seed" => self.seed.to_string(),
@@ -172,6 +196,8 @@ impl Default for SamplingParams {
             top_p: 0.95,
             min_p: 0.05,
             repeat_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             repeat_last_n: 64,
             seed: 0,
         }
@@ -242,34 +268,48 @@ impl Sampler {
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let p = &self.params;
         let mut l = logits.to_vec();
-        if p.repeat_penalty != 1.0 && p.repeat_penalty > 0.0 {
+        let repeat = p.repeat_penalty != 1.0 && p.repeat_penalty > 0.0;
+        if repeat || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
+            // llama.cpp's penalties: repetition divides a positive logit
+            // (multiplies a negative one) once; frequency and presence subtract.
             let start = history.len().saturating_sub(p.repeat_last_n);
-            let mut seen = std::collections::HashSet::new();
+            let mut counts: HashMap<u32, u32> = HashMap::new();
             for &t in &history[start..] {
-                if (t as usize) < l.len() && seen.insert(t) {
-                    let v = &mut l[t as usize];
+                if (t as usize) < l.len() {
+                    *counts.entry(t).or_default() += 1;
+                }
+            }
+            for (&t, &c) in &counts {
+                let v = &mut l[t as usize];
+                if repeat {
                     *v = if *v > 0.0 {
                         *v / p.repeat_penalty
                     } else {
                         *v * p.repeat_penalty
                     };
                 }
+                *v -= c as f32 * p.frequency_penalty + p.presence_penalty;
             }
         }
         if p.temp <= 0.0 {
             return argmax(&l);
         }
         let mut cand: Vec<(u32, f32)> = l.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
-        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        // Highest logit first, ties by id: a total order, so selecting the
+        // top k before sorting gives the same list as sorting everything
+        // (and saves sorting a whole vocabulary per token).
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if p.top_k > 0 && p.top_k < cand.len() {
+            cand.select_nth_unstable_by(p.top_k - 1, order);
             cand.truncate(p.top_k);
         }
+        cand.sort_by(order);
         // softmax over the remaining candidates (before temperature, as llama.cpp's top-p/min-p do)
         let probs = |c: &[(u32, f32)], t: f32| -> Vec<f64> {
             let mx = c[0].1 as f64;
             let e: Vec<f64> = c
                 .iter()
-                .map(|&(_, v)| ((v as f64 - mx) / t as f64).exp())
+                .map(|&(_, v)| libm::exp((v as f64 - mx) / t as f64))
                 .collect();
             let s: f64 = e.iter().sum();
             e.into_iter().map(|x| x / s).collect()

@@ -2,6 +2,8 @@
 //! bytes per block, name), plus the packing code of each ternary format.
 
 pub mod i2s;
+pub mod q4_0;
+pub mod q4_k;
 pub mod q6_k;
 pub mod q8_0;
 pub mod tq;
@@ -13,7 +15,9 @@ use anyhow::{bail, Result};
 pub enum GgmlType {
     F32,
     F16,
+    Q4_0,
     Q8_0,
+    Q4K,
     Q6K,
     BF16,
     TQ1_0,
@@ -58,11 +62,29 @@ pub const TYPE_TABLE: &[TypeInfo] = &[
         ternary: false,
     },
     TypeInfo {
+        ty: GgmlType::Q4_0,
+        id: 2,
+        name: "Q4_0",
+        block: 32,
+        block_bytes: 18,
+        tensor_tail: 0,
+        ternary: false,
+    },
+    TypeInfo {
         ty: GgmlType::Q8_0,
         id: 8,
         name: "Q8_0",
         block: 32,
         block_bytes: 34,
+        tensor_tail: 0,
+        ternary: false,
+    },
+    TypeInfo {
+        ty: GgmlType::Q4K,
+        id: 12,
+        name: "Q4_K",
+        block: 256,
+        block_bytes: 144,
         tensor_tail: 0,
         ternary: false,
     },
@@ -134,7 +156,9 @@ impl GgmlType {
         let s = match s.as_str() {
             "I2S" => "I2_S".to_string(),
             "Q80" => "Q8_0".to_string(),
+            "Q40" => "Q4_0".to_string(),
             "Q6K" => "Q6_K".to_string(),
+            "Q4K" => "Q4_K".to_string(),
             _ => s,
         };
         TYPE_TABLE.iter().find(|t| t.name == s).map(|t| t.ty)
@@ -165,4 +189,71 @@ impl GgmlType {
             .and_then(|x| x.checked_add(info.tensor_tail as u64))
             .ok_or_else(|| anyhow::anyhow!("tensor size overflows"))
     }
+}
+
+/// Every element of a tensor of type `ty` as f32 (`n` elements in `data`,
+/// whose length the reader has checked against the type table): the one
+/// dequantization entry point, a row per type.
+pub fn dequantize(ty: GgmlType, data: &[u8], n: usize) -> Result<Vec<f32>> {
+    let words = |w: usize| data[..n * w].chunks_exact(w);
+    Ok(match ty {
+        GgmlType::F32 => words(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        GgmlType::F16 => words(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        GgmlType::BF16 => words(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q6K => {
+            let mut v = vec![0f32; n];
+            match ty {
+                GgmlType::Q4_0 => q4_0::dequantize(data, &mut v),
+                GgmlType::Q8_0 => q8_0::dequantize(data, &mut v),
+                GgmlType::Q4K => q4_k::dequantize(data, &mut v),
+                _ => q6_k::dequantize(data, &mut v),
+            }
+            v
+        }
+        GgmlType::TQ2_0 | GgmlType::TQ1_0 => {
+            let mut v = Vec::with_capacity(n);
+            if ty == GgmlType::TQ2_0 {
+                tq::dequantize_tq2_0(data, &mut v)?;
+            } else {
+                tq::dequantize_tq1_0(data, &mut v)?;
+            }
+            v
+        }
+        GgmlType::I2S => {
+            let s = i2s::validate(data, n)?;
+            i2s::decode_codes(data, n)
+                .into_iter()
+                .map(|c| c as f32 * s)
+                .collect()
+        }
+    })
+}
+
+/// The codes and scale of values that are exactly ternary: at most three
+/// distinct values `{-s, 0, +s}` with `s > 0`; `None` for anything else.
+pub fn exact_ternary(w: &[f32]) -> Option<(Vec<i8>, f32)> {
+    use rayon::prelude::*;
+    let m = w.par_iter().map(|x| x.abs()).reduce(|| 0f32, f32::max);
+    if !(m > 0.0 && m.is_finite() && w.par_iter().all(|&x| x == 0.0 || x.abs() == m)) {
+        return None;
+    }
+    let codes = w
+        .par_iter()
+        .map(|&x| {
+            if x == 0.0 {
+                0
+            } else if x > 0.0 {
+                1
+            } else {
+                -1
+            }
+        })
+        .collect();
+    Some((codes, m))
 }

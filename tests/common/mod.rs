@@ -177,3 +177,127 @@ pub fn rewrite_gguf(src: &tern::gguf::GgufFile, out: &Path, kv: &[(String, tern:
     })
     .unwrap();
 }
+
+/// Write a copy of the GGUF `src` with metadata `kv`, each tensor passed
+/// through `f` (return `None` to drop it; `extra` tensors are appended).
+pub fn rewrite_gguf_tensors(
+    src: &tern::gguf::GgufFile,
+    out: &Path,
+    kv: &[(String, tern::gguf::Value)],
+    mut f: impl FnMut(&tern::gguf::TensorInfo, &[u8]) -> Option<(tern::gguf::TensorPlan, Vec<u8>)>,
+    extra: Vec<(tern::gguf::TensorPlan, Vec<u8>)>,
+) {
+    let mut tensors: Vec<(tern::gguf::TensorPlan, Vec<u8>)> = src
+        .tensors
+        .iter()
+        .filter_map(|t| f(t, src.tensor_data(t)))
+        .collect();
+    tensors.extend(extra);
+    let plans: Vec<_> = tensors.iter().map(|(p, _)| p.clone()).collect();
+    tern::gguf::write_gguf(out, false, kv, &plans, |i, w| {
+        w.write_all(&tensors[i].1)?;
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// Metadata of `g` with keys renamed by `f` (return `None` to drop a key).
+pub fn map_metadata(
+    g: &tern::gguf::GgufFile,
+    mut f: impl FnMut(&str) -> Option<String>,
+) -> Vec<(String, tern::gguf::Value)> {
+    g.kv.iter()
+        .filter_map(|(k, v)| f(k).map(|k2| (k2, v.clone())))
+        .collect()
+}
+
+/// A safetensors tensor as the tests rewrite them: dtype, shape, bytes.
+pub type StTensor = (safetensors::Dtype, Vec<usize>, Vec<u8>);
+
+/// Copy the Hugging Face folder `src` to `dst`, passing every tensor of its
+/// `model.safetensors` through `f` (name → `None` drops it); `extra` adds.
+pub fn rewrite_checkpoint(
+    src: &Path,
+    dst: &Path,
+    mut f: impl FnMut(&str, StTensor) -> Option<StTensor>,
+    extra: Vec<(String, StTensor)>,
+) {
+    copy_dir(src, dst);
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, StTensor)> = Vec::new();
+    let mut names: Vec<String> = st.names().into_iter().cloned().collect();
+    names.sort();
+    for n in names {
+        let t = st.tensor(&n).unwrap();
+        if let Some(x) = f(&n, (t.dtype(), t.shape().to_vec(), t.data().to_vec())) {
+            out.push((n, x));
+        }
+    }
+    out.extend(extra);
+    let views: Vec<(String, safetensors::tensor::TensorView)> = out
+        .iter()
+        .map(|(n, (d, s, b))| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    let p = dst.join("model.safetensors");
+    std::fs::remove_file(&p).unwrap();
+    safetensors::serialize_to_file(views, &None, &p).unwrap();
+}
+
+/// A bf16 or f32 scalar tensor's value.
+pub fn scalar_f32(t: &StTensor) -> f32 {
+    match t.0 {
+        safetensors::Dtype::BF16 => half::bf16::from_le_bytes([t.2[0], t.2[1]]).to_f32(),
+        safetensors::Dtype::F32 => f32::from_le_bytes([t.2[0], t.2[1], t.2[2], t.2[3]]),
+        d => panic!("scalar of dtype {:?}", d),
+    }
+}
+
+/// Edit a folder's config.json in place.
+pub fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let p = dir.join("config.json");
+    let mut j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    f(&mut j);
+    std::fs::write(&p, serde_json::to_string(&j).unwrap()).unwrap();
+}
+
+/// Split the folder's `model.safetensors` into `n` shards (tensor `name`
+/// goes to shard `shard_of(index in name order, name)`) with an index file,
+/// as `save_pretrained` writes large checkpoints.
+pub fn shard_checkpoint(dir: &Path, n: usize, shard_of: impl Fn(usize, &str) -> usize) {
+    let single = dir.join("model.safetensors");
+    let bytes = std::fs::read(&single).unwrap();
+    std::fs::remove_file(&single).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut all = st.tensors();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut map = serde_json::Map::new();
+    for s in 0..n {
+        let fname = format!("model-{:05}-of-{:05}.safetensors", s + 1, n);
+        let part: Vec<_> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, (name, _))| shard_of(*i, name) == s)
+            .map(|(_, (name, v))| (name.clone(), v.clone()))
+            .collect();
+        for (name, _) in &part {
+            map.insert(name.clone(), serde_json::json!(fname));
+        }
+        std::fs::write(
+            dir.join(&fname),
+            safetensors::serialize(part, &None).unwrap(),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::to_string(&serde_json::json!({"metadata": {}, "weight_map": map})).unwrap(),
+    )
+    .unwrap();
+}

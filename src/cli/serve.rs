@@ -1,0 +1,135 @@
+//! `tern serve`: flags (llama-server's names where they overlap) → the
+//! library's server.
+
+use super::{load_model, set_threads, ModelArgs, DEFAULT_MODEL_NAME};
+use crate::server::engine::{EngineConfig, MAX_SLOTS};
+use crate::server::http::HttpConfig;
+use crate::server::{serve, ServeConfig};
+use anyhow::{bail, Context as _, Result};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0: any free port; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Sequence slots decoded together (llama-server's -np).
+    #[arg(long = "parallel", value_name = "N", default_value_t = 4)]
+    pub parallel: usize,
+    /// Context per sequence, in tokens (default: the model's, at most 4096).
+    #[arg(short = 'c', long = "ctx-size")]
+    pub ctx: Option<usize>,
+    /// Tokens per step: one per decoding sequence, prompt chunks fill the rest.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 128)]
+    pub batch: usize,
+    /// Requests that may wait for a slot; more get 503.
+    #[arg(long = "max-queue", value_name = "N", default_value_t = 64)]
+    pub max_queue: usize,
+    /// Require `Authorization: Bearer KEY` (every endpoint but /health).
+    #[arg(long = "api-key", value_name = "KEY", conflicts_with = "api_key_file")]
+    pub api_key: Option<String>,
+    /// Read API keys from a file, one per line.
+    #[arg(long = "api-key-file", value_name = "F")]
+    pub api_key_file: Option<PathBuf>,
+    /// Model name in responses and /v1/models (default: the file name).
+    #[arg(short = 'a', long = "alias")]
+    pub alias: Option<String>,
+    /// Seconds a request may take, queue included (then it ends with
+    /// finish_reason "length").
+    #[arg(long = "timeout", default_value_t = 600)]
+    pub timeout: u64,
+    /// Allow cross-origin requests from ORIGIN (`*` for any); off by default.
+    #[arg(long = "cors", value_name = "ORIGIN")]
+    pub cors: Option<String>,
+    /// Largest request body in bytes.
+    #[arg(long = "body-limit", value_name = "BYTES", default_value_t = 8 << 20)]
+    pub body_limit: usize,
+    /// Keep the KV caches in f32 instead of f16.
+    #[arg(long = "kv-f32")]
+    pub kv_f32: bool,
+    /// Continuous batching (llama-server's -cb): always on; accepted for
+    /// compatibility.
+    #[arg(long = "cont-batching", hide = true)]
+    pub cont_batching: bool,
+}
+
+/// llama-server spells some options with one dash and several letters;
+/// clap reads those as clusters of short flags, so they are rewritten first.
+pub const LLAMA_SERVER_SPELLINGS: &[(&str, &str)] = &[
+    ("-np", "--parallel"),
+    ("-cb", "--cont-batching"),
+    ("-to", "--timeout"),
+];
+
+fn api_keys(a: &Args) -> Result<Vec<String>> {
+    let keys: Vec<String> = match (&a.api_key, &a.api_key_file) {
+        (Some(k), _) => vec![k.clone()],
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read the API key file {}", f.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect(),
+        (None, None) => vec![],
+    };
+    if keys.iter().any(String::is_empty) || (a.api_key_file.is_some() && keys.is_empty()) {
+        bail!("an API key must not be empty");
+    }
+    Ok(keys)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if !(1..=MAX_SLOTS).contains(&a.parallel) {
+        bail!("-np must be between 1 and {}", MAX_SLOTS);
+    }
+    let max_batch = crate::model::forward::MAX_BATCH;
+    if !(1..=max_batch).contains(&a.batch) {
+        bail!("-b must be between 1 and {}", max_batch);
+    }
+    if a.ctx.is_some_and(|c| c < 2) {
+        bail!("-c must be at least 2");
+    }
+    if a.timeout == 0 {
+        bail!("--timeout must be at least 1 second");
+    }
+    if a.body_limit < 1024 {
+        bail!("--body-limit must be at least 1024 bytes");
+    }
+    let keys = api_keys(&a)?;
+    let threads = set_threads(a.model.threads)?;
+    let alias = a.alias.clone().unwrap_or_else(|| match &a.model.model {
+        Some(p) => p.file_name().map_or_else(
+            || p.display().to_string(),
+            |f| f.to_string_lossy().into_owned(),
+        ),
+        None => DEFAULT_MODEL_NAME.to_string(),
+    });
+    let cfg = ServeConfig {
+        host: a.host.clone(),
+        port: a.port,
+        http: HttpConfig {
+            alias,
+            api_keys: keys,
+            cors: a.cors.clone(),
+            body_limit: a.body_limit,
+            timeout: Duration::from_secs(a.timeout),
+        },
+        engine: EngineConfig {
+            n_slots: a.parallel,
+            n_ctx: a.ctx.unwrap_or(0),
+            kv_f32: a.kv_f32,
+            n_batch: a.batch,
+            max_queue: a.max_queue,
+        },
+        threads,
+    };
+    let path = a.model.model.clone();
+    serve(cfg, move || load_model(path.as_deref()))
+}

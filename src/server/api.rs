@@ -1,0 +1,427 @@
+//! The OpenAI request bodies and their translation into engine requests:
+//! field types, ranges and the fields tern refuses because they would change
+//! the meaning of a request it cannot honour.
+
+use super::engine::{Request, MAX_TOP_LOGPROBS};
+use crate::chat::Message;
+use crate::model::sampling::SamplingParams;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// Fields shared by `/v1/chat/completions` and `/v1/completions`.
+#[derive(Debug, Default, Deserialize)]
+pub struct Common {
+    pub model: Option<String>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+    pub min_p: Option<f32>,
+    pub seed: Option<i64>,
+    pub stop: Option<Stop>,
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub repeat_penalty: Option<f32>,
+    pub repeat_last_n: Option<u32>,
+    pub n: Option<u32>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    /// llama-server's: keep generating past end-of-generation tokens.
+    #[serde(default)]
+    pub ignore_eos: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    pub max_completion_tokens: Option<u32>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<u32>,
+    #[serde(flatten)]
+    pub common: Common,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Value,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub prompt: Value,
+    /// OpenAI's legacy form: how many alternatives per token (0..=20).
+    pub logprobs: Option<u32>,
+    #[serde(default)]
+    pub echo: bool,
+    #[serde(flatten)]
+    pub common: Common,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// What `/v1/completions` was asked to continue.
+pub enum Prompt {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+/// The request settings after checking, before the prompt is tokenized.
+pub struct Settings {
+    pub request: Request,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub logprobs: bool,
+}
+
+/// Fields that change what a request means and that tern does not
+/// implement: refused rather than silently ignored. A field is accepted
+/// when its value is null or the neutral value given here.
+const UNSUPPORTED: &[(&str, &str)] = &[
+    ("tools", "tool calls are not supported"),
+    ("tool_choice", "tool calls are not supported"),
+    ("functions", "function calls are not supported"),
+    ("function_call", "function calls are not supported"),
+    (
+        "response_format",
+        "only the text response format is supported",
+    ),
+    ("logit_bias", "logit_bias is not supported"),
+    ("best_of", "best_of must be 1"),
+    ("suffix", "suffix (fill in the middle) is not supported"),
+    ("grammar", "grammars are not supported"),
+    ("json_schema", "JSON schemas are not supported"),
+    ("audio", "audio output is not supported"),
+    ("modalities", "only the text modality is supported"),
+    ("prediction", "predicted outputs are not supported"),
+];
+
+fn neutral(key: &str, v: &Value) -> bool {
+    match (key, v) {
+        (_, Value::Null) => true,
+        ("response_format", Value::Object(o)) => {
+            o.get("type").and_then(Value::as_str) == Some("text")
+        }
+        ("logit_bias", Value::Object(o)) => o.is_empty(),
+        ("best_of", v) => v.as_u64() == Some(1),
+        ("suffix", Value::String(s)) => s.is_empty(),
+        ("tools" | "functions", Value::Array(a)) => a.is_empty(),
+        ("tool_choice", Value::String(s)) => s == "none",
+        ("modalities", Value::Array(a)) => a.iter().all(|m| m.as_str() == Some("text")),
+        _ => false,
+    }
+}
+
+fn refuse_unsupported(extra: &Map<String, Value>) -> Result<(), String> {
+    for (key, why) in UNSUPPORTED {
+        if let Some(v) = extra.get(*key) {
+            if !neutral(key, v) {
+                return Err(format!("{key}: {why}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Common {
+    /// Sampling values, `n`, the stop strings; `max_tokens` and logprobs come
+    /// from the endpoint.
+    fn settings(
+        &self,
+        max_tokens: Option<u32>,
+        top_logprobs: Option<u32>,
+        random_seed: u64,
+    ) -> Result<Settings, String> {
+        if let Some(n) = self.n {
+            if n != 1 {
+                return Err(format!(
+                    "n = {n}: tern returns one choice per request (n must be 1)"
+                ));
+            }
+        }
+        if max_tokens == Some(0) {
+            return Err("max_tokens must be at least 1".into());
+        }
+        if let Some(k) = top_logprobs {
+            if k as usize > MAX_TOP_LOGPROBS {
+                return Err(format!(
+                    "top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}"
+                ));
+            }
+        }
+        let d = SamplingParams::default();
+        let seed = match self.seed {
+            None | Some(-1) => random_seed,
+            Some(s) if s >= 0 => s as u64,
+            Some(s) => {
+                return Err(format!(
+                    "seed = {s}: must be non-negative (or -1 for random)"
+                ))
+            }
+        };
+        let params = SamplingParams {
+            temp: self.temperature.unwrap_or(d.temp),
+            top_k: self.top_k.map_or(d.top_k, |k| k as usize),
+            top_p: self.top_p.unwrap_or(d.top_p),
+            min_p: self.min_p.unwrap_or(d.min_p),
+            repeat_penalty: self.repeat_penalty.unwrap_or(d.repeat_penalty),
+            frequency_penalty: self.frequency_penalty.unwrap_or(d.frequency_penalty),
+            presence_penalty: self.presence_penalty.unwrap_or(d.presence_penalty),
+            repeat_last_n: self.repeat_last_n.map_or(d.repeat_last_n, |n| n as usize),
+            seed,
+        };
+        params.validate().map_err(|e| {
+            // Name the field as the request did.
+            let field = match e.name.as_str() {
+                "temp" => "temperature",
+                other => other,
+            };
+            format!("{field} = {}: {}", e.value, e.problem)
+        })?;
+        let stop = match &self.stop {
+            None => vec![],
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        if stop.len() > 16 {
+            return Err("stop: at most 16 stop strings".into());
+        }
+        Ok(Settings {
+            request: Request {
+                params,
+                max_tokens: max_tokens.map(|n| n as usize),
+                stop,
+                top_logprobs: top_logprobs.map(|k| k as usize),
+                ignore_eos: self.ignore_eos,
+                ..Default::default()
+            },
+            stream: self.stream,
+            include_usage: self
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o.include_usage),
+            logprobs: top_logprobs.is_some(),
+        })
+    }
+}
+
+impl ChatRequest {
+    pub fn settings(&self, random_seed: u64) -> Result<Settings, String> {
+        refuse_unsupported(&self.extra)?;
+        let top = match (self.logprobs, self.top_logprobs) {
+            (Some(true), k) => Some(k.unwrap_or(0)),
+            (_, Some(_)) => return Err("top_logprobs needs logprobs: true".into()),
+            _ => None,
+        };
+        self.common.settings(
+            self.max_completion_tokens.or(self.common.max_tokens),
+            top,
+            random_seed,
+        )
+    }
+
+    /// The messages as the chat template takes them: roles system
+    /// (`developer` too), user and assistant; content a string or an array of
+    /// text parts (joined with newlines).
+    pub fn messages(&self) -> Result<Vec<Message>, String> {
+        if self.messages.is_empty() {
+            return Err("messages must not be empty".into());
+        }
+        self.messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let role = match m.role.as_str() {
+                    "system" | "developer" => "system",
+                    "user" => "user",
+                    "assistant" => "assistant",
+                    other => {
+                        return Err(format!(
+                            "messages[{i}].role = {:?}: tern supports system, user and assistant messages",
+                            truncate(other)
+                        ))
+                    }
+                };
+                if m.extra.get("tool_calls").is_some_and(|v| !neutral("tools", v)) {
+                    return Err(format!("messages[{i}]: tool calls are not supported"));
+                }
+                let content = content_text(&m.content)
+                    .map_err(|e| format!("messages[{i}].content: {e}"))?;
+                Ok(Message::new(role, &content))
+            })
+            .collect()
+    }
+}
+
+fn content_text(v: &Value) -> Result<String, String> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Null => Ok(String::new()),
+        Value::Array(parts) => {
+            let mut texts = Vec::with_capacity(parts.len());
+            for p in parts {
+                match (p.get("type").and_then(Value::as_str), p.get("text")) {
+                    (Some("text"), Some(Value::String(t))) => texts.push(t.as_str()),
+                    (Some("text"), _) => return Err("a text part needs a string \"text\"".into()),
+                    (Some(other), _) => {
+                        return Err(format!(
+                            "content parts of type {:?} are not supported (text only)",
+                            truncate(other)
+                        ))
+                    }
+                    (None, _) => return Err("each content part needs a \"type\"".into()),
+                }
+            }
+            Ok(texts.join("\n"))
+        }
+        _ => Err("must be a string or an array of text parts".into()),
+    }
+}
+
+impl CompletionRequest {
+    pub fn settings(&self, random_seed: u64) -> Result<Settings, String> {
+        refuse_unsupported(&self.extra)?;
+        if self.echo {
+            return Err("echo is not supported".into());
+        }
+        self.common
+            .settings(self.common.max_tokens, self.logprobs, random_seed)
+    }
+
+    /// A string, a list of token ids, or a list holding one of those.
+    pub fn prompt(&self) -> Result<Prompt, String> {
+        let ids = |a: &[Value]| -> Result<Vec<u32>, String> {
+            a.iter()
+                .map(|v| {
+                    v.as_u64()
+                        .and_then(|t| u32::try_from(t).ok())
+                        .ok_or_else(|| "prompt: a token list holds only token ids".to_string())
+                })
+                .collect()
+        };
+        match &self.prompt {
+            Value::String(s) => Ok(Prompt::Text(s.clone())),
+            Value::Array(a) if a.iter().all(Value::is_number) && !a.is_empty() => {
+                Ok(Prompt::Tokens(ids(a)?))
+            }
+            Value::Array(a) if a.len() == 1 => match &a[0] {
+                Value::String(s) => Ok(Prompt::Text(s.clone())),
+                Value::Array(t) if !t.is_empty() => Ok(Prompt::Tokens(ids(t)?)),
+                _ => Err("prompt must be a string or a list of token ids".into()),
+            },
+            Value::Array(a) if a.len() > 1 => Err(
+                "prompt: one prompt per request (a list of several prompts is not supported)"
+                    .into(),
+            ),
+            _ => Err("prompt must be a string or a list of token ids".into()),
+        }
+    }
+}
+
+/// At most 64 characters of user text, for messages.
+pub fn truncate(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: &str) -> ChatRequest {
+        serde_json::from_str(body).unwrap()
+    }
+
+    #[test]
+    fn chat_fields() {
+        let r = chat(
+            r#"{"messages": [{"role": "developer", "content": "S"},
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+                "max_tokens": 5, "max_completion_tokens": 7, "temperature": 0, "stop": "x",
+                "seed": 3, "logprobs": true, "top_logprobs": 2, "user": "ignored"}"#,
+        );
+        let m = r.messages().unwrap();
+        assert_eq!(m, vec![Message::system("S"), Message::user("a\nb")]);
+        let s = r.settings(99).unwrap();
+        assert_eq!(s.request.max_tokens, Some(7));
+        assert_eq!(s.request.params.seed, 3);
+        assert_eq!(s.request.params.temp, 0.0);
+        assert_eq!(s.request.stop, vec!["x".to_string()]);
+        assert_eq!(s.request.top_logprobs, Some(2));
+    }
+
+    #[test]
+    fn refusals() {
+        let bad = |body: &str| {
+            let r = chat(body);
+            r.settings(0).err().or_else(|| r.messages().err()).unwrap()
+        };
+        let base = r#""messages": [{"role": "user", "content": "hi"}]"#;
+        assert!(bad(&format!("{{{base}, \"n\": 2}}")).contains("n must be 1"));
+        assert!(bad(&format!(
+            "{{{base}, \"tools\": [{{\"type\": \"function\"}}]}}"
+        ))
+        .contains("tool"));
+        assert!(bad(&format!(
+            "{{{base}, \"response_format\": {{\"type\": \"json_object\"}}}}"
+        ))
+        .contains("response format"));
+        assert!(bad(&format!("{{{base}, \"temperature\": 1e9, \"top_p\": 3}}")).contains("top_p"));
+        assert!(bad(&format!("{{{base}, \"top_logprobs\": 2}}")).contains("logprobs"));
+        assert!(bad(r#"{"messages": [{"role": "tool", "content": "x"}]}"#).contains("role"));
+        assert!(
+            bad(r#"{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#)
+                .contains("image_url")
+        );
+        assert!(bad(r#"{"messages": []}"#).contains("empty"));
+        // Neutral values of those fields are fine.
+        let ok = chat(&format!(
+            "{{{base}, \"n\": 1, \"tools\": [], \"response_format\": {{\"type\": \"text\"}}, \"logit_bias\": {{}}}}"
+        ));
+        assert!(ok.settings(0).is_ok());
+        // Wrong types are parse errors.
+        assert!(serde_json::from_str::<ChatRequest>(&format!(
+            "{{{base}, \"temperature\": \"hot\"}}"
+        ))
+        .is_err());
+        assert!(serde_json::from_str::<ChatRequest>(r#"{"messages": "hi"}"#).is_err());
+    }
+
+    #[test]
+    fn completion_prompts() {
+        let p = |v: &str| {
+            let r: CompletionRequest =
+                serde_json::from_str(&format!("{{\"prompt\": {v}}}")).unwrap();
+            r.prompt()
+        };
+        assert!(matches!(p("\"hi\""), Ok(Prompt::Text(t)) if t == "hi"));
+        assert!(matches!(p("[1, 2]"), Ok(Prompt::Tokens(t)) if t == vec![1, 2]));
+        assert!(matches!(p("[[5]]"), Ok(Prompt::Tokens(t)) if t == vec![5]));
+        assert!(matches!(p("[\"a\"]"), Ok(Prompt::Text(t)) if t == "a"));
+        assert!(p("[\"a\", \"b\"]").is_err());
+        assert!(p("[-1]").is_err());
+        assert!(p("[]").is_err());
+        assert!(p("3").is_err());
+    }
+}

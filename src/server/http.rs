@@ -1,0 +1,955 @@
+//! The HTTP layer (axum): routes, the OpenAI wire format, errors in
+//! OpenAI's JSON shape, authentication, CORS, the body limit and panic
+//! isolation. Requests are checked and tokenized here and handed to the
+//! [`Engine`]; everything else happens there.
+
+use super::api::{ChatRequest, CompletionRequest, Prompt, Settings};
+use super::engine::{Engine, EngineError, Event, FinishReason, Summary, TokenLogprob};
+use crate::chat::ChatTemplate;
+use crate::model::Model;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use subtle::ConstantTimeEq;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+/// Settings of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// The model name in responses and `/v1/models`.
+    pub alias: String,
+    /// Accepted API keys (`Authorization: Bearer KEY`); empty = no auth.
+    pub api_keys: Vec<String>,
+    /// Allowed CORS origin (`*` for any); None = no CORS headers.
+    pub cors: Option<String>,
+    /// Largest request body, in bytes.
+    pub body_limit: usize,
+    /// Longest a request may run (queue wait included).
+    pub timeout: Duration,
+}
+
+/// The model and its engine, once loaded.
+pub struct Loaded {
+    pub engine: Engine,
+    pub template: ChatTemplate,
+}
+
+pub struct AppState {
+    pub config: HttpConfig,
+    pub loaded: OnceLock<Loaded>,
+    /// Unix time the server started (`created` of the model).
+    pub started: u64,
+}
+
+impl AppState {
+    pub fn new(config: HttpConfig) -> AppState {
+        AppState {
+            config,
+            loaded: OnceLock::new(),
+            started: unix_now(),
+        }
+    }
+
+    fn ready(&self) -> Result<&Loaded, ApiError> {
+        self.loaded
+            .get()
+            .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Loading model"))
+    }
+
+    fn model(&self) -> Result<&Model, ApiError> {
+        Ok(&self.ready()?.engine.model)
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A random u64 (std's per-process random hash keys; not for secrets).
+fn random_u64() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// An error in OpenAI's shape: `{"error": {"message", "type", "code"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    /// Seconds for `Retry-After` (503 when the queue is full).
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+    fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+    fn kind(&self) -> &'static str {
+        match self.status {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::NOT_FOUND => "not_found_error",
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::BAD_REQUEST => "invalid_request_error",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable_error",
+            _ => "server_error",
+        }
+    }
+    fn body(&self) -> Value {
+        json!({"error": {"message": self.message, "type": self.kind(), "code": self.status.as_u16()}})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, Json(self.body())).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        r
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        let status = match e {
+            EngineError::QueueFull(_) | EngineError::ShuttingDown | EngineError::QueueTimeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            EngineError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            EngineError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut a = ApiError::new(status, e.to_string());
+        if matches!(e, EngineError::QueueFull(_)) {
+            a.retry_after = Some(1);
+        }
+        a
+    }
+}
+
+/// The response for a panic anywhere in a request's handler: a 500.
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal error: the request's handler panicked",
+    )
+    .into_response()
+}
+
+/// Parse a JSON body (413 past the body limit, 400 for bad JSON or types).
+fn parse<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let bytes = body.map_err(|r| {
+        let status = r.status();
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "the request body is larger than the server's limit".to_string()
+        } else {
+            r.body_text()
+        };
+        ApiError::new(status, message)
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad(format!("invalid request body: {e}")))
+}
+
+/// The routes, without the layers (see [`router`]).
+fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/models", get(models))
+        .route("/models", get(models))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/completions", post(completions))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+}
+
+/// Add the layers to `routes`: body limit, API key, panics → 500, CORS
+/// (outermost, so that preflight requests need no key).
+fn layered(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
+    let cfg = &state.config;
+    let mut app = routes
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(DefaultBodyLimit::max(cfg.body_limit))
+        .layer(CatchPanicLayer::custom(panic_response));
+    if let Some(origin) = &cfg.cors {
+        let allow = if origin == "*" {
+            AllowOrigin::any()
+        } else {
+            match HeaderValue::from_str(origin) {
+                Ok(v) => AllowOrigin::exact(v),
+                Err(_) => AllowOrigin::list([]),
+            }
+        };
+        app = app.layer(
+            CorsLayer::new()
+                .allow_origin(allow)
+                .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+        );
+    }
+    app.with_state(state)
+}
+
+/// The whole application.
+pub fn router(state: Arc<AppState>) -> Router {
+    layered(routes(), state)
+}
+
+/// With API keys set, every endpoint but `/health` needs
+/// `Authorization: Bearer KEY`; keys are compared in constant time.
+async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let keys = &st.config.api_keys;
+    if keys.is_empty() || req.uri().path() == "/health" {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let ok = given.is_some_and(|g| {
+        keys.iter()
+            .fold(subtle::Choice::from(0), |acc, k| {
+                acc | k.as_bytes().ct_eq(g.as_bytes())
+            })
+            .into()
+    });
+    if ok {
+        next.run(req).await
+    } else {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid or missing API key (Authorization: Bearer KEY)",
+        )
+        .into_response()
+    }
+}
+
+async fn health(State(st): State<Arc<AppState>>) -> Response {
+    match st.ready() {
+        Ok(_) => Json(json!({"status": "ok"})).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn models(State(st): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let l = st.ready()?;
+    let m = &l.engine.model;
+    let c = &l.engine.config;
+    Ok(Json(json!({
+        "object": "list",
+        "data": [{
+            "id": st.config.alias,
+            "object": "model",
+            "created": st.started,
+            "owned_by": "tern",
+            "meta": {
+                "architecture": m.hp.arch,
+                "n_vocab": m.hp.n_vocab,
+                "n_ctx_train": m.hp.n_ctx_train,
+                "n_embd": m.hp.n_embd,
+                "n_params": m.n_params(),
+                "n_ctx": c.n_ctx,
+                "n_slots": c.n_slots,
+            }
+        }]
+    })))
+}
+
+#[derive(Deserialize)]
+struct TokenizeRequest {
+    content: String,
+    #[serde(default)]
+    add_special: bool,
+    #[serde(default)]
+    with_pieces: bool,
+}
+
+async fn tokenize(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let m = st.model()?;
+    let r: TokenizeRequest = parse(body)?;
+    let tok = &m.tokenizer;
+    let ids = tok
+        .encode(&r.content, r.add_special && tok.add_bos())
+        .map_err(|e| ApiError::bad(format!("{e:#}")))?;
+    let tokens: Vec<Value> = if r.with_pieces {
+        ids.iter()
+            .map(|&id| json!({"id": id, "piece": String::from_utf8_lossy(&tok.token_bytes(id, true))}))
+            .collect()
+    } else {
+        ids.iter().map(|&id| json!(id)).collect()
+    };
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+#[derive(Deserialize)]
+struct DetokenizeRequest {
+    tokens: Vec<u32>,
+}
+
+async fn detokenize(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let m = st.model()?;
+    let r: DetokenizeRequest = parse(body)?;
+    let nv = m.hp.n_vocab;
+    if let Some(t) = r.tokens.iter().find(|&&t| t as usize >= nv) {
+        return Err(ApiError::bad(format!(
+            "token id {t} is outside the vocabulary of {nv}"
+        )));
+    }
+    Ok(Json(
+        json!({ "content": m.tokenizer.decode(&r.tokens, false) }),
+    ))
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let l = st.ready()?;
+    let e = &l.engine;
+    let m = e.metrics();
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let decode_secs = get(&m.decode_nanos) as f64 / 1e9;
+    let predicted = get(&m.tokens_predicted);
+    let rate = if decode_secs > 0.0 {
+        predicted as f64 / decode_secs
+    } else {
+        0.0
+    };
+    let rows: [(&str, &str, &str, String); 12] = [
+        (
+            "requests_total",
+            "counter",
+            "Requests accepted.",
+            get(&m.requests).to_string(),
+        ),
+        (
+            "requests_failed_total",
+            "counter",
+            "Requests that ended with an error.",
+            get(&m.requests_failed).to_string(),
+        ),
+        (
+            "requests_processing",
+            "gauge",
+            "Requests in a slot.",
+            e.active().to_string(),
+        ),
+        (
+            "requests_queued",
+            "gauge",
+            "Requests waiting for a slot.",
+            e.queued().to_string(),
+        ),
+        (
+            "slots",
+            "gauge",
+            "Sequence slots (-np).",
+            e.config.n_slots.to_string(),
+        ),
+        (
+            "prompt_tokens_total",
+            "counter",
+            "Prompt tokens of admitted requests.",
+            get(&m.prompt_tokens).to_string(),
+        ),
+        (
+            "prompt_tokens_cached_total",
+            "counter",
+            "Prompt tokens found in a slot's KV cache (not evaluated).",
+            get(&m.prompt_tokens_cached).to_string(),
+        ),
+        (
+            "prompt_tokens_evaluated_total",
+            "counter",
+            "Prompt tokens evaluated.",
+            get(&m.prompt_tokens_evaluated).to_string(),
+        ),
+        (
+            "tokens_predicted_total",
+            "counter",
+            "Generated tokens.",
+            predicted.to_string(),
+        ),
+        (
+            "tokens_predicted_seconds_total",
+            "counter",
+            "Seconds spent in steps that decoded tokens.",
+            format!("{decode_secs:.6}"),
+        ),
+        (
+            "predicted_tokens_per_second",
+            "gauge",
+            "Generated tokens per second of decoding steps (all sequences together).",
+            format!("{rate:.3}"),
+        ),
+        (
+            "steps_total",
+            "counter",
+            "Forward passes.",
+            get(&m.steps).to_string(),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, value) in rows {
+        out.push_str(&format!(
+            "# HELP tern_{name} {help}\n# TYPE tern_{name} {kind}\ntern_{name} {value}\n"
+        ));
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+/// Chat or text completion: the response shapes differ.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Chat,
+    Text,
+}
+
+struct Meta {
+    kind: Kind,
+    id: String,
+    created: u64,
+    model: String,
+    logprobs: bool,
+    include_usage: bool,
+}
+
+async fn chat_completions(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    st.ready()?;
+    let req: ChatRequest = parse(body)?;
+    let settings = req.settings(random_u64()).map_err(ApiError::bad)?;
+    let messages = req.messages().map_err(ApiError::bad)?;
+    let s2 = st.clone();
+    let prompt = blocking(move || {
+        let l = s2.ready()?;
+        l.template
+            .prompt_tokens(&l.engine.model.tokenizer, &messages, true)
+            .map_err(|e| ApiError::bad(format!("{e:#}")))
+    })
+    .await?;
+    run(st, settings, prompt, Kind::Chat).await
+}
+
+async fn completions(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    st.ready()?;
+    let req: CompletionRequest = parse(body)?;
+    let settings = req.settings(random_u64()).map_err(ApiError::bad)?;
+    let prompt = match req.prompt().map_err(ApiError::bad)? {
+        Prompt::Tokens(t) => t,
+        Prompt::Text(text) => {
+            let s2 = st.clone();
+            blocking(move || {
+                let tok = &s2.model()?.tokenizer;
+                tok.encode(&text, tok.add_bos())
+                    .map_err(|e| ApiError::bad(format!("{e:#}")))
+            })
+            .await?
+        }
+    };
+    run(st, settings, prompt, Kind::Text).await
+}
+
+/// Run `f` on the blocking pool (tokenizing a large prompt takes a while);
+/// a panic in it is a 500.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error: preparing the prompt failed",
+        )
+    })?
+}
+
+async fn run(
+    st: Arc<AppState>,
+    mut settings: Settings,
+    prompt: Vec<u32>,
+    kind: Kind,
+) -> Result<Response, ApiError> {
+    let l = st.ready()?;
+    settings.request.prompt = prompt;
+    settings.request.deadline = Instant::now().checked_add(st.config.timeout);
+    let rx = l.engine.submit(settings.request)?;
+    let meta = Meta {
+        kind,
+        id: format!(
+            "{}-{:016x}",
+            if kind == Kind::Chat {
+                "chatcmpl"
+            } else {
+                "cmpl"
+            },
+            random_u64()
+        ),
+        created: unix_now(),
+        model: st.config.alias.clone(),
+        logprobs: settings.logprobs,
+        include_usage: settings.include_usage,
+    };
+    if settings.stream {
+        Ok(stream(st.clone(), rx, meta).into_response())
+    } else {
+        collect(&st, rx, meta).await
+    }
+}
+
+/// What a request produced so far.
+#[derive(Default)]
+struct Output {
+    text: String,
+    tokens: Vec<(u32, TokenLogprob)>,
+}
+
+fn usage(s: &Summary) -> Value {
+    json!({
+        "prompt_tokens": s.prompt_tokens,
+        "completion_tokens": s.completion_tokens,
+        "total_tokens": s.prompt_tokens + s.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": s.cached_tokens},
+    })
+}
+
+/// llama-server's `timings` object.
+fn timings(s: &Summary) -> Value {
+    let per = |n: usize, secs: f64| {
+        if n > 0 && secs > 0.0 {
+            n as f64 / secs
+        } else {
+            0.0
+        }
+    };
+    let evaluated = s.prompt_tokens - s.cached_tokens;
+    json!({
+        "cache_n": s.cached_tokens,
+        "prompt_n": evaluated,
+        "prompt_ms": s.prompt_secs * 1e3,
+        "prompt_per_second": per(evaluated, s.prompt_secs),
+        "predicted_n": s.completion_tokens,
+        "predicted_ms": s.gen_secs * 1e3,
+        "predicted_per_second": per(s.completion_tokens, s.gen_secs),
+        "queue_ms": s.queue_secs * 1e3,
+        "slot": s.slot,
+    })
+}
+
+fn piece(m: &Model, id: u32) -> (String, Vec<u8>) {
+    let b = m.tokenizer.token_bytes(id, true);
+    (String::from_utf8_lossy(&b).into_owned(), b)
+}
+
+/// The `logprobs` of a choice: OpenAI's chat form (`content`) or the legacy
+/// completion form (`tokens`, `token_logprobs`, `top_logprobs`, `text_offset`).
+fn logprobs_json(m: &Model, kind: Kind, toks: &[(u32, TokenLogprob)], offset0: usize) -> Value {
+    match kind {
+        Kind::Chat => {
+            let entry = |id: u32, lp: f32| {
+                let (t, b) = piece(m, id);
+                json!({"token": t, "logprob": lp, "bytes": b})
+            };
+            let content: Vec<Value> = toks
+                .iter()
+                .map(|(id, lp)| {
+                    let mut e = entry(*id, lp.logprob);
+                    e["top_logprobs"] = lp.top.iter().map(|&(t, l)| entry(t, l)).collect();
+                    e
+                })
+                .collect();
+            json!({ "content": content })
+        }
+        Kind::Text => {
+            let mut offset = offset0;
+            let (mut tokens, mut lps, mut tops, mut offs) = (vec![], vec![], vec![], vec![]);
+            for (id, lp) in toks {
+                let (t, _) = piece(m, *id);
+                offs.push(offset);
+                offset += t.len();
+                tokens.push(t);
+                lps.push(lp.logprob);
+                let top: serde_json::Map<String, Value> = lp
+                    .top
+                    .iter()
+                    .map(|&(t, l)| (piece(m, t).0, json!(l)))
+                    .collect();
+                tops.push(Value::Object(top));
+            }
+            json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offs})
+        }
+    }
+}
+
+fn choice(
+    meta: &Meta,
+    m: &Model,
+    out: &Output,
+    finish: Option<FinishReason>,
+    delta: bool,
+    offset0: usize,
+) -> Value {
+    let logprobs = if meta.logprobs {
+        logprobs_json(m, meta.kind, &out.tokens, offset0)
+    } else {
+        Value::Null
+    };
+    let finish = finish.map(|f| f.as_str());
+    match (meta.kind, delta) {
+        (Kind::Chat, false) => json!({
+            "index": 0,
+            "message": {"role": "assistant", "content": out.text},
+            "logprobs": logprobs,
+            "finish_reason": finish,
+        }),
+        (Kind::Chat, true) => {
+            let d = if out.text.is_empty() {
+                json!({})
+            } else {
+                json!({"content": out.text})
+            };
+            json!({"index": 0, "delta": d, "logprobs": logprobs, "finish_reason": finish})
+        }
+        (Kind::Text, _) => json!({
+            "index": 0,
+            "text": out.text,
+            "logprobs": logprobs,
+            "finish_reason": finish,
+        }),
+    }
+}
+
+fn object(meta: &Meta, chunk: bool) -> &'static str {
+    match (meta.kind, chunk) {
+        (Kind::Chat, false) => "chat.completion",
+        (Kind::Chat, true) => "chat.completion.chunk",
+        (Kind::Text, _) => "text_completion",
+    }
+}
+
+fn envelope(meta: &Meta, chunk: bool, choices: Value) -> Value {
+    json!({
+        "id": meta.id,
+        "object": object(meta, chunk),
+        "created": meta.created,
+        "model": meta.model,
+        "choices": choices,
+    })
+}
+
+async fn collect(
+    st: &AppState,
+    mut rx: UnboundedReceiver<Event>,
+    meta: Meta,
+) -> Result<Response, ApiError> {
+    let model = st.model()?;
+    let mut out = Output::default();
+    loop {
+        match rx.recv().await {
+            Some(Event::Token { id, text, logprob }) => {
+                out.text.push_str(&text);
+                if let Some(lp) = logprob {
+                    out.tokens.push((id, lp));
+                }
+            }
+            Some(Event::Text(t)) => out.text.push_str(&t),
+            Some(Event::Done(s)) => {
+                let mut body = envelope(
+                    &meta,
+                    false,
+                    json!([choice(&meta, model, &out, Some(s.finish), false, 0)]),
+                );
+                body["usage"] = usage(&s);
+                body["timings"] = timings(&s);
+                return Ok(Json(body).into_response());
+            }
+            Some(Event::Error(e)) => return Err(e.into()),
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error: the engine dropped the request",
+                ))
+            }
+        }
+    }
+}
+
+struct StreamState {
+    st: Arc<AppState>,
+    rx: UnboundedReceiver<Event>,
+    meta: Meta,
+    queue: VecDeque<SseEvent>,
+    finished: bool,
+    /// Bytes of text sent so far (completion logprobs' `text_offset`).
+    sent: usize,
+}
+
+fn data(v: &Value) -> SseEvent {
+    SseEvent::default().data(v.to_string())
+}
+
+impl StreamState {
+    /// Turn one engine event into SSE events.
+    fn on_event(&mut self, ev: Event) {
+        let Ok(model) = self.st.model() else {
+            self.finished = true;
+            return;
+        };
+        let meta = &self.meta;
+        let chunk = |out: &Output, finish: Option<FinishReason>, offset0: usize| {
+            let mut v = envelope(
+                meta,
+                true,
+                json!([choice(meta, model, out, finish, true, offset0)]),
+            );
+            if meta.include_usage {
+                v["usage"] = Value::Null;
+            }
+            data(&v)
+        };
+        match ev {
+            Event::Token { id, text, logprob } => {
+                let mut out = Output {
+                    text,
+                    tokens: vec![],
+                };
+                if let Some(lp) = logprob {
+                    out.tokens.push((id, lp));
+                }
+                if !out.text.is_empty() || !out.tokens.is_empty() {
+                    self.queue.push_back(chunk(&out, None, self.sent));
+                    self.sent += out.text.len();
+                }
+            }
+            Event::Text(text) => {
+                let out = Output {
+                    text,
+                    tokens: vec![],
+                };
+                self.queue.push_back(chunk(&out, None, self.sent));
+                self.sent += out.text.len();
+            }
+            Event::Done(s) => {
+                let mut last = envelope(
+                    meta,
+                    true,
+                    json!([choice(
+                        meta,
+                        model,
+                        &Output::default(),
+                        Some(s.finish),
+                        true,
+                        self.sent
+                    )]),
+                );
+                last["timings"] = timings(&s);
+                if meta.include_usage {
+                    last["usage"] = Value::Null;
+                }
+                self.queue.push_back(data(&last));
+                if meta.include_usage {
+                    let mut u = envelope(meta, true, json!([]));
+                    u["usage"] = usage(&s);
+                    self.queue.push_back(data(&u));
+                }
+                self.queue.push_back(SseEvent::default().data("[DONE]"));
+                self.finished = true;
+            }
+            Event::Error(e) => {
+                self.queue.push_back(data(&ApiError::from(e).body()));
+                self.finished = true;
+            }
+        }
+    }
+}
+
+fn stream(st: Arc<AppState>, rx: UnboundedReceiver<Event>, meta: Meta) -> impl IntoResponse {
+    let mut s = StreamState {
+        st,
+        rx,
+        meta,
+        queue: VecDeque::new(),
+        finished: false,
+        sent: 0,
+    };
+    if s.meta.kind == Kind::Chat {
+        // OpenAI's first chunk carries the role.
+        let mut first = envelope(
+            &s.meta,
+            true,
+            json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]),
+        );
+        if s.meta.include_usage {
+            first["usage"] = Value::Null;
+        }
+        s.queue.push_back(data(&first));
+    }
+    let events = futures_util::stream::unfold(s, |mut s| async move {
+        loop {
+            if let Some(e) = s.queue.pop_front() {
+                return Some((Ok::<_, Infallible>(e), s));
+            }
+            if s.finished {
+                return None;
+            }
+            match s.rx.recv().await {
+                Some(ev) => s.on_event(ev),
+                None => {
+                    let e = ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal error: the engine dropped the request",
+                    );
+                    s.queue.push_back(data(&e.body()));
+                    s.finished = true;
+                }
+            }
+        }
+    });
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    fn state(keys: &[&str]) -> Arc<AppState> {
+        Arc::new(AppState::new(HttpConfig {
+            alias: "test".into(),
+            api_keys: keys.iter().map(|k| k.to_string()).collect(),
+            cors: Some("http://example.test".into()),
+            body_limit: 1024,
+            timeout: Duration::from_secs(60),
+        }))
+    }
+
+    async fn call(
+        app: Router,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (StatusCode, Value, axum::http::HeaderMap) {
+        let mut b = axum::http::Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let r = app
+            .oneshot(b.body(axum::body::Body::from(body.to_string())).unwrap())
+            .await
+            .unwrap();
+        let status = r.status();
+        let headers = r.headers().clone();
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            headers,
+        )
+    }
+
+    async fn boom() -> StatusCode {
+        panic!("boom")
+    }
+
+    #[tokio::test]
+    async fn loading_panics_auth_limits_and_cors() {
+        let st = state(&["sekret"]);
+        let app = layered(routes().route("/boom", get(boom)), st.clone());
+        // While loading: /health 503 (without a key), the rest 503 too.
+        let (s, v, _) = call(app.clone(), "GET", "/health", &[], "").await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(v["error"]["code"], 503);
+        let auth = [("authorization", "Bearer sekret")];
+        let (s, _, _) = call(app.clone(), "GET", "/v1/models", &auth, "").await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        // Keys.
+        let (s, v, _) = call(app.clone(), "GET", "/v1/models", &[], "").await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert_eq!(v["error"]["type"], "authentication_error");
+        let (s, _, _) = call(
+            app.clone(),
+            "GET",
+            "/v1/models",
+            &[("authorization", "Bearer sekreT")],
+            "",
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        // A panic is a 500 in OpenAI's shape; the app keeps answering.
+        let (s, v, _) = call(app.clone(), "GET", "/boom", &auth, "").await;
+        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(v["error"]["type"], "server_error");
+        // Body limit (1024 here) → 413, before loading matters.
+        let big = format!("{{\"content\": \"{}\"}}", "a".repeat(4096));
+        let (s, v, _) = call(app.clone(), "POST", "/tokenize", &auth, &big).await;
+        assert!(
+            s == StatusCode::PAYLOAD_TOO_LARGE || s == StatusCode::SERVICE_UNAVAILABLE,
+            "{s} {v}"
+        );
+        // CORS preflight for the allowed origin needs no key.
+        let (s, _, h) = call(
+            app.clone(),
+            "OPTIONS",
+            "/v1/chat/completions",
+            &[
+                ("origin", "http://example.test"),
+                ("access-control-request-method", "POST"),
+            ],
+            "",
+        )
+        .await;
+        assert!(s.is_success(), "{s}");
+        assert_eq!(
+            h.get("access-control-allow-origin").unwrap(),
+            "http://example.test"
+        );
+        // Unknown path → 404 JSON.
+        let (s, v, _) = call(app, "GET", "/nope", &auth, "").await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        assert_eq!(v["error"]["code"], 404);
+    }
+}

@@ -1,0 +1,209 @@
+//! `tern serve`: an OpenAI-compatible HTTP server over the batched engine.
+//!
+//! [`engine`] holds the scheduler (slots, per-sequence KV caches, one
+//! batched forward pass per step); [`api`] the request bodies; [`http`] the
+//! axum routes. [`serve`] binds, loads the model in the background (the
+//! server answers `/health` with 503 meanwhile), serves until Ctrl-C or
+//! SIGTERM, then stops accepting, lets running requests finish for a bounded
+//! time, cancels the rest and returns.
+
+pub mod api;
+pub mod engine;
+pub mod http;
+
+use crate::chat::ChatTemplate;
+use crate::model::forward::KvCache;
+use crate::model::Model;
+use anyhow::{anyhow, bail, Context as _, Result};
+use engine::{Engine, EngineConfig};
+use http::{AppState, HttpConfig, Loaded};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long running requests may go on after Ctrl-C / SIGTERM before they
+/// are cancelled.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Everything [`serve`] needs besides the model.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub host: String,
+    pub port: u16,
+    pub http: HttpConfig,
+    /// Slots, batch and queue; `n_ctx` 0 means the model's trained context,
+    /// at most 4096.
+    pub engine: EngineConfig,
+    /// Compute threads (for the startup line only; the pool is the caller's).
+    pub threads: usize,
+}
+
+/// Physical memory in bytes, from /proc/meminfo where there is one.
+fn mem_total() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
+
+/// Resolve the context size and check that the KV caches of every slot fit
+/// in memory.
+fn size_engine(model: &Model, mut cfg: EngineConfig) -> Result<EngineConfig> {
+    if cfg.n_ctx == 0 {
+        cfg.n_ctx = model.hp.n_ctx_train.min(4096);
+    }
+    if cfg.n_ctx > model.hp.n_ctx_train {
+        eprintln!(
+            "tern serve: warning: -c {} is beyond the {} tokens the model was trained on",
+            cfg.n_ctx, model.hp.n_ctx_train
+        );
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let need = KvCache::bytes(&model.hp, cfg.n_ctx, cfg.kv_f32)
+        .and_then(|b| b.checked_mul(cfg.n_slots as u64))
+        .ok_or_else(|| anyhow!("-c {} × -np {} overflows", cfg.n_ctx, cfg.n_slots))?;
+    if let Some(total) = mem_total() {
+        if need > total {
+            bail!(
+                "-c {} × -np {} needs {:.1} GiB of KV cache; this machine has {:.1} GiB (lower -c or -np)",
+                cfg.n_ctx,
+                cfg.n_slots,
+                gib(need),
+                gib(total)
+            );
+        }
+    }
+    Ok(cfg)
+}
+
+/// Bind, load the model with `load` (in the background), serve until a
+/// signal, shut down gracefully. Errors: the address cannot be bound, the
+/// model does not load, or the caches do not fit.
+pub fn serve(
+    cfg: ServeConfig,
+    load: impl FnOnce() -> Result<Model> + Send + 'static,
+) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let r = rt.block_on(run(cfg, load));
+    rt.shutdown_timeout(Duration::from_secs(1));
+    r
+}
+
+async fn run(
+    cfg: ServeConfig,
+    load: impl FnOnce() -> Result<Model> + Send + 'static,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", cfg.host, cfg.port))?;
+    let addr = listener.local_addr()?;
+    eprintln!("tern serve: listening on http://{addr} (loading the model)");
+    let state = Arc::new(AppState::new(cfg.http.clone()));
+
+    // Load in the background; a failure stops the server.
+    let (fail_tx, fail_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
+    let st = state.clone();
+    let ecfg = cfg.engine.clone();
+    let threads = cfg.threads;
+    tokio::task::spawn_blocking(move || {
+        let r = (|| -> Result<()> {
+            let model = load()?;
+            let ecfg = size_engine(&model, ecfg)?;
+            let template = ChatTemplate::for_model(&model)?;
+            let engine = Engine::start(Arc::new(model), ecfg.clone())?;
+            let _ = st.loaded.set(Loaded { engine, template });
+            eprintln!(
+                "tern serve: ready: model {:?}, {} slots × {} tokens, batch {}, queue {}, {} threads, kernel {}; OpenAI API at http://{addr}/v1",
+                st.config.alias,
+                ecfg.n_slots,
+                ecfg.n_ctx,
+                ecfg.n_batch,
+                ecfg.max_queue,
+                threads,
+                st.loaded.get().map_or("", |l| l.engine.model.kernel.name()),
+            );
+            Ok(())
+        })();
+        if let Err(e) = r {
+            let _ = fail_tx.send(e);
+        }
+    });
+
+    let signaled = Arc::new(tokio::sync::Notify::new());
+    let failed = Arc::new(std::sync::Mutex::new(None));
+    let shutdown = {
+        let st = state.clone();
+        let signaled = signaled.clone();
+        let failed = failed.clone();
+        async move {
+            tokio::select! {
+                _ = stop_signal() => {
+                    eprintln!(
+                        "tern serve: stopping: no new requests; running ones get {} s to finish",
+                        SHUTDOWN_GRACE.as_secs()
+                    );
+                    if let Some(l) = st.loaded.get() {
+                        l.engine.drain();
+                    }
+                    let st2 = st.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(SHUTDOWN_GRACE).await;
+                        if let Some(l) = st2.loaded.get() {
+                            l.engine.cancel_all();
+                        }
+                    });
+                }
+                Ok(e) = fail_rx => {
+                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                }
+            }
+            signaled.notify_one();
+        }
+    };
+    let server =
+        axum::serve(listener, http::router(state.clone())).with_graceful_shutdown(shutdown);
+    // Bounded: connections that do not close after the grace period are cut.
+    let deadline = async {
+        signaled.notified().await;
+        tokio::time::sleep(SHUTDOWN_GRACE + Duration::from_secs(3)).await;
+    };
+    tokio::select! {
+        r = server => r.context("the HTTP server failed")?,
+        _ = deadline => eprintln!("tern serve: closing the remaining connections"),
+    }
+    if let Some(l) = state.loaded.get() {
+        l.engine.stop();
+    }
+    if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(e);
+    }
+    eprintln!("tern serve: stopped");
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM on Unix.
+async fn stop_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
