@@ -113,6 +113,7 @@ impl Engine {
         let mut ctx = Context {
             model: &self.model,
             kv,
+            n_batch: tern::model::forward::MAX_BATCH,
         };
         let r = f(&mut ctx);
         cache.kv = Some(ctx.kv);
