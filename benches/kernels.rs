@@ -1,7 +1,9 @@
 //! Kernel benchmarks at the BitNet b1.58 2B-4T shapes: every kernel this CPU
-//! runs, one thread (the raw kernel) and the threaded driver, for one token
-//! (GEMV, generation) and a prompt batch (GEMM), plus the F16 output head
-//! (128256 × 2560) and activation quantization.
+//! runs, one thread (the driver over the kernel's tiles) and the threaded
+//! matrix product, for one token (GEMV on the packed groups, generation),
+//! four tokens (packed tiles) and a prompt batch (GEMM through unpacked
+//! panels and the interleaved-rows register tile), plus the F16 and Q6_K
+//! output heads (128256 × 2560) and activation quantization.
 //!
 //!     cargo bench --bench kernels                 # everything
 //!     cargo bench --bench kernels -- avx2/gemv    # a filter
@@ -12,8 +14,9 @@
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
 use std::time::Duration;
-use tern::kernels::matmul::{head_matmul_into, quantize_batch, ternary, HeadWeights};
-use tern::kernels::{all_variants, Kernel, Packed};
+use tern::kernels::matmul::quantize_batch;
+use tern::kernels::weights::{self, ActQuant, Acts, Weight};
+use tern::kernels::{all_variants, Kernel, Packed, QuantHead};
 
 /// (rows, cols): q/o, k/v, gate/up, down.
 const SHAPES: [(usize, usize); 4] = [(2560, 2560), (640, 2560), (6912, 2560), (2560, 6912)];
@@ -32,11 +35,15 @@ impl Rng {
     }
 }
 
-fn packed(rng: &mut Rng, rows: usize, cols: usize) -> Packed {
+/// The same random ternary matrix as repacked codes and as a weight.
+fn ternary(rng: &mut Rng, rows: usize, cols: usize) -> (Packed, Weight) {
     let w: Vec<u8> = (0..rows * cols / 4)
         .map(|_| (0..4).fold(0u8, |b, i| b | (((rng.next() % 3) as u8) << (2 * i))))
         .collect();
-    Packed::from_i2s(&w, rows, cols).expect("valid shape")
+    (
+        Packed::from_i2s(&w, rows, cols).expect("valid shape"),
+        weights::ternary_i2s(&w, rows, cols, 0.5).expect("valid shape"),
+    )
 }
 
 fn floats(rng: &mut Rng, n: usize) -> Vec<f32> {
@@ -45,7 +52,7 @@ fn floats(rng: &mut Rng, n: usize) -> Vec<f32> {
         .collect()
 }
 
-fn kernels() -> Vec<&'static dyn Kernel> {
+fn kernels() -> Vec<&'static Kernel> {
     // The scalar reference is far slower and only there for correctness.
     let all = all_variants();
     if std::env::var("TERN_BENCH_SCALAR").is_ok() {
@@ -58,46 +65,49 @@ fn kernels() -> Vec<&'static dyn Kernel> {
 fn ternary_benches(c: &mut Criterion) {
     let mut rng = Rng(0x1234_5678);
     for &(rows, cols) in &SHAPES {
-        let w = packed(&mut rng, rows, cols);
+        let (w, weight) = ternary(&mut rng, rows, cols);
         let x = floats(&mut rng, BATCH * cols);
         let shape = format!("{}x{}", rows, cols);
         for kern in kernels() {
             let name = kern.variant();
-            let q1 = quantize_batch(kern, &x[..cols], cols);
-            let qn = quantize_batch(kern, &x, cols);
-
-            let mut g = c.benchmark_group(format!("{}/gemv", name));
-            g.throughput(Throughput::Bytes(w.len() as u64));
-            let mut out = vec![0i32; 4 * w.groups()];
-            g.bench_function(BenchmarkId::new("1-thread", &shape), |b| {
-                b.iter(|| kern.i2s_gemm(&w, 0, w.groups(), &q1.q, &q1.sums, black_box(&mut out)))
-            });
-            let mut outf = vec![0f32; rows];
-            g.bench_function(BenchmarkId::new("pool", &shape), |b| {
-                b.iter(|| ternary(kern, &w, 0.5, &q1, black_box(&mut outf)))
-            });
-            g.finish();
-
-            let mut g = c.benchmark_group(format!("{}/gemm{}", name, BATCH));
-            g.throughput(Throughput::Elements((rows * cols * BATCH) as u64));
-            let mut out = vec![0i32; BATCH * 4 * w.groups()];
-            g.bench_function(BenchmarkId::new("1-thread", &shape), |b| {
-                b.iter(|| kern.i2s_gemm(&w, 0, w.groups(), &qn.q, &qn.sums, black_box(&mut out)))
-            });
-            let mut outf = vec![0f32; BATCH * rows];
-            g.bench_function(BenchmarkId::new("pool", &shape), |b| {
-                b.iter(|| ternary(kern, &w, 0.5, &qn, black_box(&mut outf)))
-            });
-            g.finish();
+            for (label, n) in [("gemv", 1), ("gemm4", 4), ("gemm128", BATCH)] {
+                let qb = quantize_batch(kern, &x[..n * cols], cols);
+                let mut g = c.benchmark_group(format!("{}/{}", name, label));
+                if n == 1 {
+                    // Memory bound: weight bytes per second.
+                    g.throughput(Throughput::Bytes(w.len() as u64));
+                } else {
+                    // Compute bound: multiply-adds per second.
+                    g.throughput(Throughput::Elements((rows * cols * n) as u64));
+                }
+                let mut out = vec![0i32; n * 4 * w.groups()];
+                g.bench_function(BenchmarkId::new("1-thread", &shape), |b| {
+                    b.iter(|| {
+                        kern.i2s_gemm(&w, 0, w.groups(), &qb.q, &qb.sums, black_box(&mut out))
+                    })
+                });
+                let mut outf = vec![0f32; n * rows];
+                g.bench_function(BenchmarkId::new("pool", &shape), |b| {
+                    b.iter(|| {
+                        let xa = Acts::new(&x[..n * cols], cols);
+                        weight.matmul(kern, &xa, black_box(&mut outf))
+                    })
+                });
+                g.finish();
+            }
         }
     }
 }
 
 fn head_benches(c: &mut Criterion) {
     let mut rng = Rng(99);
-    let head: Vec<f16> = (0..VOCAB * EMBD)
-        .map(|_| f16::from_f32((rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5))
-        .collect();
+    let head32: Vec<f32> = floats(&mut rng, VOCAB * EMBD);
+    let head: Vec<f16> = head32.iter().map(|&v| f16::from_f32(v)).collect();
+    let mut q6 = Vec::new();
+    tern::quant::q6_k::quantize(&head32, &mut q6);
+    drop(head32);
+    let f16_head = weights::float_f16(head.clone(), VOCAB, EMBD, ActQuant::Native);
+    let q6_head = weights::quant_blocks(QuantHead::Q6K, q6, VOCAB, EMBD).expect("whole blocks");
     let x = floats(&mut rng, EMBD);
     let shape = format!("{}x{}", VOCAB, EMBD);
     for kern in kernels() {
@@ -108,17 +118,13 @@ fn head_benches(c: &mut Criterion) {
             b.iter(|| kern.f16_gemm(&head, EMBD, 0, VOCAB, &x, 1, black_box(&mut out)))
         });
         g.bench_function(BenchmarkId::new("pool", &shape), |b| {
-            b.iter(|| {
-                head_matmul_into(
-                    kern,
-                    HeadWeights::F16(&head),
-                    &x,
-                    1,
-                    VOCAB,
-                    EMBD,
-                    black_box(&mut out),
-                )
-            })
+            b.iter(|| f16_head.matmul(kern, &Acts::new(&x, EMBD), black_box(&mut out)))
+        });
+        g.finish();
+        let mut g = c.benchmark_group(format!("{}/head-q6_k", kern.variant()));
+        g.throughput(Throughput::Bytes(q6_head.bytes() as u64));
+        g.bench_function(BenchmarkId::new("pool", &shape), |b| {
+            b.iter(|| q6_head.matmul(kern, &Acts::new(&x, EMBD), black_box(&mut out)))
         });
         g.finish();
     }

@@ -410,12 +410,20 @@ fn engine_timings_for_bench() {
     let md = String::from_utf8_lossy(&o.stdout);
     for want in [
         "| tern ",
-        "| bitnet.cpp (",
+        "| bitnet.cpp late-2024 (",
         "pp32, 1 thread: tern",
         "tg4, 1 thread: tern",
+        // Which bitnet.cpp it is: the late-2024 one of the crate, said in
+        // the output so nobody reads it as today's bitnet.cpp.
+        "bitnet-cpp-sys 0.0.5",
+        "late 2024",
     ] {
         assert!(md.contains(want), "missing {:?} in\n{}", want, md);
     }
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("bitnet-cpp-sys 0.0.5"),
+        "the build is named before the timings too"
+    );
 }
 
 /// A quantized token embedding / output head (`--embd-type q8_0|q6_k`):

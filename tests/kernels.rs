@@ -6,9 +6,8 @@
 //! skips the `cli_` tests: they start the binary, which would need qemu too).
 
 use half::f16;
-use tern::kernels::matmul::{head_matmul, matmul, quantize_batch, HeadWeights};
+use tern::kernels::weights::{self, ActQuant, Acts, Weight};
 use tern::kernels::{all_variants, scalar, BlockActs, Kernel, Packed, QuantHead};
-use tern::model::Proj;
 
 struct Rng(u64);
 impl Rng {
@@ -63,7 +62,7 @@ fn sums(x: &[i8], k: usize) -> Vec<i32> {
 
 /// One kernel over one shape, every group sub-range style, against the
 /// canonical-row reference.
-fn check_i2s(kern: &dyn Kernel, w: &[u8], rows: usize, cols: usize, x: &[i8], n: usize) {
+fn check_i2s(kern: &Kernel, w: &[u8], rows: usize, cols: usize, x: &[i8], n: usize) {
     let p = Packed::from_i2s(w, rows, cols).unwrap();
     let s = sums(x, cols);
     let rb = cols / 4;
@@ -135,7 +134,8 @@ fn i2s_kernels_match_scalar_on_random_shapes() {
 #[test]
 fn i2s_extremes_do_not_overflow() {
     // Every code 2 (or 3) against every activation -128: the largest
-    // magnitudes the 16-bit stages can see, over a long row.
+    // magnitudes the 16-bit stages can see, over a long row; on the packed
+    // tiles (5 tokens) and the prompt tiles (13).
     for (byte, xv) in [
         (0xAAu8, -128i8),
         (0xAA, 127),
@@ -143,11 +143,103 @@ fn i2s_extremes_do_not_overflow() {
         (0xFF, 127),
         (0x00, -128),
     ] {
-        let (rows, cols, n) = (5, 4096, 5);
-        let w = vec![byte; rows * cols / 4];
-        let x = vec![xv; n * cols];
-        for k in all_variants() {
-            check_i2s(k, &w, rows, cols, &x, n);
+        for n in [5, 13] {
+            let (rows, cols) = (5, 4096);
+            let w = vec![byte; rows * cols / 4];
+            let x = vec![xv; n * cols];
+            for k in all_variants() {
+                check_i2s(k, &w, rows, cols, &x, n);
+            }
+        }
+    }
+}
+
+#[test]
+fn i2s_prompt_tiles_match_scalar_across_tile_and_panel_edges() {
+    // The interleaved-rows prompt path: token counts around every ISA's
+    // tile width (4 or 6) from PANEL_MIN_TOKENS up, rows around the panel
+    // (16 rows) and tile heights (2 or 4) with padding, row lengths around
+    // the 16-bit runs (16 or 32 steps of 32 or 64 values).
+    let mut rng = Rng(0x5eed_7111);
+    let n_set = [8, 9, 11, 12, 13, 17, 18, 24, 25, 31];
+    let rows_set = [1, 3, 4, 6, 15, 16, 17, 33, 64, 70];
+    let cols_set = [128, 512, 640, 1024, 1152, 2048, 2176, 4224];
+    let kernels = all_variants();
+    for case in 0..60 {
+        let n = n_set[case % n_set.len()];
+        let rows = rows_set[rng.below(rows_set.len())];
+        let cols = cols_set[rng.below(cols_set.len())];
+        let w = weights(&mut rng, rows, cols, case % 4 == 0);
+        let x = activations(&mut rng, n, cols, case % 4);
+        for k in &kernels {
+            check_i2s(*k, &w, rows, cols, &x, n);
+        }
+    }
+}
+
+#[test]
+fn i2s_panel_unpack_and_token_tiles_match_their_layouts() {
+    // Each kernel's unpack writes the layout its prompt tile reads (the
+    // reference unpack's bytes), and tile_tokens puts token t, value v of
+    // each tile where the tile reads it.
+    use tern::kernels::ternary::{tile_tokens, unpack_generic};
+    let mut rng = Rng(99);
+    let (rows, cols) = (16, 1152);
+    let w = weights(&mut rng, rows, cols, true);
+    let p = Packed::from_i2s(&w, rows, cols).unwrap();
+    for k in all_variants() {
+        let shape = k.i2s_shape();
+        let mut got = vec![0xEEu8; rows * cols];
+        let mut want = vec![0xDDu8; rows * cols];
+        // SAFETY: both buffers hold groups · 4 · cols bytes; the packed data
+        // holds 4 groups; the shape is the kernel's own.
+        unsafe {
+            k.i2s_unpack(
+                p.group_bytes(0, 4).as_ptr(),
+                p.blocks(),
+                4,
+                got.as_mut_ptr(),
+            );
+            unpack_generic(
+                p.group_bytes(0, 4).as_ptr(),
+                p.blocks(),
+                4,
+                shape,
+                want.as_mut_ptr(),
+            );
+        }
+        assert_eq!(got, want, "{} unpack", k.variant());
+        let (rr, l) = (shape.rows, shape.lane);
+        let steps = cols / l;
+        for m in 0..rows {
+            let row = &w[m * cols / 4..(m + 1) * cols / 4];
+            for v in 0..cols {
+                // Canonical I2_S: value v at byte 32·(v / 128) + v % 32,
+                // bits 6 − 2·((v % 128) / 32).
+                let code = (row[32 * (v / 128) + v % 32] >> (6 - 2 * ((v % 128) / 32))) & 3;
+                let at = ((m / rr) * steps + v / l) * rr * l + (m % rr) * l + v % l;
+                assert_eq!(want[at], code, "{} row {} value {}", k.variant(), m, v);
+            }
+        }
+        let n = 2 * shape.tokens + 1;
+        let x = activations(&mut rng, n, cols, 0);
+        let tiled = tile_tokens(shape, &x, cols);
+        for t in 0..n {
+            let (t0, tt) = (
+                t - t % shape.tokens,
+                shape.tokens.min(n - t + t % shape.tokens),
+            );
+            for v in 0..cols {
+                let at = t0 * cols + ((v / l) * tt + t % shape.tokens) * l + v % l;
+                assert_eq!(
+                    tiled[at],
+                    x[t * cols + v],
+                    "{} token {} value {}",
+                    k.variant(),
+                    t,
+                    v
+                );
+            }
         }
     }
 }
@@ -332,16 +424,12 @@ fn matmul_is_independent_of_threads_and_batch() {
     let mut rng = Rng(3);
     let (rows, cols) = (70, 512);
     let w = weights(&mut rng, rows, cols, false);
-    let proj = Proj::Ternary {
-        data: Packed::from_i2s(&w, rows, cols).unwrap(),
-        scale: 0.37,
-        rows,
-        cols,
-    };
+    let proj = weights::ternary_i2s(&w, rows, cols, 0.37).unwrap();
     let vocab = 301;
     let head: Vec<f16> = (0..vocab * cols)
         .map(|_| f16::from_f32(rng.f32()))
         .collect();
+    let head = weights::float_f16(head, vocab, cols, ActQuant::Native);
     let x: Vec<f32> = (0..9 * cols).map(|_| rng.f32() * 3.0).collect();
     let run = |threads: usize, n: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
@@ -351,11 +439,11 @@ fn matmul_is_independent_of_threads_and_batch() {
         pool.install(|| {
             let mut res = Vec::new();
             for k in all_variants() {
-                let qb = quantize_batch(k, &x[..n * cols], cols);
+                let xa = Acts::new(&x[..n * cols], cols);
                 let mut out = vec![0f32; n * rows];
-                matmul(k, &proj, &qb, &mut out);
-                let logits =
-                    head_matmul(k, HeadWeights::F16(&head), &x[..n * cols], n, vocab, cols);
+                proj.matmul(k, &xa, &mut out);
+                let mut logits = vec![0f32; n * vocab];
+                head.matmul(k, &xa, &mut logits);
                 res.push((out, logits));
             }
             res
@@ -499,7 +587,7 @@ fn q8_0_mag(row: &[u8], x: &BlockActs, t: usize) -> f32 {
         .sum()
 }
 
-fn qgemm(kern: &dyn Kernel, w: &[u8], v0: usize, v1: usize, x: &BlockActs) -> Vec<f32> {
+fn qgemm(kern: &Kernel, w: &[u8], v0: usize, v1: usize, x: &BlockActs) -> Vec<f32> {
     let mut out = vec![f32::NAN; x.n * (v1 - v0)];
     match x.kind {
         QuantHead::Q8_0 => kern.q8_0_gemm(w, v0, v1, x, &mut out),
@@ -526,7 +614,7 @@ fn quant_head_gemm_agrees_with_scalar_and_does_not_depend_on_tiling() {
             xf[k..2 * k].fill(0.0); // an all-zero token: d = 0
         }
         let x = BlockActs::quantize(kind, &xf, k);
-        let want = qgemm(&scalar::Scalar, &w, 0, rows, &x);
+        let want = qgemm(&scalar::SCALAR, &w, 0, rows, &x);
         let rb = kind.row_bytes(k);
         for kern in all_variants() {
             let got = qgemm(kern, &w, 0, rows, &x);
@@ -598,10 +686,12 @@ fn quant_head_gemm_agrees_with_scalar_and_does_not_depend_on_tiling() {
 fn quant_head_is_independent_of_threads_and_batch() {
     let mut rng = Rng(11);
     let (vocab, d) = (301, 512);
-    let heads = [
-        quant_head(&mut rng, QuantHead::Q8_0, vocab, d),
-        quant_head(&mut rng, QuantHead::Q6K, vocab, d),
-    ];
+    let heads: Vec<Weight> = [QuantHead::Q8_0, QuantHead::Q6K]
+        .into_iter()
+        .map(|kind| {
+            weights::quant_blocks(kind, quant_head(&mut rng, kind, vocab, d), vocab, d).unwrap()
+        })
+        .collect();
     let x: Vec<f32> = (0..6 * d).map(|_| rng.f32() * 3.0).collect();
     let run = |threads: usize, n: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
@@ -611,13 +701,10 @@ fn quant_head_is_independent_of_threads_and_batch() {
         pool.install(|| {
             let mut res = Vec::new();
             for k in all_variants() {
-                for (i, h) in heads.iter().enumerate() {
-                    let w = if i == 0 {
-                        HeadWeights::Q8_0(h)
-                    } else {
-                        HeadWeights::Q6K(h)
-                    };
-                    res.push(head_matmul(k, w, &x[..n * d], n, vocab, d));
+                for h in &heads {
+                    let mut logits = vec![0f32; n * vocab];
+                    h.matmul(k, &Acts::new(&x[..n * d], d), &mut logits);
+                    res.push(logits);
                 }
             }
             res

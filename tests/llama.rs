@@ -1022,7 +1022,9 @@ fn lm_head_converted_when_the_list_leaves_it_out() {
     let g = GgufFile::open(&out).unwrap();
     assert_eq!(g.tensor("output.weight").unwrap().ty, GgmlType::I2S);
     let m = Model::load(&out).unwrap();
-    assert!(m.output_bitlinear.is_some() && m.output.is_none());
+    assert!(m.output.is_some());
+    assert_eq!(m.head().ty(), GgmlType::I2S, "the head is a BitLinear");
+    assert!(m.head().ternary());
     let plain = Model::load(&conv_dir(
         &hf_dir("llama-b158-online"),
         &t.path().join("p.gguf"),

@@ -326,10 +326,11 @@ fn cli_quantized_heads_on_the_trained_model() {
     let b16 = m16.bytes_per_token();
     for (path, kind) in [(&q8m, QuantHead::Q8_0), (&q6m, QuantHead::Q6K)] {
         let m = tern::model::Model::load(path).unwrap();
-        assert!(matches!(
-            m.head(),
-            tern::model::FloatMat::QuantMapped(k, _, _) if *k == kind
-        ));
+        let want_ty = match kind {
+            QuantHead::Q8_0 => GgmlType::Q8_0,
+            QuantHead::Q6K => GgmlType::Q6K,
+        };
+        assert_eq!(m.head().ty(), want_ty, "the head stays quantized");
         assert_eq!(
             m.bytes_per_token(),
             b16 - (nv * d * 2) as u64 + (nv * kind.row_bytes(d)) as u64
@@ -339,14 +340,17 @@ fn cli_quantized_heads_on_the_trained_model() {
         let mut want = vec![0f32; d];
         let mut r16 = vec![0f32; d];
         for tok in [0, 1, 97, nv - 1] {
-            m.float_row(&m.tok_embd, tok, &mut row);
-            let bytes = &m.quant_mapped(m.head())[tok * rb..(tok + 1) * rb];
+            m.tok_embd.row(tok, &mut row);
+            let head = m
+                .gguf
+                .tensor_data(m.gguf.tensor("token_embd.weight").unwrap());
+            let bytes = &head[tok * rb..(tok + 1) * rb];
             match kind {
                 QuantHead::Q8_0 => q8_0::dequantize(bytes, &mut want),
                 QuantHead::Q6K => q6_k::dequantize(bytes, &mut want),
             }
             assert_eq!(row, want);
-            m16.float_row(&m16.tok_embd, tok, &mut r16);
+            m16.tok_embd.row(tok, &mut r16);
             let amax = r16.iter().fold(0f32, |a, v| a.max(v.abs()));
             for (a, b) in row.iter().zip(&r16) {
                 assert!(
@@ -554,10 +558,7 @@ fn cli_untied_head_is_quantized_too() {
     assert!(g.tensor_data(te) == g.tensor_data(ow));
     let m = tern::model::Model::load(&out).unwrap();
     assert!(m.output.is_some());
-    assert!(matches!(
-        m.head(),
-        tern::model::FloatMat::QuantMapped(QuantHead::Q6K, _, _)
-    ));
+    assert_eq!(m.head().ty(), GgmlType::Q6K);
     let logits = |p: &Path| {
         let o = dir.path().join("l.f32");
         ok(&[

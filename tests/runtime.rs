@@ -101,23 +101,19 @@ fn wrong_scale_is_detected() {
     // The metric must be able to fail: a model whose scales are off by the
     // sparsity factor (pitfall 8) is far outside the thresholds.
     let name = "b158-sparse";
+    // The same file with every I2_S tensor scale (the f32 after the codes)
+    // scaled down, loaded from memory.
     let g = tern::gguf::GgufFile::open(&ref_gguf(name)).unwrap();
-    let mut m = Model::from_gguf(g).unwrap();
-    for l in &mut m.layers {
-        for p in [
-            &mut l.wq,
-            &mut l.wk,
-            &mut l.wv,
-            &mut l.wo,
-            &mut l.wgate,
-            &mut l.wup,
-            &mut l.wdown,
-        ] {
-            if let tern::model::Proj::Ternary { scale, .. } = p {
-                *scale *= 1.0 - 0.426;
-            }
-        }
+    let mut bytes = g.raw_bytes().to_vec();
+    let mut patched = 0;
+    for t in g.tensors.iter().filter(|t| t.ty == GgmlType::I2S) {
+        let at = (g.data_start + t.offset + t.n_elements() / 4) as usize;
+        let s = f32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        bytes[at..at + 4].copy_from_slice(&(s * (1.0 - 0.426)).to_le_bytes());
+        patched += 1;
     }
+    assert_eq!(patched, 14, "two layers of seven projections");
+    let m = Model::from_gguf(tern::gguf::GgufFile::from_bytes(bytes).unwrap()).unwrap();
     let dir = ref_dir("transformers", name);
     let p = &prompts(&dir)[0];
     let a = compare(&ref_logits(&dir, &p.name), &logits(&m, &p.tokens), p.vocab);

@@ -46,6 +46,10 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 pub const SOURCE_DIR: &str = env!("TERN_BITNET_CPP_SRC");
 /// The C++ compiler that built them (path and `--version` line).
 pub const COMPILER: &str = env!("TERN_BITNET_CPP_CXX");
+/// Which bitnet.cpp this is, for reports: not today's tree.
+pub const LINKED: &str =
+    "bitnet-cpp-sys 0.0.5: microsoft/BitNet with its llama.cpp fork as of late 2024, \
+before bitnet.cpp's Nov-2025 I2_S kernel update";
 
 /// Values per I2_S block in bitnet.cpp (`QK_I2_S`).
 pub const QK_I2_S: usize = 128;

@@ -284,7 +284,14 @@ impl Reference {
     }
     fn label() -> String {
         format!(
-            "bitnet.cpp ({})",
+            "bitnet.cpp late-2024 ({})",
+            compiler_short(crate::bitnet_cpp::COMPILER)
+        )
+    }
+    fn linked() -> String {
+        format!(
+            "{}; compiled with {}",
+            crate::bitnet_cpp::LINKED,
             compiler_short(crate::bitnet_cpp::COMPILER)
         )
     }
@@ -328,6 +335,9 @@ impl Reference {
     fn label() -> String {
         String::new()
     }
+    fn linked() -> String {
+        String::new()
+    }
     fn time_prompt(&self, _: usize, _: &[u32], _: usize) -> Result<Vec<f64>> {
         unreachable!("Reference::open always fails without the feature")
     }
@@ -358,7 +368,12 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--bw-mib must be at least 1");
     }
     let reference = if a.bitnet_cpp {
-        Some(Reference::open(a.model.as_deref())?)
+        let r = Reference::open(a.model.as_deref())?;
+        eprintln!(
+            "tern bench: bitnet.cpp side by side: {}",
+            Reference::linked()
+        );
+        Some(r)
     } else {
         None
     };
@@ -571,6 +586,12 @@ pub fn run(a: Args) -> Result<()> {
             mt,
             mb,
             mt / mb
+        );
+    }
+    if reference.is_some() {
+        println!(
+            "bitnet.cpp here is the build linked into tern ({}), not today's tree",
+            Reference::linked()
         );
     }
     println!(

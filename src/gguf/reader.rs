@@ -348,4 +348,42 @@ impl GgufFile {
     pub fn file_size(&self) -> u64 {
         self.backing.bytes().len() as u64
     }
+
+    /// Give the resident pages of a tensor's bytes back to the OS, for a
+    /// tensor that was copied out (repacked) and is not read from the map
+    /// again: they no longer count in this process's resident set.
+    pub fn release(&self, t: &TensorInfo) {
+        self.release_range(t, 0, self.tensor_range(t).len())
+    }
+
+    /// [`GgufFile::release`] for bytes `start .. start + len` of a tensor
+    /// (clamped to it). Only whole pages inside the range are released
+    /// (rounded inwards to 64 KiB, a multiple of every common page size),
+    /// so neighbours are untouched. A no-op for in-memory files and off
+    /// Unix.
+    pub fn release_range(&self, t: &TensorInfo, start: usize, len: usize) {
+        #[cfg(unix)]
+        if let Backing::Mmap(m) = &self.backing {
+            const ALIGN: usize = 64 << 10;
+            let range = self.tensor_range(t);
+            let (at, size) = (range.start, range.len());
+            let (start, end) = (start.min(size), start.saturating_add(len).min(size));
+            let base = m.as_ptr() as usize;
+            let a = (base + at + start).next_multiple_of(ALIGN) - base;
+            let b = (base + at + end) / ALIGN * ALIGN - base;
+            if a < b {
+                // SAFETY: the map is read-only and private and tern never
+                // writes it, so dropping its pages loses nothing: a later
+                // read (say, by a caller that still holds `tensor_data` of
+                // this range) faults the same bytes back in from the file.
+                // The range lies inside the map (the tensor bounds were
+                // checked at open).
+                let _ = unsafe {
+                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, a, b - a)
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (t, start, len);
+    }
 }

@@ -1,188 +1,434 @@
-//! AVX2 kernels (x86_64), selected at run time.
+//! AVX2 tiles and primitives (x86_64), selected at run time; the loops
+//! around them are the shared drivers in `kernels::{ternary, float, qhead}`.
 //!
-//! Ternary products: `vpmaddubsw` of the unsigned codes (0..2) with the
-//! signed activations gives exact 16-bit pair sums; those are summed in
-//! 16 bits over at most [`CHUNK`] blocks (|sum| ≤ 8·4·2·3·128 < 2^15 even
-//! for the invalid code 3), then widened to 32 bits, so the result equals
-//! the scalar integer sum exactly. `Σ code·x − Σ x` gives the ternary dot.
+//! Ternary products: `vpmaddubsw` of the unsigned codes (0..3) with the
+//! signed activations gives exact 16-bit pair sums; those are summed in 16
+//! bits over a bounded run (|sum| ≤ 32·2·3·128 < 2^15 even for the invalid
+//! code 3), then widened to 32 bits with `vpmaddwd`, so the result equals
+//! the scalar integer sum exactly.
 
 use super::ops::Kv;
-use super::{BlockActs, Kernel, Packed, QuantHead, GROUP, GROUP_BLOCK_BYTES, QK};
+use super::ternary::{TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
+use super::{scalar, BlockActs, Kernel, Ops};
 use crate::quant::{q6_k, q8_0};
 use half::f16;
 use std::arch::x86_64::*;
 
-pub struct Avx2;
+/// The AVX2 function table (everything has an AVX2 version).
+pub(crate) const OPS: Ops = Ops {
+    i2s_packed,
+    i2s_tile,
+    i2s_shape: SHAPE,
+    i2s_unpack,
+    f16_tile: float_tile_f16,
+    f32_tile: float_tile_f32,
+    q8_0_tile,
+    q6_k_tile,
+    q8_0_block_dots,
+    q6_k_block_dots,
+    quantize_act,
+    dot_f32,
+    dot_f16,
+    axpy_f16,
+    axpy_f32,
+    attn_scores,
+    attn_values,
+    ..scalar::OPS
+};
 
-/// Blocks summed in 16-bit lanes before widening.
+static AVX2: Kernel = Kernel::new("avx2", "avx2", OPS);
+
+/// Whether this CPU runs the AVX2 table (AVX2, FMA, F16C).
+pub fn detect() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+/// The AVX2 kernel, if this CPU has the features.
+pub fn get() -> Option<&'static Kernel> {
+    detect().then_some(&AVX2)
+}
+
+/// Blocks summed in 16-bit lanes before widening (packed tiles).
 const CHUNK: usize = 8;
-/// Tokens per register tile in the ternary GEMM (many tokens).
-const TILE_T: usize = 4;
+/// Steps of 32 values summed in 16-bit lanes before widening (code tile):
+/// 32 · 2·3·128 < 2^15.
+const CODE_CHUNK: usize = 32;
+/// The prompt tile: 2 rows × 6 tokens, 32 bytes of K per step. Twelve
+/// 16-bit accumulators, two code vectors, one activation vector and one
+/// product fill the 16 registers.
+const SHAPE: TileShape = TileShape {
+    rows: 2,
+    tokens: 6,
+    lane: 32,
+};
 /// How far ahead the one-token ternary product prefetches its weight
-/// stream, and the one-token float GEMM (output head) each row. Measured
-/// on a 2-core Zen 3 VM: without them the hardware prefetcher alone left
-/// generation at ~70% of the read bandwidth, with them ~85–100%.
+/// stream, and the one-token float and quantized head products each row.
+/// Measured on a 2-core Zen 3 VM: without them the hardware prefetcher
+/// alone left generation at ~70% of the read bandwidth, with them ~85–100%.
 const PREFETCH_GEMV: usize = 16 << 10;
 const PREFETCH_HEAD: usize = 32 << 10;
-/// Row groups that share one token tile (its activations stay in L1).
-const GROUP_BLOCK: usize = 8;
 
-impl Avx2 {
-    pub fn detect() -> bool {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
+// Every entry below is reached only through `AVX2` (or the AVX-512 tables
+// built on `OPS`), which `get` / `avx512::variants` hand out after checking
+// the CPU's features; that is the SAFETY argument of each `unsafe` call to
+// a `#[target_feature]` function in them. The drivers and `Kernel` methods
+// checked the sizes.
+
+unsafe fn i2s_packed(
+    w: *const u8,
+    nb: usize,
+    x: *const i8,
+    k: usize,
+    t: usize,
+    out: *mut i32,
+    ld: usize,
+) {
+    // SAFETY: the tile contract (see `ternary::PackedTile`) and the CPU check.
+    match t {
+        1 => tile1(w, nb, x, out),
+        2 => tile2::<2>(w, nb, x, k, out, ld),
+        3 => tile2::<3>(w, nb, x, k, out, ld),
+        _ => tile2::<4>(w, nb, x, k, out, ld),
     }
 }
 
-impl Kernel for Avx2 {
-    fn name(&self) -> &'static str {
-        "avx2"
+unsafe fn i2s_tile(c: *const u8, x: *const i8, steps: usize, t: usize, out: *mut i32, ld: usize) {
+    // SAFETY: the tile contract (see `ternary::CodeTile`) and the CPU check.
+    match t {
+        1 => code_tile::<1>(c, x, steps, out, ld),
+        2 => code_tile::<2>(c, x, steps, out, ld),
+        3 => code_tile::<3>(c, x, steps, out, ld),
+        4 => code_tile::<4>(c, x, steps, out, ld),
+        5 => code_tile::<5>(c, x, steps, out, ld),
+        _ => code_tile::<6>(c, x, steps, out, ld),
     }
-    fn i2s_gemm(&self, w: &Packed, g0: usize, g1: usize, xs: &[i8], sums: &[i32], out: &mut [i32]) {
-        super::check_gemm(w, g0, g1, xs, sums, out);
-        // SAFETY: `Avx2` is only handed out by `kernels::available` after
-        // `detect`; `check_gemm` asserted the sizes the pointer arithmetic
-        // relies on (groups in range, `xs` = n rows of `cols`, `out` large
-        // enough).
-        unsafe { i2s_gemm_avx2(w, g0, g1, xs, sums, out) }
+}
+
+unsafe fn float_tile_f16(
+    w: *const u8,
+    d: usize,
+    r: usize,
+    x: *const f32,
+    t: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    // SAFETY: the tile contract (see `float::Tile`) and the CPU check.
+    float_dispatch::<true>(w, d, r, x, t, out, ld)
+}
+
+unsafe fn float_tile_f32(
+    w: *const u8,
+    d: usize,
+    r: usize,
+    x: *const f32,
+    t: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    // SAFETY: as for `float_tile_f16`.
+    float_dispatch::<false>(w, d, r, x, t, out, ld)
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn q8_0_tile(
+    w: *const u8,
+    rb: usize,
+    r: usize,
+    x: &BlockActs,
+    t0: usize,
+    t: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    // SAFETY: the tile contract (see `qhead::Tile`) and the CPU check.
+    quant_dispatch::<false>(w, rb, r, x, t0, t, out, ld)
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn q6_k_tile(
+    w: *const u8,
+    rb: usize,
+    r: usize,
+    x: &BlockActs,
+    t0: usize,
+    t: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    // SAFETY: as for `q8_0_tile`.
+    quant_dispatch::<true>(w, rb, r, x, t0, t, out, ld)
+}
+
+fn q8_0_block_dots(w: &[u8], a: &[i8], out: &mut [i32]) {
+    for (b, o) in out.iter_mut().enumerate() {
+        // SAFETY: CPU checked; `Kernel::q8_0_block_dots` asserted that block
+        // `b` lies inside `w` (34 bytes) and `a` (32).
+        *o = unsafe {
+            hsum_i32(
+                q8_0_block::<1>(
+                    w.as_ptr().add(b * q8_0::BLOCK_BYTES),
+                    [a.as_ptr().add(b * q8_0::QK8_0)],
+                )[0],
+            )
+        };
     }
-    fn f16_gemm(
-        &self,
-        w: &[f16],
-        d: usize,
-        v0: usize,
-        v1: usize,
-        xs: &[f32],
-        n: usize,
-        out: &mut [f32],
-    ) {
-        super::check_float_gemm(w.len(), d, v0, v1, xs, n, out);
-        // SAFETY: CPU support checked at selection; sizes asserted above.
-        unsafe { float_gemm::<true>(w.as_ptr() as *const u8, d, v0, v1, xs, n, out) }
+}
+
+fn q6_k_block_dots(w: &[u8], a: &[i8], bsums: &[i16], out: &mut [i32]) {
+    for (b, o) in out.iter_mut().enumerate() {
+        // SAFETY: CPU checked; `Kernel::q6_k_block_dots` asserted that block
+        // `b` lies inside `w` (210 bytes), `a` (256) and `bsums` (16).
+        *o = unsafe {
+            hsum_i32(
+                q6_k_block::<1>(
+                    w.as_ptr().add(b * q6_k::BLOCK_BYTES),
+                    [a.as_ptr().add(b * q6_k::QK_K)],
+                    [bsums.as_ptr().add(b * 16)],
+                )[0],
+            )
+        };
     }
-    fn f32_gemm(
-        &self,
-        w: &[f32],
-        d: usize,
-        v0: usize,
-        v1: usize,
-        xs: &[f32],
-        n: usize,
-        out: &mut [f32],
-    ) {
-        super::check_float_gemm(w.len(), d, v0, v1, xs, n, out);
-        // SAFETY: CPU support checked at selection; sizes asserted above.
-        unsafe { float_gemm::<false>(w.as_ptr() as *const u8, d, v0, v1, xs, n, out) }
-    }
-    fn quantize_act(&self, x: &[f32], q: &mut [i8]) -> (f32, i32) {
-        assert_eq!(x.len(), q.len());
-        // SAFETY: CPU support checked at selection; lengths equal.
-        unsafe { quantize_avx2(x, q) }
-    }
-    fn q8_0_block_dots(&self, w: &[u8], a: &[i8], out: &mut [i32]) {
-        super::check_block_dots(QuantHead::Q8_0, w, a, out);
-        for (b, o) in out.iter_mut().enumerate() {
-            // SAFETY: CPU support checked at selection; `check_block_dots`
-            // asserted that block `b` lies inside `w` (34 bytes) and `a` (32).
-            *o = unsafe {
-                hsum_i32(
-                    q8_0_block::<1>(
-                        w.as_ptr().add(b * q8_0::BLOCK_BYTES),
-                        [a.as_ptr().add(b * q8_0::QK8_0)],
-                    )[0],
-                )
-            };
-        }
-    }
-    fn q6_k_block_dots(&self, w: &[u8], a: &[i8], bsums: &[i16], out: &mut [i32]) {
-        super::check_block_dots(QuantHead::Q6K, w, a, out);
-        assert_eq!(bsums.len(), a.len() / 16, "activation sums");
-        for (b, o) in out.iter_mut().enumerate() {
-            // SAFETY: CPU support checked at selection; the asserts above
-            // put block `b` inside `w` (210 bytes), `a` (256) and `bsums` (16).
-            *o = unsafe {
-                hsum_i32(
-                    q6_k_block::<1>(
-                        w.as_ptr().add(b * q6_k::BLOCK_BYTES),
-                        [a.as_ptr().add(b * q6_k::QK_K)],
-                        [bsums.as_ptr().add(b * 16)],
-                    )[0],
-                )
-            };
-        }
-    }
-    fn q8_0_gemm(&self, w: &[u8], v0: usize, v1: usize, x: &BlockActs, out: &mut [f32]) {
-        super::check_quant_gemm(QuantHead::Q8_0, w, v0, v1, x, out);
-        // SAFETY: CPU support checked at selection; `check_quant_gemm`
-        // asserted the sizes of the rows, activations and output.
-        unsafe { quant_gemm::<false>(w, v0, v1, x, out) }
-    }
-    fn q6_k_gemm(&self, w: &[u8], v0: usize, v1: usize, x: &BlockActs, out: &mut [f32]) {
-        super::check_quant_gemm(QuantHead::Q6K, w, v0, v1, x, out);
-        // SAFETY: as for `q8_0_gemm`.
-        unsafe { quant_gemm::<true>(w, v0, v1, x, out) }
-    }
-    fn dot_f32(&self, a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        // SAFETY: CPU support checked at selection; loads stay below `n`.
-        unsafe { dot_f32_avx2(&a[..n], &b[..n]) }
-    }
-    fn dot_f16(&self, a: &[f16], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        // SAFETY: CPU support (incl. F16C) checked at selection; loads stay below `n`.
-        unsafe { dot_f16_avx2(&a[..n], &b[..n]) }
-    }
-    fn axpy_f16(&self, p: f32, x: &[f16], y: &mut [f32]) {
-        let n = x.len().min(y.len());
-        // SAFETY: CPU support checked at selection; accesses stay below `n`.
-        unsafe { axpy_avx2::<true>(p, x.as_ptr() as *const u8, &mut y[..n]) }
-    }
-    fn axpy_f32(&self, p: f32, x: &[f32], y: &mut [f32]) {
-        let n = x.len().min(y.len());
-        // SAFETY: CPU support checked at selection; accesses stay below `n`.
-        unsafe { axpy_avx2::<false>(p, x.as_ptr() as *const u8, &mut y[..n]) }
-    }
-    fn attn_scores(
-        &self,
-        k: Kv,
-        stride: usize,
-        off: usize,
-        q: &[f32],
-        scale: f32,
-        scores: &mut [f32],
-    ) {
-        super::ops::check_rows(k, stride, off, q.len(), scores.len());
-        let d = q.len();
-        // SAFETY: CPU support checked at selection; `check_rows` asserted
-        // that every row read lies inside the cache.
-        unsafe {
-            match k {
-                Kv::F16(k) => {
-                    for (t, s) in scores.iter_mut().enumerate() {
-                        let at = t * stride + off;
-                        *s = dot_f16_avx2(&k[at..at + d], q) * scale;
-                    }
+}
+
+fn quantize_act(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+    // SAFETY: CPU checked; `Kernel::quantize_act` asserted equal lengths.
+    unsafe { quantize_avx2(x, q) }
+}
+
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: CPU checked; `Kernel::dot_f32` cut both to one length.
+    unsafe { dot_f32_avx2(a, b) }
+}
+
+fn dot_f16(a: &[f16], b: &[f32]) -> f32 {
+    // SAFETY: CPU checked; `Kernel::dot_f16` cut both to one length.
+    unsafe { dot_f16_avx2(a, b) }
+}
+
+fn axpy_f16(p: f32, x: &[f16], y: &mut [f32]) {
+    // SAFETY: CPU checked; `Kernel::axpy_f16` cut both to one length.
+    unsafe { axpy_avx2::<true>(p, x.as_ptr() as *const u8, y) }
+}
+
+fn axpy_f32(p: f32, x: &[f32], y: &mut [f32]) {
+    // SAFETY: CPU checked; `Kernel::axpy_f32` cut both to one length.
+    unsafe { axpy_avx2::<false>(p, x.as_ptr() as *const u8, y) }
+}
+
+fn attn_scores(k: Kv, stride: usize, off: usize, q: &[f32], scale: f32, scores: &mut [f32]) {
+    let d = q.len();
+    // SAFETY: CPU checked; `Kernel::attn_scores` asserted that every row
+    // read lies inside the cache (and the slices are bounds-checked).
+    unsafe {
+        match k {
+            Kv::F16(k) => {
+                for (t, s) in scores.iter_mut().enumerate() {
+                    let at = t * stride + off;
+                    *s = dot_f16_avx2(&k[at..at + d], q) * scale;
                 }
-                Kv::F32(k) => {
-                    for (t, s) in scores.iter_mut().enumerate() {
-                        let at = t * stride + off;
-                        *s = dot_f32_avx2(&k[at..at + d], q) * scale;
-                    }
+            }
+            Kv::F32(k) => {
+                for (t, s) in scores.iter_mut().enumerate() {
+                    let at = t * stride + off;
+                    *s = dot_f32_avx2(&k[at..at + d], q) * scale;
                 }
             }
         }
     }
-    fn attn_values(&self, v: Kv, stride: usize, off: usize, p: &[f32], out: &mut [f32]) {
-        super::ops::check_rows(v, stride, off, out.len(), p.len());
-        // SAFETY: CPU support checked at selection; `check_rows` asserted
-        // that every row read lies inside the cache.
-        unsafe {
-            match v {
-                Kv::F16(v) => values_avx2::<true>(v.as_ptr() as *const u8, stride, off, p, out),
-                Kv::F32(v) => values_avx2::<false>(v.as_ptr() as *const u8, stride, off, p, out),
+}
+
+fn attn_values(v: Kv, stride: usize, off: usize, p: &[f32], out: &mut [f32]) {
+    // SAFETY: CPU checked; `Kernel::attn_values` asserted that every row
+    // read lies inside the cache.
+    unsafe {
+        match v {
+            Kv::F16(v) => values_avx2::<true>(v.as_ptr() as *const u8, stride, off, p, out),
+            Kv::F32(v) => values_avx2::<false>(v.as_ptr() as *const u8, stride, off, p, out),
+        }
+    }
+}
+
+/// Unpack packed groups into a code tile's layout: any tile height, lanes
+/// of 32, 64 or 128 bytes (one canonical field of one block, 32 values,
+/// lands whole in one lane). Also the AVX-512 tables' unpack.
+///
+/// # Safety
+/// As `ternary::Unpack`.
+pub(crate) unsafe fn i2s_unpack(
+    w: *const u8,
+    nb: usize,
+    groups: usize,
+    shape: TileShape,
+    dst: *mut u8,
+) {
+    debug_assert!(matches!(shape.lane, 32 | 64 | 128));
+    unpack_avx2(w, nb, groups, shape.rows, shape.lane, dst)
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn unpack_avx2(w: *const u8, nb: usize, groups: usize, rr: usize, l: usize, dst: *mut u8) {
+    let mask = _mm256_set1_epi8(3);
+    let steps = nb * QK / l;
+    for g in 0..groups {
+        for r in 0..GROUP {
+            let m = g * GROUP + r;
+            let base = dst.add((m / rr) * steps * rr * l + (m % rr) * l);
+            for b in 0..nb {
+                let v = _mm256_loadu_si256(
+                    w.add((g * nb + b) * GROUP_BLOCK_BYTES + r * 32) as *const __m256i
+                );
+                // Field i holds values b·128 + 32i .. + 32: lane (b·128 + 32i) / l.
+                let st = |i: usize| {
+                    let at = b * QK + 32 * i;
+                    base.add((at / l) * rr * l + at % l) as *mut __m256i
+                };
+                _mm256_storeu_si256(st(0), _mm256_and_si256(_mm256_srli_epi16::<6>(v), mask));
+                _mm256_storeu_si256(st(1), _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask));
+                _mm256_storeu_si256(st(2), _mm256_and_si256(_mm256_srli_epi16::<2>(v), mask));
+                _mm256_storeu_si256(st(3), _mm256_and_si256(v, mask));
             }
         }
+    }
+}
+
+/// The prompt tile: 2 rows × `T` tokens over unpacked codes (`[step][2][32]`)
+/// and interleaved activations (`[step][T][32]`), both one sequential
+/// stream; 16-bit sums widened every [`CODE_CHUNK`] steps. Writes
+/// `out[t·ld + r]` = Σ code·x.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::needless_range_loop)]
+unsafe fn code_tile<const T: usize>(
+    c: *const u8,
+    x: *const i8,
+    steps: usize,
+    out: *mut i32,
+    ld: usize,
+) {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc32 = [[_mm256_setzero_si256(); T]; 2];
+    let mut s = 0;
+    while s < steps {
+        let se = (s + CODE_CHUNK).min(steps);
+        let mut acc = [[_mm256_setzero_si256(); T]; 2];
+        let mut cp = c.add(s * 64);
+        let mut xp = x.add(s * T * 32);
+        for _ in s..se {
+            let c0 = _mm256_loadu_si256(cp as *const __m256i);
+            let c1 = _mm256_loadu_si256(cp.add(32) as *const __m256i);
+            for t in 0..T {
+                let xv = _mm256_loadu_si256(xp.add(32 * t) as *const __m256i);
+                acc[0][t] = _mm256_add_epi16(acc[0][t], _mm256_maddubs_epi16(c0, xv));
+                acc[1][t] = _mm256_add_epi16(acc[1][t], _mm256_maddubs_epi16(c1, xv));
+            }
+            cp = cp.add(64);
+            xp = xp.add(T * 32);
+        }
+        for r in 0..2 {
+            for t in 0..T {
+                acc32[r][t] = _mm256_add_epi32(acc32[r][t], _mm256_madd_epi16(acc[r][t], ones));
+            }
+        }
+        s = se;
+    }
+    for t in 0..T {
+        for r in 0..2 {
+            *out.add(t * ld + r) = hsum_i32(acc32[r][t]);
+        }
+    }
+}
+
+/// The float tile shapes of `float::Tile`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn float_dispatch<const F16: bool>(
+    w: *const u8,
+    d: usize,
+    r: usize,
+    x: *const f32,
+    t: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    let es = if F16 { 2 } else { 4 };
+    let row = |j: usize| w.add(j * d * es);
+    let xr = |u: usize| x.add(u * d);
+    macro_rules! run {
+        ($r:literal, $t:literal) => {{
+            let res =
+                float_tile::<F16, $r, $t>(std::array::from_fn(row), std::array::from_fn(xr), d);
+            for (j, rj) in res.iter().enumerate() {
+                for (u, &val) in rj.iter().enumerate() {
+                    *out.add(u * ld + j) = val;
+                }
+            }
+        }};
+    }
+    match (r, t) {
+        (4, 1) => run!(4, 1),
+        (3, 1) => run!(3, 1),
+        (2, 4) => run!(2, 4),
+        (2, 3) => run!(2, 3),
+        (2, 2) => run!(2, 2),
+        (2, _) => run!(2, 1),
+        (_, 4) => run!(1, 4),
+        (_, 3) => run!(1, 3),
+        (_, 2) => run!(1, 2),
+        _ => run!(1, 1),
+    }
+}
+
+/// The quantized tile shapes of `qhead::Tile`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quant_dispatch<const Q6: bool>(
+    w: *const u8,
+    rb: usize,
+    r: usize,
+    x: &BlockActs,
+    t0: usize,
+    t: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    let nb = x.k / if Q6 { q6_k::QK_K } else { q8_0::QK8_0 };
+    let row = |j: usize| w.add(j * rb);
+    let ap = |u: usize| x.qs.as_ptr().add((t0 + u) * x.k);
+    let dp = |u: usize| x.d.as_ptr().add((t0 + u) * nb);
+    // Q8_0 has no sums: any valid pointer, never read.
+    let bp = |u: usize| {
+        if Q6 {
+            x.bsums.as_ptr().add((t0 + u) * x.k / 16)
+        } else {
+            x.bsums.as_ptr()
+        }
+    };
+    macro_rules! run {
+        ($r:literal, $t:literal) => {{
+            let res = quant_tile::<Q6, $r, $t>(
+                std::array::from_fn(row),
+                std::array::from_fn(ap),
+                std::array::from_fn(dp),
+                std::array::from_fn(bp),
+                nb,
+            );
+            for (j, rj) in res.iter().enumerate() {
+                for (u, &val) in rj.iter().enumerate() {
+                    *out.add(u * ld + j) = val;
+                }
+            }
+        }};
+    }
+    match (r, t) {
+        (4, 1) => run!(4, 1),
+        (3, 1) => run!(3, 1),
+        (2, 1) => run!(2, 1),
+        (_, 4) => run!(1, 4),
+        (_, 3) => run!(1, 3),
+        (_, 2) => run!(1, 2),
+        _ => run!(1, 1),
     }
 }
 
@@ -224,50 +470,6 @@ unsafe fn values_avx2<const F16: bool>(
     }
 }
 
-/// Driver: token tiles of up to [`TILE_T`], each run over blocks of
-/// [`GROUP_BLOCK`] row groups so the tile's activations stay in L1 while the
-/// packed weights of the block come from L2.
-#[target_feature(enable = "avx2")]
-unsafe fn i2s_gemm_avx2(
-    w: &Packed,
-    g0: usize,
-    g1: usize,
-    xs: &[i8],
-    sums: &[i32],
-    out: &mut [i32],
-) {
-    let n = sums.len();
-    let k = w.cols();
-    let nb = w.blocks();
-    let ld = GROUP * (g1 - g0);
-    let gstride = nb * GROUP_BLOCK_BYTES;
-    let wbase = w.group_bytes(g0, g1).as_ptr();
-    let xp = xs.as_ptr();
-    let op = out.as_mut_ptr();
-    let mut gb = 0;
-    while gb < g1 - g0 {
-        let ge = (gb + GROUP_BLOCK).min(g1 - g0);
-        let mut t = 0;
-        while t < n {
-            let tt = (n - t).min(TILE_T);
-            for g in gb..ge {
-                let wp = wbase.add(g * gstride);
-                let o = op.add(t * ld + g * GROUP);
-                let x0 = xp.add(t * k);
-                let sp = sums.as_ptr().add(t);
-                match tt {
-                    1 => tile1(wp, nb, x0, sp, o),
-                    2 => tile2::<2>(wp, nb, x0, k, sp, o, ld),
-                    3 => tile2::<3>(wp, nb, x0, k, sp, o, ld),
-                    _ => tile2::<4>(wp, nb, x0, k, sp, o, ld),
-                }
-            }
-            t += tt;
-        }
-        gb = ge;
-    }
-}
-
 /// An empty `asm!` that pins `v` in a register: keeps LLVM from
 /// re-associating the accumulator sums into trees that need more registers
 /// than there are (and then spill).
@@ -293,11 +495,11 @@ unsafe fn hsum4(a: [__m256i; 4]) -> __m128i {
 
 /// One token (generation): the four rows of a packed group against one
 /// activation row; each activation vector is loaded once for four rows.
-/// Writes `out[r]` = dot − sum.
+/// Writes `out[r]` = Σ code·x.
 #[target_feature(enable = "avx2")]
 #[inline]
 #[allow(clippy::needless_range_loop)]
-unsafe fn tile1(wp: *const u8, nb: usize, x0: *const i8, sum: *const i32, out: *mut i32) {
+unsafe fn tile1(wp: *const u8, nb: usize, x0: *const i8, out: *mut i32) {
     let mask = _mm256_set1_epi8(3);
     let ones = _mm256_set1_epi16(1);
     let mut acc32 = [_mm256_setzero_si256(); GROUP];
@@ -337,14 +539,13 @@ unsafe fn tile1(wp: *const u8, nb: usize, x0: *const i8, sum: *const i32, out: *
         }
         b = be;
     }
-    let r = _mm_sub_epi32(hsum4(acc32), _mm_set1_epi32(*sum));
-    _mm_storeu_si128(out as *mut __m128i, r);
+    _mm_storeu_si128(out as *mut __m128i, hsum4(acc32));
 }
 
 /// Many tokens (prompt): a packed group × `T` tokens, two rows at a time so
 /// the 2·T accumulators, two code vectors and one activation vector fit
 /// the 16 registers (each unpacked code vector serves `T` tokens, each
-/// activation vector two rows). Writes `out[t·ld + r]` = dot − sums[t].
+/// activation vector two rows). Writes `out[t·ld + r]` = Σ code·x.
 #[target_feature(enable = "avx2")]
 #[inline]
 #[allow(clippy::needless_range_loop)]
@@ -353,7 +554,6 @@ unsafe fn tile2<const T: usize>(
     nb: usize,
     x0: *const i8,
     k: usize,
-    sums: *const i32,
     out: *mut i32,
     ld: usize,
 ) {
@@ -410,8 +610,7 @@ unsafe fn tile2<const T: usize>(
         }
     }
     for t in 0..T {
-        let r = _mm_sub_epi32(hsum4(acc32[t]), _mm_set1_epi32(*sums.add(t)));
-        _mm_storeu_si128(out.add(t * ld) as *mut __m128i, r);
+        _mm_storeu_si128(out.add(t * ld) as *mut __m128i, hsum4(acc32[t]));
     }
 }
 
@@ -559,70 +758,6 @@ unsafe fn float_tile<const F16: bool, const R: usize, const T: usize>(
         }
     }
     res
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn float_gemm<const F16: bool>(
-    w: *const u8,
-    d: usize,
-    v0: usize,
-    v1: usize,
-    xs: &[f32],
-    n: usize,
-    out: &mut [f32],
-) {
-    let es = if F16 { 2 } else { 4 };
-    let row = |v: usize| w.add(v * d * es);
-    let xr = |t: usize| xs.as_ptr().add(t * d);
-    let ld = v1 - v0;
-    if n == 1 {
-        let mut v = v0;
-        while v + 4 <= v1 {
-            let r =
-                float_tile::<F16, 4, 1>([row(v), row(v + 1), row(v + 2), row(v + 3)], [xr(0)], d);
-            for (j, rr) in r.iter().enumerate() {
-                out[v - v0 + j] = rr[0];
-            }
-            v += 4;
-        }
-        while v < v1 {
-            out[v - v0] = float_tile::<F16, 1, 1>([row(v)], [xr(0)], d)[0][0];
-            v += 1;
-        }
-        return;
-    }
-    let mut t = 0;
-    while t < n {
-        let tt = (n - t).min(4);
-        let mut v = v0;
-        while v < v1 {
-            let rr = (v1 - v).min(2);
-            macro_rules! run {
-                ($r:literal, $t:literal) => {{
-                    let ws: [*const u8; $r] = std::array::from_fn(|j| row(v + j));
-                    let xv: [*const f32; $t] = std::array::from_fn(|j| xr(t + j));
-                    let res = float_tile::<F16, $r, $t>(ws, xv, d);
-                    for (j, rj) in res.iter().enumerate() {
-                        for (u, &val) in rj.iter().enumerate() {
-                            out[(t + u) * ld + v - v0 + j] = val;
-                        }
-                    }
-                }};
-            }
-            match (rr, tt) {
-                (2, 4) => run!(2, 4),
-                (2, 3) => run!(2, 3),
-                (2, 2) => run!(2, 2),
-                (2, _) => run!(2, 1),
-                (_, 4) => run!(1, 4),
-                (_, 3) => run!(1, 3),
-                (_, 2) => run!(1, 2),
-                _ => run!(1, 1),
-            }
-            v += rr;
-        }
-        t += tt;
-    }
 }
 
 #[target_feature(enable = "avx2,fma")]
@@ -881,80 +1016,4 @@ unsafe fn quant_tile<const Q6: bool, const R: usize, const T: usize>(
         }
     }
     res
-}
-
-/// Driver of the quantized head product: one token streams four rows at a
-/// time; many tokens take tiles of up to four tokens per row, so each
-/// weight block is decoded once per tile while the chunk's rows stay in L2.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn quant_gemm<const Q6: bool>(
-    w: &[u8],
-    v0: usize,
-    v1: usize,
-    x: &BlockActs,
-    out: &mut [f32],
-) {
-    let kind = if Q6 { QuantHead::Q6K } else { QuantHead::Q8_0 };
-    let rb = kind.row_bytes(x.k);
-    let nb = x.k / kind.block();
-    let row = |v: usize| w.as_ptr().add(v * rb);
-    let ap = |t: usize| x.qs.as_ptr().add(t * x.k);
-    let dp = |t: usize| x.d.as_ptr().add(t * nb);
-    // Q8_0 has no sums: any valid pointer, never read.
-    let bp = |t: usize| {
-        if Q6 {
-            x.bsums.as_ptr().add(t * x.k / 16)
-        } else {
-            x.bsums.as_ptr()
-        }
-    };
-    let ld = v1 - v0;
-    if x.n == 1 {
-        let mut v = v0;
-        while v + 4 <= v1 {
-            let r = quant_tile::<Q6, 4, 1>(
-                [row(v), row(v + 1), row(v + 2), row(v + 3)],
-                [ap(0)],
-                [dp(0)],
-                [bp(0)],
-                nb,
-            );
-            for (j, rr) in r.iter().enumerate() {
-                out[v - v0 + j] = rr[0];
-            }
-            v += 4;
-        }
-        while v < v1 {
-            out[v - v0] = quant_tile::<Q6, 1, 1>([row(v)], [ap(0)], [dp(0)], [bp(0)], nb)[0][0];
-            v += 1;
-        }
-        return;
-    }
-    let mut t = 0;
-    while t < x.n {
-        let tt = (x.n - t).min(4);
-        for v in v0..v1 {
-            macro_rules! run {
-                ($t:literal) => {{
-                    let res = quant_tile::<Q6, 1, $t>(
-                        [row(v)],
-                        std::array::from_fn(|j| ap(t + j)),
-                        std::array::from_fn(|j| dp(t + j)),
-                        std::array::from_fn(|j| bp(t + j)),
-                        nb,
-                    );
-                    for (u, &val) in res[0].iter().enumerate() {
-                        out[(t + u) * ld + v - v0] = val;
-                    }
-                }};
-            }
-            match tt {
-                4 => run!(4),
-                3 => run!(3),
-                2 => run!(2),
-                _ => run!(1),
-            }
-        }
-        t += tt;
-    }
 }

@@ -1,194 +1,362 @@
-//! NEON kernels (aarch64), selected at run time; the dot-product extension
-//! (`sdot`) is used where the CPU has it.
+//! NEON tiles and primitives (aarch64), selected at run time; the
+//! dot-product extension (`sdot`) is used where the CPU has it. The loops
+//! around the tiles are the shared drivers in `kernels::{ternary, float,
+//! qhead}`.
 //!
 //! Same packed layout as every kernel: a row's 32-byte block is two 16-byte
 //! vectors, bytes `j` and `16 + j` of block `b` holding values
 //! `b·128 + 32·i + j` in bits `6 − 2i`. With `dotprod`, `sdot` sums four
 //! code×activation products straight into 32 bits (codes 0..3 are valid
 //! signed bytes). Without it, `smlal` accumulates the products in 16 bits
-//! over at most [`CHUNK`] blocks (|sum| ≤ 4·16·3·128 < 2^15, even for the
-//! invalid code 3) before `sadalp` widens them. Either way the integer sum
-//! is exact, so the results equal the scalar reference bit for bit.
+//! over a bounded run (|sum| ≤ 4·16·3·128 < 2^15 for the packed tile,
+//! 16·4·3·128 for the prompt tile, even for the invalid code 3) before
+//! `sadalp` widens them. Either way the integer sum is exact, so the
+//! results equal the scalar reference bit for bit.
 //!
 //! `vdotq_s32` is not stable in Rust yet, hence the one-instruction `asm!`.
 
-use super::{BlockActs, Kernel, Packed, QuantHead, GROUP, GROUP_BLOCK_BYTES, QK};
+use super::ops::{self, Kv};
+use super::ternary::{self, TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
+use super::{scalar, BlockActs, Kernel, Ops};
 use crate::quant::{q6_k, q8_0};
 use half::f16;
 use std::arch::aarch64::*;
 use std::arch::asm;
 
-pub struct Neon {
-    dotprod: bool,
-}
-
-/// Blocks summed in 16-bit lanes before widening (no-dotprod path).
+/// Blocks summed in 16-bit lanes before widening (packed tile, no dotprod).
 const CHUNK: usize = 4;
-/// Tokens per register tile.
-const TILE_T: usize = 4;
-/// Row groups sharing one token tile.
-const GROUP_BLOCK: usize = 8;
+/// Steps of 32 values summed in 16-bit lanes before widening (prompt tile,
+/// no dotprod).
+const CODE_CHUNK: usize = 16;
+/// How far ahead the one-token products prefetch their weights.
+const PREFETCH_GEMV: usize = 16 << 10;
+/// Prompt tiles: 4 rows × 4 tokens with `sdot` (sixteen 32-bit
+/// accumulators, eight code and two activation vectors of the 32
+/// registers); 2 rows × 4 tokens without it (eight 16-bit and eight
+/// 32-bit accumulators).
+const SHAPE_DOT: TileShape = TileShape {
+    rows: 4,
+    tokens: 4,
+    lane: 32,
+};
+const SHAPE_PLAIN: TileShape = TileShape {
+    rows: 2,
+    tokens: 4,
+    lane: 32,
+};
 
-static WITH_DOTPROD: Neon = Neon { dotprod: true };
-static PLAIN: Neon = Neon { dotprod: false };
+const OPS_PLAIN: Ops = Ops {
+    i2s_packed: packed_plain,
+    i2s_tile: tile_plain,
+    i2s_shape: SHAPE_PLAIN,
+    i2s_unpack: ternary::unpack_generic,
+    f16_tile: float_tile_f16,
+    f32_tile: float_tile_f32,
+    q8_0_tile: q8_0_tile_plain,
+    q6_k_tile: q6_k_tile_plain,
+    q8_0_block_dots: q8_0_block_dots_plain,
+    q6_k_block_dots: q6_k_block_dots_plain,
+    quantize_act,
+    dot_f32,
+    dot_f16,
+    axpy_f16,
+    axpy_f32,
+    attn_scores,
+    attn_values,
+    ..scalar::OPS
+};
 
-impl Neon {
-    /// The best NEON kernel for this CPU (NEON is part of every aarch64 CPU).
-    pub fn get() -> &'static Neon {
-        if std::arch::is_aarch64_feature_detected!("dotprod") {
-            &WITH_DOTPROD
-        } else {
-            &PLAIN
-        }
-    }
-    /// Every NEON variant this CPU can run (for tests).
-    pub fn variants() -> Vec<&'static Neon> {
-        let mut v = vec![&PLAIN];
-        if std::arch::is_aarch64_feature_detected!("dotprod") {
-            v.push(&WITH_DOTPROD);
-        }
-        v
+const OPS_DOT: Ops = Ops {
+    i2s_packed: packed_dot,
+    i2s_tile: tile_dot,
+    i2s_shape: SHAPE_DOT,
+    q8_0_tile: q8_0_tile_dot,
+    q6_k_tile: q6_k_tile_dot,
+    q8_0_block_dots: q8_0_block_dots_dot,
+    q6_k_block_dots: q6_k_block_dots_dot,
+    ..OPS_PLAIN
+};
+
+static PLAIN: Kernel = Kernel::new("neon", "neon", OPS_PLAIN);
+static WITH_DOTPROD: Kernel = Kernel::new("neon", "neon+dotprod", OPS_DOT);
+
+fn has_dotprod() -> bool {
+    std::arch::is_aarch64_feature_detected!("dotprod")
+}
+
+/// The best NEON kernel for this CPU (NEON is part of every aarch64 CPU).
+pub fn get() -> &'static Kernel {
+    if has_dotprod() {
+        &WITH_DOTPROD
+    } else {
+        &PLAIN
     }
 }
 
-impl Kernel for Neon {
-    fn name(&self) -> &'static str {
-        "neon"
+/// Every NEON variant this CPU can run (for tests), best last.
+pub fn variants() -> Vec<&'static Kernel> {
+    let mut v = vec![&PLAIN];
+    if has_dotprod() {
+        v.push(&WITH_DOTPROD);
     }
-    fn variant(&self) -> &'static str {
-        if self.dotprod {
-            "neon+dotprod"
-        } else {
-            "neon"
-        }
-    }
-    fn i2s_gemm(&self, w: &Packed, g0: usize, g1: usize, xs: &[i8], sums: &[i32], out: &mut [i32]) {
-        super::check_gemm(w, g0, g1, xs, sums, out);
-        // SAFETY: NEON is part of aarch64; the dotprod path is taken only
-        // when the CPU reported it. `check_gemm` asserted the sizes the
-        // pointer arithmetic relies on.
-        unsafe {
-            if self.dotprod {
-                gemm_dot(w, g0, g1, xs, sums, out)
-            } else {
-                gemm_plain(w, g0, g1, xs, sums, out)
+    v
+}
+
+// NEON is part of aarch64; the dotprod entries are reached only through
+// `WITH_DOTPROD`, which `get` / `variants` hand out after the CPU reported
+// the extension: that is the SAFETY argument of each call to a
+// `#[target_feature]` function below. The drivers checked the sizes.
+
+macro_rules! dispatch_ternary {
+    ($packed:ident, $tile:ident, $ptile:ident, $ctile:ident, $rows:literal) => {
+        unsafe fn $packed(
+            w: *const u8,
+            nb: usize,
+            x: *const i8,
+            k: usize,
+            t: usize,
+            out: *mut i32,
+            ld: usize,
+        ) {
+            // SAFETY: the tile contract (`ternary::PackedTile`) and the CPU check.
+            match t {
+                1 => $ptile::<1>(w, nb, x, k, out, ld),
+                2 => $ptile::<2>(w, nb, x, k, out, ld),
+                3 => $ptile::<3>(w, nb, x, k, out, ld),
+                _ => $ptile::<4>(w, nb, x, k, out, ld),
             }
         }
-    }
-    fn f16_gemm(
-        &self,
-        w: &[f16],
-        d: usize,
-        v0: usize,
-        v1: usize,
-        xs: &[f32],
-        n: usize,
-        out: &mut [f32],
-    ) {
-        super::check_float_gemm(w.len(), d, v0, v1, xs, n, out);
-        // SAFETY: NEON is part of aarch64; sizes asserted above.
-        unsafe { float_gemm::<true>(w.as_ptr() as *const u8, d, v0, v1, xs, n, out) }
-    }
-    fn f32_gemm(
-        &self,
-        w: &[f32],
-        d: usize,
-        v0: usize,
-        v1: usize,
-        xs: &[f32],
-        n: usize,
-        out: &mut [f32],
-    ) {
-        super::check_float_gemm(w.len(), d, v0, v1, xs, n, out);
-        // SAFETY: NEON is part of aarch64; sizes asserted above.
-        unsafe { float_gemm::<false>(w.as_ptr() as *const u8, d, v0, v1, xs, n, out) }
-    }
-    fn quantize_act(&self, x: &[f32], q: &mut [i8]) -> (f32, i32) {
-        assert_eq!(x.len(), q.len());
-        // SAFETY: NEON is part of aarch64; lengths equal.
-        unsafe { quantize_neon(x, q) }
-    }
-    fn q8_0_block_dots(&self, w: &[u8], a: &[i8], out: &mut [i32]) {
-        super::check_block_dots(QuantHead::Q8_0, w, a, out);
-        for (b, o) in out.iter_mut().enumerate() {
-            let (wb, ab) = (
-                w[b * q8_0::BLOCK_BYTES..].as_ptr(),
-                a[b * q8_0::QK8_0..].as_ptr(),
-            );
-            // SAFETY: NEON is part of aarch64, dotprod used only when the CPU
-            // reported it; `check_block_dots` asserted that block `b` lies
-            // inside `w` (34 bytes) and `a` (32 values).
-            *o = unsafe {
-                vaddvq_s32(if self.dotprod {
-                    q8_block_dot::<1>(wb, [ab])[0]
-                } else {
-                    q8_block_plain::<1>(wb, [ab])[0]
-                })
-            };
+
+        unsafe fn $tile(
+            c: *const u8,
+            x: *const i8,
+            steps: usize,
+            t: usize,
+            out: *mut i32,
+            ld: usize,
+        ) {
+            // SAFETY: the tile contract (`ternary::CodeTile`) and the CPU check.
+            match t {
+                1 => $ctile::<$rows, 1>(c, x, steps, out, ld),
+                2 => $ctile::<$rows, 2>(c, x, steps, out, ld),
+                3 => $ctile::<$rows, 3>(c, x, steps, out, ld),
+                _ => $ctile::<$rows, 4>(c, x, steps, out, ld),
+            }
         }
-    }
-    fn q6_k_block_dots(&self, w: &[u8], a: &[i8], bsums: &[i16], out: &mut [i32]) {
-        super::check_block_dots(QuantHead::Q6K, w, a, out);
-        assert_eq!(bsums.len(), a.len() / 16, "activation sums");
-        for (b, o) in out.iter_mut().enumerate() {
-            let (wb, ab) = (
-                w[b * q6_k::BLOCK_BYTES..].as_ptr(),
-                a[b * q6_k::QK_K..].as_ptr(),
-            );
-            // SAFETY: as above, block `b` lies inside `w` (210 bytes) and `a` (256).
-            *o = unsafe {
-                if self.dotprod {
-                    q6_block_dot::<1>(wb, [ab])[0]
-                } else {
-                    q6_block_plain::<1>(wb, [ab])[0]
+    };
+}
+
+dispatch_ternary!(packed_plain, tile_plain, ptile_plain, ctile_plain, 2);
+dispatch_ternary!(packed_dot, tile_dot, ptile_dot, ctile_dot, 4);
+
+unsafe fn float_tile_f16(
+    w: *const u8,
+    d: usize,
+    r: usize,
+    x: *const f32,
+    t: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    // SAFETY: the tile contract (`float::Tile`); NEON is part of aarch64.
+    float_dispatch::<true>(w, d, r, x, t, out, ld)
+}
+
+unsafe fn float_tile_f32(
+    w: *const u8,
+    d: usize,
+    r: usize,
+    x: *const f32,
+    t: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    // SAFETY: as for `float_tile_f16`.
+    float_dispatch::<false>(w, d, r, x, t, out, ld)
+}
+
+/// The float tile shapes of `float::Tile`.
+#[target_feature(enable = "neon")]
+unsafe fn float_dispatch<const F16: bool>(
+    w: *const u8,
+    d: usize,
+    r: usize,
+    x: *const f32,
+    t: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    let es = if F16 { 2 } else { 4 };
+    let row = |j: usize| w.add(j * d * es);
+    let xr = |u: usize| x.add(u * d);
+    macro_rules! run {
+        ($r:literal, $t:literal) => {{
+            let res =
+                float_tile::<F16, $r, $t>(std::array::from_fn(row), std::array::from_fn(xr), d);
+            for (j, rj) in res.iter().enumerate() {
+                for (u, &val) in rj.iter().enumerate() {
+                    *out.add(u * ld + j) = val;
                 }
-            };
-        }
+            }
+        }};
     }
-    fn q8_0_gemm(&self, w: &[u8], v0: usize, v1: usize, x: &BlockActs, out: &mut [f32]) {
-        super::check_quant_gemm(QuantHead::Q8_0, w, v0, v1, x, out);
-        // SAFETY: NEON is part of aarch64, dotprod used only when the CPU
-        // reported it; `check_quant_gemm` asserted the sizes of the rows,
-        // activations and output.
-        unsafe {
-            if self.dotprod {
-                qgemm_dot::<false>(w, v0, v1, x, out)
-            } else {
-                qgemm_plain::<false>(w, v0, v1, x, out)
+    match (r, t) {
+        (4, 1) => run!(4, 1),
+        (3, 1) => run!(3, 1),
+        (2, 4) => run!(2, 4),
+        (2, 3) => run!(2, 3),
+        (2, 2) => run!(2, 2),
+        (2, _) => run!(2, 1),
+        (_, 4) => run!(1, 4),
+        (_, 3) => run!(1, 3),
+        (_, 2) => run!(1, 2),
+        _ => run!(1, 1),
+    }
+}
+
+macro_rules! dispatch_quant {
+    ($q8tile:ident, $q6tile:ident, $q8dots:ident, $q6dots:ident, $tile:ident, $q8:ident, $q6:ident) => {
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $q8tile(
+            w: *const u8,
+            rb: usize,
+            r: usize,
+            x: &BlockActs,
+            t0: usize,
+            t: usize,
+            out: *mut f32,
+            ld: usize,
+        ) {
+            // SAFETY: the tile contract (`qhead::Tile`) and the CPU check.
+            quant_dispatch!($tile, false, w, rb, r, x, t0, t, out, ld)
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $q6tile(
+            w: *const u8,
+            rb: usize,
+            r: usize,
+            x: &BlockActs,
+            t0: usize,
+            t: usize,
+            out: *mut f32,
+            ld: usize,
+        ) {
+            // SAFETY: as above.
+            quant_dispatch!($tile, true, w, rb, r, x, t0, t, out, ld)
+        }
+
+        fn $q8dots(w: &[u8], a: &[i8], out: &mut [i32]) {
+            for (b, o) in out.iter_mut().enumerate() {
+                let (wb, ab) = (
+                    w[b * q8_0::BLOCK_BYTES..].as_ptr(),
+                    a[b * q8_0::QK8_0..].as_ptr(),
+                );
+                // SAFETY: CPU checked; `Kernel::q8_0_block_dots` asserted that
+                // block `b` lies inside `w` (34 bytes) and `a` (32 values).
+                *o = unsafe { vaddvq_s32($q8::<1>(wb, [ab])[0]) };
             }
         }
-    }
-    fn q6_k_gemm(&self, w: &[u8], v0: usize, v1: usize, x: &BlockActs, out: &mut [f32]) {
-        super::check_quant_gemm(QuantHead::Q6K, w, v0, v1, x, out);
-        // SAFETY: as for `q8_0_gemm`.
-        unsafe {
-            if self.dotprod {
-                qgemm_dot::<true>(w, v0, v1, x, out)
-            } else {
-                qgemm_plain::<true>(w, v0, v1, x, out)
+
+        fn $q6dots(w: &[u8], a: &[i8], _bsums: &[i16], out: &mut [i32]) {
+            for (b, o) in out.iter_mut().enumerate() {
+                let (wb, ab) = (
+                    w[b * q6_k::BLOCK_BYTES..].as_ptr(),
+                    a[b * q6_k::QK_K..].as_ptr(),
+                );
+                // SAFETY: as above, block `b` lies inside `w` (210 bytes) and `a` (256).
+                *o = unsafe { $q6::<1>(wb, [ab])[0] };
             }
         }
-    }
-    fn dot_f16(&self, a: &[f16], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        // SAFETY: NEON is part of aarch64; loads stay below `n`.
-        unsafe { float_tile::<true, 1, 1>([a.as_ptr() as *const u8], [b.as_ptr()], n)[0][0] }
-    }
-    fn dot_f32(&self, a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        // SAFETY: NEON is part of aarch64; loads stay below `n`.
-        unsafe { float_tile::<false, 1, 1>([a.as_ptr() as *const u8], [b.as_ptr()], n)[0][0] }
-    }
-    fn axpy_f16(&self, p: f32, x: &[f16], y: &mut [f32]) {
-        let n = x.len().min(y.len());
-        // SAFETY: NEON is part of aarch64; accesses stay below `n`.
-        unsafe { axpy_neon::<true>(p, x.as_ptr() as *const u8, &mut y[..n]) }
-    }
-    fn axpy_f32(&self, p: f32, x: &[f32], y: &mut [f32]) {
-        let n = x.len().min(y.len());
-        // SAFETY: NEON is part of aarch64; accesses stay below `n`.
-        unsafe { axpy_neon::<false>(p, x.as_ptr() as *const u8, &mut y[..n]) }
-    }
+    };
+}
+
+/// Calls the quantized tile `$tile::<Q6, R, T>` for the shapes of
+/// `qhead::Tile` and stores its results.
+macro_rules! quant_dispatch {
+    ($tile:ident, $q6:literal, $w:expr, $rb:expr, $r:expr, $x:expr, $t0:expr, $t:expr, $out:expr, $ld:expr) => {{
+        let (w, rb, x, t0, out, ld) = ($w, $rb, $x, $t0, $out, $ld);
+        let nb = x.k / if $q6 { q6_k::QK_K } else { q8_0::QK8_0 };
+        let row = |j: usize| w.add(j * rb);
+        let ap = |u: usize| x.qs.as_ptr().add((t0 + u) * x.k);
+        let dp = |u: usize| x.d.as_ptr().add((t0 + u) * nb);
+        macro_rules! run {
+            ($rr:literal, $tt:literal) => {{
+                let res = $tile::<$q6, $rr, $tt>(
+                    std::array::from_fn(row),
+                    std::array::from_fn(ap),
+                    std::array::from_fn(dp),
+                    nb,
+                );
+                for (j, rj) in res.iter().enumerate() {
+                    for (u, &val) in rj.iter().enumerate() {
+                        *out.add(u * ld + j) = val;
+                    }
+                }
+            }};
+        }
+        match ($r, $t) {
+            (4, 1) => run!(4, 1),
+            (3, 1) => run!(3, 1),
+            (2, 1) => run!(2, 1),
+            (_, 4) => run!(1, 4),
+            (_, 3) => run!(1, 3),
+            (_, 2) => run!(1, 2),
+            _ => run!(1, 1),
+        }
+    }};
+}
+
+dispatch_quant!(
+    q8_0_tile_plain,
+    q6_k_tile_plain,
+    q8_0_block_dots_plain,
+    q6_k_block_dots_plain,
+    qtile_plain,
+    q8_block_plain,
+    q6_block_plain
+);
+dispatch_quant!(
+    q8_0_tile_dot,
+    q6_k_tile_dot,
+    q8_0_block_dots_dot,
+    q6_k_block_dots_dot,
+    qtile_dot,
+    q8_block_dot,
+    q6_block_dot
+);
+
+fn quantize_act(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+    // SAFETY: NEON is part of aarch64; `Kernel::quantize_act` asserted equal lengths.
+    unsafe { quantize_neon(x, q) }
+}
+
+fn dot_f16(a: &[f16], b: &[f32]) -> f32 {
+    // SAFETY: NEON is part of aarch64; `Kernel::dot_f16` cut both to one length.
+    unsafe { float_tile::<true, 1, 1>([a.as_ptr() as *const u8], [b.as_ptr()], a.len())[0][0] }
+}
+
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: NEON is part of aarch64; `Kernel::dot_f32` cut both to one length.
+    unsafe { float_tile::<false, 1, 1>([a.as_ptr() as *const u8], [b.as_ptr()], a.len())[0][0] }
+}
+
+fn axpy_f16(p: f32, x: &[f16], y: &mut [f32]) {
+    // SAFETY: NEON is part of aarch64; `Kernel::axpy_f16` cut both to one length.
+    unsafe { axpy_neon::<true>(p, x.as_ptr() as *const u8, y) }
+}
+
+fn axpy_f32(p: f32, x: &[f32], y: &mut [f32]) {
+    // SAFETY: NEON is part of aarch64; `Kernel::axpy_f32` cut both to one length.
+    unsafe { axpy_neon::<false>(p, x.as_ptr() as *const u8, y) }
+}
+
+fn attn_scores(k: Kv, stride: usize, off: usize, q: &[f32], scale: f32, scores: &mut [f32]) {
+    ops::scores_with(dot_f16, dot_f32, k, stride, off, q, scale, scores)
+}
+
+fn attn_values(v: Kv, stride: usize, off: usize, p: &[f32], out: &mut [f32]) {
+    ops::values_with(axpy_f16, axpy_f32, v, stride, off, p, out)
 }
 
 /// `acc + Σ` of four adjacent u8-code × i8 products per lane (`sdot`).
@@ -226,58 +394,18 @@ unsafe fn codes(p: *const u8) -> [uint8x16_t; 8] {
     ]
 }
 
-/// Generates a GEMM driver and register tile for one accumulation method.
-macro_rules! gemm_impl {
-    ($gemm:ident, $tile:ident, $feat:literal, $dot:literal) => {
+/// Generates the packed tile and the prompt tile for one accumulation
+/// method (`sdot` or `smlal`).
+macro_rules! ternary_tiles {
+    ($ptile:ident, $ctile:ident, $feat:literal, $dot:literal) => {
+        /// One packed group × `T` tokens; `out[t·ld + r]` = Σ code·x.
         #[target_feature(enable = $feat)]
-        unsafe fn $gemm(
-            w: &Packed,
-            g0: usize,
-            g1: usize,
-            xs: &[i8],
-            sums: &[i32],
-            out: &mut [i32],
-        ) {
-            let n = sums.len();
-            let k = w.cols();
-            let nb = w.blocks();
-            let ld = GROUP * (g1 - g0);
-            let gstride = nb * GROUP_BLOCK_BYTES;
-            let wbase = w.group_bytes(g0, g1).as_ptr();
-            let (xp, op, sp) = (xs.as_ptr(), out.as_mut_ptr(), sums.as_ptr());
-            let mut gb = 0;
-            while gb < g1 - g0 {
-                let ge = (gb + GROUP_BLOCK).min(g1 - g0);
-                let mut t = 0;
-                while t < n {
-                    let tt = (n - t).min(TILE_T);
-                    for g in gb..ge {
-                        let wp = wbase.add(g * gstride);
-                        let o = op.add(t * ld + g * GROUP);
-                        let x0 = xp.add(t * k);
-                        match tt {
-                            1 => $tile::<1>(wp, nb, x0, k, sp.add(t), o, ld),
-                            2 => $tile::<2>(wp, nb, x0, k, sp.add(t), o, ld),
-                            3 => $tile::<3>(wp, nb, x0, k, sp.add(t), o, ld),
-                            _ => $tile::<4>(wp, nb, x0, k, sp.add(t), o, ld),
-                        }
-                    }
-                    t += tt;
-                }
-                gb = ge;
-            }
-        }
-
-        /// One packed group × `T` tokens; `out[t·ld + r]` = dot − sums[t].
-        #[target_feature(enable = $feat)]
-        #[inline]
         #[allow(clippy::needless_range_loop)]
-        unsafe fn $tile<const T: usize>(
+        unsafe fn $ptile<const T: usize>(
             wp: *const u8,
             nb: usize,
             x0: *const i8,
             k: usize,
-            sums: *const i32,
             out: *mut i32,
             ld: usize,
         ) {
@@ -288,6 +416,12 @@ macro_rules! gemm_impl {
                 let mut acc16 = [[vdupq_n_s16(0); GROUP]; T];
                 for bi in b..be {
                     let wb = wp.add(bi * GROUP_BLOCK_BYTES);
+                    if T == 1 {
+                        // One token streams the weights once: both lines of
+                        // the run, PREFETCH_GEMV ahead, into L2.
+                        prefetch_l2(wb.wrapping_add(PREFETCH_GEMV));
+                        prefetch_l2(wb.wrapping_add(PREFETCH_GEMV + 64));
+                    }
                     for r in 0..GROUP {
                         let c = codes(wb.add(r * 32));
                         for t in 0..T {
@@ -316,17 +450,77 @@ macro_rules! gemm_impl {
                 b = be;
             }
             for t in 0..T {
-                let s = *sums.add(t);
                 for r in 0..GROUP {
-                    *out.add(t * ld + r) = vaddvq_s32(acc32[t][r]) - s;
+                    *out.add(t * ld + r) = vaddvq_s32(acc32[t][r]);
+                }
+            }
+        }
+
+        /// The prompt tile: `R` rows × `T` tokens over unpacked codes
+        /// (`[step][R][32]`) and interleaved activations (`[step][T][32]`).
+        /// Writes `out[t·ld + r]` = Σ code·x.
+        #[target_feature(enable = $feat)]
+        #[allow(clippy::needless_range_loop)]
+        unsafe fn $ctile<const R: usize, const T: usize>(
+            c: *const u8,
+            x: *const i8,
+            steps: usize,
+            out: *mut i32,
+            ld: usize,
+        ) {
+            let mut acc32 = [[vdupq_n_s32(0); T]; R];
+            let mut s = 0;
+            while s < steps {
+                let se = if $dot {
+                    steps
+                } else {
+                    (s + CODE_CHUNK).min(steps)
+                };
+                let mut acc16 = [[vdupq_n_s16(0); T]; R];
+                let mut cp = c.add(s * R * 32);
+                let mut xp = x.add(s * T * 32);
+                for _ in s..se {
+                    let cv: [[uint8x16_t; 2]; R] = std::array::from_fn(|r| {
+                        [vld1q_u8(cp.add(32 * r)), vld1q_u8(cp.add(32 * r + 16))]
+                    });
+                    for t in 0..T {
+                        let xv = [vld1q_s8(xp.add(32 * t)), vld1q_s8(xp.add(32 * t + 16))];
+                        for r in 0..R {
+                            for h in 0..2 {
+                                if $dot {
+                                    acc32[r][t] = sdot(acc32[r][t], cv[r][h], xv[h]);
+                                } else {
+                                    let cs = vreinterpretq_s8_u8(cv[r][h]);
+                                    let a =
+                                        vmlal_s8(acc16[r][t], vget_low_s8(cs), vget_low_s8(xv[h]));
+                                    acc16[r][t] = vmlal_high_s8(a, cs, xv[h]);
+                                }
+                            }
+                        }
+                    }
+                    cp = cp.add(R * 32);
+                    xp = xp.add(T * 32);
+                }
+                if !$dot {
+                    for r in 0..R {
+                        for t in 0..T {
+                            acc32[r][t] = vpadalq_s16(acc32[r][t], acc16[r][t]);
+                        }
+                    }
+                }
+                s = se;
+            }
+            for t in 0..T {
+                for r in 0..R {
+                    *out.add(t * ld + r) = vaddvq_s32(acc32[r][t]);
                 }
             }
         }
     };
 }
 
-gemm_impl!(gemm_plain, tile_plain, "neon", false);
-gemm_impl!(gemm_dot, tile_dot, "neon,dotprod", true);
+ternary_tiles!(ptile_plain, ctile_plain, "neon", false);
+ternary_tiles!(ptile_dot, ctile_dot, "neon,dotprod", true);
 
 #[target_feature(enable = "neon")]
 unsafe fn quantize_neon(x: &[f32], q: &mut [i8]) -> (f32, i32) {
@@ -430,44 +624,6 @@ unsafe fn float_tile<const F16: bool, const R: usize, const T: usize>(
 }
 
 #[target_feature(enable = "neon")]
-unsafe fn float_gemm<const F16: bool>(
-    w: *const u8,
-    d: usize,
-    v0: usize,
-    v1: usize,
-    xs: &[f32],
-    n: usize,
-    out: &mut [f32],
-) {
-    let es = if F16 { 2 } else { 4 };
-    let row = |v: usize| w.add(v * d * es);
-    let ld = v1 - v0;
-    let mut t = 0;
-    while t < n {
-        let tt = (n - t).min(4);
-        for v in v0..v1 {
-            macro_rules! run {
-                ($t:literal) => {{
-                    let xv: [*const f32; $t] =
-                        std::array::from_fn(|j| xs.as_ptr().add((t + j) * d));
-                    let res = float_tile::<F16, 1, $t>([row(v)], xv, d);
-                    for (u, &val) in res[0].iter().enumerate() {
-                        out[(t + u) * ld + v - v0] = val;
-                    }
-                }};
-            }
-            match tt {
-                4 => run!(4),
-                3 => run!(3),
-                2 => run!(2),
-                _ => run!(1),
-            }
-        }
-        t += tt;
-    }
-}
-
-#[target_feature(enable = "neon")]
 unsafe fn axpy_neon<const F16: bool>(p: f32, x: *const u8, y: &mut [f32]) {
     let n = y.len();
     let pv = vdupq_n_f32(p);
@@ -522,10 +678,10 @@ unsafe fn prefetch_l2(p: *const u8) {
 /// How far ahead the one-token head product prefetches its rows.
 const PREFETCH_HEAD: usize = 32 << 10;
 
-/// Generates the block dots and the GEMM driver of the quantized head for
-/// one accumulation method (`sdot` or `smull`).
+/// Generates the block dots and the tile of the quantized head for one
+/// accumulation method (`sdot` or `smull`).
 macro_rules! qhead_impl {
-    ($gemm:ident, $tile:ident, $q8:ident, $q6:ident, $feat:literal, $dot:literal) => {
+    ($tile:ident, $q8:ident, $q6:ident, $feat:literal, $dot:literal) => {
         /// One Q8_0 block (`w` at its f16 scale) against the matching 32
         /// activation quants of `T` tokens: four i32 lanes per token summing
         /// to `Σ w·a` exactly.
@@ -662,88 +818,8 @@ macro_rules! qhead_impl {
             }
             res
         }
-
-        /// One token: four rows at a time; many tokens: tiles of up to
-        /// four tokens per row.
-        #[target_feature(enable = $feat)]
-        unsafe fn $gemm<const Q6: bool>(
-            w: &[u8],
-            v0: usize,
-            v1: usize,
-            x: &BlockActs,
-            out: &mut [f32],
-        ) {
-            let kind = if Q6 { QuantHead::Q6K } else { QuantHead::Q8_0 };
-            let rb = kind.row_bytes(x.k);
-            let nb = x.k / kind.block();
-            let row = |v: usize| w.as_ptr().add(v * rb);
-            let ap = |t: usize| x.qs.as_ptr().add(t * x.k);
-            let dp = |t: usize| x.d.as_ptr().add(t * nb);
-            let ld = v1 - v0;
-            if x.n == 1 {
-                let mut v = v0;
-                while v + 4 <= v1 {
-                    let r = $tile::<Q6, 4, 1>(
-                        [row(v), row(v + 1), row(v + 2), row(v + 3)],
-                        [ap(0)],
-                        [dp(0)],
-                        nb,
-                    );
-                    for (j, rr) in r.iter().enumerate() {
-                        out[v - v0 + j] = rr[0];
-                    }
-                    v += 4;
-                }
-                while v < v1 {
-                    out[v - v0] = $tile::<Q6, 1, 1>([row(v)], [ap(0)], [dp(0)], nb)[0][0];
-                    v += 1;
-                }
-                return;
-            }
-            let mut t = 0;
-            while t < x.n {
-                let tt = (x.n - t).min(4);
-                for v in v0..v1 {
-                    macro_rules! run {
-                        ($t:literal) => {{
-                            let mut a = [std::ptr::null::<i8>(); $t];
-                            let mut d = [std::ptr::null::<f32>(); $t];
-                            for j in 0..$t {
-                                a[j] = ap(t + j);
-                                d[j] = dp(t + j);
-                            }
-                            let res = $tile::<Q6, 1, $t>([row(v)], a, d, nb);
-                            for (u, &val) in res[0].iter().enumerate() {
-                                out[(t + u) * ld + v - v0] = val;
-                            }
-                        }};
-                    }
-                    match tt {
-                        4 => run!(4),
-                        3 => run!(3),
-                        2 => run!(2),
-                        _ => run!(1),
-                    }
-                }
-                t += tt;
-            }
-        }
     };
 }
 
-qhead_impl!(
-    qgemm_plain,
-    qtile_plain,
-    q8_block_plain,
-    q6_block_plain,
-    "neon",
-    false
-);
-qhead_impl!(
-    qgemm_dot,
-    qtile_dot,
-    q8_block_dot,
-    q6_block_dot,
-    "neon,dotprod",
-    true
-);
+qhead_impl!(qtile_plain, q8_block_plain, q6_block_plain, "neon", false);
+qhead_impl!(qtile_dot, q8_block_dot, q6_block_dot, "neon,dotprod", true);

@@ -60,6 +60,52 @@ pub fn check_rows(kv: Kv, stride: usize, off: usize, width: usize, rows: usize) 
     }
 }
 
+/// Attention scores from a kernel's own dots (for tables without a
+/// dedicated routine): `scores[t] = scale · dot(K_t, q)`, so each score
+/// equals `scale ·` that kernel's `dot_f16`/`dot_f32`. Sizes checked by
+/// [`Kernel::attn_scores`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn scores_with(
+    dot16: fn(&[f16], &[f32]) -> f32,
+    dot32: fn(&[f32], &[f32]) -> f32,
+    k: Kv,
+    stride: usize,
+    off: usize,
+    q: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+) {
+    for (t, s) in scores.iter_mut().enumerate() {
+        let at = t * stride + off;
+        *s = match k {
+            Kv::F16(k) => dot16(&k[at..at + q.len()], q),
+            Kv::F32(k) => dot32(&k[at..at + q.len()], q),
+        } * scale;
+    }
+}
+
+/// The weighted sum of values from a kernel's own axpy: `out = Σ_t p[t] ·
+/// V_t` in position order. Sizes checked by [`Kernel::attn_values`].
+pub(crate) fn values_with(
+    axpy16: fn(f32, &[f16], &mut [f32]),
+    axpy32: fn(f32, &[f32], &mut [f32]),
+    v: Kv,
+    stride: usize,
+    off: usize,
+    p: &[f32],
+    out: &mut [f32],
+) {
+    out.fill(0.0);
+    let d = out.len();
+    for (t, &pt) in p.iter().enumerate() {
+        let at = t * stride + off;
+        match v {
+            Kv::F16(v) => axpy16(pt, &v[at..at + d], out),
+            Kv::F32(v) => axpy32(pt, &v[at..at + d], out),
+        }
+    }
+}
+
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
@@ -69,7 +115,7 @@ thread_local! {
 /// positions `stride` apart): `out = Σ_t softmax(scale · q·k_t)_t · v_t`.
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
-    kern: &dyn Kernel,
+    kern: &Kernel,
     q: &[f32],
     k: Kv,
     v: Kv,

@@ -1,19 +1,41 @@
-//! Portable reference kernels.
+//! Portable reference kernels: every tile and primitive of the table, in
+//! plain Rust. The SIMD tables take what they do not provide from here.
 
-use super::{BlockActs, Kernel, Packed, QuantHead, BLOCK_BYTES, GROUP, GROUP_BLOCK_BYTES, QK};
+use super::ternary::{self, TileShape, BLOCK_BYTES, GROUP, GROUP_BLOCK_BYTES, QK};
+use super::{ops, BlockActs, Kernel, Ops, QuantHead};
 use crate::quant::{q6_k, q8_0};
 use half::f16;
 
-pub struct Scalar;
+/// The reference function table.
+pub const OPS: Ops = Ops {
+    i2s_packed,
+    i2s_tile,
+    i2s_shape: SHAPE,
+    i2s_unpack: ternary::unpack_generic,
+    f16_tile,
+    f32_tile,
+    q8_0_tile,
+    q6_k_tile,
+    q8_0_block_dots,
+    q6_k_block_dots,
+    quantize_act,
+    dot_f32,
+    dot_f16,
+    axpy_f16,
+    axpy_f32,
+    attn_scores,
+    attn_values,
+};
 
-impl Kernel for Scalar {
-    fn name(&self) -> &'static str {
-        "scalar"
-    }
-    fn i2s_gemm(&self, w: &Packed, g0: usize, g1: usize, xs: &[i8], sums: &[i32], out: &mut [i32]) {
-        i2s_gemm(w, g0, g1, xs, sums, out)
-    }
-}
+/// The reference kernel.
+pub static SCALAR: Kernel = Kernel::new("scalar", "scalar", OPS);
+
+/// The reference tile shape (any shape works for plain loops).
+const SHAPE: TileShape = TileShape {
+    rows: 4,
+    tokens: 4,
+    lane: 32,
+};
 
 /// Reference ternary dot over one canonical I2_S row `w` (K/4 bytes):
 /// Σ code·x − Σ x, code = T + 1.
@@ -38,24 +60,57 @@ fn block_dot(wb: &[u8], xb: &[i8]) -> i32 {
     acc
 }
 
-/// Reference [`Kernel::i2s_gemm`] over the packed layout.
-pub fn i2s_gemm(w: &Packed, g0: usize, g1: usize, xs: &[i8], sums: &[i32], out: &mut [i32]) {
-    super::check_gemm(w, g0, g1, xs, sums, out);
-    let k = w.cols();
-    let nb = w.blocks();
-    let ld = GROUP * (g1 - g0);
-    let data = w.group_bytes(g0, g1);
-    for (t, &s) in sums.iter().enumerate() {
-        let x = &xs[t * k..(t + 1) * k];
-        for (gi, gd) in data.chunks_exact(nb * GROUP_BLOCK_BYTES).enumerate() {
-            for r in 0..GROUP {
-                let mut acc = 0i32;
-                for b in 0..nb {
-                    let wb = &gd[b * GROUP_BLOCK_BYTES + r * BLOCK_BYTES..][..BLOCK_BYTES];
-                    acc += block_dot(wb, &x[b * QK..(b + 1) * QK]);
-                }
-                out[t * ld + gi * GROUP + r] = acc - s;
+/// Reference [`ternary::PackedTile`].
+///
+/// # Safety
+/// As the type's contract: `w` holds `nb` runs, `x` `t` rows of `k`, `out`
+/// rows `u · ld + 0..4` for `u < t`.
+unsafe fn i2s_packed(
+    w: *const u8,
+    nb: usize,
+    x: *const i8,
+    k: usize,
+    t: usize,
+    out: *mut i32,
+    ld: usize,
+) {
+    // SAFETY: the extents the caller guarantees.
+    let w = std::slice::from_raw_parts(w, nb * GROUP_BLOCK_BYTES);
+    for u in 0..t {
+        let xu = std::slice::from_raw_parts(x.add(u * k), nb * QK);
+        for r in 0..GROUP {
+            let mut acc = 0i32;
+            for b in 0..nb {
+                let wb = &w[b * GROUP_BLOCK_BYTES + r * BLOCK_BYTES..][..BLOCK_BYTES];
+                acc += block_dot(wb, &xu[b * QK..(b + 1) * QK]);
             }
+            *out.add(u * ld + r) = acc;
+        }
+    }
+}
+
+/// Reference [`ternary::CodeTile`] for [`SHAPE`].
+///
+/// # Safety
+/// As the type's contract.
+unsafe fn i2s_tile(c: *const u8, x: *const i8, steps: usize, t: usize, out: *mut i32, ld: usize) {
+    let (rr, l) = (SHAPE.rows, SHAPE.lane);
+    // SAFETY: the extents the caller guarantees.
+    let c = std::slice::from_raw_parts(c, steps * rr * l);
+    let x = std::slice::from_raw_parts(x, steps * t * l);
+    for u in 0..t {
+        for r in 0..rr {
+            let mut acc = 0i32;
+            for s in 0..steps {
+                let cs = &c[(s * rr + r) * l..][..l];
+                let xs = &x[(s * t + u) * l..][..l];
+                acc += cs
+                    .iter()
+                    .zip(xs)
+                    .map(|(&a, &b)| a as i32 * b as i32)
+                    .sum::<i32>();
+            }
+            *out.add(u * ld + r) = acc;
         }
     }
 }
@@ -70,11 +125,6 @@ pub fn quantize_act(x: &[f32], q: &mut [i8]) -> (f32, i32) {
         sum += r as i32;
     }
     (a, sum)
-}
-
-/// Largest |x| (NaN ignored) — the first half of [`quantize_act`].
-pub fn max_abs(x: &[f32]) -> f32 {
-    x.iter().fold(0f32, |a, &v| a.max(v.abs()))
 }
 
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
@@ -125,31 +175,61 @@ pub fn axpy_f32(p: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-pub fn f16_gemm(w: &[f16], d: usize, v0: usize, v1: usize, xs: &[f32], n: usize, out: &mut [f32]) {
-    super::check_float_gemm(w.len(), d, v0, v1, xs, n, out);
-    let ld = v1 - v0;
-    for v in v0..v1 {
-        let row = &w[v * d..(v + 1) * d];
-        for t in 0..n {
-            out[t * ld + v - v0] = dot_f16(row, &xs[t * d..(t + 1) * d]);
+fn attn_scores(k: ops::Kv, stride: usize, off: usize, q: &[f32], scale: f32, scores: &mut [f32]) {
+    ops::scores_with(dot_f16, dot_f32, k, stride, off, q, scale, scores)
+}
+
+fn attn_values(v: ops::Kv, stride: usize, off: usize, p: &[f32], out: &mut [f32]) {
+    ops::values_with(axpy_f16, axpy_f32, v, stride, off, p, out)
+}
+
+/// Reference [`super::float::Tile`] over f16 rows: each dot is [`dot_f16`].
+///
+/// # Safety
+/// As the type's contract.
+unsafe fn f16_tile(
+    w: *const u8,
+    d: usize,
+    r: usize,
+    x: *const f32,
+    t: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    for j in 0..r {
+        // SAFETY: row j of `d` f16 values and token u of `d` f32 values lie
+        // inside the caller's extents.
+        let row = std::slice::from_raw_parts((w as *const f16).add(j * d), d);
+        for u in 0..t {
+            *out.add(u * ld + j) = dot_f16(row, std::slice::from_raw_parts(x.add(u * d), d));
         }
     }
 }
 
-pub fn f32_gemm(w: &[f32], d: usize, v0: usize, v1: usize, xs: &[f32], n: usize, out: &mut [f32]) {
-    super::check_float_gemm(w.len(), d, v0, v1, xs, n, out);
-    let ld = v1 - v0;
-    for v in v0..v1 {
-        let row = &w[v * d..(v + 1) * d];
-        for t in 0..n {
-            out[t * ld + v - v0] = dot_f32(row, &xs[t * d..(t + 1) * d]);
+/// Reference [`super::float::Tile`] over f32 rows: each dot is [`dot_f32`].
+///
+/// # Safety
+/// As the type's contract.
+unsafe fn f32_tile(
+    w: *const u8,
+    d: usize,
+    r: usize,
+    x: *const f32,
+    t: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    for j in 0..r {
+        // SAFETY: as in `f16_tile`.
+        let row = std::slice::from_raw_parts((w as *const f32).add(j * d), d);
+        for u in 0..t {
+            *out.add(u * ld + j) = dot_f32(row, std::slice::from_raw_parts(x.add(u * d), d));
         }
     }
 }
 
 /// Reference [`Kernel::q8_0_block_dots`].
 pub fn q8_0_block_dots(w: &[u8], a: &[i8], out: &mut [i32]) {
-    super::check_block_dots(QuantHead::Q8_0, w, a, out);
     for ((wb, ab), o) in w
         .chunks_exact(q8_0::BLOCK_BYTES)
         .zip(a.chunks_exact(q8_0::QK8_0))
@@ -164,10 +244,8 @@ pub fn q8_0_block_dots(w: &[u8], a: &[i8], out: &mut [i32]) {
 }
 
 /// Reference [`Kernel::q6_k_block_dots`] (straight from the codes; `bsums`
-/// is only checked for its size, the SIMD kernels use it).
-pub fn q6_k_block_dots(w: &[u8], a: &[i8], bsums: &[i16], out: &mut [i32]) {
-    super::check_block_dots(QuantHead::Q6K, w, a, out);
-    assert_eq!(bsums.len(), a.len() / 16, "activation sums");
+/// is not needed here, the SIMD kernels use it).
+pub fn q6_k_block_dots(w: &[u8], a: &[i8], _bsums: &[i16], out: &mut [i32]) {
     for ((wb, ab), o) in w
         .chunks_exact(q6_k::BLOCK_BYTES)
         .zip(a.chunks_exact(q6_k::QK_K))
@@ -186,72 +264,88 @@ pub fn q6_k_block_dots(w: &[u8], a: &[i8], bsums: &[i16], out: &mut [i32]) {
     }
 }
 
-/// Reference quantized head product: per row and token, the block dots
-/// summed in block order as `Σ (d_w · d_x) · dot` in f32.
+/// Reference quantized product of one row and token: the block dots summed
+/// in block order as `Σ (d_w · d_x) · dot` in f32.
+fn quant_dot(kind: QuantHead, row: &[u8], x: &BlockActs, t: usize, buf: &mut [i32]) -> f32 {
+    let wd = |wb: &[u8]| match kind {
+        QuantHead::Q8_0 => f16::from_le_bytes([wb[0], wb[1]]).to_f32(),
+        QuantHead::Q6K => q6_k::block_d(wb),
+    };
+    match kind {
+        QuantHead::Q8_0 => q8_0_block_dots(row, x.row(t), buf),
+        QuantHead::Q6K => q6_k_block_dots(row, x.row(t), x.sums16(t), buf),
+    }
+    let mut s = 0f32;
+    for ((wb, &dx), &dot) in row
+        .chunks_exact(kind.block_bytes())
+        .zip(x.scales(t))
+        .zip(buf.iter())
+    {
+        s += (wd(wb) * dx) * dot as f32;
+    }
+    s
+}
+
+/// Reference [`super::qhead::Tile`] for either block format.
+///
+/// # Safety
+/// As the type's contract.
 #[allow(clippy::too_many_arguments)]
-fn quant_gemm(
+unsafe fn quant_tile(
     kind: QuantHead,
-    w: &[u8],
-    v0: usize,
-    v1: usize,
+    w: *const u8,
+    rb: usize,
+    r: usize,
     x: &BlockActs,
-    out: &mut [f32],
-    dots: impl Fn(&[u8], &[i8], usize, &mut [i32]),
-    wd: impl Fn(&[u8]) -> f32,
+    t0: usize,
+    t: usize,
+    out: *mut f32,
+    ld: usize,
 ) {
-    super::check_quant_gemm(kind, w, v0, v1, x, out);
-    let rb = kind.row_bytes(x.k);
-    let nb = x.k / kind.block();
-    let ld = v1 - v0;
-    let mut buf = vec![0i32; nb];
-    for v in v0..v1 {
-        let row = &w[v * rb..(v + 1) * rb];
-        for t in 0..x.n {
-            dots(row, x.row(t), t, &mut buf);
-            let mut s = 0f32;
-            for ((wb, &dx), &dot) in row
-                .chunks_exact(kind.block_bytes())
-                .zip(x.scales(t))
-                .zip(&buf)
-            {
-                s += (wd(wb) * dx) * dot as f32;
-            }
-            out[t * ld + v - v0] = s;
+    let mut buf = vec![0i32; x.k / kind.block()];
+    for j in 0..r {
+        // SAFETY: row j of `rb` bytes lies inside the caller's extent.
+        let row = std::slice::from_raw_parts(w.add(j * rb), rb);
+        for u in 0..t {
+            *out.add(u * ld + j) = quant_dot(kind, row, x, t0 + u, &mut buf);
         }
     }
 }
 
-/// Reference [`Kernel::q8_0_gemm`].
-pub fn q8_0_gemm(w: &[u8], v0: usize, v1: usize, x: &BlockActs, out: &mut [f32]) {
-    quant_gemm(
-        QuantHead::Q8_0,
-        w,
-        v0,
-        v1,
-        x,
-        out,
-        |row, a, _, o| q8_0_block_dots(row, a, o),
-        |b| f16::from_le_bytes([b[0], b[1]]).to_f32(),
-    )
+#[allow(clippy::too_many_arguments)]
+unsafe fn q8_0_tile(
+    w: *const u8,
+    rb: usize,
+    r: usize,
+    x: &BlockActs,
+    t0: usize,
+    t: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    // SAFETY: the caller's contract is the tile's.
+    quant_tile(QuantHead::Q8_0, w, rb, r, x, t0, t, out, ld)
 }
 
-/// Reference [`Kernel::q6_k_gemm`].
-pub fn q6_k_gemm(w: &[u8], v0: usize, v1: usize, x: &BlockActs, out: &mut [f32]) {
-    quant_gemm(
-        QuantHead::Q6K,
-        w,
-        v0,
-        v1,
-        x,
-        out,
-        |row, a, t, o| q6_k_block_dots(row, a, x.sums16(t), o),
-        q6_k::block_d,
-    )
+#[allow(clippy::too_many_arguments)]
+unsafe fn q6_k_tile(
+    w: *const u8,
+    rb: usize,
+    r: usize,
+    x: &BlockActs,
+    t0: usize,
+    t: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    // SAFETY: the caller's contract is the tile's.
+    quant_tile(QuantHead::Q6K, w, rb, r, x, t0, t, out, ld)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Packed;
     use crate::quant::i2s;
 
     #[test]
@@ -282,7 +376,7 @@ mod tests {
             s = s.wrapping_mul(747796405).wrapping_add(2891336453);
             s >> 16
         };
-        let (rows, k, n) = (7, 256, 3);
+        let (rows, k) = (7, 256);
         let codes: Vec<i8> = (0..rows * k).map(|_| (rnd() % 3) as i8 - 1).collect();
         let mut w = Vec::new();
         i2s::encode(&codes, 1.0, &mut w);
@@ -290,25 +384,28 @@ mod tests {
         let p = Packed::from_i2s(&w, rows, k).unwrap();
         assert_eq!(p.groups(), 2);
         assert_eq!(p.canonical_row(5), w[5 * k / 4..6 * k / 4].to_vec());
-        let x: Vec<i8> = (0..n * k).map(|_| (rnd() % 256) as u8 as i8).collect();
-        let sums: Vec<i32> = x
-            .chunks(k)
-            .map(|r| r.iter().map(|&v| v as i32).sum())
-            .collect();
-        let mut out = vec![0i32; n * 8];
-        i2s_gemm(&p, 0, 2, &x, &sums, &mut out);
-        for t in 0..n {
-            for m in 0..8 {
-                let want = if m < rows {
-                    dot_i2s(
-                        &w[m * k / 4..(m + 1) * k / 4],
-                        &x[t * k..(t + 1) * k],
-                        sums[t],
-                    )
-                } else {
-                    0
-                };
-                assert_eq!(out[t * 8 + m], want, "t {} m {}", t, m);
+        // Both paths: the packed tiles (3 tokens) and the panels (9).
+        for n in [3, 9] {
+            let x: Vec<i8> = (0..n * k).map(|_| (rnd() % 256) as u8 as i8).collect();
+            let sums: Vec<i32> = x
+                .chunks(k)
+                .map(|r| r.iter().map(|&v| v as i32).sum())
+                .collect();
+            let mut out = vec![0i32; n * 8];
+            SCALAR.i2s_gemm(&p, 0, 2, &x, &sums, &mut out);
+            for t in 0..n {
+                for m in 0..8 {
+                    let want = if m < rows {
+                        dot_i2s(
+                            &w[m * k / 4..(m + 1) * k / 4],
+                            &x[t * k..(t + 1) * k],
+                            sums[t],
+                        )
+                    } else {
+                        0
+                    };
+                    assert_eq!(out[t * 8 + m], want, "n {} t {} m {}", n, t, m);
+                }
             }
         }
     }

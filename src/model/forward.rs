@@ -4,10 +4,10 @@
 //! One pass runs the tokens of many sequences ([`Batch`], llama.cpp's
 //! `llama_batch`); [`Context`], one sequence over one cache, sits on top.
 
-use super::{Hparams, Model, Proj};
+use super::{Hparams, Model};
 use crate::hf::config::Activation;
-use crate::kernels::matmul::{head_matmul, matmul, quantize_batch};
 use crate::kernels::ops::{attend, Kv, RopeTable};
+use crate::kernels::weights::{matmul_many, Acts, Linear};
 use crate::kernels::Kernel;
 use anyhow::{bail, Result};
 use half::f16;
@@ -281,36 +281,31 @@ fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 }
 
 /// One BitLinear of a group: the weights, its input norm if any, its output.
-type Projection<'a> = (&'a Proj, Option<&'a [f32]>, &'a mut [f32]);
+type Projection<'a> = (&'a dyn Linear, Option<&'a [f32]>, &'a mut [f32]);
 
-/// BitLinear projections sharing one input `x` (rows of `width`): int8
-/// activations per token, then each projection into its output. With input
-/// norms (`use_rms_norm`), each projection first normalizes the input with
-/// its own weights; without, the input is quantized once for all.
-fn bitlinear(
-    kern: &dyn Kernel,
-    x: &[f32],
-    width: usize,
-    norm_eps: f32,
-    outs: &mut [Projection<'_>],
-) {
+/// BitLinear projections sharing one input `x` (rows of `width`), each into
+/// its output. Without input norms the activations are prepared once and
+/// the products run in one parallel region ([`matmul_many`]); with them
+/// (`use_rms_norm`), each projection first normalizes the input with its
+/// own weights.
+fn bitlinear(kern: &Kernel, x: &[f32], width: usize, norm_eps: f32, outs: &mut [Projection<'_>]) {
     if outs.iter().all(|(_, n, _)| n.is_none()) {
-        let qx = quantize_batch(kern, x, width);
-        for (w, _, out) in outs.iter_mut() {
-            matmul(kern, w, &qx, out);
-        }
+        let mut prods: Vec<(&dyn Linear, &mut [f32])> = outs
+            .iter_mut()
+            .map(|(w, _, out)| (*w, &mut **out))
+            .collect();
+        matmul_many(kern, &Acts::new(x, width), &mut prods);
         return;
     }
     let mut xn = vec![0f32; x.len()];
     for (w, n, out) in outs.iter_mut() {
-        let qx = match n {
+        match n {
             Some(g) => {
                 rmsnorm(x, g, norm_eps, &mut xn);
-                quantize_batch(kern, &xn, width)
+                w.matmul(kern, &Acts::new(&xn, width), out);
             }
-            None => quantize_batch(kern, x, width),
-        };
-        matmul(kern, w, &qx, out);
+            None => w.matmul(kern, &Acts::new(x, width), out),
+        }
     }
 }
 
@@ -390,7 +385,7 @@ pub fn decode(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Resu
 
     let mut x = vec![0f32; n * d];
     for (j, &t) in tokens.iter().enumerate() {
-        m.float_row(&m.tok_embd, t as usize, &mut x[j * d..(j + 1) * d]);
+        m.tok_embd.row(t as usize, &mut x[j * d..(j + 1) * d]);
     }
     let mut a = vec![0f32; n * d];
     let mut q = vec![0f32; n * qd];
@@ -430,9 +425,9 @@ pub fn decode(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Resu
             d,
             ieps,
             &mut [
-                (&layer.wq, inorm.map(|n| &n.q[..]), &mut q),
-                (&layer.wk, inorm.map(|n| &n.k[..]), &mut kk),
-                (&layer.wv, inorm.map(|n| &n.v[..]), &mut vv),
+                (&*layer.wq, inorm.map(|n| &n.q[..]), &mut q),
+                (&*layer.wk, inorm.map(|n| &n.k[..]), &mut kk),
+                (&*layer.wv, inorm.map(|n| &n.v[..]), &mut vv),
             ],
         );
         for j in 0..n {
@@ -483,7 +478,7 @@ pub fn decode(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Resu
             attn_out,
             qd,
             ieps,
-            &mut [(&layer.wo, inorm.map(|n| &n.o[..]), &mut tmp)],
+            &mut [(&*layer.wo, inorm.map(|n| &n.o[..]), &mut tmp)],
         );
         for (xi, ti) in x.iter_mut().zip(&tmp) {
             *xi += ti;
@@ -495,8 +490,8 @@ pub fn decode(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Resu
             d,
             ieps,
             &mut [
-                (&layer.wgate, inorm.map(|n| &n.gate[..]), &mut g),
-                (&layer.wup, inorm.map(|n| &n.up[..]), &mut u),
+                (&*layer.wgate, inorm.map(|n| &n.gate[..]), &mut g),
+                (&*layer.wup, inorm.map(|n| &n.up[..]), &mut u),
             ],
         );
         match hp.activation {
@@ -524,7 +519,7 @@ pub fn decode(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Resu
             ffn_act,
             ff,
             ieps,
-            &mut [(&layer.wdown, inorm.map(|n| &n.down[..]), &mut tmp)],
+            &mut [(&*layer.wdown, inorm.map(|n| &n.down[..]), &mut tmp)],
         );
         for (xi, ti) in x.iter_mut().zip(&tmp) {
             *xi += ti;
@@ -546,25 +541,9 @@ pub fn decode(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Resu
             &mut xn[r * d..(r + 1) * d],
         );
     }
-    if let Some(head) = &m.output_bitlinear {
-        let mut out = vec![0f32; rows.len() * hp.n_vocab];
-        bitlinear(
-            kern,
-            &xn,
-            d,
-            hp.input_norm_eps,
-            &mut [(head, None, &mut out)],
-        );
-        return Ok(out);
-    }
-    Ok(head_matmul(
-        m.kernel,
-        m.head_weights(),
-        &xn,
-        rows.len(),
-        hp.n_vocab,
-        d,
-    ))
+    let mut logits = vec![0f32; rows.len() * hp.n_vocab];
+    m.head().matmul(kern, &Acts::new(&xn, d), &mut logits);
+    Ok(logits)
 }
 
 /// One sequence over one KV cache: a thin wrapper over [`decode`].

@@ -11,12 +11,11 @@ pub use forward::{Batch, Context, KvCache};
 pub use hparams::Hparams;
 
 use crate::gguf::{GgufFile, TensorInfo};
-use crate::kernels::matmul::HeadWeights;
-use crate::kernels::{self, Kernel, QuantHead};
-use crate::quant::{i2s, q6_k, q8_0, tq, GgmlType};
+use crate::kernels::weights::{self, ActQuant, Source, Weight};
+use crate::kernels::{self, Kernel};
+use crate::quant::GgmlType;
 use crate::tokenizer::{Tokenizer, VocabSpec};
 use anyhow::{anyhow, bail, Context as _, Result};
-use half::f16;
 use std::path::Path;
 
 /// The trained BitNet chat format (from the HF tokenizer_config of 2B-4T).
@@ -41,54 +40,6 @@ pub static BUILTIN_GGUF: &[u8] = include_bytes!("../../models/tern-shakespeare-i
 /// The file name the built-in model was made from.
 pub const BUILTIN_NAME: &str = "tern-shakespeare-i2_s.gguf";
 
-/// A projection ready for the kernels.
-pub enum Proj {
-    /// Ternary codes repacked for the kernels, and the tensor scale.
-    Ternary {
-        data: kernels::Packed,
-        scale: f32,
-        rows: usize,
-        cols: usize,
-    },
-    /// Float weights (F16/F32 files, or TQ blocks with differing scales);
-    /// still applied with BitLinear semantics (int8 activations).
-    Float {
-        data: Vec<f32>,
-        rows: usize,
-        cols: usize,
-    },
-}
-
-impl Proj {
-    pub fn rows(&self) -> usize {
-        match self {
-            Proj::Ternary { rows, .. } | Proj::Float { rows, .. } => *rows,
-        }
-    }
-    pub fn cols(&self) -> usize {
-        match self {
-            Proj::Ternary { cols, .. } | Proj::Float { cols, .. } => *cols,
-        }
-    }
-    pub fn bytes(&self) -> usize {
-        match self {
-            Proj::Ternary { data, .. } => data.len(),
-            Proj::Float { data, .. } => data.len() * 4,
-        }
-    }
-}
-
-/// Embedding / output head rows.
-pub enum FloatMat {
-    F32(Vec<f32>),
-    F16(Vec<f16>),
-    /// F16 rows read in place from the memory map (byte offset, element count).
-    F16Mapped(usize, usize),
-    /// Q8_0 or Q6_K rows read in place from the memory map, never
-    /// dequantized as a whole (block format, byte offset, byte count).
-    QuantMapped(QuantHead, usize, usize),
-}
-
 /// One projection's input RMSNorm weights (`use_rms_norm` checkpoints:
 /// transformers' BitLinear normalizes its own input), per projection.
 pub struct InputNorms {
@@ -108,30 +59,29 @@ pub struct Layer {
     pub attn_sub_norm: Option<Vec<f32>>,
     pub ffn_sub_norm: Option<Vec<f32>>,
     pub input_norms: Option<InputNorms>,
-    pub wq: Proj,
-    pub wk: Proj,
-    pub wv: Proj,
-    pub wo: Proj,
-    pub wgate: Proj,
-    pub wup: Proj,
-    pub wdown: Proj,
+    pub wq: Weight,
+    pub wk: Weight,
+    pub wv: Weight,
+    pub wo: Weight,
+    pub wgate: Weight,
+    pub wup: Weight,
+    pub wdown: Weight,
 }
 
 pub struct Model {
     pub gguf: GgufFile,
     pub hp: Hparams,
-    pub tok_embd: FloatMat,
-    /// `None` when the head is tied to the embedding (or a BitLinear).
-    pub output: Option<FloatMat>,
-    /// A ternary `output.weight` (a checkpoint whose
-    /// `modules_to_not_convert` leaves `lm_head` converted): run as a
-    /// BitLinear, with int8 activations, instead of a float head.
-    pub output_bitlinear: Option<Proj>,
+    /// Token embeddings (`n_vocab` rows of `n_embd`), looked up by row.
+    pub tok_embd: Weight,
+    /// The output head; `None` when it is tied to the embedding. A ternary
+    /// `output.weight` (a checkpoint whose `modules_to_not_convert` leaves
+    /// `lm_head` converted) is a BitLinear, with int8 activations.
+    pub output: Option<Weight>,
     pub output_norm: Vec<f32>,
     pub layers: Vec<Layer>,
     pub tokenizer: Tokenizer,
     pub chat_template: String,
-    pub kernel: &'static dyn Kernel,
+    pub kernel: &'static Kernel,
     pub warnings: Vec<String>,
 }
 
@@ -189,160 +139,59 @@ impl Model {
             }
             f32_data(&gguf, t)
         };
-        let float_mat = |t: &TensorInfo| -> Result<FloatMat> {
-            Ok(match t.ty {
-                GgmlType::F32 => FloatMat::F32(f32_data(&gguf, t)?),
-                GgmlType::F16 => {
-                    let bytes = gguf.tensor_data(t);
-                    if bytemuck::try_cast_slice::<u8, f16>(bytes).is_ok() {
-                        FloatMat::F16Mapped(gguf.tensor_range(t).start, t.n_elements_usize())
-                    } else {
-                        FloatMat::F16(
-                            bytes
-                                .chunks_exact(2)
-                                .map(|c| f16::from_le_bytes([c[0], c[1]]))
-                                .collect(),
-                        )
-                    }
-                }
-                GgmlType::Q8_0 | GgmlType::Q6K => {
-                    let kind = if t.ty == GgmlType::Q8_0 {
-                        QuantHead::Q8_0
-                    } else {
-                        QuantHead::Q6K
-                    };
-                    let bytes = gguf.tensor_data(t);
-                    // dims were checked: [n_embd, n_vocab].
-                    let rows = n_vocab;
-                    if Some(bytes.len()) != rows.checked_mul(kind.row_bytes(n_embd)) {
-                        bail!(
-                            "tensor {}: {} bytes of {} for {} rows of {}",
-                            t.name,
-                            bytes.len(),
-                            t.ty.name(),
-                            rows,
-                            n_embd
-                        );
-                    }
-                    FloatMat::QuantMapped(kind, gguf.tensor_range(t).start, bytes.len())
-                }
-                // Dequantized once at load (mainline llama-quantize writes a
-                // TQ model's token_embd in Q4_K).
-                GgmlType::BF16 | GgmlType::Q4_0 | GgmlType::Q4K => {
-                    FloatMat::F32(f32_data(&gguf, t)?)
-                }
-                other => bail!(
-                    "tensor {}: type {} is not supported for embeddings",
-                    t.name,
-                    other.name()
-                ),
-            })
+        let matrix = |t: &TensorInfo,
+                      rows: usize,
+                      cols: usize,
+                      act: ActQuant,
+                      warnings: &mut Vec<String>|
+         -> Result<Weight> {
+            let src = Source {
+                file: &gguf,
+                info: t,
+                rows,
+                cols,
+            };
+            weights::load(&src, act, warnings)
         };
+        // Embedding and float head: held as the file has them, multiplied
+        // with the type's own activations (BF16, Q4_0, Q4_K dequantized once
+        // at load: mainline llama-quantize writes a TQ model's token_embd in
+        // Q4_K).
+        let embedding = |name: &str, warnings: &mut Vec<String>| -> Result<Weight> {
+            let t = get(name, &[n_embd, n_vocab])?;
+            if t.ty.info().ternary {
+                bail!(
+                    "tensor {}: type {} is not supported for embeddings",
+                    name,
+                    t.ty.name()
+                );
+            }
+            matrix(t, n_vocab, n_embd, ActQuant::Native, warnings)
+        };
+        // Projections: BitLinear.
         let mut natures: Vec<(String, ProjNature)> = Vec::new();
         let mut proj =
-            |name: &str, rows: usize, cols: usize, warnings: &mut Vec<String>| -> Result<Proj> {
+            |name: &str, rows: usize, cols: usize, warnings: &mut Vec<String>| -> Result<Weight> {
                 let t = get(name, &[cols, rows])?;
-                let data = gguf.tensor_data(t);
-                let n = rows * cols;
-                let (p, nature) = match t.ty {
-                    GgmlType::I2S => {
-                        if !cols.is_multiple_of(i2s::BLOCK) {
-                            bail!(
-                                "tensor {}: I2_S rows of {} values are not a multiple of 128",
-                                name,
-                                cols
-                            );
-                        }
-                        let scale =
-                            i2s::validate(data, n).with_context(|| format!("tensor {}", name))?;
-                        let p = Proj::Ternary {
-                            data: kernels::Packed::from_i2s(&data[..n / 4], rows, cols)?,
-                            scale,
-                            rows,
-                            cols,
-                        };
-                        (p, ProjNature::Ternary)
-                    }
-                    GgmlType::TQ2_0 | GgmlType::TQ1_0 => {
-                        let (codes, ds) = if t.ty == GgmlType::TQ2_0 {
-                            tq::decode_tq2_0(data)
-                        } else {
-                            tq::decode_tq1_0(data)
-                        }
-                        .with_context(|| format!("tensor {}", name))?;
-                        let per_block = tq::QK_K;
-                        let mut scale = None;
-                        let mut uniform = true;
-                        for (bi, &d) in ds.iter().enumerate() {
-                            if !d.is_finite() {
-                                bail!("tensor {}: block {} has a non-finite scale", name, bi);
-                            }
-                            if codes[bi * per_block..(bi + 1) * per_block]
-                                .iter()
-                                .all(|&c| c == 0)
-                            {
-                                continue;
-                            }
-                            match scale {
-                                None => scale = Some(d),
-                                Some(s) if s == d => {}
-                                Some(_) => uniform = false,
-                            }
-                        }
-                        if uniform {
-                            (
-                                ternary_proj(&codes, scale.unwrap_or(0.0), rows, cols)?,
-                                ProjNature::Ternary,
-                            )
-                        } else {
-                            warnings.push(format!(
-                                "{}: {} blocks have different scales; running it as float weights",
-                                name,
-                                t.ty.name()
-                            ));
-                            let data = codes
-                                .iter()
-                                .enumerate()
-                                .map(|(i, &c)| c as f32 * ds[i / per_block])
-                                .collect();
-                            (Proj::Float { data, rows, cols }, ProjNature::Ternary)
-                        }
-                    }
-                    GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
-                        let data = f32_data(&gguf, t)?;
-                        match crate::quant::exact_ternary(&data) {
-                            Some((codes, scale)) => (
-                                ternary_proj(&codes, scale, rows, cols)?,
-                                ProjNature::Ternary,
-                            ),
-                            None => (Proj::Float { data, rows, cols }, ProjNature::Float),
-                        }
-                    }
-                    GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q6K => (
-                        Proj::Float {
-                            data: f32_data(&gguf, t)?,
-                            rows,
-                            cols,
-                        },
-                        ProjNature::Fallback,
-                    ),
+                let w = matrix(t, rows, cols, ActQuant::BitLinear, warnings)?;
+                let nature = if w.ternary() {
+                    ProjNature::Ternary
+                } else if matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+                    ProjNature::Float
+                } else {
+                    ProjNature::Fallback
                 };
                 natures.push((name.to_string(), nature));
-                Ok(p)
+                Ok(w)
             };
 
-        let te = get("token_embd.weight", &[n_embd, n_vocab])?;
-        let tok_embd = float_mat(te)?;
-        let (output, output_bitlinear) = match gguf.tensor("output.weight") {
-            Some(t) if t.ty.info().ternary => (
-                None,
-                Some(proj("output.weight", n_vocab, n_embd, &mut warnings)?),
-            ),
-            Some(_) => (
-                Some(float_mat(get("output.weight", &[n_embd, n_vocab])?)?),
-                None,
-            ),
-            None => (None, None),
+        let tok_embd = embedding("token_embd.weight", &mut warnings)?;
+        let output = match gguf.tensor("output.weight") {
+            Some(t) if t.ty.info().ternary => {
+                Some(proj("output.weight", n_vocab, n_embd, &mut warnings)?)
+            }
+            Some(_) => Some(embedding("output.weight", &mut warnings)?),
+            None => None,
         };
         let output_norm = norm("output_norm.weight", n_embd)?;
         let (qd, kvd) = (hp.q_dim(), hp.kv_dim());
@@ -408,7 +257,6 @@ impl Model {
             hp,
             tok_embd,
             output,
-            output_bitlinear,
             output_norm,
             layers,
             tokenizer,
@@ -418,79 +266,14 @@ impl Model {
         })
     }
 
-    /// Row `i` of an embedding-like matrix as f32 (into `out`).
-    pub fn float_row(&self, m: &FloatMat, i: usize, out: &mut [f32]) {
-        let d = self.hp.n_embd;
-        match m {
-            FloatMat::F32(v) => out.copy_from_slice(&v[i * d..(i + 1) * d]),
-            FloatMat::F16(v) => {
-                for (o, x) in out.iter_mut().zip(&v[i * d..(i + 1) * d]) {
-                    *o = x.to_f32();
-                }
-            }
-            FloatMat::F16Mapped(..) => {
-                let v = self.f16_mapped(m);
-                for (o, x) in out.iter_mut().zip(&v[i * d..(i + 1) * d]) {
-                    *o = x.to_f32();
-                }
-            }
-            FloatMat::QuantMapped(kind, ..) => {
-                let rb = kind.row_bytes(d);
-                let row = &self.quant_mapped(m)[i * rb..(i + 1) * rb];
-                match kind {
-                    QuantHead::Q8_0 => q8_0::dequantize(row, out),
-                    QuantHead::Q6K => q6_k::dequantize(row, out),
-                }
-            }
-        }
-    }
-
-    /// The mapped blocks of a `FloatMat::QuantMapped` (empty for the others).
-    pub fn quant_mapped<'a>(&'a self, m: &'a FloatMat) -> &'a [u8] {
-        match m {
-            FloatMat::QuantMapped(_, off, len) => &self.gguf.raw_bytes()[*off..*off + *len],
-            _ => &[],
-        }
-    }
-
-    /// The output head as the kernels take it.
-    pub fn head_weights(&self) -> HeadWeights<'_> {
-        let h = self.head();
-        match h {
-            FloatMat::F32(w) => HeadWeights::F32(w),
-            FloatMat::F16(_) | FloatMat::F16Mapped(..) => HeadWeights::F16(self.f16_mapped(h)),
-            FloatMat::QuantMapped(QuantHead::Q8_0, ..) => HeadWeights::Q8_0(self.quant_mapped(h)),
-            FloatMat::QuantMapped(QuantHead::Q6K, ..) => HeadWeights::Q6K(self.quant_mapped(h)),
-        }
-    }
-
-    /// The mapped f16 slice of a `FloatMat::F16Mapped` (alignment was checked at load).
-    pub fn f16_mapped<'a>(&'a self, m: &'a FloatMat) -> &'a [f16] {
-        match m {
-            FloatMat::F16Mapped(off, n) => {
-                let all = self.gguf.raw_bytes();
-                bytemuck::cast_slice(&all[*off..*off + n * 2])
-            }
-            FloatMat::F16(v) => v,
-            FloatMat::F32(_) | FloatMat::QuantMapped(..) => &[],
-        }
-    }
-
-    pub fn head(&self) -> &FloatMat {
+    /// The output head (the embedding when tied).
+    pub fn head(&self) -> &Weight {
         self.output.as_ref().unwrap_or(&self.tok_embd)
     }
 
-    /// Bytes read per generated token: every projection, the head, the norms.
+    /// Bytes read per generated token: every projection and the head, as
+    /// held (KV cache and norms not counted).
     pub fn bytes_per_token(&self) -> u64 {
-        let head = match self.head() {
-            _ if self.output_bitlinear.is_some() => {
-                self.output_bitlinear.as_ref().map_or(0, |p| p.bytes())
-            }
-            FloatMat::F32(v) => v.len() * 4,
-            FloatMat::F16(v) => v.len() * 2,
-            FloatMat::F16Mapped(_, n) => n * 2,
-            FloatMat::QuantMapped(_, _, bytes) => *bytes,
-        };
         let proj: usize = self
             .layers
             .iter()
@@ -501,7 +284,7 @@ impl Model {
                     .sum::<usize>()
             })
             .sum();
-        (head + proj) as u64
+        (self.head().bytes() + proj) as u64
     }
 
     pub fn n_params(&self) -> u64 {
@@ -510,8 +293,7 @@ impl Model {
             * (h.n_embd * (h.n_head + 2 * h.n_head_kv) * h.head_dim
                 + h.n_head * h.head_dim * h.n_embd
                 + 3 * h.n_embd * h.n_ff);
-        let untied = self.output.is_some() || self.output_bitlinear.is_some();
-        let emb = h.n_vocab * h.n_embd * if untied { 2 } else { 1 };
+        let emb = h.n_vocab * h.n_embd * if self.output.is_some() { 2 } else { 1 };
         (proj + emb) as u64
     }
 }
@@ -629,28 +411,6 @@ fn vocab_spec(g: &GgufFile, warnings: &mut Vec<String>) -> Result<VocabSpec> {
         eos,
         eot,
         add_bos: g.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(true),
-    })
-}
-
-/// A projection from ternary codes and one scale: packed for the ternary
-/// kernels when its rows hold whole I2_S blocks, else run as float weights.
-fn ternary_proj(codes: &[i8], scale: f32, rows: usize, cols: usize) -> Result<Proj> {
-    if !cols.is_multiple_of(i2s::BLOCK) {
-        return Ok(Proj::Float {
-            data: codes.iter().map(|&c| c as f32 * scale).collect(),
-            rows,
-            cols,
-        });
-    }
-    let n = rows * cols;
-    let mut packed = Vec::with_capacity(n / 4 + i2s::TAIL);
-    i2s::encode(codes, 0.0, &mut packed);
-    packed.truncate(n / 4);
-    Ok(Proj::Ternary {
-        data: kernels::Packed::from_i2s(&packed, rows, cols)?,
-        scale,
-        rows,
-        cols,
     })
 }
 

@@ -59,8 +59,8 @@ pub fn validate(data: &[u8], n: usize) -> Result<f32> {
     let packed = &data[..n / 4];
     // A byte holds code 3 somewhere iff some 2-bit field has both bits set.
     if let Some(pos) = packed
-        .iter()
-        .position(|&b| (b & (b >> 1) & 0b0101_0101) != 0)
+        .par_iter()
+        .position_first(|&b| (b & (b >> 1) & 0b0101_0101) != 0)
     {
         bail!("I2_S data holds the invalid code 3 at byte {}", pos);
     }

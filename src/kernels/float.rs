@@ -1,0 +1,115 @@
+//! The float GEMM driver (F16/F32 output heads and float projections),
+//! shared by every ISA: one token streams four rows per tile, several
+//! tokens take tiles of two rows × up to four tokens.
+//!
+//! Every ISA's [`Tile`] computes each (row, token) dot with one fixed
+//! accumulation order that does not depend on how many rows or tokens the
+//! tile holds, so a kernel's result does not depend on the tiling, the
+//! thread split or the batch.
+
+use super::Kernel;
+use half::f16;
+
+/// Float weight rows, row-major.
+#[derive(Clone, Copy)]
+pub enum Rows<'a> {
+    F16(&'a [f16]),
+    F32(&'a [f32]),
+}
+
+impl Rows<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Rows::F16(w) => w.len(),
+            Rows::F32(w) => w.len(),
+        }
+    }
+    fn ptr(&self) -> *const u8 {
+        match self {
+            Rows::F16(w) => w.as_ptr() as *const u8,
+            Rows::F32(w) => w.as_ptr() as *const u8,
+        }
+    }
+    fn elem(&self) -> usize {
+        match self {
+            Rows::F16(_) => 2,
+            Rows::F32(_) => 4,
+        }
+    }
+}
+
+/// `r` weight rows (`d` elements each, back to back from `w`; f16 or f32
+/// by the table entry) × `t` f32 token rows (`d` apart from `x`):
+/// `out[u · ld + j] = w_j · x_u`. Shapes: `r ≤ 4` with `t = 1`, or `r ≤ 2`
+/// with `t ≤ 4`.
+pub type Tile =
+    unsafe fn(w: *const u8, d: usize, r: usize, x: *const f32, t: usize, out: *mut f32, ld: usize);
+
+/// Rows per tile with one token, and rows × tokens with several.
+pub const GEMV_ROWS: usize = 4;
+pub const GEMM_ROWS: usize = 2;
+pub const GEMM_TOKENS: usize = 4;
+
+/// Check the arguments of the float GEMMs.
+fn check(wlen: usize, d: usize, v0: usize, v1: usize, xs: &[f32], n: usize, out: &[f32]) {
+    assert!(
+        v0 <= v1 && v1.checked_mul(d).is_some_and(|e| e <= wlen),
+        "rows {}..{} of {}",
+        v0,
+        v1,
+        wlen / d.max(1)
+    );
+    assert!(xs.len() >= n * d, "activation size");
+    assert!(out.len() >= n * (v1 - v0), "output size");
+}
+
+/// Rows `v0..v1` of `w` (row length `d`) against `n` f32 rows `xs`:
+/// `out[t · (v1 - v0) + (v - v0)] = w_v · xs_t`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    kern: &Kernel,
+    w: Rows,
+    d: usize,
+    v0: usize,
+    v1: usize,
+    xs: &[f32],
+    n: usize,
+    out: &mut [f32],
+) {
+    check(w.len(), d, v0, v1, xs, n, out);
+    let tile = match w {
+        Rows::F16(_) => kern.ops().f16_tile,
+        Rows::F32(_) => kern.ops().f32_tile,
+    };
+    let row = |v: usize| w.ptr().wrapping_add(v * d * w.elem());
+    let ld = v1 - v0;
+    let (rows, tokens) = if n == 1 {
+        (GEMV_ROWS, 1)
+    } else {
+        (GEMM_ROWS, GEMM_TOKENS)
+    };
+    let mut t = 0;
+    while t < n {
+        let tt = (n - t).min(tokens);
+        let mut v = v0;
+        while v < v1 {
+            let r = (v1 - v).min(rows);
+            // SAFETY: `check` put rows v..v + r inside `w`, tokens
+            // t..t + tt inside `xs` and their outputs inside `out`; the
+            // table is this CPU's and the shape one the tiles take.
+            unsafe {
+                tile(
+                    row(v),
+                    d,
+                    r,
+                    xs.as_ptr().add(t * d),
+                    tt,
+                    out.as_mut_ptr().add(t * ld + v - v0),
+                    ld,
+                )
+            }
+            v += r;
+        }
+        t += tt;
+    }
+}

@@ -1,0 +1,205 @@
+//! Quantized (Q8_0 / Q6_K) matrices multiplied as ggml does: the
+//! activations are quantized per block ([`BlockActs`]: Q8_0 blocks, or
+//! Q8_K blocks with sums of 16), the products are integer per block
+//! (bit-identical across kernels) and one float multiply-add per block
+//! applies both scales. One driver ([`gemm`]) over per-ISA tiles: one
+//! token streams four rows per tile; several tokens take one row × up to
+//! four tokens, so each weight block is decoded once per tile. Q6_K sums
+//! the blocks in the scalar order on every kernel (bit-identical results);
+//! Q8_0 keeps one float accumulator per lane (agreeing with scalar to
+//! rounding); neither depends on the tiling, threads or batch.
+
+use super::Kernel;
+
+/// The block format of a quantized matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantHead {
+    /// Q8_0 weights, Q8_0 activations (blocks of 32).
+    Q8_0,
+    /// Q6_K weights, Q8_K activations (blocks of 256).
+    Q6K,
+}
+
+impl QuantHead {
+    /// Values per weight (and activation) block.
+    pub fn block(self) -> usize {
+        match self {
+            QuantHead::Q8_0 => crate::quant::q8_0::QK8_0,
+            QuantHead::Q6K => crate::quant::q6_k::QK_K,
+        }
+    }
+    /// Bytes per weight block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            QuantHead::Q8_0 => crate::quant::q8_0::BLOCK_BYTES,
+            QuantHead::Q6K => crate::quant::q6_k::BLOCK_BYTES,
+        }
+    }
+    /// Bytes of one weight row of `k` values.
+    pub fn row_bytes(self, k: usize) -> usize {
+        k / self.block() * self.block_bytes()
+    }
+}
+
+/// Activation rows quantized per block for a quantized matrix, the way
+/// ggml quantizes the other operand of its dot products: Q8_0 blocks for a
+/// Q8_0 matrix (`quant::q8_0::quantize_acts`), Q8_K blocks for a Q6_K one
+/// (`quant::q6_k::quantize_q8_k`, with the sums of each 16 quants).
+#[derive(Debug, Clone)]
+pub struct BlockActs {
+    pub kind: QuantHead,
+    /// Row length.
+    pub k: usize,
+    /// Rows.
+    pub n: usize,
+    /// `n · k` quants, each in -127..=127.
+    pub qs: Vec<i8>,
+    /// `n · k / block` block scales.
+    pub d: Vec<f32>,
+    /// `n · k / 16` sums of 16 quants (Q8_K only; empty for Q8_0).
+    pub bsums: Vec<i16>,
+}
+
+impl BlockActs {
+    /// Quantize `n` rows of `k` values (`k` a multiple of the block).
+    pub fn quantize(kind: QuantHead, x: &[f32], k: usize) -> BlockActs {
+        assert!(
+            k > 0 && k.is_multiple_of(kind.block()) && x.len().is_multiple_of(k),
+            "activations are not whole rows of whole blocks"
+        );
+        let n = x.len() / k;
+        let mut qs = vec![0i8; x.len()];
+        let mut d = vec![0f32; x.len() / kind.block()];
+        let mut bsums = Vec::new();
+        match kind {
+            QuantHead::Q8_0 => crate::quant::q8_0::quantize_acts(x, &mut qs, &mut d),
+            QuantHead::Q6K => {
+                bsums = vec![0i16; x.len() / 16];
+                crate::quant::q6_k::quantize_q8_k(x, &mut qs, &mut d, &mut bsums)
+            }
+        }
+        BlockActs {
+            kind,
+            k,
+            n,
+            qs,
+            d,
+            bsums,
+        }
+    }
+    /// The quants of row `t`.
+    pub fn row(&self, t: usize) -> &[i8] {
+        &self.qs[t * self.k..(t + 1) * self.k]
+    }
+    /// The block scales of row `t`.
+    pub fn scales(&self, t: usize) -> &[f32] {
+        let nb = self.k / self.kind.block();
+        &self.d[t * nb..(t + 1) * nb]
+    }
+    /// The sums of 16 of row `t` (Q8_K).
+    pub fn sums16(&self, t: usize) -> &[i16] {
+        &self.bsums[t * self.k / 16..(t + 1) * self.k / 16]
+    }
+}
+
+/// `r` rows of a quantized matrix (`rb` bytes each, back to back from `w`)
+/// × tokens `t0 .. t0 + t` of `x`: `out[u · ld + j]` = row j · token
+/// t0 + u. Shapes: `r ≤ 4` with `t = 1`, or `r = 1` with `t ≤ 4`.
+pub type Tile = unsafe fn(
+    w: *const u8,
+    rb: usize,
+    r: usize,
+    x: &BlockActs,
+    t0: usize,
+    t: usize,
+    out: *mut f32,
+    ld: usize,
+);
+
+/// Rows per tile with one token; tokens per tile with several.
+pub const GEMV_ROWS: usize = 4;
+pub const GEMM_TOKENS: usize = 4;
+
+/// Check the arguments of [`gemm`]; the tiles rely on them.
+fn check(kind: QuantHead, w: &[u8], v0: usize, v1: usize, x: &BlockActs, out: &[f32]) {
+    assert_eq!(x.kind, kind, "activation blocks for another matrix type");
+    let nb = x.k / kind.block();
+    assert!(
+        x.k > 0 && x.k.is_multiple_of(kind.block()),
+        "row length {}",
+        x.k
+    );
+    assert_eq!(x.qs.len(), x.n * x.k, "activation size");
+    assert_eq!(x.d.len(), x.n * nb, "activation scales");
+    if kind == QuantHead::Q6K {
+        assert_eq!(x.bsums.len(), x.n * x.k / 16, "activation sums");
+    }
+    let rb = kind.row_bytes(x.k);
+    assert!(
+        v0 <= v1 && v1.checked_mul(rb).is_some_and(|e| e <= w.len()),
+        "rows {}..{} of {}",
+        v0,
+        v1,
+        w.len() / rb
+    );
+    assert!(out.len() >= x.n * (v1 - v0), "output size");
+}
+
+/// Check the arguments of the block-dot functions.
+pub(crate) fn check_block_dots(kind: QuantHead, w: &[u8], a: &[i8], out: &[i32]) {
+    let nb = a.len() / kind.block();
+    assert!(a.len().is_multiple_of(kind.block()), "activation size");
+    assert_eq!(w.len(), nb * kind.block_bytes(), "weight row size");
+    assert_eq!(out.len(), nb, "output size");
+}
+
+/// Rows `v0..v1` of a `kind` matrix (row length `x.k`, rows back to back in
+/// `w`) against the `x.n` activation rows of `x`:
+/// `out[t · (v1 - v0) + (v - v0)] = Σ_b d_w[v][b] · d_x[t][b] · dot_b`.
+pub fn gemm(
+    kern: &Kernel,
+    kind: QuantHead,
+    w: &[u8],
+    v0: usize,
+    v1: usize,
+    x: &BlockActs,
+    out: &mut [f32],
+) {
+    check(kind, w, v0, v1, x, out);
+    let tile = match kind {
+        QuantHead::Q8_0 => kern.ops().q8_0_tile,
+        QuantHead::Q6K => kern.ops().q6_k_tile,
+    };
+    let rb = kind.row_bytes(x.k);
+    let ld = v1 - v0;
+    let (rows, tokens) = if x.n == 1 {
+        (GEMV_ROWS, 1)
+    } else {
+        (1, GEMM_TOKENS)
+    };
+    let mut t = 0;
+    while t < x.n {
+        let tt = (x.n - t).min(tokens);
+        let mut v = v0;
+        while v < v1 {
+            let r = (v1 - v).min(rows);
+            // SAFETY: `check` put rows v..v + r inside `w`, tokens t..t + tt
+            // inside `x` and their outputs inside `out`; the table is this
+            // CPU's and the shape one the tiles take.
+            unsafe {
+                tile(
+                    w.as_ptr().add(v * rb),
+                    rb,
+                    r,
+                    x,
+                    t,
+                    tt,
+                    out.as_mut_ptr().add(t * ld + v - v0),
+                    ld,
+                )
+            }
+            v += r;
+        }
+        t += tt;
+    }
+}

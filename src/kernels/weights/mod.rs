@@ -1,0 +1,248 @@
+//! Weight formats: how a GGUF tensor becomes a matrix the kernels multiply.
+//!
+//! Each format owns three things behind one row of [`FORMATS`]: its load
+//! (repack, or read in place from the memory map), the preparation of the
+//! activations it multiplies (per-token int8 for BitLinear, Q8_0 / Q8_K
+//! blocks for ggml's quantized types, plain f32), and its product. The
+//! model holds [`Weight`]s and calls [`Linear::matmul`] with [`Acts`]; it
+//! never names a format. A new layout is one file here plus one row.
+//!
+//! | row | GGUF types | held as | activations |
+//! |---|---|---|---|
+//! | `ternary` | I2_S, TQ2_0, TQ1_0 (one scale); F32/F16/BF16 projections holding only `{-s, 0, +s}` | [`crate::kernels::Packed`], repacked at load (rows not whole I2_S blocks: f32) | int8 per token |
+//! | `float` | F32, F16, BF16, Q4_0, Q4_K (and TQ with per-block scales) | F16 as in the file, else f32 | int8 per token (BitLinear) or f32 |
+//! | `quant` | Q8_0, Q6_K | the file's blocks | int8 per token via f32 (BitLinear), or Q8_0 / Q8_K blocks |
+//!
+//! Every format copies what it keeps into huge-page memory
+//! ([`super::memory::HugeBuf`]) and gives the file's pages back as it goes
+//! ([`crate::gguf::GgufFile::release`]), so the resident set holds each
+//! weight once: peak RSS ≈ the weights as held + KV cache + scratch.
+
+mod float;
+mod quant;
+mod ternary;
+
+use super::matmul::{par_rows, quantize_batch, Job, QBatch};
+use super::qhead::{BlockActs, QuantHead};
+use super::Kernel;
+use crate::gguf::{GgufFile, TensorInfo};
+use crate::quant::GgmlType;
+use anyhow::{anyhow, Result};
+use std::sync::OnceLock;
+
+/// A matrix of `rows` outputs × `cols` inputs, ready for the kernels.
+pub trait Linear: Send + Sync {
+    fn rows(&self) -> usize;
+    fn cols(&self) -> usize;
+    /// The GGUF type it was loaded from.
+    fn ty(&self) -> GgmlType;
+    /// Whether its values are ternary codes times a scale (one per tensor
+    /// or per block), whatever they are held as: a graph that runs only
+    /// ternary projections checks it.
+    fn ternary(&self) -> bool;
+    /// Bytes one product streams (the whole matrix as held).
+    fn bytes(&self) -> usize;
+    /// Row `i` as f32 (`out.len() == cols`): an embedding lookup.
+    fn row(&self, i: usize, out: &mut [f32]);
+    /// Prepare what [`Linear::matmul_rows`] reads from `x` (its
+    /// activations in this format's form), before the tasks start.
+    fn prepare(&self, kern: &Kernel, x: &Acts);
+    /// One task of a product: rows `m0 .. m0 + outs[0].len()` (`m0` a
+    /// multiple of 4) for every token, `outs[t]` being token t's slice.
+    /// Each output is computed by one kernel call in a fixed order: the
+    /// result does not depend on how the rows are split or on how many
+    /// tokens are in `x`.
+    fn matmul_rows(&self, kern: &Kernel, x: &Acts, m0: usize, outs: &mut [&mut [f32]]);
+}
+
+impl dyn Linear + '_ {
+    /// `out[t · rows + m] = W[m] · x_t` for the `x.n()` rows of `x`, with
+    /// the activation semantics chosen at load ([`ActQuant`]), threaded on
+    /// the current rayon pool (see [`matmul_many`]).
+    pub fn matmul(&self, kern: &Kernel, x: &Acts, out: &mut [f32]) {
+        matmul_many(kern, x, &mut [(self, out)])
+    }
+}
+
+/// Several products of the same activations in one parallel region:
+/// `out_i[t · rows_i + m] = W_i[m] · x_t` for each `(W_i, out_i)`.
+pub fn matmul_many(kern: &Kernel, x: &Acts, prods: &mut [(&dyn Linear, &mut [f32])]) {
+    for (w, _) in prods.iter() {
+        assert_eq!(x.k(), w.cols(), "activation width");
+        w.prepare(kern, x);
+    }
+    let ws: Vec<&dyn Linear> = prods.iter().map(|p| p.0).collect();
+    let jobs = prods
+        .iter_mut()
+        .map(|(w, out)| Job {
+            rows: w.rows(),
+            out: &mut out[..],
+        })
+        .collect();
+    par_rows(jobs, x.n(), |j, m0, outs| {
+        ws[j].matmul_rows(kern, x, m0, outs)
+    });
+}
+
+/// A loaded matrix.
+pub type Weight = Box<dyn Linear>;
+
+/// How the activations of a matrix are quantized: a property of the graph
+/// the matrix sits in, not of its storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActQuant {
+    /// BitNet's BitLinear (docs §2): each token's activations quantized to
+    /// int8 with its own absmax scale, whatever the weights are stored as.
+    BitLinear,
+    /// The storage type's own pairing, as ggml does it: f32 activations for
+    /// float weights, Q8_0 / Q8_K blocks for Q8_0 / Q6_K weights.
+    Native,
+}
+
+/// One tensor of a GGUF file to load as a `rows × cols` matrix.
+pub struct Source<'a> {
+    pub file: &'a GgufFile,
+    pub info: &'a TensorInfo,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Source<'_> {
+    fn name(&self) -> &str {
+        &self.info.name
+    }
+    fn data(&self) -> &[u8] {
+        self.file.tensor_data(self.info)
+    }
+}
+
+/// One row of the format table.
+pub struct Format {
+    /// Short name (`ternary`, `float`, `quant`).
+    pub name: &'static str,
+    /// The GGUF types it loads.
+    pub types: &'static [GgmlType],
+    /// Load a tensor of one of `types`; warnings (a fallback taken) go to
+    /// the list.
+    pub load: fn(&Source, ActQuant, &mut Vec<String>) -> Result<Weight>,
+}
+
+/// The formats, one row each.
+pub const FORMATS: &[Format] = &[ternary::FORMAT, float::FORMAT, quant::FORMAT];
+
+/// Load `src` with the row of [`FORMATS`] that takes its type.
+pub fn load(src: &Source, act: ActQuant, warnings: &mut Vec<String>) -> Result<Weight> {
+    let f = FORMATS
+        .iter()
+        .find(|f| f.types.contains(&src.info.ty))
+        .ok_or_else(|| {
+            anyhow!(
+                "tensor {}: type {} is not supported for matrices",
+                src.name(),
+                src.info.ty.name()
+            )
+        })?;
+    (f.load)(src, act, warnings)
+}
+
+/// A ternary matrix from canonical I2_S bytes (`rows · cols / 4`, no
+/// scale tail) and its scale, repacked (for tests, benches and tools).
+pub fn ternary_i2s(canonical: &[u8], rows: usize, cols: usize, scale: f32) -> Result<Weight> {
+    Ok(Box::new(ternary::Ternary::from_i2s(
+        canonical, rows, cols, scale,
+    )?))
+}
+
+/// A float matrix of `rows × cols` f16 values.
+pub fn float_f16(data: Vec<half::f16>, rows: usize, cols: usize, act: ActQuant) -> Weight {
+    Box::new(float::Float::f16(data, rows, cols, act))
+}
+
+/// A float matrix of `rows × cols` f32 values.
+pub fn float_f32(data: Vec<f32>, rows: usize, cols: usize, act: ActQuant) -> Weight {
+    Box::new(float::Float::owned(data, rows, cols, GgmlType::F32, act))
+}
+
+/// A `kind` matrix of `rows × cols` from its blocks, with native
+/// activations (an output head).
+pub fn quant_blocks(kind: QuantHead, blocks: Vec<u8>, rows: usize, cols: usize) -> Result<Weight> {
+    quant::Quant::new(kind, super::memory::HugeBuf::copy_of(&blocks), rows, cols)
+        .map(|q| Box::new(q) as Weight)
+}
+
+/// The activations of one or more products (`n` rows of `k` f32 values),
+/// prepared once per kind on first use and shared by every matrix that
+/// multiplies them (say Q, K and V): int8 per token, its copy interleaved
+/// for the ternary prompt tile, Q8_0 or Q8_K blocks.
+pub struct Acts<'a> {
+    x: &'a [f32],
+    k: usize,
+    n: usize,
+    int8: OnceLock<QBatch>,
+    int8_f32: OnceLock<Vec<f32>>,
+    tiles: OnceLock<Option<Vec<i8>>>,
+    q8_0: OnceLock<BlockActs>,
+    q8_k: OnceLock<BlockActs>,
+}
+
+impl<'a> Acts<'a> {
+    /// `x` as rows of `k` values.
+    pub fn new(x: &'a [f32], k: usize) -> Acts<'a> {
+        assert!(
+            k > 0 && x.len().is_multiple_of(k),
+            "activations are not whole rows of {}",
+            k
+        );
+        Acts {
+            x,
+            k,
+            n: x.len() / k,
+            int8: OnceLock::new(),
+            int8_f32: OnceLock::new(),
+            tiles: OnceLock::new(),
+            q8_0: OnceLock::new(),
+            q8_k: OnceLock::new(),
+        }
+    }
+    /// Rows (tokens).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    /// Row length.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// The f32 values.
+    pub fn f32(&self) -> &[f32] {
+        self.x
+    }
+    /// Int8 per token (BitLinear; [`Kernel::quantize_act`]).
+    pub fn int8(&self, kern: &Kernel) -> &QBatch {
+        self.int8
+            .get_or_init(|| quantize_batch(kern, self.x, self.k))
+    }
+    /// The int8 values as f32 (for float matrices with BitLinear activations).
+    pub fn int8_f32(&self, kern: &Kernel) -> &[f32] {
+        self.int8_f32
+            .get_or_init(|| self.int8(kern).q.iter().map(|&q| q as f32).collect())
+    }
+    /// The int8 values interleaved by `kern`'s ternary token tiles, for
+    /// batches that take the panel path (`None` for smaller ones).
+    pub fn int8_tiles(&self, kern: &Kernel) -> Option<&[i8]> {
+        self.tiles
+            .get_or_init(|| {
+                (self.n >= super::ternary::PANEL_MIN_TOKENS).then(|| {
+                    super::ternary::tile_tokens(kern.ops().i2s_shape, &self.int8(kern).q, self.k)
+                })
+            })
+            .as_deref()
+    }
+    /// The rows quantized per block for a `kind` matrix (as ggml does).
+    pub fn blocks(&self, kind: QuantHead) -> &BlockActs {
+        let cell = match kind {
+            QuantHead::Q8_0 => &self.q8_0,
+            QuantHead::Q6K => &self.q8_k,
+        };
+        cell.get_or_init(|| BlockActs::quantize(kind, self.x, self.k))
+    }
+}

@@ -1,0 +1,126 @@
+//! ggml's Q8_0 and Q6_K blocks, copied from the file as they are (into
+//! huge-page memory; the file's pages are released as they are copied) and
+//! never dequantized as a whole. With native activations (an output head)
+//! each token is quantized per block as ggml does (Q8_0, or Q8_K for Q6_K)
+//! and the block products are integer; with BitLinear activations (a
+//! projection of a BitNet graph) the matrix is dequantized to f32 at load
+//! and runs as a float matrix.
+
+use super::{float::Float, ActQuant, Acts, Format, Linear, Source, Weight};
+use crate::kernels::matmul::float_block;
+use crate::kernels::memory::HugeBuf;
+use crate::kernels::qhead::QuantHead;
+use crate::kernels::Kernel;
+use crate::quant::{q6_k, q8_0, GgmlType};
+use anyhow::{bail, Context as _, Result};
+
+pub(super) const FORMAT: Format = Format {
+    name: "quant",
+    types: &[GgmlType::Q8_0, GgmlType::Q6K],
+    load,
+};
+
+/// A Q8_0 / Q6_K matrix.
+pub struct Quant {
+    kind: QuantHead,
+    bytes: HugeBuf,
+    rows: usize,
+    cols: usize,
+}
+
+fn kind_of(ty: GgmlType) -> QuantHead {
+    if ty == GgmlType::Q8_0 {
+        QuantHead::Q8_0
+    } else {
+        QuantHead::Q6K
+    }
+}
+
+impl Quant {
+    /// `rows` rows of `cols` values as `kind` blocks, back to back.
+    pub fn new(kind: QuantHead, bytes: HugeBuf, rows: usize, cols: usize) -> Result<Quant> {
+        if cols == 0
+            || !cols.is_multiple_of(kind.block())
+            || Some(bytes.len()) != rows.checked_mul(kind.row_bytes(cols))
+        {
+            bail!(
+                "{} bytes of {:?} blocks for {} rows of {}",
+                bytes.len(),
+                kind,
+                rows,
+                cols
+            );
+        }
+        Ok(Quant {
+            kind,
+            bytes,
+            rows,
+            cols,
+        })
+    }
+}
+
+fn load(src: &Source, act: ActQuant, _warnings: &mut Vec<String>) -> Result<Weight> {
+    let kind = kind_of(src.info.ty);
+    let (rows, cols) = (src.rows, src.cols);
+    let q = Quant::new(
+        kind,
+        HugeBuf::copy_of_tensor(src.file, src.info),
+        rows,
+        cols,
+    )
+    .with_context(|| format!("tensor {}", src.name()))?;
+    Ok(match act {
+        ActQuant::Native => Box::new(q),
+        ActQuant::BitLinear => {
+            let mut data = vec![0f32; rows * cols];
+            for (i, r) in data.chunks_exact_mut(cols).enumerate() {
+                q.row(i, r);
+            }
+            drop(q);
+            Box::new(Float::owned(data, rows, cols, src.info.ty, act))
+        }
+    })
+}
+
+impl Linear for Quant {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn ty(&self) -> GgmlType {
+        match self.kind {
+            QuantHead::Q8_0 => GgmlType::Q8_0,
+            QuantHead::Q6K => GgmlType::Q6K,
+        }
+    }
+    fn ternary(&self) -> bool {
+        false
+    }
+    fn bytes(&self) -> usize {
+        self.bytes.len()
+    }
+    fn row(&self, i: usize, out: &mut [f32]) {
+        let rb = self.kind.row_bytes(self.cols);
+        let row = &self.bytes.bytes()[i * rb..(i + 1) * rb];
+        match self.kind {
+            QuantHead::Q8_0 => q8_0::dequantize(row, out),
+            QuantHead::Q6K => q6_k::dequantize(row, out),
+        }
+    }
+    fn prepare(&self, _kern: &Kernel, x: &Acts) {
+        x.blocks(self.kind);
+    }
+    fn matmul_rows(&self, kern: &Kernel, x: &Acts, v0: usize, outs: &mut [&mut [f32]]) {
+        let n = x.n();
+        let v1 = v0 + outs[0].len();
+        let blocks = x.blocks(self.kind);
+        let w = self.bytes.bytes();
+        float_block(n, v1 - v0, outs, |buf| match self.kind {
+            QuantHead::Q8_0 => kern.q8_0_gemm(w, v0, v1, blocks, buf),
+            QuantHead::Q6K => kern.q6_k_gemm(w, v0, v1, blocks, buf),
+        });
+    }
+}
