@@ -126,7 +126,7 @@ fn i2s_kernels_match_scalar_on_random_shapes() {
         let w = weights(&mut rng, rows, cols, raw);
         let x = activations(&mut rng, n, cols, case % 4);
         for k in &kernels {
-            check_i2s(*k, &w, rows, cols, &x, n);
+            check_i2s(k, &w, rows, cols, &x, n);
         }
     }
 }
@@ -172,7 +172,7 @@ fn i2s_prompt_tiles_match_scalar_across_tile_and_panel_edges() {
         let w = weights(&mut rng, rows, cols, case % 4 == 0);
         let x = activations(&mut rng, n, cols, case % 4);
         for k in &kernels {
-            check_i2s(*k, &w, rows, cols, &x, n);
+            check_i2s(k, &w, rows, cols, &x, n);
         }
     }
 }

@@ -9,7 +9,7 @@
 
 use super::ops::Kv;
 use super::ternary::{TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
-use super::{scalar, BlockActs, Kernel, Ops};
+use super::{BlockActs, Kernel, Ops};
 use crate::quant::{q6_k, q8_0};
 use half::f16;
 use std::arch::x86_64::*;
@@ -33,7 +33,6 @@ pub(crate) const OPS: Ops = Ops {
     axpy_f32,
     attn_scores,
     attn_values,
-    ..scalar::OPS
 };
 
 static AVX2: Kernel = Kernel::new("avx2", "avx2", OPS);

@@ -69,7 +69,7 @@ pub struct Ops {
     pub q6_k_tile: qhead::Tile,
     /// Exact integer dots of one quantized head row, per block.
     pub q8_0_block_dots: fn(&[u8], &[i8], &mut [i32]),
-    pub q6_k_block_dots: fn(&[u8], &[i8], &[i16], &mut [i32]),
+    pub q6_k_block_dots: qhead::Q6KBlockDots,
     /// Per-token activation quantization (docs §2).
     pub quantize_act: fn(&[f32], &mut [i8]) -> (f32, i32),
     pub dot_f32: fn(&[f32], &[f32]) -> f32,

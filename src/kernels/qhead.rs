@@ -102,6 +102,10 @@ impl BlockActs {
     }
 }
 
+/// Exact integer dots of one Q6_K row (its blocks) with Q8_K activations
+/// (codes and the per-16 sums of codes), one `i32` per block.
+pub type Q6KBlockDots = fn(&[u8], &[i8], &[i16], &mut [i32]);
+
 /// `r` rows of a quantized matrix (`rb` bytes each, back to back from `w`)
 /// × tokens `t0 .. t0 + t` of `x`: `out[u · ld + j]` = row j · token
 /// t0 + u. Shapes: `r ≤ 4` with `t = 1`, or `r = 1` with `t ≤ 4`.

@@ -58,9 +58,14 @@ pub fn validate(data: &[u8], n: usize) -> Result<f32> {
     }
     let packed = &data[..n / 4];
     // A byte holds code 3 somewhere iff some 2-bit field has both bits set.
+    // Searched in parallel by chunks (a per-byte parallel search pays
+    // rayon's bookkeeping on every byte), sequentially within one.
+    const CHUNK: usize = 1 << 16;
+    let bad = |b: &u8| (b & (b >> 1) & 0b0101_0101) != 0;
     if let Some(pos) = packed
-        .par_iter()
-        .position_first(|&b| (b & (b >> 1) & 0b0101_0101) != 0)
+        .par_chunks(CHUNK)
+        .enumerate()
+        .find_map_first(|(i, c)| c.iter().position(bad).map(|p| i * CHUNK + p))
     {
         bail!("I2_S data holds the invalid code 3 at byte {}", pos);
     }
