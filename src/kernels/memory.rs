@@ -26,16 +26,18 @@ enum Inner {
 }
 
 impl HugeBuf {
-    /// `len` zero bytes. From 2 MiB up an anonymous mapping advised for
-    /// huge pages (nothing is allocated for the unused head of the
-    /// mapping, the partial tail uses small pages); else, or when mapping
-    /// fails, the heap.
+    /// `len` zero bytes. From 2 MiB up an anonymous mapping whose whole
+    /// 2 MiB pages of data are advised for huge pages (nothing is
+    /// allocated for the unused head of the mapping; the partial tail is
+    /// not advised, so it takes small pages instead of a mostly unused
+    /// huge one — under THP's `madvise` mode; with `always` the kernel
+    /// decides); else, or when mapping fails, the heap.
     pub fn zeroed(len: usize) -> HugeBuf {
         if len >= HUGE {
             if let Ok(m) = memmap2::MmapMut::map_anon(len + HUGE) {
-                #[cfg(target_os = "linux")]
-                let _ = m.advise(memmap2::Advice::HugePage);
                 let off = (m.as_ptr() as usize).next_multiple_of(HUGE) - m.as_ptr() as usize;
+                #[cfg(target_os = "linux")]
+                let _ = m.advise_range(memmap2::Advice::HugePage, off, len / HUGE * HUGE);
                 return HugeBuf {
                     inner: Inner::Map(m, off),
                     len,
