@@ -485,11 +485,11 @@ fn weight_scales_and_weights_that_break_the_runtime_are_refused() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
-// ---- 9. a mapped model truncated while in use --------------------------
+// ---- 9. a model truncated while in use ---------------------------------
 
 #[cfg(unix)]
 #[test]
-fn a_model_truncated_while_running_ends_with_one_line() {
+fn a_model_truncated_while_running_does_not_disturb_it() {
     use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
     let m = dir.path().join("m.gguf");
@@ -511,8 +511,9 @@ fn a_model_truncated_while_running_ends_with_one_line() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until it generates (the model is loaded and its head is being
-    // read from the map), then cut the file to nothing.
+    // Wait until it generates (the model is loaded), then cut the file to
+    // nothing: every weight was copied out of the map at load and the map
+    // is not read again, so the run goes on to the end of its context.
     let mut out = child.stdout.take().unwrap();
     let mut first = [0u8; 1];
     out.read_exact(&mut first).unwrap();
@@ -526,12 +527,12 @@ fn a_model_truncated_while_running_ends_with_one_line() {
     let _ = out.read_to_end(&mut rest);
     let o = child.wait_with_output().unwrap();
     let err = stderr(&o);
-    assert_eq!(
-        o.status.code(),
-        Some(tern::signals::SIGBUS_EXIT_CODE),
-        "status {:?}, stderr {err}",
-        o.status
+    assert!(o.status.success(), "status {:?}, stderr {err}", o.status);
+    assert!(!err.contains("error"), "{err}");
+    assert!(err.contains("eval time"), "{err}");
+    assert!(
+        rest.len() > 100,
+        "the generation went on: {} bytes",
+        rest.len()
     );
-    assert!(err.contains("changed while in use"), "{err}");
-    assert_eq!(err.matches("tern: error:").count(), 1, "{err}");
 }
