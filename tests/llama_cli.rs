@@ -652,6 +652,37 @@ fn a_folder_or_safetensors_as_model_gets_the_convert_hint() {
     let heldout = root().join("models/tern-shakespeare/heldout.txt");
     let o = run(&["perplexity", "-m", s(&dir), "-f", s(&heldout)]);
     assert_clean_failure(&o, "is a directory");
+    // `inspect` takes its file as an argument: the same hints.
+    let line = assert_clean_failure(&run(&["inspect", s(&dir)]), "is a directory");
+    assert!(line.contains("run `tern convert"), "{line}");
+    assert_clean_failure(
+        &run(&["inspect", s(&st)]),
+        "is a safetensors file, not GGUF",
+    );
+}
+
+/// stdout on a full disk (`> /dev/full`): a one-line error and status 1,
+/// not a panic, whether the command prints with `println!` or `write!`.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_is_a_one_line_error() {
+    let fx = fixture();
+    for args in [
+        vec!["inspect", s(&fx)],
+        vec!["run", "-m", s(&fx), "-p", "x", "-n", "4"],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let o = tern()
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(full)
+            .output()
+            .unwrap();
+        assert_clean_failure(&o, "No space left on device");
+    }
 }
 
 #[test]

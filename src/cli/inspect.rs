@@ -40,6 +40,7 @@ fn ternary_stats(g: &GgufFile, t: &crate::gguf::TensorInfo) -> Option<(String, f
 }
 
 pub fn run(a: Args) -> Result<()> {
+    super::refuse_hf_path(&a.file)?;
     let g = GgufFile::open(&a.file)?;
     println!(
         "{}: GGUF v{}, {} metadata keys, {} tensors, {} bytes",

@@ -99,34 +99,41 @@ pub fn load_model(path: Option<&Path>) -> Result<crate::model::Model> {
     open_model(path, false)
 }
 
+/// Refuse a model path that is a folder or a safetensors file, with the
+/// hint to convert it first (`-m` of every command, `inspect`'s file).
+pub fn refuse_hf_path(p: &Path) -> Result<()> {
+    let hf = |what: &str, dir: &Path| {
+        format!(
+            "{} {}; for a Hugging Face folder run `tern convert {}` and pass the .gguf it writes",
+            p.display(),
+            what,
+            dir.display()
+        )
+    };
+    if p.is_dir() {
+        bail!("{}", hf("is a directory", p));
+    }
+    if p.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+    {
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+        bail!(
+            "{}",
+            hf(
+                "is a safetensors file, not GGUF",
+                dir.unwrap_or(Path::new("."))
+            )
+        );
+    }
+    Ok(())
+}
+
 /// Load `path` (mapped, or read into memory with `no_mmap`), or the built-in
 /// model; print the loader's warnings. A folder or a safetensors file gets
 /// the hint to convert it first.
 fn open_model(path: Option<&Path>, no_mmap: bool) -> Result<crate::model::Model> {
     if let Some(p) = path {
-        let hf = |what: &str, dir: &Path| {
-            format!(
-                "{} {}; for a Hugging Face folder run `tern convert {}` and pass the .gguf it writes",
-                p.display(),
-                what,
-                dir.display()
-            )
-        };
-        if p.is_dir() {
-            bail!("{}", hf("is a directory", p));
-        }
-        if p.extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
-        {
-            let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
-            bail!(
-                "{}",
-                hf(
-                    "is a safetensors file, not GGUF",
-                    dir.unwrap_or(Path::new("."))
-                )
-            );
-        }
+        refuse_hf_path(p)?;
     }
     let m = match path {
         Some(p) if no_mmap => {

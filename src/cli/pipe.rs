@@ -9,7 +9,8 @@
 //! (streamed output written with `write!`), or as the panic of `println!`,
 //! which unwinds (running destructors, so temporary files are removed) to
 //! [`quiet_broken_pipe`], which turns both into exit status 0 without a word.
-//! It is also where a failed command gets its one-line error and status 1.
+//! It is also where a failed command gets its one-line error and status 1,
+//! as does a print that fails otherwise (`> /dev/full`: no space left).
 
 use std::any::Any;
 use std::io::{self, ErrorKind, Write};
@@ -37,7 +38,14 @@ pub fn quiet_broken_pipe(f: impl FnOnce() -> anyhow::Result<()>) -> i32 {
             1
         }
         Err(p) if is_print_to_closed_pipe(p.as_ref()) => 0,
-        Err(p) => panic::resume_unwind(p),
+        Err(p) => match print_failure(p.as_ref()) {
+            // Any other failed print (`> /dev/full`: no space left): one line, status 1.
+            Some(msg) => {
+                let _ = writeln!(io::stderr(), "tern: error: {}", msg);
+                1
+            }
+            None => panic::resume_unwind(p),
+        },
     }
 }
 
@@ -55,19 +63,27 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-/// The panic message of `println!`/`eprintln!` writing to a closed pipe:
-/// "failed printing to stdout: " and the text of an OS error whose kind is
-/// `BrokenPipe` (EPIPE on Unix, ERROR_NO_DATA or ERROR_BROKEN_PIPE on
-/// Windows; found by asking std which codes map to that kind, so no
-/// platform's wording is written here).
-fn is_print_to_closed_pipe(payload: &(dyn Any + Send)) -> bool {
+/// The panic message of `println!`/`eprintln!` failing to write
+/// ("failed printing to stdout: " and the OS error's text), or None for any
+/// other panic.
+fn print_failure(payload: &(dyn Any + Send)) -> Option<&str> {
     let msg = match (
         payload.downcast_ref::<String>(),
         payload.downcast_ref::<&str>(),
     ) {
         (Some(s), _) => s.as_str(),
         (None, Some(s)) => s,
-        (None, None) => return false,
+        (None, None) => return None,
+    };
+    msg.starts_with("failed printing to std").then_some(msg)
+}
+
+/// A [`print_failure`] whose OS error has the kind `BrokenPipe` (EPIPE on
+/// Unix, ERROR_NO_DATA or ERROR_BROKEN_PIPE on Windows; found by asking std
+/// which codes map to that kind, so no platform's wording is written here).
+fn is_print_to_closed_pipe(payload: &(dyn Any + Send)) -> bool {
+    let Some(msg) = print_failure(payload) else {
+        return false;
     };
     let Some(err) = msg
         .strip_prefix("failed printing to stdout: ")
@@ -81,13 +97,14 @@ fn is_print_to_closed_pipe(payload: &(dyn Any + Send)) -> bool {
     })
 }
 
-/// Keep the default panic message, except for printing to a closed pipe.
+/// Keep the default panic message, except for a failed print (reported in
+/// one line by [`quiet_broken_pipe`], or not at all for a closed pipe).
 fn install_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let default = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
-            if !is_print_to_closed_pipe(info.payload()) {
+            if print_failure(info.payload()).is_none() {
                 default(info);
             }
         }));
@@ -115,6 +132,8 @@ mod tests {
             io::Error::from_raw_os_error(28)
         );
         assert!(!is_print_to_closed_pipe(&full));
+        assert_eq!(print_failure(&full), Some(full.as_str()));
         assert!(!is_print_to_closed_pipe(&"index out of bounds"));
+        assert!(print_failure(&"index out of bounds").is_none());
     }
 }
