@@ -97,14 +97,18 @@ fn is_print_to_closed_pipe(payload: &(dyn Any + Send)) -> bool {
     })
 }
 
-/// Keep the default panic message, except for a failed print (reported in
-/// one line by [`quiet_broken_pipe`], or not at all for a closed pipe).
+/// Keep the default panic message, except for printing to a closed pipe and
+/// for a failed print on the main thread (which [`quiet_broken_pipe`]
+/// reports in one line).
 fn install_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let default = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
-            if print_failure(info.payload()).is_none() {
+            let p = info.payload();
+            let main = std::thread::current().name() == Some("main");
+            let reported = main && print_failure(p).is_some();
+            if !(reported || is_print_to_closed_pipe(p)) {
                 default(info);
             }
         }));
