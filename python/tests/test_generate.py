@@ -94,7 +94,7 @@ def test_chat_completion_equals_tern_chat(llm):
     system = "You are a helpful assistant."
     first, second = "Good morrow! Who art thou?", "What news from Rome?"
     cli = run_tern(
-        "chat", "-s", system, "-n", "24", "--temp", "0", "--repeat-penalty", "1",
+        "chat", "-sys", system, "-n", "24", "--temp", "0", "--repeat-penalty", "1",
         stdin=f"{first}\n{second}\n",
     )
     messages = [{"role": "system", "content": system}, {"role": "user", "content": first}]
