@@ -262,8 +262,26 @@ hist=$appdata/tern/chat_history.txt
 rm -f "$hist"
 # console 'ARGS': tern.exe ARGS in a new tmux pane, then its exit status.
 console() {
-    tm -f /dev/null new-session -d -s chat -x 160 -y 50 \
-        "env WINEPREFIX='$WINEPREFIX' WINEDEBUG=-all WINEDLLOVERRIDES='$WINEDLLOVERRIDES' $WINE $EXE $1; echo \"[tern exit status \$?]\"; sleep 600"
+    local i
+    # A new server may fail to start while the previous one is still going
+    # away ("server exited unexpectedly" on a loaded machine): retry.
+    for i in 1 2 3 4 5; do
+        tm -f /dev/null new-session -d -s chat -x 160 -y 50 \
+            "env WINEPREFIX='$WINEPREFIX' WINEDEBUG=-all WINEDLLOVERRIDES='$WINEDLLOVERRIDES' $WINE $EXE $1; echo \"[tern exit status \$?]\"; sleep 600" \
+            && return 0
+        stop_console
+        sleep "$i"
+    done
+    fail "could not start a tmux session for the console checks"
+}
+# Stop the tmux server and wait until it has gone.
+stop_console() {
+    local i
+    tm kill-server 2>/dev/null || true
+    for i in $(seq 1 100); do
+        tm has-session 2>/dev/null || return 0
+        sleep 0.1
+    done
 }
 console "chat -n 12 --temp 0 -t 2"
 tm set-option -t chat history-limit 10000 >/dev/null
@@ -295,13 +313,13 @@ screen | sed -n '/^> Good morrow/,/^> Tell me/p'
 grep -qF "$msg" "$hist" || fail "history: $(cat "$hist")"
 grep -qF 'Tell me a long story' "$hist" || fail "history: $(cat "$hist")"
 say "history saved in %APPDATA%\\tern\\chat_history.txt ($(wc -l <"$hist") lines)"
-tm kill-server
+stop_console
 # `run` echoes a non-ASCII prompt to the console intact.
 console "run -p 'Ünïcødé – ROMEO.' -n 4 -t 2"
 wait_until "tern run to exit" on_screen '\[tern exit status [0-9]+\]'
 on_screen '^Ünïcødé – ROMEO\.' || { screen; fail "the console shows the prompt garbled"; }
 on_screen '\[tern exit status 0\]' || { screen; fail "tern run in the console did not exit with 0"; }
-tm kill-server
+stop_console
 
 if [ "${TERN_WINDOWS_SKIP_CARGO_TEST:-}" = 1 ]; then
     say "cargo test under wine: skipped (TERN_WINDOWS_SKIP_CARGO_TEST=1)"
