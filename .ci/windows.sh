@@ -283,7 +283,10 @@ stop_console() {
         sleep 0.1
     done
 }
-console "chat -n 12 --temp 0 -t 2"
+# -c 8192: a long reply must still be streaming when Ctrl-C comes; with the
+# default 1024-token context a fast machine fills it in about a second and the
+# reply ends on its own first ("the context is full").
+console "chat -n 12 --temp 0 -t 2 -c 8192"
 tm set-option -t chat history-limit 10000 >/dev/null
 wait_until "the banner and the prompt" prompt_after 'Ctrl-D exits'
 msg='Good morrow, fair Verona – ünïcødé'
@@ -296,7 +299,7 @@ wait_until "the /set note" prompt_after '\[n_predict = -1\]'
 tm send-keys -t chat -l 'Tell me a long story'
 tm send-keys -t chat Enter
 wait_until "a streaming reply" on_screen '^> Tell me a long story'
-sleep 2
+sleep 1
 tm send-keys -t chat C-c
 wait_until "the interruption and the prompt" prompt_after '^\[interrupted\]'
 # /save to a Windows path.

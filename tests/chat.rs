@@ -540,7 +540,7 @@ fn after<'a>(screen: &'a str, line: &str) -> Option<Vec<&'a str>> {
 #[cfg(unix)]
 #[test]
 fn interactive_session_in_a_pseudo_terminal() {
-    let Some((t, data)) = tmux_chat(&["-n", "8", "-c", "4096", "--temp", "0", "-t", "2"]) else {
+    let Some((t, data)) = tmux_chat(&["-n", "8", "-c", "8192", "--temp", "0", "-t", "2"]) else {
         return;
     };
     t.wait_for("the banner and prompt", |s| {
