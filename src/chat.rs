@@ -58,8 +58,13 @@ impl ChatTemplate {
     /// `tojson` filter and the common Python string/dict methods available.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<ChatTemplate> {
         let mut env = Environment::new();
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
+        env.set_syntax(
+            minijinja::syntax::SyntaxConfig::builder()
+                .trim_blocks(true)
+                .lstrip_blocks(true)
+                .build()
+                .map_err(|e| anyhow!("chat template syntax: {}", e))?,
+        );
         env.set_unknown_method_callback(python_method);
         env.add_function("raise_exception", |msg: String| -> Result<Value, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
@@ -96,7 +101,7 @@ impl ChatTemplate {
             .get_template(TEMPLATE_NAME)
             .map_err(|e| anyhow!("chat template: {}", e))?;
         let ctx = minijinja::context! {
-            messages => Value::from_serialize(messages),
+            messages => Value::from(minijinja::value::Serde(messages)),
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.as_str(),
             eos_token => self.eos_token.as_str(),
@@ -507,7 +512,7 @@ impl serde_json::ser::Formatter for PySeparators {
 /// Python string and dict methods that chat templates call (`.strip()`,
 /// `.startswith()`, `.split()`, `.items()`, `.get()`, ...).
 fn python_method(
-    state: &State,
+    state: &mut State,
     value: &Value,
     method: &str,
     args: &[Value],
