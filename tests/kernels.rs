@@ -161,7 +161,19 @@ fn i2s_prompt_tiles_match_scalar_across_tile_and_panel_edges() {
     // (16 rows) and tile heights (2 or 4) with padding, row lengths around
     // the 16-bit runs (16 or 32 steps of 32 or 64 values).
     let mut rng = Rng(0x5eed_7111);
-    let n_set = [8, 9, 11, 12, 13, 17, 18, 24, 25, 31];
+    let p = tern::kernels::ternary::PANEL_MIN_TOKENS;
+    let n_set = [
+        p,
+        p + 1,
+        p + 3,
+        p + 4,
+        p + 5,
+        p + 9,
+        p + 10,
+        p + 16,
+        p + 17,
+        p + 23,
+    ];
     let rows_set = [1, 3, 4, 6, 15, 16, 17, 33, 64, 70];
     let cols_set = [128, 512, 640, 1024, 1152, 2048, 2176, 4224];
     let kernels = all_variants();

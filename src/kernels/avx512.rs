@@ -187,10 +187,10 @@ macro_rules! tiles {
                 let mut acc = [[_mm512_setzero_si512(); 2]; T];
                 for bi in b..be {
                     let wb = wp.add(bi * GROUP_BLOCK_BYTES);
-                    if T == 1 {
-                        // One token streams the weights once: prefetch both
-                        // lines of the run 16 KiB ahead into L2, as the AVX2
-                        // tile does (a hint only, so `wrapping_add`).
+                    {
+                        // The weights stream once per token tile: prefetch
+                        // both lines of the run 16 KiB ahead into L2, as the
+                        // AVX2 tiles do (a hint only, so `wrapping_add`).
                         let a = wb.wrapping_add(16 << 10) as *const i8;
                         _mm_prefetch::<_MM_HINT_T1>(a);
                         _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(64));

@@ -416,9 +416,9 @@ macro_rules! ternary_tiles {
                 let mut acc16 = [[vdupq_n_s16(0); GROUP]; T];
                 for bi in b..be {
                     let wb = wp.add(bi * GROUP_BLOCK_BYTES);
-                    if T == 1 {
-                        // One token streams the weights once: both lines of
-                        // the run, PREFETCH_GEMV ahead, into L2.
+                    {
+                        // The weights stream once per token tile: both
+                        // lines of the run, PREFETCH_GEMV ahead, into L2.
                         prefetch_l2(wb.wrapping_add(PREFETCH_GEMV));
                         prefetch_l2(wb.wrapping_add(PREFETCH_GEMV + 64));
                     }
@@ -778,7 +778,8 @@ macro_rules! qhead_impl {
             for b in 0..nb {
                 for r in 0..R {
                     let wb = w[r].add(b * bb);
-                    if T == 1 {
+                    {
+                        // The rows stream once per token tile.
                         let pf = wb.wrapping_add(PREFETCH_HEAD);
                         prefetch_l2(pf);
                         if Q6 {

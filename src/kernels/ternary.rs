@@ -11,10 +11,11 @@
 //!
 //! Two paths, chosen by the number of tokens `n`:
 //!
-//! * **few tokens** (generation; `n <` [`PANEL_MIN_TOKENS`]): the ISA's
-//!   [`PackedTile`] reads the packed groups directly, four rows × up to four
-//!   tokens, unpacking the 2-bit codes in registers; with one token it
-//!   streams the weights with software prefetch.
+//! * **few tokens** (generation, batched decoding of several sequences,
+//!   short prompts; `n <` [`PANEL_MIN_TOKENS`]): the ISA's [`PackedTile`]
+//!   reads the packed groups directly, four rows × up to four tokens,
+//!   unpacking the 2-bit codes in registers and prefetching the weights,
+//!   which stream once per four tokens.
 //! * **prompt batches**: row groups are unpacked, a panel at a time, into
 //!   one byte per code with the rows interleaved by the tile height
 //!   (`[row tile][k step][R rows][L bytes]`), the int8 activations are
@@ -40,9 +41,12 @@ pub const BLOCK_BYTES: usize = 32;
 /// Bytes of one block of a whole group.
 pub const GROUP_BLOCK_BYTES: usize = GROUP * BLOCK_BYTES;
 /// From this many tokens on, products go through unpacked panels and the
-/// ISA's register tile; below it, the packed tiles (unpacking a panel
-/// costs about as much as four tokens' products on it).
-pub const PANEL_MIN_TOKENS: usize = 8;
+/// ISA's register tile; below it, the packed tiles, four tokens at a time
+/// with the weights prefetched. Measured on the 2B-4T shapes with AVX2 and
+/// two threads (`examples/batch_step.rs`, `tern bench -p`): the packed
+/// tiles take half the time of the panels at 8 tokens (a decode step of
+/// eight sequences), 0.8× at 16 and 0.9× at 32, and tie at 64 and pp128.
+pub const PANEL_MIN_TOKENS: usize = 64;
 /// Row groups unpacked per panel (16 rows: 40–110 KB of codes at the
 /// 2B-4T shapes, which stay in L2 while every token tile passes).
 const PANEL_GROUPS: usize = 4;
