@@ -363,6 +363,29 @@ fn piped_mode_reports_the_context_filling() {
 }
 
 #[test]
+fn verbose_shows_each_turns_prompt_tokens() {
+    // `-v` as in `run`: the tokens evaluated for each turn, after what the
+    // cache already holds from the turn before.
+    let out = run_piped(
+        &["-v", "-n", "4", "--temp", "0", "-t", "2"],
+        "Hi\nWho are you?\n",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("tern: prompt: "))
+        .collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].contains(", 0 reused from the cache, evaluating ["),
+        "{stderr}"
+    );
+    assert!(lines[1].contains("\"Ġyou\""), "{stderr}");
+    assert!(!lines[1].contains(", 0 reused"), "{stderr}");
+}
+
+#[test]
 fn piped_mode_stops_at_a_bad_command() {
     let fx = fixture();
     for (input, msg) in [

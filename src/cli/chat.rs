@@ -2,7 +2,7 @@
 //! streaming, Ctrl-C to stop a reply), or one message per line when stdin
 //! is not a terminal, so it can be scripted.
 
-use super::run::{context_size, lower_c, n_predict_value, warn_past_training, Args};
+use super::run::{context_size, lower_c, n_predict_value, shown_tokens, warn_past_training, Args};
 use super::{set_threads, DEFAULT_MODEL_NAME};
 use crate::chat::{Conversation, Session};
 use crate::gguf::writer::AtomicFile;
@@ -67,7 +67,10 @@ pub fn run(a: Args) -> Result<()> {
     }
 
     let interactive = std::io::stdin().is_terminal();
-    let ui = Ui { interactive };
+    let ui = Ui {
+        interactive,
+        verbose: a.verbose,
+    };
     install_ctrlc(!interactive);
     let mut reader: Box<dyn Reader> = if interactive {
         let name = match &a.model.model {
@@ -135,6 +138,8 @@ fn install_ctrlc(exit_when_idle: bool) {
 /// (so that stdout carries the replies only).
 struct Ui {
     interactive: bool,
+    /// `-v`: each turn's prompt tokens on stderr.
+    verbose: bool,
 }
 
 impl Ui {
@@ -331,6 +336,14 @@ fn chat_loop(s: &mut Session, r: &mut dyn Reader, ui: &Ui) -> Result<()> {
 /// One exchange: the user's message in, the streamed reply out.
 fn turn(s: &mut Session, text: &str, ui: &Ui) -> Result<()> {
     let prep = s.prepare(text)?;
+    if ui.verbose {
+        eprintln!(
+            "tern: prompt: {} tokens, {} reused from the cache, evaluating [{}]",
+            prep.tokens.len(),
+            prep.reused,
+            shown_tokens(&s.model.tokenizer, &prep.tokens[prep.reused..])
+        );
+    }
     if prep.dropped_turns > 0 {
         ui.info(&format!(
             "[context full: dropped the {} oldest turn{}, re-reading {} tokens]",

@@ -298,6 +298,15 @@ pub fn new_context<'m>(
     Ok(ctx)
 }
 
+/// `id:"text"` for each token, comma-separated (`-v`).
+pub fn shown_tokens(tok: &crate::tokenizer::Tokenizer, ids: &[u32]) -> String {
+    let shown: Vec<String> = ids
+        .iter()
+        .map(|&t| format!("{}:{:?}", t, tok.token_text(t)))
+        .collect();
+    shown.join(", ")
+}
+
 pub fn run(a: Args) -> Result<()> {
     let text = a.prompt_text()?.ok_or_else(|| {
         anyhow!("give a prompt with -p TEXT or -f FILE (or start a chat with -cnv)")
@@ -332,14 +341,10 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     if a.verbose {
-        let shown: Vec<String> = prompt
-            .iter()
-            .map(|&t| format!("{}:{:?}", t, m.tokenizer.token_text(t)))
-            .collect();
         eprintln!(
             "tern: prompt: {} tokens [{}]",
             prompt.len(),
-            shown.join(", ")
+            shown_tokens(&m.tokenizer, &prompt)
         );
     }
     // The last token sampled needs no room in the cache.
