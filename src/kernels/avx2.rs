@@ -7,7 +7,9 @@
 //! code 3), then widened to 32 bits with `vpmaddwd`, so the result equals
 //! the scalar integer sum exactly.
 
+use super::float::{float_tile_shapes, store_tile};
 use super::ops::Kv;
+use super::qhead::quant_tile_shapes;
 use super::ternary::{TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
 use super::{BlockActs, Kernel, Ops};
 use crate::quant::{q6_k, q8_0};
@@ -358,25 +360,10 @@ unsafe fn float_dispatch<const F16: bool>(
         ($r:literal, $t:literal) => {{
             let res =
                 float_tile::<F16, $r, $t>(std::array::from_fn(row), std::array::from_fn(xr), d);
-            for (j, rj) in res.iter().enumerate() {
-                for (u, &val) in rj.iter().enumerate() {
-                    *out.add(u * ld + j) = val;
-                }
-            }
+            store_tile(res, out, ld);
         }};
     }
-    match (r, t) {
-        (4, 1) => run!(4, 1),
-        (3, 1) => run!(3, 1),
-        (2, 4) => run!(2, 4),
-        (2, 3) => run!(2, 3),
-        (2, 2) => run!(2, 2),
-        (2, _) => run!(2, 1),
-        (_, 4) => run!(1, 4),
-        (_, 3) => run!(1, 3),
-        (_, 2) => run!(1, 2),
-        _ => run!(1, 1),
-    }
+    float_tile_shapes!(r, t, run)
 }
 
 /// The quantized tile shapes of `qhead::Tile`.
@@ -413,22 +400,10 @@ unsafe fn quant_dispatch<const Q6: bool>(
                 std::array::from_fn(bp),
                 nb,
             );
-            for (j, rj) in res.iter().enumerate() {
-                for (u, &val) in rj.iter().enumerate() {
-                    *out.add(u * ld + j) = val;
-                }
-            }
+            store_tile(res, out, ld);
         }};
     }
-    match (r, t) {
-        (4, 1) => run!(4, 1),
-        (3, 1) => run!(3, 1),
-        (2, 1) => run!(2, 1),
-        (_, 4) => run!(1, 4),
-        (_, 3) => run!(1, 3),
-        (_, 2) => run!(1, 2),
-        _ => run!(1, 1),
-    }
+    quant_tile_shapes!(r, t, run)
 }
 
 /// `out = Σ_t p[t] · V_t` with the running sums of up to 64 outputs in

@@ -45,6 +45,45 @@ impl Rows<'_> {
 pub type Tile =
     unsafe fn(w: *const u8, d: usize, r: usize, x: *const f32, t: usize, out: *mut f32, ld: usize);
 
+/// `$run!(R, T)` for the tile shape `(r, t)` the driver asks for (`r ≤ 4`
+/// with one token, `r ≤ 2` with up to four): the one table of shapes the
+/// ISA files instantiate their float tiles for.
+macro_rules! float_tile_shapes {
+    ($r:expr, $t:expr, $run:ident) => {
+        match ($r, $t) {
+            (4, 1) => $run!(4, 1),
+            (3, 1) => $run!(3, 1),
+            (2, 4) => $run!(2, 4),
+            (2, 3) => $run!(2, 3),
+            (2, 2) => $run!(2, 2),
+            (2, _) => $run!(2, 1),
+            (_, 4) => $run!(1, 4),
+            (_, 3) => $run!(1, 3),
+            (_, 2) => $run!(1, 2),
+            _ => $run!(1, 1),
+        }
+    };
+}
+pub(crate) use float_tile_shapes;
+
+/// Store an `R × T` tile's results, row `j` token `u`, at `out[u · ld + j]`.
+///
+/// # Safety
+/// `out` must be valid for writes at `u · ld + j` for every `u < T`, `j < R`.
+#[inline(always)]
+pub(crate) unsafe fn store_tile<const R: usize, const T: usize>(
+    res: [[f32; T]; R],
+    out: *mut f32,
+    ld: usize,
+) {
+    for (j, rj) in res.iter().enumerate() {
+        for (u, &val) in rj.iter().enumerate() {
+            // SAFETY: the caller's contract.
+            unsafe { *out.add(u * ld + j) = val };
+        }
+    }
+}
+
 /// Rows per tile with one token, and rows × tokens with several.
 pub const GEMV_ROWS: usize = 4;
 pub const GEMM_ROWS: usize = 2;

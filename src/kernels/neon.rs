@@ -15,7 +15,9 @@
 //!
 //! `vdotq_s32` is not stable in Rust yet, hence the one-instruction `asm!`.
 
+use super::float::{float_tile_shapes, store_tile};
 use super::ops::{self, Kv};
+use super::qhead::quant_tile_shapes;
 use super::ternary::{self, TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
 use super::{scalar, BlockActs, Kernel, Ops};
 use crate::quant::{q6_k, q8_0};
@@ -193,25 +195,10 @@ unsafe fn float_dispatch<const F16: bool>(
         ($r:literal, $t:literal) => {{
             let res =
                 float_tile::<F16, $r, $t>(std::array::from_fn(row), std::array::from_fn(xr), d);
-            for (j, rj) in res.iter().enumerate() {
-                for (u, &val) in rj.iter().enumerate() {
-                    *out.add(u * ld + j) = val;
-                }
-            }
+            store_tile(res, out, ld);
         }};
     }
-    match (r, t) {
-        (4, 1) => run!(4, 1),
-        (3, 1) => run!(3, 1),
-        (2, 4) => run!(2, 4),
-        (2, 3) => run!(2, 3),
-        (2, 2) => run!(2, 2),
-        (2, _) => run!(2, 1),
-        (_, 4) => run!(1, 4),
-        (_, 3) => run!(1, 3),
-        (_, 2) => run!(1, 2),
-        _ => run!(1, 1),
-    }
+    float_tile_shapes!(r, t, run)
 }
 
 macro_rules! dispatch_quant {
@@ -288,22 +275,10 @@ macro_rules! quant_dispatch {
                     std::array::from_fn(dp),
                     nb,
                 );
-                for (j, rj) in res.iter().enumerate() {
-                    for (u, &val) in rj.iter().enumerate() {
-                        *out.add(u * ld + j) = val;
-                    }
-                }
+                store_tile(res, out, ld);
             }};
         }
-        match ($r, $t) {
-            (4, 1) => run!(4, 1),
-            (3, 1) => run!(3, 1),
-            (2, 1) => run!(2, 1),
-            (_, 4) => run!(1, 4),
-            (_, 3) => run!(1, 3),
-            (_, 2) => run!(1, 2),
-            _ => run!(1, 1),
-        }
+        quant_tile_shapes!($r, $t, run)
     }};
 }
 

@@ -122,6 +122,24 @@ pub type Tile = unsafe fn(
 
 /// Rows per tile with one token; tokens per tile with several.
 pub const GEMV_ROWS: usize = 4;
+
+/// `$run!(R, T)` for the tile shape `(r, t)` the driver asks for (`r ≤ 4`
+/// with one token, one row with up to four): the one table of shapes the
+/// ISA files instantiate their quantized tiles for.
+macro_rules! quant_tile_shapes {
+    ($r:expr, $t:expr, $run:ident) => {
+        match ($r, $t) {
+            (4, 1) => $run!(4, 1),
+            (3, 1) => $run!(3, 1),
+            (2, 1) => $run!(2, 1),
+            (_, 4) => $run!(1, 4),
+            (_, 3) => $run!(1, 3),
+            (_, 2) => $run!(1, 2),
+            _ => $run!(1, 1),
+        }
+    };
+}
+pub(crate) use quant_tile_shapes;
 pub const GEMM_TOKENS: usize = 4;
 
 /// Check the arguments of [`gemm`]; the tiles rely on them.
