@@ -10,6 +10,13 @@
 //!
 //! Throughput is weight bytes per second for GEMV and the head (memory
 //! bound), multiply-adds per second for GEMM.
+//!
+//! `peak/maddubs` (x86-64 with AVX2) is the ceiling the AVX2 GEMM is
+//! measured against: six independent `vpmaddubsw` + `vpaddw` chains on
+//! registers only, 32 int8 multiply-adds per pair, no loads — the
+//! instruction pair every exact int8 × ternary kernel on AVX2 without
+//! VNNI (tern's, bitnet.cpp's I2_S, ik_llama.cpp's IQ2_BN) spends per 32
+//! weights. `gemm128` ÷ `peak` is the share of the multiplier in use.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
@@ -151,9 +158,56 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(2))
 }
 
+#[cfg(target_arch = "x86_64")]
+fn peak_benches(c: &mut Criterion) {
+    use std::arch::x86_64::*;
+    /// `iters` rounds of six independent `vpmaddubsw` + `vpaddw` pairs.
+    #[target_feature(enable = "avx2")]
+    unsafe fn maddubs_chains(iters: u64) -> i16 {
+        let mut acc = [_mm256_setzero_si256(); 6];
+        let mut a: [__m256i; 6] = std::array::from_fn(|i| _mm256_set1_epi8(i as i8 + 1));
+        let mut b = _mm256_set1_epi8(3);
+        for _ in 0..iters {
+            // SAFETY: an empty asm block that only claims to change the
+            // registers, so the products cannot be hoisted out of the loop;
+            // it touches no memory and no stack.
+            unsafe {
+                std::arch::asm!(
+                    "/* {0} {1} {2} {3} {4} {5} {6} */",
+                    inout(ymm_reg) a[0], inout(ymm_reg) a[1], inout(ymm_reg) a[2],
+                    inout(ymm_reg) a[3], inout(ymm_reg) a[4], inout(ymm_reg) a[5],
+                    inout(ymm_reg) b, options(pure, nomem, nostack)
+                )
+            };
+            for j in 0..6 {
+                acc[j] = _mm256_add_epi16(acc[j], _mm256_maddubs_epi16(a[j], b));
+            }
+        }
+        let mut r = acc[0];
+        for v in &acc[1..] {
+            r = _mm256_xor_si256(r, *v);
+        }
+        _mm256_extract_epi16::<0>(r) as i16
+    }
+    if !std::arch::is_x86_feature_detected!("avx2") {
+        return;
+    }
+    const ITERS: u64 = 1 << 20;
+    let mut g = c.benchmark_group("peak");
+    g.throughput(Throughput::Elements(ITERS * 6 * 32));
+    g.bench_function("maddubs", |b| {
+        // SAFETY: AVX2 was detected above.
+        b.iter(|| unsafe { maddubs_chains(black_box(ITERS)) })
+    });
+    g.finish();
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn peak_benches(_: &mut Criterion) {}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = ternary_benches, head_benches, quantize_benches
+    targets = ternary_benches, head_benches, quantize_benches, peak_benches
 }
 criterion_main!(benches);

@@ -9,6 +9,7 @@
 //! stay in cache while every token passes over them. Per-call scratch is
 //! thread-local and reused.
 
+use super::memory::LineAligned;
 use super::Kernel;
 use super::GROUP;
 use rayon::prelude::*;
@@ -17,7 +18,8 @@ use std::cell::RefCell;
 /// A batch of activation rows quantized to int8 per row (BitLinear).
 #[derive(Default, Debug, Clone)]
 pub struct QBatch {
-    pub q: Vec<i8>,
+    /// `n · k` values, row-major, from a cache line on.
+    pub q: LineAligned<i8>,
     /// Per-row scale `a` (`q ≈ x·a`).
     pub a: Vec<f32>,
     /// Per-row Σq.
@@ -42,7 +44,7 @@ pub fn quantize_into(kern: &Kernel, x: &[f32], k: usize, qb: &mut QBatch) {
     );
     let n = x.len() / k;
     qb.k = k;
-    qb.q.resize(n * k, 0);
+    qb.q.resize(n * k);
     qb.a.resize(n, 0.0);
     qb.sums.resize(n, 0);
     let rows = qb.q.chunks_mut(k).zip(x.chunks(k));

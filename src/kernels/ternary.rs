@@ -27,7 +27,7 @@
 //!   idea of ik_llama.cpp's IQ2_BN_R4, applied at run time so the file
 //!   stays I2_S). The panel stays in L2 while every token tile passes.
 
-use super::memory::HugeBuf;
+use super::memory::{HugeBuf, LineAligned};
 use super::Kernel;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -194,7 +194,23 @@ pub struct Acts<'a> {
     xs: &'a [i8],
     sums: &'a [i32],
     k: usize,
-    tiled: Option<std::borrow::Cow<'a, [i8]>>,
+    tiled: Option<Tiled<'a>>,
+}
+
+/// The interleaved activations of [`Acts`]: made here or lent by the caller.
+enum Tiled<'a> {
+    Owned(LineAligned<i8>),
+    Borrowed(&'a [i8]),
+}
+
+impl std::ops::Deref for Tiled<'_> {
+    type Target = [i8];
+    fn deref(&self) -> &[i8] {
+        match self {
+            Tiled::Owned(v) => v,
+            Tiled::Borrowed(s) => s,
+        }
+    }
 }
 
 impl<'a> Acts<'a> {
@@ -202,7 +218,7 @@ impl<'a> Acts<'a> {
     /// enough for the panel path.
     pub fn new(kern: &Kernel, xs: &'a [i8], sums: &'a [i32], k: usize) -> Acts<'a> {
         let tiled = (sums.len() >= PANEL_MIN_TOKENS)
-            .then(|| std::borrow::Cow::Owned(tile_tokens(kern.ops().i2s_shape, xs, k)));
+            .then(|| Tiled::Owned(tile_tokens(kern.ops().i2s_shape, xs, k)));
         Acts { xs, sums, k, tiled }
     }
 
@@ -223,7 +239,7 @@ impl<'a> Acts<'a> {
             xs,
             sums,
             k,
-            tiled: tiled.map(std::borrow::Cow::Borrowed),
+            tiled: tiled.map(Tiled::Borrowed),
         }
     }
 
@@ -235,12 +251,13 @@ impl<'a> Acts<'a> {
 
 /// `xs` (`n` rows of `k`) interleaved by token tiles of `shape`: tile `j`
 /// holds tokens `j·T .. j·T + t` (`t ≤ T`, the last tile may be short) at
-/// offset `j·T·k`, laid out `[step][t][L]`.
-pub fn tile_tokens(shape: TileShape, xs: &[i8], k: usize) -> Vec<i8> {
+/// offset `j·T·k`, laid out `[step][t][L]`; the first value on a cache
+/// line (the tiles' loads stay within lines).
+pub fn tile_tokens(shape: TileShape, xs: &[i8], k: usize) -> LineAligned<i8> {
     let (tt, l) = (shape.tokens, shape.lane);
     assert!(k.is_multiple_of(l) && xs.len().is_multiple_of(k.max(1)));
     let n = xs.len() / k;
-    let mut out = vec![0i8; xs.len()];
+    let mut out = LineAligned::zeroed(xs.len());
     let mut t0 = 0;
     while t0 < n {
         let t = (n - t0).min(tt);
@@ -292,7 +309,7 @@ pub unsafe fn unpack_generic(
 }
 
 thread_local! {
-    static PANEL: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static PANEL: RefCell<LineAligned<u8>> = RefCell::new(LineAligned::zeroed(0));
 }
 
 /// Check the arguments of [`gemm`]; the tiles rely on them.
@@ -362,9 +379,7 @@ pub fn gemm(kern: &Kernel, w: &Packed, g0: usize, g1: usize, x: &Acts, out: &mut
             PANEL.with(|p| {
                 let mut panel = p.borrow_mut();
                 let need = PANEL_GROUPS * GROUP * k;
-                if panel.len() < need {
-                    panel.resize(need, 0);
-                }
+                panel.reserve_zeroed(need);
                 let mut g = 0;
                 while g < g1 - g0 {
                     let pg = (g1 - g0 - g).min(PANEL_GROUPS);

@@ -180,7 +180,7 @@ pub struct Acts<'a> {
     n: usize,
     int8: OnceLock<QBatch>,
     int8_f32: OnceLock<Vec<f32>>,
-    tiles: OnceLock<Option<Vec<i8>>>,
+    tiles: OnceLock<Option<super::memory::LineAligned<i8>>>,
     q8_0: OnceLock<BlockActs>,
     q8_k: OnceLock<BlockActs>,
 }
