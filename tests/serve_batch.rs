@@ -140,3 +140,24 @@ fn bad_batches_are_errors() {
     // Nothing was written by the failed batches.
     assert_eq!((c[0].n_past(), c[1].n_past()), (0, 0));
 }
+
+#[test]
+fn batched_logits_equal_alone_llama_graph() {
+    // The Llama-architecture graph (Falcon3-1.58bit-style: `llama` with
+    // bitnet quantization, no sub-norms, SiLU gate), converted from its
+    // checkpoint fixture to I2_S with an F16 embedding.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("llama-b158-packed.i2_s.gguf");
+    tern::convert::convert(&tern::convert::ConvertOptions {
+        input: root().join("models/fixtures/llama-b158-packed"),
+        outfile: Some(out.clone()),
+        outtype: tern::quant::GgmlType::I2S,
+        embd_type: tern::quant::GgmlType::F16,
+        force: false,
+        quiet: true,
+    })
+    .unwrap();
+    let m = Model::load(&out).unwrap();
+    assert_eq!(m.hp.arch, "llama");
+    check(&m);
+}
