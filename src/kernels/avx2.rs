@@ -932,6 +932,57 @@ unsafe fn q6_k_block<const T: usize>(
     acc
 }
 
+/// Four Q6_K head rows × one token (the generation shape of
+/// [`quant_tile`]): the same per-block integer sums and the same float
+/// steps per row as the general tile (`s += (d_w · d_x) · Σ`, in that
+/// order), so the result is the scalar reference's bit for bit; the four
+/// rows' horizontal sums are reduced together (`vphaddd`) and their float
+/// steps run in the four lanes of one vector instead of one row at a time.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn q6_k_rows4<const R: usize, const T: usize>(
+    w: [*const u8; R],
+    a: *const i8,
+    da: *const f32,
+    bs: *const i16,
+    nb: usize,
+) -> [[f32; T]; R] {
+    let (qk, bb) = (q6_k::QK_K, q6_k::BLOCK_BYTES);
+    let mut sacc = _mm_setzero_ps();
+    for b in 0..nb {
+        let mut dots = [_mm256_setzero_si256(); 4];
+        let mut dw = [0u16; 8];
+        for r in 0..4 {
+            let wb = w[r].add(b * bb);
+            // As in `quant_tile` (a hint only, so `wrapping_add`).
+            let pf = wb.wrapping_add(PREFETCH_HEAD) as *const i8;
+            _mm_prefetch::<_MM_HINT_T1>(pf);
+            _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(64));
+            _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(128));
+            _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(192));
+            dots[r] = q6_k_block::<1>(wb, [a.add(b * qk)], [bs.add(b * 16)])[0];
+            let d = wb.add(q6_k::D_OFF);
+            dw[r] = u16::from_le_bytes([*d, *d.add(1)]);
+        }
+        // [Σ dots[0], Σ dots[1], Σ dots[2], Σ dots[3]], exact in i32.
+        let h = _mm256_hadd_epi32(
+            _mm256_hadd_epi32(dots[0], dots[1]),
+            _mm256_hadd_epi32(dots[2], dots[3]),
+        );
+        let sums = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+        let dwv = _mm_cvtph_ps(_mm_loadu_si128(dw.as_ptr() as *const __m128i));
+        let scale = _mm_mul_ps(dwv, _mm_set1_ps(*da.add(b)));
+        sacc = _mm_add_ps(sacc, _mm_mul_ps(scale, _mm_cvtepi32_ps(sums)));
+    }
+    let mut lanes = [0f32; 4];
+    _mm_storeu_ps(lanes.as_mut_ptr(), sacc);
+    let mut res = [[0f32; T]; R];
+    for r in 0..R {
+        res[r][0] = lanes[r];
+    }
+    res
+}
+
 /// `R` head rows × `T` tokens of a quantized head (`Q6`: Q6_K, else Q8_0)
 /// over `nb` blocks. Q8_0: each (row, token) keeps one 8-lane f32
 /// accumulator, `acc += f32(block lanes) · (d_w · d_x)` block after block,
@@ -954,6 +1005,9 @@ unsafe fn quant_tile<const Q6: bool, const R: usize, const T: usize>(
     } else {
         (q8_0::QK8_0, q8_0::BLOCK_BYTES)
     };
+    if Q6 && R == 4 && T == 1 {
+        return q6_k_rows4(w, a[0], da[0], bs[0], nb);
+    }
     let mut acc = [[_mm256_setzero_ps(); T]; R];
     let mut sacc = [[0f32; T]; R];
     for b in 0..nb {
