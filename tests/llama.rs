@@ -8,7 +8,6 @@ mod common;
 use common::*;
 use safetensors::Dtype;
 use std::path::{Path, PathBuf};
-use tern::convert::{convert, ConvertOptions};
 use tern::gguf::{GgufFile, TensorPlan, Value};
 use tern::metrics::{compare, Thresholds};
 use tern::model::{Context, Model};
@@ -16,23 +15,10 @@ use tern::quant::{q4_0, q8_0, GgmlType};
 
 const LLAMA: &[&str] = &["llama-b158-packed", "llama-b158-online"];
 
-fn conv_dir(input: &Path, out: &Path, ty: GgmlType, embd: GgmlType) -> PathBuf {
-    convert(&ConvertOptions {
-        input: input.to_path_buf(),
-        outfile: Some(out.to_path_buf()),
-        outtype: ty,
-        embd_type: embd,
-        force: false,
-        quiet: true,
-    })
-    .unwrap_or_else(|e| panic!("convert {}: {:#}", input.display(), e));
-    out.to_path_buf()
-}
-
 /// `llama-b158-packed` converted to `ty` (F16 embedding and head) in `dir`.
 fn packed_as(dir: &Path, ty: GgmlType) -> PathBuf {
     let out = dir.join(format!("llama-b158-packed-{}.gguf", ty.name()));
-    conv_dir(&hf_dir("llama-b158-packed"), &out, ty, GgmlType::F16)
+    convert_to(&hf_dir("llama-b158-packed"), &out, ty, GgmlType::F16)
 }
 
 fn logits(m: &Model, tokens: &[u32]) -> Vec<f32> {
@@ -86,7 +72,7 @@ fn llama_fixtures_match_transformers_as_i2s_tq2_0_and_f16() {
     for name in LLAMA {
         for ty in [GgmlType::I2S, GgmlType::TQ2_0, GgmlType::F16] {
             let out = t.path().join(format!("{}-{}.gguf", name, ty.name()));
-            conv_dir(&hf_dir(name), &out, ty, GgmlType::F16);
+            convert_to(&hf_dir(name), &out, ty, GgmlType::F16);
             let g = GgufFile::open(&out).unwrap();
             assert_eq!(g.architecture(), Some("llama"));
             assert!(g.tensor("output.weight").is_some());
@@ -171,7 +157,7 @@ fn autobitlinear_offline_gives_the_bitlinear_logits() {
     let auto = t.path().join("llama-auto");
     invert_scales(&hf_dir("llama-b158-packed"), &auto);
     edit_config(&auto, autobitlinear_offline);
-    let a = conv_dir(
+    let a = convert_to(
         &auto,
         &t.path().join("a.gguf"),
         GgmlType::I2S,
@@ -186,7 +172,7 @@ fn autobitlinear_offline_gives_the_bitlinear_logits() {
     // Dividing (what bitnet.cpp's and mainline's converters do) is garbage.
     let wrong = t.path().join("llama-wrong");
     invert_scales(&hf_dir("llama-b158-packed"), &wrong);
-    let w = conv_dir(
+    let w = convert_to(
         &wrong,
         &t.path().join("w.gguf"),
         GgmlType::I2S,
@@ -835,7 +821,7 @@ fn llama3_and_yarn_rope_scaling_round_trip() {
         edit_config(&d, |j| j["rope_scaling"] = scaling.clone());
         let out = t.path().join("s.gguf");
         let _ = std::fs::remove_file(&out);
-        conv_dir(&d, &out, GgmlType::I2S, GgmlType::F16);
+        convert_to(&d, &out, GgmlType::I2S, GgmlType::F16);
         let g = GgufFile::open(&out).unwrap();
         let m = Model::load(&out).unwrap();
         let want = tern::rope::freqs(
@@ -921,7 +907,7 @@ fn use_rms_norm_input_norms_are_kept_and_applied() {
             j["quantization_config"]["use_rms_norm"] = true.into();
         });
         let out = t.path().join(format!("{}.gguf", name));
-        conv_dir(&d, &out, GgmlType::I2S, GgmlType::F16);
+        convert_to(&d, &out, GgmlType::I2S, GgmlType::F16);
         let g = GgufFile::open(&out).unwrap();
         assert!(g.tensor("blk.1.ffn_down_input_norm.weight").is_some());
         Model::load(&out).unwrap()
@@ -967,7 +953,7 @@ fn falcon3_tokenizer_converts_and_tokenizes_like_tokenizers() {
         .replace("<|reserved_special_token_0|>", ">>TITLE<<")
         .replace("<|reserved_special_token_1|>", ">>ABSTRACT<<");
     std::fs::write(&p, text).unwrap();
-    let out = conv_dir(&d, &t.path().join("f.gguf"), GgmlType::I2S, GgmlType::F16);
+    let out = convert_to(&d, &t.path().join("f.gguf"), GgmlType::I2S, GgmlType::F16);
     let g = GgufFile::open(&out).unwrap();
     assert_eq!(g.get_str("tokenizer.ggml.pre"), Some("falcon3"));
     let m = Model::load(&out).unwrap();
@@ -996,7 +982,7 @@ fn sharded_llama_checkpoint_with_scales_in_another_shard() {
     let d = t.path().join("sharded");
     copy_dir(&hf_dir("llama-b158-packed"), &d);
     shard_checkpoint(&d, 2, |_, name| usize::from(name.ends_with("weight_scale")));
-    let a = conv_dir(&d, &t.path().join("s.gguf"), GgmlType::I2S, GgmlType::F16);
+    let a = convert_to(&d, &t.path().join("s.gguf"), GgmlType::I2S, GgmlType::F16);
     let b = packed_as(t.path(), GgmlType::I2S);
     let (ga, gb) = (GgufFile::open(&a).unwrap(), GgufFile::open(&b).unwrap());
     assert_eq!(ga.tensors.len(), gb.tensors.len());
@@ -1018,14 +1004,14 @@ fn lm_head_converted_when_the_list_leaves_it_out() {
     edit_config(&d, |j| {
         j["quantization_config"]["modules_to_not_convert"] = serde_json::json!([]);
     });
-    let out = conv_dir(&d, &t.path().join("h.gguf"), GgmlType::I2S, GgmlType::F16);
+    let out = convert_to(&d, &t.path().join("h.gguf"), GgmlType::I2S, GgmlType::F16);
     let g = GgufFile::open(&out).unwrap();
     assert_eq!(g.tensor("output.weight").unwrap().ty, GgmlType::I2S);
     let m = Model::load(&out).unwrap();
     assert!(m.output.is_some());
     assert_eq!(m.head().ty(), GgmlType::I2S, "the head is a BitLinear");
     assert!(m.head().ternary());
-    let plain = Model::load(&conv_dir(
+    let plain = Model::load(&convert_to(
         &hf_dir("llama-b158-online"),
         &t.path().join("p.gguf"),
         GgmlType::I2S,

@@ -3,14 +3,12 @@
 //! batch with seven others that are prefilling or decoding at other
 //! positions, so greedy outputs are identical too.
 
-use std::path::PathBuf;
+mod common;
+
+use common::{convert_to, hf_dir, root};
 use tern::model::forward::{decode, Batch, KvCache};
 use tern::model::sampling::argmax;
 use tern::model::{Context, Model};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 const PROMPTS: [&str; 8] = [
     "ROMEO.",
@@ -147,16 +145,12 @@ fn batched_logits_equal_alone_llama_graph() {
     // bitnet quantization, no sub-norms, SiLU gate), converted from its
     // checkpoint fixture to I2_S with an F16 embedding.
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("llama-b158-packed.i2_s.gguf");
-    tern::convert::convert(&tern::convert::ConvertOptions {
-        input: root().join("models/fixtures/llama-b158-packed"),
-        outfile: Some(out.clone()),
-        outtype: tern::quant::GgmlType::I2S,
-        embd_type: tern::quant::GgmlType::F16,
-        force: false,
-        quiet: true,
-    })
-    .unwrap();
+    let out = convert_to(
+        &hf_dir("llama-b158-packed"),
+        &dir.path().join("llama-b158-packed.i2_s.gguf"),
+        tern::quant::GgmlType::I2S,
+        tern::quant::GgmlType::F16,
+    );
     let m = Model::load(&out).unwrap();
     assert_eq!(m.hp.arch, "llama");
     check(&m);

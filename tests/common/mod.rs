@@ -301,3 +301,24 @@ pub fn shard_checkpoint(dir: &Path, n: usize, shard_of: impl Fn(usize, &str) -> 
     )
     .unwrap();
 }
+
+/// Convert the checkpoint `input` to `out` with `ty` projections and an
+/// `embd` token embedding (library call, quiet, no `--force`); panics with
+/// the error chain on failure. Returns `out`.
+pub fn convert_to(
+    input: &Path,
+    out: &Path,
+    ty: tern::quant::GgmlType,
+    embd: tern::quant::GgmlType,
+) -> PathBuf {
+    tern::convert::convert(&tern::convert::ConvertOptions {
+        input: input.to_path_buf(),
+        outfile: Some(out.to_path_buf()),
+        outtype: ty,
+        embd_type: embd,
+        force: false,
+        quiet: true,
+    })
+    .unwrap_or_else(|e| panic!("convert {}: {:#}", input.display(), e));
+    out.to_path_buf()
+}
