@@ -932,6 +932,21 @@ unsafe fn q6_k_block<const T: usize>(
     acc
 }
 
+/// Prefetch into L2 the lines [`PREFETCH_HEAD`] past the quantized head
+/// block at `wb` (`Q6`: a 210-byte Q6_K block, four lines; else a Q8_0
+/// block, one). A hint only, so `wrapping_add`.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn prefetch_head_block<const Q6: bool>(wb: *const u8) {
+    let pf = wb.wrapping_add(PREFETCH_HEAD) as *const i8;
+    _mm_prefetch::<_MM_HINT_T1>(pf);
+    if Q6 {
+        _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(64));
+        _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(128));
+        _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(192));
+    }
+}
+
 /// Four Q6_K head rows × one token (the generation shape of
 /// [`quant_tile`]): the same per-block integer sums and the same float
 /// steps per row as the general tile (`s += (d_w · d_x) · Σ`, in that
@@ -954,12 +969,7 @@ unsafe fn q6_k_rows4<const R: usize, const T: usize>(
         let mut dw = [0u16; 8];
         for r in 0..4 {
             let wb = w[r].add(b * bb);
-            // As in `quant_tile` (a hint only, so `wrapping_add`).
-            let pf = wb.wrapping_add(PREFETCH_HEAD) as *const i8;
-            _mm_prefetch::<_MM_HINT_T1>(pf);
-            _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(64));
-            _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(128));
-            _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(192));
+            prefetch_head_block::<true>(wb);
             dots[r] = q6_k_block::<1>(wb, [a.add(b * qk)], [bs.add(b * 16)])[0];
             let d = wb.add(q6_k::D_OFF);
             dw[r] = u16::from_le_bytes([*d, *d.add(1)]);
@@ -1013,17 +1023,8 @@ unsafe fn quant_tile<const Q6: bool, const R: usize, const T: usize>(
     for b in 0..nb {
         for r in 0..R {
             let wb = w[r].add(b * bb);
-            // The rows stream once per token tile: the lines
-            // PREFETCH_HEAD ahead, into L2 (a hint only, so `wrapping_add`).
-            {
-                let pf = wb.wrapping_add(PREFETCH_HEAD) as *const i8;
-                _mm_prefetch::<_MM_HINT_T1>(pf);
-                if Q6 {
-                    _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(64));
-                    _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(128));
-                    _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(192));
-                }
-            }
+            // The rows stream once per token tile.
+            prefetch_head_block::<Q6>(wb);
             let at: [*const i8; T] = std::array::from_fn(|t| a[t].add(b * qk));
             if Q6 {
                 let bt: [*const i16; T] = std::array::from_fn(|t| bs[t].add(b * 16));
