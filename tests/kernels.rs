@@ -7,7 +7,9 @@
 
 use half::f16;
 use tern::kernels::weights::{self, ActQuant, Acts, Weight};
-use tern::kernels::{all_variants, scalar, BlockActs, Kernel, Packed, QuantHead};
+use tern::kernels::{
+    all_variants, qhead, scalar, BlockActs, Kernel, Packed, QuantHead, QuantLayout,
+};
 
 struct Rng(u64);
 impl Rng {
@@ -599,13 +601,24 @@ fn q8_0_mag(row: &[u8], x: &BlockActs, t: usize) -> f32 {
         .sum()
 }
 
-fn qgemm(kern: &Kernel, w: &[u8], v0: usize, v1: usize, x: &BlockActs) -> Vec<f32> {
+fn qgemm_as(
+    kern: &Kernel,
+    w: &[u8],
+    layout: QuantLayout,
+    v0: usize,
+    v1: usize,
+    x: &BlockActs,
+) -> Vec<f32> {
     let mut out = vec![f32::NAN; x.n * (v1 - v0)];
     match x.kind {
-        QuantHead::Q8_0 => kern.q8_0_gemm(w, v0, v1, x, &mut out),
-        QuantHead::Q6K => kern.q6_k_gemm(w, v0, v1, x, &mut out),
+        QuantHead::Q8_0 => kern.q8_0_gemm(w, layout, v0, v1, x, &mut out),
+        QuantHead::Q6K => kern.q6_k_gemm(w, layout, v0, v1, x, &mut out),
     }
     out
+}
+
+fn qgemm(kern: &Kernel, w: &[u8], v0: usize, v1: usize, x: &BlockActs) -> Vec<f32> {
+    qgemm_as(kern, w, QuantLayout::Rows, v0, v1, x)
 }
 
 #[test]
@@ -628,8 +641,30 @@ fn quant_head_gemm_agrees_with_scalar_and_does_not_depend_on_tiling() {
         let x = BlockActs::quantize(kind, &xf, k);
         let want = qgemm(&scalar::SCALAR, &w, 0, rows, &x);
         let rb = kind.row_bytes(k);
+        let mut wi = w.clone();
+        qhead::interleave4(kind, k, &mut wi);
+        if rows >= 4 && k > kind.block() {
+            assert_ne!(wi, w, "interleaving moved no block");
+        }
         for kern in all_variants() {
             let got = qgemm(kern, &w, 0, rows, &x);
+            // Interleaved rows give the same bits, whole and from any row
+            // (a range that starts inside a group).
+            for v0 in [0, 1, 2.min(rows - 1), 5.min(rows - 1)] {
+                let il = qgemm_as(kern, &wi, QuantLayout::Interleaved4, v0, rows, &x);
+                let plain = qgemm(kern, &w, v0, rows, &x);
+                assert_eq!(
+                    il,
+                    plain,
+                    "{} {:?} interleaved rows {}..{} k {} n {}",
+                    kern.variant(),
+                    kind,
+                    v0,
+                    rows,
+                    k,
+                    n
+                );
+            }
             // Q6_K sums each block exactly in integers first: every kernel
             // gives the scalar bits.
             if kind == QuantHead::Q6K {
@@ -690,6 +725,31 @@ fn quant_head_gemm_agrees_with_scalar_and_does_not_depend_on_tiling() {
                     t
                 );
             }
+        }
+    }
+}
+
+#[test]
+fn quant_head_rows_read_back_through_the_interleaved_layout() {
+    let mut rng = Rng(21);
+    for kind in [QuantHead::Q8_0, QuantHead::Q6K] {
+        let (rows, k) = (7, kind.block() * 3);
+        let w = quant_head(&mut rng, kind, rows, k);
+        let rb = kind.row_bytes(k);
+        let head = weights::quant_blocks(kind, w.clone(), rows, k).unwrap();
+        for v in 0..rows {
+            let mut want = vec![0f32; k];
+            match kind {
+                QuantHead::Q8_0 => {
+                    tern::quant::q8_0::dequantize(&w[v * rb..(v + 1) * rb], &mut want)
+                }
+                QuantHead::Q6K => {
+                    tern::quant::q6_k::dequantize(&w[v * rb..(v + 1) * rb], &mut want)
+                }
+            }
+            let mut got = vec![f32::NAN; k];
+            head.row(v, &mut got);
+            assert_eq!(got, want, "{:?} row {}", kind, v);
         }
     }
 }

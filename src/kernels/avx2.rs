@@ -9,7 +9,7 @@
 
 use super::float::{float_tile_shapes, store_tile};
 use super::ops::Kv;
-use super::qhead::quant_tile_shapes;
+use super::qhead::{quant_tile_shapes, Steps};
 use super::ternary::{TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
 use super::{BlockActs, Kernel, Ops};
 use crate::quant::{q6_k, q8_0};
@@ -136,7 +136,7 @@ unsafe fn float_tile_f32(
 #[allow(clippy::too_many_arguments)]
 unsafe fn q8_0_tile(
     w: *const u8,
-    rb: usize,
+    steps: Steps,
     r: usize,
     x: &BlockActs,
     t0: usize,
@@ -145,13 +145,13 @@ unsafe fn q8_0_tile(
     ld: usize,
 ) {
     // SAFETY: the tile contract (see `qhead::Tile`) and the CPU check.
-    quant_dispatch::<false>(w, rb, r, x, t0, t, out, ld)
+    quant_dispatch::<false>(w, steps, r, x, t0, t, out, ld)
 }
 
 #[allow(clippy::too_many_arguments)]
 unsafe fn q6_k_tile(
     w: *const u8,
-    rb: usize,
+    steps: Steps,
     r: usize,
     x: &BlockActs,
     t0: usize,
@@ -160,7 +160,7 @@ unsafe fn q6_k_tile(
     ld: usize,
 ) {
     // SAFETY: as for `q8_0_tile`.
-    quant_dispatch::<true>(w, rb, r, x, t0, t, out, ld)
+    quant_dispatch::<true>(w, steps, r, x, t0, t, out, ld)
 }
 
 fn q8_0_block_dots(w: &[u8], a: &[i8], out: &mut [i32]) {
@@ -371,7 +371,7 @@ unsafe fn float_dispatch<const F16: bool>(
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn quant_dispatch<const Q6: bool>(
     w: *const u8,
-    rb: usize,
+    steps: Steps,
     r: usize,
     x: &BlockActs,
     t0: usize,
@@ -380,7 +380,7 @@ unsafe fn quant_dispatch<const Q6: bool>(
     ld: usize,
 ) {
     let nb = x.k / if Q6 { q6_k::QK_K } else { q8_0::QK8_0 };
-    let row = |j: usize| w.add(j * rb);
+    let row = |j: usize| w.add(j * steps.row);
     let ap = |u: usize| x.qs.as_ptr().add((t0 + u) * x.k);
     let dp = |u: usize| x.d.as_ptr().add((t0 + u) * nb);
     // Q8_0 has no sums: any valid pointer, never read.
@@ -399,6 +399,7 @@ unsafe fn quant_dispatch<const Q6: bool>(
                 std::array::from_fn(dp),
                 std::array::from_fn(bp),
                 nb,
+                steps.block,
             );
             store_tile(res, out, ld);
         }};
@@ -961,14 +962,15 @@ unsafe fn q6_k_rows4<const R: usize, const T: usize>(
     da: *const f32,
     bs: *const i16,
     nb: usize,
+    bstep: usize,
 ) -> [[f32; T]; R] {
-    let (qk, bb) = (q6_k::QK_K, q6_k::BLOCK_BYTES);
+    let qk = q6_k::QK_K;
     let mut sacc = _mm_setzero_ps();
     for b in 0..nb {
         let mut dots = [_mm256_setzero_si256(); 4];
         let mut dw = [0u16; 8];
         for r in 0..4 {
-            let wb = w[r].add(b * bb);
+            let wb = w[r].add(b * bstep);
             prefetch_head_block::<true>(wb);
             dots[r] = q6_k_block::<1>(wb, [a.add(b * qk)], [bs.add(b * 16)])[0];
             let d = wb.add(q6_k::D_OFF);
@@ -1009,20 +1011,17 @@ unsafe fn quant_tile<const Q6: bool, const R: usize, const T: usize>(
     da: [*const f32; T],
     bs: [*const i16; T],
     nb: usize,
+    bstep: usize,
 ) -> [[f32; T]; R] {
-    let (qk, bb) = if Q6 {
-        (q6_k::QK_K, q6_k::BLOCK_BYTES)
-    } else {
-        (q8_0::QK8_0, q8_0::BLOCK_BYTES)
-    };
+    let qk = if Q6 { q6_k::QK_K } else { q8_0::QK8_0 };
     if Q6 && R == 4 && T == 1 {
-        return q6_k_rows4(w, a[0], da[0], bs[0], nb);
+        return q6_k_rows4(w, a[0], da[0], bs[0], nb, bstep);
     }
     let mut acc = [[_mm256_setzero_ps(); T]; R];
     let mut sacc = [[0f32; T]; R];
     for b in 0..nb {
         for r in 0..R {
-            let wb = w[r].add(b * bb);
+            let wb = w[r].add(b * bstep);
             // The rows stream once per token tile.
             prefetch_head_block::<Q6>(wb);
             let at: [*const i8; T] = std::array::from_fn(|t| a[t].add(b * qk));

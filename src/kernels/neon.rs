@@ -17,7 +17,7 @@
 
 use super::float::{float_tile_shapes, store_tile};
 use super::ops::{self, Kv};
-use super::qhead::quant_tile_shapes;
+use super::qhead::{quant_tile_shapes, Steps};
 use super::ternary::{self, TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
 use super::{scalar, BlockActs, Kernel, Ops};
 use crate::quant::{q6_k, q8_0};
@@ -206,7 +206,7 @@ macro_rules! dispatch_quant {
         #[allow(clippy::too_many_arguments)]
         unsafe fn $q8tile(
             w: *const u8,
-            rb: usize,
+            steps: Steps,
             r: usize,
             x: &BlockActs,
             t0: usize,
@@ -215,13 +215,13 @@ macro_rules! dispatch_quant {
             ld: usize,
         ) {
             // SAFETY: the tile contract (`qhead::Tile`) and the CPU check.
-            quant_dispatch!($tile, false, w, rb, r, x, t0, t, out, ld)
+            quant_dispatch!($tile, false, w, steps, r, x, t0, t, out, ld)
         }
 
         #[allow(clippy::too_many_arguments)]
         unsafe fn $q6tile(
             w: *const u8,
-            rb: usize,
+            steps: Steps,
             r: usize,
             x: &BlockActs,
             t0: usize,
@@ -230,7 +230,7 @@ macro_rules! dispatch_quant {
             ld: usize,
         ) {
             // SAFETY: as above.
-            quant_dispatch!($tile, true, w, rb, r, x, t0, t, out, ld)
+            quant_dispatch!($tile, true, w, steps, r, x, t0, t, out, ld)
         }
 
         fn $q8dots(w: &[u8], a: &[i8], out: &mut [i32]) {
@@ -261,10 +261,11 @@ macro_rules! dispatch_quant {
 /// Calls the quantized tile `$tile::<Q6, R, T>` for the shapes of
 /// `qhead::Tile` and stores its results.
 macro_rules! quant_dispatch {
-    ($tile:ident, $q6:literal, $w:expr, $rb:expr, $r:expr, $x:expr, $t0:expr, $t:expr, $out:expr, $ld:expr) => {{
-        let (w, rb, x, t0, out, ld) = ($w, $rb, $x, $t0, $out, $ld);
+    ($tile:ident, $q6:literal, $w:expr, $steps:expr, $r:expr, $x:expr, $t0:expr, $t:expr, $out:expr, $ld:expr) => {{
+        let (w, steps, x, t0, out, ld): (*const u8, Steps, &BlockActs, usize, *mut f32, usize) =
+            ($w, $steps, $x, $t0, $out, $ld);
         let nb = x.k / if $q6 { q6_k::QK_K } else { q8_0::QK8_0 };
-        let row = |j: usize| w.add(j * rb);
+        let row = |j: usize| w.add(j * steps.row);
         let ap = |u: usize| x.qs.as_ptr().add((t0 + u) * x.k);
         let dp = |u: usize| x.d.as_ptr().add((t0 + u) * nb);
         macro_rules! run {
@@ -274,6 +275,7 @@ macro_rules! quant_dispatch {
                     std::array::from_fn(ap),
                     std::array::from_fn(dp),
                     nb,
+                    steps.block,
                 );
                 store_tile(res, out, ld);
             }};
@@ -742,6 +744,7 @@ macro_rules! qhead_impl {
             a: [*const i8; T],
             da: [*const f32; T],
             nb: usize,
+            bstep: usize,
         ) -> [[f32; T]; R] {
             let (qk, bb) = if Q6 {
                 (q6_k::QK_K, q6_k::BLOCK_BYTES)
@@ -752,7 +755,7 @@ macro_rules! qhead_impl {
             let mut sacc = [[0f32; T]; R];
             for b in 0..nb {
                 for r in 0..R {
-                    let wb = w[r].add(b * bb);
+                    let wb = w[r].add(b * bstep);
                     {
                         // The rows stream once per token tile.
                         let pf = wb.wrapping_add(PREFETCH_HEAD);

@@ -106,12 +106,23 @@ impl BlockActs {
 /// (codes and the per-16 sums of codes), one `i32` per block.
 pub type Q6KBlockDots = fn(&[u8], &[i8], &[i16], &mut [i32]);
 
-/// `r` rows of a quantized matrix (`rb` bytes each, back to back from `w`)
-/// × tokens `t0 .. t0 + t` of `x`: `out[u · ld + j]` = row j · token
-/// t0 + u. Shapes: `r ≤ 4` with `t = 1`, or `r = 1` with `t ≤ 4`.
+/// Where the blocks of a tile's rows lie: block `b` of the tile's row `j`
+/// starts `j · row + b · block` bytes after the tile's pointer. For rows
+/// stored one after the other ([`QuantLayout::Rows`]) `row` is the row's
+/// bytes and `block` the block's; inside a group of
+/// [`QuantLayout::Interleaved4`] `row` is one block and `block` four.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steps {
+    pub row: usize,
+    pub block: usize,
+}
+
+/// `r` rows of a quantized matrix (their blocks where `steps` puts them,
+/// from `w`) × tokens `t0 .. t0 + t` of `x`: `out[u · ld + j]` = row j ·
+/// token t0 + u. Shapes: `r ≤ 4` with `t = 1`, or `r = 1` with `t ≤ 4`.
 pub type Tile = unsafe fn(
     w: *const u8,
-    rb: usize,
+    steps: Steps,
     r: usize,
     x: &BlockActs,
     t0: usize,
@@ -120,8 +131,60 @@ pub type Tile = unsafe fn(
     ld: usize,
 );
 
+/// How the blocks of a quantized matrix lie in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantLayout {
+    /// Row after row, each row's blocks in order: the GGUF layout.
+    Rows,
+    /// Rows in groups of four ([`INTERLEAVE`]) whose blocks alternate:
+    /// block `b` of rows `4g .. 4g + 4` lie side by side, then block
+    /// `b + 1` of the same four rows (as ik_llama.cpp's `_R4` repacks). The
+    /// one-token product then streams the matrix front to back instead of
+    /// four rows a row's length apart; a whole group takes the same bytes
+    /// as in [`QuantLayout::Rows`], and the last `rows % 4` rows are stored
+    /// as there.
+    Interleaved4,
+}
+
+/// Rows per group of [`QuantLayout::Interleaved4`] (the one-token tile's
+/// rows, [`GEMV_ROWS`]).
+pub const INTERLEAVE: usize = 4;
+
+impl QuantLayout {
+    /// Byte offset of block `b` of row `v` in a matrix of `rows` rows of
+    /// `k` values (`v < rows`, `b < k / kind.block()`).
+    pub fn block_offset(self, kind: QuantHead, k: usize, rows: usize, v: usize, b: usize) -> usize {
+        let (rb, bb) = (kind.row_bytes(k), kind.block_bytes());
+        match self {
+            QuantLayout::Interleaved4 if v < rows / INTERLEAVE * INTERLEAVE => {
+                let g = v / INTERLEAVE;
+                g * INTERLEAVE * rb + (b * INTERLEAVE + v % INTERLEAVE) * bb
+            }
+            _ => v * rb + b * bb,
+        }
+    }
+}
+
+/// Reorders a matrix of whole rows of `k` values stored as
+/// [`QuantLayout::Rows`] into [`QuantLayout::Interleaved4`], in place
+/// (one group's bytes of scratch). Panics if `w` is not whole rows.
+pub fn interleave4(kind: QuantHead, k: usize, w: &mut [u8]) {
+    let (rb, bb) = (kind.row_bytes(k), kind.block_bytes());
+    assert!(rb > 0 && w.len().is_multiple_of(rb), "not whole rows");
+    let mut group = vec![0u8; INTERLEAVE * rb];
+    for g in w.chunks_exact_mut(INTERLEAVE * rb) {
+        group.copy_from_slice(g);
+        for (j, row) in group.chunks_exact(rb).enumerate() {
+            for (b, blk) in row.chunks_exact(bb).enumerate() {
+                let o = (b * INTERLEAVE + j) * bb;
+                g[o..o + bb].copy_from_slice(blk);
+            }
+        }
+    }
+}
+
 /// Rows per tile with one token; tokens per tile with several.
-pub const GEMV_ROWS: usize = 4;
+pub const GEMV_ROWS: usize = INTERLEAVE;
 
 /// `$run!(R, T)` for the tile shape `(r, t)` the driver asks for (`r ≤ 4`
 /// with one token, one row with up to four): the one table of shapes the
@@ -143,7 +206,15 @@ pub(crate) use quant_tile_shapes;
 pub const GEMM_TOKENS: usize = 4;
 
 /// Check the arguments of [`gemm`]; the tiles rely on them.
-fn check(kind: QuantHead, w: &[u8], v0: usize, v1: usize, x: &BlockActs, out: &[f32]) {
+fn check(
+    kind: QuantHead,
+    layout: QuantLayout,
+    w: &[u8],
+    v0: usize,
+    v1: usize,
+    x: &BlockActs,
+    out: &[f32],
+) {
     assert_eq!(x.kind, kind, "activation blocks for another matrix type");
     let nb = x.k / kind.block();
     assert!(
@@ -164,6 +235,10 @@ fn check(kind: QuantHead, w: &[u8], v0: usize, v1: usize, x: &BlockActs, out: &[
         v1,
         w.len() / rb
     );
+    assert!(
+        layout == QuantLayout::Rows || w.len().is_multiple_of(rb),
+        "interleaved rows are not whole rows"
+    );
     assert!(out.len() >= x.n * (v1 - v0), "output size");
 }
 
@@ -175,24 +250,32 @@ pub(crate) fn check_block_dots(kind: QuantHead, w: &[u8], a: &[i8], out: &[i32])
     assert_eq!(out.len(), nb, "output size");
 }
 
-/// Rows `v0..v1` of a `kind` matrix (row length `x.k`, rows back to back in
-/// `w`) against the `x.n` activation rows of `x`:
+/// Rows `v0..v1` of a `kind` matrix (row length `x.k`, stored as
+/// `layout` in `w`) against the `x.n` activation rows of `x`:
 /// `out[t · (v1 - v0) + (v - v0)] = Σ_b d_w[v][b] · d_x[t][b] · dot_b`.
+/// The layout changes where the tiles read, not what they compute.
+#[allow(clippy::too_many_arguments)]
 pub fn gemm(
     kern: &Kernel,
     kind: QuantHead,
+    layout: QuantLayout,
     w: &[u8],
     v0: usize,
     v1: usize,
     x: &BlockActs,
     out: &mut [f32],
 ) {
-    check(kind, w, v0, v1, x, out);
+    check(kind, layout, w, v0, v1, x, out);
     let tile = match kind {
         QuantHead::Q8_0 => kern.ops().q8_0_tile,
         QuantHead::Q6K => kern.ops().q6_k_tile,
     };
-    let rb = kind.row_bytes(x.k);
+    let (rb, bb) = (kind.row_bytes(x.k), kind.block_bytes());
+    // Rows below `grouped` lie in interleaved groups.
+    let grouped = match layout {
+        QuantLayout::Rows => 0,
+        QuantLayout::Interleaved4 => w.len() / rb / INTERLEAVE * INTERLEAVE,
+    };
     let ld = v1 - v0;
     let (rows, tokens) = if x.n == 1 {
         (GEMV_ROWS, 1)
@@ -204,14 +287,27 @@ pub fn gemm(
         let tt = (x.n - t).min(tokens);
         let mut v = v0;
         while v < v1 {
-            let r = (v1 - v).min(rows);
-            // SAFETY: `check` put rows v..v + r inside `w`, tokens t..t + tt
-            // inside `x` and their outputs inside `out`; the table is this
-            // CPU's and the shape one the tiles take.
+            // A tile never spans two groups (or a group and the plain tail).
+            let (r, steps) = if v < grouped {
+                let r = (v1 - v).min(rows).min(INTERLEAVE - v % INTERLEAVE);
+                let steps = Steps {
+                    row: bb,
+                    block: INTERLEAVE * bb,
+                };
+                (r, steps)
+            } else {
+                ((v1 - v).min(rows), Steps { row: rb, block: bb })
+            };
+            let off = layout.block_offset(kind, x.k, w.len() / rb, v, 0);
+            // SAFETY: `check` put rows v..v + r inside `w` (for the
+            // interleaved layout, whole groups and the tail rows after them,
+            // which `steps` walks), tokens t..t + tt inside `x` and their
+            // outputs inside `out`; the table is this CPU's and the shape one
+            // the tiles take.
             unsafe {
                 tile(
-                    w.as_ptr().add(v * rb),
-                    rb,
+                    w.as_ptr().add(off),
+                    steps,
                     r,
                     x,
                     t,

@@ -1,6 +1,7 @@
 //! Portable reference kernels: every tile and primitive of the table, in
 //! plain Rust. The SIMD tables take what they do not provide from here.
 
+use super::qhead::Steps;
 use super::ternary::{self, TileShape, BLOCK_BYTES, GROUP, GROUP_BLOCK_BYTES, QK};
 use super::{ops, BlockActs, Kernel, Ops, QuantHead};
 use crate::quant::{q6_k, q8_0};
@@ -286,7 +287,8 @@ fn quant_dot(kind: QuantHead, row: &[u8], x: &BlockActs, t: usize, buf: &mut [i3
     s
 }
 
-/// Reference [`super::qhead::Tile`] for either block format.
+/// Reference [`super::qhead::Tile`] for either block format: each row's
+/// blocks gathered into one row, then [`quant_dot`].
 ///
 /// # Safety
 /// As the type's contract.
@@ -294,7 +296,7 @@ fn quant_dot(kind: QuantHead, row: &[u8], x: &BlockActs, t: usize, buf: &mut [i3
 unsafe fn quant_tile(
     kind: QuantHead,
     w: *const u8,
-    rb: usize,
+    steps: Steps,
     r: usize,
     x: &BlockActs,
     t0: usize,
@@ -302,12 +304,18 @@ unsafe fn quant_tile(
     out: *mut f32,
     ld: usize,
 ) {
-    let mut buf = vec![0i32; x.k / kind.block()];
+    let (nb, bb) = (x.k / kind.block(), kind.block_bytes());
+    let mut buf = vec![0i32; nb];
+    let mut row = vec![0u8; nb * bb];
     for j in 0..r {
-        // SAFETY: row j of `rb` bytes lies inside the caller's extent.
-        let row = std::slice::from_raw_parts(w.add(j * rb), rb);
+        for (b, blk) in row.chunks_exact_mut(bb).enumerate() {
+            // SAFETY: block b of row j lies where `steps` says, inside the
+            // caller's extent.
+            let src = std::slice::from_raw_parts(w.add(j * steps.row + b * steps.block), bb);
+            blk.copy_from_slice(src);
+        }
         for u in 0..t {
-            *out.add(u * ld + j) = quant_dot(kind, row, x, t0 + u, &mut buf);
+            *out.add(u * ld + j) = quant_dot(kind, &row, x, t0 + u, &mut buf);
         }
     }
 }
@@ -315,7 +323,7 @@ unsafe fn quant_tile(
 #[allow(clippy::too_many_arguments)]
 unsafe fn q8_0_tile(
     w: *const u8,
-    rb: usize,
+    steps: Steps,
     r: usize,
     x: &BlockActs,
     t0: usize,
@@ -324,13 +332,13 @@ unsafe fn q8_0_tile(
     ld: usize,
 ) {
     // SAFETY: the caller's contract is the tile's.
-    quant_tile(QuantHead::Q8_0, w, rb, r, x, t0, t, out, ld)
+    quant_tile(QuantHead::Q8_0, w, steps, r, x, t0, t, out, ld)
 }
 
 #[allow(clippy::too_many_arguments)]
 unsafe fn q6_k_tile(
     w: *const u8,
-    rb: usize,
+    steps: Steps,
     r: usize,
     x: &BlockActs,
     t0: usize,
@@ -339,7 +347,7 @@ unsafe fn q6_k_tile(
     ld: usize,
 ) {
     // SAFETY: the caller's contract is the tile's.
-    quant_tile(QuantHead::Q6K, w, rb, r, x, t0, t, out, ld)
+    quant_tile(QuantHead::Q6K, w, steps, r, x, t0, t, out, ld)
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
-//! ggml's Q8_0 and Q6_K blocks, copied from the file as they are (into
-//! huge-page memory; the file's pages are released as they are copied) and
-//! never dequantized as a whole. With native activations (an output head)
+//! ggml's Q8_0 and Q6_K blocks, copied from the file (into huge-page
+//! memory; the file's pages are released as they are copied) with the
+//! blocks of each four rows interleaved ([`QuantLayout::Interleaved4`]: the
+//! same bytes, so the one-token product reads the matrix as one stream),
+//! and never dequantized as a whole. With native activations (an output head)
 //! each token is quantized per block as ggml does (Q8_0, or Q8_K for Q6_K)
 //! and the block products are integer; with BitLinear activations (a
 //! projection of a BitNet graph) the matrix is dequantized to f32 at load
@@ -9,7 +11,7 @@
 use super::{float::Float, ActQuant, Acts, Format, Linear, Source, Weight};
 use crate::kernels::matmul::float_block;
 use crate::kernels::memory::HugeBuf;
-use crate::kernels::qhead::QuantHead;
+use crate::kernels::qhead::{self, QuantHead, QuantLayout};
 use crate::kernels::Kernel;
 use crate::quant::{q6_k, q8_0, GgmlType};
 use anyhow::{bail, Context as _, Result};
@@ -20,7 +22,7 @@ pub(super) const FORMAT: Format = Format {
     load,
 };
 
-/// A Q8_0 / Q6_K matrix.
+/// A Q8_0 / Q6_K matrix, its blocks as [`QuantLayout::Interleaved4`].
 pub struct Quant {
     kind: QuantHead,
     bytes: HugeBuf,
@@ -37,8 +39,9 @@ fn kind_of(ty: GgmlType) -> QuantHead {
 }
 
 impl Quant {
-    /// `rows` rows of `cols` values as `kind` blocks, back to back.
-    pub fn new(kind: QuantHead, bytes: HugeBuf, rows: usize, cols: usize) -> Result<Quant> {
+    /// `rows` rows of `cols` values as `kind` blocks, back to back (the
+    /// GGUF layout); interleaves them in place.
+    pub fn new(kind: QuantHead, mut bytes: HugeBuf, rows: usize, cols: usize) -> Result<Quant> {
         if cols == 0
             || !cols.is_multiple_of(kind.block())
             || Some(bytes.len()) != rows.checked_mul(kind.row_bytes(cols))
@@ -51,6 +54,7 @@ impl Quant {
                 cols
             );
         }
+        qhead::interleave4(kind, cols, bytes.bytes_mut());
         Ok(Quant {
             kind,
             bytes,
@@ -103,11 +107,15 @@ impl Linear for Quant {
         self.bytes.len()
     }
     fn row(&self, i: usize, out: &mut [f32]) {
-        let rb = self.kind.row_bytes(self.cols);
-        let row = &self.bytes.bytes()[i * rb..(i + 1) * rb];
-        match self.kind {
-            QuantHead::Q8_0 => q8_0::dequantize(row, out),
-            QuantHead::Q6K => q6_k::dequantize(row, out),
+        let (k, bb) = (self.kind.block(), self.kind.block_bytes());
+        let w = self.bytes.bytes();
+        for (b, o) in out[..self.cols].chunks_exact_mut(k).enumerate() {
+            let off = QuantLayout::Interleaved4.block_offset(self.kind, self.cols, self.rows, i, b);
+            let blk = &w[off..off + bb];
+            match self.kind {
+                QuantHead::Q8_0 => q8_0::dequantize(blk, o),
+                QuantHead::Q6K => q6_k::dequantize(blk, o),
+            }
         }
     }
     fn prepare(&self, _kern: &Kernel, x: &Acts) {
@@ -119,8 +127,8 @@ impl Linear for Quant {
         let blocks = x.blocks(self.kind);
         let w = self.bytes.bytes();
         float_block(n, v1 - v0, outs, |buf| match self.kind {
-            QuantHead::Q8_0 => kern.q8_0_gemm(w, v0, v1, blocks, buf),
-            QuantHead::Q6K => kern.q6_k_gemm(w, v0, v1, blocks, buf),
+            QuantHead::Q8_0 => kern.q8_0_gemm(w, QuantLayout::Interleaved4, v0, v1, blocks, buf),
+            QuantHead::Q6K => kern.q6_k_gemm(w, QuantLayout::Interleaved4, v0, v1, blocks, buf),
         });
     }
 }
