@@ -8,7 +8,7 @@
 use half::f16;
 use tern::kernels::weights::{self, ActQuant, Acts, Weight};
 use tern::kernels::{
-    all_variants, qhead, scalar, BlockActs, Kernel, Packed, QuantHead, QuantLayout,
+    all_variants, layout, scalar, BlockActs, Kernel, Packed, QuantHead, RowLayout,
 };
 
 struct Rng(u64);
@@ -604,21 +604,18 @@ fn q8_0_mag(row: &[u8], x: &BlockActs, t: usize) -> f32 {
 fn qgemm_as(
     kern: &Kernel,
     w: &[u8],
-    layout: QuantLayout,
+    layout: RowLayout,
     v0: usize,
     v1: usize,
     x: &BlockActs,
 ) -> Vec<f32> {
     let mut out = vec![f32::NAN; x.n * (v1 - v0)];
-    match x.kind {
-        QuantHead::Q8_0 => kern.q8_0_gemm(w, layout, v0, v1, x, &mut out),
-        QuantHead::Q6K => kern.q6_k_gemm(w, layout, v0, v1, x, &mut out),
-    }
+    kern.quant_gemm(w, layout, v0, v1, x, &mut out);
     out
 }
 
 fn qgemm(kern: &Kernel, w: &[u8], v0: usize, v1: usize, x: &BlockActs) -> Vec<f32> {
-    qgemm_as(kern, w, QuantLayout::Rows, v0, v1, x)
+    qgemm_as(kern, w, RowLayout::Rows, v0, v1, x)
 }
 
 #[test]
@@ -642,7 +639,7 @@ fn quant_head_gemm_agrees_with_scalar_and_does_not_depend_on_tiling() {
         let want = qgemm(&scalar::SCALAR, &w, 0, rows, &x);
         let rb = kind.row_bytes(k);
         let mut wi = w.clone();
-        qhead::interleave4(kind, k, &mut wi);
+        layout::interleave4(kind.row_bytes(k), kind.block_bytes(), &mut wi);
         if rows >= 4 && k > kind.block() {
             assert_ne!(wi, w, "interleaving moved no block");
         }
@@ -651,7 +648,7 @@ fn quant_head_gemm_agrees_with_scalar_and_does_not_depend_on_tiling() {
             // Interleaved rows give the same bits, whole and from any row
             // (a range that starts inside a group).
             for v0 in [0, 1, 2.min(rows - 1), 5.min(rows - 1)] {
-                let il = qgemm_as(kern, &wi, QuantLayout::Interleaved4, v0, rows, &x);
+                let il = qgemm_as(kern, &wi, RowLayout::Interleaved4, v0, rows, &x);
                 let plain = qgemm(kern, &w, v0, rows, &x);
                 assert_eq!(
                     il,

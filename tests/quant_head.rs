@@ -12,7 +12,7 @@ use common::*;
 use half::f16;
 use std::path::{Path, PathBuf};
 use tern::gguf::GgufFile;
-use tern::kernels::{all_variants, BlockActs, QuantHead, QuantLayout};
+use tern::kernels::{all_variants, BlockActs, QuantHead, RowLayout};
 use tern::quant::{q6_k, q8_0, GgmlType};
 
 fn refdir() -> PathBuf {
@@ -195,12 +195,7 @@ fn dot_products_match_ggml() {
             ] {
                 let x1 = pick(acts, t);
                 let mut out = [f32::NAN];
-                match kind {
-                    QuantHead::Q8_0 => {
-                        kern.q8_0_gemm(w, QuantLayout::Rows, r, r + 1, &x1, &mut out)
-                    }
-                    QuantHead::Q6K => kern.q6_k_gemm(w, QuantLayout::Rows, r, r + 1, &x1, &mut out),
-                }
+                kern.quant_gemm(w, RowLayout::Rows, r, r + 1, &x1, &mut out);
                 // Both sides sum exact integer dots in f32 in different
                 // orders: a few ulps of the sum of the magnitudes.
                 let bound = 1e-6 * abs_dot(kind, &w[r * rb(kind)..(r + 1) * rb(kind)], &x1) + 1e-30;

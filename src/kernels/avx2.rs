@@ -8,8 +8,9 @@
 //! the scalar integer sum exactly.
 
 use super::float::{float_tile_shapes, store_tile};
+use super::layout::Steps;
 use super::ops::Kv;
-use super::qhead::{quant_tile_shapes, Steps};
+use super::qhead::quant_tile_shapes;
 use super::ternary::{TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
 use super::{BlockActs, Kernel, Ops};
 use crate::quant::{q6_k, q8_0};

@@ -30,6 +30,7 @@ pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
 pub mod float;
+pub mod layout;
 pub mod matmul;
 pub mod memory;
 #[cfg(target_arch = "aarch64")]
@@ -40,7 +41,8 @@ pub mod scalar;
 pub mod ternary;
 pub mod weights;
 
-pub use qhead::{BlockActs, QuantHead, QuantLayout};
+pub use layout::RowLayout;
+pub use qhead::{BlockActs, QuantHead};
 pub use ternary::{Packed, TileShape, BLOCK_BYTES, GROUP, GROUP_BLOCK_BYTES, QK};
 
 use half::f16;
@@ -175,35 +177,23 @@ impl Kernel {
         float::gemm(self, float::Rows::F32(w), d, v0, v1, xs, n, out)
     }
 
-    /// Rows `v0..v1` of a Q8_0 head (row length `x.k`, stored in `w` as
-    /// `layout` says) against the `x.n` activation rows of `x` (Q8_0 blocks):
+    /// Rows `v0..v1` of a quantized head of `x.kind` blocks (Q8_0 weights
+    /// with Q8_0 activations, or Q6_K with Q8_K; row length `x.k`, stored in
+    /// `w` as `layout` says) against the `x.n` activation rows of `x`:
     /// `out[t · (v1 - v0) + (v - v0)] = Σ_b d_w[v][b] · d_x[t][b] · dot_b`.
     /// The integer block dots are exact; how the float terms are summed is
     /// the kernel's, fixed per kernel (independent of `v0`, `v1`, `x.n` and
     /// the layout).
-    pub fn q8_0_gemm(
+    pub fn quant_gemm(
         &self,
         w: &[u8],
-        layout: QuantLayout,
+        layout: RowLayout,
         v0: usize,
         v1: usize,
         x: &BlockActs,
         out: &mut [f32],
     ) {
-        qhead::gemm(self, QuantHead::Q8_0, layout, w, v0, v1, x, out)
-    }
-
-    /// As [`Kernel::q8_0_gemm`] for a Q6_K head and Q8_K activations.
-    pub fn q6_k_gemm(
-        &self,
-        w: &[u8],
-        layout: QuantLayout,
-        v0: usize,
-        v1: usize,
-        x: &BlockActs,
-        out: &mut [f32],
-    ) {
-        qhead::gemm(self, QuantHead::Q6K, layout, w, v0, v1, x, out)
+        qhead::gemm(self, x.kind, layout, w, v0, v1, x, out)
     }
 
     /// Integer dots of one Q8_0 head row `w` (`k / 32` blocks of 34 bytes)

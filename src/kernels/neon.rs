@@ -16,8 +16,9 @@
 //! `vdotq_s32` is not stable in Rust yet, hence the one-instruction `asm!`.
 
 use super::float::{float_tile_shapes, store_tile};
+use super::layout::Steps;
 use super::ops::{self, Kv};
-use super::qhead::{quant_tile_shapes, Steps};
+use super::qhead::quant_tile_shapes;
 use super::ternary::{self, TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
 use super::{scalar, BlockActs, Kernel, Ops};
 use crate::quant::{q6_k, q8_0};

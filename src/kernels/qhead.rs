@@ -9,6 +9,7 @@
 //! Q8_0 keeps one float accumulator per lane (agreeing with scalar to
 //! rounding); neither depends on the tiling, threads or batch.
 
+use super::layout::{RowLayout, Steps, INTERLEAVE};
 use super::Kernel;
 
 /// The block format of a quantized matrix.
@@ -106,17 +107,6 @@ impl BlockActs {
 /// (codes and the per-16 sums of codes), one `i32` per block.
 pub type Q6KBlockDots = fn(&[u8], &[i8], &[i16], &mut [i32]);
 
-/// Where the blocks of a tile's rows lie: block `b` of the tile's row `j`
-/// starts `j · row + b · block` bytes after the tile's pointer. For rows
-/// stored one after the other ([`QuantLayout::Rows`]) `row` is the row's
-/// bytes and `block` the block's; inside a group of
-/// [`QuantLayout::Interleaved4`] `row` is one block and `block` four.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Steps {
-    pub row: usize,
-    pub block: usize,
-}
-
 /// `r` rows of a quantized matrix (their blocks where `steps` puts them,
 /// from `w`) × tokens `t0 .. t0 + t` of `x`: `out[u · ld + j]` = row j ·
 /// token t0 + u. Shapes: `r ≤ 4` with `t = 1`, or `r = 1` with `t ≤ 4`.
@@ -130,58 +120,6 @@ pub type Tile = unsafe fn(
     out: *mut f32,
     ld: usize,
 );
-
-/// How the blocks of a quantized matrix lie in memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QuantLayout {
-    /// Row after row, each row's blocks in order: the GGUF layout.
-    Rows,
-    /// Rows in groups of four ([`INTERLEAVE`]) whose blocks alternate:
-    /// block `b` of rows `4g .. 4g + 4` lie side by side, then block
-    /// `b + 1` of the same four rows (as ik_llama.cpp's `_R4` repacks). The
-    /// one-token product then streams the matrix front to back instead of
-    /// four rows a row's length apart; a whole group takes the same bytes
-    /// as in [`QuantLayout::Rows`], and the last `rows % 4` rows are stored
-    /// as there.
-    Interleaved4,
-}
-
-/// Rows per group of [`QuantLayout::Interleaved4`] (the one-token tile's
-/// rows, [`GEMV_ROWS`]).
-pub const INTERLEAVE: usize = 4;
-
-impl QuantLayout {
-    /// Byte offset of block `b` of row `v` in a matrix of `rows` rows of
-    /// `k` values (`v < rows`, `b < k / kind.block()`).
-    pub fn block_offset(self, kind: QuantHead, k: usize, rows: usize, v: usize, b: usize) -> usize {
-        let (rb, bb) = (kind.row_bytes(k), kind.block_bytes());
-        match self {
-            QuantLayout::Interleaved4 if v < rows / INTERLEAVE * INTERLEAVE => {
-                let g = v / INTERLEAVE;
-                g * INTERLEAVE * rb + (b * INTERLEAVE + v % INTERLEAVE) * bb
-            }
-            _ => v * rb + b * bb,
-        }
-    }
-}
-
-/// Reorders a matrix of whole rows of `k` values stored as
-/// [`QuantLayout::Rows`] into [`QuantLayout::Interleaved4`], in place
-/// (one group's bytes of scratch). Panics if `w` is not whole rows.
-pub fn interleave4(kind: QuantHead, k: usize, w: &mut [u8]) {
-    let (rb, bb) = (kind.row_bytes(k), kind.block_bytes());
-    assert!(rb > 0 && w.len().is_multiple_of(rb), "not whole rows");
-    let mut group = vec![0u8; INTERLEAVE * rb];
-    for g in w.chunks_exact_mut(INTERLEAVE * rb) {
-        group.copy_from_slice(g);
-        for (j, row) in group.chunks_exact(rb).enumerate() {
-            for (b, blk) in row.chunks_exact(bb).enumerate() {
-                let o = (b * INTERLEAVE + j) * bb;
-                g[o..o + bb].copy_from_slice(blk);
-            }
-        }
-    }
-}
 
 /// Rows per tile with one token; tokens per tile with several.
 pub const GEMV_ROWS: usize = INTERLEAVE;
@@ -208,7 +146,7 @@ pub const GEMM_TOKENS: usize = 4;
 /// Check the arguments of [`gemm`]; the tiles rely on them.
 fn check(
     kind: QuantHead,
-    layout: QuantLayout,
+    layout: RowLayout,
     w: &[u8],
     v0: usize,
     v1: usize,
@@ -236,7 +174,7 @@ fn check(
         w.len() / rb
     );
     assert!(
-        layout == QuantLayout::Rows || w.len().is_multiple_of(rb),
+        layout == RowLayout::Rows || w.len().is_multiple_of(rb),
         "interleaved rows are not whole rows"
     );
     assert!(out.len() >= x.n * (v1 - v0), "output size");
@@ -258,7 +196,7 @@ pub(crate) fn check_block_dots(kind: QuantHead, w: &[u8], a: &[i8], out: &[i32])
 pub fn gemm(
     kern: &Kernel,
     kind: QuantHead,
-    layout: QuantLayout,
+    layout: RowLayout,
     w: &[u8],
     v0: usize,
     v1: usize,
@@ -271,11 +209,7 @@ pub fn gemm(
         QuantHead::Q6K => kern.ops().q6_k_tile,
     };
     let (rb, bb) = (kind.row_bytes(x.k), kind.block_bytes());
-    // Rows below `grouped` lie in interleaved groups.
-    let grouped = match layout {
-        QuantLayout::Rows => 0,
-        QuantLayout::Interleaved4 => w.len() / rb / INTERLEAVE * INTERLEAVE,
-    };
+    let n_rows = w.len() / rb;
     let ld = v1 - v0;
     let (rows, tokens) = if x.n == 1 {
         (GEMV_ROWS, 1)
@@ -287,18 +221,8 @@ pub fn gemm(
         let tt = (x.n - t).min(tokens);
         let mut v = v0;
         while v < v1 {
-            // A tile never spans two groups (or a group and the plain tail).
-            let (r, steps) = if v < grouped {
-                let r = (v1 - v).min(rows).min(INTERLEAVE - v % INTERLEAVE);
-                let steps = Steps {
-                    row: bb,
-                    block: INTERLEAVE * bb,
-                };
-                (r, steps)
-            } else {
-                ((v1 - v).min(rows), Steps { row: rb, block: bb })
-            };
-            let off = layout.block_offset(kind, x.k, w.len() / rb, v, 0);
+            let (r, steps) = layout.tile(rb, bb, n_rows, v, (v1 - v).min(rows));
+            let off = layout.block_offset(rb, bb, n_rows, v, 0);
             // SAFETY: `check` put rows v..v + r inside `w` (for the
             // interleaved layout, whole groups and the tail rows after them,
             // which `steps` walks), tokens t..t + tt inside `x` and their

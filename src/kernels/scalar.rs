@@ -1,7 +1,7 @@
 //! Portable reference kernels: every tile and primitive of the table, in
 //! plain Rust. The SIMD tables take what they do not provide from here.
 
-use super::qhead::Steps;
+use super::layout::Steps;
 use super::ternary::{self, TileShape, BLOCK_BYTES, GROUP, GROUP_BLOCK_BYTES, QK};
 use super::{ops, BlockActs, Kernel, Ops, QuantHead};
 use crate::quant::{q6_k, q8_0};

@@ -1,6 +1,6 @@
 //! ggml's Q8_0 and Q6_K blocks, copied from the file (into huge-page
 //! memory; the file's pages are released as they are copied) with the
-//! blocks of each four rows interleaved ([`QuantLayout::Interleaved4`]: the
+//! blocks of each four rows interleaved ([`RowLayout::Interleaved4`]: the
 //! same bytes, so the one-token product reads the matrix as one stream),
 //! and never dequantized as a whole. With native activations (an output head)
 //! each token is quantized per block as ggml does (Q8_0, or Q8_K for Q6_K)
@@ -9,9 +9,10 @@
 //! and runs as a float matrix.
 
 use super::{float::Float, ActQuant, Acts, Format, Linear, Source, Weight};
+use crate::kernels::layout::{self, RowLayout};
 use crate::kernels::matmul::float_block;
 use crate::kernels::memory::HugeBuf;
-use crate::kernels::qhead::{self, QuantHead, QuantLayout};
+use crate::kernels::qhead::QuantHead;
 use crate::kernels::Kernel;
 use crate::quant::{q6_k, q8_0, GgmlType};
 use anyhow::{bail, Context as _, Result};
@@ -22,7 +23,7 @@ pub(super) const FORMAT: Format = Format {
     load,
 };
 
-/// A Q8_0 / Q6_K matrix, its blocks as [`QuantLayout::Interleaved4`].
+/// A Q8_0 / Q6_K matrix, its blocks as [`RowLayout::Interleaved4`].
 pub struct Quant {
     kind: QuantHead,
     bytes: HugeBuf,
@@ -54,7 +55,7 @@ impl Quant {
                 cols
             );
         }
-        qhead::interleave4(kind, cols, bytes.bytes_mut());
+        layout::interleave4(kind.row_bytes(cols), kind.block_bytes(), bytes.bytes_mut());
         Ok(Quant {
             kind,
             bytes,
@@ -110,7 +111,13 @@ impl Linear for Quant {
         let (k, bb) = (self.kind.block(), self.kind.block_bytes());
         let w = self.bytes.bytes();
         for (b, o) in out[..self.cols].chunks_exact_mut(k).enumerate() {
-            let off = QuantLayout::Interleaved4.block_offset(self.kind, self.cols, self.rows, i, b);
+            let off = RowLayout::Interleaved4.block_offset(
+                self.kind.row_bytes(self.cols),
+                bb,
+                self.rows,
+                i,
+                b,
+            );
             let blk = &w[off..off + bb];
             match self.kind {
                 QuantHead::Q8_0 => q8_0::dequantize(blk, o),
@@ -126,9 +133,8 @@ impl Linear for Quant {
         let v1 = v0 + outs[0].len();
         let blocks = x.blocks(self.kind);
         let w = self.bytes.bytes();
-        float_block(n, v1 - v0, outs, |buf| match self.kind {
-            QuantHead::Q8_0 => kern.q8_0_gemm(w, QuantLayout::Interleaved4, v0, v1, blocks, buf),
-            QuantHead::Q6K => kern.q6_k_gemm(w, QuantLayout::Interleaved4, v0, v1, blocks, buf),
+        float_block(n, v1 - v0, outs, |buf| {
+            kern.quant_gemm(w, RowLayout::Interleaved4, v0, v1, blocks, buf)
         });
     }
 }
