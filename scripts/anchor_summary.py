@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Summarise scripts/anchor_bench.sh output: mean (min–max) t/s per head,
+engine and thread count, and the ratios of tern's means to the others'."""
+import collections
+import sys
+
+TESTS = ("pp128", "pp512", "tg128")
+
+
+def main(paths):
+    d = collections.defaultdict(list)
+    for path in paths:
+        for line in open(path):
+            p = line.split()
+            if len(p) != 5 or line.startswith("#"):
+                continue
+            label, th, n_prompt, n_gen, ts = p
+            test = f"pp{n_prompt}" if n_gen == "0" else f"tg{n_gen}"
+            engine, head = label.rsplit("-", 1)
+            d[(head, engine, int(th), test)].append(float(ts))
+    mean = lambda v: sum(v) / len(v)
+    heads = sorted({k[0] for k in d})
+    engines = []
+    for k in d:
+        if k[1] not in engines:
+            engines.append(k[1])
+    print("| head | runtime | threads | " + " | ".join(TESTS) + " |")
+    print("|---|---|---|" + "---|" * len(TESTS))
+    for head in heads:
+        for th in sorted({k[2] for k in d}):
+            for e in engines:
+                cells = []
+                for t in TESTS:
+                    v = d.get((head, e, th, t))
+                    cells.append(f"{mean(v):.1f} ({min(v):.1f}–{max(v):.1f})" if v else "-")
+                print(f"| {head} | {e} | {th} | " + " | ".join(cells) + " |")
+    for head in heads:
+        for th in sorted({k[2] for k in d}):
+            for e in engines[1:]:
+                r = []
+                for t in TESTS:
+                    a, b = d.get((head, engines[0], th, t)), d.get((head, e, th, t))
+                    if a and b:
+                        r.append(f"{t} {mean(a) / mean(b):.2f}x")
+                print(f"{head} {th} thread(s): {engines[0]} / {e}: " + ", ".join(r))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
