@@ -17,9 +17,8 @@ use tern::metrics::{compare, Thresholds};
 use tern::model::{Context, Model};
 use tern::quant::i2s;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+use common::{convert_to, root};
 
 fn silu_gguf() -> PathBuf {
     root().join("vendor/reference/gguf/bitnet-silu.i2_s.gguf")
@@ -468,15 +467,12 @@ fn quantized_head_agrees_with_bitnet_cpp() {
 fn tern_check_bitnet_cpp_llama_i2s() {
     let t = tempfile::tempdir().unwrap();
     let out = t.path().join("llama-b158-packed-i2_s.gguf");
-    tern::convert::convert(&tern::convert::ConvertOptions {
-        input: root().join("models/fixtures/llama-b158-packed"),
-        outfile: Some(out.clone()),
-        outtype: tern::quant::GgmlType::I2S,
-        embd_type: tern::quant::GgmlType::F16,
-        force: false,
-        quiet: true,
-    })
-    .unwrap();
+    convert_to(
+        &root().join("models/fixtures/llama-b158-packed"),
+        &out,
+        tern::quant::GgmlType::I2S,
+        tern::quant::GgmlType::F16,
+    );
     let o = Command::new(env!("CARGO_BIN_EXE_tern"))
         .args(["check", "--bitnet-cpp", "-m"])
         .arg(&out)

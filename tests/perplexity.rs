@@ -2,14 +2,13 @@
 //! `tern logits`, the KL-divergence base file and statistics, the built-in
 //! model against bitnet.cpp's reference perplexity, and bad input.
 
+mod common;
+
+use common::{convert_to, root};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tern");
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn heldout() -> PathBuf {
     root().join("models/tern-shakespeare/heldout.txt")
@@ -332,15 +331,12 @@ fn kl_divergence_of_a_model_against_itself_is_zero() {
 fn kl_divergence_of_i2s_against_its_f16_conversion_is_small() {
     let dir = tempfile::tempdir().unwrap();
     let f16 = dir.path().join("tern-shakespeare-f16.gguf");
-    tern::convert::convert(&tern::convert::ConvertOptions {
-        input: root().join("models/tern-shakespeare"),
-        outfile: Some(f16.clone()),
-        outtype: tern::quant::GgmlType::F16,
-        embd_type: tern::quant::GgmlType::F16,
-        force: true,
-        quiet: true,
-    })
-    .unwrap();
+    convert_to(
+        &root().join("models/tern-shakespeare"),
+        &f16,
+        tern::quant::GgmlType::F16,
+        tern::quant::GgmlType::F16,
+    );
     let base = dir.path().join("f16.kld");
     ok(&[
         "perplexity",
