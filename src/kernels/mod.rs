@@ -193,7 +193,7 @@ impl Kernel {
         x: &BlockActs,
         out: &mut [f32],
     ) {
-        qhead::gemm(self, x.kind, layout, w, v0, v1, x, out)
+        qhead::gemm(self, layout, w, v0, v1, x, out)
     }
 
     /// Integer dots of one Q8_0 head row `w` (`k / 32` blocks of 34 bytes)

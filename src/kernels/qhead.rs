@@ -144,16 +144,8 @@ pub(crate) use quant_tile_shapes;
 pub const GEMM_TOKENS: usize = 4;
 
 /// Check the arguments of [`gemm`]; the tiles rely on them.
-fn check(
-    kind: QuantHead,
-    layout: RowLayout,
-    w: &[u8],
-    v0: usize,
-    v1: usize,
-    x: &BlockActs,
-    out: &[f32],
-) {
-    assert_eq!(x.kind, kind, "activation blocks for another matrix type");
+fn check(layout: RowLayout, w: &[u8], v0: usize, v1: usize, x: &BlockActs, out: &[f32]) {
+    let kind = x.kind;
     let nb = x.k / kind.block();
     assert!(
         x.k > 0 && x.k.is_multiple_of(kind.block()),
@@ -188,14 +180,13 @@ pub(crate) fn check_block_dots(kind: QuantHead, w: &[u8], a: &[i8], out: &[i32])
     assert_eq!(out.len(), nb, "output size");
 }
 
-/// Rows `v0..v1` of a `kind` matrix (row length `x.k`, stored as
-/// `layout` in `w`) against the `x.n` activation rows of `x`:
+/// Rows `v0..v1` of a matrix of `x.kind` blocks (the activations were
+/// quantized for it; row length `x.k`, stored as `layout` in `w`) against
+/// the `x.n` activation rows of `x`:
 /// `out[t · (v1 - v0) + (v - v0)] = Σ_b d_w[v][b] · d_x[t][b] · dot_b`.
 /// The layout changes where the tiles read, not what they compute.
-#[allow(clippy::too_many_arguments)]
 pub fn gemm(
     kern: &Kernel,
-    kind: QuantHead,
     layout: RowLayout,
     w: &[u8],
     v0: usize,
@@ -203,7 +194,8 @@ pub fn gemm(
     x: &BlockActs,
     out: &mut [f32],
 ) {
-    check(kind, layout, w, v0, v1, x, out);
+    check(layout, w, v0, v1, x, out);
+    let kind = x.kind;
     let tile = match kind {
         QuantHead::Q8_0 => kern.ops().q8_0_tile,
         QuantHead::Q6K => kern.ops().q6_k_tile,
