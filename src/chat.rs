@@ -70,6 +70,7 @@ impl ChatTemplate {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
         });
         env.add_filter("tojson", tojson);
+        env.add_filter("join", join);
         env.add_template_owned(TEMPLATE_NAME, source.to_string())
             .map_err(|e| {
                 anyhow!(
@@ -96,8 +97,13 @@ impl ChatTemplate {
     /// The prompt text for `messages`; with `add_generation_prompt` it ends
     /// where the assistant's reply begins.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self
-            .env
+        // The template comes from the model file: give this render a budget
+        // so that a loop that never ends or data that grows without bound is
+        // an error, not a hang or an exhausted memory.
+        let fuel = render_fuel(messages);
+        let mut env = self.env.clone();
+        env.set_fuel(Some(fuel));
+        let tmpl = env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| anyhow!("chat template: {}", e))?;
         let ctx = minijinja::context! {
@@ -106,12 +112,32 @@ impl ChatTemplate {
             bos_token => self.bos_token.as_str(),
             eos_token => self.eos_token.as_str(),
         };
-        tmpl.render(ctx).map_err(|e| {
-            anyhow!(
-                "chat template: {}",
-                crate::untrusted::one_line(&e.to_string())
-            )
-        })
+        // The output goes to a writer that stops at the budget's bytes, so
+        // even a value that minijinja prints before paying for it (a lazily
+        // repeated list) cannot grow the prompt past that.
+        let mut out = CappedWriter {
+            bytes: Vec::new(),
+            cap: usize::try_from(fuel.saturating_mul(FUEL_BYTES)).unwrap_or(usize::MAX),
+        };
+        let done = tmpl.render_captured_to(ctx, &mut out).map(drop);
+        let over = out.bytes.len() >= out.cap;
+        done.map_err(|e| {
+            if e.kind() == ErrorKind::OutOfFuel || (over && e.kind() == ErrorKind::WriteFailure) {
+                anyhow!(
+                    "chat template: rendering {} message(s) ran past its budget of {} steps \
+                     (about {} MiB of data); does the template loop without end?",
+                    messages.len(),
+                    fuel,
+                    fuel.saturating_mul(FUEL_BYTES) >> 20
+                )
+            } else {
+                anyhow!(
+                    "chat template: {}",
+                    crate::untrusted::one_line(&e.to_string())
+                )
+            }
+        })?;
+        String::from_utf8(out.bytes).map_err(|_| anyhow!("chat template: the output is not UTF-8"))
     }
 
     /// The prompt tokens for `messages`: [`ChatTemplate::render`], then
@@ -125,6 +151,34 @@ impl ChatTemplate {
     ) -> Result<Vec<u32>> {
         tokenize_prompt(tok, &self.render(messages, add_generation_prompt)?)
     }
+}
+
+/// Fuel every render gets whatever the messages (minijinja's unit: about one
+/// instruction, or [`FUEL_BYTES`] bytes of data created; see
+/// `Environment::set_fuel`). 1 M: a few hundred milliseconds, 64 MiB.
+const FUEL_BASE: u64 = 1_000_000;
+/// Fuel added per message. The BitNet and Llama 3 formats spend 31 per
+/// message (measured with minijinja 3.1), so templates 30× as busy still fit.
+const FUEL_PER_MESSAGE: u64 = 1_000;
+/// Content bytes per unit of added fuel. Those formats spend about 3 fuel per
+/// 64 bytes of content; 1 per 8 bytes leaves room to copy the content ~20×.
+const CONTENT_BYTES_PER_FUEL: u64 = 8;
+/// Bytes of created data that cost one fuel (minijinja 3.1's accounting).
+const FUEL_BYTES: u64 = 64;
+
+/// The fuel budget of one render of `messages`: [`FUEL_BASE`], plus
+/// [`FUEL_PER_MESSAGE`] per message and one per [`CONTENT_BYTES_PER_FUEL`]
+/// bytes of content. It bounds both the time a render takes and the memory the
+/// template can allocate (fuel × [`FUEL_BYTES`]), in proportion to the input.
+fn render_fuel(messages: &[Message]) -> u64 {
+    let count = u64::try_from(messages.len()).unwrap_or(u64::MAX);
+    let bytes = messages.iter().fold(0u64, |acc, m| {
+        let len = u64::try_from(m.role.len().saturating_add(m.content.len())).unwrap_or(u64::MAX);
+        acc.saturating_add(len)
+    });
+    FUEL_BASE
+        .saturating_add(count.saturating_mul(FUEL_PER_MESSAGE))
+        .saturating_add(bytes / CONTENT_BYTES_PER_FUEL)
 }
 
 /// Tokenize a rendered prompt: special-token texts (`<|begin_of_text|>`,
@@ -452,30 +506,183 @@ impl<'m> Session<'m> {
 
 /// The `tojson` filter of Hugging Face templates (`indent` honoured; other
 /// keyword arguments such as `ensure_ascii` accepted and ignored).
-fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
+/// The rendered prompt, refusing to grow past `cap` bytes.
+struct CappedWriter {
+    bytes: Vec<u8>,
+    cap: usize,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() > self.cap.saturating_sub(self.bytes.len()) {
+            self.bytes
+                .extend_from_slice(&buf[..self.cap - self.bytes.len()]);
+            return Err(std::io::Error::other("over the render budget"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The widest `tojson(indent=N)` a template may ask for.
+const MAX_JSON_INDENT: usize = 64;
+
+fn tojson(state: &State, value: Value, kwargs: Kwargs) -> Result<Value, Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     for k in ["ensure_ascii", "separators", "sort_keys"] {
         let _: Option<Value> = kwargs.get(k)?;
     }
     kwargs.assert_all_used()?;
-    let bad = |e: serde_json::Error| Error::new(ErrorKind::InvalidOperation, e.to_string());
-    let s = match indent {
+    let mut out = FuelBuffer::new(state);
+    let done = match indent {
+        Some(n) if n > MAX_JSON_INDENT => {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("tojson: indent {n} is over {MAX_JSON_INDENT}"),
+            ))
+        }
         Some(n) => {
             let pad = vec![b' '; n];
             let fmt = serde_json::ser::PrettyFormatter::with_indent(&pad);
-            let mut out = Vec::new();
-            let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
-            value.serialize(&mut ser).map_err(bad)?;
-            String::from_utf8_lossy(&out).into_owned()
+            value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, fmt))
         }
-        None => {
-            let mut out = Vec::new();
-            let mut ser = serde_json::Serializer::with_formatter(&mut out, PySeparators);
-            value.serialize(&mut ser).map_err(bad)?;
-            String::from_utf8_lossy(&out).into_owned()
-        }
+        None => value.serialize(&mut serde_json::Serializer::with_formatter(
+            &mut out,
+            PySeparators,
+        )),
     };
-    Ok(Value::from_safe_string(s))
+    if let Err(e) = done {
+        // Running out of fuel inside the serializer stays OutOfFuel.
+        return Err(out
+            .error
+            .take()
+            .unwrap_or_else(|| Error::new(ErrorKind::InvalidOperation, e.to_string())));
+    }
+    Ok(Value::from_safe_string(
+        String::from_utf8_lossy(&out.bytes).into_owned(),
+    ))
+}
+
+/// Output that a filter or method builds on behalf of a template: each byte
+/// is paid for with fuel ([`State::consume_fuel`], one per [`FUEL_BYTES`])
+/// before it is stored, so what a template makes tern allocate stays within
+/// the render's budget. minijinja charges its own operators this way but a
+/// custom filter only for the value it returns, after building it.
+struct FuelBuffer<'a, 's> {
+    state: &'a State<'a, 's>,
+    bytes: Vec<u8>,
+    /// Bytes stored but not paid for yet (below [`FUEL_BYTES`]).
+    unpaid: u64,
+    /// The fuel error, kept for the caller when a writer API hides it.
+    error: Option<Error>,
+}
+
+impl<'a, 's> FuelBuffer<'a, 's> {
+    fn new(state: &'a State<'a, 's>) -> Self {
+        FuelBuffer {
+            state,
+            bytes: Vec::new(),
+            unpaid: 0,
+            error: None,
+        }
+    }
+
+    /// Pay for `n` more bytes.
+    fn pay(&mut self, n: usize) -> Result<(), Error> {
+        let total = self
+            .unpaid
+            .saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
+        self.unpaid = total % FUEL_BYTES;
+        self.state.consume_fuel(total / FUEL_BYTES)
+    }
+
+    fn push(&mut self, b: &[u8]) -> Result<(), Error> {
+        self.pay(b.len())?;
+        self.bytes.extend_from_slice(b);
+        Ok(())
+    }
+
+    fn into_string(self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}
+
+impl std::io::Write for FuelBuffer<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.push(buf) {
+            Ok(()) => Ok(buf.len()),
+            Err(e) => {
+                self.error = Some(e);
+                Err(std::io::Error::other("out of fuel"))
+            }
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::fmt::Write for FuelBuffer<'_, '_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.push(s.as_bytes()).map_err(|e| {
+            self.error = Some(e);
+            std::fmt::Error
+        })
+    }
+}
+
+/// Jinja's `join(d="", attribute=None)`, paying for its output as it grows.
+/// It replaces minijinja's own: with an empty separator that one charges a
+/// list of repeated strings (`[s] * n`, created lazily for free) per item, not
+/// per byte, so a template could make it build gigabytes.
+fn join(
+    state: &State,
+    value: &Value,
+    d: Option<&str>,
+    attribute: Option<&str>,
+    kwargs: Kwargs,
+) -> Result<Value, Error> {
+    let d = match d {
+        Some(d) => Some(d.to_string()),
+        None => kwargs.get::<Option<String>>("d")?,
+    };
+    let attribute = match attribute {
+        Some(a) => Some(a.to_string()),
+        None => kwargs.get::<Option<String>>("attribute")?,
+    };
+    kwargs.assert_all_used()?;
+    let d = d.unwrap_or_default();
+    let mut out = FuelBuffer::new(state);
+    for (i, item) in value.try_iter()?.enumerate() {
+        state.consume_fuel(1)?;
+        let item = match &attribute {
+            Some(a) => a
+                .split('.')
+                .try_fold(item, |v, part| match part.parse::<i64>() {
+                    Ok(i) => v.get_item(&Value::from(i)),
+                    Err(_) => v.get_attr(part),
+                })?,
+            None => item,
+        };
+        if i > 0 {
+            out.push(d.as_bytes())?;
+        }
+        match item.as_str() {
+            Some(s) => out.push(s.as_bytes())?,
+            None => {
+                use std::fmt::Write;
+                if write!(out, "{item}").is_err() {
+                    return Err(out.error.take().unwrap_or_else(|| {
+                        Error::new(ErrorKind::WriteFailure, "join: formatting failed")
+                    }));
+                }
+            }
+        }
+    }
+    Ok(Value::from(out.into_string()))
 }
 
 /// Python's `json.dumps` default separators: `", "` and `": "`.
@@ -518,7 +725,7 @@ fn python_method(
     args: &[Value],
 ) -> Result<Value, Error> {
     if let Some(s) = value.as_str() {
-        return string_method(s, method, args);
+        return string_method(state, s, method, args);
     }
     if value.kind() == ValueKind::Map {
         match method {
@@ -553,7 +760,7 @@ fn python_method(
     Err(Error::from(ErrorKind::UnknownMethod))
 }
 
-fn string_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> {
+fn string_method(state: &State, s: &str, method: &str, args: &[Value]) -> Result<Value, Error> {
     let v = match method {
         "strip" | "lstrip" | "rstrip" => {
             let (chars,): (Option<&str>,) = from_args(args)?;
@@ -613,6 +820,13 @@ fn string_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> 
         "split" => {
             let (sep, maxsplit): (Option<&str>, Option<i64>) = from_args(args)?;
             let max = maxsplit.and_then(|m| usize::try_from(m).ok());
+            // Each part becomes a value: pay for them before they exist.
+            let parts = match sep {
+                Some(sep) if !sep.is_empty() => s.matches(sep).count(),
+                _ => s.split_whitespace().count(),
+            };
+            let parts = max.map_or(parts, |m| parts.min(m)).saturating_add(1);
+            state.consume_fuel(u64::try_from(parts).unwrap_or(u64::MAX))?;
             let parts: Vec<Value> = match sep {
                 Some("") => return Err(Error::new(ErrorKind::InvalidOperation, "empty separator")),
                 Some(sep) => match max {
@@ -638,6 +852,17 @@ fn string_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> 
         }
         "replace" => {
             let (old, new, count): (&str, &str, Option<i64>) = from_args(args)?;
+            // Pay for the result before building it: it can be far longer
+            // than `s` (a long `new`, or an empty `old` that matches
+            // between every two characters).
+            let limit = match count {
+                Some(n) if n >= 0 => usize::try_from(n).unwrap_or(usize::MAX),
+                _ => usize::MAX,
+            };
+            let hits = s.matches(old).take(limit).count();
+            let len = u64::try_from(s.len().saturating_add(hits.saturating_mul(new.len())))
+                .unwrap_or(u64::MAX);
+            state.consume_fuel(len / FUEL_BYTES)?;
             Value::from(match count {
                 Some(n) if n >= 0 => s.replacen(old, new, usize::try_from(n).unwrap_or(usize::MAX)),
                 _ => s.replace(old, new),
@@ -711,6 +936,67 @@ You are helpful.<|im_end|>
             Message::assistant("Hello."),
             Message::user("Bye"),
         ]
+    }
+
+    #[test]
+    fn runaway_templates_stop_at_the_budget() {
+        let cases = [
+            // 10^10 steps
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            // 100 MB at once; a list of 10^8 items walked, then joined
+            "{{ 'x' * 100000000 }}",
+            "{% for x in [0] * 100000000 %}{% endfor %}",
+            "{{ ([0] * 100000000) | join(',') }}",
+            // doubling without end
+            "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s | length }}",
+            // a hundred thousand 1 MB strings joined (minijinja's own join
+            // built all of it), replaced, split
+            "{{ (['x' * 1000000] * 100000) | join | length }}",
+            "{{ ('x' * 10000000).replace('x', 'y' * 10000000) | length }}",
+            "{{ ('x' * 10000000).replace('', 'y' * 1000) | length }}",
+            "{{ ('x ' * 10000000).split() | length }}",
+            "{{ ('x' * 10000000) | replace('x', 'y' * 10000000) | length }}",
+        ];
+        for src in cases {
+            let t = ChatTemplate::new(src, "", "").unwrap();
+            let start = std::time::Instant::now();
+            let e = t.render(&msgs(), true).unwrap_err().to_string();
+            assert!(e.contains("ran past its budget"), "{src}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+            let took = start.elapsed();
+            assert!(took.as_secs() < 10, "{src}: {took:?}");
+        }
+    }
+
+    #[test]
+    fn tojson_refuses_a_huge_indent() {
+        let t = ChatTemplate::new("{{ messages | tojson(indent=1000000000000) }}", "", "").unwrap();
+        let e = t.render(&msgs(), true).unwrap_err().to_string();
+        assert!(e.contains("indent 1000000000000 is over 64"), "{e}");
+    }
+
+    #[test]
+    fn the_budget_grows_with_the_conversation() {
+        // 20 000 short messages and one of 8 MiB (more than any context
+        // holds) render in full with a template that copies the content.
+        let t = ChatTemplate::new(LLAMA3_STYLE, "<s>", "").unwrap();
+        let mut m: Vec<Message> = (0..20_000)
+            .map(|i| {
+                if i % 2 == 0 {
+                    Message::user("hello there")
+                } else {
+                    Message::assistant("general kenobi")
+                }
+            })
+            .collect();
+        m.push(Message::user(&"y".repeat(8 << 20)));
+        let out = t.render(&m, true).unwrap();
+        assert!(out.len() > (8 << 20) + 20_000 * 40, "{}", out.len());
+        let out = ChatTemplate::new(CHATML_STYLE, "", "")
+            .unwrap()
+            .render(&m, true)
+            .unwrap();
+        assert!(out.len() > (8 << 20) + 20_000 * 40, "{}", out.len());
     }
 
     #[test]

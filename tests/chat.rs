@@ -427,6 +427,30 @@ fn piped_mode_stops_at_a_bad_command() {
     assert_eq!(out.status.code(), Some(1));
 }
 
+#[test]
+fn a_runaway_chat_template_is_a_clean_error() {
+    // The template comes from the model file; one that loops 10^10 times
+    // stops at the render's budget, in well under a second of work.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("runaway.gguf");
+    let g = GgufFile::open(&fixture()).unwrap();
+    let mut kv = common::map_metadata(&g, |k| {
+        (k != "tokenizer.chat_template").then(|| k.to_string())
+    });
+    kv.push((
+        "tokenizer.chat_template".into(),
+        tern::gguf::Value::String(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+                .into(),
+        ),
+    ));
+    common::rewrite_gguf(&g, &bad, &kv);
+    let start = std::time::Instant::now();
+    let out = run_piped(&["-m", bad.to_str().unwrap(), "-t", "2"], "Hello\n");
+    common::assert_clean_failure(&out, "ran past its budget");
+    assert!(start.elapsed().as_secs() < 60, "{:?}", start.elapsed());
+}
+
 /// A tmux server of our own (its own socket), killed on drop.
 #[cfg(unix)]
 struct Tmux {

@@ -103,7 +103,8 @@ fn grouped(rows: usize) -> usize {
 /// Reorders a matrix of whole rows of `row_bytes` bytes (blocks of
 /// `block_bytes`) stored as [`RowLayout::Rows`] into
 /// [`RowLayout::Interleaved4`], in place (one group's bytes of scratch per
-/// thread of the current rayon pool).
+/// rayon job: `for_each_init` may make more than one per thread as the work
+/// is split).
 /// Panics if `w` is not whole rows of whole blocks.
 pub fn interleave4(row_bytes: usize, block_bytes: usize, w: &mut [u8]) {
     assert!(
