@@ -17,6 +17,7 @@ use anyhow::{anyhow, bail, Result};
 use minijinja::value::{from_args, Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, State};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// One chat message, as the templates and the JSON transcripts see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +72,7 @@ impl ChatTemplate {
         });
         env.add_filter("tojson", tojson);
         env.add_filter("join", join);
+        env.add_filter("trim", trim);
         env.add_template_owned(TEMPLATE_NAME, source.to_string())
             .map_err(|e| {
                 anyhow!(
@@ -118,11 +120,11 @@ impl ChatTemplate {
         let mut out = CappedWriter {
             bytes: Vec::new(),
             cap: usize::try_from(fuel.saturating_mul(FUEL_BYTES)).unwrap_or(usize::MAX),
+            hit: false,
         };
         let done = tmpl.render_captured_to(ctx, &mut out).map(drop);
-        let over = out.bytes.len() >= out.cap;
         done.map_err(|e| {
-            if e.kind() == ErrorKind::OutOfFuel || (over && e.kind() == ErrorKind::WriteFailure) {
+            if e.kind() == ErrorKind::OutOfFuel || out.hit {
                 anyhow!(
                     "chat template: rendering {} message(s) ran past its budget of {} steps \
                      (about {} MiB of data); does the template loop without end?",
@@ -161,7 +163,8 @@ const FUEL_BASE: u64 = 1_000_000;
 /// message (measured with minijinja 3.1), so templates 30× as busy still fit.
 const FUEL_PER_MESSAGE: u64 = 1_000;
 /// Content bytes per unit of added fuel. Those formats spend about 3 fuel per
-/// 64 bytes of content; 1 per 8 bytes leaves room to copy the content ~20×.
+/// 64 bytes of content; 1 per 8 bytes (8 per 64) leaves them 2.7× that, about
+/// eight copies of the content, before the base is touched.
 const CONTENT_BYTES_PER_FUEL: u64 = 8;
 /// Bytes of created data that cost one fuel (minijinja 3.1's accounting).
 const FUEL_BYTES: u64 = 64;
@@ -504,19 +507,18 @@ impl<'m> Session<'m> {
     }
 }
 
-/// The `tojson` filter of Hugging Face templates (`indent` honoured; other
-/// keyword arguments such as `ensure_ascii` accepted and ignored).
-/// The rendered prompt, refusing to grow past `cap` bytes.
+/// The rendered prompt, refusing to grow past `cap` bytes (`hit` says it
+/// refused).
 struct CappedWriter {
     bytes: Vec<u8>,
     cap: usize,
+    hit: bool,
 }
 
 impl std::io::Write for CappedWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if buf.len() > self.cap.saturating_sub(self.bytes.len()) {
-            self.bytes
-                .extend_from_slice(&buf[..self.cap - self.bytes.len()]);
+            self.hit = true;
             return Err(std::io::Error::other("over the render budget"));
         }
         self.bytes.extend_from_slice(buf);
@@ -530,13 +532,20 @@ impl std::io::Write for CappedWriter {
 /// The widest `tojson(indent=N)` a template may ask for.
 const MAX_JSON_INDENT: usize = 64;
 
+/// Bytes of serialized JSON that cost one fuel: minijinja charges walking a
+/// value 16 of its 64 units a byte, as serializing is slower than copying.
+const JSON_BYTES_PER_FUEL: u64 = 4;
+
+/// The `tojson` filter of Hugging Face templates (`indent` honoured up to
+/// [`MAX_JSON_INDENT`]; other keyword arguments such as `ensure_ascii`
+/// accepted and ignored), paying for its output as it grows.
 fn tojson(state: &State, value: Value, kwargs: Kwargs) -> Result<Value, Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     for k in ["ensure_ascii", "separators", "sort_keys"] {
         let _: Option<Value> = kwargs.get(k)?;
     }
     kwargs.assert_all_used()?;
-    let mut out = FuelBuffer::new(state);
+    let mut out = FuelBuffer::new(state, JSON_BYTES_PER_FUEL);
     let done = match indent {
         Some(n) if n > MAX_JSON_INDENT => {
             return Err(Error::new(
@@ -561,30 +570,30 @@ fn tojson(state: &State, value: Value, kwargs: Kwargs) -> Result<Value, Error> {
             .take()
             .unwrap_or_else(|| Error::new(ErrorKind::InvalidOperation, e.to_string())));
     }
-    Ok(Value::from_safe_string(
-        String::from_utf8_lossy(&out.bytes).into_owned(),
-    ))
+    Ok(Value::from_safe_string(out.into_string()))
 }
 
 /// Output that a filter or method builds on behalf of a template: each byte
-/// is paid for with fuel ([`State::consume_fuel`], one per [`FUEL_BYTES`])
+/// is paid for with fuel ([`State::consume_fuel`], one per `bytes_per_fuel`)
 /// before it is stored, so what a template makes tern allocate stays within
 /// the render's budget. minijinja charges its own operators this way but a
 /// custom filter only for the value it returns, after building it.
 struct FuelBuffer<'a, 's> {
     state: &'a State<'a, 's>,
     bytes: Vec<u8>,
-    /// Bytes stored but not paid for yet (below [`FUEL_BYTES`]).
+    bytes_per_fuel: u64,
+    /// Bytes stored but not paid for yet (below `bytes_per_fuel`).
     unpaid: u64,
     /// The fuel error, kept for the caller when a writer API hides it.
     error: Option<Error>,
 }
 
 impl<'a, 's> FuelBuffer<'a, 's> {
-    fn new(state: &'a State<'a, 's>) -> Self {
+    fn new(state: &'a State<'a, 's>, bytes_per_fuel: u64) -> Self {
         FuelBuffer {
             state,
             bytes: Vec::new(),
+            bytes_per_fuel: bytes_per_fuel.max(1),
             unpaid: 0,
             error: None,
         }
@@ -595,8 +604,8 @@ impl<'a, 's> FuelBuffer<'a, 's> {
         let total = self
             .unpaid
             .saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
-        self.unpaid = total % FUEL_BYTES;
-        self.state.consume_fuel(total / FUEL_BYTES)
+        self.unpaid = total % self.bytes_per_fuel;
+        self.state.consume_fuel(total / self.bytes_per_fuel)
     }
 
     fn push(&mut self, b: &[u8]) -> Result<(), Error> {
@@ -605,8 +614,10 @@ impl<'a, 's> FuelBuffer<'a, 's> {
         Ok(())
     }
 
+    /// The text (every piece written was whole UTF-8, so no copy is made).
     fn into_string(self) -> String {
-        String::from_utf8_lossy(&self.bytes).into_owned()
+        String::from_utf8(self.bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 }
 
@@ -641,31 +652,28 @@ impl std::fmt::Write for FuelBuffer<'_, '_> {
 fn join(
     state: &State,
     value: &Value,
-    d: Option<&str>,
-    attribute: Option<&str>,
+    d: Option<Value>,
+    attribute: Option<Value>,
     kwargs: Kwargs,
 ) -> Result<Value, Error> {
+    let text = |v: Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
     let d = match d {
-        Some(d) => Some(d.to_string()),
-        None => kwargs.get::<Option<String>>("d")?,
+        Some(d) => Some(d),
+        None => kwargs.get::<Option<Value>>("d")?,
     };
     let attribute = match attribute {
-        Some(a) => Some(a.to_string()),
-        None => kwargs.get::<Option<String>>("attribute")?,
+        Some(a) => Some(a),
+        None => kwargs.get::<Option<Value>>("attribute")?,
     };
     kwargs.assert_all_used()?;
-    let d = d.unwrap_or_default();
-    let mut out = FuelBuffer::new(state);
-    for (i, item) in value.try_iter()?.enumerate() {
+    let d = d.map(text).unwrap_or_default();
+    let attribute = attribute.map(text);
+    let mut out = FuelBuffer::new(state, FUEL_BYTES);
+    for (i, item) in value.try_iter()?.checked().enumerate() {
         state.consume_fuel(1)?;
         let item = match &attribute {
-            Some(a) => a
-                .split('.')
-                .try_fold(item, |v, part| match part.parse::<i64>() {
-                    Ok(i) => v.get_item(&Value::from(i)),
-                    Err(_) => v.get_attr(part),
-                })?,
-            None => item,
+            Some(path) => attribute_path(state, item?, path)?,
+            None => item?,
         };
         if i > 0 {
             out.push(d.as_bytes())?;
@@ -683,6 +691,26 @@ fn join(
         }
     }
     Ok(Value::from(out.into_string()))
+}
+
+/// `value.a.0.b` for the dotted `path` "a.0.b", as Jinja's `attribute=`
+/// arguments read it: a part of digits only is an index, anything else an
+/// attribute. Indexing a lazy iterable walks it from the start, which
+/// minijinja does not charge for, so that walk is paid here first.
+fn attribute_path(state: &State, value: Value, path: &str) -> Result<Value, Error> {
+    path.split('.').try_fold(value, |v, part| {
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return v.get_attr(part);
+        }
+        let Ok(i) = part.parse::<usize>() else {
+            return Ok(Value::UNDEFINED);
+        };
+        if v.kind() == ValueKind::Iterable {
+            let walk = v.len().map_or(i, |n| n.min(i));
+            state.consume_fuel(u64::try_from(walk / 2).unwrap_or(u64::MAX))?;
+        }
+        v.get_item(&Value::from(i))
+    })
 }
 
 /// Python's `json.dumps` default separators: `", "` and `": "`.
@@ -764,39 +792,46 @@ fn string_method(state: &State, s: &str, method: &str, args: &[Value]) -> Result
     let v = match method {
         "strip" | "lstrip" | "rstrip" => {
             let (chars,): (Option<&str>,) = from_args(args)?;
-            // Python strips whitespace, or any of the given characters.
-            let set: Option<Vec<char>> = chars.map(|c| c.chars().collect());
-            let strip = |ch: char| match &set {
-                Some(set) => set.contains(&ch),
-                None => ch.is_whitespace(),
+            let ends = match method {
+                "strip" => Ends::Both,
+                "lstrip" => Ends::Start,
+                _ => Ends::End,
             };
-            let out = match method {
-                "strip" => s.trim_matches(strip),
-                "lstrip" => s.trim_start_matches(strip),
-                _ => s.trim_end_matches(strip),
-            };
-            Value::from(out)
+            Value::from(strip_chars(s, chars, ends))
         }
         "startswith" | "endswith" => {
             let (p,): (Value,) = from_args(args)?;
-            // A single prefix or a list/tuple of them, as in Python.
-            let pats: Vec<String> = match p.as_str() {
-                Some(one) => vec![one.to_string()],
-                None => p
-                    .try_iter()?
-                    .map(|x| x.as_str().map(str::to_string))
-                    .collect::<Option<_>>()
-                    .ok_or_else(|| {
-                        Error::new(ErrorKind::InvalidOperation, "expected a string prefix")
-                    })?,
-            };
-            let hit = pats.iter().any(|p| {
+            let test = |p: &str| {
                 if method == "startswith" {
-                    s.starts_with(p.as_str())
+                    s.starts_with(p)
                 } else {
-                    s.ends_with(p.as_str())
+                    s.ends_with(p)
                 }
-            });
+            };
+            // A single prefix or a list/tuple of them, as in Python; each one
+            // tried costs a step and the bytes compared.
+            let hit = match p.as_str() {
+                Some(one) => test(one),
+                None => {
+                    let mut hit = false;
+                    for x in p.try_iter()?.checked() {
+                        let x = x?;
+                        let Some(x) = x.as_str() else {
+                            return Err(Error::new(
+                                ErrorKind::InvalidOperation,
+                                "expected a string prefix",
+                            ));
+                        };
+                        let compared = u64::try_from(x.len().min(s.len())).unwrap_or(u64::MAX);
+                        state.consume_fuel(1 + compared / FUEL_BYTES)?;
+                        if test(x) {
+                            hit = true;
+                            break;
+                        }
+                    }
+                    hit
+                }
+            };
             Value::from(hit)
         }
         "upper" | "lower" | "title" | "capitalize" => {
@@ -820,17 +855,22 @@ fn string_method(state: &State, s: &str, method: &str, args: &[Value]) -> Result
         "split" => {
             let (sep, maxsplit): (Option<&str>, Option<i64>) = from_args(args)?;
             let max = maxsplit.and_then(|m| usize::try_from(m).ok());
+            if sep == Some("") {
+                return Err(Error::new(ErrorKind::InvalidOperation, "empty separator"));
+            }
             // Each part becomes a value: pay for them before they exist.
             let parts = match sep {
-                Some(sep) if !sep.is_empty() => s.matches(sep).count(),
-                _ => s.split_whitespace().count(),
+                Some(sep) => s.matches(sep).count(),
+                None => s.split_whitespace().count(),
             };
             let parts = max.map_or(parts, |m| parts.min(m)).saturating_add(1);
             state.consume_fuel(u64::try_from(parts).unwrap_or(u64::MAX))?;
             let parts: Vec<Value> = match sep {
-                Some("") => return Err(Error::new(ErrorKind::InvalidOperation, "empty separator")),
                 Some(sep) => match max {
-                    Some(m) => s.splitn(m + 1, sep).map(Value::from).collect(),
+                    Some(m) => s
+                        .splitn(m.saturating_add(1), sep)
+                        .map(Value::from)
+                        .collect(),
                     None => s.split(sep).map(Value::from).collect(),
                 },
                 None => {
@@ -871,6 +911,42 @@ fn string_method(state: &State, s: &str, method: &str, args: &[Value]) -> Result
         _ => return Err(Error::from(ErrorKind::UnknownMethod)),
     };
     Ok(v)
+}
+
+/// Which ends [`strip_chars`] trims.
+#[derive(Clone, Copy)]
+enum Ends {
+    Start,
+    End,
+    Both,
+}
+
+/// Python's `str.strip(chars)` (and `lstrip`/`rstrip`), also Jinja's
+/// `trim(chars)`: whitespace, or any of the characters in `chars`. The set
+/// is sorted, so a long `chars` costs a binary search per character, not a
+/// scan.
+fn strip_chars<'s>(s: &'s str, chars: Option<&str>, ends: Ends) -> &'s str {
+    let set: Option<Vec<char>> = chars.map(|c| {
+        let mut v: Vec<char> = c.chars().collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    });
+    let strip = |ch: char| match &set {
+        Some(set) => set.binary_search(&ch).is_ok(),
+        None => ch.is_whitespace(),
+    };
+    match ends {
+        Ends::Both => s.trim_matches(strip),
+        Ends::Start => s.trim_start_matches(strip),
+        Ends::End => s.trim_end_matches(strip),
+    }
+}
+
+/// Jinja's `trim(chars=None)` filter over [`strip_chars`]; it replaces
+/// minijinja's, which scans `chars` once per character of the string.
+fn trim(value: Cow<'_, str>, chars: Option<Cow<'_, str>>) -> String {
+    strip_chars(&value, chars.as_deref(), Ends::Both).to_string()
 }
 
 fn title_case(s: &str) -> String {
@@ -956,6 +1032,10 @@ You are helpful.<|im_end|>
             "{{ ('x' * 10000000).replace('', 'y' * 1000) | length }}",
             "{{ ('x ' * 10000000).split() | length }}",
             "{{ ('x' * 10000000) | replace('x', 'y' * 10000000) | length }}",
+            // a prefix list of 10^8 one-megabyte strings
+            "{{ 'abc'.startswith(['x' * 1000000] * 100000000) }}",
+            // indexing deep into lazy lists, item after item
+            "{{ ([[0] * 100000000] * 100000000) | join(attribute='99999999') }}",
         ];
         for src in cases {
             let t = ChatTemplate::new(src, "", "").unwrap();
@@ -966,6 +1046,44 @@ You are helpful.<|im_end|>
             let took = start.elapsed();
             assert!(took.as_secs() < 10, "{src}: {took:?}");
         }
+    }
+
+    #[test]
+    fn strip_and_trim_with_long_character_sets() {
+        // 10^6 characters against a set of 10^6: a binary search each, not
+        // a scan (which would be 10^12 comparisons).
+        let t = ChatTemplate::new(
+            "{% set s = 'a' * 1000000 + 'c' %}{% set cs = 'b' * 1000000 ~ 'a' %}\
+             {{ s.strip(cs) }}|{{ s.lstrip(cs) | length }}|{{ s | trim(cs) }}|{{ '  x  ' | trim }}|{{ 'xxayxx'.rstrip('x') }}",
+            "",
+            "",
+        )
+        .unwrap();
+        let start = std::time::Instant::now();
+        assert_eq!(t.render(&msgs(), false).unwrap(), "c|1|c|x|xxay");
+        assert!(start.elapsed().as_secs() < 10, "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn join_matches_jinja2() {
+        // Rendered with jinja2 3.1.6 (Python prints True/None where
+        // minijinja prints true/none; tern keeps minijinja's).
+        let t = ChatTemplate::new(
+            "{{ messages | join(', ', attribute='role') }}|{{ messages | join(attribute='content.0') }}|\
+             {{ 'abc' | join('-') }}|{{ [1, 2] | join(0) }}|{{ [1, 2] | join(d='+') }}|[{{ nothing | join }}]",
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(&[Message::user("hi"), Message::assistant("yo")], false)
+                .unwrap(),
+            "user, assistant|hy|a-b-c|102|1+2|[]"
+        );
+        // An error inside a lazy iterable is an error, not text.
+        let t =
+            ChatTemplate::new("{{ [1, 2] | map('nosuchfilter') | join(',') }}", "", "").unwrap();
+        assert!(t.render(&msgs(), false).is_err());
     }
 
     #[test]
