@@ -13,7 +13,9 @@
 #   ROUNDS=2 scripts/anchor_bench.sh > run.txt
 #   scripts/anchor_bench.sh --summary run.txt
 #
-# An engine whose binary or file variable is unset is skipped.
+# An engine whose binary or file variable is unset is skipped. With
+# TERN_KERNELS="avx512 avx2" tern runs once per kernel (TERN_KERNEL=…),
+# labelled tern.avx512, tern.avx2.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 if [ "${1:-}" = "--summary" ]; then
@@ -42,7 +44,15 @@ for round in $(seq "$rounds"); do
         tf=${TERN_Q6K:-}; bf=${BITNET_Q6K:-}; kf=${IK_Q6K:-}
       fi
       echo "# round $round threads $th head $head load $(cut -d' ' -f1-3 /proc/loadavg) $(date +%T)"
-      if [ -n "$tf" ]; then run "tern-$head" "$th" "$tern" bench -m "$tf"; fi
+      if [ -n "$tf" ]; then
+        if [ -n "${TERN_KERNELS:-}" ]; then
+          for k in $TERN_KERNELS; do
+            run "tern.$k-$head" "$th" env TERN_KERNEL="$k" "$tern" bench -m "$tf"
+          done
+        else
+          run "tern-$head" "$th" "$tern" bench -m "$tf"
+        fi
+      fi
       if [ -n "$bf" ] && [ -n "${BITNET_BENCH:-}" ]; then
         run "bitnet.cpp-$head" "$th" "$BITNET_BENCH" -m "$bf"
       fi

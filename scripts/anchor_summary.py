@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Summarise scripts/anchor_bench.sh output: mean (min–max) t/s per head,
-engine and thread count, and the ratios of tern's means to the others'."""
+engine and thread count, and the ratios of each tern run's means (`tern`,
+or `tern.KERNEL` per kernel) to the other engines'."""
 import collections
 import sys
 
@@ -34,15 +35,18 @@ def main(paths):
                     v = d.get((head, e, th, t))
                     cells.append(f"{mean(v):.1f} ({min(v):.1f}–{max(v):.1f})" if v else "-")
                 print(f"| {head} | {e} | {th} | " + " | ".join(cells) + " |")
+    terns = [e for e in engines if e == "tern" or e.startswith("tern.")]
+    others = [e for e in engines if e not in terns]
     for head in heads:
         for th in sorted({k[2] for k in d}):
-            for e in engines[1:]:
-                r = []
-                for t in TESTS:
-                    a, b = d.get((head, engines[0], th, t)), d.get((head, e, th, t))
-                    if a and b:
-                        r.append(f"{t} {mean(a) / mean(b):.2f}x")
-                print(f"{head} {th} thread(s): {engines[0]} / {e}: " + ", ".join(r))
+            for te in terns:
+                for e in others:
+                    r = []
+                    for t in TESTS:
+                        a, b = d.get((head, te, th, t)), d.get((head, e, th, t))
+                        if a and b:
+                            r.append(f"{t} {mean(a) / mean(b):.2f}x")
+                    print(f"{head} {th} thread(s): {te} / {e}: " + ", ".join(r))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ pub(crate) const OPS: Ops = Ops {
     i2s_packed,
     i2s_tile,
     i2s_shape: SHAPE,
+    i2s_panel_min_tokens: super::ternary::PANEL_MIN_TOKENS,
     i2s_unpack,
     f16_tile: float_tile_f16,
     f32_tile: float_tile_f32,

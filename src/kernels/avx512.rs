@@ -1,7 +1,7 @@
 //! AVX-512 ternary tiles (x86_64, AVX-512 F + BW, and VNNI where present),
-//! selected at run time. No machine this was developed on has AVX-512:
-//! the code is runtime-detected and covered by tests/kernels.rs wherever
-//! it runs, but unverified until then (see the README).
+//! selected at run time and covered by tests/kernels.rs wherever the CPU
+//! has them (both variants verified on an Intel Xeon with AVX-512 VNNI,
+//! 2026-12-01; see the README).
 //!
 //! Only the ternary tiles are AVX-512; everything else (float and
 //! quantized heads, activation quantization, attention, the panel unpack)
@@ -11,9 +11,10 @@
 //! Packed tile: one packed group block (128 bytes) is two 64-byte vectors,
 //! rows 0|1 and rows 2|3; each 32-byte activation chunk is broadcast to
 //! both 256-bit halves, so every lane multiplies a code with its own
-//! activation. Prompt tile: 4 rows × 6 tokens over 64-byte steps of
-//! unpacked codes. Without VNNI the products are summed exactly as in the
-//! AVX2 kernel (16-bit `vpmaddubsw` pair sums over a bounded run, then
+//! activation. Prompt tile (without VNNI only; with VNNI the packed tile
+//! serves every batch): 4 rows × 6 tokens over 64-byte steps of unpacked
+//! codes. Without VNNI the products are summed exactly as in the AVX2
+//! kernel (16-bit `vpmaddubsw` pair sums over a bounded run, then
 //! widened); with VNNI `vpdpbusd` accumulates the u8×i8 products straight
 //! into 32 bits. Both give the exact integer sum.
 
@@ -43,9 +44,15 @@ const OPS_BW: Ops = Ops {
     ..avx2::OPS
 };
 
+/// VNNI: the packed tile for every batch size. Its prompt tile (4 × 6
+/// over unpacked codes, `vpdpbusd`) measured slower than the packed one
+/// at pp128 and pp512: with VNNI's doubled multiply-add rate, the panels'
+/// one byte per code and the activations stream from L2 faster than the
+/// packed 2-bit codes (see `ternary::PANEL_MIN_TOKENS`), so it was removed;
+/// the panel entries inherited from `OPS_BW` are never reached.
 const OPS_VNNI: Ops = Ops {
     i2s_packed: packed_vnni,
-    i2s_tile: tile_vnni,
+    i2s_panel_min_tokens: usize::MAX,
     ..OPS_BW
 };
 
@@ -123,18 +130,6 @@ unsafe fn tile_bw(c: *const u8, x: *const i8, steps: usize, t: usize, out: *mut 
     }
 }
 
-unsafe fn tile_vnni(c: *const u8, x: *const i8, steps: usize, t: usize, out: *mut i32, ld: usize) {
-    // SAFETY: as for `tile_bw`, with VNNI checked.
-    match t {
-        1 => ctile_vnni::<1>(c, x, steps, out, ld),
-        2 => ctile_vnni::<2>(c, x, steps, out, ld),
-        3 => ctile_vnni::<3>(c, x, steps, out, ld),
-        4 => ctile_vnni::<4>(c, x, steps, out, ld),
-        5 => ctile_vnni::<5>(c, x, steps, out, ld),
-        _ => ctile_vnni::<6>(c, x, steps, out, ld),
-    }
-}
-
 /// Sum of the sixteen i32 lanes.
 #[target_feature(enable = "avx512f,avx512bw,avx2")]
 #[inline]
@@ -160,11 +155,11 @@ unsafe fn codes(wv: __m512i) -> [__m512i; 4] {
     ]
 }
 
-/// Generates the packed tile and the prompt tile for one feature set
-/// (`$vnni`: accumulate with `vpdpbusd`). Two copies, so the non-VNNI code
-/// is never compiled with VNNI enabled.
-macro_rules! tiles {
-    ($ptile:ident, $ctile:ident, $feat:literal, $vnni:literal) => {
+/// Generates the packed tile for one feature set (`$vnni`: accumulate
+/// with `vpdpbusd`). Two copies, so the non-VNNI code is never compiled
+/// with VNNI enabled.
+macro_rules! packed_tile {
+    ($ptile:ident, $feat:literal, $vnni:literal) => {
         /// One packed group × `T` tokens; `out[t·ld + r]` = Σ code·x.
         #[target_feature(enable = $feat)]
         #[allow(clippy::needless_range_loop)]
@@ -244,75 +239,57 @@ macro_rules! tiles {
                 _mm_storeu_si128(out.add(t * ld) as *mut __m128i, r);
             }
         }
-
-        /// The prompt tile: 4 rows × `T` tokens over unpacked codes
-        /// (`[step][4][64]`) and interleaved activations (`[step][T][64]`).
-        /// Writes `out[t·ld + r]` = Σ code·x.
-        #[target_feature(enable = $feat)]
-        #[allow(clippy::needless_range_loop)]
-        unsafe fn $ctile<const T: usize>(
-            c: *const u8,
-            x: *const i8,
-            steps: usize,
-            out: *mut i32,
-            ld: usize,
-        ) {
-            let ones = _mm512_set1_epi16(1);
-            let mut acc32 = [[_mm512_setzero_si512(); T]; 4];
-            let mut s = 0;
-            while s < steps {
-                let se = if $vnni {
-                    steps
-                } else {
-                    (s + CODE_CHUNK).min(steps)
-                };
-                let mut acc = [[_mm512_setzero_si512(); T]; 4];
-                let mut cp = c.add(s * 4 * 64);
-                let mut xp = x.add(s * T * 64);
-                for _ in s..se {
-                    let cv: [__m512i; 4] = std::array::from_fn(|r| {
-                        _mm512_loadu_si512(cp.add(64 * r) as *const __m512i)
-                    });
-                    for t in 0..T {
-                        let xv = _mm512_loadu_si512(xp.add(64 * t) as *const __m512i);
-                        for r in 0..4 {
-                            if $vnni {
-                                acc32[r][t] = _mm512_dpbusd_epi32(acc32[r][t], cv[r], xv);
-                            } else {
-                                acc[r][t] =
-                                    _mm512_add_epi16(acc[r][t], _mm512_maddubs_epi16(cv[r], xv));
-                            }
-                        }
-                    }
-                    cp = cp.add(4 * 64);
-                    xp = xp.add(T * 64);
-                }
-                if !$vnni {
-                    for r in 0..4 {
-                        for t in 0..T {
-                            acc32[r][t] =
-                                _mm512_add_epi32(acc32[r][t], _mm512_madd_epi16(acc[r][t], ones));
-                        }
-                    }
-                }
-                s = se;
-            }
-            for t in 0..T {
-                for r in 0..4 {
-                    *out.add(t * ld + r) = hsum512(acc32[r][t]);
-                }
-            }
-        }
     };
 }
 
-tiles!(ptile_bw, ctile_bw, "avx512f,avx512bw,avx2", false);
-tiles!(
-    ptile_vnni,
-    ctile_vnni,
-    "avx512f,avx512bw,avx512vnni,avx2",
-    true
-);
+packed_tile!(ptile_bw, "avx512f,avx512bw,avx2", false);
+packed_tile!(ptile_vnni, "avx512f,avx512bw,avx512vnni,avx2", true);
+
+/// The prompt tile: 4 rows × `T` tokens over unpacked codes
+/// (`[step][4][64]`) and interleaved activations (`[step][T][64]`).
+/// Writes `out[t·ld + r]` = Σ code·x.
+#[target_feature(enable = "avx512f,avx512bw,avx2")]
+#[allow(clippy::needless_range_loop)]
+unsafe fn ctile_bw<const T: usize>(
+    c: *const u8,
+    x: *const i8,
+    steps: usize,
+    out: *mut i32,
+    ld: usize,
+) {
+    let ones = _mm512_set1_epi16(1);
+    let mut acc32 = [[_mm512_setzero_si512(); T]; 4];
+    let mut s = 0;
+    while s < steps {
+        let se = (s + CODE_CHUNK).min(steps);
+        let mut acc = [[_mm512_setzero_si512(); T]; 4];
+        let mut cp = c.add(s * 4 * 64);
+        let mut xp = x.add(s * T * 64);
+        for _ in s..se {
+            let cv: [__m512i; 4] =
+                std::array::from_fn(|r| _mm512_loadu_si512(cp.add(64 * r) as *const __m512i));
+            for t in 0..T {
+                let xv = _mm512_loadu_si512(xp.add(64 * t) as *const __m512i);
+                for r in 0..4 {
+                    acc[r][t] = _mm512_add_epi16(acc[r][t], _mm512_maddubs_epi16(cv[r], xv));
+                }
+            }
+            cp = cp.add(4 * 64);
+            xp = xp.add(T * 64);
+        }
+        for r in 0..4 {
+            for t in 0..T {
+                acc32[r][t] = _mm512_add_epi32(acc32[r][t], _mm512_madd_epi16(acc[r][t], ones));
+            }
+        }
+        s = se;
+    }
+    for t in 0..T {
+        for r in 0..4 {
+            *out.add(t * ld + r) = hsum512(acc32[r][t]);
+        }
+    }
+}
 
 // `GROUP` documents the packed layout the tiles read (four rows per run).
 const _: () = assert!(GROUP == 4 && GROUP_BLOCK_BYTES == 128);

@@ -63,6 +63,10 @@ pub struct Ops {
     pub i2s_tile: ternary::CodeTile,
     pub i2s_shape: TileShape,
     pub i2s_unpack: ternary::Unpack,
+    /// Tokens from which the ternary products take the panels and
+    /// `i2s_tile` instead of `i2s_packed` ([`ternary::PANEL_MIN_TOKENS`]
+    /// unless the ISA measured otherwise; `usize::MAX`: never).
+    pub i2s_panel_min_tokens: usize,
     /// Float GEMM tiles: ≤ 4 rows × 1 token and ≤ 2 rows × ≤ 4 tokens.
     pub f16_tile: float::Tile,
     pub f32_tile: float::Tile,

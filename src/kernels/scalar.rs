@@ -12,6 +12,7 @@ pub const OPS: Ops = Ops {
     i2s_packed,
     i2s_tile,
     i2s_shape: SHAPE,
+    i2s_panel_min_tokens: super::ternary::PANEL_MIN_TOKENS,
     i2s_unpack: ternary::unpack_generic,
     f16_tile,
     f32_tile,

@@ -12,7 +12,8 @@
 //! Two paths, chosen by the number of tokens `n`:
 //!
 //! * **few tokens** (generation, batched decoding of several sequences,
-//!   short prompts; `n <` [`PANEL_MIN_TOKENS`]): the ISA's [`PackedTile`]
+//!   short prompts; `n <` the kernel's `i2s_panel_min_tokens`, by default
+//!   [`PANEL_MIN_TOKENS`]; see [`takes_panels`]): the ISA's [`PackedTile`]
 //!   reads the packed groups directly, four rows × up to four tokens,
 //!   unpacking the 2-bit codes in registers and prefetching the weights,
 //!   which stream once per four tokens.
@@ -42,11 +43,21 @@ pub const BLOCK_BYTES: usize = 32;
 pub const GROUP_BLOCK_BYTES: usize = GROUP * BLOCK_BYTES;
 /// From this many tokens on, products go through unpacked panels and the
 /// ISA's register tile; below it, the packed tiles, four tokens at a time
-/// with the weights prefetched. Measured on the 2B-4T shapes with AVX2 and
-/// two threads (`examples/batch_step.rs`, `tern bench -p`): the packed
-/// tiles take half the time of the panels at 8 tokens (a decode step of
-/// eight sequences), 0.8× at 16 and 0.9× at 32, and tie at 64 and pp128.
+/// with the weights prefetched (the default of `Ops::i2s_panel_min_tokens`).
+/// Measured on the 2B-4T shapes with AVX2 and two threads
+/// (`examples/batch_step.rs`, `tern bench -p`): the packed tiles take half
+/// the time of the panels at 8 tokens (a decode step of eight sequences),
+/// 0.8× at 16 and 0.9× at 32, and tie at 64 and pp128. AVX-512 VNNI never
+/// takes the panels: its packed tile ran pp128 1.5× and pp512 1.35× faster
+/// than its panel tile (Intel Xeon, 2026-12-01), whose byte-per-code panels
+/// and activations stream from L2 faster than the 2-bit codes do.
 pub const PANEL_MIN_TOKENS: usize = 64;
+
+/// Whether `kern` computes `n` tokens through the unpacked panels (and so
+/// wants the activations interleaved by [`tile_tokens`]).
+pub fn takes_panels(kern: &Kernel, n: usize) -> bool {
+    n >= kern.ops().i2s_panel_min_tokens
+}
 /// Row groups unpacked per panel (16 rows: 40–110 KB of codes at the
 /// 2B-4T shapes, which stay in L2 while every token tile passes).
 const PANEL_GROUPS: usize = 4;
@@ -187,8 +198,8 @@ impl std::ops::Deref for Packed {
 }
 
 /// int8 activation rows for [`gemm`]: row-major `xs` (`n · k` values),
-/// their sums, and — for batches of [`PANEL_MIN_TOKENS`] or more — the
-/// same values interleaved by the kernel's token tiles (see
+/// their sums, and — for batches that take the panels ([`takes_panels`])
+/// — the same values interleaved by the kernel's token tiles (see
 /// [`tile_tokens`]).
 pub struct Acts<'a> {
     xs: &'a [i8],
@@ -217,14 +228,15 @@ impl<'a> Acts<'a> {
     /// Activations for `kern`, interleaving them when the batch is large
     /// enough for the panel path.
     pub fn new(kern: &Kernel, xs: &'a [i8], sums: &'a [i32], k: usize) -> Acts<'a> {
-        let tiled = (sums.len() >= PANEL_MIN_TOKENS)
+        let tiled = takes_panels(kern, sums.len())
             .then(|| Tiled::Owned(tile_tokens(kern.ops().i2s_shape, xs, k)));
         Acts { xs, sums, k, tiled }
     }
 
     /// Activations with an interleaved copy made earlier by [`tile_tokens`]
-    /// for the same kernel (`None` below [`PANEL_MIN_TOKENS`]).
+    /// for `kern` (`None` where it does not take the panels).
     pub fn with_tiles(
+        kern: &Kernel,
         xs: &'a [i8],
         sums: &'a [i32],
         k: usize,
@@ -232,7 +244,7 @@ impl<'a> Acts<'a> {
     ) -> Acts<'a> {
         assert_eq!(
             tiled.is_some(),
-            sums.len() >= PANEL_MIN_TOKENS,
+            takes_panels(kern, sums.len()),
             "interleaved activations exactly for panel batches"
         );
         Acts {

@@ -231,7 +231,7 @@ impl<'a> Acts<'a> {
     pub fn int8_tiles(&self, kern: &Kernel) -> Option<&[i8]> {
         self.tiles
             .get_or_init(|| {
-                (self.n >= super::ternary::PANEL_MIN_TOKENS).then(|| {
+                super::ternary::takes_panels(kern, self.n).then(|| {
                     super::ternary::tile_tokens(kern.ops().i2s_shape, &self.int8(kern).q, self.k)
                 })
             })

@@ -183,7 +183,7 @@ impl Linear for Ternary {
         let g1 = (m0 + outs[0].len()).div_ceil(GROUP);
         let ld = GROUP * (g1 - g0);
         with_i32(n * ld, |s| {
-            let acts = ternary::Acts::with_tiles(&qb.q, &qb.sums, qb.k, tiles);
+            let acts = ternary::Acts::with_tiles(kern, &qb.q, &qb.sums, qb.k, tiles);
             ternary::gemm(kern, &self.data, g0, g1, &acts, s);
             for (t, o) in outs.iter_mut().enumerate() {
                 let f = self.scale / qb.a[t];
