@@ -927,3 +927,45 @@ fn cli_forcing_a_missing_kernel_is_a_clean_error() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("not available on this CPU"), "{}", err);
 }
+
+#[test]
+fn softmax_agrees_with_the_reference_to_rounding() {
+    // Every kernel's softmax against the libm reference (scalar) on rows of
+    // every tail length, wide ranges (scores far below the max underflow to
+    // 0 in both) and ties; each value within 8 ulp-scale of the reference
+    // and the row summing to 1.
+    let mut rng = Rng(0x50f7);
+    for n in (1..=40).chain([64, 255, 1000]) {
+        for spread in [0.1f32, 10.0, 300.0] {
+            let row: Vec<f32> = (0..n)
+                .map(|i| {
+                    if i % 7 == 3 {
+                        2.5
+                    } else {
+                        (rng.f32() - 0.5) * spread
+                    }
+                })
+                .collect();
+            let mut want = row.clone();
+            scalar::SCALAR.softmax(&mut want);
+            for k in all_variants() {
+                let mut got = row.clone();
+                k.softmax(&mut got);
+                for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 8.0 * f32::EPSILON * w + 1e-37,
+                        "{} n {} spread {} [{}]: {} vs {}",
+                        k.variant(),
+                        n,
+                        spread,
+                        i,
+                        g,
+                        w
+                    );
+                }
+                let s: f32 = got.iter().sum();
+                assert!((s - 1.0).abs() < 1e-5, "{} sums to {}", k.variant(), s);
+            }
+        }
+    }
+}

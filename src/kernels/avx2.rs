@@ -37,6 +37,7 @@ pub(crate) const OPS: Ops = Ops {
     axpy_f32,
     attn_scores,
     attn_values,
+    softmax,
 };
 
 static AVX2: Kernel = Kernel::new("avx2", "avx2", OPS);
@@ -199,6 +200,11 @@ fn q6_k_block_dots(w: &[u8], a: &[i8], bsums: &[i16], out: &mut [i32]) {
 fn quantize_act(x: &[f32], q: &mut [i8]) -> (f32, i32) {
     // SAFETY: CPU checked; `Kernel::quantize_act` asserted equal lengths.
     unsafe { quantize_avx2(x, q) }
+}
+
+fn softmax(x: &mut [f32]) {
+    // SAFETY: CPU checked (AVX2 and FMA); the loops stay inside `x`.
+    unsafe { softmax_avx2(x) }
 }
 
 fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
@@ -595,6 +601,115 @@ unsafe fn tile2<const T: usize>(
     }
     for t in 0..T {
         _mm_storeu_si128(out.add(t * ld) as *mut __m128i, hsum4(acc32[t]));
+    }
+}
+
+/// `exp` of eight floats, for softmax: Cody–Waite range reduction
+/// `x = n·ln 2 + r` (|r| ≤ ln 2 / 2, ln 2 split in a short high part and a
+/// correction so `n·ln2_hi` is exact) and Cephes' degree-7 `expf`
+/// polynomial for `e^r`, scaled by 2^n through the exponent bits; within
+/// 2 ulp of `libm::expf`. Inputs below −87.3 give 0 (e^x is then under the
+/// smallest normal float), above 88.7 give +inf; NaN stays NaN.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn exp_avx2(x: __m256) -> __m256 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const P: [f32; 6] = [
+        1.987_569_1e-4,
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5, // Cephes: 5.0000001201e-1, which rounds to 0.5 in f32
+    ];
+    let lo = _mm256_set1_ps(-87.336_54);
+    let hi = _mm256_set1_ps(88.722_83);
+    // Clamp for the exponent arithmetic; NaN lanes go through as NaN
+    // (min/max return the second operand when either is NaN).
+    let xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        xc,
+        _mm256_set1_ps(LOG2E),
+    ));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), xc);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+    let mut y = _mm256_set1_ps(P[0]);
+    for &c in &P[1..] {
+        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
+    }
+    let r2 = _mm256_mul_ps(r, r);
+    let y = _mm256_add_ps(_mm256_fmadd_ps(y, r2, r), _mm256_set1_ps(1.0));
+    // 2^n from the exponent field: n is within [-126, 128] after the clamp;
+    // 2^128 is split as 2^127 · 2 so the bits stay a finite power.
+    let ni = _mm256_cvtps_epi32(n);
+    let big = _mm256_cmpgt_epi32(ni, _mm256_set1_epi32(127));
+    let ni = _mm256_sub_epi32(ni, _mm256_and_si256(big, _mm256_set1_epi32(1)));
+    let pow = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+        ni,
+        _mm256_set1_epi32(127),
+    )));
+    let y = _mm256_mul_ps(y, pow);
+    let y = _mm256_blendv_ps(y, _mm256_add_ps(y, y), _mm256_castsi256_ps(big));
+    // Below the clamp the true value is under the normal range: 0. Above
+    // it, infinity.
+    let y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps::<_CMP_LT_OQ>(x, lo));
+    let y = _mm256_blendv_ps(
+        y,
+        _mm256_set1_ps(f32::INFINITY),
+        _mm256_cmp_ps::<_CMP_GT_OQ>(x, hi),
+    );
+    // NaN in, NaN out.
+    _mm256_blendv_ps(y, x, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x))
+}
+
+/// [`Kernel::softmax`](super::Kernel::softmax) with [`exp_avx2`]: max and
+/// sum over eight lanes, tail in scalar with the same `exp`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_avx2(x: &mut [f32]) {
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    let mut mx = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut i = 0;
+    while i + 8 <= n {
+        mx = _mm256_max_ps(_mm256_loadu_ps(p.add(i)), mx);
+        i += 8;
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), mx);
+    let m = x[i..]
+        .iter()
+        .chain(lanes.iter())
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mv = _mm256_set1_ps(m);
+    let mut sv = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        let e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), mv));
+        _mm256_storeu_ps(p.add(i), e);
+        sv = _mm256_add_ps(sv, e);
+        i += 8;
+    }
+    if i < n {
+        // The tail through the same vector `exp`, padded with −inf (→ 0).
+        let mut t = [f32::NEG_INFINITY; 8];
+        t[..n - i].copy_from_slice(&x[i..]);
+        let e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(t.as_ptr()), mv));
+        _mm256_storeu_ps(t.as_mut_ptr(), e);
+        x[i..].copy_from_slice(&t[..n - i]);
+        sv = _mm256_add_ps(sv, e);
+    }
+    _mm256_storeu_ps(lanes.as_mut_ptr(), sv);
+    let sum: f32 = lanes.iter().sum();
+    let inv = _mm256_set1_ps(sum);
+    let mut i = 0;
+    while i + 8 <= n {
+        _mm256_storeu_ps(p.add(i), _mm256_div_ps(_mm256_loadu_ps(p.add(i)), inv));
+        i += 8;
+    }
+    for v in &mut x[i..] {
+        *v /= sum;
     }
 }
 
@@ -1054,4 +1169,70 @@ unsafe fn quant_tile<const Q6: bool, const R: usize, const T: usize>(
         }
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Distance in units in the last place between two finite floats of
+    /// one sign.
+    fn ulps(a: f32, b: f32) -> u32 {
+        (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_of_libm() {
+        if !detect() {
+            return;
+        }
+        let mut worst = (0u32, 0f32);
+        let mut x = -87.0f32;
+        let mut xs = Vec::new();
+        while x < 88.7 {
+            xs.push(x);
+            x += 1.3e-4;
+        }
+        xs.extend([0.0, -0.0, 1.0, -1.0, 1e-30, -1e-30, 88.72, -87.33]);
+        for c in xs.chunks(8) {
+            let mut v = [0f32; 8];
+            v[..c.len()].copy_from_slice(c);
+            let mut out = [0f32; 8];
+            // SAFETY: AVX2 and FMA detected above.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), exp_avx2(_mm256_loadu_ps(v.as_ptr()))) };
+            for (&xi, &got) in c.iter().zip(&out) {
+                let want = libm::expf(xi);
+                let d = ulps(got, want);
+                if d > worst.0 {
+                    worst = (d, xi);
+                }
+            }
+        }
+        assert!(
+            worst.0 <= 2,
+            "exp({}) is {} ulp from libm",
+            worst.1,
+            worst.0
+        );
+        // The edges: under the normal range 0, over it inf, NaN stays NaN.
+        let edges = [
+            -1e4,
+            -88.0,
+            89.0,
+            1e4,
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+            f32::NAN,
+            0.5,
+        ];
+        let mut out = [0f32; 8];
+        // SAFETY: as above.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), exp_avx2(_mm256_loadu_ps(edges.as_ptr()))) };
+        assert_eq!(&out[..2], &[0.0, 0.0]);
+        assert_eq!(&out[2..4], &[f32::INFINITY, f32::INFINITY]);
+        assert_eq!(out[4], 0.0);
+        assert_eq!(out[5], f32::INFINITY);
+        assert!(out[6].is_nan());
+        assert!(ulps(out[7], libm::expf(0.5)) <= 2);
+    }
 }

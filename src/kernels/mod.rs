@@ -84,6 +84,8 @@ pub struct Ops {
     pub axpy_f32: fn(f32, &[f32], &mut [f32]),
     pub attn_scores: fn(ops::Kv, usize, usize, &[f32], f32, &mut [f32]),
     pub attn_values: fn(ops::Kv, usize, usize, &[f32], &mut [f32]),
+    /// In-place softmax of one row of attention scores.
+    pub softmax: fn(&mut [f32]),
 }
 
 /// One kernel: a name `TERN_KERNEL` selects it by, the variant in use
@@ -271,6 +273,14 @@ impl Kernel {
     pub fn attn_values(&self, v: ops::Kv, stride: usize, off: usize, p: &[f32], out: &mut [f32]) {
         ops::check_rows(v, stride, off, out.len(), p.len());
         (self.ops.attn_values)(v, stride, off, p, out)
+    }
+
+    /// In-place softmax of one row: `x[i] = exp(x[i] − max) / Σ exp(x[j] −
+    /// max)`. The reference uses the `libm` crate's `expf`; SIMD versions a
+    /// polynomial `exp` within 2 ulp of it (see `avx2::exp_avx2`), so rows
+    /// agree with the reference to float rounding, not bit for bit.
+    pub fn softmax(&self, x: &mut [f32]) {
+        (self.ops.softmax)(x)
     }
 }
 

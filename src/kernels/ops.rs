@@ -129,15 +129,7 @@ pub fn attend(
         let mut s = s.borrow_mut();
         s.resize(npos, 0.0);
         kern.attn_scores(k, stride, off, q, scale, &mut s);
-        let mx = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let mut sum = 0f32;
-        for x in s.iter_mut() {
-            *x = libm::expf(*x - mx);
-            sum += *x;
-        }
-        for x in s.iter_mut() {
-            *x /= sum;
-        }
+        kern.softmax(&mut s);
         kern.attn_values(v, stride, off, &s, out);
     });
 }

@@ -27,6 +27,7 @@ pub const OPS: Ops = Ops {
     axpy_f32,
     attn_scores,
     attn_values,
+    softmax,
 };
 
 /// The reference kernel.
@@ -183,6 +184,20 @@ fn attn_scores(k: ops::Kv, stride: usize, off: usize, q: &[f32], scale: f32, sco
 
 fn attn_values(v: ops::Kv, stride: usize, off: usize, p: &[f32], out: &mut [f32]) {
     ops::values_with(axpy_f16, axpy_f32, v, stride, off, p, out)
+}
+
+/// Reference softmax (`Kernel::softmax`): max, `libm::expf` and sum in
+/// index order, then one division per value.
+pub(crate) fn softmax(x: &mut [f32]) {
+    let mx = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = libm::expf(*v - mx);
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
 }
 
 /// Reference [`super::float::Tile`] over f16 rows: each dot is [`dot_f16`].
