@@ -105,12 +105,13 @@ def main():
     a = ap.parse_args()
     body = dict(prompt=a.prompt, max_tokens=a.max_tokens, temperature=0, stream=True,
                 ignore_eos=True, stream_options=dict(include_usage=True))
-    # Warm-up (page cache, first-touch of the KV caches).
-    run_round(a.url, 1, dict(body, max_tokens=4))
     if not a.json:
         print(f"| server | streams | aggregate t/s | per-stream t/s | TTFT mean ms | TTFT max ms | rounds |")
         print("|---|---|---|---|---|---|---|")
     for c in [int(x) for x in a.streams.split(",")]:
+        # Warm-up with C streams, so every slot a round uses has had its
+        # first request (page cache, first touch of each slot's KV cache).
+        run_round(a.url, c, dict(body, max_tokens=4))
         rs = [run_round(a.url, c, body) for _ in range(a.rounds)]
         agg = [r["agg"] for r in rs]
         row = dict(label=a.label, streams=c, agg_mean=statistics.mean(agg),
