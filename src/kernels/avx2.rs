@@ -71,7 +71,7 @@ const SHAPE: TileShape = TileShape {
 /// stream, and the one-token float and quantized head products each row.
 /// Measured on a 2-core Zen 3 VM: without them the hardware prefetcher
 /// alone left generation at ~70% of the read bandwidth, with them ~85–100%.
-const PREFETCH_GEMV: usize = 16 << 10;
+pub(super) const PREFETCH_GEMV: usize = 16 << 10;
 const PREFETCH_HEAD: usize = 32 << 10;
 
 // Every entry below is reached only through `AVX2` (or the AVX-512 tables

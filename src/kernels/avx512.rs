@@ -184,9 +184,9 @@ macro_rules! packed_tile {
                     let wb = wp.add(bi * GROUP_BLOCK_BYTES);
                     {
                         // The weights stream once per token tile: prefetch
-                        // both lines of the run 16 KiB ahead into L2, as the
+                        // both lines of the run as far ahead into L2 as the
                         // AVX2 tiles do (a hint only, so `wrapping_add`).
-                        let a = wb.wrapping_add(16 << 10) as *const i8;
+                        let a = wb.wrapping_add(avx2::PREFETCH_GEMV) as *const i8;
                         _mm_prefetch::<_MM_HINT_T1>(a);
                         _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(64));
                     }
