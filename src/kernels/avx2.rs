@@ -665,7 +665,8 @@ unsafe fn exp_avx2(x: __m256) -> __m256 {
 }
 
 /// [`Kernel::softmax`](super::Kernel::softmax) with [`exp_avx2`]: max and
-/// sum over eight lanes, tail in scalar with the same `exp`.
+/// sum over eight lanes; the tail goes through the same vector `exp`,
+/// padded with −inf.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn softmax_avx2(x: &mut [f32]) {
     let n = x.len();
@@ -702,10 +703,10 @@ unsafe fn softmax_avx2(x: &mut [f32]) {
     }
     _mm256_storeu_ps(lanes.as_mut_ptr(), sv);
     let sum: f32 = lanes.iter().sum();
-    let inv = _mm256_set1_ps(sum);
+    let sumv = _mm256_set1_ps(sum);
     let mut i = 0;
     while i + 8 <= n {
-        _mm256_storeu_ps(p.add(i), _mm256_div_ps(_mm256_loadu_ps(p.add(i)), inv));
+        _mm256_storeu_ps(p.add(i), _mm256_div_ps(_mm256_loadu_ps(p.add(i)), sumv));
         i += 8;
     }
     for v in &mut x[i..] {

@@ -364,16 +364,12 @@ pub fn gemm(kern: &Kernel, w: &Packed, g0: usize, g1: usize, x: &Acts, out: &mut
         None => {
             // Token chunks of whole tiles, so the tiles (and the sums) are
             // the same however the batch is chunked.
-            let chunk =
-                (PACKED_CHUNK_BYTES / k.max(1)).max(PACKED_TOKENS) / PACKED_TOKENS * PACKED_TOKENS;
-            let mut t0 = 0;
-            while t0 < n {
+            let chunk = (PACKED_CHUNK_BYTES / k.max(1) / PACKED_TOKENS).max(1) * PACKED_TOKENS;
+            for t0 in (0..n).step_by(chunk) {
                 let t1 = (t0 + chunk).min(n);
-                let mut gb = 0;
-                while gb < g1 - g0 {
+                for gb in (0..g1 - g0).step_by(GROUP_BLOCK) {
                     let ge = (gb + GROUP_BLOCK).min(g1 - g0);
-                    let mut t = t0;
-                    while t < t1 {
+                    for t in (t0..t1).step_by(PACKED_TOKENS) {
                         let tt = (t1 - t).min(PACKED_TOKENS);
                         for g in gb..ge {
                             // SAFETY: `check` put groups g0..g1 inside `w`,
@@ -392,11 +388,8 @@ pub fn gemm(kern: &Kernel, w: &Packed, g0: usize, g1: usize, x: &Acts, out: &mut
                                 )
                             }
                         }
-                        t += tt;
                     }
-                    gb = ge;
                 }
-                t0 = t1;
             }
         }
         Some(tiled) => {
