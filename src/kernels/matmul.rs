@@ -14,6 +14,7 @@ use super::Kernel;
 use super::GROUP;
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A batch of activation rows quantized to int8 per row (BitLinear).
 #[derive(Default, Debug, Clone)]
@@ -118,6 +119,53 @@ where
     }
 }
 
+/// Run `f` on a worker of the current rayon pool while the pool's other
+/// workers poll for work instead of parking, until `f` returns.
+///
+/// A forward pass is a chain of short parallel regions (five per layer,
+/// 50–400 µs each for one token at the 2B-4T shapes) separated by a few
+/// µs of serial work. Between them rayon's idle workers yield, then park;
+/// a parked worker took ~60 µs to wake on the 2-core Intel VM (a
+/// `rayon::join` after 50 µs of serial work cost 110 µs, not 50), which
+/// the next region waits for. Here `threads - 1` polling jobs are queued
+/// for the pass (as ggml's threads spin between the ops of one graph):
+/// each runs whatever the regions queue (`rayon::yield_now`), spins
+/// otherwise, and ends when `f` does. A worker busy elsewhere (another
+/// pass, or blocked) simply never takes one, and a polling job the leader
+/// finds itself returns at once, so nothing waits on every worker. Run
+/// from outside the pool, `f` moves onto a worker (as `rayon::scope`
+/// does), so its regions are not injected from outside and waited for
+/// through the OS either.
+///
+/// With one thread, `f` just runs.
+pub fn with_busy_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let threads = rayon::current_num_threads();
+    if threads == 1 {
+        return f();
+    }
+    let done = AtomicBool::new(false);
+    rayon::scope(|s| {
+        let leader = rayon::current_thread_index();
+        let done = &done;
+        for _ in 1..threads {
+            s.spawn(move |_| {
+                // The leader sets `done`: it must not poll for it.
+                if rayon::current_thread_index() == leader {
+                    return;
+                }
+                while !done.load(Ordering::Acquire) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+        }
+        let r = f();
+        done.store(true, Ordering::Release);
+        r
+    })
+}
+
 /// Output rows per task: a few chunks per thread for one token (each
 /// streams its weights once; several per thread balance a busy core),
 /// blocks of at most `max_rows` for many tokens. A multiple of 4 (the
@@ -127,7 +175,7 @@ pub fn chunk_rows(rows: usize, n: usize, max_rows: usize) -> usize {
     let c = if n == 1 {
         rows.div_ceil(threads * 4)
     } else {
-        rows.div_ceil(threads * 8).min(max_rows)
+        rows.div_ceil(threads * 4).min(max_rows)
     };
     c.max(1).next_multiple_of(GROUP)
 }
@@ -162,4 +210,66 @@ pub fn float_block(n: usize, len: usize, outs: &mut [&mut [f32]], run: impl FnOn
             o.copy_from_slice(&s[t * len..(t + 1) * len]);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(n: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+    }
+
+    /// `f` runs on a worker of the pool, its regions use every thread, and
+    /// the polling workers stop when it returns (or the call would hang).
+    #[test]
+    fn busy_pool_runs_the_pass_on_the_pool_and_stops() {
+        for threads in [1, 2, 3] {
+            let p = pool(threads);
+            let (on_worker, sum, seen) = p.install(|| {
+                with_busy_pool(|| {
+                    let on_worker = rayon::current_thread_index().is_some();
+                    let mut sum = 0u64;
+                    let seen = std::sync::Mutex::new(std::collections::HashSet::new());
+                    for round in 0..200u64 {
+                        sum += (0..64u64)
+                            .into_par_iter()
+                            .map(|i| {
+                                seen.lock().unwrap().insert(rayon::current_thread_index());
+                                std::hint::black_box(i * round)
+                            })
+                            .sum::<u64>();
+                    }
+                    (on_worker, sum, seen.into_inner().unwrap().len())
+                })
+            });
+            assert!(on_worker || threads == 1);
+            assert_eq!(sum, (0..200u64).map(|r| r * 2016).sum::<u64>());
+            assert!(seen >= 1 && seen <= threads);
+        }
+    }
+
+    /// Called from outside any pool (as `tern run` calls `decode`), the
+    /// pass moves onto a worker of the global pool; passes from two callers
+    /// at once on one pool both finish, also while a worker of the pool is
+    /// blocked outside rayon (here: joining an OS thread that waits for
+    /// the other pass).
+    #[test]
+    fn busy_pool_from_outside_and_from_two_callers() {
+        let p = pool(2);
+        let sum = || (0..1000u64).into_par_iter().sum::<u64>();
+        let r = p.install(|| {
+            std::thread::scope(|s| {
+                let a = s.spawn(|| p.install(|| with_busy_pool(sum)));
+                let b = with_busy_pool(sum);
+                (a.join().unwrap(), b)
+            })
+        });
+        assert_eq!(r, (499_500, 499_500));
+        let outside = with_busy_pool(|| rayon::current_thread_index().is_some());
+        assert!(outside || rayon::current_num_threads() == 1);
+    }
 }

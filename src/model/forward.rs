@@ -372,6 +372,11 @@ fn check_batch(model: &Model, caches: &[&mut KvCache], b: &Batch) -> Result<()> 
 /// its context.
 pub fn decode(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Result<Vec<f32>> {
     check_batch(model, caches, batch)?;
+    crate::kernels::matmul::with_busy_pool(|| forward(model, caches, batch))
+}
+
+/// The forward pass of [`decode`] on a checked batch.
+fn forward(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Result<Vec<f32>> {
     let m = model;
     let hp = &m.hp;
     let kern = m.kernel;

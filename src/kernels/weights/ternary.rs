@@ -173,6 +173,10 @@ impl Linear for Ternary {
         debug_assert_eq!(out.len(), cols);
     }
     fn prepare(&self, kern: &Kernel, x: &Acts) {
+        // Both before the tasks start: made lazily inside the region, the
+        // first task would quantize while the other threads' first tasks
+        // park on the cell (and take ~60 µs each to wake).
+        x.int8(kern);
         x.int8_tiles(kern);
     }
     fn matmul_rows(&self, kern: &Kernel, x: &Acts, m0: usize, outs: &mut [&mut [f32]]) {
@@ -192,5 +196,28 @@ impl Linear for Ternary {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `prepare` makes everything `matmul_rows` reads: made lazily inside
+    /// the parallel region, the other threads' first tasks would park on
+    /// the cell while one task quantizes.
+    #[test]
+    fn prepare_quantizes_before_the_tasks() {
+        for kern in crate::kernels::all_variants() {
+            let (rows, cols) = (8, 256);
+            let w = Ternary::from_i2s(&vec![0x6Au8; rows * cols / 4], rows, cols, 0.5).unwrap();
+            for n in [1, 4, 100] {
+                let x: Vec<f32> = (0..n * cols).map(|i| (i % 7) as f32 - 3.0).collect();
+                let acts = Acts::new(&x, cols);
+                w.prepare(kern, &acts);
+                assert!(acts.int8.get().is_some(), "int8 activations of {n} tokens");
+                assert!(acts.tiles.get().is_some(), "token tiles of {n} tokens");
+            }
+        }
     }
 }
