@@ -136,9 +136,9 @@ fn i2s_kernels_match_scalar_on_random_shapes() {
 #[test]
 fn i2s_extremes_do_not_overflow() {
     // Every code 2 (or 3) against every activation -128: the largest
-    // magnitudes the 16-bit stages (and the one-token tiles' scaled field
-    // sums) can see, over a long row; on the one-token tiles (1), the
-    // packed tiles (5 tokens) and the prompt tiles (13).
+    // magnitudes the 16-bit stages can see, over a long row; on the
+    // one-token tiles (1), the packed tiles (5 tokens) and the prompt
+    // tiles (13).
     for (byte, xv) in [
         (0xAAu8, -128i8),
         (0xAA, 127),

@@ -80,7 +80,7 @@ const PREFETCH_HEAD: usize = 32 << 10;
 // a `#[target_feature]` function in them. The drivers and `Kernel` methods
 // checked the sizes.
 
-unsafe fn i2s_packed(
+pub(super) unsafe fn i2s_packed(
     w: *const u8,
     nb: usize,
     x: *const i8,

@@ -8,6 +8,13 @@
 //! comes from the AVX2 table it is built on — every AVX-512 CPU has AVX2,
 //! FMA and F16C.
 //!
+//! One token (generation) goes through AVX2's one-token tile: with the
+//! weights in huge-page chunks (`memory`), it streamed faster than the
+//! 512-bit tiles tried for it (the packed tile below, and one masking the
+//! 2-bit fields in place): in one binary, `TERN_KERNEL=avx2` ran tg64 at
+//! 13.0–13.3 t/s on one thread and 24.1–24.5 on two against 12.0 and
+//! 22.6–22.8 for the 512-bit one-token tile (F16 head, Intel Xeon VM).
+//!
 //! Packed tile: one packed group block (128 bytes) is two 64-byte vectors,
 //! rows 0|1 and rows 2|3; each 32-byte activation chunk is broadcast to
 //! both 256-bit halves, so every lane multiplies a code with its own
@@ -111,7 +118,7 @@ unsafe fn packed_vnni(
 ) {
     // SAFETY: as for `packed_bw`, with VNNI checked.
     match t {
-        1 => gemv_vnni(w, nb, x, out),
+        1 => avx2::i2s_packed(w, nb, x, k, 1, out, ld),
         2 => ptile_vnni::<2>(w, nb, x, k, out, ld),
         3 => ptile_vnni::<3>(w, nb, x, k, out, ld),
         _ => ptile_vnni::<4>(w, nb, x, k, out, ld),
@@ -240,66 +247,6 @@ macro_rules! packed_tile {
             }
         }
     };
-}
-
-/// One packed group × one token with VNNI (generation): `out[r]` = Σ
-/// code·x for the group's four rows.
-///
-/// The fields are masked in place, not shifted down: field `f` of a byte
-/// (bits `6 - 2f`, paired with activation chunk `f`) is multiplied as
-/// `code · 4^(3-f)` and has its own accumulator, which is shifted back
-/// once at the end — exact, since every term is a multiple of `4^(3-f)`
-/// (and `|sum| ≤ 192 · 127 · K/32 < 2^31` for any K under 2^17). That
-/// leaves one AND and one `vpdpbusd` per 64 bytes × field: the shifts
-/// would share port 0 with the multiply-adds, and with one token there
-/// is no tile of tokens to spread them over.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
-unsafe fn gemv_vnni(wp: *const u8, nb: usize, x0: *const i8, out: *mut i32) {
-    let masks = [
-        _mm512_set1_epi8(0xC0u8 as i8),
-        _mm512_set1_epi8(0x30),
-        _mm512_set1_epi8(0x0C),
-        _mm512_set1_epi8(0x03),
-    ];
-    // acc[p][f]: row pair p (rows 2p | 2p+1), field f.
-    let mut acc = [[_mm512_setzero_si512(); 4]; 2];
-    for bi in 0..nb {
-        let wb = wp.add(bi * GROUP_BLOCK_BYTES);
-        // Both lines of the run PREFETCH_GEMV ahead, into L2, as the other
-        // packed tiles (a hint only, so `wrapping_add`).
-        let a = wb.wrapping_add(avx2::PREFETCH_GEMV) as *const i8;
-        _mm_prefetch::<_MM_HINT_T1>(a);
-        _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(64));
-        let w = [
-            _mm512_loadu_si512(wb as *const __m512i),
-            _mm512_loadu_si512(wb.add(64) as *const __m512i),
-        ];
-        let xb = x0.add(bi * QK);
-        for f in 0..4 {
-            let xv = _mm512_broadcast_i64x4(_mm256_loadu_si256(xb.add(32 * f) as *const __m256i));
-            for p in 0..2 {
-                acc[p][f] = _mm512_dpbusd_epi32(acc[p][f], _mm512_and_si512(w[p], masks[f]), xv);
-            }
-        }
-    }
-    let mut sums = [_mm512_setzero_si512(); 2];
-    for p in 0..2 {
-        sums[p] = _mm512_add_epi32(
-            _mm512_add_epi32(
-                _mm512_srai_epi32::<6>(acc[p][0]),
-                _mm512_srai_epi32::<4>(acc[p][1]),
-            ),
-            _mm512_add_epi32(_mm512_srai_epi32::<2>(acc[p][2]), acc[p][3]),
-        );
-    }
-    // Lower 256 bits of pair p belong to row 2p, upper to row 2p+1.
-    let r0 = _mm512_castsi512_si256(sums[0]);
-    let r1 = _mm512_extracti64x4_epi64::<1>(sums[0]);
-    let r2 = _mm512_castsi512_si256(sums[1]);
-    let r3 = _mm512_extracti64x4_epi64::<1>(sums[1]);
-    let s = _mm256_hadd_epi32(_mm256_hadd_epi32(r0, r1), _mm256_hadd_epi32(r2, r3));
-    let r = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
-    _mm_storeu_si128(out as *mut __m128i, r);
 }
 
 packed_tile!(ptile_bw, "avx512f,avx512bw,avx2", false);
