@@ -152,7 +152,7 @@ unsafe fn q8_0_tile(
 }
 
 #[allow(clippy::too_many_arguments)]
-unsafe fn q6_k_tile(
+pub(super) unsafe fn q6_k_tile(
     w: *const u8,
     steps: Steps,
     r: usize,
@@ -1056,7 +1056,7 @@ unsafe fn q6_k_block<const T: usize>(
 /// block, one). A hint only, so `wrapping_add`.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn prefetch_head_block<const Q6: bool>(wb: *const u8) {
+pub(super) unsafe fn prefetch_head_block<const Q6: bool>(wb: *const u8) {
     let pf = wb.wrapping_add(PREFETCH_HEAD) as *const i8;
     _mm_prefetch::<_MM_HINT_T1>(pf);
     if Q6 {

@@ -3,10 +3,16 @@
 //! has them (both variants verified on an Intel Xeon with AVX-512 VNNI,
 //! 2026-12-01; see the README).
 //!
-//! Only the ternary tiles are AVX-512; everything else (float and
-//! quantized heads, activation quantization, attention, the panel unpack)
-//! comes from the AVX2 table it is built on — every AVX-512 CPU has AVX2,
-//! FMA and F16C.
+//! Only the ternary tiles and, with VNNI, the Q6_K head's one-token tile
+//! (and its block dots) are AVX-512; everything else (float heads, the
+//! other quantized head shapes, activation quantization, attention, the
+//! panel unpack) comes from the AVX2 table it is built on — every AVX-512
+//! CPU has AVX2, FMA and F16C. The Q6_K head tile: tg64 on the Q6_K file,
+//! before and after alternated in three rounds on the Intel Xeon VM,
+//! 17.43–17.47 → 18.40–18.73 t/s on one thread and 31.8–32.4 → 33.0–34.4
+//! on two (the same build's F16 figures unchanged). A first try, while
+//! the one-token ternary tile was still 512-bit, showed the head faster
+//! but the whole token not.
 //!
 //! One token (generation) goes through AVX2's one-token tile: with the
 //! weights in huge-page chunks (`memory`), it streamed faster than the
@@ -25,8 +31,11 @@
 //! widened); with VNNI `vpdpbusd` accumulates the u8×i8 products straight
 //! into 32 bits. Both give the exact integer sum.
 
+use super::layout::Steps;
+use super::qhead::BlockActs;
 use super::ternary::{TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
 use super::{avx2, Kernel, Ops};
+use crate::quant::q6_k;
 use std::arch::x86_64::*;
 
 /// Blocks summed in 16-bit lanes before widening (packed tile, no VNNI).
@@ -59,6 +68,8 @@ const OPS_BW: Ops = Ops {
 /// the panel entries inherited from `OPS_BW` are never reached.
 const OPS_VNNI: Ops = Ops {
     i2s_packed: packed_vnni,
+    q6_k_tile: q6_k_tile_vnni,
+    q6_k_block_dots: q6_k_block_dots_vnni,
     i2s_panel_min_tokens: usize::MAX,
     ..OPS_BW
 };
@@ -247,6 +258,177 @@ macro_rules! packed_tile {
             }
         }
     };
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn q6_k_tile_vnni(
+    w: *const u8,
+    steps: Steps,
+    r: usize,
+    x: &BlockActs,
+    t0: usize,
+    t: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    // SAFETY: the tile contract (`qhead::Tile`) and the CPU check; the
+    // one-token four-row shape (generation) has its own tile, the others
+    // are AVX2's.
+    if r == 4 && t == 1 {
+        let nb = x.k / q6_k::QK_K;
+        let rows: [*const u8; 4] = std::array::from_fn(|j| w.add(j * steps.row));
+        let res = q6_k_rows4_vnni(
+            rows,
+            x.qs.as_ptr().add(t0 * x.k),
+            x.d.as_ptr().add(t0 * nb),
+            x.bsums.as_ptr().add(t0 * x.k / 16),
+            nb,
+            steps.block,
+        );
+        for (j, v) in res.iter().enumerate() {
+            *out.add(j) = *v;
+        }
+    } else {
+        avx2::q6_k_tile(w, steps, r, x, t0, t, out, ld)
+    }
+}
+
+fn q6_k_block_dots_vnni(w: &[u8], a: &[i8], bsums: &[i16], out: &mut [i32]) {
+    for (b, o) in out.iter_mut().enumerate() {
+        // SAFETY: CPU checked (VNNI table); `Kernel::q6_k_block_dots`
+        // asserted that block `b` lies inside `w` (210 bytes), `a` (256)
+        // and `bsums` (16).
+        *o = unsafe {
+            hsum512(q6_k_block_vnni(
+                w.as_ptr().add(b * q6_k::BLOCK_BYTES),
+                a.as_ptr().add(b * q6_k::QK_K),
+                bsums.as_ptr().add(b * 16),
+            ))
+        };
+    }
+}
+
+/// `vpermw` indices spreading a block's sixteen i16 sub-block scales
+/// over the 32 pair sums of one 64-value product: vector `v` of the block
+/// (values `64v .. 64v + 64`) covers sub-blocks `4v .. 4v + 4`, eight
+/// pair sums each.
+const Q6_SCALE_IDX: [[u16; 32]; 4] = {
+    let mut m = [[0u16; 32]; 4];
+    let mut v = 0;
+    while v < 4 {
+        let mut i = 0;
+        while i < 32 {
+            m[v][i] = (4 * v + i / 8) as u16;
+            i += 1;
+        }
+        v += 1;
+    }
+    m
+};
+
+/// One Q6_K block (`w`, 210 bytes) against its 256 Q8_K quants (`a`) and
+/// their 16 sums (`bs`): sixteen i32 lanes summing to `Σ_j scale_j · Σ
+/// (q − 32)·a` exactly, the same integer as AVX2's `q6_k_block` and the
+/// scalar reference.
+///
+/// Half `h` of the block (values `128h ..`) is one 64-byte vector of low
+/// nibbles (`ql`, bytes `64h ..`: values `+0..32 | +32..64` in the low
+/// nibbles, `+64..96 | +96..128` in the high ones) and 32 bytes of high
+/// bits (`qh`, four 2-bit fields) broadcast to both halves; a per-half
+/// shift (`vpsllvw` / `vpsrlvw`) brings each half's field to bits 4–5, so
+/// two 64-value code vectors take seven operations. `vpmaddubsw` (codes
+/// 0..63, unsigned: |pair sum| ≤ 2·63·127) then `vpdpwssd` with the
+/// sub-block scales; the −32 offset is taken out once per block as
+/// `32 · Σ_j scale_j · bsum_j`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+#[inline]
+unsafe fn q6_k_block_vnni(w: *const u8, a: *const i8, bs: *const i16) -> __m512i {
+    let m4 = _mm512_set1_epi8(0x0F);
+    let m30 = _mm512_set1_epi8(0x30);
+    // Low half: field 0 (bits 0-1) up by 4; high half: field 1 (bits 2-3)
+    // up by 2. Then fields 2 (bits 4-5, in place) and 3 (bits 6-7, down 2).
+    let mlo = _mm512_inserti64x4::<1>(
+        _mm512_castsi256_si512(_mm256_set1_epi8(0x03)),
+        _mm256_set1_epi8(0x0C),
+    );
+    let sh_lo = _mm512_inserti64x4::<1>(
+        _mm512_castsi256_si512(_mm256_set1_epi16(4)),
+        _mm256_set1_epi16(2),
+    );
+    let sh_hi = _mm512_inserti64x4::<1>(
+        _mm512_castsi256_si512(_mm256_setzero_si256()),
+        _mm256_set1_epi16(2),
+    );
+    let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(q6_k::SC_OFF) as *const __m128i));
+    let sc = _mm512_castsi256_si512(sc16);
+    let mut acc = _mm512_setzero_si512();
+    for h in 0..2 {
+        let ql = _mm512_loadu_si512(w.add(64 * h) as *const __m512i);
+        let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+            w.add(q6_k::QH_OFF + 32 * h) as *const __m256i
+        ));
+        // (x & m4) | y: ternary-logic table 0xEA.
+        let q01 = _mm512_ternarylogic_epi32::<0xEA>(
+            ql,
+            m4,
+            _mm512_sllv_epi16(_mm512_and_si512(qh, mlo), sh_lo),
+        );
+        let q23 = _mm512_ternarylogic_epi32::<0xEA>(
+            _mm512_srli_epi16::<4>(ql),
+            m4,
+            _mm512_and_si512(_mm512_srlv_epi16(qh, sh_hi), m30),
+        );
+        for (v, q) in [(2 * h, q01), (2 * h + 1, q23)] {
+            let av = _mm512_loadu_si512(a.add(64 * v) as *const __m512i);
+            let idx = _mm512_loadu_si512(Q6_SCALE_IDX[v].as_ptr() as *const __m512i);
+            let s = _mm512_permutexvar_epi16(idx, sc);
+            acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q, av), s);
+        }
+    }
+    let b = _mm256_madd_epi16(_mm256_loadu_si256(bs as *const __m256i), sc16);
+    _mm512_sub_epi32(acc, _mm512_zextsi256_si512(_mm256_slli_epi32::<5>(b)))
+}
+
+/// Four Q6_K head rows × one token (generation): per block the four rows'
+/// exact integer sums, then per row `s += (d_w · d_x) · Σ` in block order
+/// — the float steps of the scalar reference and of AVX2's tile, so the
+/// bits are theirs.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn q6_k_rows4_vnni(
+    w: [*const u8; 4],
+    a: *const i8,
+    da: *const f32,
+    bs: *const i16,
+    nb: usize,
+    bstep: usize,
+) -> [f32; 4] {
+    let qk = q6_k::QK_K;
+    let mut sacc = _mm_setzero_ps();
+    for b in 0..nb {
+        let mut dots = [_mm256_setzero_si256(); 4];
+        let mut dw = [0u16; 8];
+        for r in 0..4 {
+            let wb = w[r].add(b * bstep);
+            avx2::prefetch_head_block::<true>(wb);
+            let d = q6_k_block_vnni(wb, a.add(b * qk), bs.add(b * 16));
+            dots[r] =
+                _mm256_add_epi32(_mm512_castsi512_si256(d), _mm512_extracti64x4_epi64::<1>(d));
+            let dp = wb.add(q6_k::D_OFF);
+            dw[r] = u16::from_le_bytes([*dp, *dp.add(1)]);
+        }
+        // [Σ dots[0], Σ dots[1], Σ dots[2], Σ dots[3]], exact in i32.
+        let h = _mm256_hadd_epi32(
+            _mm256_hadd_epi32(dots[0], dots[1]),
+            _mm256_hadd_epi32(dots[2], dots[3]),
+        );
+        let sums = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+        let dwv = _mm_cvtph_ps(_mm_loadu_si128(dw.as_ptr() as *const __m128i));
+        let scale = _mm_mul_ps(dwv, _mm_set1_ps(*da.add(b)));
+        sacc = _mm_add_ps(sacc, _mm_mul_ps(scale, _mm_cvtepi32_ps(sums)));
+    }
+    let mut lanes = [0f32; 4];
+    _mm_storeu_ps(lanes.as_mut_ptr(), sacc);
+    lanes
 }
 
 packed_tile!(ptile_bw, "avx512f,avx512bw,avx2", false);
