@@ -1066,52 +1066,63 @@ pub(super) unsafe fn prefetch_head_block<const Q6: bool>(wb: *const u8) {
     }
 }
 
-/// Four Q6_K head rows × one token (the generation shape of
-/// [`quant_tile`]): the same per-block integer sums and the same float
-/// steps per row as the general tile (`s += (d_w · d_x) · Σ`, in that
-/// order), so the result is the scalar reference's bit for bit; the four
-/// rows' horizontal sums are reduced together (`vphaddd`) and their float
-/// steps run in the four lanes of one vector instead of one row at a time.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn q6_k_rows4<const R: usize, const T: usize>(
-    w: [*const u8; R],
-    a: *const i8,
-    da: *const f32,
-    bs: *const i16,
-    nb: usize,
-    bstep: usize,
-) -> [[f32; T]; R] {
-    let qk = q6_k::QK_K;
-    let mut sacc = _mm_setzero_ps();
-    for b in 0..nb {
-        let mut dots = [_mm256_setzero_si256(); 4];
-        let mut dw = [0u16; 8];
-        for r in 0..4 {
-            let wb = w[r].add(b * bstep);
-            prefetch_head_block::<true>(wb);
-            dots[r] = q6_k_block::<1>(wb, [a.add(b * qk)], [bs.add(b * 16)])[0];
-            let d = wb.add(q6_k::D_OFF);
-            dw[r] = u16::from_le_bytes([*d, *d.add(1)]);
+/// Generates a four-row, one-token Q6_K head tile `$name` for the target
+/// features `$feat` over a block function `$block(w, a, bs) -> __m256i`
+/// (eight i32 lanes summing to the block's exact integer dot): per block
+/// the four rows' sums are reduced together (`vphaddd`) and their float
+/// steps `s += (d_w · d_x) · Σ` run in the four lanes of one vector, the
+/// same operations per row as the scalar reference, so its bits. AVX2's
+/// tile ([`q6_k_rows4_avx2`]) and AVX-512 VNNI's share it.
+macro_rules! q6_k_rows4 {
+    ($name:ident, $feat:literal, $block:path) => {
+        #[target_feature(enable = $feat)]
+        pub(super) unsafe fn $name(
+            w: [*const u8; 4],
+            a: *const i8,
+            da: *const f32,
+            bs: *const i16,
+            nb: usize,
+            bstep: usize,
+        ) -> [f32; 4] {
+            let qk = q6_k::QK_K;
+            let mut sacc = _mm_setzero_ps();
+            for b in 0..nb {
+                let mut dots = [_mm256_setzero_si256(); 4];
+                let mut dw = [0u16; 8];
+                for r in 0..4 {
+                    let wb = w[r].add(b * bstep);
+                    $crate::kernels::avx2::prefetch_head_block::<true>(wb);
+                    dots[r] = $block(wb, a.add(b * qk), bs.add(b * 16));
+                    let d = wb.add(q6_k::D_OFF);
+                    dw[r] = u16::from_le_bytes([*d, *d.add(1)]);
+                }
+                // [Σ dots[0], Σ dots[1], Σ dots[2], Σ dots[3]], exact in i32.
+                let h = _mm256_hadd_epi32(
+                    _mm256_hadd_epi32(dots[0], dots[1]),
+                    _mm256_hadd_epi32(dots[2], dots[3]),
+                );
+                let sums =
+                    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+                let dwv = _mm_cvtph_ps(_mm_loadu_si128(dw.as_ptr() as *const __m128i));
+                let scale = _mm_mul_ps(dwv, _mm_set1_ps(*da.add(b)));
+                sacc = _mm_add_ps(sacc, _mm_mul_ps(scale, _mm_cvtepi32_ps(sums)));
+            }
+            let mut lanes = [0f32; 4];
+            _mm_storeu_ps(lanes.as_mut_ptr(), sacc);
+            lanes
         }
-        // [Σ dots[0], Σ dots[1], Σ dots[2], Σ dots[3]], exact in i32.
-        let h = _mm256_hadd_epi32(
-            _mm256_hadd_epi32(dots[0], dots[1]),
-            _mm256_hadd_epi32(dots[2], dots[3]),
-        );
-        let sums = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
-        let dwv = _mm_cvtph_ps(_mm_loadu_si128(dw.as_ptr() as *const __m128i));
-        let scale = _mm_mul_ps(dwv, _mm_set1_ps(*da.add(b)));
-        sacc = _mm_add_ps(sacc, _mm_mul_ps(scale, _mm_cvtepi32_ps(sums)));
-    }
-    let mut lanes = [0f32; 4];
-    _mm_storeu_ps(lanes.as_mut_ptr(), sacc);
-    let mut res = [[0f32; T]; R];
-    for r in 0..R {
-        res[r][0] = lanes[r];
-    }
-    res
+    };
 }
+pub(crate) use q6_k_rows4;
+
+/// One Q6_K block of one token as AVX2's [`q6_k_block`] computes it.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn q6_k_block1(w: *const u8, a: *const i8, bs: *const i16) -> __m256i {
+    q6_k_block::<1>(w, [a], [bs])[0]
+}
+
+q6_k_rows4!(q6_k_rows4_avx2, "avx2,fma,f16c", q6_k_block1);
 
 /// `R` head rows × `T` tokens of a quantized head (`Q6`: Q6_K, else Q8_0)
 /// over `nb` blocks. Q8_0: each (row, token) keeps one 8-lane f32
@@ -1133,7 +1144,12 @@ unsafe fn quant_tile<const Q6: bool, const R: usize, const T: usize>(
 ) -> [[f32; T]; R] {
     let qk = if Q6 { q6_k::QK_K } else { q8_0::QK8_0 };
     if Q6 && R == 4 && T == 1 {
-        return q6_k_rows4(w, a[0], da[0], bs[0], nb, bstep);
+        let lanes = q6_k_rows4_avx2([w[0], w[1], w[2], w[3]], a[0], da[0], bs[0], nb, bstep);
+        let mut res = [[0f32; T]; R];
+        for r in 0..R {
+            res[r][0] = lanes[r];
+        }
+        return res;
     }
     let mut acc = [[_mm256_setzero_ps(); T]; R];
     let mut sacc = [[0f32; T]; R];

@@ -389,47 +389,20 @@ unsafe fn q6_k_block_vnni(w: *const u8, a: *const i8, bs: *const i16) -> __m512i
     _mm512_sub_epi32(acc, _mm512_zextsi256_si512(_mm256_slli_epi32::<5>(b)))
 }
 
-/// Four Q6_K head rows × one token (generation): per block the four rows'
-/// exact integer sums, then per row `s += (d_w · d_x) · Σ` in block order
-/// — the float steps of the scalar reference and of AVX2's tile, so the
-/// bits are theirs.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-unsafe fn q6_k_rows4_vnni(
-    w: [*const u8; 4],
-    a: *const i8,
-    da: *const f32,
-    bs: *const i16,
-    nb: usize,
-    bstep: usize,
-) -> [f32; 4] {
-    let qk = q6_k::QK_K;
-    let mut sacc = _mm_setzero_ps();
-    for b in 0..nb {
-        let mut dots = [_mm256_setzero_si256(); 4];
-        let mut dw = [0u16; 8];
-        for r in 0..4 {
-            let wb = w[r].add(b * bstep);
-            avx2::prefetch_head_block::<true>(wb);
-            let d = q6_k_block_vnni(wb, a.add(b * qk), bs.add(b * 16));
-            dots[r] =
-                _mm256_add_epi32(_mm512_castsi512_si256(d), _mm512_extracti64x4_epi64::<1>(d));
-            let dp = wb.add(q6_k::D_OFF);
-            dw[r] = u16::from_le_bytes([*dp, *dp.add(1)]);
-        }
-        // [Σ dots[0], Σ dots[1], Σ dots[2], Σ dots[3]], exact in i32.
-        let h = _mm256_hadd_epi32(
-            _mm256_hadd_epi32(dots[0], dots[1]),
-            _mm256_hadd_epi32(dots[2], dots[3]),
-        );
-        let sums = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
-        let dwv = _mm_cvtph_ps(_mm_loadu_si128(dw.as_ptr() as *const __m128i));
-        let scale = _mm_mul_ps(dwv, _mm_set1_ps(*da.add(b)));
-        sacc = _mm_add_ps(sacc, _mm_mul_ps(scale, _mm_cvtepi32_ps(sums)));
-    }
-    let mut lanes = [0f32; 4];
-    _mm_storeu_ps(lanes.as_mut_ptr(), sacc);
-    lanes
+/// One Q6_K block of one token folded to eight i32 lanes (for the shared
+/// four-row tile).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+#[inline]
+unsafe fn q6_k_block_vnni256(w: *const u8, a: *const i8, bs: *const i16) -> __m256i {
+    let d = q6_k_block_vnni(w, a, bs);
+    _mm256_add_epi32(_mm512_castsi512_si256(d), _mm512_extracti64x4_epi64::<1>(d))
 }
+
+avx2::q6_k_rows4!(
+    q6_k_rows4_vnni,
+    "avx512f,avx512bw,avx512vnni,avx2,fma,f16c",
+    q6_k_block_vnni256
+);
 
 packed_tile!(ptile_bw, "avx512f,avx512bw,avx2", false);
 packed_tile!(ptile_vnni, "avx512f,avx512bw,avx512vnni,avx2", true);
