@@ -175,7 +175,7 @@ pub fn chunk_rows(rows: usize, n: usize, max_rows: usize) -> usize {
     let c = if n == 1 {
         rows.div_ceil(threads * 4)
     } else {
-        rows.div_ceil(threads * 4).min(max_rows)
+        rows.div_ceil(threads * 8).min(max_rows)
     };
     c.max(1).next_multiple_of(GROUP)
 }
