@@ -856,6 +856,7 @@ fn cli_bench_md_and_llama_bench_json() {
         "tg4",
         "read bandwidth, 1 thread",
         "read bandwidth, 2 threads",
+        "of huge pages",
         "bytes read per generated token",
     ] {
         assert!(md.contains(want), "missing {:?} in\n{}", want, md);
@@ -895,6 +896,11 @@ fn cli_bench_bad_arguments_fail_cleanly() {
         (&["bench", "-t", "two"][..], "not a whole number"),
         (&["bench", "-p", "0", "-n", "0"][..], "nothing to time"),
         (&["bench", "-r", "0"][..], "at least 1"),
+        (&["bench", "--bw-mib", "0"][..], "choose 1 to 16384"),
+        (
+            &["bench", "--bw-mib", "18446744073709551615"][..],
+            "choose 1 to 16384",
+        ),
         (
             &["bench", "-m", "/nonexistent/model.gguf"][..],
             "model.gguf",
