@@ -188,11 +188,10 @@ pub fn chunk_rows(rows: usize, n: usize, max_rows: usize) -> usize {
 /// multiple of [`GROUP`]) that cuts every product's `rows` into whole tasks
 /// and gives a task count that is a multiple of `threads`, else `chunk`.
 ///
-/// With `chunk` alone the products of a region end in short tail tasks
-/// (Q, K and V of the 2B-4T shapes at two threads: 480-row tasks, then
-/// 160-row tails for each; the output and down projections: five of 480
-/// rows and one of 160), so one thread ends its share early and waits.
-/// Here Q, K and V take 320-row tasks (8 + 2 + 2). Measured with
+/// With `chunk` alone the products of a region can end in short tail
+/// tasks (Q, K and V of the 2B-4T shapes at two threads: 480-row tasks,
+/// then a 160-row tail for each), so one thread ends its share early and
+/// waits. Here Q, K and V take 320-row tasks (8 + 2 + 2). Measured with
 /// `examples/tg_profile` on the Intel Xeon VM, two threads, the same
 /// binary with and without it in two alternated rounds: Q·K·V 139–141 →
 /// 123 µs per layer, decode step 35.0–35.5 → 34.4–34.5 ms (Q6_K file);
