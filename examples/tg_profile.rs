@@ -15,29 +15,11 @@
 //! unrelated code moved), while the streaming sum stayed at 18–19 GB/s.
 //! Compare builds only side by side, and read a kernel change's effect here
 //! before trusting a `tern bench` difference.
-use rayon::prelude::*;
 use std::time::Instant;
 use tern::kernels::matmul::with_busy_pool;
-use tern::kernels::memory::HugeBuf;
 use tern::kernels::weights::{matmul_many, Acts};
 use tern::model::forward::{decode, Batch, KvCache};
 use tern::model::Model;
-
-/// Best-of-4 streaming read rate over `buf`, GB/s, on the current pool.
-fn stream_rate(buf: &[u64]) -> f64 {
-    let part = buf.len().div_ceil(rayon::current_num_threads());
-    let mut best = 0f64;
-    for pass in 0..4 {
-        let t0 = Instant::now();
-        let s: u64 = buf
-            .par_chunks(part)
-            .map(|c| tern::kernels::ops::stream_sum(c, pass % 2 == 1))
-            .sum();
-        std::hint::black_box(s);
-        best = best.max((buf.len() * 8) as f64 / t0.elapsed().as_secs_f64() / 1e9);
-    }
-    best
-}
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -55,8 +37,7 @@ fn main() -> anyhow::Result<()> {
     if threads.is_empty() {
         threads = vec![1, 2];
     }
-    let mut mem = HugeBuf::zeroed(1 << 30);
-    mem.bytes_mut().fill(1);
+    let mem = tern::kernels::ops::bandwidth_buffer(1 << 30);
     let words: &[u64] = bytemuck::cast_slice(mem.bytes());
 
     let kern = m.kernel;
@@ -91,7 +72,7 @@ fn main() -> anyhow::Result<()> {
     for &nt in &threads {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(nt).build()?;
         pool.install(|| -> anyhow::Result<()> {
-            let rate = stream_rate(words);
+            let rate = tern::kernels::ops::read_bandwidth(words);
             // Three passes; the last is reported (the first warms up).
             let mut part = [0f64; 4];
             let mut head = 0f64;

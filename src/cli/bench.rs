@@ -7,7 +7,6 @@ use super::load_model;
 use crate::kernels;
 use crate::model::{Context, Model};
 use anyhow::{anyhow, bail, Context as _, Result};
-use rayon::prelude::*;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -147,42 +146,6 @@ fn time_gen(ctx: &mut Context, toks: &[u32]) -> Result<f64> {
 
 /// Largest `--bw-mib`.
 const MAX_BW_MIB: usize = 16 << 10;
-
-/// The buffer the read bandwidth is measured on: `bytes` (a multiple of 8)
-/// in the same huge-page memory the weights are held in
-/// ([`kernels::memory::HugeBuf`]), filled with ones so every page is
-/// backed. A heap buffer of 4 KiB pages (what this used before) streams
-/// 12–16% slower on the Intel Xeon VM when THP is in `madvise` mode
-/// (15.8 vs 18.3 GB/s on one thread, 31.5 vs 37.0 on two, `stream_sum`
-/// with prefetch, 1 GiB, 2026-12-01), so the bound it gave was lower than
-/// what the weights' memory can deliver and depended on the THP setting.
-fn bandwidth_buffer(bytes: usize) -> kernels::memory::HugeBuf {
-    let mut b = kernels::memory::HugeBuf::zeroed(bytes);
-    b.bytes_mut()
-        .par_chunks_mut(1 << 20)
-        .for_each(|c| c.fill(1));
-    b
-}
-
-/// Streaming read bandwidth in GB/s: every thread of the current pool sums
-/// its share of `buf`; best of a few passes, with and without software
-/// prefetch (see `kernels::ops::stream_sum`).
-fn read_bandwidth(buf: &[u64]) -> f64 {
-    let threads = rayon::current_num_threads();
-    let part = buf.len().div_ceil(threads);
-    let mut best = 0f64;
-    for pass in 0..8 {
-        let t0 = Instant::now();
-        let s: u64 = buf
-            .par_chunks(part)
-            .map(|c| kernels::ops::stream_sum(c, pass % 2 == 1))
-            .sum();
-        let secs = t0.elapsed().as_secs_f64();
-        std::hint::black_box(s);
-        best = best.max((buf.len() * 8) as f64 / secs / 1e9);
-    }
-    best
-}
 
 fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
@@ -428,7 +391,7 @@ pub fn run(a: Args) -> Result<()> {
     // The bandwidth is measured before and after the timed tests and the
     // best pass kept, so a busy moment on a shared machine does not make the
     // bound look lower than it is.
-    let bw_mem = bandwidth_buffer(a.bw_mib << 20);
+    let bw_mem = kernels::ops::bandwidth_buffer(a.bw_mib << 20);
     let bw_buf: &[u64] = bytemuck::cast_slice(bw_mem.bytes());
     // pp tests, then tg tests: (n_prompt, n_gen), one of them 0.
     let tests: Vec<(usize, usize)> = prompts
@@ -449,7 +412,7 @@ pub fn run(a: Args) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     for (&nt, pool) in threads.iter().zip(&pools) {
-        bandwidth.push((nt, pool.install(|| read_bandwidth(bw_buf))));
+        bandwidth.push((nt, pool.install(|| kernels::ops::read_bandwidth(bw_buf))));
     }
     for (&nt, pool) in threads.iter().zip(&pools) {
         // Each test runs on tern and then (with --bitnet-cpp) on bitnet.cpp,
@@ -489,7 +452,7 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     for ((&nt, pool), b) in threads.iter().zip(&pools).zip(bandwidth.iter_mut()) {
-        let after = pool.install(|| read_bandwidth(bw_buf));
+        let after = pool.install(|| kernels::ops::read_bandwidth(bw_buf));
         *b = (nt, b.1.max(after));
     }
     let bw_of = |nt: usize| {

@@ -199,6 +199,43 @@ impl RopeTable {
     }
 }
 
+/// The buffer the read bandwidth is measured on: `bytes` (a multiple of 8)
+/// in the same huge-page memory the weights are held in
+/// ([`super::memory::HugeBuf`]), filled with ones so every page is
+/// backed. A heap buffer of 4 KiB pages (what `tern bench` used before)
+/// streams 12–16% slower on the Intel Xeon VM when THP is in `madvise`
+/// mode (15.8 vs 18.3 GB/s on one thread, 31.5 vs 37.0 on two,
+/// [`stream_sum`] with prefetch, 1 GiB, 2026-12-01), so the bound it gave
+/// was lower than what the weights' memory can deliver and depended on
+/// the THP setting.
+pub fn bandwidth_buffer(bytes: usize) -> super::memory::HugeBuf {
+    let mut b = super::memory::HugeBuf::zeroed(bytes);
+    b.bytes_mut()
+        .par_chunks_mut(1 << 20)
+        .for_each(|c| c.fill(1));
+    b
+}
+
+/// Streaming read bandwidth in GB/s: every thread of the current pool sums
+/// its share of `buf`; best of eight passes, with and without software
+/// prefetch (see [`stream_sum`]). `tern bench`'s bound and
+/// `examples/tg_profile`'s reference rate.
+pub fn read_bandwidth(buf: &[u64]) -> f64 {
+    let part = buf.len().div_ceil(rayon::current_num_threads()).max(1);
+    let mut best = 0f64;
+    for pass in 0..8 {
+        let t0 = std::time::Instant::now();
+        let s: u64 = buf
+            .par_chunks(part)
+            .map(|c| stream_sum(c, pass % 2 == 1))
+            .sum();
+        let secs = t0.elapsed().as_secs_f64();
+        std::hint::black_box(s);
+        best = best.max((buf.len() * 8) as f64 / secs / 1e9);
+    }
+    best
+}
+
 /// Wrapping sum of `words`, with independent lanes so the loop is bound by
 /// memory, not by an add chain: the streaming read that `tern bench` takes
 /// as the machine's read bandwidth. With `prefetch` (x86-64) each 64-byte
