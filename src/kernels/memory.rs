@@ -85,6 +85,18 @@ unsafe impl Sync for Chunk {}
 /// never touched), and the next buffer starts a new one.
 static CURRENT: Mutex<Option<(Weak<Chunk>, usize)>> = Mutex::new(None);
 
+/// An anonymous mapping of `len + HUGE` bytes and the offset `< HUGE` of
+/// its first 2 MiB boundary, from which the whole 2 MiB pages of `len`
+/// bytes are advised for huge pages (a partial tail is not, so it takes
+/// small pages); `None` when the mapping fails.
+fn huge_aligned_map(len: usize) -> Option<(memmap2::MmapMut, usize)> {
+    let map = memmap2::MmapMut::map_anon(len.checked_add(HUGE)?).ok()?;
+    let off = (map.as_ptr() as usize).next_multiple_of(HUGE) - map.as_ptr() as usize;
+    #[cfg(target_os = "linux")]
+    let _ = map.advise_range(memmap2::Advice::HugePage, off, len / HUGE * HUGE);
+    Some((map, off))
+}
+
 /// Offset in a shared chunk for `len` bytes (`SLAB_MIN ..= SLAB_MAX`), or
 /// `None` when no chunk could be mapped.
 fn carve(len: usize) -> Option<(Arc<Chunk>, usize)> {
@@ -98,10 +110,7 @@ fn carve(len: usize) -> Option<(Arc<Chunk>, usize)> {
             }
         }
     }
-    let mut map = memmap2::MmapMut::map_anon(CHUNK + HUGE).ok()?;
-    let off = (map.as_ptr() as usize).next_multiple_of(HUGE) - map.as_ptr() as usize;
-    #[cfg(target_os = "linux")]
-    let _ = map.advise_range(memmap2::Advice::HugePage, off, CHUNK);
+    let (mut map, off) = huge_aligned_map(CHUNK)?;
     // In bounds: off < HUGE and the map holds CHUNK + HUGE bytes.
     let base = map[off..].as_mut_ptr();
     let chunk = Arc::new(Chunk { _map: map, base });
@@ -128,10 +137,7 @@ impl HugeBuf {
             }
         }
         if len >= HUGE {
-            if let Ok(m) = memmap2::MmapMut::map_anon(len + HUGE) {
-                let off = (m.as_ptr() as usize).next_multiple_of(HUGE) - m.as_ptr() as usize;
-                #[cfg(target_os = "linux")]
-                let _ = m.advise_range(memmap2::Advice::HugePage, off, len / HUGE * HUGE);
+            if let Some((m, off)) = huge_aligned_map(len) {
                 return HugeBuf {
                     inner: Inner::Map(m, off),
                     len,
