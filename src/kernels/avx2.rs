@@ -147,12 +147,13 @@ unsafe fn q8_0_tile(
     out: *mut f32,
     ld: usize,
 ) {
-    // SAFETY: the tile contract (see `qhead::Tile`) and the CPU check.
-    quant_dispatch::<false>(w, steps, r, x, t0, t, out, ld)
+    // SAFETY: the tile contract (see `qhead::Tile`) and the CPU check; the
+    // four-row Q6_K tile is not used for Q8_0.
+    quant_dispatch::<false>(w, steps, r, x, t0, t, out, ld, q6_k_rows4_avx2)
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn q6_k_tile(
+unsafe fn q6_k_tile(
     w: *const u8,
     steps: Steps,
     r: usize,
@@ -163,7 +164,7 @@ pub(super) unsafe fn q6_k_tile(
     ld: usize,
 ) {
     // SAFETY: as for `q8_0_tile`.
-    quant_dispatch::<true>(w, steps, r, x, t0, t, out, ld)
+    quant_dispatch::<true>(w, steps, r, x, t0, t, out, ld, q6_k_rows4_avx2)
 }
 
 fn q8_0_block_dots(w: &[u8], a: &[i8], out: &mut [i32]) {
@@ -374,10 +375,16 @@ unsafe fn float_dispatch<const F16: bool>(
     float_tile_shapes!(r, t, run)
 }
 
-/// The quantized tile shapes of `qhead::Tile`.
+/// The quantized tile shapes of `qhead::Tile`, with `rows4` for Q6_K's
+/// four-row, one-token shape (AVX-512 VNNI passes its own; unused for
+/// Q8_0).
+///
+/// # Safety
+/// The tile contract of `qhead::Tile`, on a CPU with AVX2, FMA and F16C
+/// and whatever `rows4` needs.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn quant_dispatch<const Q6: bool>(
+pub(super) unsafe fn quant_dispatch<const Q6: bool>(
     w: *const u8,
     steps: Steps,
     r: usize,
@@ -386,6 +393,7 @@ unsafe fn quant_dispatch<const Q6: bool>(
     t: usize,
     out: *mut f32,
     ld: usize,
+    rows4: Rows4,
 ) {
     let nb = x.k / if Q6 { q6_k::QK_K } else { q8_0::QK8_0 };
     let row = |j: usize| w.add(j * steps.row);
@@ -408,6 +416,7 @@ unsafe fn quant_dispatch<const Q6: bool>(
                 std::array::from_fn(bp),
                 nb,
                 steps.block,
+                rows4,
             );
             store_tile(res, out, ld);
         }};
@@ -1115,6 +1124,12 @@ macro_rules! q6_k_rows4 {
 }
 pub(crate) use q6_k_rows4;
 
+/// A four-row, one-token Q6_K head tile made by [`q6_k_rows4`]: rows `w`,
+/// one token's quants `a`, block scales `da` and sub-block sums `bs`, `nb`
+/// blocks `bstep` bytes apart in each row.
+pub(super) type Rows4 =
+    unsafe fn([*const u8; 4], *const i8, *const f32, *const i16, usize, usize) -> [f32; 4];
+
 /// One Q6_K block of one token as AVX2's [`q6_k_block`] computes it.
 #[target_feature(enable = "avx2")]
 #[inline]
@@ -1141,10 +1156,11 @@ unsafe fn quant_tile<const Q6: bool, const R: usize, const T: usize>(
     bs: [*const i16; T],
     nb: usize,
     bstep: usize,
+    rows4: Rows4,
 ) -> [[f32; T]; R] {
     let qk = if Q6 { q6_k::QK_K } else { q8_0::QK8_0 };
     if Q6 && R == 4 && T == 1 {
-        let lanes = q6_k_rows4_avx2([w[0], w[1], w[2], w[3]], a[0], da[0], bs[0], nb, bstep);
+        let lanes = rows4([w[0], w[1], w[2], w[3]], a[0], da[0], bs[0], nb, bstep);
         let mut res = [[0f32; T]; R];
         for r in 0..R {
             res[r][0] = lanes[r];

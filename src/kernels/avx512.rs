@@ -271,26 +271,10 @@ unsafe fn q6_k_tile_vnni(
     out: *mut f32,
     ld: usize,
 ) {
-    // SAFETY: the tile contract (`qhead::Tile`) and the CPU check; the
-    // one-token four-row shape (generation) has its own tile, the others
-    // are AVX2's.
-    if r == 4 && t == 1 {
-        let nb = x.k / q6_k::QK_K;
-        let rows: [*const u8; 4] = std::array::from_fn(|j| w.add(j * steps.row));
-        let res = q6_k_rows4_vnni(
-            rows,
-            x.qs.as_ptr().add(t0 * x.k),
-            x.d.as_ptr().add(t0 * nb),
-            x.bsums.as_ptr().add(t0 * x.k / 16),
-            nb,
-            steps.block,
-        );
-        for (j, v) in res.iter().enumerate() {
-            *out.add(j) = *v;
-        }
-    } else {
-        avx2::q6_k_tile(w, steps, r, x, t0, t, out, ld)
-    }
+    // SAFETY: the tile contract (`qhead::Tile`) and the CPU check (VNNI
+    // table); the one-token four-row shape (generation) takes the VNNI
+    // tile, the others are AVX2's.
+    avx2::quant_dispatch::<true>(w, steps, r, x, t0, t, out, ld, q6_k_rows4_vnni)
 }
 
 fn q6_k_block_dots_vnni(w: &[u8], a: &[i8], bsums: &[i16], out: &mut [i32]) {
