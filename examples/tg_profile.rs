@@ -10,11 +10,13 @@
 //! (default threads: 1 2)
 //!
 //! One caution it was written to make visible (Intel Xeon VM, 2026-12-01):
-//! the one-token ternary product streamed at 15.6 GB/s in one build and
-//! 11 GB/s in another with the same tile code at the same alignment (only
-//! unrelated code moved), while the streaming sum stayed at 18–19 GB/s.
-//! Compare builds only side by side, and read a kernel change's effect here
-//! before trusting a `tern bench` difference.
+//! AVX2's one-token ternary tile (L2 prefetch only) streamed at 15.6 GB/s
+//! in one build and 11 GB/s in another with the same tile code (only
+//! unrelated code moved), while the streaming sum stayed at 18–19 GB/s;
+//! AVX-512 VNNI's tile, which also prefetches into L1, streams at the fast
+//! rate in every build tried (see `kernels::avx512`). Compare builds only
+//! side by side, and read a kernel change's effect here before trusting a
+//! `tern bench` difference.
 use std::time::Instant;
 use tern::kernels::matmul::with_busy_pool;
 use tern::kernels::weights::{matmul_many, Acts};

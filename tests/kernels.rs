@@ -158,6 +158,21 @@ fn i2s_extremes_do_not_overflow() {
 }
 
 #[test]
+fn packed_rows_longer_than_the_limit_are_refused() {
+    // The tiles' 32-bit sums are exact up to MAX_COLS columns (the VNNI
+    // one-token tile's lanes hold 64× the codes' sums); a longer row is an
+    // error before any buffer is sized from it.
+    let cols = tern::kernels::ternary::MAX_COLS + 128;
+    let Err(err) = Packed::from_i2s(&[], 1, cols) else {
+        panic!("a {cols}-column matrix was accepted");
+    };
+    let err = err.to_string();
+    assert!(err.contains("longer than"), "{err}");
+    let ok = tern::kernels::ternary::MAX_COLS;
+    assert!(Packed::from_i2s(&vec![0u8; ok / 4], 1, ok).is_ok());
+}
+
+#[test]
 fn i2s_prompt_tiles_match_scalar_across_tile_and_panel_edges() {
     // The interleaved-rows prompt path: token counts around every ISA's
     // tile width (4 or 6) from PANEL_MIN_TOKENS up, rows around the panel

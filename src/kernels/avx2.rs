@@ -73,6 +73,15 @@ const SHAPE: TileShape = TileShape {
 /// alone left generation at ~70% of the read bandwidth, with them ~85–100%.
 pub(super) const PREFETCH_GEMV: usize = 16 << 10;
 const PREFETCH_HEAD: usize = 32 << 10;
+/// How far ahead, into L1, the one-token products that stream from memory
+/// also prefetch (besides, or instead of, the L2 prefetches above): the
+/// float heads here, and AVX-512 VNNI's ternary tile and Q6_K head. On the
+/// 2-core Intel Xeon VM (huge pages, `examples/tg_profile`, best of
+/// 1024–4096 bytes) 1536 was best everywhere, 3 KiB and more lost 10–40%:
+/// the F16 head 16.0–16.4 → 16.4–16.6 GB/s on one thread and 30.3–31.0 →
+/// 31.8–32.4 on two with it added to the L2 prefetch; see `avx512` for the
+/// others.
+pub(super) const PREFETCH_L1: usize = 1536;
 
 // Every entry below is reached only through `AVX2` (or the AVX-512 tables
 // built on `OPS`), which `get` / `avx512::variants` hand out after checking
@@ -841,11 +850,14 @@ unsafe fn float_tile<const F16: bool, const R: usize, const T: usize>(
     let mut i = 0;
     while i + 8 <= d {
         // The rows stream once per token tile: each row's line
-        // PREFETCH_HEAD ahead, into L2 (a hint only, so `wrapping_add`).
-        // (With several tokens this halved the F16 head's time at 4.)
+        // PREFETCH_HEAD ahead into L2 and PREFETCH_L1 ahead into L1 (hints
+        // only, so `wrapping_add`). (With several tokens the L2 prefetch
+        // halved the F16 head's time at 4.)
         if (i * es) % 64 == 0 {
             for wr in w.iter() {
-                _mm_prefetch::<_MM_HINT_T1>(wr.wrapping_add(i * es + PREFETCH_HEAD) as *const i8);
+                let p = wr.wrapping_add(i * es);
+                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH_HEAD) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_L1) as *const i8);
             }
         }
         let xv: [__m256; T] = std::array::from_fn(|t| _mm256_loadu_ps(x[t].add(i)));
@@ -1077,13 +1089,14 @@ pub(super) unsafe fn prefetch_head_block<const Q6: bool>(wb: *const u8) {
 
 /// Generates a four-row, one-token Q6_K head tile `$name` for the target
 /// features `$feat` over a block function `$block(w, a, bs) -> __m256i`
-/// (eight i32 lanes summing to the block's exact integer dot): per block
+/// (eight i32 lanes summing to the block's exact integer dot) and a
+/// prefetch `$prefetch(wb)` issued for each row's block: per block
 /// the four rows' sums are reduced together (`vphaddd`) and their float
 /// steps `s += (d_w · d_x) · Σ` run in the four lanes of one vector, the
 /// same operations per row as the scalar reference, so its bits. AVX2's
 /// tile ([`q6_k_rows4_avx2`]) and AVX-512 VNNI's share it.
 macro_rules! q6_k_rows4 {
-    ($name:ident, $feat:literal, $block:path) => {
+    ($name:ident, $feat:literal, $block:path, $prefetch:path) => {
         #[target_feature(enable = $feat)]
         pub(super) unsafe fn $name(
             w: [*const u8; 4],
@@ -1100,7 +1113,7 @@ macro_rules! q6_k_rows4 {
                 let mut dw = [0u16; 8];
                 for r in 0..4 {
                     let wb = w[r].add(b * bstep);
-                    $crate::kernels::avx2::prefetch_head_block::<true>(wb);
+                    $prefetch(wb);
                     dots[r] = $block(wb, a.add(b * qk), bs.add(b * 16));
                     let d = wb.add(q6_k::D_OFF);
                     dw[r] = u16::from_le_bytes([*d, *d.add(1)]);
@@ -1137,7 +1150,12 @@ unsafe fn q6_k_block1(w: *const u8, a: *const i8, bs: *const i16) -> __m256i {
     q6_k_block::<1>(w, [a], [bs])[0]
 }
 
-q6_k_rows4!(q6_k_rows4_avx2, "avx2,fma,f16c", q6_k_block1);
+q6_k_rows4!(
+    q6_k_rows4_avx2,
+    "avx2,fma,f16c",
+    q6_k_block1,
+    prefetch_head_block::<true>
+);
 
 /// `R` head rows × `T` tokens of a quantized head (`Q6`: Q6_K, else Q8_0)
 /// over `nb` blocks. Q8_0: each (row, token) keeps one 8-lane f32

@@ -14,12 +14,24 @@
 //! the one-token ternary tile was still 512-bit, showed the head faster
 //! but the whole token not.
 //!
-//! One token (generation) goes through AVX2's one-token tile: with the
-//! weights in huge-page chunks (`memory`), it streamed faster than the
-//! 512-bit tiles tried for it (the packed tile below, and one masking the
-//! 2-bit fields in place): in one binary, `TERN_KERNEL=avx2` ran tg64 at
-//! 13.0–13.3 t/s on one thread and 24.1–24.5 on two against 12.0 and
-//! 22.6–22.8 for the 512-bit one-token tile (F16 head, Intel Xeon VM).
+//! One token (generation), with VNNI, goes through [`tile1_vnni`], which
+//! prefetches both into L1 (`avx2::PREFETCH_L1`, 1.5 KiB ahead) and into
+//! L2 (16 KiB); without VNNI through the packed tile below. The
+//! one-token tile AVX2 uses, with its L2 prefetch only, streams at one of
+//! two rates on the Intel Xeon VM depending on the build, not on its own
+//! code: the same tile code ran tg32 on the Q6_K file at 18.4–18.9 t/s in
+//! one build and 14.7–15.5 in builds that differ only by a never-called
+//! function padded into the driver (one thread; 33.4–34.5 against
+//! 27.7–29.7 on two). Copies of the tile's loop written out in assembly
+//! showed the same two rates depending on the instructions run before
+//! the loop, and with no PMU in the VM the cause stayed unknown. With
+//! the L1 prefetch the VNNI tile ran 18.5–19.3 / 34.6–36.7 t/s in all
+//! three builds (F16 head: 13.0–13.4 / 24.4–25.3, against 13.1 / 24.4–24.6
+//! and 11.4 / 21.3–21.5 for AVX2's tile); an L1 prefetch alone was 3–5%
+//! slower on two threads, the L2 one alone the two rates above, and L1
+//! distances of 3 KiB or more lost up to 20%. The earlier 512-bit
+//! one-token tiles (with the L2 prefetch only) had measured slower than
+//! AVX2's in a fast build (tg64 12.0 against 13.0–13.3 t/s, F16 head).
 //!
 //! Packed tile: one packed group block (128 bytes) is two 64-byte vectors,
 //! rows 0|1 and rows 2|3; each 32-byte activation chunk is broadcast to
@@ -129,7 +141,7 @@ unsafe fn packed_vnni(
 ) {
     // SAFETY: as for `packed_bw`, with VNNI checked.
     match t {
-        1 => avx2::i2s_packed(w, nb, x, k, 1, out, ld),
+        1 => tile1_vnni(w, nb, x, out),
         2 => ptile_vnni::<2>(w, nb, x, k, out, ld),
         3 => ptile_vnni::<3>(w, nb, x, k, out, ld),
         _ => ptile_vnni::<4>(w, nb, x, k, out, ld),
@@ -171,6 +183,67 @@ unsafe fn codes(wv: __m512i) -> [__m512i; 4] {
         _mm512_and_si512(_mm512_srli_epi16::<2>(wv), mask),
         _mm512_and_si512(wv, mask),
     ]
+}
+
+/// One token with VNNI: a packed group (four rows) against one activation
+/// row; writes `out[r]` = Σ code·x.
+///
+/// The 2-bit fields are masked in place instead of shifted down: field `f`
+/// of a byte (bits `7 - 2f ..= 6 - 2f`, the code of activation chunk `f`)
+/// is `code << (6 - 2f)` after the mask, so `vpdpbusd` sums
+/// `(code · x) << (6 - 2f)` into its own accumulator, and one arithmetic
+/// shift per accumulator at the end gives the exact sum back (every term
+/// is a multiple of `1 << (6 - 2f)`). A lane adds at most
+/// 4 · 192 · 128 = 98304 per block, so the sums are exact below 21845
+/// blocks (`Packed` takes at most `ternary::MAX_COLS` = 2^20 columns).
+/// Eight AND + eight `vpdpbusd` per 128-byte block, against sixteen
+/// 512-bit operations for the shifted codes of [`ptile_vnni`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+#[allow(clippy::needless_range_loop)]
+unsafe fn tile1_vnni(wp: *const u8, nb: usize, x0: *const i8, out: *mut i32) {
+    let mask = [
+        _mm512_set1_epi8(0xC0u8 as i8),
+        _mm512_set1_epi8(0x30),
+        _mm512_set1_epi8(0x0C),
+        _mm512_set1_epi8(0x03),
+    ];
+    // acc[p][f]: rows 2p | 2p+1 (lower | upper 256 bits), field f.
+    let mut acc = [[_mm512_setzero_si512(); 4]; 2];
+    for bi in 0..nb {
+        let wb = wp.add(bi * GROUP_BLOCK_BYTES);
+        // Both lines of the run PREFETCH_L1 ahead into L1 and
+        // PREFETCH_GEMV ahead into L2 (hints only, so `wrapping_add`).
+        let a = wb.wrapping_add(avx2::PREFETCH_L1) as *const i8;
+        _mm_prefetch::<_MM_HINT_T0>(a);
+        _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(64));
+        let a = wb.wrapping_add(avx2::PREFETCH_GEMV) as *const i8;
+        _mm_prefetch::<_MM_HINT_T1>(a);
+        _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(64));
+        let w = [
+            _mm512_loadu_si512(wb as *const __m512i),
+            _mm512_loadu_si512(wb.add(64) as *const __m512i),
+        ];
+        let xb = x0.add(bi * QK);
+        for f in 0..4 {
+            let xv = _mm512_broadcast_i64x4(_mm256_loadu_si256(xb.add(32 * f) as *const __m256i));
+            for p in 0..2 {
+                acc[p][f] = _mm512_dpbusd_epi32(acc[p][f], _mm512_and_si512(w[p], mask[f]), xv);
+            }
+        }
+    }
+    let mut r = [_mm256_setzero_si256(); 4];
+    for p in 0..2 {
+        let a = &acc[p];
+        let t = _mm512_add_epi32(
+            _mm512_add_epi32(_mm512_srai_epi32::<6>(a[0]), _mm512_srai_epi32::<4>(a[1])),
+            _mm512_add_epi32(_mm512_srai_epi32::<2>(a[2]), a[3]),
+        );
+        r[2 * p] = _mm512_castsi512_si256(t);
+        r[2 * p + 1] = _mm512_extracti64x4_epi64::<1>(t);
+    }
+    let s = _mm256_hadd_epi32(_mm256_hadd_epi32(r[0], r[1]), _mm256_hadd_epi32(r[2], r[3]));
+    let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+    _mm_storeu_si128(out as *mut __m128i, s);
 }
 
 /// Generates the packed tile for one feature set (`$vnni`: accumulate
@@ -382,10 +455,26 @@ unsafe fn q6_k_block_vnni256(w: *const u8, a: *const i8, bs: *const i16) -> __m2
     _mm256_add_epi32(_mm512_castsi512_si256(d), _mm512_extracti64x4_epi64::<1>(d))
 }
 
+/// The VNNI Q6_K head tile's prefetch: the four lines of a block
+/// [`avx2::PREFETCH_L1`] ahead, into L1 only. The L2 prefetch 32 KiB ahead
+/// that AVX2's tile issues made it slower here: the 2B-4T Q6_K head
+/// (`examples/tg_profile`, Intel Xeon VM, two alternated rounds) streamed
+/// 13.7–14.1 GB/s with it (alone or beside this one), 15.3–15.4 with only
+/// this (one thread; two: 27.4–28.3 → 30.8–31.2).
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn prefetch_q6_k_l1(wb: *const u8) {
+    let pf = wb.wrapping_add(avx2::PREFETCH_L1) as *const i8;
+    for line in 0..4 {
+        _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(64 * line));
+    }
+}
+
 avx2::q6_k_rows4!(
     q6_k_rows4_vnni,
     "avx512f,avx512bw,avx512vnni,avx2,fma,f16c",
-    q6_k_block_vnni256
+    q6_k_block_vnni256,
+    prefetch_q6_k_l1
 );
 
 packed_tile!(ptile_bw, "avx512f,avx512bw,avx2", false);

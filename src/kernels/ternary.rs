@@ -53,6 +53,12 @@ pub const GROUP_BLOCK_BYTES: usize = GROUP * BLOCK_BYTES;
 /// and activations stream from L2 faster than the 2-bit codes do.
 pub const PANEL_MIN_TOKENS: usize = 64;
 
+/// The most columns a [`Packed`] matrix takes: keeps every tile's 32-bit
+/// sums exact with room to spare (the VNNI one-token tile's lanes hold
+/// sums up to 64× the codes', see the AVX-512 VNNI one-token tile; 2B-4T's widest
+/// is 6912).
+pub const MAX_COLS: usize = 1 << 20;
+
 /// Whether `kern` computes `n` tokens through the unpacked panels (and so
 /// wants the activations interleaved by [`tile_tokens`]).
 pub fn takes_panels(kern: &Kernel, n: usize) -> bool {
@@ -125,6 +131,13 @@ impl Packed {
                 "ternary rows of {} values are not a multiple of {}",
                 cols,
                 QK
+            );
+        }
+        if cols > MAX_COLS {
+            anyhow::bail!(
+                "ternary rows of {} values are longer than the {} tern takes",
+                cols,
+                MAX_COLS
             );
         }
         let want = rows
