@@ -77,7 +77,7 @@ const PREFETCH_HEAD: usize = 32 << 10;
 /// also prefetch (besides, or instead of, the L2 prefetches above): the
 /// float heads here, and AVX-512 VNNI's ternary tile and Q6_K head. On the
 /// 2-core Intel Xeon VM (huge pages, `examples/tg_profile`, best of
-/// 1024–4096 bytes) 1536 was best everywhere, 3 KiB and more lost 10–40%:
+/// 1024–4096 bytes) 1536 was best or tied everywhere, 3 KiB and more lost 20–30%:
 /// the F16 head 16.0–16.4 → 16.4–16.6 GB/s on one thread and 30.3–31.0 →
 /// 31.8–32.4 on two with it added to the L2 prefetch; see `avx512` for the
 /// others.

@@ -29,9 +29,9 @@
 //! three builds (F16 head: 13.0–13.4 / 24.4–25.3, against 13.1 / 24.4–24.6
 //! and 11.4 / 21.3–21.5 for AVX2's tile); with the L1 prefetch alone it
 //! was 3–5% slower on two threads, and L1 distances of 3 KiB or more lost
-//! up to 20% on one. The earlier 512-bit
-//! one-token tiles (with the L2 prefetch only) had measured slower than
-//! AVX2's in a fast build (tg64 12.0 against 13.0–13.3 t/s, F16 head).
+//! up to 20% on one. The earlier 512-bit one-token tiles (with the L2
+//! prefetch only) had measured slower than AVX2's in a fast build (tg64
+//! 12.0 against 13.0–13.3 t/s, F16 head).
 //!
 //! Packed tile: one packed group block (128 bytes) is two 64-byte vectors,
 //! rows 0|1 and rows 2|3; each 32-byte activation chunk is broadcast to
@@ -459,7 +459,7 @@ unsafe fn q6_k_block_vnni256(w: *const u8, a: *const i8, bs: *const i16) -> __m2
 /// [`avx2::PREFETCH_L1`] ahead, into L1 only. The L2 prefetch 32 KiB ahead
 /// that AVX2's tile issues made it slower here: the 2B-4T Q6_K head
 /// (`examples/tg_profile`, Intel Xeon VM, two alternated rounds) streamed
-/// 13.7–14.1 GB/s with it (alone or beside this one), 15.3–15.4 with only
+/// 13.7–14.2 GB/s with it (alone or beside this one), 15.3–15.4 with only
 /// this (one thread; two: 27.4–28.3 → 30.8–31.2).
 #[target_feature(enable = "avx2")]
 #[inline]
