@@ -73,9 +73,11 @@ const SHAPE: TileShape = TileShape {
 /// alone left generation at ~70% of the read bandwidth, with them ~85–100%.
 pub(super) const PREFETCH_GEMV: usize = 16 << 10;
 const PREFETCH_HEAD: usize = 32 << 10;
-/// How far ahead, into L1, the one-token products that stream from memory
-/// also prefetch (besides, or instead of, the L2 prefetches above): the
-/// float heads here, and AVX-512 VNNI's ternary tile and Q6_K head. On the
+/// How far ahead, into L1, the products that stream their weights from
+/// memory also prefetch (besides, or instead of, the L2 prefetches above):
+/// the float heads here (every token count; this table serves AMD too,
+/// where it is not measured), and AVX-512 VNNI's one-token ternary tile
+/// and Q6_K head. On the
 /// 2-core Intel Xeon VM (huge pages, `examples/tg_profile`, best of
 /// 1024–4096 bytes) 1536 was best or tied everywhere, 3 KiB and more lost 20–30%:
 /// the F16 head 16.0–16.4 → 16.4–16.6 GB/s on one thread and 30.3–31.0 →

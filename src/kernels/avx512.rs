@@ -19,17 +19,17 @@
 //! L2 (16 KiB); without VNNI through the packed tile below. The
 //! one-token tile AVX2 uses, with its L2 prefetch only, streams at one of
 //! two rates on the Intel Xeon VM depending on the build, not on its own
-//! code: the same tile code ran tg32 on the Q6_K file at 18.4–18.9 t/s in
-//! one build and 14.7–15.3 in builds that differ only by a never-called
-//! function padded into the driver (one thread; 31.9–34.5 against
-//! 27.7–28.9 on two). Copies of the tile's loop written out in assembly
+//! code: the same tile code ran tg32 on the Q6_K file at 18.7–18.9 t/s in
+//! one build and 15.3 in one that differs only by a never-called function
+//! padded into the driver (one thread; 34.0–34.5 against 28.2–28.9 on
+//! two; two alternated rounds, as the README's table). Copies of the tile's loop written out in assembly
 //! showed the same two rates depending on the instructions run before
 //! the loop, and with no PMU in the VM the cause stayed unknown. With
 //! the L1 prefetch the VNNI tile ran 18.5–19.3 / 34.6–36.7 t/s in all
 //! three builds (F16 head: 13.0–13.4 / 24.4–25.3, against 13.1 / 24.4–24.6
 //! and 11.4 / 21.3–21.5 for AVX2's tile); with the L1 prefetch alone it
-//! was 3–5% slower on two threads, and L1 distances of 3 KiB or more lost
-//! up to 20% on one. The earlier 512-bit one-token tiles (with the L2
+//! was 3–5% slower on two threads, and an L1 distance of 3 KiB lost 20%
+//! on one. The earlier 512-bit one-token tiles (with the L2
 //! prefetch only) had measured slower than AVX2's in a fast build (tg64
 //! 12.0 against 13.0–13.3 t/s, F16 head).
 //!
@@ -196,8 +196,8 @@ unsafe fn codes(wv: __m512i) -> [__m512i; 4] {
 /// is a multiple of `1 << (6 - 2f)`). A lane adds at most
 /// 4 · 192 · 128 = 98304 per block, so the sums are exact below 21845
 /// blocks (`Packed` takes at most `ternary::MAX_COLS` = 2^20 columns).
-/// Eight AND + eight `vpdpbusd` per 128-byte block, against sixteen
-/// 512-bit operations for the shifted codes of [`ptile_vnni`].
+/// Eight AND + eight `vpdpbusd` per 128-byte block, against six shifts,
+/// eight AND and eight `vpdpbusd` for the shifted codes of [`ptile_vnni`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
 #[allow(clippy::needless_range_loop)]
 unsafe fn tile1_vnni(wp: *const u8, nb: usize, x0: *const i8, out: *mut i32) {

@@ -57,8 +57,8 @@ const SLAB_ALIGN: usize = 4 << 10;
 /// 64 KiB between them, 15.0–15.5 GB/s — as fast as each on whole huge
 /// pages of its own, which would cost ~260 MB of partly used huge pages
 /// on that model. The cause was not pinned down (the one-token tiles
-/// prefetch 16 KiB ahead, the head's 32 KiB, so each stream's prefetches
-/// run into whatever lies after it).
+/// prefetched 16 KiB ahead then, the head's 32 KiB, so each stream's
+/// prefetches run into whatever lies after it).
 const SLAB_GAP: usize = 16 << 10;
 
 /// One anonymous mapping of [`CHUNK`] bytes from a 2 MiB boundary, all

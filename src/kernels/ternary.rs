@@ -135,7 +135,7 @@ impl Packed {
         }
         if cols > MAX_COLS {
             anyhow::bail!(
-                "ternary rows of {} values are longer than the {} tern takes",
+                "ternary rows of {} values: tern takes at most {} per row",
                 cols,
                 MAX_COLS
             );

@@ -54,7 +54,8 @@ fn load(src: &Source, act: ActQuant, warnings: &mut Vec<String>) -> Result<Weigh
                 );
             }
             let scale = i2s::validate(data, n).with_context(|| format!("tensor {}", name))?;
-            let w = Ternary::from_i2s(&data[..n / 4], rows, cols, scale)?;
+            let w = Ternary::from_i2s(&data[..n / 4], rows, cols, scale)
+                .with_context(|| format!("tensor {}", name))?;
             // Copied out: the map's pages of this tensor are not read again.
             src.file.release(src.info);
             Ok(Box::new(w))
