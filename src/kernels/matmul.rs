@@ -284,11 +284,6 @@ mod tests {
         }
     }
 
-    /// Called from outside any pool (as `tern run` calls `decode`), the
-    /// pass moves onto a worker of the global pool; passes from two callers
-    /// at once on one pool both finish, also while a worker of the pool is
-    /// blocked outside rayon (here: joining an OS thread that waits for
-    /// the other pass).
     #[test]
     fn even_chunk_cuts_products_into_whole_equal_tasks() {
         // 2B-4T Q, K, V at two threads: 480 would leave 160-row tails.
@@ -317,6 +312,11 @@ mod tests {
         }
     }
 
+    /// Called from outside any pool (as `tern run` calls `decode`), the
+    /// pass moves onto a worker of the global pool; passes from two callers
+    /// at once on one pool both finish, also while a worker of the pool is
+    /// blocked outside rayon (here: joining an OS thread that waits for
+    /// the other pass).
     #[test]
     fn busy_pool_from_outside_and_from_two_callers() {
         let p = pool(2);
