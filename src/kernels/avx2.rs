@@ -1080,12 +1080,17 @@ unsafe fn q6_k_block<const T: usize>(
 #[target_feature(enable = "avx2")]
 #[inline]
 pub(super) unsafe fn prefetch_head_block<const Q6: bool>(wb: *const u8) {
-    let pf = wb.wrapping_add(PREFETCH_HEAD) as *const i8;
-    _mm_prefetch::<_MM_HINT_T1>(pf);
-    if Q6 {
-        _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(64));
-        _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(128));
-        _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(192));
+    prefetch_lines::<_MM_HINT_T1>(wb.wrapping_add(PREFETCH_HEAD), if Q6 { 4 } else { 1 });
+}
+
+/// Prefetch the `lines` 64-byte lines from `p` on with hint `H`
+/// (`_MM_HINT_T0`: into L1, `_MM_HINT_T1`: into L2). A hint only, so the
+/// addresses may lie past any buffer (`wrapping_add`).
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) unsafe fn prefetch_lines<const H: i32>(p: *const u8, lines: usize) {
+    for line in 0..lines {
+        _mm_prefetch::<H>(p.wrapping_add(64 * line) as *const i8);
     }
 }
 

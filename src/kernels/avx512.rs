@@ -464,10 +464,7 @@ unsafe fn q6_k_block_vnni256(w: *const u8, a: *const i8, bs: *const i16) -> __m2
 #[target_feature(enable = "avx2")]
 #[inline]
 unsafe fn prefetch_q6_k_l1(wb: *const u8) {
-    let pf = wb.wrapping_add(avx2::PREFETCH_L1) as *const i8;
-    for line in 0..4 {
-        _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(64 * line));
-    }
+    avx2::prefetch_lines::<_MM_HINT_T0>(wb.wrapping_add(avx2::PREFETCH_L1), 4);
 }
 
 avx2::q6_k_rows4!(
