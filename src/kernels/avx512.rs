@@ -16,7 +16,8 @@
 //!
 //! One token (generation), with VNNI, goes through [`tile1_vnni`], which
 //! prefetches both into L1 (`avx2::PREFETCH_L1`, 1.5 KiB ahead) and into
-//! L2 (16 KiB); without VNNI through the packed tile below. The
+//! L2 ([`PREFETCH_L2_NEAR`], 4 KiB; it was 16 KiB, as AVX2's, when the
+//! figures below were taken); without VNNI through the packed tile below. The
 //! one-token tile AVX2 uses, with its L2 prefetch only, streams at one of
 //! two rates on the Intel Xeon VM depending on the build, not on its own
 //! code: the same tile code ran tg32 on the Q6_K file at 18.7–18.9 t/s in
@@ -49,6 +50,31 @@ use super::ternary::{TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
 use super::{avx2, Kernel, Ops};
 use crate::quant::q6_k;
 use std::arch::x86_64::*;
+
+/// How far ahead AVX-512 VNNI's one-token products (the ternary
+/// [`tile1_vnni`] and the Q6_K head) prefetch into L2, beside their L1
+/// prefetch [`avx2::PREFETCH_L1`] 1.5 KiB ahead.
+///
+/// Measured on the Intel Xeon VM (2026-12-01, night) with copies of the
+/// tile that differ only in their prefetches, run in turn in one process
+/// over a 640 MB matrix on huge pages (medians of five passes beside a
+/// streaming sum of 1 GiB): with the L2 prefetch 16 KiB ahead (as AVX2's
+/// [`avx2::PREFETCH_GEMV`]) the tile streamed at 85–92% of the sum in four
+/// builds (0, 64, 200, 333 bytes of never-called padding in the driver),
+/// with 4 KiB at 94–97% in the same builds; 2, 3, 6 and 8 KiB were at or
+/// below 4 in each; in one build, against 17.1 GB/s with both prefetches
+/// (L2 at 16 KiB), T0 alone gave 16.1, T1 alone 14.6, neither 14.5; one
+/// T0 line per run instead of two swung 13.4–17.3 between builds (the
+/// lottery again), so both stay. On the 2B-4T Q6_K file's
+/// weights, alternated in one process: the projections 14.9 → 16.3 GB/s
+/// on one thread and 25.9 → 27.9 on two; the Q6_K head with an L2 line 4
+/// KiB ahead beside its L1 one 15.7 → 16.5 and 30.3 → 33.1 (the F16 head's
+/// 32 KiB stayed: 4 and 8 KiB lost 7%). `tern bench -p 0 -n 32 -r 2`, the
+/// commit before and three builds of this one (0, 64, 200 bytes padded),
+/// two alternated rounds, t/s at 1 / 2 threads: Q6_K head 18.6–19.3 /
+/// 36.0–36.5 → 20.1–21.4 / 36.5–39.1, F16 head 13.2–13.4 / 25.1–25.3 →
+/// 13.6–14.1 / 25.0–26.9.
+const PREFETCH_L2_NEAR: usize = 4 << 10;
 
 /// Blocks summed in 16-bit lanes before widening (packed tile, no VNNI).
 const CHUNK: usize = 8;
@@ -212,11 +238,11 @@ unsafe fn tile1_vnni(wp: *const u8, nb: usize, x0: *const i8, out: *mut i32) {
     for bi in 0..nb {
         let wb = wp.add(bi * GROUP_BLOCK_BYTES);
         // Both lines of the run PREFETCH_L1 ahead into L1 and
-        // PREFETCH_GEMV ahead into L2 (hints only, so `wrapping_add`).
+        // PREFETCH_L2_NEAR ahead into L2 (hints only, so `wrapping_add`).
         let a = wb.wrapping_add(avx2::PREFETCH_L1) as *const i8;
         _mm_prefetch::<_MM_HINT_T0>(a);
         _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(64));
-        let a = wb.wrapping_add(avx2::PREFETCH_GEMV) as *const i8;
+        let a = wb.wrapping_add(PREFETCH_L2_NEAR) as *const i8;
         _mm_prefetch::<_MM_HINT_T1>(a);
         _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(64));
         let w = [
@@ -456,22 +482,25 @@ unsafe fn q6_k_block_vnni256(w: *const u8, a: *const i8, bs: *const i16) -> __m2
 }
 
 /// The VNNI Q6_K head tile's prefetch: the four lines of a block
-/// [`avx2::PREFETCH_L1`] ahead, into L1 only. The L2 prefetch 32 KiB ahead
-/// that AVX2's tile issues made it slower here: the 2B-4T Q6_K head
-/// (`examples/tg_profile`, Intel Xeon VM, two alternated rounds) streamed
-/// 13.7–14.2 GB/s with it (alone or beside this one), 15.3–15.4 with only
-/// this (one thread; two: 27.4–28.3 → 30.8–31.2).
+/// [`avx2::PREFETCH_L1`] ahead into L1 and [`PREFETCH_L2_NEAR`] ahead into
+/// L2. The L2 prefetch 32 KiB ahead that AVX2's tile issues made it slower
+/// here: the 2B-4T Q6_K head (`examples/tg_profile`, Intel Xeon VM, two
+/// alternated rounds) streamed 13.7–14.2 GB/s with it (alone or beside the
+/// L1 one), 15.3–15.4 with the L1 one only (one thread; two: 27.4–28.3 →
+/// 30.8–31.2); with the L2 one 4 KiB ahead beside it, see
+/// [`PREFETCH_L2_NEAR`].
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn prefetch_q6_k_l1(wb: *const u8) {
+unsafe fn prefetch_q6_k(wb: *const u8) {
     avx2::prefetch_lines::<_MM_HINT_T0>(wb.wrapping_add(avx2::PREFETCH_L1), 4);
+    avx2::prefetch_lines::<_MM_HINT_T1>(wb.wrapping_add(PREFETCH_L2_NEAR), 4);
 }
 
 avx2::q6_k_rows4!(
     q6_k_rows4_vnni,
     "avx512f,avx512bw,avx512vnni,avx2,fma,f16c",
     q6_k_block_vnni256,
-    prefetch_q6_k_l1
+    prefetch_q6_k
 );
 
 packed_tile!(ptile_bw, "avx512f,avx512bw,avx2", false);
