@@ -505,6 +505,17 @@ fn forced_kernel_names() {
         Err(e) => e.to_string(),
     };
     assert!(e.contains("unknown kernel"), "{}", e);
+    // A variant by its own name, when this CPU has it; else refused.
+    for k in tern::kernels::all_variants() {
+        let got = tern::kernels::select(Some(k.variant())).expect("variant by name");
+        assert_eq!(got.variant(), k.variant());
+    }
+    for v in ["avx512bw", "avx512vnni", "neon+dotprod"] {
+        let have = tern::kernels::all_variants()
+            .iter()
+            .any(|k| k.variant() == v);
+        assert_eq!(tern::kernels::select(Some(v)).is_ok(), have, "{v}");
+    }
     #[cfg(target_arch = "x86_64")]
     assert!(tern::kernels::select(Some("neon")).is_err());
     #[cfg(target_arch = "aarch64")]

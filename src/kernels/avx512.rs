@@ -17,7 +17,12 @@
 //! One token (generation), with VNNI, goes through [`tile1_vnni`], which
 //! prefetches both into L1 (`avx2::PREFETCH_L1`, 1.5 KiB ahead) and into
 //! L2 ([`PREFETCH_L2_NEAR`], 4 KiB; it was 16 KiB, as AVX2's, when the
-//! figures below were taken); without VNNI through the packed tile below. The
+//! figures below were taken); without VNNI through the packed tile below,
+//! which for one token prefetches the same way (it had AVX2's L2 prefetch
+//! only: forced with `TERN_KERNEL=avx512bw` on the Intel Xeon VM, copies
+//! alternated in one process over a 640 MB matrix, two builds, it streamed
+//! 12.0–13.0 GB/s on one thread and 24.3–25.7 on two against a streaming
+//! sum of 17.7–18.1 / 35.7; with these prefetches 14.4 / 28.6–29.3). The
 //! one-token tile AVX2 uses, with its L2 prefetch only, streams at one of
 //! two rates on the Intel Xeon VM depending on the build, not on its own
 //! code: the same tile code ran tg32 on the Q6_K file at 18.7–18.9 t/s in
@@ -299,10 +304,20 @@ macro_rules! packed_tile {
                 let mut acc = [[_mm512_setzero_si512(); 2]; T];
                 for bi in b..be {
                     let wb = wp.add(bi * GROUP_BLOCK_BYTES);
-                    {
+                    if T == 1 {
+                        // One token (only without VNNI: VNNI has
+                        // `tile1_vnni`): both lines PREFETCH_L1 ahead into
+                        // L1 and PREFETCH_L2_NEAR ahead into L2, as there.
+                        let a = wb.wrapping_add(avx2::PREFETCH_L1) as *const i8;
+                        _mm_prefetch::<_MM_HINT_T0>(a);
+                        _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(64));
+                        let a = wb.wrapping_add(PREFETCH_L2_NEAR) as *const i8;
+                        _mm_prefetch::<_MM_HINT_T1>(a);
+                        _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(64));
+                    } else {
                         // The weights stream once per token tile: prefetch
                         // both lines of the run as far ahead into L2 as the
-                        // AVX2 tiles do (a hint only, so `wrapping_add`).
+                        // AVX2 tiles do (hints only, so `wrapping_add`).
                         let a = wb.wrapping_add(avx2::PREFETCH_GEMV) as *const i8;
                         _mm_prefetch::<_MM_HINT_T1>(a);
                         _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(64));

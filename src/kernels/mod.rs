@@ -323,16 +323,36 @@ pub fn all_variants() -> Vec<&'static Kernel> {
 }
 
 /// The kernel called `name` (error if this CPU cannot run it), else the
-/// best the CPU supports.
+/// best the CPU supports. `name` is a family (`avx512`: its best variant
+/// on this CPU) or one variant by its own name (`avx512bw`, `avx512vnni`,
+/// `neon+dotprod`), so the lesser variants can be run and measured too.
 pub fn select(name: Option<&str>) -> anyhow::Result<&'static Kernel> {
     let all = available();
-    let names = || all.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ");
+    let names = || {
+        let mut n: Vec<&str> = all.iter().map(|k| k.name()).collect();
+        for k in all_variants() {
+            if !n.contains(&k.variant()) {
+                n.push(k.variant());
+            }
+        }
+        n.join(", ")
+    };
     match name {
         Some(n) => {
-            let known = ["scalar", "avx2", "avx512", "neon"];
+            const KNOWN: [&str; 7] = [
+                "scalar",
+                "avx2",
+                "avx512",
+                "avx512bw",
+                "avx512vnni",
+                "neon",
+                "neon+dotprod",
+            ];
             if let Some(k) = all.iter().find(|k| k.name() == n) {
                 Ok(*k)
-            } else if known.contains(&n) {
+            } else if let Some(k) = all_variants().into_iter().find(|k| k.variant() == n) {
+                Ok(k)
+            } else if KNOWN.contains(&n) {
                 anyhow::bail!(
                     "kernel {:?} is not available on this CPU (have: {})",
                     n,
@@ -341,8 +361,8 @@ pub fn select(name: Option<&str>) -> anyhow::Result<&'static Kernel> {
             } else {
                 anyhow::bail!(
                     "unknown kernel {:?} (TERN_KERNEL takes one of: {})",
-                    n,
-                    known.join(", ")
+                    crate::untrusted::quoted(n),
+                    KNOWN.join(", ")
                 )
             }
         }
