@@ -205,7 +205,7 @@ impl RopeTable {
 /// backed. A heap buffer of 4 KiB pages (what `tern bench` used before)
 /// streams 12–16% slower on the Intel Xeon VM when THP is in `madvise`
 /// mode (15.8 vs 18.3 GB/s on one thread, 31.5 vs 37.0 on two,
-/// [`stream_sum`] with prefetch, 1 GiB, 2026-12-01), so the bound it gave
+/// [`stream_sum`] with the L2 prefetch, 1 GiB, 2026-12-01), so the bound it gave
 /// was lower than what the weights' memory can deliver and depended on
 /// the THP setting.
 pub fn bandwidth_buffer(bytes: usize) -> super::memory::HugeBuf {
@@ -217,18 +217,16 @@ pub fn bandwidth_buffer(bytes: usize) -> super::memory::HugeBuf {
 }
 
 /// Streaming read bandwidth in GB/s: every thread of the current pool sums
-/// its share of `buf`; best of eight passes, with and without software
-/// prefetch (see [`stream_sum`]). `tern bench`'s bound and
+/// its share of `buf`; best of nine passes, three with each
+/// [`StreamPrefetch`] (see [`stream_sum`]). `tern bench`'s bound and
 /// `examples/tg_profile`'s reference rate.
 pub fn read_bandwidth(buf: &[u64]) -> f64 {
     let part = buf.len().div_ceil(rayon::current_num_threads()).max(1);
     let mut best = 0f64;
-    for pass in 0..8 {
+    for pass in 0..9 {
+        let pf = StreamPrefetch::ALL[pass % StreamPrefetch::ALL.len()];
         let t0 = std::time::Instant::now();
-        let s: u64 = buf
-            .par_chunks(part)
-            .map(|c| stream_sum(c, pass % 2 == 1))
-            .sum();
+        let s: u64 = buf.par_chunks(part).map(|c| stream_sum(c, pf)).sum();
         let secs = t0.elapsed().as_secs_f64();
         std::hint::black_box(s);
         best = best.max((buf.len() * 8) as f64 / secs / 1e9);
@@ -236,23 +234,55 @@ pub fn read_bandwidth(buf: &[u64]) -> f64 {
     best
 }
 
+/// The software prefetch a [`stream_sum`] issues for each 64-byte line
+/// (x86-64; elsewhere every kind reads without one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamPrefetch {
+    /// None: the hardware prefetchers alone.
+    None,
+    /// 16 KiB ahead into L2, as AVX2's one-token tiles prefetch.
+    FarL2,
+    /// 1.5 KiB ahead into L1 and 4 KiB ahead into L2, as AVX-512's
+    /// one-token tiles prefetch. On the Intel Xeon VM (2026-12-01, seven
+    /// alternated passes over 1 GiB, one thread) this read 18.8 GB/s
+    /// against 17.5 without a prefetch and 16.7 with [`StreamPrefetch::FarL2`]:
+    /// a bound that left it out was that much low.
+    NearL1L2,
+}
+
+impl StreamPrefetch {
+    /// Every kind, in the order [`read_bandwidth`] cycles through them.
+    pub const ALL: [StreamPrefetch; 3] = [
+        StreamPrefetch::None,
+        StreamPrefetch::FarL2,
+        StreamPrefetch::NearL1L2,
+    ];
+}
+
 /// Wrapping sum of `words`, with independent lanes so the loop is bound by
 /// memory, not by an add chain: the streaming read that `tern bench` takes
-/// as the machine's read bandwidth. With `prefetch` (x86-64) each 64-byte
-/// line is also prefetched 16 KiB ahead into L2, as the one-token kernels
-/// do; the bench keeps the faster of the two.
-pub fn stream_sum(words: &[u64], prefetch: bool) -> u64 {
+/// as the machine's read bandwidth, with the software prefetch `prefetch`
+/// for each 64-byte line.
+pub fn stream_sum(words: &[u64], prefetch: StreamPrefetch) -> u64 {
     let mut acc = [0u64; 8];
     let it = words.chunks_exact(8);
     let rest: u64 = it.remainder().iter().fold(0, |a, &b| a.wrapping_add(b));
     for w in it {
         #[cfg(target_arch = "x86_64")]
-        if prefetch {
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+            let p = w.as_ptr() as *const i8;
             // SAFETY: a prefetch is only a hint; it never faults, and the
-            // address is formed with `wrapping_add`, never dereferenced.
+            // addresses are formed with `wrapping_add`, never dereferenced.
             unsafe {
-                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-                _mm_prefetch::<_MM_HINT_T1>((w.as_ptr() as *const i8).wrapping_add(16 << 10));
+                match prefetch {
+                    StreamPrefetch::None => {}
+                    StreamPrefetch::FarL2 => _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(16 << 10)),
+                    StreamPrefetch::NearL1L2 => {
+                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(1536));
+                        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(4 << 10));
+                    }
+                }
             }
         }
         for (a, &x) in acc.iter_mut().zip(w) {
