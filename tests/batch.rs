@@ -118,6 +118,48 @@ fn bench_times_a_prompt_past_the_batch_size() {
     assert!(md.contains(&format!("pp{}", p)), "{}", md);
 }
 
+#[test]
+fn bench_times_tests_at_a_depth() {
+    let t = tempfile::tempdir().unwrap();
+    let g = tiny_gguf(t.path());
+    let args = |extra: &[&str]| {
+        let mut v = vec![
+            "bench",
+            "-m",
+            g.to_str().unwrap(),
+            "-p",
+            "4",
+            "-n",
+            "2",
+            "-r",
+            "1",
+            "-t",
+            "1",
+            "--bw-mib",
+            "8",
+        ];
+        v.extend_from_slice(extra);
+        v.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| {
+        let a: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
+        run_tern(&a, None)
+    };
+    let o = run(args(&["-d", "0,8"]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = String::from_utf8_lossy(&o.stdout);
+    for name in ["| pp4 |", "| tg2 |", "| pp4 @ d8 |", "| tg2 @ d8 |"] {
+        assert!(md.contains(name), "{name} missing:\n{md}");
+    }
+    let o = run(args(&["-d", "8", "-o", "json"]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let js = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(js.matches("\"n_depth\": 8").count(), 2, "{js}");
+    assert_clean_failure(&run(args(&["-d", "x"])), "-d");
+    // Deeper than any context the model takes.
+    assert_clean_failure(&run(args(&["-d", "100000000"])), "context");
+}
+
 #[cfg(not(feature = "bitnet-cpp"))]
 #[test]
 fn bench_against_bitnet_cpp_needs_the_feature() {

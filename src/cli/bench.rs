@@ -21,6 +21,10 @@ pub struct Args {
     /// Generated token counts to time (comma-separated; 0 skips the test).
     #[arg(short = 'n', long = "n-gen", default_value = "128")]
     pub n_gen: String,
+    /// Context depths: tokens put in the KV cache (untimed) before each
+    /// repetition of every test, as llama-bench's `-d` (comma-separated).
+    #[arg(short = 'd', long = "n-depth", default_value = "0")]
+    pub n_depth: String,
     /// Thread counts (comma-separated; default: physical cores).
     #[arg(short = 't', long = "threads")]
     pub threads: Option<String>,
@@ -69,6 +73,8 @@ struct Record {
     threads: usize,
     n_prompt: usize,
     n_gen: usize,
+    /// Tokens in the cache before the timed ones.
+    n_depth: usize,
     /// Seconds per repetition.
     samples: Vec<f64>,
 }
@@ -77,11 +83,17 @@ impl Record {
     fn tokens(&self) -> usize {
         self.n_prompt + self.n_gen
     }
+    /// llama-bench's test name: `pp512`, `tg128`, `tg128 @ d4096`.
     fn name(&self) -> String {
-        if self.n_gen == 0 {
+        let base = if self.n_gen == 0 {
             format!("pp{}", self.n_prompt)
         } else {
             format!("tg{}", self.n_gen)
+        };
+        if self.n_depth > 0 {
+            format!("{} @ d{}", base, self.n_depth)
+        } else {
+            base
         }
     }
     fn ts(&self) -> Vec<f64> {
@@ -124,19 +136,28 @@ fn bench_tokens(model: &Model, n: usize) -> Vec<u32> {
     v
 }
 
-/// One prompt-processing run over an emptied cache (the context is reused
-/// across repetitions, as llama-bench does, so the cache pages are not
-/// faulted in again inside the timing).
-fn time_prompt(ctx: &mut Context, toks: &[u32]) -> Result<f64> {
+/// Empty the cache, then (untimed) fill it with the `depth` tokens (the
+/// context is reused across repetitions, as llama-bench does, so the cache
+/// pages are not faulted in again inside the timing).
+fn fill_depth(ctx: &mut Context, depth: &[u32]) -> Result<()> {
     ctx.truncate(0);
+    if !depth.is_empty() {
+        ctx.eval(depth, false)?;
+    }
+    Ok(())
+}
+
+/// One prompt-processing run of `toks` in one batch after `depth`.
+fn time_prompt(ctx: &mut Context, depth: &[u32], toks: &[u32]) -> Result<f64> {
+    fill_depth(ctx, depth)?;
     let t0 = Instant::now();
     ctx.eval(toks, false)?;
     Ok(t0.elapsed().as_secs_f64())
 }
 
-/// `toks.len()` single-token evaluations from an emptied cache.
-fn time_gen(ctx: &mut Context, toks: &[u32]) -> Result<f64> {
-    ctx.truncate(0);
+/// `toks.len()` single-token evaluations after `depth`.
+fn time_gen(ctx: &mut Context, depth: &[u32], toks: &[u32]) -> Result<f64> {
+    fill_depth(ctx, depth)?;
     let t0 = Instant::now();
     for &t in toks {
         ctx.eval(&[t], false)?;
@@ -244,6 +265,7 @@ fn ratio_pairs(records: &[Record]) -> Vec<(&Record, &Record)> {
                         && t.threads == b.threads
                         && t.n_prompt == b.n_prompt
                         && t.n_gen == b.n_gen
+                        && t.n_depth == b.n_depth
                 })
                 .map(|t| (t, b))
         })
@@ -332,6 +354,7 @@ impl Reference {
 pub fn run(a: Args) -> Result<()> {
     let prompts = parse_list("-p", &a.n_prompt, true)?;
     let gens = parse_list("-n", &a.n_gen, true)?;
+    let depths = parse_list("-d", &a.n_depth, true)?;
     let threads = match &a.threads {
         Some(s) => parse_list("-t", s, false)?,
         None => vec![kernels::physical_cores()],
@@ -349,6 +372,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     if !(1..=MAX_BW_MIB).contains(&a.bw_mib) {
         bail!("--bw-mib {}: choose 1 to {}", a.bw_mib, MAX_BW_MIB);
+    }
+    if a.bitnet_cpp && depths.iter().any(|&d| d > 0) {
+        bail!("--bitnet-cpp times tests from an empty cache only; drop -d or --bitnet-cpp");
     }
     let reference = if a.bitnet_cpp {
         let r = Reference::open(a.model.as_deref())?;
@@ -393,12 +419,17 @@ pub fn run(a: Args) -> Result<()> {
     // bound look lower than it is.
     let bw_mem = kernels::ops::bandwidth_buffer(a.bw_mib << 20);
     let bw_buf: &[u64] = bytemuck::cast_slice(bw_mem.bytes());
-    // pp tests, then tg tests: (n_prompt, n_gen), one of them 0.
-    let tests: Vec<(usize, usize)> = prompts
+    // pp tests, then tg tests: (n_prompt, n_gen, n_depth), one of the
+    // first two 0; each at every depth.
+    let tests: Vec<(usize, usize, usize)> = depths
         .iter()
-        .filter(|&&p| p > 0)
-        .map(|&p| (p, 0))
-        .chain(gens.iter().filter(|&&n| n > 0).map(|&n| (0, n)))
+        .flat_map(|&d| {
+            prompts
+                .iter()
+                .filter(|&&p| p > 0)
+                .map(move |&p| (p, 0, d))
+                .chain(gens.iter().filter(|&&n| n > 0).map(move |&n| (0, n, d)))
+        })
         .collect();
     let mut records = Vec::new();
     let mut bandwidth = Vec::new();
@@ -417,16 +448,20 @@ pub fn run(a: Args) -> Result<()> {
     for (&nt, pool) in threads.iter().zip(&pools) {
         // Each test runs on tern and then (with --bitnet-cpp) on bitnet.cpp,
         // so both see the same state of the machine.
-        for &(n_prompt, n_gen) in &tests {
+        for &(n_prompt, n_gen, n_depth) in &tests {
             // The context first: its size is checked before anything is
             // sized from the token count.
-            let mut ctx = Context::try_new(&model, n_prompt + n_gen, false)?;
-            let toks = bench_tokens(&model, n_prompt + n_gen);
+            let n_ctx = n_depth
+                .checked_add(n_prompt + n_gen)
+                .ok_or_else(|| anyhow!("-d {} is too large", n_depth))?;
+            let mut ctx = Context::try_new(&model, n_ctx, false)?;
+            let all = bench_tokens(&model, n_ctx);
+            let (depth, toks) = all.split_at(n_depth);
             let time = |ctx: &mut Context| {
                 if n_gen == 0 {
-                    time_prompt(ctx, &toks)
+                    time_prompt(ctx, depth, toks)
                 } else {
-                    time_gen(ctx, &toks)
+                    time_gen(ctx, depth, toks)
                 }
             };
             let samples = pool.install(|| -> Result<Vec<f64>> {
@@ -438,14 +473,15 @@ pub fn run(a: Args) -> Result<()> {
                 threads: nt,
                 n_prompt,
                 n_gen,
+                n_depth,
                 samples,
             };
             records.push(record(Engine::Tern, samples));
             if let Some(r) = &reference {
                 let samples = if n_gen == 0 {
-                    r.time_prompt(nt, &toks, a.reps)?
+                    r.time_prompt(nt, toks, a.reps)?
                 } else {
-                    r.time_gen(nt, &toks, a.reps)?
+                    r.time_gen(nt, toks, a.reps)?
                 };
                 records.push(record(Engine::BitnetCpp, samples));
             }
@@ -495,7 +531,7 @@ pub fn run(a: Args) -> Result<()> {
             out.push(format!(
                 "  {{\"engine\": {}, \"engine_info\": {}, \"model_filename\": {}, \"model_type\": {}, \"model_size\": {}, \"model_n_params\": {}, \
 \"backends\": \"CPU\", \"cpu_info\": {}, \"kernel\": {}, \"n_threads\": {}, \"n_batch\": {}, \"type_k\": \"f16\", \"type_v\": \"f16\", \
-\"n_prompt\": {}, \"n_gen\": {}, \"avg_ns\": {}, \"stddev_ns\": {}, \"avg_ts\": {:.6}, \"stddev_ts\": {:.6}, \
+\"n_prompt\": {}, \"n_gen\": {}, \"n_depth\": {}, \"avg_ns\": {}, \"stddev_ns\": {}, \"avg_ts\": {:.6}, \"stddev_ts\": {:.6}, \
 \"samples_ns\": {:?}, \"samples_ts\": [{}], \"bytes_per_token\": {}, \"read_bw_gbs\": {:.3}{}}}",
                 json_str(engine),
                 json_str(&engine_label(r.engine)),
@@ -509,6 +545,7 @@ pub fn run(a: Args) -> Result<()> {
                 n_batch,
                 r.n_prompt,
                 r.n_gen,
+                r.n_depth,
                 mns as u64,
                 sdns as u64,
                 m,
@@ -614,6 +651,7 @@ mod tests {
             threads: 2,
             n_prompt: 0,
             n_gen: 16,
+            n_depth: 0,
             samples: samples.to_vec(),
         };
         let steady = [1.0, 1.01, 0.99];
@@ -630,6 +668,22 @@ mod tests {
         ]);
         assert_eq!(w.len(), 1);
         assert!(w[0].contains("implausible"), "{w:?}");
+    }
+
+    #[test]
+    fn test_names_carry_the_depth() {
+        let rec = |n_prompt, n_gen, n_depth| Record {
+            engine: Engine::Tern,
+            threads: 1,
+            n_prompt,
+            n_gen,
+            n_depth,
+            samples: vec![1.0],
+        };
+        assert_eq!(rec(512, 0, 0).name(), "pp512");
+        assert_eq!(rec(0, 128, 0).name(), "tg128");
+        assert_eq!(rec(0, 128, 4096).name(), "tg128 @ d4096");
+        assert_eq!(rec(512, 0, 1024).name(), "pp512 @ d1024");
     }
 
     #[test]
