@@ -390,6 +390,60 @@ fn float_kernels_agree_and_do_not_depend_on_tiling() {
     }
 }
 
+/// The grouped-query routines (`g` query heads over one KV head, each row
+/// read once) give every head's scores and values bit for bit as the
+/// per-head routines do, on every kernel, with K/V in f16 and f32.
+#[test]
+fn grouped_attention_equals_head_by_head() {
+    use tern::kernels::ops::Kv;
+    let mut rng = Rng(12);
+    // (head dim, stride, positions, heads): tails past 16 and 8 lanes,
+    // groups split 4 + 1 and 4 + 2, no position at all.
+    for &(hd, stride, npos, g) in &[
+        (128, 640, 1, 4),
+        (128, 640, 37, 4),
+        (128, 640, 23, 5),
+        (64, 200, 9, 2),
+        (100, 300, 5, 3),
+        (12, 40, 3, 6),
+        (72, 72, 4, 1),
+        (32, 64, 0, 2),
+    ] {
+        let kv32: Vec<f32> = (0..npos.max(1) * stride).map(|_| rng.f32()).collect();
+        let kv16: Vec<f16> = kv32.iter().map(|&v| f16::from_f32(v)).collect();
+        let qs: Vec<f32> = (0..g * hd).map(|_| rng.f32()).collect();
+        let ps: Vec<f32> = (0..g * npos).map(|_| rng.f32().abs()).collect();
+        let off = stride - hd;
+        for k in all_variants() {
+            for kv in [Kv::F16(&kv16), Kv::F32(&kv32)] {
+                let mut s = vec![f32::NAN; g * npos];
+                k.attn_scores_group(kv, stride, off, &qs, hd, 0.125, &mut s);
+                let mut o = vec![f32::NAN; g * hd];
+                k.attn_values_group(kv, stride, off, &ps, g, &mut o);
+                for h in 0..g {
+                    let mut want_s = vec![0f32; npos];
+                    k.attn_scores(kv, stride, off, &qs[h * hd..][..hd], 0.125, &mut want_s);
+                    let mut want_o = vec![0f32; hd];
+                    k.attn_values(kv, stride, off, &ps[h * npos..][..npos], &mut want_o);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&s[h * npos..][..npos]),
+                        bits(&want_s),
+                        "{} scores, head {h} of {g}, d {hd}, {npos} positions",
+                        k.variant()
+                    );
+                    assert_eq!(
+                        bits(&o[h * hd..][..hd]),
+                        bits(&want_o),
+                        "{} values, head {h} of {g}, d {hd}, {npos} positions",
+                        k.variant()
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn attention_kernels_equal_their_dot_and_axpy() {
     use tern::kernels::ops::Kv;

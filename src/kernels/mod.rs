@@ -84,6 +84,11 @@ pub struct Ops {
     pub axpy_f32: fn(f32, &[f32], &mut [f32]),
     pub attn_scores: fn(ops::Kv, usize, usize, &[f32], f32, &mut [f32]),
     pub attn_values: fn(ops::Kv, usize, usize, &[f32], &mut [f32]),
+    /// The same for the query heads that share one KV head (grouped-query
+    /// attention), each K / V row read once for all of them; `None`: head
+    /// by head through the two above (see [`Kernel::attn_scores_group`]).
+    pub attn_scores_group: Option<ops::ScoresGroup>,
+    pub attn_values_group: Option<ops::ValuesGroup>,
     /// In-place softmax of one row of attention scores.
     pub softmax: fn(&mut [f32]),
 }
@@ -273,6 +278,81 @@ impl Kernel {
     pub fn attn_values(&self, v: ops::Kv, stride: usize, off: usize, p: &[f32], out: &mut [f32]) {
         ops::check_rows(v, stride, off, out.len(), p.len());
         (self.ops.attn_values)(v, stride, off, p, out)
+    }
+
+    /// Attention scores of `g = qs.len() / d` query heads that share one KV
+    /// head: `scores[h · npos + t]` = what [`Kernel::attn_scores`] gives for
+    /// head `h` (`qs[h·d .. (h+1)·d]`) and position `t`, bit for bit, with
+    /// `npos = scores.len() / g`.
+    ///
+    /// # Panics
+    /// If `d` is 0 or does not divide `qs.len()`, if `g` does not divide
+    /// `scores.len()`, or if a row lies outside `k`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attn_scores_group(
+        &self,
+        k: ops::Kv,
+        stride: usize,
+        off: usize,
+        qs: &[f32],
+        d: usize,
+        scale: f32,
+        scores: &mut [f32],
+    ) {
+        assert!(d > 0 && qs.len().is_multiple_of(d), "query heads of {}", d);
+        let g = qs.len() / d;
+        if g == 0 || scores.is_empty() {
+            return;
+        }
+        assert!(scores.len().is_multiple_of(g), "scores for {} heads", g);
+        let npos = scores.len() / g;
+        ops::check_rows(k, stride, off, d, npos);
+        match self.ops.attn_scores_group {
+            Some(f) => f(k, stride, off, qs, d, scale, scores),
+            None => {
+                for (q, s) in qs.chunks_exact(d).zip(scores.chunks_exact_mut(npos)) {
+                    (self.ops.attn_scores)(k, stride, off, q, scale, s)
+                }
+            }
+        }
+    }
+
+    /// Weighted sums of values for `g` query heads that share one KV head:
+    /// `outs[h·d .. (h+1)·d]` = what [`Kernel::attn_values`] gives for the
+    /// weights `ps[h·npos .. (h+1)·npos]`, bit for bit (`d = outs.len() / g`,
+    /// `npos = ps.len() / g`).
+    ///
+    /// # Panics
+    /// If `g` is 0 or does not divide both lengths, or if a row lies
+    /// outside `v`.
+    pub fn attn_values_group(
+        &self,
+        v: ops::Kv,
+        stride: usize,
+        off: usize,
+        ps: &[f32],
+        g: usize,
+        outs: &mut [f32],
+    ) {
+        assert!(
+            g > 0 && ps.len().is_multiple_of(g) && outs.len().is_multiple_of(g),
+            "values for {} heads",
+            g
+        );
+        let (npos, d) = (ps.len() / g, outs.len() / g);
+        if d == 0 {
+            return;
+        }
+        ops::check_rows(v, stride, off, d, npos);
+        match self.ops.attn_values_group {
+            Some(f) => f(v, stride, off, ps, g, outs),
+            None => {
+                for h in 0..g {
+                    let p = &ps[h * npos..(h + 1) * npos];
+                    (self.ops.attn_values)(v, stride, off, p, &mut outs[h * d..(h + 1) * d])
+                }
+            }
+        }
     }
 
     /// In-place softmax of one row: `x[i] = exp(x[i] − max) / Σ exp(x[j] −

@@ -66,6 +66,8 @@ const OPS_PLAIN: Ops = Ops {
     axpy_f32,
     attn_scores,
     attn_values,
+    attn_scores_group: None,
+    attn_values_group: None,
     ..scalar::OPS
 };
 

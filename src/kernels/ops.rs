@@ -110,27 +110,44 @@ thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Softmax attention of one query head `q` over the first `npos` positions
-/// of `k`/`v` (the head's values at `off..off + q.len()` of each position,
-/// positions `stride` apart): `out = Σ_t softmax(scale · q·k_t)_t · v_t`.
+/// [`Kernel::attn_scores_group`]'s table entry: `(k, stride, off, qs, d,
+/// scale, scores)`, sizes checked by the wrapper.
+pub type ScoresGroup = fn(Kv, usize, usize, &[f32], usize, f32, &mut [f32]);
+/// [`Kernel::attn_values_group`]'s table entry: `(v, stride, off, ps, g,
+/// outs)`, sizes checked by the wrapper.
+pub type ValuesGroup = fn(Kv, usize, usize, &[f32], usize, &mut [f32]);
+
+/// Softmax attention of the query heads `qs` (`g` heads of `d` values, one
+/// after another) that share one KV head, over the first `npos` positions
+/// of `k`/`v` (that head's values at `off..off + d` of each position,
+/// positions `stride` apart): for each head `h`, `outs[h·d..(h+1)·d] = Σ_t
+/// softmax(scale · q_h·k_t)_t · v_t`. Each head's result is the one it
+/// would get alone (the kernels' grouped routines are bit for bit their
+/// per-head ones); a group reads each K and V row once for all its heads.
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     kern: &Kernel,
-    q: &[f32],
+    qs: &[f32],
+    d: usize,
     k: Kv,
     v: Kv,
     stride: usize,
     off: usize,
     npos: usize,
     scale: f32,
-    out: &mut [f32],
+    outs: &mut [f32],
 ) {
+    let g = qs.len() / d.max(1);
     SCORES.with(|s| {
         let mut s = s.borrow_mut();
-        s.resize(npos, 0.0);
-        kern.attn_scores(k, stride, off, q, scale, &mut s);
-        kern.softmax(&mut s);
-        kern.attn_values(v, stride, off, &s, out);
+        s.resize(g * npos, 0.0);
+        kern.attn_scores_group(k, stride, off, qs, d, scale, &mut s);
+        if npos > 0 {
+            for row in s.chunks_exact_mut(npos) {
+                kern.softmax(row);
+            }
+        }
+        kern.attn_values_group(v, stride, off, &s, g, outs);
     });
 }
 

@@ -27,6 +27,8 @@ pub const OPS: Ops = Ops {
     axpy_f32,
     attn_scores,
     attn_values,
+    attn_scores_group: None,
+    attn_values_group: None,
     softmax,
 };
 

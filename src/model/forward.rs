@@ -453,23 +453,28 @@ fn forward(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Result<
             .map(|c| (c.k[li].view(), c.v[li].view()))
             .collect();
         let qref = &q;
-        o.par_chunks_mut(hd).enumerate().for_each(|(c, out)| {
-            let j = c / hp.n_head;
-            let h = c % hp.n_head;
-            let qv = &qref[j * qd + h * hd..j * qd + (h + 1) * hd];
-            let (kc, vc) = views[batch.seq[j]];
-            attend(
-                kern,
-                qv,
-                kc,
-                vc,
-                kvd,
-                (h / group) * hd,
-                batch.pos[j] + 1,
-                scale,
-                out,
-            );
-        });
+        // One task per (token, KV head): the `group` query heads that share
+        // the KV head read each of its K and V rows once.
+        o.par_chunks_mut(group * hd)
+            .enumerate()
+            .for_each(|(c, out)| {
+                let j = c / hp.n_head_kv;
+                let kvh = c % hp.n_head_kv;
+                let qs = &qref[j * qd + kvh * group * hd..j * qd + (kvh + 1) * group * hd];
+                let (kc, vc) = views[batch.seq[j]];
+                attend(
+                    kern,
+                    qs,
+                    hd,
+                    kc,
+                    vc,
+                    kvd,
+                    kvh * hd,
+                    batch.pos[j] + 1,
+                    scale,
+                    out,
+                );
+            });
         drop(views);
         let attn_out = match &layer.attn_sub_norm {
             Some(w) => {
