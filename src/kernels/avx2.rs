@@ -348,9 +348,7 @@ unsafe fn scores_group_f16(
 ) {
     let g = qs.len() / d;
     let npos = scores.len() / g;
-    let mut h0 = 0;
-    while h0 < g {
-        let hc = (g - h0).min(4);
+    for (h0, hc) in head_groups(g) {
         let q = qs.as_ptr().add(h0 * d);
         let s = scores.as_mut_ptr().add(h0 * npos);
         match hc {
@@ -359,8 +357,13 @@ unsafe fn scores_group_f16(
             2 => scores_heads::<2>(k, stride, off, q, d, npos, scale, s),
             _ => scores_heads::<1>(k, stride, off, q, d, npos, scale, s),
         }
-        h0 += hc;
     }
+}
+
+/// The grouped attention's passes over `g` heads: `(first head, heads)`,
+/// at most four heads each.
+fn head_groups(g: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..g).step_by(4).map(move |h0| (h0, (g - h0).min(4)))
 }
 
 /// `H` heads (`q`, `d` apart) × `npos` positions; `s[h · npos + t]`.
@@ -423,9 +426,7 @@ unsafe fn values_group_f16(
     outs: &mut [f32],
 ) {
     let (npos, d) = (ps.len() / g, outs.len() / g);
-    let mut h0 = 0;
-    while h0 < g {
-        let hc = (g - h0).min(4);
+    for (h0, hc) in head_groups(g) {
         let p = ps.as_ptr().add(h0 * npos);
         let o = outs.as_mut_ptr().add(h0 * d);
         match hc {
@@ -434,7 +435,6 @@ unsafe fn values_group_f16(
             2 => values_heads::<2>(v, stride, off, p, npos, o, d),
             _ => values_heads::<1>(v, stride, off, p, npos, o, d),
         }
-        h0 += hc;
     }
 }
 

@@ -81,6 +81,16 @@ use std::arch::x86_64::*;
 /// 13.6–14.1 / 25.0–26.9.
 const PREFETCH_L2_NEAR: usize = 4 << 10;
 
+/// The one-token tiles' prefetch for the 128-byte run at `wb`: both its
+/// lines [`avx2::PREFETCH_L1`] ahead into L1 and [`PREFETCH_L2_NEAR`]
+/// ahead into L2 (hints only: the addresses may lie past the buffer).
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn prefetch_run_near(wb: *const u8) {
+    avx2::prefetch_lines::<_MM_HINT_T0>(wb.wrapping_add(avx2::PREFETCH_L1), 2);
+    avx2::prefetch_lines::<_MM_HINT_T1>(wb.wrapping_add(PREFETCH_L2_NEAR), 2);
+}
+
 /// Blocks summed in 16-bit lanes before widening (packed tile, no VNNI).
 const CHUNK: usize = 8;
 /// Steps of 64 values summed in 16-bit lanes before widening (prompt
@@ -242,14 +252,7 @@ unsafe fn tile1_vnni(wp: *const u8, nb: usize, x0: *const i8, out: *mut i32) {
     let mut acc = [[_mm512_setzero_si512(); 4]; 2];
     for bi in 0..nb {
         let wb = wp.add(bi * GROUP_BLOCK_BYTES);
-        // Both lines of the run PREFETCH_L1 ahead into L1 and
-        // PREFETCH_L2_NEAR ahead into L2 (hints only, so `wrapping_add`).
-        let a = wb.wrapping_add(avx2::PREFETCH_L1) as *const i8;
-        _mm_prefetch::<_MM_HINT_T0>(a);
-        _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(64));
-        let a = wb.wrapping_add(PREFETCH_L2_NEAR) as *const i8;
-        _mm_prefetch::<_MM_HINT_T1>(a);
-        _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(64));
+        prefetch_run_near(wb);
         let w = [
             _mm512_loadu_si512(wb as *const __m512i),
             _mm512_loadu_si512(wb.add(64) as *const __m512i),
@@ -306,14 +309,8 @@ macro_rules! packed_tile {
                     let wb = wp.add(bi * GROUP_BLOCK_BYTES);
                     if T == 1 {
                         // One token (only without VNNI: VNNI has
-                        // `tile1_vnni`): both lines PREFETCH_L1 ahead into
-                        // L1 and PREFETCH_L2_NEAR ahead into L2, as there.
-                        let a = wb.wrapping_add(avx2::PREFETCH_L1) as *const i8;
-                        _mm_prefetch::<_MM_HINT_T0>(a);
-                        _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(64));
-                        let a = wb.wrapping_add(PREFETCH_L2_NEAR) as *const i8;
-                        _mm_prefetch::<_MM_HINT_T1>(a);
-                        _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(64));
+                        // `tile1_vnni`): as there.
+                        prefetch_run_near(wb);
                     } else {
                         // The weights stream once per token tile: prefetch
                         // both lines of the run as far ahead into L2 as the
