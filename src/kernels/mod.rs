@@ -403,9 +403,11 @@ pub fn all_variants() -> Vec<&'static Kernel> {
 }
 
 /// The kernel called `name` (error if this CPU cannot run it), else the
-/// best the CPU supports. `name` is a family (`avx512`: its best variant
-/// on this CPU) or one variant by its own name (`avx512bw`, `avx512vnni`,
-/// `neon+dotprod`), so the lesser variants can be run and measured too.
+/// best the CPU supports. `name` is a family (`avx512`, `neon`: its best
+/// variant on this CPU) or one variant by a name of its own (`avx512bw`,
+/// `avx512vnni`, `neon+dotprod`), so a lesser variant can be run and
+/// measured too (not NEON without dotprod on a CPU with it: that variant
+/// is named `neon`, as its family).
 pub fn select(name: Option<&str>) -> anyhow::Result<&'static Kernel> {
     let all = available();
     let names = || {
