@@ -156,8 +156,8 @@ fn bench_times_tests_at_a_depth() {
     let js = String::from_utf8_lossy(&o.stdout);
     assert_eq!(js.matches("\"n_depth\": 8").count(), 2, "{js}");
     assert_clean_failure(&run(args(&["-d", "x"])), "-d");
-    // Deeper than any context the model takes.
-    assert_clean_failure(&run(args(&["-d", "100000000"])), "context");
+    // A cache no machine holds (10^12 positions).
+    assert_clean_failure(&run(args(&["-d", "1000000000000"])), "context");
 }
 
 #[cfg(not(feature = "bitnet-cpp"))]

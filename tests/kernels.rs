@@ -444,6 +444,27 @@ fn grouped_attention_equals_head_by_head() {
     }
 }
 
+/// Rows whose offsets overflow are refused, not wrapped into the cache.
+#[test]
+#[should_panic(expected = "exceed a cache")]
+fn attention_rows_that_overflow_are_refused() {
+    use tern::kernels::ops::Kv;
+    let kv = vec![f16::ZERO; 256];
+    let qs = vec![0f32; 64];
+    let mut s = vec![0f32; 3];
+    // 2 · stride wraps to 2: inside 256 values if the check wrapped too.
+    let stride = usize::MAX / 2 + 2;
+    tern::kernels::select(None).unwrap().attn_scores_group(
+        Kv::F16(&kv),
+        stride,
+        0,
+        &qs,
+        64,
+        1.0,
+        &mut s,
+    );
+}
+
 #[test]
 fn attention_kernels_equal_their_dot_and_axpy() {
     use tern::kernels::ops::Kv;

@@ -513,7 +513,9 @@ pub fn run(a: Args) -> Result<()> {
             let ns: Vec<u64> = r.samples.iter().map(|s| (s * 1e9) as u64).collect();
             let (mns, sdns) = mean_sd(&r.samples.iter().map(|s| s * 1e9).collect::<Vec<_>>());
             let bw = bw_of(r.threads);
-            let gen_fields = if r.n_gen > 0 {
+            // The bound counts the weights only: at a depth a token also
+            // reads the cache, so no bound figures there.
+            let gen_fields = if r.n_gen > 0 && r.n_depth == 0 {
                 let implied = bpt as f64 * m / 1e9;
                 format!(
                     ", \"implied_gbs\": {:.3}, \"bound_ts\": {:.3}, \"bound_frac\": {:.4}",
@@ -566,7 +568,7 @@ pub fn run(a: Args) -> Result<()> {
     println!("| ----- | ---: | -----: | ------ | ------: | ---: | --: | ---: | ---------: |");
     for r in &records {
         let (m, sd) = mean_sd(&r.ts());
-        let (gbs, frac) = if r.n_gen > 0 {
+        let (gbs, frac) = if r.n_gen > 0 && r.n_depth == 0 {
             let implied = bpt as f64 * m / 1e9;
             let bw = bw_of(r.threads);
             (

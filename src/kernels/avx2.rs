@@ -78,8 +78,8 @@ const PREFETCH_HEAD: usize = 32 << 10;
 /// How far ahead, into L1, the products that stream their weights from
 /// memory also prefetch (besides, or instead of, the L2 prefetches above):
 /// the float heads here (every token count; this table serves AMD too,
-/// where it is not measured), and AVX-512 VNNI's one-token ternary tile
-/// and Q6_K head. On the
+/// where it is not measured), and AVX-512's one-token ternary tiles (VNNI
+/// and BW) and VNNI Q6_K head. On the
 /// 2-core Intel Xeon VM (huge pages, `examples/tg_profile`, best of
 /// 1024–4096 bytes) 1536 was best or tied everywhere, 3 KiB and more lost 20–30%:
 /// the F16 head 16.0–16.4 → 16.4–16.6 GB/s on one thread and 30.3–31.0 →
@@ -386,7 +386,7 @@ unsafe fn scores_heads<const H: usize>(
         // The head's slice of the key KV_AHEAD positions on (rows are
         // `stride` apart, so the hardware's stream prefetch misses them).
         prefetch_lines::<_MM_HINT_T0>(
-            kr.wrapping_add(KV_AHEAD * stride) as *const u8,
+            kr.wrapping_add(KV_AHEAD.wrapping_mul(stride)) as *const u8,
             (2 * d).div_ceil(64),
         );
         let mut a0 = [_mm256_setzero_ps(); H];
@@ -461,8 +461,9 @@ unsafe fn values_heads<const H: usize>(
             if c0 == 0 {
                 // The first pass brings in each row's whole slice (the
                 // later passes find it in cache), KV_AHEAD positions on.
+                let ahead = base.wrapping_add(KV_AHEAD.wrapping_mul(stride));
                 prefetch_lines::<_MM_HINT_T0>(
-                    v.wrapping_add(2 * (base + KV_AHEAD * stride)),
+                    v.wrapping_add(ahead.wrapping_mul(2)),
                     (2 * d).div_ceil(64),
                 );
             }

@@ -56,9 +56,10 @@ use super::{avx2, Kernel, Ops};
 use crate::quant::q6_k;
 use std::arch::x86_64::*;
 
-/// How far ahead AVX-512 VNNI's one-token products (the ternary
-/// [`tile1_vnni`] and the Q6_K head) prefetch into L2, beside their L1
-/// prefetch [`avx2::PREFETCH_L1`] 1.5 KiB ahead.
+/// How far ahead AVX-512's one-token products (the ternary tiles, VNNI's
+/// [`tile1_vnni`] and the BW packed tile for one token, and VNNI's Q6_K
+/// head) prefetch into L2, beside their L1 prefetch [`avx2::PREFETCH_L1`]
+/// 1.5 KiB ahead.
 ///
 /// Measured on the Intel Xeon VM (2026-12-01, night) with copies of the
 /// tile that differ only in their prefetches, run in turn in one process

@@ -1,6 +1,7 @@
 //! Compute kernels: one tiling driver per operation over small per-ISA
 //! tiles, chosen at run time from the CPU's features
-//! (`TERN_KERNEL=scalar|avx2|avx512|neon` forces one).
+//! (`TERN_KERNEL=scalar|avx2|avx512|neon` forces one, the family's best
+//! variant; `avx512bw|avx512vnni|neon+dotprod` one variant, see [`select`]).
 //!
 //! The shape of the code:
 //!
@@ -84,10 +85,12 @@ pub struct Ops {
     pub axpy_f32: fn(f32, &[f32], &mut [f32]),
     pub attn_scores: fn(ops::Kv, usize, usize, &[f32], f32, &mut [f32]),
     pub attn_values: fn(ops::Kv, usize, usize, &[f32], &mut [f32]),
-    /// The same for the query heads that share one KV head (grouped-query
-    /// attention), each K / V row read once for all of them; `None`: head
-    /// by head through the two above (see [`Kernel::attn_scores_group`]).
+    /// Scores for the query heads that share one KV head (grouped-query
+    /// attention), each K row read once for all of them; `None`: head by
+    /// head through `attn_scores` (see [`Kernel::attn_scores_group`]).
     pub attn_scores_group: Option<ops::ScoresGroup>,
+    /// Weighted values for those heads, each V row read once; `None`: head
+    /// by head through `attn_values` (see [`Kernel::attn_values_group`]).
     pub attn_values_group: Option<ops::ValuesGroup>,
     /// In-place softmax of one row of attention scores.
     pub softmax: fn(&mut [f32]),
@@ -108,7 +111,9 @@ impl Kernel {
         Kernel { name, variant, ops }
     }
 
-    /// The name `TERN_KERNEL` selects it by.
+    /// Its family's name, which `TERN_KERNEL` selects the family's best
+    /// variant by (a variant is also selected by its own [`Kernel::variant`]
+    /// name where that differs).
     pub fn name(&self) -> &'static str {
         self.name
     }
@@ -284,6 +289,8 @@ impl Kernel {
     /// head: `scores[h · npos + t]` = what [`Kernel::attn_scores`] gives for
     /// head `h` (`qs[h·d .. (h+1)·d]`) and position `t`, bit for bit, with
     /// `npos = scores.len() / g`.
+    ///
+    /// Does nothing when `qs` or `scores` is empty.
     ///
     /// # Panics
     /// If `d` is 0 or does not divide `qs.len()`, if `g` does not divide

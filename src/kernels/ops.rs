@@ -48,8 +48,12 @@ impl Kv<'_> {
 /// (every attention kernel calls this first, so SIMD code may rely on it).
 pub fn check_rows(kv: Kv, stride: usize, off: usize, width: usize, rows: usize) {
     if rows > 0 {
+        let end = (rows - 1)
+            .checked_mul(stride)
+            .and_then(|a| a.checked_add(off))
+            .and_then(|a| a.checked_add(width));
         assert!(
-            (rows - 1) * stride + off + width <= kv.len(),
+            end.is_some_and(|e| e <= kv.len()),
             "{} rows of {} at stride {} + {} exceed a cache of {}",
             rows,
             width,
@@ -125,6 +129,10 @@ pub type ValuesGroup = fn(Kv, usize, usize, &[f32], usize, &mut [f32]);
 /// would get alone (the kernels' grouped routines are bit for bit their
 /// per-head ones); a group reads each K and V row once for all its heads.
 #[allow(clippy::too_many_arguments)]
+///
+/// # Panics
+/// If `d` is 0, `qs` is not a whole number of heads or `outs` is not as
+/// long as `qs`, or a row lies outside the cache.
 pub fn attend(
     kern: &Kernel,
     qs: &[f32],
@@ -137,7 +145,17 @@ pub fn attend(
     scale: f32,
     outs: &mut [f32],
 ) {
-    let g = qs.len() / d.max(1);
+    assert!(
+        d > 0 && qs.len().is_multiple_of(d) && outs.len() == qs.len(),
+        "{} query and {} output values for heads of {}",
+        qs.len(),
+        outs.len(),
+        d
+    );
+    let g = qs.len() / d;
+    if g == 0 {
+        return;
+    }
     SCORES.with(|s| {
         let mut s = s.borrow_mut();
         s.resize(g * npos, 0.0);
