@@ -96,6 +96,12 @@ impl Record {
             base
         }
     }
+    /// Whether the weights' bound applies: generation from an empty cache
+    /// (the bound counts the weights only; at a depth a token also reads
+    /// the cache).
+    fn has_bound(&self) -> bool {
+        self.n_gen > 0 && self.n_depth == 0
+    }
     fn ts(&self) -> Vec<f64> {
         self.samples
             .iter()
@@ -513,9 +519,7 @@ pub fn run(a: Args) -> Result<()> {
             let ns: Vec<u64> = r.samples.iter().map(|s| (s * 1e9) as u64).collect();
             let (mns, sdns) = mean_sd(&r.samples.iter().map(|s| s * 1e9).collect::<Vec<_>>());
             let bw = bw_of(r.threads);
-            // The bound counts the weights only: at a depth a token also
-            // reads the cache, so no bound figures there.
-            let gen_fields = if r.n_gen > 0 && r.n_depth == 0 {
+            let gen_fields = if r.has_bound() {
                 let implied = bpt as f64 * m / 1e9;
                 format!(
                     ", \"implied_gbs\": {:.3}, \"bound_ts\": {:.3}, \"bound_frac\": {:.4}",
@@ -568,7 +572,7 @@ pub fn run(a: Args) -> Result<()> {
     println!("| ----- | ---: | -----: | ------ | ------: | ---: | --: | ---: | ---------: |");
     for r in &records {
         let (m, sd) = mean_sd(&r.ts());
-        let (gbs, frac) = if r.n_gen > 0 && r.n_depth == 0 {
+        let (gbs, frac) = if r.has_bound() {
             let implied = bpt as f64 * m / 1e9;
             let bw = bw_of(r.threads);
             (

@@ -9,7 +9,7 @@
 
 use super::float::{float_tile_shapes, store_tile};
 use super::layout::Steps;
-use super::ops::Kv;
+use super::ops::{self, Kv};
 use super::qhead::quant_tile_shapes;
 use super::ternary::{TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
 use super::{BlockActs, Kernel, Ops};
@@ -283,41 +283,24 @@ fn attn_scores_group(
     scale: f32,
     scores: &mut [f32],
 ) {
-    let g = qs.len() / d;
-    let npos = scores.len() / g;
     match k {
         // SAFETY: CPU checked; `Kernel::attn_scores_group` checked the
         // sizes and that every row read lies inside the cache.
         Kv::F16(k) => unsafe {
             scores_group_f16(k.as_ptr() as *const u16, stride, off, qs, d, scale, scores)
         },
-        Kv::F32(_) => {
-            for (q, s) in qs.chunks_exact(d).zip(scores.chunks_exact_mut(npos)) {
-                attn_scores(k, stride, off, q, scale, s)
-            }
-        }
+        Kv::F32(_) => ops::scores_per_head(attn_scores, k, stride, off, qs, d, scale, scores),
     }
 }
 
 fn attn_values_group(v: Kv, stride: usize, off: usize, ps: &[f32], g: usize, outs: &mut [f32]) {
-    let (npos, d) = (ps.len() / g, outs.len() / g);
     match v {
         // SAFETY: CPU checked; `Kernel::attn_values_group` checked the
         // sizes and that every row read lies inside the cache.
         Kv::F16(v) => unsafe {
             values_group_f16(v.as_ptr() as *const u8, stride, off, ps, g, outs)
         },
-        Kv::F32(_) => {
-            for h in 0..g {
-                attn_values(
-                    v,
-                    stride,
-                    off,
-                    &ps[h * npos..(h + 1) * npos],
-                    &mut outs[h * d..(h + 1) * d],
-                )
-            }
-        }
+        Kv::F32(_) => ops::values_per_head(attn_values, v, stride, off, ps, g, outs),
     }
 }
 

@@ -316,9 +316,10 @@ macro_rules! packed_tile {
                         // The weights stream once per token tile: prefetch
                         // both lines of the run as far ahead into L2 as the
                         // AVX2 tiles do (hints only, so `wrapping_add`).
-                        let a = wb.wrapping_add(avx2::PREFETCH_GEMV) as *const i8;
-                        _mm_prefetch::<_MM_HINT_T1>(a);
-                        _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(64));
+                        avx2::prefetch_lines::<_MM_HINT_T1>(
+                            wb.wrapping_add(avx2::PREFETCH_GEMV),
+                            2,
+                        );
                     }
                     let c = [
                         codes(_mm512_loadu_si512(wb as *const __m512i)),

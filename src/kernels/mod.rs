@@ -317,9 +317,7 @@ impl Kernel {
         match self.ops.attn_scores_group {
             Some(f) => f(k, stride, off, qs, d, scale, scores),
             None => {
-                for (q, s) in qs.chunks_exact(d).zip(scores.chunks_exact_mut(npos)) {
-                    (self.ops.attn_scores)(k, stride, off, q, scale, s)
-                }
+                ops::scores_per_head(self.ops.attn_scores, k, stride, off, qs, d, scale, scores)
             }
         }
     }
@@ -353,12 +351,7 @@ impl Kernel {
         ops::check_rows(v, stride, off, d, npos);
         match self.ops.attn_values_group {
             Some(f) => f(v, stride, off, ps, g, outs),
-            None => {
-                for h in 0..g {
-                    let p = &ps[h * npos..(h + 1) * npos];
-                    (self.ops.attn_values)(v, stride, off, p, &mut outs[h * d..(h + 1) * d])
-                }
-            }
+            None => ops::values_per_head(self.ops.attn_values, v, stride, off, ps, g, outs),
         }
     }
 

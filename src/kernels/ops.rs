@@ -121,6 +121,50 @@ pub type ScoresGroup = fn(Kv, usize, usize, &[f32], usize, f32, &mut [f32]);
 /// outs)`, sizes checked by the wrapper.
 pub type ValuesGroup = fn(Kv, usize, usize, &[f32], usize, &mut [f32]);
 
+/// The grouped scores head by head through a per-head routine (a table's
+/// `attn_scores`): what [`Kernel::attn_scores_group`] does for a table
+/// without a grouped routine, and AVX2's for f32 caches. Sizes checked by
+/// the wrapper (`scores` is `qs.len() / d` rows of `npos`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn scores_per_head(
+    per_head: fn(Kv, usize, usize, &[f32], f32, &mut [f32]),
+    k: Kv,
+    stride: usize,
+    off: usize,
+    qs: &[f32],
+    d: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    let npos = scores.len() / (qs.len() / d);
+    for (q, s) in qs.chunks_exact(d).zip(scores.chunks_exact_mut(npos)) {
+        per_head(k, stride, off, q, scale, s)
+    }
+}
+
+/// The grouped values head by head through a per-head routine (a table's
+/// `attn_values`); see [`scores_per_head`]. Sizes checked by the wrapper.
+pub(crate) fn values_per_head(
+    per_head: fn(Kv, usize, usize, &[f32], &mut [f32]),
+    v: Kv,
+    stride: usize,
+    off: usize,
+    ps: &[f32],
+    g: usize,
+    outs: &mut [f32],
+) {
+    let (npos, d) = (ps.len() / g, outs.len() / g);
+    for h in 0..g {
+        per_head(
+            v,
+            stride,
+            off,
+            &ps[h * npos..(h + 1) * npos],
+            &mut outs[h * d..(h + 1) * d],
+        )
+    }
+}
+
 /// Softmax attention of the query heads `qs` (`g` heads of `d` values, one
 /// after another) that share one KV head, over the first `npos` positions
 /// of `k`/`v` (that head's values at `off..off + d` of each position,
