@@ -77,6 +77,10 @@ struct Record {
     n_depth: usize,
     /// Seconds per repetition.
     samples: Vec<f64>,
+    /// Where the bound applies: the read bandwidth (GB/s) measured beside
+    /// each repetition, the better of the measurements right before and
+    /// right after it; empty elsewhere.
+    bounds: Vec<f64>,
 }
 
 impl Record {
@@ -107,6 +111,31 @@ impl Record {
             .iter()
             .map(|s| self.tokens() as f64 / s)
             .collect()
+    }
+    /// Mean implied weight rate (GB/s), mean bound rate (GB/s) and mean
+    /// fraction of the bound over the repetitions, each repetition against
+    /// the bandwidth measured beside it; `None` where no bound applies.
+    fn bound_stats(&self, bytes_per_token: u64) -> Option<(f64, f64, f64)> {
+        if !self.has_bound() || self.bounds.len() != self.samples.len() || self.bounds.is_empty() {
+            return None;
+        }
+        let n = self.samples.len() as f64;
+        let implied: Vec<f64> = self
+            .ts()
+            .iter()
+            .map(|ts| bytes_per_token as f64 * ts / 1e9)
+            .collect();
+        let frac = implied
+            .iter()
+            .zip(&self.bounds)
+            .map(|(i, b)| if *b > 0.0 { i / b } else { 0.0 })
+            .sum::<f64>()
+            / n;
+        Some((
+            implied.iter().sum::<f64>() / n,
+            self.bounds.iter().sum::<f64>() / n,
+            frac,
+        ))
     }
 }
 
@@ -420,9 +449,11 @@ pub fn run(a: Args) -> Result<()> {
         cpu
     );
 
-    // The bandwidth is measured before and after the timed tests and the
-    // best pass kept, so a busy moment on a shared machine does not make the
-    // bound look lower than it is.
+    // The bandwidth is measured before and after the timed tests (the
+    // summary lines) and beside every repetition of a test the bound
+    // applies to (its % of bound), the best pass kept each time, so a busy
+    // moment on a shared machine does not make the bound look lower than
+    // it is.
     let bw_mem = kernels::ops::bandwidth_buffer(a.bw_mib << 20);
     let bw_buf: &[u64] = bytemuck::cast_slice(bw_mem.bytes());
     // pp tests, then tg tests: (n_prompt, n_gen, n_depth), one of the
@@ -470,26 +501,55 @@ pub fn run(a: Args) -> Result<()> {
                     time_gen(ctx, depth, toks)
                 }
             };
-            let samples = pool.install(|| -> Result<Vec<f64>> {
+            // Where the bound applies, the read bandwidth is measured
+            // before every repetition and after the last: a shared
+            // machine's rate drifts by 10–20% within a minute (the Intel
+            // Xeon VM, 2026-12-01), so a rate measured minutes away from a
+            // repetition says little about the bound it ran against.
+            let bounded = n_gen > 0 && n_depth == 0;
+            let bw_now = || pool.install(|| kernels::ops::read_bandwidth(bw_buf));
+            let beside =
+                |rates: &[f64]| -> Vec<f64> { rates.windows(2).map(|w| w[0].max(w[1])).collect() };
+            let (samples, bounds) = pool.install(|| -> Result<(Vec<f64>, Vec<f64>)> {
                 time(&mut ctx)?; // warm-up
-                (0..a.reps).map(|_| time(&mut ctx)).collect()
+                let mut samples = Vec::with_capacity(a.reps);
+                let mut rates = Vec::with_capacity(a.reps + 1);
+                for _ in 0..a.reps {
+                    if bounded {
+                        rates.push(kernels::ops::read_bandwidth(bw_buf));
+                    }
+                    samples.push(time(&mut ctx)?);
+                }
+                if bounded {
+                    rates.push(kernels::ops::read_bandwidth(bw_buf));
+                }
+                Ok((samples, beside(&rates)))
             })?;
-            let record = |engine, samples| Record {
+            let record = |engine, samples, bounds| Record {
                 engine,
                 threads: nt,
                 n_prompt,
                 n_gen,
                 n_depth,
                 samples,
+                bounds,
             };
-            records.push(record(Engine::Tern, samples));
+            records.push(record(Engine::Tern, samples, bounds));
             if let Some(r) = &reference {
+                // bitnet.cpp times its repetitions in one call: its
+                // repetitions share the rate measured around the call.
+                let before = if bounded { bw_now() } else { 0.0 };
                 let samples = if n_gen == 0 {
                     r.time_prompt(nt, toks, a.reps)?
                 } else {
                     r.time_gen(nt, toks, a.reps)?
                 };
-                records.push(record(Engine::BitnetCpp, samples));
+                let bounds = if bounded {
+                    vec![before.max(bw_now()); samples.len()]
+                } else {
+                    Vec::new()
+                };
+                records.push(record(Engine::BitnetCpp, samples, bounds));
             }
         }
     }
@@ -518,17 +578,17 @@ pub fn run(a: Args) -> Result<()> {
             let (m, sd) = mean_sd(&ts);
             let ns: Vec<u64> = r.samples.iter().map(|s| (s * 1e9) as u64).collect();
             let (mns, sdns) = mean_sd(&r.samples.iter().map(|s| s * 1e9).collect::<Vec<_>>());
-            let bw = bw_of(r.threads);
-            let gen_fields = if r.has_bound() {
-                let implied = bpt as f64 * m / 1e9;
-                format!(
-                    ", \"implied_gbs\": {:.3}, \"bound_ts\": {:.3}, \"bound_frac\": {:.4}",
+            let stats = r.bound_stats(bpt);
+            let bw = stats.map_or(bw_of(r.threads), |s| s.1);
+            let gen_fields = match stats {
+                Some((implied, bound, frac)) => format!(
+                    ", \"implied_gbs\": {:.3}, \"bound_ts\": {:.3}, \"bound_frac\": {:.4}, \"bound_gbs_per_rep\": [{}]",
                     implied,
-                    bw * 1e9 / bpt as f64,
-                    if bw > 0.0 { implied / bw } else { 0.0 }
-                )
-            } else {
-                String::new()
+                    bound * 1e9 / bpt as f64,
+                    frac,
+                    r.bounds.iter().map(|b| format!("{:.3}", b)).collect::<Vec<_>>().join(", ")
+                ),
+                None => String::new(),
             };
             let (engine, kernel, n_batch) = match r.engine {
                 Engine::Tern => ("tern", kern.variant(), crate::model::forward::MAX_BATCH),
@@ -572,19 +632,11 @@ pub fn run(a: Args) -> Result<()> {
     println!("| ----- | ---: | -----: | ------ | ------: | ---: | --: | ---: | ---------: |");
     for r in &records {
         let (m, sd) = mean_sd(&r.ts());
-        let (gbs, frac) = if r.has_bound() {
-            let implied = bpt as f64 * m / 1e9;
-            let bw = bw_of(r.threads);
-            (
-                format!("{:.2}", implied),
-                if bw > 0.0 {
-                    format!("{:.0}%", 100.0 * implied / bw)
-                } else {
-                    "-".into()
-                },
-            )
-        } else {
-            ("-".into(), "-".into())
+        let (gbs, frac) = match r.bound_stats(bpt) {
+            Some((implied, _, frac)) => {
+                (format!("{:.2}", implied), format!("{:.0}%", 100.0 * frac))
+            }
+            None => ("-".into(), "-".into()),
         };
         println!(
             "| {} | {} | {} | {} | {} | {} | {:.2} ± {:.2} | {} | {} |",
@@ -625,13 +677,29 @@ pub fn run(a: Args) -> Result<()> {
         bpt as f64 / 1e9
     );
     for &(nt, bw) in &bandwidth {
+        let beside: Vec<f64> = records
+            .iter()
+            .filter(|r| r.threads == nt && r.has_bound())
+            .flat_map(|r| r.bounds.iter().copied())
+            .collect();
+        let range = match (
+            beside.iter().copied().reduce(f64::min),
+            beside.iter().copied().reduce(f64::max),
+        ) {
+            (Some(lo), Some(hi)) => format!(
+                "; beside the tg repetitions {:.2}–{:.2} GB/s, what each repetition's % of bound is taken against",
+                lo, hi
+            ),
+            _ => String::new(),
+        };
         println!(
-            "read bandwidth, {} thread{}: {:.2} GB/s (streaming sum over {} MiB of huge pages) → bound {:.2} tokens/s",
+            "read bandwidth, {} thread{}: {:.2} GB/s before and after the tests (streaming sum over {} MiB of huge pages) → bound {:.2} tokens/s{}",
             nt,
             if nt == 1 { "" } else { "s" },
             bw,
             a.bw_mib,
-            bw * 1e9 / bpt as f64
+            bw * 1e9 / bpt as f64,
+            range
         );
     }
     warn();
@@ -659,6 +727,7 @@ mod tests {
             n_gen: 16,
             n_depth: 0,
             samples: samples.to_vec(),
+            bounds: Vec::new(),
         };
         let steady = [1.0, 1.01, 0.99];
         assert!(
@@ -685,11 +754,40 @@ mod tests {
             n_gen,
             n_depth,
             samples: vec![1.0],
+            bounds: vec![10.0],
         };
         assert_eq!(rec(512, 0, 0).name(), "pp512");
         assert_eq!(rec(0, 128, 0).name(), "tg128");
         assert_eq!(rec(0, 128, 4096).name(), "tg128 @ d4096");
         assert_eq!(rec(512, 0, 1024).name(), "pp512 @ d1024");
+    }
+
+    /// Each repetition is set against the rate measured beside it: two
+    /// repetitions at the same speed, one beside a slow measurement and one
+    /// beside a fast one, are at different fractions of their bounds; no
+    /// bound at a depth, for prompts, or without one rate per repetition.
+    #[test]
+    fn each_repetition_against_its_own_bound() {
+        let rec = |n_gen, n_depth, bounds: Vec<f64>| Record {
+            engine: Engine::Tern,
+            threads: 2,
+            n_prompt: 0,
+            n_gen,
+            n_depth,
+            // 10 tokens in 1 s and in 0.5 s: 10 and 20 t/s.
+            samples: vec![1.0, 0.5],
+            bounds,
+        };
+        // 1 GB a token: 10 and 20 GB/s against 20 and 25 GB/s.
+        let (implied, bound, frac) = rec(10, 0, vec![20.0, 25.0])
+            .bound_stats(1_000_000_000)
+            .unwrap();
+        assert!((implied - 15.0).abs() < 1e-9, "{implied}");
+        assert!((bound - 22.5).abs() < 1e-9, "{bound}");
+        assert!((frac - (0.5 + 0.8) / 2.0).abs() < 1e-9, "{frac}");
+        assert!(rec(10, 64, vec![20.0, 25.0]).bound_stats(1).is_none());
+        assert!(rec(0, 0, vec![20.0, 25.0]).bound_stats(1).is_none());
+        assert!(rec(10, 0, vec![20.0]).bound_stats(1).is_none());
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //! the one a caller `install`ed), and per-token int8 activations.
 //!
 //! Every output value is computed by one kernel call in a fixed order, so
-//! results do not depend on the thread count. One token (generation)
-//! splits the rows into a few equal chunks per thread ([`even_chunk`]),
-//! each streaming its weights once; many tokens (prompt) use smaller row
-//! blocks whose weights stay in cache while every token passes over them.
+//! results do not depend on the thread count. One token (generation) on
+//! several threads gives each thread a contiguous span of the rows to
+//! stream, the first to finish splitting another's rest
+//! ([`one_token_spans`]); many tokens (prompt) use smaller row blocks
+//! whose weights stay in cache while every token passes over them.
 //! Per-call scratch is thread-local and reused.
 
 use super::memory::LineAligned;
@@ -14,7 +15,8 @@ use super::Kernel;
 use super::GROUP;
 use rayon::prelude::*;
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// A batch of activation rows quantized to int8 per row (BitLinear).
 #[derive(Default, Debug, Clone)]
@@ -65,6 +67,7 @@ pub fn quantize_into(kern: &Kernel, x: &[f32], k: usize, qb: &mut QBatch) {
 thread_local! {
     static SCRATCH_I32: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
     static SCRATCH_F32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH_SPAN: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// One product of a threaded batch: `n` token rows of `rows` outputs each.
@@ -78,7 +81,8 @@ pub struct Job<'o> {
 /// `f(job, first_row, outs)` for every task in one parallel region on the
 /// pool, `outs[t]` being token t's slice of the task's rows. Products that
 /// share their activations (Q, K and V; gate and up) thus cost one
-/// fork-join, not one each.
+/// fork-join, not one each. One token on more than one thread takes
+/// [`one_token_spans`] instead.
 pub fn par_rows<F>(jobs: Vec<Job<'_>>, n: usize, f: F)
 where
     F: Fn(usize, usize, &mut [&mut [f32]]) + Sync,
@@ -90,11 +94,11 @@ where
     if n == 0 || total == 0 {
         return;
     }
-    let mut chunk = chunk_rows(total, n, 64);
-    if n == 1 {
-        let rows: Vec<usize> = jobs.iter().map(|j| j.rows).collect();
-        chunk = even_chunk(&rows, chunk, rayon::current_num_threads());
+    let threads = rayon::current_num_threads();
+    if n == 1 && threads > 1 {
+        return one_token_spans(jobs, threads, &f);
     }
+    let chunk = chunk_rows(total, n, 64);
     let mut tasks: Vec<(usize, usize, Vec<&mut [f32]>)> = Vec::new();
     for (ji, job) in jobs.into_iter().enumerate() {
         let ntasks = job.rows.div_ceil(chunk);
@@ -112,7 +116,7 @@ where
             }
         }
     }
-    if tasks.len() <= 1 || rayon::current_num_threads() == 1 {
+    if tasks.len() <= 1 || threads == 1 {
         for (ji, m0, mut outs) in tasks {
             f(ji, m0, &mut outs);
         }
@@ -121,6 +125,150 @@ where
             .into_par_iter()
             .for_each(|(ji, m0, mut outs)| f(ji, m0, &mut outs));
     }
+}
+
+/// Row groups a one-token claim takes at least, and a span must hold
+/// twice that to be split by a thief: 64 rows, 40 KiB of 2560-wide
+/// ternary weights, 134 KiB of a 2560-wide Q6_K head.
+const SPAN_MIN_GROUPS: u32 = 16;
+
+/// A span of row groups `[front, back)` in one atomic word (front in the
+/// high half), so that its owner's claims and a thief's split are each one
+/// compare-and-swap.
+fn pack(front: u32, back: u32) -> u64 {
+    (u64::from(front) << 32) | u64::from(back)
+}
+
+fn unpack(v: u64) -> (u32, u32) {
+    // The halves of a u64 always fit a u32.
+    ((v >> 32) as u32, (v & 0xffff_ffff) as u32)
+}
+
+/// One token's products on `threads` threads: the products' row groups
+/// ([`GROUP`] rows, in job order) are cut into one contiguous span per
+/// thread, and each thread streams its span from the front, claiming
+/// `max(rest / 4, 16 groups)` at a time. A thread whose span is empty
+/// takes the back half of the fullest other span (when it holds at least
+/// 32 groups) and goes on with that; when no span is worth splitting it
+/// stops. So each thread reads one stream until the end is near, and the
+/// region ends with both threads busy to within a claim, where fixed
+/// tasks left one thread waiting for the other's last task.
+///
+/// Each output row's value does not depend on which rows a kernel call
+/// covers (`Linear::matmul_rows`), so results do not depend on which
+/// thread took what. A claim's outputs are computed into thread-local
+/// scratch and copied into the job's output under its lock (no unsafe
+/// sharing of the output slices).
+///
+/// Measured on the Intel Xeon VM (2026-12-01, 2 threads, 2B-4T shapes),
+/// alternated in one process against four fixed tasks per thread, each
+/// round 32 tokens between two streaming-sum measurements: idle time at
+/// the ends of a token's regions 1.4–1.7 → 0.47–0.49 ms per thread; tg
+/// at 80.1 → 84.1% of the adjacent bound (median of 12 rounds, Q6_K head)
+/// and 90.2 → 94.6% (8 rounds, F16 head).
+fn one_token_spans<F>(jobs: Vec<Job<'_>>, threads: usize, f: &F)
+where
+    F: Fn(usize, usize, &mut [&mut [f32]]) + Sync,
+{
+    // First row group of each job, and the total, as u32 (the spans' unit).
+    let mut starts: Vec<u32> = Vec::with_capacity(jobs.len() + 1);
+    let mut total = 0u32;
+    for j in &jobs {
+        starts.push(total);
+        let groups = u32::try_from(j.rows.div_ceil(GROUP)).ok();
+        total = match groups.and_then(|g| total.checked_add(g)) {
+            Some(t) => t,
+            None => panic!("{} output rows in one region", j.rows),
+        };
+    }
+    starts.push(total);
+    let rows: Vec<usize> = jobs.iter().map(|j| j.rows).collect();
+    let outs: Vec<Mutex<&mut [f32]>> = jobs.into_iter().map(|j| Mutex::new(j.out)).collect();
+    let cut = |t: usize| -> u32 {
+        // t ≤ threads, so the quotient is at most `total`.
+        let c = u64::from(total) * t as u64 / threads as u64;
+        u32::try_from(c).unwrap_or(total)
+    };
+    let spans: Vec<AtomicU64> = (0..threads)
+        .map(|t| AtomicU64::new(pack(cut(t), cut(t + 1))))
+        .collect();
+    // Groups [g0, g1) (of any jobs) into their outputs.
+    let run = |g0: u32, g1: u32| {
+        let mut g = g0;
+        while g < g1 {
+            let j = starts.partition_point(|&s| s <= g) - 1;
+            let end = starts[j + 1].min(g1);
+            let m0 = (g - starts[j]) as usize * GROUP;
+            let m1 = ((end - starts[j]) as usize * GROUP).min(rows[j]);
+            SCRATCH_SPAN.with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < m1 - m0 {
+                    s.resize(m1 - m0, 0.0);
+                }
+                let buf = &mut s[..m1 - m0];
+                f(j, m0, &mut [&mut *buf]);
+                let mut out = outs[j].lock().unwrap_or_else(|e| e.into_inner());
+                out[m0..m1].copy_from_slice(buf);
+            });
+            g = end;
+        }
+    };
+    // The back half of the fullest span but `me`'s, if one is worth it.
+    let steal = |me: usize| -> Option<(u32, u32)> {
+        loop {
+            let (u, v) = spans
+                .iter()
+                .enumerate()
+                .filter(|&(u, _)| u != me)
+                .map(|(u, s)| (u, s.load(Ordering::Acquire)))
+                .max_by_key(|&(_, v)| {
+                    let (a, b) = unpack(v);
+                    b.saturating_sub(a)
+                })?;
+            let (a, b) = unpack(v);
+            if b.saturating_sub(a) < 2 * SPAN_MIN_GROUPS {
+                return None;
+            }
+            let mid = a + (b - a) / 2;
+            let shrunk = pack(a, mid);
+            if spans[u]
+                .compare_exchange(v, shrunk, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Some((mid, b));
+            }
+        }
+    };
+    let worker = |t: usize| loop {
+        loop {
+            let v = spans[t].load(Ordering::Acquire);
+            let (a, b) = unpack(v);
+            if a >= b {
+                break;
+            }
+            let take = ((b - a) / 4).max(SPAN_MIN_GROUPS).min(b - a);
+            let claimed = pack(a + take, b);
+            if spans[t]
+                .compare_exchange(v, claimed, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                run(a, a + take);
+            }
+        }
+        match steal(t) {
+            Some((a, b)) => spans[t].store(pack(a, b), Ordering::Release),
+            None => return,
+        }
+    };
+    // A thread that never starts (busy elsewhere) leaves its span to be
+    // split by the others; nothing waits on any one thread.
+    rayon::scope(|s| {
+        for t in 1..threads {
+            let worker = &worker;
+            s.spawn(move |_| worker(t));
+        }
+        worker(0);
+    });
 }
 
 /// Run `f` on a worker of the current rayon pool while the pool's other
@@ -170,9 +318,9 @@ pub fn with_busy_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     })
 }
 
-/// Output rows per task: a few chunks per thread for one token (each
-/// streams its weights once; several per thread balance a busy core),
-/// blocks of at most `max_rows` for many tokens. A multiple of 4 (the
+/// Output rows per task: a few chunks per thread for one token (on one
+/// thread; more take [`one_token_spans`]), blocks of at most `max_rows`
+/// for many tokens. A multiple of 4 (the
 /// ternary row group).
 pub fn chunk_rows(rows: usize, n: usize, max_rows: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
@@ -182,34 +330,6 @@ pub fn chunk_rows(rows: usize, n: usize, max_rows: usize) -> usize {
         rows.div_ceil(threads * 8).min(max_rows)
     };
     c.max(1).next_multiple_of(GROUP)
-}
-
-/// For one token: the largest task size `c` in `chunk / 2 ..= chunk` (a
-/// multiple of [`GROUP`]) that cuts every product's `rows` into whole tasks
-/// and gives a task count that is a multiple of `threads`, else `chunk`.
-///
-/// With `chunk` alone the products of a region can end in short tail
-/// tasks (Q, K and V of the 2B-4T shapes at two threads: 480-row tasks,
-/// then a 160-row tail for each), so one thread ends its share early and
-/// waits. Here Q, K and V take 320-row tasks (8 + 2 + 2). Measured with
-/// `examples/tg_profile` on the Intel Xeon VM, two threads, the same
-/// binary with and without it in two alternated rounds: Q·K·V 139–141 →
-/// 123 µs per layer, decode step 35.0–35.5 → 34.4–34.5 ms (Q6_K file);
-/// the other regions already split evenly (output and down 8 × 320 rows,
-/// gate·up 8 × 1728).
-pub fn even_chunk(rows: &[usize], chunk: usize, threads: usize) -> usize {
-    let threads = threads.max(1);
-    let mut c = chunk - chunk % GROUP;
-    // At most 64 candidates: the search stays negligible beside a region.
-    let lowest = (chunk / 2).max(GROUP).max(c.saturating_sub(64 * GROUP));
-    while c >= lowest {
-        let tasks: usize = rows.iter().map(|&r| r / c).sum();
-        if rows.iter().all(|&r| r % c == 0) && tasks.is_multiple_of(threads) {
-            return c;
-        }
-        c -= GROUP;
-    }
-    chunk
 }
 
 /// Run `run(buf)` producing `n × len` integers token-major in thread-local
@@ -284,32 +404,79 @@ mod tests {
         }
     }
 
+    /// One token on 1–5 threads: every row of every product written once,
+    /// by calls on whole row groups within one product, with the value
+    /// the single-thread split gives; also with rows that are not whole
+    /// groups and with a worker blocked outside rayon.
     #[test]
-    fn even_chunk_cuts_products_into_whole_equal_tasks() {
-        // 2B-4T Q, K, V at two threads: 480 would leave 160-row tails.
-        assert_eq!(even_chunk(&[2560, 640, 640], 480, 2), 320);
-        // Already even: kept.
-        assert_eq!(even_chunk(&[2560], 320, 2), 320);
-        assert_eq!(even_chunk(&[6912, 6912], 1728, 2), 1728);
-        assert_eq!(even_chunk(&[128256], 16032, 2), 16032);
-        // Three threads: 2400 rows in 12 tasks of 200; 2560 has no split
-        // into 3 · k equal tasks, so the chunk stays.
-        assert_eq!(even_chunk(&[2400], 204, 3), 200);
-        assert_eq!(even_chunk(&[2560], 216, 3), 216);
-        // Nothing in chunk/2 ..= chunk works: chunk itself.
-        assert_eq!(even_chunk(&[1004], 84, 2), 84);
-        // Every answer is a multiple of the row group and never above chunk.
-        for rows in [[100usize, 36, 12], [4096, 1024, 1024], [7, 3, 5]] {
-            for chunk in [4usize, 8, 60, 64, 132] {
-                for threads in 1..5 {
-                    let c = even_chunk(&rows, chunk, threads);
-                    assert!(
-                        c.is_multiple_of(GROUP) && c <= chunk,
-                        "{rows:?} {chunk} {threads}: {c}"
-                    );
+    fn one_token_rows_each_computed_once_whatever_the_threads() {
+        use std::sync::atomic::AtomicUsize;
+        let value = |j: usize, r: usize| (j * 1_000_003 + r * 7919) as f32;
+        let shapes: [&[usize]; 4] = [&[2560, 640, 640], &[13, 4, 257], &[128256], &[4]];
+        for rows in shapes {
+            for threads in 1..=5 {
+                let calls: Vec<Vec<AtomicUsize>> = rows
+                    .iter()
+                    .map(|&r| (0..r).map(|_| AtomicUsize::new(0)).collect())
+                    .collect();
+                let mut outs: Vec<Vec<f32>> = rows.iter().map(|&r| vec![-1.0; r]).collect();
+                pool(threads).install(|| {
+                    with_busy_pool(|| {
+                        let jobs = outs
+                            .iter_mut()
+                            .zip(rows)
+                            .map(|(o, &r)| Job { out: o, rows: r })
+                            .collect();
+                        par_rows(jobs, 1, |j, m0, o| {
+                            assert_eq!(o.len(), 1);
+                            assert!(m0.is_multiple_of(GROUP));
+                            let len = o[0].len();
+                            assert!(m0 + len <= rows[j]);
+                            assert!(len.is_multiple_of(GROUP) || m0 + len == rows[j]);
+                            for (i, v) in o[0].iter_mut().enumerate() {
+                                calls[j][m0 + i].fetch_add(1, Ordering::Relaxed);
+                                *v = value(j, m0 + i);
+                            }
+                        });
+                    })
+                });
+                for (j, o) in outs.iter().enumerate() {
+                    for (r, &v) in o.iter().enumerate() {
+                        assert_eq!(calls[j][r].load(Ordering::Relaxed), 1, "{rows:?} {threads}");
+                        assert_eq!(v, value(j, r), "{rows:?} {threads} job {j} row {r}");
+                    }
                 }
             }
         }
+        // A worker blocked outside rayon (joining an OS thread that runs
+        // a pass of its own) leaves its span to the other.
+        let p = pool(2);
+        let run = || {
+            let mut out = vec![0f32; 4096];
+            with_busy_pool(|| {
+                par_rows(
+                    vec![Job {
+                        out: &mut out,
+                        rows: 4096,
+                    }],
+                    1,
+                    |_, m0, o| {
+                        for (i, v) in o[0].iter_mut().enumerate() {
+                            *v = (m0 + i) as f32;
+                        }
+                    },
+                )
+            });
+            out.iter().enumerate().all(|(i, &v)| v == i as f32)
+        };
+        let (a, b) = p.install(|| {
+            std::thread::scope(|s| {
+                let a = s.spawn(|| p.install(run));
+                let b = run();
+                (a.join().unwrap(), b)
+            })
+        });
+        assert!(a && b);
     }
 
     /// Called from outside any pool (as `tern run` calls `decode`), the
