@@ -15,7 +15,7 @@ use super::Kernel;
 use super::GROUP;
 use rayon::prelude::*;
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// A batch of activation rows quantized to int8 per row (BitLinear).
@@ -127,6 +127,73 @@ where
     }
 }
 
+/// Thread `t`'s first span of a one-token region over products of `rows`
+/// rows on `threads` threads ([`one_token_spans`]): the product and the
+/// row it starts at; `None` when the span is empty or `t ≥ threads`.
+pub fn span_start(rows: &[usize], threads: usize, t: usize) -> Option<(usize, usize)> {
+    if t >= threads {
+        return None;
+    }
+    let groups: Vec<u64> = rows.iter().map(|&r| r.div_ceil(GROUP) as u64).collect();
+    let total: u64 = groups.iter().sum();
+    let (a, b) = (span_cut(total, threads, t), span_cut(total, threads, t + 1));
+    if a >= b {
+        return None;
+    }
+    let mut first = 0u64;
+    for (j, &g) in groups.iter().enumerate() {
+        if a < first + g {
+            let row = usize::try_from((a - first) * GROUP as u64).ok()?;
+            return Some((j, row));
+        }
+        first += g;
+    }
+    None
+}
+
+/// The first of `total` row groups in thread `t`'s span (`t ≤ threads`):
+/// ⌊total · t / threads⌋.
+fn span_cut(total: u64, threads: usize, t: usize) -> u64 {
+    // total < 2^32 and t ≤ threads: no overflow in u128, result ≤ total.
+    let c = u128::from(total) * t as u128 / threads.max(1) as u128;
+    u64::try_from(c).unwrap_or(total)
+}
+
+/// Idle workers [`with_busy_pool`] hands prefetch hints to (the rest get
+/// none).
+pub const MAX_HINTS: usize = 8;
+
+/// One prefetch hint: an address range (never dereferenced, only
+/// prefetched) and a count bumped with each new range.
+struct Hint {
+    epoch: AtomicU64,
+    addr: AtomicUsize,
+    len: AtomicUsize,
+}
+
+static HINTS: [Hint; MAX_HINTS + 1] = [const {
+    Hint {
+        epoch: AtomicU64::new(0),
+        addr: AtomicUsize::new(0),
+        len: AtomicUsize::new(0),
+    }
+}; MAX_HINTS + 1];
+
+/// Whether hints are on (`TERN_HINTS=0` turns them off, for comparison).
+pub fn hints_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("TERN_HINTS").map_or(true, |v| v != "0"))
+}
+
+/// Hand span `t`'s worker the range `addr .. addr + len` to prefetch.
+pub fn publish_hint(t: usize, addr: usize, len: usize) {
+    if let Some(h) = HINTS.get(t) {
+        h.addr.store(addr, Ordering::Relaxed);
+        h.len.store(len, Ordering::Relaxed);
+        h.epoch.fetch_add(1, Ordering::Release);
+    }
+}
+
 /// Row groups a one-token claim takes at least, and a span must hold
 /// twice that to be split by a thief: 64 rows, 40 KiB of 2560-wide
 /// ternary weights, 134 KiB of a 2560-wide Q6_K head.
@@ -185,9 +252,8 @@ where
     let rows: Vec<usize> = jobs.iter().map(|j| j.rows).collect();
     let outs: Vec<Mutex<&mut [f32]>> = jobs.into_iter().map(|j| Mutex::new(j.out)).collect();
     let cut = |t: usize| -> u32 {
-        // t ≤ threads, so the quotient is at most `total`.
-        let c = u64::from(total) * t as u64 / threads as u64;
-        u32::try_from(c).unwrap_or(total)
+        // At most `total`, a u32.
+        u32::try_from(span_cut(u64::from(total), threads, t)).unwrap_or(total)
     };
     let spans: Vec<AtomicU64> = (0..threads)
         .map(|t| AtomicU64::new(pack(cut(t), cut(t + 1))))
@@ -302,13 +368,35 @@ pub fn with_busy_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         for _ in 1..threads {
             s.spawn(move |_| {
                 // The leader sets `done`: it must not poll for it.
-                if rayon::current_thread_index() == leader {
+                let me = rayon::current_thread_index();
+                if me == leader {
                     return;
                 }
+                // The span this worker is likely to start on: with two
+                // threads, the other thread's (its rank among the workers
+                // that are not the leader).
+                let hint = match (me, leader) {
+                    (Some(i), Some(l)) => HINTS.get(if i < l { i + 1 } else { i }),
+                    _ => None,
+                };
+                let mut seen = hint.map_or(0, |h| h.epoch.load(Ordering::Acquire));
                 while !done.load(Ordering::Acquire) {
-                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                        std::hint::spin_loop();
+                    if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                        continue;
                     }
+                    if let Some(h) = hint {
+                        let e = h.epoch.load(Ordering::Acquire);
+                        if e != seen {
+                            seen = e;
+                            let (addr, len) = (
+                                h.addr.load(Ordering::Relaxed),
+                                h.len.load(Ordering::Relaxed),
+                            );
+                            prefetch_while_idle(addr, len);
+                            continue;
+                        }
+                    }
+                    std::hint::spin_loop();
                 }
             });
         }
@@ -316,6 +404,21 @@ pub fn with_busy_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         done.store(true, Ordering::Release);
         r
     })
+}
+
+/// Prefetch `addr .. addr + len` into this core's L2 in 4 KiB pieces,
+/// stopping as soon as the pool hands this worker a job (the region the
+/// hint was for has started, so the rest is late).
+fn prefetch_while_idle(addr: usize, len: usize) {
+    const PIECE: usize = 4 << 10;
+    let mut at = 0;
+    while at < len {
+        super::ops::prefetch_l2(addr.wrapping_add(at), PIECE.min(len - at));
+        at += PIECE;
+        if rayon::yield_now() == Some(rayon::Yield::Executed) {
+            return;
+        }
+    }
 }
 
 /// Output rows per task: a few chunks per thread for one token (on one
@@ -477,6 +580,44 @@ mod tests {
             })
         });
         assert!(a && b);
+    }
+
+    /// `span_start` names the row thread `t`'s first span starts on: spans
+    /// ascend from row 0, thread `t`'s at group ⌊groups · t / threads⌋.
+    #[test]
+    fn span_start_is_where_each_thread_begins() {
+        for rows in [
+            &[2560usize, 640, 640][..],
+            &[6912, 6912],
+            &[13, 4, 257],
+            &[128256],
+        ] {
+            let groups: usize = rows.iter().map(|r| r.div_ceil(GROUP)).sum();
+            for threads in 2..=4 {
+                let starts: Vec<Option<(usize, usize)>> =
+                    (0..threads).map(|t| span_start(rows, threads, t)).collect();
+                assert_eq!(span_start(rows, threads, threads), None);
+                // Spans cover the groups in order: starts ascend.
+                let flat: Vec<usize> = starts
+                    .iter()
+                    .flatten()
+                    .map(|&(j, m)| {
+                        rows[..j].iter().map(|r| r.div_ceil(GROUP)).sum::<usize>() + m / GROUP
+                    })
+                    .collect();
+                assert!(
+                    flat.windows(2).all(|w| w[0] < w[1]),
+                    "{rows:?} {threads}: {starts:?}"
+                );
+                assert_eq!(starts[0], Some((0, 0)));
+                for (t, &g) in flat.iter().enumerate() {
+                    assert_eq!(g, groups * t / threads, "{rows:?} {threads} {t}");
+                }
+            }
+        }
+        // Fewer groups than threads: some spans are empty.
+        assert_eq!(span_start(&[4], 2, 0), None);
+        assert_eq!(span_start(&[4], 2, 1), Some((0, 0)));
     }
 
     /// Called from outside any pool (as `tern run` calls `decode`), the

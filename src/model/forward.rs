@@ -7,7 +7,7 @@
 use super::{Hparams, Model};
 use crate::hf::config::Activation;
 use crate::kernels::ops::{attend, Kv, RopeTable};
-use crate::kernels::weights::{matmul_many, Acts, Linear};
+use crate::kernels::weights::{hint_next, matmul_many, Acts, Linear};
 use crate::kernels::Kernel;
 use anyhow::{bail, Result};
 use half::{f16, slice::HalfFloatSliceExt};
@@ -436,6 +436,9 @@ fn forward(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Result<
                 (&*layer.wv, inorm.map(|n| &n.v[..]), &mut vv),
             ],
         );
+        if n == 1 {
+            hint_next(&[&*layer.wo]);
+        }
         for j in 0..n {
             let (p, s) = (batch.pos[j], batch.seq[j]);
             let rope = &ropes[rope_of[j]];
@@ -491,6 +494,9 @@ fn forward(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Result<
             ieps,
             &mut [(&*layer.wo, inorm.map(|n| &n.o[..]), &mut tmp)],
         );
+        if n == 1 {
+            hint_next(&[&*layer.wgate, &*layer.wup]);
+        }
         for (xi, ti) in x.iter_mut().zip(&tmp) {
             *xi += ti;
         }
@@ -505,6 +511,9 @@ fn forward(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Result<
                 (&*layer.wup, inorm.map(|n| &n.up[..]), &mut u),
             ],
         );
+        if n == 1 {
+            hint_next(&[&*layer.wdown]);
+        }
         match hp.activation {
             Activation::Relu2 => {
                 for (gi, ui) in g.iter_mut().zip(&u) {
@@ -532,6 +541,12 @@ fn forward(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Result<
             ieps,
             &mut [(&*layer.wdown, inorm.map(|n| &n.down[..]), &mut tmp)],
         );
+        if n == 1 {
+            match m.layers.get(li + 1) {
+                Some(next) => hint_next(&[&*next.wq, &*next.wk, &*next.wv]),
+                None => hint_next(&[&**m.head()]),
+            }
+        }
         for (xi, ti) in x.iter_mut().zip(&tmp) {
             *xi += ti;
         }

@@ -149,6 +149,11 @@ impl Linear for Float {
     fn ternary(&self) -> bool {
         self.ternary
     }
+    fn stream(&self) -> &[u8] {
+        match &self.store {
+            Store::F16(b) | Store::F32(b) => b.bytes(),
+        }
+    }
     fn bytes(&self) -> usize {
         match self.rows_view() {
             Rows::F16(w) => w.len() * 2,

@@ -42,6 +42,12 @@ pub trait Linear: Send + Sync {
     fn ternary(&self) -> bool;
     /// Bytes one product streams (the whole matrix as held).
     fn bytes(&self) -> usize;
+    /// The bytes one product streams, in row order (rows `m0..m1` lie at
+    /// about `m0/rows .. m1/rows` of them), for prefetch hints
+    /// ([`hint_next`]); empty where the format gives none.
+    fn stream(&self) -> &[u8] {
+        &[]
+    }
     /// Row `i` as f32 (`out.len() == cols`): an embedding lookup.
     fn row(&self, i: usize, out: &mut [f32]);
     /// Prepare what [`Linear::matmul_rows`] reads from `x` (its
@@ -82,6 +88,49 @@ pub fn matmul_many(kern: &Kernel, x: &Acts, prods: &mut [(&dyn Linear, &mut [f32
     par_rows(jobs, x.n(), |j, m0, outs| {
         ws[j].matmul_rows(kern, x, m0, outs)
     });
+}
+
+/// Bytes of its next region's first span each idle thread prefetches
+/// ([`hint_next`]): a few claims' worth, well inside a 2 MiB L2.
+pub const HINT_BYTES: usize = 256 << 10;
+
+/// Tell the pool's idle workers which products the next one-token region
+/// will run (`ws`, as `matmul_many` will get them), so that each prefetches
+/// into its L2 the first [`HINT_BYTES`] of the span it will start on
+/// (`matmul::span_start`) while the leader does the serial work between
+/// the regions (norms, quantization, attention). A hint: a worker that
+/// starts elsewhere, or one that never sees it, costs nothing but the
+/// bytes. No effect on one thread.
+pub fn hint_next(ws: &[&dyn Linear]) {
+    if !crate::kernels::matmul::hints_on() {
+        return;
+    }
+    for (t, addr, len) in hint_ranges(ws, rayon::current_num_threads()) {
+        crate::kernels::matmul::publish_hint(t, addr, len);
+    }
+}
+
+/// What [`hint_next`] publishes on `threads` threads: for each span `t ≥ 1`
+/// (up to `matmul::MAX_HINTS`), the address and length of the first
+/// [`HINT_BYTES`] from its first row on; nothing on one thread.
+fn hint_ranges(ws: &[&dyn Linear], threads: usize) -> Vec<(usize, usize, usize)> {
+    let rows: Vec<usize> = ws.iter().map(|w| w.rows()).collect();
+    let mut out = Vec::new();
+    for t in 1..threads.min(crate::kernels::matmul::MAX_HINTS + 1) {
+        let Some((j, m0)) = crate::kernels::matmul::span_start(&rows, threads, t) else {
+            continue;
+        };
+        let s = ws[j].stream();
+        if s.is_empty() || rows[j] == 0 {
+            continue;
+        }
+        // m0 ≤ rows[j]: the offset is at most s.len().
+        let off = u128::try_from(s.len()).unwrap_or(u128::MAX) * m0 as u128 / rows[j] as u128;
+        let off = usize::try_from(off).unwrap_or(s.len()).min(s.len());
+        let span = &s[off..];
+        out.push((t, span.as_ptr() as usize, span.len().min(HINT_BYTES)));
+    }
+    out
 }
 
 /// A loaded matrix.
@@ -244,5 +293,44 @@ impl<'a> Acts<'a> {
             QuantHead::Q6K => &self.q8_k,
         };
         cell.get_or_init(|| BlockActs::quantize(kind, self.x, self.k))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::matmul::span_start;
+
+    /// With two threads, the hint for span 1 is the first bytes (at most
+    /// `HINT_BYTES`) of the product and row that span starts on; with one
+    /// thread there is none; with three, one each for spans 1 and 2.
+    #[test]
+    fn hints_point_at_each_span_start() {
+        let cols = 256;
+        let mk = |rows: usize, byte: u8| {
+            ternary::Ternary::from_i2s(&vec![byte; rows * cols / 4], rows, cols, 1.0).unwrap()
+        };
+        // Q, K, V-like: 2560 + 640 + 640 rows.
+        let (q, k, v) = (mk(2560, 0x55), mk(640, 0x66), mk(640, 0x99));
+        let ws: [&dyn Linear; 3] = [&q, &k, &v];
+        let rows = [2560, 640, 640];
+        assert!(hint_ranges(&ws, 1).is_empty());
+        for threads in [2, 3] {
+            let got = hint_ranges(&ws, threads);
+            assert_eq!(got.len(), threads - 1);
+            for (t, addr, len) in got {
+                let (j, m0) = span_start(&rows, threads, t).unwrap();
+                let s = ws[j].stream();
+                let off = s.len() * m0 / rows[j];
+                assert_eq!(
+                    addr,
+                    s.as_ptr() as usize + off,
+                    "{threads} threads, span {t}"
+                );
+                assert_eq!(len, (s.len() - off).min(HINT_BYTES));
+            }
+        }
+        // Two threads: span 1 starts at row 1920 of Q (3840 rows in all).
+        assert_eq!(span_start(&rows, 2, 1), Some((0, 1920)));
     }
 }

@@ -107,6 +107,9 @@ impl Linear for Quant {
     fn bytes(&self) -> usize {
         self.bytes.len()
     }
+    fn stream(&self) -> &[u8] {
+        self.bytes.bytes()
+    }
     fn row(&self, i: usize, out: &mut [f32]) {
         let (k, bb) = (self.kind.block(), self.kind.block_bytes());
         let w = self.bytes.bytes();

@@ -160,6 +160,9 @@ impl Linear for Ternary {
     fn bytes(&self) -> usize {
         self.data.len()
     }
+    fn stream(&self) -> &[u8] {
+        self.data.group_bytes(0, self.data.groups())
+    }
     fn row(&self, i: usize, out: &mut [f32]) {
         let cols = self.cols();
         let row = self.data.canonical_row(i);
