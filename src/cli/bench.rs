@@ -116,7 +116,11 @@ impl Record {
     /// fraction of the bound over the repetitions, each repetition against
     /// the bandwidth measured beside it; `None` where no bound applies.
     fn bound_stats(&self, bytes_per_token: u64) -> Option<(f64, f64, f64)> {
-        if !self.has_bound() || self.bounds.len() != self.samples.len() || self.bounds.is_empty() {
+        if !self.has_bound()
+            || self.bounds.len() != self.samples.len()
+            || self.bounds.is_empty()
+            || self.bounds.iter().any(|&b| b.is_nan() || b <= 0.0)
+        {
             return None;
         }
         let n = self.samples.len() as f64;
@@ -128,7 +132,7 @@ impl Record {
         let frac = implied
             .iter()
             .zip(&self.bounds)
-            .map(|(i, b)| if *b > 0.0 { i / b } else { 0.0 })
+            .map(|(i, b)| i / b)
             .sum::<f64>()
             / n;
         Some((
@@ -788,6 +792,7 @@ mod tests {
         assert!(rec(10, 64, vec![20.0, 25.0]).bound_stats(1).is_none());
         assert!(rec(0, 0, vec![20.0, 25.0]).bound_stats(1).is_none());
         assert!(rec(10, 0, vec![20.0]).bound_stats(1).is_none());
+        assert!(rec(10, 0, vec![20.0, 0.0]).bound_stats(1).is_none());
     }
 
     #[test]

@@ -154,7 +154,7 @@ pub fn span_start(rows: &[usize], threads: usize, t: usize) -> Option<(usize, us
 /// The first of `total` row groups in thread `t`'s span (`t ≤ threads`):
 /// ⌊total · t / threads⌋.
 fn span_cut(total: u64, threads: usize, t: usize) -> u64 {
-    // total < 2^32 and t ≤ threads: no overflow in u128, result ≤ total.
+    // t ≤ threads: the quotient is at most `total` (u128: no overflow).
     let c = u128::from(total) * t as u128 / threads.max(1) as u128;
     u64::try_from(c).unwrap_or(total)
 }
@@ -171,6 +171,9 @@ struct Hint {
     len: AtomicUsize,
 }
 
+/// One slot per span rank, shared by every pool and pass in the process:
+/// two passes at once may prefetch each other's weights, which costs
+/// bandwidth but never correctness.
 static HINTS: [Hint; MAX_HINTS + 1] = [const {
     Hint {
         epoch: AtomicU64::new(0),
@@ -196,7 +199,7 @@ pub fn publish_hint(t: usize, addr: usize, len: usize) {
 
 /// Row groups a one-token claim takes at least, and a span must hold
 /// twice that to be split by a thief: 64 rows, 40 KiB of 2560-wide
-/// ternary weights, 134 KiB of a 2560-wide Q6_K head.
+/// ternary weights, 131 KiB of a 2560-wide Q6_K head.
 const SPAN_MIN_GROUPS: u32 = 16;
 
 /// A span of row groups `[front, back)` in one atomic word (front in the
@@ -266,16 +269,19 @@ where
             let end = starts[j + 1].min(g1);
             let m0 = (g - starts[j]) as usize * GROUP;
             let m1 = ((end - starts[j]) as usize * GROUP).min(rows[j]);
-            SCRATCH_SPAN.with(|s| {
-                let mut s = s.borrow_mut();
-                if s.len() < m1 - m0 {
-                    s.resize(m1 - m0, 0.0);
-                }
-                let buf = &mut s[..m1 - m0];
-                f(j, m0, &mut [&mut *buf]);
+            // Taken out of the thread-local for the call, so that an `f`
+            // that runs rayon work (and this thread another claim
+            // meanwhile) finds it free.
+            let mut buf = SCRATCH_SPAN.with(|s| std::mem::take(&mut *s.borrow_mut()));
+            if buf.len() < m1 - m0 {
+                buf.resize(m1 - m0, 0.0);
+            }
+            f(j, m0, &mut [&mut buf[..m1 - m0]]);
+            {
                 let mut out = outs[j].lock().unwrap_or_else(|e| e.into_inner());
-                out[m0..m1].copy_from_slice(buf);
-            });
+                out[m0..m1].copy_from_slice(&buf[..m1 - m0]);
+            }
+            SCRATCH_SPAN.with(|s| *s.borrow_mut() = buf);
             g = end;
         }
     };
@@ -347,8 +353,9 @@ where
 /// `rayon::join` after 50 µs of serial work cost 110 µs, not 50), which
 /// the next region waits for. Here `threads - 1` polling jobs are queued
 /// for the pass (as ggml's threads spin between the ops of one graph):
-/// each runs whatever the regions queue (`rayon::yield_now`), spins
-/// otherwise, and ends when `f` does. A worker busy elsewhere (another
+/// each runs whatever the regions queue (`rayon::yield_now`), prefetches
+/// the start of its next span when the pass hints at it
+/// ([`publish_hint`]), spins otherwise, and ends when `f` does. A worker busy elsewhere (another
 /// pass, or blocked) simply never takes one, and a polling job the leader
 /// finds itself returns at once, so nothing waits on every worker. Run
 /// from outside the pool, `f` moves onto a worker (as `rayon::scope`
@@ -372,9 +379,10 @@ pub fn with_busy_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
                 if me == leader {
                     return;
                 }
-                // The span this worker is likely to start on: with two
-                // threads, the other thread's (its rank among the workers
-                // that are not the leader).
+                // The span this worker is likely to start on: its rank
+                // among the workers that are not the leader. With two
+                // threads that is the other span for sure; with more,
+                // rayon decides who runs which span, so it is a guess.
                 let hint = match (me, leader) {
                     (Some(i), Some(l)) => HINTS.get(if i < l { i + 1 } else { i }),
                     _ => None,

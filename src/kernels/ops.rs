@@ -355,12 +355,14 @@ pub fn prefetch_l2(addr: usize, len: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        let mut at = 0;
-        while at < len {
+        // Every line the range touches, from the line `addr` lies in.
+        let end = addr.saturating_add(len);
+        let mut line = addr & !63;
+        while line < end {
             // SAFETY: a prefetch never faults; the address is formed from
             // an integer, never dereferenced.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(addr.wrapping_add(at) as *const i8) };
-            at += 64;
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(line as *const i8) };
+            line += 64;
         }
     }
     #[cfg(not(target_arch = "x86_64"))]

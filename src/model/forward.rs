@@ -422,6 +422,13 @@ fn forward(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Result<
         })
         .collect();
 
+    // Prefetch hints for the idle threads (`hint_next`) name the products
+    // of the next region: one token, products sharing one region (with
+    // input norms each projection is a region of its own).
+    let hints = n == 1 && m.layers.iter().all(|l| l.input_norms.is_none());
+    if let (true, Some(first)) = (hints, m.layers.first()) {
+        hint_next(&[&*first.wq, &*first.wk, &*first.wv]);
+    }
     for (li, layer) in m.layers.iter().enumerate() {
         let inorm = layer.input_norms.as_ref();
         rmsnorm(&x, &layer.attn_norm, hp.eps, &mut a);
@@ -436,7 +443,7 @@ fn forward(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Result<
                 (&*layer.wv, inorm.map(|n| &n.v[..]), &mut vv),
             ],
         );
-        if n == 1 {
+        if hints {
             hint_next(&[&*layer.wo]);
         }
         for j in 0..n {
@@ -494,7 +501,7 @@ fn forward(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Result<
             ieps,
             &mut [(&*layer.wo, inorm.map(|n| &n.o[..]), &mut tmp)],
         );
-        if n == 1 {
+        if hints {
             hint_next(&[&*layer.wgate, &*layer.wup]);
         }
         for (xi, ti) in x.iter_mut().zip(&tmp) {
@@ -511,7 +518,7 @@ fn forward(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Result<
                 (&*layer.wup, inorm.map(|n| &n.up[..]), &mut u),
             ],
         );
-        if n == 1 {
+        if hints {
             hint_next(&[&*layer.wdown]);
         }
         match hp.activation {
@@ -541,10 +548,11 @@ fn forward(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Result<
             ieps,
             &mut [(&*layer.wdown, inorm.map(|n| &n.down[..]), &mut tmp)],
         );
-        if n == 1 {
+        if hints {
             match m.layers.get(li + 1) {
                 Some(next) => hint_next(&[&*next.wq, &*next.wk, &*next.wv]),
-                None => hint_next(&[&**m.head()]),
+                None if batch.logits[0] => hint_next(&[&**m.head()]),
+                None => {}
             }
         }
         for (xi, ti) in x.iter_mut().zip(&tmp) {
