@@ -104,7 +104,7 @@ impl Record {
     /// (the bound counts the weights only; at a depth a token also reads
     /// the cache).
     fn has_bound(&self) -> bool {
-        self.n_gen > 0 && self.n_depth == 0
+        bound_applies(self.n_gen, self.n_depth)
     }
     fn ts(&self) -> Vec<f64> {
         self.samples
@@ -141,6 +141,12 @@ impl Record {
             frac,
         ))
     }
+}
+
+/// Whether the weights' bound applies to a test: generation from an empty
+/// cache (see [`Record::has_bound`]).
+fn bound_applies(n_gen: usize, n_depth: usize) -> bool {
+    n_gen > 0 && n_depth == 0
 }
 
 fn mean_sd(v: &[f64]) -> (f64, f64) {
@@ -510,7 +516,7 @@ pub fn run(a: Args) -> Result<()> {
             // machine's rate drifts by 10–20% within a minute (the Intel
             // Xeon VM, 2026-12-01), so a rate measured minutes away from a
             // repetition says little about the bound it ran against.
-            let bounded = n_gen > 0 && n_depth == 0;
+            let bounded = bound_applies(n_gen, n_depth);
             let bw_now = || pool.install(|| kernels::ops::read_bandwidth(bw_buf));
             let beside =
                 |rates: &[f64]| -> Vec<f64> { rates.windows(2).map(|w| w[0].max(w[1])).collect() };

@@ -134,21 +134,34 @@ pub fn span_start(rows: &[usize], threads: usize, t: usize) -> Option<(usize, us
     if t >= threads {
         return None;
     }
-    let groups: Vec<u64> = rows.iter().map(|&r| r.div_ceil(GROUP) as u64).collect();
-    let total: u64 = groups.iter().sum();
+    let starts = group_starts(rows)?;
+    let total = u64::from(*starts.last()?);
     let (a, b) = (span_cut(total, threads, t), span_cut(total, threads, t + 1));
     if a >= b {
         return None;
     }
-    let mut first = 0u64;
-    for (j, &g) in groups.iter().enumerate() {
-        if a < first + g {
-            let row = usize::try_from((a - first) * GROUP as u64).ok()?;
-            return Some((j, row));
-        }
-        first += g;
+    Some(locate(&starts, u32::try_from(a).ok()?))
+}
+
+/// The first row group ([`GROUP`] rows) of each product of `rows` rows,
+/// the products one after another, and the total after them
+/// (`rows.len() + 1` entries); `None` past `u32::MAX` groups.
+fn group_starts(rows: &[usize]) -> Option<Vec<u32>> {
+    let mut starts = Vec::with_capacity(rows.len() + 1);
+    let mut total = 0u32;
+    for &r in rows {
+        starts.push(total);
+        total = total.checked_add(u32::try_from(r.div_ceil(GROUP)).ok()?)?;
     }
-    None
+    starts.push(total);
+    Some(starts)
+}
+
+/// The product and first row of group `g` (below the total) of
+/// [`group_starts`]' `starts`; empty products are skipped.
+fn locate(starts: &[u32], g: u32) -> (usize, usize) {
+    let j = starts.partition_point(|&s| s <= g) - 1;
+    (j, (g - starts[j]) as usize * GROUP)
 }
 
 /// The first of `total` row groups in thread `t`'s span (`t ≤ threads`):
@@ -240,19 +253,11 @@ fn one_token_spans<F>(jobs: Vec<Job<'_>>, threads: usize, f: &F)
 where
     F: Fn(usize, usize, &mut [&mut [f32]]) + Sync,
 {
-    // First row group of each job, and the total, as u32 (the spans' unit).
-    let mut starts: Vec<u32> = Vec::with_capacity(jobs.len() + 1);
-    let mut total = 0u32;
-    for j in &jobs {
-        starts.push(total);
-        let groups = u32::try_from(j.rows.div_ceil(GROUP)).ok();
-        total = match groups.and_then(|g| total.checked_add(g)) {
-            Some(t) => t,
-            None => panic!("{} output rows in one region", j.rows),
-        };
-    }
-    starts.push(total);
     let rows: Vec<usize> = jobs.iter().map(|j| j.rows).collect();
+    let Some(starts) = group_starts(&rows) else {
+        panic!("{} output rows in one region", rows.iter().sum::<usize>());
+    };
+    let total = starts[rows.len()];
     let outs: Vec<Mutex<&mut [f32]>> = jobs.into_iter().map(|j| Mutex::new(j.out)).collect();
     let cut = |t: usize| -> u32 {
         // At most `total`, a u32.
@@ -265,9 +270,8 @@ where
     let run = |g0: u32, g1: u32| {
         let mut g = g0;
         while g < g1 {
-            let j = starts.partition_point(|&s| s <= g) - 1;
+            let (j, m0) = locate(&starts, g);
             let end = starts[j + 1].min(g1);
-            let m0 = (g - starts[j]) as usize * GROUP;
             let m1 = ((end - starts[j]) as usize * GROUP).min(rows[j]);
             // Taken out of the thread-local for the call, so that an `f`
             // that runs rayon work (and this thread another claim

@@ -207,11 +207,11 @@ pub(crate) fn values_per_head(
 /// softmax(scale · q_h·k_t)_t · v_t`. Each head's result is the one it
 /// would get alone (the kernels' grouped routines are bit for bit their
 /// per-head ones); a group reads each K and V row once for all its heads.
-#[allow(clippy::too_many_arguments)]
 ///
 /// # Panics
 /// If `d` is 0, `qs` is not a whole number of heads or `outs` is not as
 /// long as `qs`, or a row lies outside the cache.
+#[allow(clippy::too_many_arguments)]
 pub fn attend(
     kern: &Kernel,
     qs: &[f32],

@@ -426,10 +426,10 @@ fn forward(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Result<
     // of the next region: one token, products sharing one region (with
     // input norms each projection is a region of its own).
     let hints = n == 1 && m.layers.iter().all(|l| l.input_norms.is_none());
-    if let (true, Some(first)) = (hints, m.layers.first()) {
-        hint_next(&[&*first.wq, &*first.wk, &*first.wv]);
-    }
     for (li, layer) in m.layers.iter().enumerate() {
+        if hints {
+            hint_next(&[&*layer.wq, &*layer.wk, &*layer.wv]);
+        }
         let inorm = layer.input_norms.as_ref();
         rmsnorm(&x, &layer.attn_norm, hp.eps, &mut a);
         bitlinear(
@@ -548,16 +548,12 @@ fn forward(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Result<
             ieps,
             &mut [(&*layer.wdown, inorm.map(|n| &n.down[..]), &mut tmp)],
         );
-        if hints {
-            match m.layers.get(li + 1) {
-                Some(next) => hint_next(&[&*next.wq, &*next.wk, &*next.wv]),
-                None if batch.logits[0] => hint_next(&[&**m.head()]),
-                None => {}
-            }
-        }
         for (xi, ti) in x.iter_mut().zip(&tmp) {
             *xi += ti;
         }
+    }
+    if hints && batch.logits[0] {
+        hint_next(&[&**m.head()]);
     }
     for &s in &batch.seq {
         caches[s].n_past += 1;
