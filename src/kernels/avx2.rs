@@ -1302,15 +1302,19 @@ pub(super) unsafe fn prefetch_lines<const H: i32>(p: *const u8, lines: usize) {
 }
 
 /// Generates a four-row, one-token Q6_K head tile `$name` for the target
-/// features `$feat` over a block function `$block(w, a, bs) -> __m256i`
-/// (eight i32 lanes summing to the block's exact integer dot) and a
-/// prefetch `$prefetch(wb)` issued for each row's block: per block
-/// the four rows' sums are reduced together (`vphaddd`) and their float
-/// steps `s += (d_w · d_x) · Σ` run in the four lanes of one vector, the
-/// same operations per row as the scalar reference, so its bits. AVX2's
-/// tile ([`q6_k_rows4_avx2`]) and AVX-512 VNNI's share it.
+/// features `$feat` over a block function `$block(w, a, bs)` (a vector of
+/// i32 lanes, initially `$zero`, summing to the block's exact integer dot),
+/// a reduction `$reduce([v; 4]) -> __m128i` (the four rows' lane sums,
+/// in row order; any order of integer adds gives the same exact sums) and
+/// a prefetch `$prefetch(wb)` issued for each row's block: the four rows'
+/// float steps `s += (d_w · d_x) · Σ` run in the four lanes of one
+/// vector, the same operations per row as the scalar reference, so its
+/// bits. The rows' `d_w` go into a vector as register inserts (four
+/// 2-byte stores read back as one 16-byte load cannot be forwarded from
+/// the store buffer, a stall every block). AVX2's tile
+/// ([`q6_k_rows4_avx2`]) and AVX-512 VNNI's share it.
 macro_rules! q6_k_rows4 {
-    ($name:ident, $feat:literal, $block:path, $prefetch:path) => {
+    ($name:ident, $feat:literal, $block:path, $zero:expr, $reduce:path, $prefetch:path) => {
         #[target_feature(enable = $feat)]
         pub(super) unsafe fn $name(
             w: [*const u8; 4],
@@ -1321,25 +1325,23 @@ macro_rules! q6_k_rows4 {
             bstep: usize,
         ) -> [f32; 4] {
             let qk = q6_k::QK_K;
+            let d_w = |wb: *const u8| {
+                let d = wb.add(q6_k::D_OFF);
+                i16::from_le_bytes([*d, *d.add(1)])
+            };
             let mut sacc = _mm_setzero_ps();
             for b in 0..nb {
-                let mut dots = [_mm256_setzero_si256(); 4];
-                let mut dw = [0u16; 8];
+                let mut dots = [$zero; 4];
                 for r in 0..4 {
                     let wb = w[r].add(b * bstep);
                     $prefetch(wb);
                     dots[r] = $block(wb, a.add(b * qk), bs.add(b * 16));
-                    let d = wb.add(q6_k::D_OFF);
-                    dw[r] = u16::from_le_bytes([*d, *d.add(1)]);
                 }
                 // [Σ dots[0], Σ dots[1], Σ dots[2], Σ dots[3]], exact in i32.
-                let h = _mm256_hadd_epi32(
-                    _mm256_hadd_epi32(dots[0], dots[1]),
-                    _mm256_hadd_epi32(dots[2], dots[3]),
-                );
-                let sums =
-                    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
-                let dwv = _mm_cvtph_ps(_mm_loadu_si128(dw.as_ptr() as *const __m128i));
+                let sums = $reduce(dots);
+                let wb = |r: usize| w[r].add(b * bstep);
+                let dw = _mm_setr_epi16(d_w(wb(0)), d_w(wb(1)), d_w(wb(2)), d_w(wb(3)), 0, 0, 0, 0);
+                let dwv = _mm_cvtph_ps(dw);
                 let scale = _mm_mul_ps(dwv, _mm_set1_ps(*da.add(b)));
                 sacc = _mm_add_ps(sacc, _mm_mul_ps(scale, _mm_cvtepi32_ps(sums)));
             }
@@ -1364,10 +1366,21 @@ unsafe fn q6_k_block1(w: *const u8, a: *const i8, bs: *const i16) -> __m256i {
     q6_k_block::<1>(w, [a], [bs])[0]
 }
 
+/// The four rows' sums of eight i32 lanes each, `[Σ v[0], Σ v[1], Σ
+/// v[2], Σ v[3]]` (`vphaddd`).
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn hsum4_epi32(v: [__m256i; 4]) -> __m128i {
+    let h = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
+}
+
 q6_k_rows4!(
     q6_k_rows4_avx2,
     "avx2,fma,f16c",
     q6_k_block1,
+    _mm256_setzero_si256(),
+    hsum4_epi32,
     prefetch_head_block::<true>
 );
 
