@@ -398,10 +398,13 @@ fn grouped_attention_equals_head_by_head() {
     use tern::kernels::ops::Kv;
     let mut rng = Rng(12);
     // (head dim, stride, positions, heads): tails past 16 and 8 lanes,
-    // groups split 4 + 1 and 4 + 2, no position at all.
+    // groups split 4 + 1 and 4 + 2, no position at all, contiguous rows
+    // (the head-major cache) over several of AVX2's 32-position blocks.
     for &(hd, stride, npos, g) in &[
         (128, 640, 1, 4),
         (128, 640, 37, 4),
+        (128, 128, 100, 4),
+        (64, 64, 65, 5),
         (128, 640, 23, 5),
         (64, 200, 9, 2),
         (100, 300, 5, 3),

@@ -305,8 +305,11 @@ fn attn_values_group(v: Kv, stride: usize, off: usize, ps: &[f32], g: usize, out
 }
 
 /// Positions ahead that the grouped attention prefetches the K / V rows
-/// (a head's slice of each row: 256 bytes `stride` apart, which the
-/// hardware's stream prefetch does not follow). Measured on the Intel Xeon
+/// (a head's slice of each row, `stride` apart: 256 bytes 1280 apart
+/// when measured below, contiguous since the cache went head-major —
+/// where it still paid: without it, the same head-major caches took
+/// 13.0–14.2 ms instead of 11.0–11.2 at depth 1024 on two threads, and
+/// 41–49 instead of 34–38 at 3072, alternated in one process). Measured on the Intel Xeon
 /// VM, `tern bench -p 0 -n 32 -d 2048` on the 2B-4T Q6_K file (5 KV heads
 /// of 128, 157 MB of cache read per token), the commit before and this
 /// one alternated: 9.4–9.6 → 13.2 t/s on one thread, 16.1–16.8 → 22.2 on
@@ -366,8 +369,8 @@ unsafe fn scores_heads<const H: usize>(
     let full = d - d % 16;
     for t in 0..npos {
         let kr = k.add(t * stride + off);
-        // The head's slice of the key KV_AHEAD positions on (rows are
-        // `stride` apart, so the hardware's stream prefetch misses them).
+        // The head's slice of the key KV_AHEAD positions on (see
+        // KV_AHEAD: it pays even where the rows are contiguous).
         prefetch_lines::<_MM_HINT_T0>(
             kr.wrapping_add(KV_AHEAD.wrapping_mul(stride)) as *const u8,
             (2 * d).div_ceil(64),
@@ -421,7 +424,22 @@ unsafe fn values_group_f16(
     }
 }
 
+/// Positions per block of [`values_heads`]: a block's rows come from
+/// memory in its first column pass and from L1 in the others (a head's
+/// slice of 32 f16 rows of 128 is 8 KiB). Measured on the Intel Xeon VM
+/// (2026-12-02, 30 layers' head-major caches, five KV heads of 128, one
+/// token's attention, alternated in one process, three rounds): at depth
+/// 3072, 29.6–33.9 → 25.2–27.4 ms on two threads and 51.9–56.0 →
+/// 48.2–49.3 on one; 64 and 128 positions did as well on two threads but
+/// no better than none on one.
+const VALUES_BLOCK: usize = 32;
+
 /// `H` heads' weights (`p`, `npos` apart) × `d` values; `o[h · d + i]`.
+/// Positions go in blocks of [`VALUES_BLOCK`], each block in column
+/// passes of 16 values whose sums stay in registers across the block and
+/// in `o` between blocks: per output value the same FMAs in the same
+/// position order as one pass over all positions (an f32 stored and
+/// loaded back is exact), so the same bits.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
@@ -435,38 +453,50 @@ unsafe fn values_heads<const H: usize>(
     d: usize,
 ) {
     let full = d - d % 8;
-    let mut c0 = 0;
-    while c0 < full {
-        let two = full - c0 >= 16;
-        let mut acc = [[_mm256_setzero_ps(); 2]; H];
-        for t in 0..npos {
-            let base = t * stride + off + c0;
-            if c0 == 0 {
-                // The first pass brings in each row's whole slice (the
-                // later passes find it in cache), KV_AHEAD positions on.
-                let ahead = base.wrapping_add(KV_AHEAD.wrapping_mul(stride));
-                prefetch_lines::<_MM_HINT_T0>(
-                    v.wrapping_add(ahead.wrapping_mul(2)),
-                    (2 * d).div_ceil(64),
-                );
-            }
-            let v0 = load8::<true>(v, base);
-            let v1 = if two { load8::<true>(v, base + 8) } else { v0 };
-            for h in 0..H {
-                let pv = _mm256_set1_ps(*p.add(h * npos + t));
-                acc[h][0] = _mm256_fmadd_ps(pv, v0, acc[h][0]);
-                if two {
-                    acc[h][1] = _mm256_fmadd_ps(pv, v1, acc[h][1]);
+    // Block starts; with no positions, one empty block writes the zeros.
+    for t0 in (0..npos.max(1)).step_by(VALUES_BLOCK) {
+        let t1 = (t0 + VALUES_BLOCK).min(npos);
+        let mut c0 = 0;
+        while c0 < full {
+            let two = full - c0 >= 16;
+            let mut acc = [[_mm256_setzero_ps(); 2]; H];
+            if t0 > 0 {
+                for h in 0..H {
+                    acc[h][0] = _mm256_loadu_ps(o.add(h * d + c0));
+                    if two {
+                        acc[h][1] = _mm256_loadu_ps(o.add(h * d + c0 + 8));
+                    }
                 }
             }
-        }
-        for h in 0..H {
-            _mm256_storeu_ps(o.add(h * d + c0), acc[h][0]);
-            if two {
-                _mm256_storeu_ps(o.add(h * d + c0 + 8), acc[h][1]);
+            for t in t0..t1 {
+                let base = t * stride + off + c0;
+                if c0 == 0 {
+                    // The first pass brings in each row's whole slice (the
+                    // later passes find it in L1), KV_AHEAD positions on.
+                    let ahead = base.wrapping_add(KV_AHEAD.wrapping_mul(stride));
+                    prefetch_lines::<_MM_HINT_T0>(
+                        v.wrapping_add(ahead.wrapping_mul(2)),
+                        (2 * d).div_ceil(64),
+                    );
+                }
+                let v0 = load8::<true>(v, base);
+                let v1 = if two { load8::<true>(v, base + 8) } else { v0 };
+                for h in 0..H {
+                    let pv = _mm256_set1_ps(*p.add(h * npos + t));
+                    acc[h][0] = _mm256_fmadd_ps(pv, v0, acc[h][0]);
+                    if two {
+                        acc[h][1] = _mm256_fmadd_ps(pv, v1, acc[h][1]);
+                    }
+                }
             }
+            for h in 0..H {
+                _mm256_storeu_ps(o.add(h * d + c0), acc[h][0]);
+                if two {
+                    _mm256_storeu_ps(o.add(h * d + c0 + 8), acc[h][1]);
+                }
+            }
+            c0 += if two { 16 } else { 8 };
         }
-        c0 += if two { 16 } else { 8 };
     }
     for h in 0..H {
         for i in full..d {
