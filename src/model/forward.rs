@@ -501,11 +501,8 @@ fn forward(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Result<
                 &vv[j * kvd..(j + 1) * kvd],
             );
         }
-        // Per sequence, per KV head: its keys and values.
-        let views: Vec<Vec<(Kv, Kv)>> = caches
-            .iter()
-            .map(|c| (0..hp.n_head_kv).map(|h| c.head(li, h)).collect())
-            .collect();
+        // Read-only from here on in this layer.
+        let cached: &[&mut KvCache] = caches;
         let qref = &q;
         // One task per (token, KV head): the `group` query heads that share
         // the KV head read each of its K and V rows once.
@@ -515,10 +512,9 @@ fn forward(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Result<
                 let j = c / hp.n_head_kv;
                 let kvh = c % hp.n_head_kv;
                 let qs = &qref[j * qd + kvh * group * hd..j * qd + (kvh + 1) * group * hd];
-                let (kc, vc) = views[batch.seq[j]][kvh];
+                let (kc, vc) = cached[batch.seq[j]].head(li, kvh);
                 attend(kern, qs, hd, kc, vc, hd, 0, batch.pos[j] + 1, scale, out);
             });
-        drop(views);
         let attn_out = match &layer.attn_sub_norm {
             Some(w) => {
                 rmsnorm(&o, w, hp.eps, &mut o2);
