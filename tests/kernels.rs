@@ -116,9 +116,11 @@ fn i2s_kernels_match_scalar_on_random_shapes() {
         kernels.iter().map(|k| k.variant()).collect::<Vec<_>>()
     );
     // Edge sizes: 1 block, chunk boundaries (8/16 blocks ± 1), rows not a
-    // multiple of 4, token counts around every tile width.
+    // multiple of 4, token counts around every tile width, group counts
+    // below, at and past the one-token streams (4 groups at once: 16, 17,
+    // 33 and 67 rows leave 0, 1, 1 and 1 group over).
     let cols_set = [128, 256, 384, 1024, 1152, 2048, 2176];
-    let rows_set = [1, 2, 3, 4, 5, 7, 8, 13, 33];
+    let rows_set = [1, 2, 3, 4, 5, 7, 8, 13, 16, 17, 33, 67];
     let n_set = [1, 2, 3, 4, 5, 6, 7, 9, 13];
     for case in 0..150 {
         let cols = cols_set[rng.below(cols_set.len())];
@@ -137,8 +139,8 @@ fn i2s_kernels_match_scalar_on_random_shapes() {
 fn i2s_extremes_do_not_overflow() {
     // Every code 2 (or 3) against every activation -128: the largest
     // magnitudes the 16-bit stages can see, over a long row; on the
-    // one-token tiles (1), the packed tiles (5 tokens) and the prompt
-    // tiles (13).
+    // one-token tiles (1: five groups, four of them streamed together),
+    // the packed tiles (5 tokens) and the prompt tiles (13).
     for (byte, xv) in [
         (0xAAu8, -128i8),
         (0xAA, 127),
@@ -147,7 +149,7 @@ fn i2s_extremes_do_not_overflow() {
         (0x00, -128),
     ] {
         for n in [1, 5, 13] {
-            let (rows, cols) = (5, 4096);
+            let (rows, cols) = (17, 4096);
             let w = vec![byte; rows * cols / 4];
             let x = vec![xv; n * cols];
             for k in all_variants() {
@@ -749,7 +751,9 @@ fn quant_head_gemm_agrees_with_scalar_and_does_not_depend_on_tiling() {
             QuantHead::Q6K
         };
         let k = kind.block() * [1, 3, 10][rng.below(3)];
-        let rows = [1, 3, 4, 5, 13, 33][rng.below(6)];
+        // 33 and 67 rows: the one-token Q6_K streams (four groups of four
+        // rows at once) with groups and rows left over.
+        let rows = [1, 3, 4, 5, 13, 33, 67][rng.below(7)];
         let n = [1, 2, 3, 4, 5, 9][rng.below(6)];
         let w = quant_head(&mut rng, kind, rows, k);
         let mut xf: Vec<f32> = (0..n * k).map(|_| rng.f32() * 4.0).collect();
@@ -767,21 +771,24 @@ fn quant_head_gemm_agrees_with_scalar_and_does_not_depend_on_tiling() {
         for kern in all_variants() {
             let got = qgemm(kern, &w, 0, rows, &x);
             // Interleaved rows give the same bits, whole and from any row
-            // (a range that starts inside a group).
+            // to the end or to a row inside a group.
             for v0 in [0, 1, 2.min(rows - 1), 5.min(rows - 1)] {
-                let il = qgemm_as(kern, &wi, RowLayout::Interleaved4, v0, rows, &x);
-                let plain = qgemm(kern, &w, v0, rows, &x);
-                assert_eq!(
-                    il,
-                    plain,
-                    "{} {:?} interleaved rows {}..{} k {} n {}",
-                    kern.variant(),
-                    kind,
-                    v0,
-                    rows,
-                    k,
-                    n
-                );
+                for v1 in [rows, (rows - rows / 3).max(v0)] {
+                    let il = qgemm_as(kern, &wi, RowLayout::Interleaved4, v0, v1, &x);
+                    let plain = qgemm(kern, &w, v0, v1, &x);
+                    assert_eq!(
+                        il,
+                        plain,
+                        "{} {:?} interleaved rows {}..{} of {} k {} n {}",
+                        kern.variant(),
+                        kind,
+                        v0,
+                        v1,
+                        rows,
+                        k,
+                        n
+                    );
+                }
             }
             // Q6_K sums each block exactly in integers first: every kernel
             // gives the scalar bits.

@@ -20,6 +20,7 @@ use std::arch::x86_64::*;
 /// The AVX2 function table (everything has an AVX2 version).
 pub(crate) const OPS: Ops = Ops {
     i2s_packed,
+    i2s_streams: None,
     i2s_tile,
     i2s_shape: SHAPE,
     i2s_panel_min_tokens: super::ternary::PANEL_MIN_TOKENS,
@@ -28,6 +29,7 @@ pub(crate) const OPS: Ops = Ops {
     f32_tile: float_tile_f32,
     q8_0_tile,
     q6_k_tile,
+    q6_k_streams: None,
     q8_0_block_dots,
     q6_k_block_dots,
     quantize_act,
@@ -1344,7 +1346,7 @@ pub(super) unsafe fn prefetch_lines<const H: i32>(p: *const u8, lines: usize) {
 /// the store buffer, a stall every block). AVX2's tile
 /// ([`q6_k_rows4_avx2`]) and AVX-512 VNNI's share it.
 macro_rules! q6_k_rows4 {
-    ($name:ident, $feat:literal, $block:path, $zero:expr, $reduce:path, $prefetch:path) => {
+    ($name:ident, $streams:ident, $feat:literal, $block:path, $zero:expr, $reduce:path, $prefetch:path) => {
         #[target_feature(enable = $feat)]
         pub(super) unsafe fn $name(
             w: [*const u8; 4],
@@ -1354,29 +1356,49 @@ macro_rules! q6_k_rows4 {
             nb: usize,
             bstep: usize,
         ) -> [f32; 4] {
+            $streams::<1>([w], a, da, bs, nb, bstep)[0]
+        }
+
+        /// `S` four-row tiles at once, block by block (each its own
+        /// stream of blocks, the same sums as one tile at a time).
+        #[target_feature(enable = $feat)]
+        #[inline]
+        pub(super) unsafe fn $streams<const S: usize>(
+            w: [[*const u8; 4]; S],
+            a: *const i8,
+            da: *const f32,
+            bs: *const i16,
+            nb: usize,
+            bstep: usize,
+        ) -> [[f32; 4]; S] {
             let qk = q6_k::QK_K;
             let d_w = |wb: *const u8| {
                 let d = wb.add(q6_k::D_OFF);
                 i16::from_le_bytes([*d, *d.add(1)])
             };
-            let mut sacc = _mm_setzero_ps();
+            let mut sacc = [_mm_setzero_ps(); S];
             for b in 0..nb {
-                let mut dots = [$zero; 4];
-                for r in 0..4 {
-                    let wb = w[r].add(b * bstep);
-                    $prefetch(wb);
-                    dots[r] = $block(wb, a.add(b * qk), bs.add(b * 16));
+                for s in 0..S {
+                    let mut dots = [$zero; 4];
+                    for r in 0..4 {
+                        let wb = w[s][r].add(b * bstep);
+                        $prefetch(wb);
+                        dots[r] = $block(wb, a.add(b * qk), bs.add(b * 16));
+                    }
+                    // [Σ dots[0], Σ dots[1], Σ dots[2], Σ dots[3]], exact in i32.
+                    let sums = $reduce(dots);
+                    let wb = |r: usize| w[s][r].add(b * bstep);
+                    let dw =
+                        _mm_setr_epi16(d_w(wb(0)), d_w(wb(1)), d_w(wb(2)), d_w(wb(3)), 0, 0, 0, 0);
+                    let dwv = _mm_cvtph_ps(dw);
+                    let scale = _mm_mul_ps(dwv, _mm_set1_ps(*da.add(b)));
+                    sacc[s] = _mm_add_ps(sacc[s], _mm_mul_ps(scale, _mm_cvtepi32_ps(sums)));
                 }
-                // [Σ dots[0], Σ dots[1], Σ dots[2], Σ dots[3]], exact in i32.
-                let sums = $reduce(dots);
-                let wb = |r: usize| w[r].add(b * bstep);
-                let dw = _mm_setr_epi16(d_w(wb(0)), d_w(wb(1)), d_w(wb(2)), d_w(wb(3)), 0, 0, 0, 0);
-                let dwv = _mm_cvtph_ps(dw);
-                let scale = _mm_mul_ps(dwv, _mm_set1_ps(*da.add(b)));
-                sacc = _mm_add_ps(sacc, _mm_mul_ps(scale, _mm_cvtepi32_ps(sums)));
             }
-            let mut lanes = [0f32; 4];
-            _mm_storeu_ps(lanes.as_mut_ptr(), sacc);
+            let mut lanes = [[0f32; 4]; S];
+            for s in 0..S {
+                _mm_storeu_ps(lanes[s].as_mut_ptr(), sacc[s]);
+            }
             lanes
         }
     };
@@ -1407,6 +1429,7 @@ unsafe fn hsum4_epi32(v: [__m256i; 4]) -> __m128i {
 
 q6_k_rows4!(
     q6_k_rows4_avx2,
+    q6_k_streams_avx2,
     "avx2,fma,f16c",
     q6_k_block1,
     _mm256_setzero_si256(),

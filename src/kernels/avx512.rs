@@ -14,8 +14,10 @@
 //! the one-token ternary tile was still 512-bit, showed the head faster
 //! but the whole token not.
 //!
-//! One token (generation), with VNNI, goes through [`tile1_vnni`], which
-//! prefetches both into L1 (`avx2::PREFETCH_L1`, 1.5 KiB ahead) and into
+//! One token (generation), with VNNI, goes through [`tile1x4_vnni`]: four
+//! row groups at once from four runs of the span (the groups left over
+//! through [`tile1_vnni`]), see there. The history below is of one group
+//! at a time. [`tile1_vnni`] prefetches both into L1 (`avx2::PREFETCH_L1`, 1.5 KiB ahead) and into
 //! L2 ([`PREFETCH_L2_NEAR`], 4 KiB; it was 16 KiB, as AVX2's, when the
 //! figures below were taken); without VNNI through the packed tile below,
 //! which for one token prefetches the same way (it had AVX2's L2 prefetch
@@ -50,8 +52,8 @@
 //! into 32 bits. Both give the exact integer sum.
 
 use super::layout::Steps;
-use super::qhead::BlockActs;
-use super::ternary::{TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
+use super::qhead::{self, BlockActs};
+use super::ternary::{self, TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
 use super::{avx2, Kernel, Ops};
 use crate::quant::q6_k;
 use std::arch::x86_64::*;
@@ -122,7 +124,9 @@ const OPS_BW: Ops = Ops {
 /// the panel entries inherited from `OPS_BW` are never reached.
 const OPS_VNNI: Ops = Ops {
     i2s_packed: packed_vnni,
+    i2s_streams: Some(tile1x4_vnni),
     q6_k_tile: q6_k_tile_vnni,
+    q6_k_streams: Some(q6_k_streams_vnni),
     q6_k_block_dots: q6_k_block_dots_vnni,
     i2s_panel_min_tokens: usize::MAX,
     ..OPS_BW
@@ -281,6 +285,80 @@ unsafe fn tile1_vnni(wp: *const u8, nb: usize, x0: *const i8, out: *mut i32) {
     _mm_storeu_si128(out as *mut __m128i, s);
 }
 
+/// One token with VNNI against [`ternary::STREAMS`] packed groups at once
+/// (`ternary::StreamsTile`): `out[s][r]` = Σ code·x for row `r` of group
+/// `s`.
+///
+/// Each block's 128 bytes hold four fields per byte; a 16-bit shift by
+/// four brings fields 0 and 1 (bits 7–6, 5–4) down to where fields 2
+/// and 3 are (bits 3–2, 1–0), so `vpdpbusd` of `byte & 0x0C` sums `4 ·
+/// code · x` and of `byte & 0x03` sums `code · x`: one accumulator per
+/// pair of fields (two per row pair, four per group, sixteen in all)
+/// and one shift and add per group at the end give the exact sums. A
+/// lane adds at most 2 · 4 · 12 · 128 = 12288 per block: exact far past
+/// `ternary::MAX_COLS`.
+///
+/// Why four groups: on the Intel Xeon VM (2026-12-02, one token's
+/// products of the 2B-4T layers, 521 MB, in one process alternated
+/// with plain streaming reads of the same bytes) [`tile1_vnni`]'s
+/// arithmetic between the loads of one stream held it 12–15% under the
+/// plain read of that stream (16.4 vs 16.7 GB/s on one thread in a
+/// fast round, 12.1 vs 13.8 in a slow one; 27.5 vs 29.7 on two), while
+/// the same arithmetic over four distant streams read at or above the
+/// plain rate (19.1 on one thread, 30.6 on two). The products of those
+/// layers (`matmul_many`, all regions of all layers), this tile against
+/// one group at a time alternated in one process, nine rounds, medians:
+/// 14.5 → 18.4 GB/s on one thread, 24.7 → 31.7 on two (with the L2
+/// prefetch beside the L1 one; then the L1 one alone, 11 rounds: 17.7 →
+/// 18.1 and 26.6 → 27.8; eight streams, six, or the L1 prefetch 1 or 2
+/// KiB ahead were no faster).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+#[allow(clippy::needless_range_loop)]
+unsafe fn tile1x4_vnni(
+    w: [*const u8; ternary::STREAMS],
+    nb: usize,
+    x0: *const i8,
+    out: [*mut i32; ternary::STREAMS],
+) {
+    const S: usize = ternary::STREAMS;
+    let m_hi = _mm512_set1_epi8(0x0C);
+    let m_lo = _mm512_set1_epi8(0x03);
+    // acc[s][p][0]: fields 0 and 2 (×4) of rows 2p | 2p+1 of group s;
+    // acc[s][p][1]: fields 1 and 3.
+    let mut acc = [[[_mm512_setzero_si512(); 2]; 2]; S];
+    for bi in 0..nb {
+        let xb = x0.add(bi * QK);
+        let xv: [__m512i; 4] = std::array::from_fn(|f| {
+            _mm512_broadcast_i64x4(_mm256_loadu_si256(xb.add(32 * f) as *const __m256i))
+        });
+        for s in 0..S {
+            let wb = w[s].add(bi * GROUP_BLOCK_BYTES);
+            avx2::prefetch_lines::<_MM_HINT_T0>(wb.wrapping_add(avx2::PREFETCH_L1), 2);
+            for p in 0..2 {
+                let v = _mm512_loadu_si512(wb.add(64 * p) as *const __m512i);
+                let hi = _mm512_srli_epi16::<4>(v);
+                let a = &mut acc[s][p];
+                a[0] = _mm512_dpbusd_epi32(a[0], _mm512_and_si512(hi, m_hi), xv[0]);
+                a[1] = _mm512_dpbusd_epi32(a[1], _mm512_and_si512(hi, m_lo), xv[1]);
+                a[0] = _mm512_dpbusd_epi32(a[0], _mm512_and_si512(v, m_hi), xv[2]);
+                a[1] = _mm512_dpbusd_epi32(a[1], _mm512_and_si512(v, m_lo), xv[3]);
+            }
+        }
+    }
+    for s in 0..S {
+        let mut r = [_mm256_setzero_si256(); 4];
+        for p in 0..2 {
+            let a = &acc[s][p];
+            let t = _mm512_add_epi32(_mm512_srai_epi32::<2>(a[0]), a[1]);
+            r[2 * p] = _mm512_castsi512_si256(t);
+            r[2 * p + 1] = _mm512_extracti64x4_epi64::<1>(t);
+        }
+        let h = _mm256_hadd_epi32(_mm256_hadd_epi32(r[0], r[1]), _mm256_hadd_epi32(r[2], r[3]));
+        let h = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+        _mm_storeu_si128(out[s] as *mut __m128i, h);
+    }
+}
+
 /// Generates the packed tile for one feature set (`$vnni`: accumulate
 /// with `vpdpbusd`). Two copies, so the non-VNNI code is never compiled
 /// with VNNI enabled.
@@ -388,6 +466,30 @@ unsafe fn q6_k_tile_vnni(
     // table); the one-token four-row shape (generation) takes the VNNI
     // tile, the others are AVX2's.
     avx2::quant_dispatch::<true>(w, steps, r, x, t0, t, out, ld, q6_k_rows4_vnni)
+}
+
+/// `qhead::StreamsTile` for Q6_K with VNNI: the four-row tile's sums
+/// ([`q6_k_block_vnni`]) for four groups, block by block.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn q6_k_streams_vnni(
+    w: [*const u8; qhead::STREAMS],
+    steps: Steps,
+    x: &BlockActs,
+    out: [*mut f32; qhead::STREAMS],
+) {
+    let nb = x.k / q6_k::QK_K;
+    let rows = w.map(|g| std::array::from_fn(|j| g.add(j * steps.row)));
+    let res = q6_k_streams4_vnni::<{ qhead::STREAMS }>(
+        rows,
+        x.qs.as_ptr(),
+        x.d.as_ptr(),
+        x.bsums.as_ptr(),
+        nb,
+        steps.block,
+    );
+    for (o, r) in out.iter().zip(res) {
+        std::ptr::copy_nonoverlapping(r.as_ptr(), *o, 4);
+    }
 }
 
 fn q6_k_block_dots_vnni(w: &[u8], a: &[i8], bsums: &[i16], out: &mut [i32]) {
@@ -552,6 +654,7 @@ unsafe fn prefetch_q6_k(wb: *const u8) {
 
 avx2::q6_k_rows4!(
     q6_k_rows4_vnni,
+    q6_k_streams4_vnni,
     "avx512f,avx512bw,avx512vnni,avx2,fma,f16c",
     q6_k_block_vnni,
     _mm512_setzero_si512(),

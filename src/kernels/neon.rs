@@ -50,6 +50,7 @@ const SHAPE_PLAIN: TileShape = TileShape {
 
 const OPS_PLAIN: Ops = Ops {
     i2s_packed: packed_plain,
+    i2s_streams: None,
     i2s_tile: tile_plain,
     i2s_shape: SHAPE_PLAIN,
     i2s_unpack: ternary::unpack_generic,
@@ -73,6 +74,7 @@ const OPS_PLAIN: Ops = Ops {
 
 const OPS_DOT: Ops = Ops {
     i2s_packed: packed_dot,
+    i2s_streams: None,
     i2s_tile: tile_dot,
     i2s_shape: SHAPE_DOT,
     q8_0_tile: q8_0_tile_dot,

@@ -331,16 +331,16 @@ pub fn bandwidth_buffer(bytes: usize) -> super::memory::HugeBuf {
 }
 
 /// Streaming read bandwidth in GB/s: every thread of the current pool sums
-/// its share of `buf`; best of nine passes, three with each
-/// [`StreamPrefetch`] (see [`stream_sum`]). `tern bench`'s bound and
-/// `examples/tg_profile`'s reference rate.
+/// its share of `buf`; the best of two passes with each [`StreamRead`]
+/// (see [`stream_sum`]). `tern bench`'s bound and `examples/tg_profile`'s
+/// reference rate.
 pub fn read_bandwidth(buf: &[u64]) -> f64 {
     let part = buf.len().div_ceil(rayon::current_num_threads()).max(1);
     let mut best = 0f64;
-    for pass in 0..9 {
-        let pf = StreamPrefetch::ALL[pass % StreamPrefetch::ALL.len()];
+    for pass in 0..2 * StreamRead::ALL.len() {
+        let how = StreamRead::ALL[pass % StreamRead::ALL.len()];
         let t0 = std::time::Instant::now();
-        let s: u64 = buf.par_chunks(part).map(|c| stream_sum(c, pf)).sum();
+        let s: u64 = buf.par_chunks(part).map(|c| stream_sum(c, how)).sum();
         let secs = t0.elapsed().as_secs_f64();
         std::hint::black_box(s);
         best = best.max((buf.len() * 8) as f64 / secs / 1e9);
@@ -383,55 +383,148 @@ pub enum StreamPrefetch {
     /// against 17.5 without a prefetch and 16.7 with [`StreamPrefetch::FarL2`]:
     /// a bound that left it out was that much low.
     NearL1L2,
+    /// 1.5 KiB ahead into L1 only (with several streams the fastest
+    /// kind more often than not on the Intel Xeon VM, 2026-12-02).
+    NearL1,
 }
 
-impl StreamPrefetch {
+/// How a [`stream_sum`] reads: its prefetch, and how many equal parts of
+/// the buffer it reads at once (line `i` of each part, then line `i + 1`).
+///
+/// Several streams at once: one core keeps more lines in flight than
+/// along one stream, as the one-token ternary products do since they
+/// read four row groups at once (`ternary::STREAMS`). On the Intel Xeon
+/// VM (2026-12-02, 1 GiB of huge pages, nine alternated rounds) one
+/// stream read 14.9–16.8 GB/s on one thread at best, four or eight
+/// 18.5–22.2 (two threads: 29.7–32.8 against 35.0–40.9); a bound that
+/// kept to one stream was that much low, and the products read faster
+/// than it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamRead {
+    pub prefetch: StreamPrefetch,
+    /// 1, 4 or 8.
+    pub streams: usize,
+}
+
+impl StreamRead {
     /// Every kind, in the order [`read_bandwidth`] cycles through them.
-    pub const ALL: [StreamPrefetch; 3] = [
-        StreamPrefetch::None,
-        StreamPrefetch::FarL2,
-        StreamPrefetch::NearL1L2,
+    pub const ALL: [StreamRead; 8] = [
+        StreamRead::new(StreamPrefetch::None, 1),
+        StreamRead::new(StreamPrefetch::FarL2, 1),
+        StreamRead::new(StreamPrefetch::NearL1L2, 1),
+        StreamRead::new(StreamPrefetch::None, 4),
+        StreamRead::new(StreamPrefetch::NearL1, 4),
+        StreamRead::new(StreamPrefetch::NearL1L2, 4),
+        StreamRead::new(StreamPrefetch::None, 8),
+        StreamRead::new(StreamPrefetch::NearL1, 8),
     ];
+
+    pub const fn new(prefetch: StreamPrefetch, streams: usize) -> StreamRead {
+        StreamRead { prefetch, streams }
+    }
 }
 
 /// Wrapping sum of `words`, with independent lanes so the loop is bound by
 /// memory, not by an add chain: the streaming read that `tern bench` takes
-/// as the machine's read bandwidth, with the software prefetch `prefetch`
-/// for each 64-byte line.
-pub fn stream_sum(words: &[u64], prefetch: StreamPrefetch) -> u64 {
-    let mut acc = [0u64; 8];
-    let it = words.chunks_exact(8);
-    let rest: u64 = it.remainder().iter().fold(0, |a, &b| a.wrapping_add(b));
-    for w in it {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
-            let p = w.as_ptr() as *const i8;
-            // SAFETY: a prefetch is only a hint; it never faults, and the
-            // addresses are formed with `wrapping_add`, never dereferenced.
-            unsafe {
-                match prefetch {
-                    StreamPrefetch::None => {}
-                    StreamPrefetch::FarL2 => _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(16 << 10)),
-                    StreamPrefetch::NearL1L2 => {
-                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(1536));
-                        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(4 << 10));
+/// as the machine's read bandwidth, read as `how` says (streams other than
+/// 4 and 8 read as one), with the widest vectors the CPU has (on the
+/// Intel Xeon VM the baseline's 16-byte loads read one stream 18% slower
+/// than 64-byte ones, 13.3 against 16.3 GB/s, 2026-12-02).
+pub fn stream_sum(words: &[u64], how: StreamRead) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked above).
+            return unsafe { stream_sum_avx512(words, how) };
+        }
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked above).
+            return unsafe { stream_sum_avx2(words, how) };
+        }
+    }
+    stream_sum_any(words, how)
+}
+
+/// [`stream_sum`] compiled for AVX-512 (the same code, wider vectors).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn stream_sum_avx512(words: &[u64], how: StreamRead) -> u64 {
+    stream_sum_any(words, how)
+}
+
+/// [`stream_sum`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn stream_sum_avx2(words: &[u64], how: StreamRead) -> u64 {
+    stream_sum_any(words, how)
+}
+
+#[inline(always)]
+fn stream_sum_any(words: &[u64], how: StreamRead) -> u64 {
+    match how.streams {
+        4 => sum_streams::<4>(words, how.prefetch),
+        8 => sum_streams::<8>(words, how.prefetch),
+        _ => sum_streams::<1>(words, how.prefetch),
+    }
+}
+
+/// [`stream_sum`] over `S` equal parts of `words` read side by side (the
+/// words past `S` whole parts of whole lines summed after).
+#[inline(always)]
+fn sum_streams<const S: usize>(words: &[u64], prefetch: StreamPrefetch) -> u64 {
+    let part = words.len() / S / 8 * 8;
+    let (body, tail) = words.split_at(S * part);
+    let mut acc = [[0u64; 8]; S];
+    for i in (0..part).step_by(8) {
+        for (s, acc) in acc.iter_mut().enumerate() {
+            let w = &body[s * part + i..s * part + i + 8];
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+                let p = w.as_ptr() as *const i8;
+                // SAFETY: a prefetch is only a hint; it never faults, and the
+                // addresses are formed with `wrapping_add`, never dereferenced.
+                unsafe {
+                    match prefetch {
+                        StreamPrefetch::None => {}
+                        StreamPrefetch::FarL2 => {
+                            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(16 << 10))
+                        }
+                        StreamPrefetch::NearL1L2 => {
+                            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(1536));
+                            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(4 << 10));
+                        }
+                        StreamPrefetch::NearL1 => _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(1536)),
                     }
                 }
             }
-        }
-        for (a, &x) in acc.iter_mut().zip(w) {
-            *a = a.wrapping_add(x);
+            for (a, &x) in acc.iter_mut().zip(w) {
+                *a = a.wrapping_add(x);
+            }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = prefetch;
-    acc.iter().fold(rest, |a, &b| a.wrapping_add(b))
+    let rest = tail.iter().fold(0u64, |a, &b| a.wrapping_add(b));
+    acc.iter().flatten().fold(rest, |a, &b| a.wrapping_add(b))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every way of reading sums every word once, whatever the length
+    /// (parts, lines and the words left over).
+    #[test]
+    fn stream_sum_reads_every_word_once() {
+        for n in [0usize, 1, 7, 8, 9, 63, 64, 65, 255, 256, 1000, 4099] {
+            let words: Vec<u64> = (0..n as u64).map(|i| i * 0x9E37_79B9 + 1).collect();
+            let want = words.iter().fold(0u64, |a, &b| a.wrapping_add(b));
+            for how in StreamRead::ALL {
+                assert_eq!(stream_sum(&words, how), want, "n = {n}, {how:?}");
+            }
+        }
+    }
 
     /// Integer-valued squares sum exactly, so every length (a dropped tail
     /// or lane fails) gives the exact sum; other values agree with an

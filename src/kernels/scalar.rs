@@ -10,6 +10,7 @@ use half::f16;
 /// The reference function table.
 pub const OPS: Ops = Ops {
     i2s_packed,
+    i2s_streams: None,
     i2s_tile,
     i2s_shape: SHAPE,
     i2s_panel_min_tokens: super::ternary::PANEL_MIN_TOKENS,
@@ -18,6 +19,7 @@ pub const OPS: Ops = Ops {
     f32_tile,
     q8_0_tile,
     q6_k_tile,
+    q6_k_streams: None,
     q8_0_block_dots,
     q6_k_block_dots,
     quantize_act,

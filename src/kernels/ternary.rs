@@ -16,7 +16,10 @@
 //!   [`PANEL_MIN_TOKENS`]; see [`takes_panels`]): the ISA's [`PackedTile`]
 //!   reads the packed groups directly, four rows × up to four tokens,
 //!   unpacking the 2-bit codes in registers and prefetching the weights,
-//!   which stream once per four tokens.
+//!   which stream once per four tokens. One token, where the ISA has a
+//!   [`StreamsTile`] (AVX-512 VNNI), reads [`STREAMS`] row groups at once
+//!   from as many runs of the span: several distant streams keep more
+//!   lines in flight than one.
 //! * **prompt batches**: row groups are unpacked, a panel at a time, into
 //!   one byte per code with the rows interleaved by the tile height
 //!   (`[row tile][k step][R rows][L bytes]`), the int8 activations are
@@ -84,6 +87,18 @@ const PACKED_CHUNK_BYTES: usize = 256 << 10;
 /// prefetches the weights ahead.
 pub type PackedTile =
     unsafe fn(w: *const u8, nb: usize, x: *const i8, k: usize, t: usize, out: *mut i32, ld: usize);
+
+/// Row groups one token's product streams at once ([`StreamsTile`]).
+pub const STREAMS: usize = 4;
+
+/// One token against [`STREAMS`] packed groups that lie apart in memory
+/// (each `w[s]` at its group's `nb` runs of 128 bytes): writes `out[s][r]
+/// = Σ_j code[r][j] · x[j]` for each group `s` (the raw code sums, as
+/// [`PackedTile`] with one token). Reading several distant streams at
+/// once keeps more lines in flight than one stream with the same
+/// arithmetic between its loads (see `avx512::tile1x4_vnni`).
+pub type StreamsTile =
+    unsafe fn(w: [*const u8; STREAMS], nb: usize, x: *const i8, out: [*mut i32; STREAMS]);
 
 /// `R` rows × `t` tokens (`1 ..= T`) of unpacked codes: `c` points at the
 /// rows' codes laid out `[step][R][L]`, `x` at the token tile's int8
@@ -372,8 +387,43 @@ pub fn gemm(kern: &Kernel, w: &Packed, g0: usize, g1: usize, x: &Acts, out: &mut
     let gstride = nb * GROUP_BLOCK_BYTES;
     let wbase = w.group_bytes(g0, g1).as_ptr();
     let ops = kern.ops();
-    match &x.tiled {
-        None => {
+    let streams = if n == 1 { ops.i2s_streams } else { None };
+    match (&x.tiled, streams) {
+        (None, Some(tile)) => {
+            // The groups in STREAMS runs of `len`, group i of each run
+            // beside the others; the few left over one at a time.
+            let groups = g1 - g0;
+            let len = groups / STREAMS;
+            for i in 0..len {
+                let g: [usize; STREAMS] = std::array::from_fn(|s| s * len + i);
+                // SAFETY: `check` put groups g0..g1 inside `w` (every g
+                // is below `groups`), one token of `k` inside `xs` and
+                // row 4g + 3 of `out` inside it; the table is this CPU's.
+                unsafe {
+                    tile(
+                        g.map(|g| wbase.add(g * gstride)),
+                        nb,
+                        x.xs.as_ptr(),
+                        g.map(|g| out.as_mut_ptr().add(g * GROUP)),
+                    )
+                }
+            }
+            for g in STREAMS * len..groups {
+                // SAFETY: as above, with `t` = 1.
+                unsafe {
+                    (ops.i2s_packed)(
+                        wbase.add(g * gstride),
+                        nb,
+                        x.xs.as_ptr(),
+                        k,
+                        1,
+                        out.as_mut_ptr().add(g * GROUP),
+                        ld,
+                    )
+                }
+            }
+        }
+        (None, None) => {
             // Token chunks of whole tiles, so the tiles (and the sums) are
             // the same however the batch is chunked.
             let chunk = (PACKED_CHUNK_BYTES / k.max(1) / PACKED_TOKENS).max(1) * PACKED_TOKENS;
@@ -404,7 +454,7 @@ pub fn gemm(kern: &Kernel, w: &Packed, g0: usize, g1: usize, x: &Acts, out: &mut
                 }
             }
         }
-        Some(tiled) => {
+        (Some(tiled), _) => {
             let shape = ops.i2s_shape;
             let (rr, tmax) = (shape.rows, shape.tokens);
             let steps = k / shape.lane;
