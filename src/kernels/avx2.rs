@@ -730,7 +730,7 @@ unsafe fn keep(v: &mut __m256i) {
 /// Sum the eight 32-bit lanes of four row accumulators: `[Σa0, Σa1, Σa2, Σa3]`.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn hsum4(a: [__m256i; 4]) -> __m128i {
+pub(super) unsafe fn hsum4(a: [__m256i; 4]) -> __m128i {
     let s = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
     _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s))
 }
@@ -1418,22 +1418,13 @@ unsafe fn q6_k_block1(w: *const u8, a: *const i8, bs: *const i16) -> __m256i {
     q6_k_block::<1>(w, [a], [bs])[0]
 }
 
-/// The four rows' sums of eight i32 lanes each, `[Σ v[0], Σ v[1], Σ
-/// v[2], Σ v[3]]` (`vphaddd`).
-#[target_feature(enable = "avx2")]
-#[inline]
-unsafe fn hsum4_epi32(v: [__m256i; 4]) -> __m128i {
-    let h = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
-}
-
 q6_k_rows4!(
     q6_k_rows4_avx2,
     q6_k_streams_avx2,
     "avx2,fma,f16c",
     q6_k_block1,
     _mm256_setzero_si256(),
-    hsum4_epi32,
+    hsum4,
     prefetch_head_block::<true>
 );
 

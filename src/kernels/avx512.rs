@@ -51,9 +51,9 @@
 //! widened); with VNNI `vpdpbusd` accumulates the u8×i8 products straight
 //! into 32 bits. Both give the exact integer sum.
 
-use super::layout::Steps;
-use super::qhead::{self, BlockActs};
-use super::ternary::{self, TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
+use super::layout::{self, Steps};
+use super::qhead::BlockActs;
+use super::ternary::{TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
 use super::{avx2, Kernel, Ops};
 use crate::quant::q6_k;
 use std::arch::x86_64::*;
@@ -270,22 +270,31 @@ unsafe fn tile1_vnni(wp: *const u8, nb: usize, x0: *const i8, out: *mut i32) {
             }
         }
     }
-    let mut r = [_mm256_setzero_si256(); 4];
-    for p in 0..2 {
-        let a = &acc[p];
-        let t = _mm512_add_epi32(
+    let pairs = acc.map(|a| {
+        _mm512_add_epi32(
             _mm512_add_epi32(_mm512_srai_epi32::<6>(a[0]), _mm512_srai_epi32::<4>(a[1])),
             _mm512_add_epi32(_mm512_srai_epi32::<2>(a[2]), a[3]),
-        );
-        r[2 * p] = _mm512_castsi512_si256(t);
-        r[2 * p + 1] = _mm512_extracti64x4_epi64::<1>(t);
-    }
-    let s = _mm256_hadd_epi32(_mm256_hadd_epi32(r[0], r[1]), _mm256_hadd_epi32(r[2], r[3]));
-    let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
-    _mm_storeu_si128(out as *mut __m128i, s);
+        )
+    });
+    store_group(pairs, out);
 }
 
-/// One token with VNNI against [`ternary::STREAMS`] packed groups at once
+/// Store a group's four row sums from its two row-pair vectors (rows 2p
+/// | 2p+1 in the lower | upper 256 bits of `pairs[p]`, eight lanes each):
+/// `out[r]` = the sum of row `r`'s lanes.
+#[target_feature(enable = "avx512f,avx2")]
+#[inline]
+unsafe fn store_group(pairs: [__m512i; 2], out: *mut i32) {
+    let r = [
+        _mm512_castsi512_si256(pairs[0]),
+        _mm512_extracti64x4_epi64::<1>(pairs[0]),
+        _mm512_castsi512_si256(pairs[1]),
+        _mm512_extracti64x4_epi64::<1>(pairs[1]),
+    ];
+    _mm_storeu_si128(out as *mut __m128i, avx2::hsum4(r));
+}
+
+/// One token with VNNI against [`layout::STREAMS`] packed groups at once
 /// (`ternary::StreamsTile`): `out[s][r]` = Σ code·x for row `r` of group
 /// `s`.
 ///
@@ -315,12 +324,12 @@ unsafe fn tile1_vnni(wp: *const u8, nb: usize, x0: *const i8, out: *mut i32) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
 #[allow(clippy::needless_range_loop)]
 unsafe fn tile1x4_vnni(
-    w: [*const u8; ternary::STREAMS],
+    w: [*const u8; layout::STREAMS],
     nb: usize,
     x0: *const i8,
-    out: [*mut i32; ternary::STREAMS],
+    out: [*mut i32; layout::STREAMS],
 ) {
-    const S: usize = ternary::STREAMS;
+    const S: usize = layout::STREAMS;
     let m_hi = _mm512_set1_epi8(0x0C);
     let m_lo = _mm512_set1_epi8(0x03);
     // acc[s][p][0]: fields 0 and 2 (×4) of rows 2p | 2p+1 of group s;
@@ -346,16 +355,8 @@ unsafe fn tile1x4_vnni(
         }
     }
     for s in 0..S {
-        let mut r = [_mm256_setzero_si256(); 4];
-        for p in 0..2 {
-            let a = &acc[s][p];
-            let t = _mm512_add_epi32(_mm512_srai_epi32::<2>(a[0]), a[1]);
-            r[2 * p] = _mm512_castsi512_si256(t);
-            r[2 * p + 1] = _mm512_extracti64x4_epi64::<1>(t);
-        }
-        let h = _mm256_hadd_epi32(_mm256_hadd_epi32(r[0], r[1]), _mm256_hadd_epi32(r[2], r[3]));
-        let h = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
-        _mm_storeu_si128(out[s] as *mut __m128i, h);
+        let pairs = acc[s].map(|a| _mm512_add_epi32(_mm512_srai_epi32::<2>(a[0]), a[1]));
+        store_group(pairs, out[s]);
     }
 }
 
@@ -472,14 +473,14 @@ unsafe fn q6_k_tile_vnni(
 /// ([`q6_k_block_vnni`]) for four groups, block by block.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn q6_k_streams_vnni(
-    w: [*const u8; qhead::STREAMS],
+    w: [*const u8; layout::STREAMS],
     steps: Steps,
     x: &BlockActs,
-    out: [*mut f32; qhead::STREAMS],
+    out: [*mut f32; layout::STREAMS],
 ) {
     let nb = x.k / q6_k::QK_K;
     let rows = w.map(|g| std::array::from_fn(|j| g.add(j * steps.row)));
-    let res = q6_k_streams4_vnni::<{ qhead::STREAMS }>(
+    let res = q6_k_streams4_vnni::<{ layout::STREAMS }>(
         rows,
         x.qs.as_ptr(),
         x.d.as_ptr(),

@@ -14,6 +14,28 @@
 
 use rayon::prelude::*;
 
+/// Row groups a one-token product reads at once where the ISA has a
+/// streams tile (`ternary::StreamsTile`, `qhead::StreamsTile`): several
+/// distant streams keep more lines in flight than one.
+pub const STREAMS: usize = 4;
+
+/// `n` items as [`STREAMS`] runs of `n / STREAMS`, for the one-token
+/// drivers: each entry of the iterator is item `i` of every run (`[i,
+/// len + i, 2·len + i, …]`), for `i` in `0..len`; the range is the items
+/// left over after the runs, to take one at a time.
+pub fn stream_runs(
+    n: usize,
+) -> (
+    impl Iterator<Item = [usize; STREAMS]>,
+    std::ops::Range<usize>,
+) {
+    let len = n / STREAMS;
+    (
+        (0..len).map(move |i| std::array::from_fn(|s| s * len + i)),
+        STREAMS * len..n,
+    )
+}
+
 /// Rows per group of [`RowLayout::Interleaved4`] (the one-token tiles'
 /// rows).
 pub const INTERLEAVE: usize = 4;

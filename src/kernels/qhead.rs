@@ -11,7 +11,7 @@
 //! Q8_0 keeps one float accumulator per lane (agreeing with scalar to
 //! rounding); neither depends on the tiling, threads or batch.
 
-use super::layout::{RowLayout, Steps, INTERLEAVE};
+use super::layout::{stream_runs, RowLayout, Steps, INTERLEAVE, STREAMS};
 use super::Kernel;
 
 /// The block format of a quantized matrix.
@@ -122,10 +122,6 @@ pub type Tile = unsafe fn(
     out: *mut f32,
     ld: usize,
 );
-
-/// Groups of four rows one token's Q6_K product reads at once
-/// ([`StreamsTile`]).
-pub const STREAMS: usize = 4;
 
 /// One token against [`STREAMS`] groups of four interleaved rows
 /// ([`RowLayout::Interleaved4`]) that lie apart in memory: block `b` of
@@ -265,8 +261,8 @@ pub fn gemm(
         return plain(v0, v1, out);
     };
     // One token over interleaved rows: the whole groups inside v0..v1 in
-    // STREAMS runs of `len` groups, group i of each run beside the
-    // others; the rows before, after and left over tile by tile.
+    // STREAMS runs, group i of each run beside the others; the rows
+    // before, after and left over tile by tile.
     let (ga, gb) = (
         v0.div_ceil(INTERLEAVE).min(n_rows / INTERLEAVE),
         (v1 / INTERLEAVE).min(n_rows / INTERLEAVE),
@@ -274,10 +270,10 @@ pub fn gemm(
     if ga >= gb {
         return plain(v0, v1, out);
     }
-    let len = (gb - ga) / STREAMS;
+    let (runs, rest) = stream_runs(gb - ga);
     let (_, steps) = layout.tile(rb, bb, n_rows, ga * INTERLEAVE, INTERLEAVE);
-    for i in 0..len {
-        let v: [usize; STREAMS] = std::array::from_fn(|s| (ga + s * len + i) * INTERLEAVE);
+    for g in runs {
+        let v = g.map(|g| (ga + g) * INTERLEAVE);
         // SAFETY: as for `plain`: every group lies inside v0..v1 and the
         // interleaved groups of `w`, and its four outputs inside `out`.
         unsafe {
@@ -290,5 +286,5 @@ pub fn gemm(
         }
     }
     plain(v0, ga * INTERLEAVE, out);
-    plain((ga + STREAMS * len) * INTERLEAVE, v1, out);
+    plain((ga + rest.start) * INTERLEAVE, v1, out);
 }

@@ -31,6 +31,7 @@
 //!   idea of ik_llama.cpp's IQ2_BN_R4, applied at run time so the file
 //!   stays I2_S). The panel stays in L2 while every token tile passes.
 
+use super::layout::{stream_runs, STREAMS};
 use super::memory::{HugeBuf, LineAligned};
 use super::Kernel;
 use rayon::prelude::*;
@@ -87,9 +88,6 @@ const PACKED_CHUNK_BYTES: usize = 256 << 10;
 /// prefetches the weights ahead.
 pub type PackedTile =
     unsafe fn(w: *const u8, nb: usize, x: *const i8, k: usize, t: usize, out: *mut i32, ld: usize);
-
-/// Row groups one token's product streams at once ([`StreamsTile`]).
-pub const STREAMS: usize = 4;
 
 /// One token against [`STREAMS`] packed groups that lie apart in memory
 /// (each `w[s]` at its group's `nb` runs of 128 bytes): writes `out[s][r]
@@ -390,12 +388,10 @@ pub fn gemm(kern: &Kernel, w: &Packed, g0: usize, g1: usize, x: &Acts, out: &mut
     let streams = if n == 1 { ops.i2s_streams } else { None };
     match (&x.tiled, streams) {
         (None, Some(tile)) => {
-            // The groups in STREAMS runs of `len`, group i of each run
-            // beside the others; the few left over one at a time.
-            let groups = g1 - g0;
-            let len = groups / STREAMS;
-            for i in 0..len {
-                let g: [usize; STREAMS] = std::array::from_fn(|s| s * len + i);
+            // The groups in STREAMS runs, group i of each run beside the
+            // others; the few left over one at a time.
+            let (runs, rest) = stream_runs(g1 - g0);
+            for g in runs {
                 // SAFETY: `check` put groups g0..g1 inside `w` (every g
                 // is below `groups`), one token of `k` inside `xs` and
                 // row 4g + 3 of `out` inside it; the table is this CPU's.
@@ -408,7 +404,7 @@ pub fn gemm(kern: &Kernel, w: &Packed, g0: usize, g1: usize, x: &Acts, out: &mut
                     )
                 }
             }
-            for g in STREAMS * len..groups {
+            for g in rest {
                 // SAFETY: as above, with `t` = 1.
                 unsafe {
                     (ops.i2s_packed)(

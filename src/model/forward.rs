@@ -215,14 +215,7 @@ impl KvCache {
                 _ => return Err(err(ContextLimit::Refused)),
             }
         }
-        Ok(KvCache {
-            n_ctx,
-            n_past: 0,
-            n_head_kv: hp.n_head_kv,
-            head_dim: hp.head_dim,
-            k,
-            v,
-        })
+        Ok(KvCache::with_stores(hp, n_ctx, k, v))
     }
 
     /// An empty cache for `n_ctx` positions (f16, or f32 with `kv_f32`).
@@ -230,13 +223,24 @@ impl KvCache {
     pub fn new(hp: &Hparams, n_ctx: usize, kv_f32: bool) -> KvCache {
         let n = n_ctx * hp.head_dim;
         let stores = hp.n_layer * hp.n_head_kv;
+        KvCache::with_stores(
+            hp,
+            n_ctx,
+            (0..stores).map(|_| KvStore::new(n, kv_f32)).collect(),
+            (0..stores).map(|_| KvStore::new(n, kv_f32)).collect(),
+        )
+    }
+
+    /// An empty cache over the head stores `k` and `v` (`n_layer ·
+    /// n_head_kv` each, index `layer · n_head_kv + head`).
+    fn with_stores(hp: &Hparams, n_ctx: usize, k: Vec<KvStore>, v: Vec<KvStore>) -> KvCache {
         KvCache {
             n_ctx,
             n_past: 0,
             n_head_kv: hp.n_head_kv,
             head_dim: hp.head_dim,
-            k: (0..stores).map(|_| KvStore::new(n, kv_f32)).collect(),
-            v: (0..stores).map(|_| KvStore::new(n, kv_f32)).collect(),
+            k,
+            v,
         }
     }
 
