@@ -117,10 +117,11 @@ fn i2s_kernels_match_scalar_on_random_shapes() {
     );
     // Edge sizes: 1 block, chunk boundaries (8/16 blocks ± 1), rows not a
     // multiple of 4, token counts around every tile width, group counts
-    // below, at and past the one-token streams (4 groups at once: 16, 17,
-    // 33 and 67 rows leave 0, 1, 1 and 1 group over).
+    // below, at and past the one-token streams (8 groups at once: 16 and
+    // 17 rows are fewer groups; 32, 33, 67 and 135 rows leave 0, 1, 1 and
+    // 2 groups over after one, one, two and four groups a stream).
     let cols_set = [128, 256, 384, 1024, 1152, 2048, 2176];
-    let rows_set = [1, 2, 3, 4, 5, 7, 8, 13, 16, 17, 33, 67];
+    let rows_set = [1, 2, 3, 4, 5, 7, 8, 13, 16, 17, 32, 33, 67, 135];
     let n_set = [1, 2, 3, 4, 5, 6, 7, 9, 13];
     for case in 0..150 {
         let cols = cols_set[rng.below(cols_set.len())];
@@ -139,7 +140,7 @@ fn i2s_kernels_match_scalar_on_random_shapes() {
 fn i2s_extremes_do_not_overflow() {
     // Every code 2 (or 3) against every activation -128: the largest
     // magnitudes the 16-bit stages can see, over a long row; on the
-    // one-token tiles (1: five groups, four of them streamed together),
+    // one-token tiles (1: nine groups, eight of them streamed together),
     // the packed tiles (5 tokens) and the prompt tiles (13).
     for (byte, xv) in [
         (0xAAu8, -128i8),
@@ -149,7 +150,7 @@ fn i2s_extremes_do_not_overflow() {
         (0x00, -128),
     ] {
         for n in [1, 5, 13] {
-            let (rows, cols) = (17, 4096);
+            let (rows, cols) = (33, 4096);
             let w = vec![byte; rows * cols / 4];
             let x = vec![xv; n * cols];
             for k in all_variants() {

@@ -14,8 +14,8 @@
 //! the one-token ternary tile was still 512-bit, showed the head faster
 //! but the whole token not.
 //!
-//! One token (generation), with VNNI, goes through [`tile1x4_vnni`]: four
-//! row groups at once from four runs of the span (the groups left over
+//! One token (generation), with VNNI, goes through [`tile1x8_vnni`]: eight
+//! row groups at once from eight runs of the span (the groups left over
 //! through [`tile1_vnni`]), see there. The history below is of one group
 //! at a time. [`tile1_vnni`] prefetches both into L1 (`avx2::PREFETCH_L1`, 1.5 KiB ahead) and into
 //! L2 ([`PREFETCH_L2_NEAR`], 4 KiB; it was 16 KiB, as AVX2's, when the
@@ -51,9 +51,9 @@
 //! widened); with VNNI `vpdpbusd` accumulates the u8×i8 products straight
 //! into 32 bits. Both give the exact integer sum.
 
-use super::layout::{self, Steps};
-use super::qhead::BlockActs;
-use super::ternary::{TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
+use super::layout::Steps;
+use super::qhead::{self, BlockActs};
+use super::ternary::{self, TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
 use super::{avx2, Kernel, Ops};
 use crate::quant::q6_k;
 use std::arch::x86_64::*;
@@ -124,7 +124,7 @@ const OPS_BW: Ops = Ops {
 /// the panel entries inherited from `OPS_BW` are never reached.
 const OPS_VNNI: Ops = Ops {
     i2s_packed: packed_vnni,
-    i2s_streams: Some(tile1x4_vnni),
+    i2s_streams: Some(tile1x8_vnni),
     q6_k_tile: q6_k_tile_vnni,
     q6_k_streams: Some(q6_k_streams_vnni),
     q6_k_block_dots: q6_k_block_dots_vnni,
@@ -294,20 +294,19 @@ unsafe fn store_group(pairs: [__m512i; 2], out: *mut i32) {
     _mm_storeu_si128(out as *mut __m128i, avx2::hsum4(r));
 }
 
-/// One token with VNNI against [`layout::STREAMS`] packed groups at once
+/// One token with VNNI against [`ternary::STREAMS`] packed groups at once
 /// (`ternary::StreamsTile`): `out[s][r]` = Σ code·x for row `r` of group
 /// `s`.
 ///
-/// Each block's 128 bytes hold four fields per byte; a 16-bit shift by
-/// four brings fields 0 and 1 (bits 7–6, 5–4) down to where fields 2
-/// and 3 are (bits 3–2, 1–0), so `vpdpbusd` of `byte & 0x0C` sums `4 ·
-/// code · x` and of `byte & 0x03` sums `code · x`: one accumulator per
-/// pair of fields (two per row pair, four per group, sixteen in all)
-/// and one shift and add per group at the end give the exact sums. A
-/// lane adds at most 2 · 4 · 12 · 128 = 12288 per block: exact far past
-/// `ternary::MAX_COLS`.
+/// Each block's 128 bytes hold four fields per byte (bits 7–6, 5–4, 3–2,
+/// 1–0); 16-bit shifts by 4 and 2 right and 2 left bring each field in
+/// turn to bits 3–2, so `vpdpbusd` of `(shifted byte) & 0x0C` sums `4 ·
+/// code · x` for every field: one accumulator per row pair (two per
+/// group, sixteen in all) and one shift per group at the end give the
+/// exact sums. A lane adds at most 4 · 4 · 12 · 128 = 24576 per block:
+/// exact far past `ternary::MAX_COLS`.
 ///
-/// Why four groups: on the Intel Xeon VM (2026-12-02, one token's
+/// Why several groups: on the Intel Xeon VM (2026-12-02, one token's
 /// products of the 2B-4T layers, 521 MB, in one process alternated
 /// with plain streaming reads of the same bytes) [`tile1_vnni`]'s
 /// arithmetic between the loads of one stream held it 12–15% under the
@@ -315,26 +314,35 @@ unsafe fn store_group(pairs: [__m512i; 2], out: *mut i32) {
 /// fast round, 12.1 vs 13.8 in a slow one; 27.5 vs 29.7 on two), while
 /// the same arithmetic over four distant streams read at or above the
 /// plain rate (19.1 on one thread, 30.6 on two). The products of those
-/// layers (`matmul_many`, all regions of all layers), this tile against
-/// one group at a time alternated in one process, nine rounds, medians:
-/// 14.5 → 18.4 GB/s on one thread, 24.7 → 31.7 on two (with the L2
-/// prefetch beside the L1 one; then the L1 one alone, 11 rounds: 17.7 →
-/// 18.1 and 26.6 → 27.8; eight streams, six, or the L1 prefetch 1 or 2
-/// KiB ahead were no faster).
+/// layers (`matmul_many`, all regions of all layers), four groups at
+/// once against one at a time alternated in one process, nine rounds,
+/// medians: 14.5 → 18.4 GB/s on one thread, 24.7 → 31.7 on two.
+///
+/// Why eight: a plain read of those layers' bytes with eight streams
+/// read 6% more than with four on one thread (18.2 against 17.2 GB/s,
+/// 15 alternated rounds), where the products with four streams were at
+/// 16.5. Four groups kept two accumulators per row pair (fields ×4 and
+/// ×1, one shift per 64 bytes), which eight groups cannot hold in 32
+/// registers; with one accumulator per row pair the layers' products,
+/// eight groups against four, 41 alternated rounds, two runs each
+/// (medians): 14.2 → 15.3 and 14.2 → 15.1 GB/s on one thread, 25.3 →
+/// 26.2 and 24.4 → 24.9 on two; a third run, on a faster moment of the
+/// host, 20.8 → 21.0 on one thread. Four groups with one accumulator read
+/// as fast as with two; twelve read slower (register spills), six no
+/// faster than eight. Whole decode steps, alternated the same way, stayed
+/// inside the host's noise (the F16-head file −4 to +5% on one thread).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
 #[allow(clippy::needless_range_loop)]
-unsafe fn tile1x4_vnni(
-    w: [*const u8; layout::STREAMS],
+unsafe fn tile1x8_vnni(
+    w: [*const u8; ternary::STREAMS],
     nb: usize,
     x0: *const i8,
-    out: [*mut i32; layout::STREAMS],
+    out: [*mut i32; ternary::STREAMS],
 ) {
-    const S: usize = layout::STREAMS;
-    let m_hi = _mm512_set1_epi8(0x0C);
-    let m_lo = _mm512_set1_epi8(0x03);
-    // acc[s][p][0]: fields 0 and 2 (×4) of rows 2p | 2p+1 of group s;
-    // acc[s][p][1]: fields 1 and 3.
-    let mut acc = [[[_mm512_setzero_si512(); 2]; 2]; S];
+    const S: usize = ternary::STREAMS;
+    let m = _mm512_set1_epi8(0x0C);
+    // acc[s][p]: 4 × the sums of rows 2p | 2p+1 of group s.
+    let mut acc = [[_mm512_setzero_si512(); 2]; S];
     for bi in 0..nb {
         let xb = x0.add(bi * QK);
         let xv: [__m512i; 4] = std::array::from_fn(|f| {
@@ -345,18 +353,21 @@ unsafe fn tile1x4_vnni(
             avx2::prefetch_lines::<_MM_HINT_T0>(wb.wrapping_add(avx2::PREFETCH_L1), 2);
             for p in 0..2 {
                 let v = _mm512_loadu_si512(wb.add(64 * p) as *const __m512i);
-                let hi = _mm512_srli_epi16::<4>(v);
+                let fields = [
+                    _mm512_srli_epi16::<4>(v),
+                    _mm512_srli_epi16::<2>(v),
+                    v,
+                    _mm512_slli_epi16::<2>(v),
+                ];
                 let a = &mut acc[s][p];
-                a[0] = _mm512_dpbusd_epi32(a[0], _mm512_and_si512(hi, m_hi), xv[0]);
-                a[1] = _mm512_dpbusd_epi32(a[1], _mm512_and_si512(hi, m_lo), xv[1]);
-                a[0] = _mm512_dpbusd_epi32(a[0], _mm512_and_si512(v, m_hi), xv[2]);
-                a[1] = _mm512_dpbusd_epi32(a[1], _mm512_and_si512(v, m_lo), xv[3]);
+                for f in 0..4 {
+                    *a = _mm512_dpbusd_epi32(*a, _mm512_and_si512(fields[f], m), xv[f]);
+                }
             }
         }
     }
     for s in 0..S {
-        let pairs = acc[s].map(|a| _mm512_add_epi32(_mm512_srai_epi32::<2>(a[0]), a[1]));
-        store_group(pairs, out[s]);
+        store_group(acc[s].map(|a| _mm512_srai_epi32::<2>(a)), out[s]);
     }
 }
 
@@ -473,14 +484,14 @@ unsafe fn q6_k_tile_vnni(
 /// ([`q6_k_block_vnni`]) for four groups, block by block.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn q6_k_streams_vnni(
-    w: [*const u8; layout::STREAMS],
+    w: [*const u8; qhead::STREAMS],
     steps: Steps,
     x: &BlockActs,
-    out: [*mut f32; layout::STREAMS],
+    out: [*mut f32; qhead::STREAMS],
 ) {
     let nb = x.k / q6_k::QK_K;
     let rows = w.map(|g| std::array::from_fn(|j| g.add(j * steps.row)));
-    let res = q6_k_streams4_vnni::<{ layout::STREAMS }>(
+    let res = q6_k_streams4_vnni::<{ qhead::STREAMS }>(
         rows,
         x.qs.as_ptr(),
         x.d.as_ptr(),
@@ -639,18 +650,22 @@ unsafe fn hsum4_epi32_512(v: [__m512i; 4]) -> __m128i {
 }
 
 /// The VNNI Q6_K head tile's prefetch: the four lines of a block
-/// [`avx2::PREFETCH_L1`] ahead into L1 and [`PREFETCH_L2_NEAR`] ahead into
-/// L2. The L2 prefetch 32 KiB ahead that AVX2's tile issues made it slower
-/// here: the 2B-4T Q6_K head (`examples/tg_profile`, Intel Xeon VM, two
-/// alternated rounds) streamed 13.7–14.2 GB/s with it (alone or beside the
-/// L1 one), 15.3–15.4 with the L1 one only (one thread; two: 27.4–28.3 →
-/// 30.8–31.2); with the L2 one 4 KiB ahead beside it, see
-/// [`PREFETCH_L2_NEAR`].
+/// [`avx2::PREFETCH_L1`] ahead into L1, nothing into L2. The L2 prefetch
+/// 32 KiB ahead that AVX2's tile issues made it slower here: the 2B-4T
+/// Q6_K head (`examples/tg_profile`, Intel Xeon VM, two alternated
+/// rounds) streamed 13.7–14.2 GB/s with it (alone or beside the L1 one),
+/// 15.3–15.4 with the L1 one only (one thread; two: 27.4–28.3 →
+/// 30.8–31.2). An L2 line [`PREFETCH_L2_NEAR`] ahead beside the L1 one
+/// helped while the head was read one group of four rows at a time; once
+/// four groups are read at once ([`q6_k_streams_vnni`]) it costs: the
+/// 2B-4T head alternated in one process (seven rounds each, two runs,
+/// 2026-12-02) read 12.6–13.1 → 14.1–14.5 GB/s on one thread and 24.7–29.3
+/// → 26.7–31.5 on two without it (1, 2 or 3 KiB ahead, or one prefetch
+/// per four-row step instead of one per row, no better).
 #[target_feature(enable = "avx2")]
 #[inline]
 unsafe fn prefetch_q6_k(wb: *const u8) {
     avx2::prefetch_lines::<_MM_HINT_T0>(wb.wrapping_add(avx2::PREFETCH_L1), 4);
-    avx2::prefetch_lines::<_MM_HINT_T1>(wb.wrapping_add(PREFETCH_L2_NEAR), 4);
 }
 
 avx2::q6_k_rows4!(

@@ -14,25 +14,18 @@
 
 use rayon::prelude::*;
 
-/// Row groups a one-token product reads at once where the ISA has a
-/// streams tile (`ternary::StreamsTile`, `qhead::StreamsTile`): several
-/// distant streams keep more lines in flight than one.
-pub const STREAMS: usize = 4;
-
-/// `n` items as [`STREAMS`] runs of `n / STREAMS`, for the one-token
-/// drivers: each entry of the iterator is item `i` of every run (`[i,
-/// len + i, 2·len + i, …]`), for `i` in `0..len`; the range is the items
-/// left over after the runs, to take one at a time.
-pub fn stream_runs(
+/// `n` items as `S` runs of `n / S`, for the one-token drivers that read
+/// several distant streams at once (`ternary::STREAMS`,
+/// `qhead::STREAMS`): each entry of the iterator is item `i` of every
+/// run (`[i, len + i, 2·len + i, …]`), for `i` in `0..len`; the range is
+/// the items left over after the runs, to take one at a time.
+pub fn stream_runs<const S: usize>(
     n: usize,
-) -> (
-    impl Iterator<Item = [usize; STREAMS]>,
-    std::ops::Range<usize>,
-) {
-    let len = n / STREAMS;
+) -> (impl Iterator<Item = [usize; S]>, std::ops::Range<usize>) {
+    let len = n / S;
     (
         (0..len).map(move |i| std::array::from_fn(|s| s * len + i)),
-        STREAMS * len..n,
+        S * len..n,
     )
 }
 

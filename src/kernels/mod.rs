@@ -59,7 +59,7 @@ pub struct Ops {
     /// Ternary: four rows of one packed group × 1..=4 tokens, on the
     /// repacked weights directly (generation and small batches).
     pub i2s_packed: ternary::PackedTile,
-    /// Ternary, one token: [`layout::STREAMS`] distant groups at once;
+    /// Ternary, one token: [`ternary::STREAMS`] distant groups at once;
     /// `None`: group by group through `i2s_packed`.
     pub i2s_streams: Option<ternary::StreamsTile>,
     /// Ternary: the register tile of prompt batches over unpacked codes,
@@ -77,7 +77,7 @@ pub struct Ops {
     /// Quantized-head tiles: ≤ 4 rows × 1 token and 1 row × ≤ 4 tokens.
     pub q8_0_tile: qhead::Tile,
     pub q6_k_tile: qhead::Tile,
-    /// Q6_K, one token: [`layout::STREAMS`] distant groups of interleaved
+    /// Q6_K, one token: [`qhead::STREAMS`] distant groups of interleaved
     /// rows at once; `None`: tile by tile through `q6_k_tile`.
     pub q6_k_streams: Option<qhead::StreamsTile>,
     /// Exact integer dots of one quantized head row, per block.

@@ -11,7 +11,7 @@
 //! Q8_0 keeps one float accumulator per lane (agreeing with scalar to
 //! rounding); neither depends on the tiling, threads or batch.
 
-use super::layout::{stream_runs, RowLayout, Steps, INTERLEAVE, STREAMS};
+use super::layout::{stream_runs, RowLayout, Steps, INTERLEAVE};
 use super::Kernel;
 
 /// The block format of a quantized matrix.
@@ -123,12 +123,20 @@ pub type Tile = unsafe fn(
     ld: usize,
 );
 
+/// Groups of four interleaved rows a one-token Q6_K product reads at once
+/// where the ISA has a [`StreamsTile`]. Eight measured no faster than four
+/// on the 2B-4T head (AVX-512 VNNI, Intel Xeon VM, 2026-12-02, alternated
+/// in one process: 12.9 and 11.9 GB/s against 13.6 and 12.3 on one
+/// thread, 25.8 against 26.7 on two), unlike the ternary products
+/// (`ternary::STREAMS`), whose tile does less work per byte.
+pub const STREAMS: usize = 4;
+
 /// One token against [`STREAMS`] groups of four interleaved rows
 /// ([`RowLayout::Interleaved4`]) that lie apart in memory: block `b` of
 /// row `j` of group `s` at `w[s] + j · steps.row + b · steps.block`;
 /// writes the four rows' outputs of group `s` to `out[s] .. + 4`, the
 /// same values as the one-token tile gives them. Several distant streams
-/// keep more lines in flight than one (see `ternary::STREAMS`): the 2B-4T
+/// keep more lines in flight than one (see `ops::StreamRead`): the 2B-4T
 /// Q6_K head, AVX-512 VNNI, this against one group at a time alternated
 /// in one process on the Intel Xeon VM (2026-12-02, 11 rounds, medians):
 /// 14.8 → 17.1 GB/s on one thread, 30.0 → 34.7 on two.
@@ -270,7 +278,7 @@ pub fn gemm(
     if ga >= gb {
         return plain(v0, v1, out);
     }
-    let (runs, rest) = stream_runs(gb - ga);
+    let (runs, rest) = stream_runs::<STREAMS>(gb - ga);
     let (_, steps) = layout.tile(rb, bb, n_rows, ga * INTERLEAVE, INTERLEAVE);
     for g in runs {
         let v = g.map(|g| (ga + g) * INTERLEAVE);

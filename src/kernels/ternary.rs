@@ -31,7 +31,7 @@
 //!   idea of ik_llama.cpp's IQ2_BN_R4, applied at run time so the file
 //!   stays I2_S). The panel stays in L2 while every token tile passes.
 
-use super::layout::{stream_runs, STREAMS};
+use super::layout::stream_runs;
 use super::memory::{HugeBuf, LineAligned};
 use super::Kernel;
 use rayon::prelude::*;
@@ -89,12 +89,16 @@ const PACKED_CHUNK_BYTES: usize = 256 << 10;
 pub type PackedTile =
     unsafe fn(w: *const u8, nb: usize, x: *const i8, k: usize, t: usize, out: *mut i32, ld: usize);
 
+/// Packed groups a one-token product reads at once where the ISA has a
+/// [`StreamsTile`] (see `avx512::tile1x8_vnni` for why eight).
+pub const STREAMS: usize = 8;
+
 /// One token against [`STREAMS`] packed groups that lie apart in memory
 /// (each `w[s]` at its group's `nb` runs of 128 bytes): writes `out[s][r]
 /// = Σ_j code[r][j] · x[j]` for each group `s` (the raw code sums, as
 /// [`PackedTile`] with one token). Reading several distant streams at
 /// once keeps more lines in flight than one stream with the same
-/// arithmetic between its loads (see `avx512::tile1x4_vnni`).
+/// arithmetic between its loads (see `avx512::tile1x8_vnni`).
 pub type StreamsTile =
     unsafe fn(w: [*const u8; STREAMS], nb: usize, x: *const i8, out: [*mut i32; STREAMS]);
 
@@ -390,7 +394,7 @@ pub fn gemm(kern: &Kernel, w: &Packed, g0: usize, g1: usize, x: &Acts, out: &mut
         (None, Some(tile)) => {
             // The groups in STREAMS runs, group i of each run beside the
             // others; the few left over one at a time.
-            let (runs, rest) = stream_runs(g1 - g0);
+            let (runs, rest) = stream_runs::<STREAMS>(g1 - g0);
             for g in runs {
                 // SAFETY: `check` put groups g0..g1 inside `w` (every g
                 // is below `groups`), one token of `k` inside `xs` and
