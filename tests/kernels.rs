@@ -134,6 +134,16 @@ fn i2s_kernels_match_scalar_on_random_shapes() {
             check_i2s(k, &w, rows, cols, &x, n);
         }
     }
+    // One token over every streams edge above, whatever the draws:
+    // `check_i2s` also takes ranges starting and ending one group in.
+    for (i, rows) in [32, 33, 67, 135].into_iter().enumerate() {
+        let cols = cols_set[i % cols_set.len()];
+        let w = weights(&mut rng, rows, cols, i % 2 == 0);
+        let x = activations(&mut rng, 1, cols, i % 4);
+        for k in &kernels {
+            check_i2s(k, &w, rows, cols, &x, 1);
+        }
+    }
 }
 
 #[test]
@@ -163,7 +173,7 @@ fn i2s_extremes_do_not_overflow() {
 #[test]
 fn packed_rows_longer_than_the_limit_are_refused() {
     // The tiles' 32-bit sums are exact up to MAX_COLS columns (the VNNI
-    // one-token tile's lanes hold 64× the codes' sums); a longer row is an
+    // one-group one-token tile's lanes hold 64× the codes' sums); a longer row is an
     // error before any buffer is sized from it.
     let cols = tern::kernels::ternary::MAX_COLS + 128;
     let Err(err) = Packed::from_i2s(&[], 1, cols) else {

@@ -58,10 +58,11 @@ use super::{avx2, Kernel, Ops};
 use crate::quant::q6_k;
 use std::arch::x86_64::*;
 
-/// How far ahead AVX-512's one-token products (the ternary tiles, VNNI's
-/// [`tile1_vnni`] and the BW packed tile for one token, and VNNI's Q6_K
-/// head) prefetch into L2, beside their L1 prefetch [`avx2::PREFETCH_L1`]
-/// 1.5 KiB ahead.
+/// How far ahead AVX-512's one-group one-token ternary tiles (VNNI's
+/// [`tile1_vnni`], which takes the groups [`tile1x8_vnni`] leaves over,
+/// and the BW packed tile for one token) prefetch into L2, beside their
+/// L1 prefetch [`avx2::PREFETCH_L1`] 1.5 KiB ahead. VNNI's Q6_K head used
+/// it too until it read four groups at once (see [`prefetch_q6_k`]).
 ///
 /// Measured on the Intel Xeon VM (2026-12-01, night) with copies of the
 /// tile that differ only in their prefetches, run in turn in one process

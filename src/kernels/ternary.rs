@@ -58,8 +58,9 @@ pub const GROUP_BLOCK_BYTES: usize = GROUP * BLOCK_BYTES;
 pub const PANEL_MIN_TOKENS: usize = 64;
 
 /// The most columns a [`Packed`] matrix takes: keeps every tile's 32-bit
-/// sums exact with room to spare (the AVX-512 VNNI one-token tile's lanes
-/// hold up to 64× the codes' sums; 2B-4T's widest rows are 6912).
+/// sums exact with room to spare (AVX-512 VNNI's one-group one-token tile
+/// `tile1_vnni` lets a lane hold up to 64× the codes' sums; 2B-4T's
+/// widest rows are 6912).
 pub const MAX_COLS: usize = 1 << 20;
 
 /// Whether `kern` computes `n` tokens through the unpacked panels (and so
