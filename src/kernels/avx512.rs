@@ -83,7 +83,7 @@ use std::arch::x86_64::*;
 /// two alternated rounds, t/s at 1 / 2 threads: Q6_K head 18.6–19.3 /
 /// 36.0–36.5 → 20.1–21.4 / 36.5–39.1, F16 head 13.2–13.4 / 25.1–25.3 →
 /// 13.6–14.1 / 25.0–26.9.
-const PREFETCH_L2_NEAR: usize = 4 << 10;
+pub(super) const PREFETCH_L2_NEAR: usize = 4 << 10;
 
 /// The one-token tiles' prefetch for the 128-byte run at `wb`: both its
 /// lines [`avx2::PREFETCH_L1`] ahead into L1 and [`PREFETCH_L2_NEAR`]

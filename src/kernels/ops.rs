@@ -375,16 +375,19 @@ pub fn prefetch_l2(addr: usize, len: usize) {
 pub enum StreamPrefetch {
     /// None: the hardware prefetchers alone.
     None,
-    /// 16 KiB ahead into L2, as AVX2's one-token tiles prefetch.
+    /// 16 KiB ahead into L2, as AVX2's one-token tiles prefetch
+    /// (`avx2::PREFETCH_GEMV`).
     FarL2,
     /// 1.5 KiB ahead into L1 and 4 KiB ahead into L2, as AVX-512's
-    /// one-token tiles prefetch. On the Intel Xeon VM (2026-12-01, seven
+    /// one-group one-token tiles prefetch (`avx2::PREFETCH_L1`,
+    /// `avx512::PREFETCH_L2_NEAR`). On the Intel Xeon VM (2026-12-01, seven
     /// alternated passes over 1 GiB, one thread) this read 18.8 GB/s
     /// against 17.5 without a prefetch and 16.7 with [`StreamPrefetch::FarL2`]:
     /// a bound that left it out was that much low.
     NearL1L2,
-    /// 1.5 KiB ahead into L1 only (with several streams the fastest
-    /// kind more often than not on the Intel Xeon VM, 2026-12-02).
+    /// 1.5 KiB ahead into L1 only, as the VNNI streams tiles prefetch
+    /// (with several streams the fastest kind more often than not on the
+    /// Intel Xeon VM, 2026-12-02).
     NearL1,
 }
 
@@ -480,6 +483,8 @@ fn sum_streams<const S: usize>(words: &[u64], prefetch: StreamPrefetch) -> u64 {
             let w = &body[s * part + i..s * part + i + 8];
             #[cfg(target_arch = "x86_64")]
             {
+                use super::avx2::{PREFETCH_GEMV, PREFETCH_L1};
+                use super::avx512::PREFETCH_L2_NEAR;
                 use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
                 let p = w.as_ptr() as *const i8;
                 // SAFETY: a prefetch is only a hint; it never faults, and the
@@ -488,13 +493,15 @@ fn sum_streams<const S: usize>(words: &[u64], prefetch: StreamPrefetch) -> u64 {
                     match prefetch {
                         StreamPrefetch::None => {}
                         StreamPrefetch::FarL2 => {
-                            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(16 << 10))
+                            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH_GEMV))
                         }
                         StreamPrefetch::NearL1L2 => {
-                            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(1536));
-                            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(4 << 10));
+                            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_L1));
+                            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH_L2_NEAR));
                         }
-                        StreamPrefetch::NearL1 => _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(1536)),
+                        StreamPrefetch::NearL1 => {
+                            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_L1))
+                        }
                     }
                 }
             }
