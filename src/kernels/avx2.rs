@@ -276,7 +276,7 @@ fn attn_values(v: Kv, stride: usize, off: usize, p: &[f32], out: &mut [f32]) {
     }
 }
 
-fn attn_scores_group(
+pub(super) fn attn_scores_group(
     k: Kv,
     stride: usize,
     off: usize,
@@ -295,7 +295,14 @@ fn attn_scores_group(
     }
 }
 
-fn attn_values_group(v: Kv, stride: usize, off: usize, ps: &[f32], g: usize, outs: &mut [f32]) {
+pub(super) fn attn_values_group(
+    v: Kv,
+    stride: usize,
+    off: usize,
+    ps: &[f32],
+    g: usize,
+    outs: &mut [f32],
+) {
     match v {
         // SAFETY: CPU checked; `Kernel::attn_values_group` checked the
         // sizes and that every row read lies inside the cache.
@@ -318,7 +325,7 @@ fn attn_values_group(v: Kv, stride: usize, off: usize, ps: &[f32], g: usize, out
 /// two; grouping the heads alone (before the prefetch) changed nothing
 /// there, but took pp512 from 87 to 91 t/s. 6 and 48 positions ahead
 /// were no better than 16.
-const KV_AHEAD: usize = 16;
+pub(super) const KV_AHEAD: usize = 16;
 
 /// Scores of the heads `qs` (`d` values each) against f16 keys, at most
 /// four heads per pass over the keys: per head and position exactly
@@ -350,7 +357,7 @@ unsafe fn scores_group_f16(
 
 /// The grouped attention's passes over `g` heads: `(first head, heads)`,
 /// at most four heads each.
-fn head_groups(g: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(super) fn head_groups(g: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..g).step_by(4).map(move |h0| (h0, (g - h0).min(4)))
 }
 
@@ -434,7 +441,7 @@ unsafe fn values_group_f16(
 /// 3072, 29.6–33.9 → 25.2–27.4 ms on two threads and 51.9–56.0 →
 /// 48.2–49.3 on one; 64 and 128 positions did as well on two threads but
 /// no better than none on one.
-const VALUES_BLOCK: usize = 32;
+pub(super) const VALUES_BLOCK: usize = 32;
 
 /// `H` heads' weights (`p`, `npos` apart) × `d` values; `o[h · d + i]`.
 /// Positions go in blocks of [`VALUES_BLOCK`], each block in column
@@ -1044,7 +1051,7 @@ unsafe fn quant8(p: *const f32, av: __m256, lo: __m256, hi: __m256) -> __m256i {
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn hsum_f32(v: __m256) -> f32 {
+pub(super) unsafe fn hsum_f32(v: __m256) -> f32 {
     let lo = _mm256_castps256_ps128(v);
     let hi = _mm256_extractf128_ps::<1>(v);
     let s = _mm_add_ps(lo, hi);

@@ -3,11 +3,13 @@
 //! has them (both variants verified on an Intel Xeon with AVX-512 VNNI,
 //! 2026-12-01; see the README).
 //!
-//! Only the ternary tiles and, with VNNI, the Q6_K head's one-token tile
-//! (and its block dots) are AVX-512; everything else (float heads, the
-//! other quantized head shapes, activation quantization, attention, the
-//! panel unpack) comes from the AVX2 table it is built on — every AVX-512
-//! CPU has AVX2, FMA and F16C. The Q6_K head tile: tg64 on the Q6_K file,
+//! Only the ternary tiles, the grouped attention over an f16 KV cache
+//! ([`scores_heads`], [`values_heads`]: bit for bit AVX2's) and, with VNNI,
+//! the Q6_K head's one-token tile (and its block dots) are AVX-512;
+//! everything else (float heads, the other quantized head shapes,
+//! activation quantization, per-head and f32-cache attention, the panel
+//! unpack) comes from the AVX2 table it is built on — every AVX-512 CPU
+//! has AVX2, FMA and F16C. The Q6_K head tile: tg64 on the Q6_K file,
 //! before and after alternated in three rounds on the Intel Xeon VM,
 //! 17.43–17.47 → 18.40–18.73 t/s on one thread and 31.8–32.4 → 33.0–34.4
 //! on two (the same build's F16 figures unchanged). A first try, while
@@ -52,10 +54,12 @@
 //! into 32 bits. Both give the exact integer sum.
 
 use super::layout::Steps;
+use super::ops::Kv;
 use super::qhead::{self, BlockActs};
 use super::ternary::{self, TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
 use super::{avx2, Kernel, Ops};
 use crate::quant::q6_k;
+use half::f16;
 use std::arch::x86_64::*;
 
 /// How far ahead AVX-512's one-group one-token ternary tiles (VNNI's
@@ -110,6 +114,8 @@ const SHAPE: TileShape = TileShape {
 };
 
 const OPS_BW: Ops = Ops {
+    attn_scores_group: Some(attn_scores_group),
+    attn_values_group: Some(attn_values_group),
     i2s_packed: packed_bw,
     i2s_tile: tile_bw,
     i2s_shape: SHAPE,
@@ -370,6 +376,312 @@ unsafe fn tile1x8_vnni(
     for s in 0..S {
         store_group(acc[s].map(|a| _mm512_srai_epi32::<2>(a)), out[s]);
     }
+}
+
+/// Grouped attention scores ([`Kernel::attn_scores_group`]) with 512-bit
+/// registers for f16 keys (f32 keys as AVX2 does them), bit for bit
+/// AVX2's: a 512-bit accumulator over 16-value steps holds in its two
+/// halves exactly AVX2's two 256-bit accumulators, whose sum goes through
+/// the same horizontal sum. See [`scores_heads`] for what the width buys.
+fn attn_scores_group(
+    k: Kv,
+    stride: usize,
+    off: usize,
+    qs: &[f32],
+    d: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    match k {
+        // SAFETY: CPU checked (AVX-512 F, with AVX2, FMA and F16C);
+        // `Kernel::attn_scores_group` checked the sizes and that every
+        // row read lies inside the cache.
+        Kv::F16(k) => unsafe {
+            scores_group_f16(k.as_ptr() as *const u16, stride, off, qs, d, scale, scores)
+        },
+        Kv::F32(_) => avx2::attn_scores_group(k, stride, off, qs, d, scale, scores),
+    }
+}
+
+/// Grouped attention values ([`Kernel::attn_values_group`]) with 512-bit
+/// registers for f16 values (f32 values as AVX2 does them), bit for bit
+/// AVX2's: every output value is the same chain of FMAs in position
+/// order, only more of them side by side.
+fn attn_values_group(v: Kv, stride: usize, off: usize, ps: &[f32], g: usize, outs: &mut [f32]) {
+    match v {
+        // SAFETY: CPU checked; `Kernel::attn_values_group` checked the
+        // sizes and that every row read lies inside the cache.
+        Kv::F16(v) => unsafe {
+            values_group_f16(v.as_ptr() as *const u16, stride, off, ps, g, outs)
+        },
+        Kv::F32(_) => avx2::attn_values_group(v, stride, off, ps, g, outs),
+    }
+}
+
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn scores_group_f16(
+    k: *const u16,
+    stride: usize,
+    off: usize,
+    qs: &[f32],
+    d: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    let g = qs.len() / d;
+    let npos = scores.len() / g;
+    for (h0, hc) in avx2::head_groups(g) {
+        let q = qs.as_ptr().add(h0 * d);
+        let s = scores.as_mut_ptr().add(h0 * npos);
+        match hc {
+            4 => scores_heads::<4>(k, stride, off, q, d, npos, scale, s),
+            3 => scores_heads::<3>(k, stride, off, q, d, npos, scale, s),
+            2 => scores_heads::<2>(k, stride, off, q, d, npos, scale, s),
+            _ => scores_heads::<1>(k, stride, off, q, d, npos, scale, s),
+        }
+    }
+}
+
+/// Runs of positions whose scores [`scores_heads`] computes side by side.
+const SCORE_POSITIONS: usize = 2;
+
+/// `H` heads (`q`, `d` apart) × `npos` positions; `s[h · npos + t]`, as
+/// `avx2::scores_heads` writes them (each score is one position's sum on
+/// its own, so the order positions are taken in changes no bit). The
+/// positions go as [`SCORE_POSITIONS`] runs, position `t` of each run at
+/// once: each 16-value step loads a query vector once for both, the 2·H
+/// chains of FMAs are independent (AVX2's one position had 2·H chains of
+/// 8-wide FMAs and reloaded the queries for every position), and the keys
+/// come from two streams, not one.
+///
+/// Measured on the Intel Xeon VM (2026-12-02, 30 layers × 5 KV heads of
+/// 128, groups of 4 query heads, head-major f16 caches, one thread,
+/// alternated in one process with AVX2's grouped routines, six rounds
+/// each): at 64 positions (in cache) scores 69–73 → 51–54 cycles per
+/// position and KV head (82 in a first, cold round), values 65–69 →
+/// 34–37; at 3072 positions (from memory) scores 100–145 → 80–94 and
+/// values 101–148 → 77–83. Two runs of positions read the keys 13%
+/// faster from memory than two neighbouring positions (88–92 against
+/// 102–103 cycles, alternated); an L2 prefetch 128 or 160 positions
+/// ahead on top of the L1 one 16 ahead gained nothing clear.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[inline]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn scores_heads<const H: usize>(
+    k: *const u16,
+    stride: usize,
+    off: usize,
+    q: *const f32,
+    d: usize,
+    npos: usize,
+    scale: f32,
+    s: *mut f32,
+) {
+    const P: usize = SCORE_POSITIONS;
+    let full = d - d % 16;
+    let half = npos.div_ceil(P);
+    for t in 0..half {
+        // Position t of each of the P runs; a run that has none (an odd
+        // count) reads the first run's row again (inside the cache) and
+        // its sums are dropped.
+        let pos: [usize; P] = std::array::from_fn(|p| {
+            let u = t + p * half;
+            if u < npos {
+                u
+            } else {
+                t
+            }
+        });
+        let pc = 1 + pos[1..].iter().filter(|&&u| u != t).count();
+        let kr: [*const u16; P] = std::array::from_fn(|p| k.add(pos[p] * stride + off));
+        for p in 0..pc {
+            // The head's slice of the key KV_AHEAD positions on (as AVX2).
+            avx2::prefetch_lines::<_MM_HINT_T0>(
+                kr[p].wrapping_add(avx2::KV_AHEAD.wrapping_mul(stride)) as *const u8,
+                (2 * d).div_ceil(64),
+            );
+        }
+        let mut acc = [[_mm512_setzero_ps(); H]; P];
+        let mut i = 0;
+        while i < full {
+            let kv: [__m512; P] = std::array::from_fn(|p| {
+                _mm512_cvtph_ps(_mm256_loadu_si256(kr[p].add(i) as *const __m256i))
+            });
+            for h in 0..H {
+                let qv = _mm512_loadu_ps(q.add(h * d + i));
+                for p in 0..P {
+                    acc[p][h] = _mm512_fmadd_ps(kv[p], qv, acc[p][h]);
+                }
+            }
+            i += 16;
+        }
+        for p in 0..pc {
+            for h in 0..H {
+                // Lanes 0–7 are AVX2's first accumulator, 8–15 its second.
+                let a = acc[p][h];
+                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)));
+                let mut v = avx2::hsum_f32(_mm256_add_ps(_mm512_castps512_ps256(a), hi));
+                for j in full..d {
+                    v += f16::from_bits(*kr[p].add(j)).to_f32() * *q.add(h * d + j);
+                }
+                *s.add(h * npos + pos[p]) = v * scale;
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn values_group_f16(
+    v: *const u16,
+    stride: usize,
+    off: usize,
+    ps: &[f32],
+    g: usize,
+    outs: &mut [f32],
+) {
+    let (npos, d) = (ps.len() / g, outs.len() / g);
+    for (h0, hc) in avx2::head_groups(g) {
+        let p = ps.as_ptr().add(h0 * npos);
+        let o = outs.as_mut_ptr().add(h0 * d);
+        match hc {
+            4 => values_heads::<4>(v, stride, off, p, npos, o, d),
+            3 => values_heads::<3>(v, stride, off, p, npos, o, d),
+            2 => values_heads::<2>(v, stride, off, p, npos, o, d),
+            _ => values_heads::<1>(v, stride, off, p, npos, o, d),
+        }
+    }
+}
+
+/// `H` heads' weights (`p`, `npos` apart) × `d` values; `o[h · d + i]`, as
+/// `avx2::values_heads` writes them: positions in blocks of
+/// `avx2::VALUES_BLOCK`, each block in column passes whose sums stay in
+/// registers across the block (64 values a pass here, 16 there; then 32,
+/// 16, 8), per output value the same FMAs in the same position order,
+/// the values past a multiple of 8 as `y += p · v` at the end.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[inline]
+unsafe fn values_heads<const H: usize>(
+    v: *const u16,
+    stride: usize,
+    off: usize,
+    p: *const f32,
+    npos: usize,
+    o: *mut f32,
+    d: usize,
+) {
+    let full = d - d % 8;
+    // Block starts; with no positions, one empty block writes the zeros.
+    for t0 in (0..npos.max(1)).step_by(avx2::VALUES_BLOCK) {
+        let t1 = (t0 + avx2::VALUES_BLOCK).min(npos);
+        let mut c0 = 0;
+        while c0 < full {
+            let c = (v, stride, off, p, npos, o, d);
+            c0 += match full - c0 {
+                64.. => values_pass::<H, 4>(c, t0, t1, c0),
+                32.. => values_pass::<H, 2>(c, t0, t1, c0),
+                16.. => values_pass::<H, 1>(c, t0, t1, c0),
+                _ => values_pass8::<H>(c, t0, t1, c0),
+            };
+        }
+    }
+    for h in 0..H {
+        for i in full..d {
+            let mut y = 0f32;
+            for t in 0..npos {
+                y += *p.add(h * npos + t) * f16::from_bits(*v.add(t * stride + off + i)).to_f32();
+            }
+            *o.add(h * d + i) = y;
+        }
+    }
+}
+
+/// What a values pass reads and writes: `(v, stride, off, p, npos, o, d)`
+/// of [`values_heads`].
+type ValuesArgs = (*const u16, usize, usize, *const f32, usize, *mut f32, usize);
+
+/// One column pass of `16 · N` values from `c0` over positions `t0..t1`
+/// for `H` heads; returns the columns done.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[inline]
+#[allow(clippy::needless_range_loop)]
+unsafe fn values_pass<const H: usize, const N: usize>(
+    (v, stride, off, p, npos, o, d): ValuesArgs,
+    t0: usize,
+    t1: usize,
+    c0: usize,
+) -> usize {
+    let mut acc = [[_mm512_setzero_ps(); N]; H];
+    if t0 > 0 {
+        for h in 0..H {
+            for n in 0..N {
+                acc[h][n] = _mm512_loadu_ps(o.add(h * d + c0 + 16 * n));
+            }
+        }
+    }
+    for t in t0..t1 {
+        let base = t * stride + off + c0;
+        if c0 == 0 {
+            // The first pass brings in each row's whole slice (the later
+            // passes find it in L1), KV_AHEAD positions on, as AVX2.
+            let ahead = base.wrapping_add(avx2::KV_AHEAD.wrapping_mul(stride));
+            avx2::prefetch_lines::<_MM_HINT_T0>(
+                v.wrapping_add(ahead) as *const u8,
+                (2 * d).div_ceil(64),
+            );
+        }
+        let vv: [__m512; N] = std::array::from_fn(|n| {
+            _mm512_cvtph_ps(_mm256_loadu_si256(v.add(base + 16 * n) as *const __m256i))
+        });
+        for h in 0..H {
+            let pv = _mm512_set1_ps(*p.add(h * npos + t));
+            for n in 0..N {
+                acc[h][n] = _mm512_fmadd_ps(pv, vv[n], acc[h][n]);
+            }
+        }
+    }
+    for h in 0..H {
+        for n in 0..N {
+            _mm512_storeu_ps(o.add(h * d + c0 + 16 * n), acc[h][n]);
+        }
+    }
+    16 * N
+}
+
+/// The last eight columns before the tail, as [`values_pass`] with
+/// 256-bit registers.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[inline]
+#[allow(clippy::needless_range_loop)]
+unsafe fn values_pass8<const H: usize>(
+    (v, stride, off, p, npos, o, d): ValuesArgs,
+    t0: usize,
+    t1: usize,
+    c0: usize,
+) -> usize {
+    let mut acc = [_mm256_setzero_ps(); H];
+    if t0 > 0 {
+        for h in 0..H {
+            acc[h] = _mm256_loadu_ps(o.add(h * d + c0));
+        }
+    }
+    for t in t0..t1 {
+        let base = t * stride + off + c0;
+        if c0 == 0 {
+            let ahead = base.wrapping_add(avx2::KV_AHEAD.wrapping_mul(stride));
+            avx2::prefetch_lines::<_MM_HINT_T0>(
+                v.wrapping_add(ahead) as *const u8,
+                (2 * d).div_ceil(64),
+            );
+        }
+        let vv = _mm256_cvtph_ps(_mm_loadu_si128(v.add(base) as *const __m128i));
+        for h in 0..H {
+            acc[h] = _mm256_fmadd_ps(_mm256_set1_ps(*p.add(h * npos + t)), vv, acc[h]);
+        }
+    }
+    for h in 0..H {
+        _mm256_storeu_ps(o.add(h * d + c0), acc[h]);
+    }
+    8
 }
 
 /// Generates the packed tile for one feature set (`$vnni`: accumulate
