@@ -621,13 +621,7 @@ unsafe fn values_pass<const H: usize, const N: usize>(
     for t in t0..t1 {
         let base = t * stride + off + c0;
         if c0 == 0 {
-            // The first pass brings in each row's whole slice (the later
-            // passes find it in L1), KV_AHEAD positions on, as AVX2.
-            let ahead = base.wrapping_add(avx2::KV_AHEAD.wrapping_mul(stride));
-            avx2::prefetch_lines::<_MM_HINT_T0>(
-                v.wrapping_add(ahead) as *const u8,
-                (2 * d).div_ceil(64),
-            );
+            prefetch_values_row(v, base, stride, d);
         }
         let vv: [__m512; N] = std::array::from_fn(|n| {
             _mm512_cvtph_ps(_mm256_loadu_si256(v.add(base + 16 * n) as *const __m256i))
@@ -645,6 +639,16 @@ unsafe fn values_pass<const H: usize, const N: usize>(
         }
     }
     16 * N
+}
+
+/// The first column pass of a block brings in each row's whole slice (the
+/// later passes find it in L1): prefetch the head's slice of the row
+/// `avx2::KV_AHEAD` positions after element `base` of `v`, as AVX2 does.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn prefetch_values_row(v: *const u16, base: usize, stride: usize, d: usize) {
+    let ahead = base.wrapping_add(avx2::KV_AHEAD.wrapping_mul(stride));
+    avx2::prefetch_lines::<_MM_HINT_T0>(v.wrapping_add(ahead) as *const u8, (2 * d).div_ceil(64));
 }
 
 /// The last eight columns before the tail, as [`values_pass`] with
@@ -667,11 +671,7 @@ unsafe fn values_pass8<const H: usize>(
     for t in t0..t1 {
         let base = t * stride + off + c0;
         if c0 == 0 {
-            let ahead = base.wrapping_add(avx2::KV_AHEAD.wrapping_mul(stride));
-            avx2::prefetch_lines::<_MM_HINT_T0>(
-                v.wrapping_add(ahead) as *const u8,
-                (2 * d).div_ceil(64),
-            );
+            prefetch_values_row(v, base, stride, d);
         }
         let vv = _mm256_cvtph_ps(_mm_loadu_si128(v.add(base) as *const __m128i));
         for h in 0..H {
