@@ -398,13 +398,30 @@ unsafe fn scores_heads<const H: usize>(
             i += 16;
         }
         for h in 0..H {
-            let mut v = hsum_f32(_mm256_add_ps(a0[h], a1[h]));
-            for j in full..d {
-                v += f16::from_bits(*kr.add(j)).to_f32() * *q.add(h * d + j);
-            }
-            *s.add(h * npos + t) = v * scale;
+            *s.add(h * npos + t) =
+                finish_score(_mm256_add_ps(a0[h], a1[h]), kr, q.add(h * d), full, d) * scale;
         }
     }
+}
+
+/// One head's dot with one f16 key row once its 16-value steps are summed
+/// into the eight lanes of `u`: the horizontal sum, then the values
+/// `full..d` in order (`k` the row, `q` the head). Every grouped score
+/// routine (here and in `avx512`) ends with it, so they agree bit for bit.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) unsafe fn finish_score(
+    u: __m256,
+    k: *const u16,
+    q: *const f32,
+    full: usize,
+    d: usize,
+) -> f32 {
+    let mut v = hsum_f32(u);
+    for j in full..d {
+        v += f16::from_bits(*k.add(j)).to_f32() * *q.add(j);
+    }
+    v
 }
 
 /// Weighted sums of f16 values for `g` heads (weights `ps`, `npos` per
@@ -507,6 +524,26 @@ unsafe fn values_heads<const H: usize>(
             c0 += if two { 16 } else { 8 };
         }
     }
+    values_tail::<H>(v, stride, off, p, npos, o, d, full);
+}
+
+/// The values `full..d` of `H` heads' weighted sums over f16 values (the
+/// columns past the last whole 8-wide pass) as `y += p · v` in position
+/// order from zero; every grouped values routine (here and in `avx512`)
+/// ends with it.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn values_tail<const H: usize>(
+    v: *const u8,
+    stride: usize,
+    off: usize,
+    p: *const f32,
+    npos: usize,
+    o: *mut f32,
+    d: usize,
+    full: usize,
+) {
     for h in 0..H {
         for i in full..d {
             let mut y = 0f32;

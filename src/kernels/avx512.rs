@@ -59,7 +59,6 @@ use super::qhead::{self, BlockActs};
 use super::ternary::{self, TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
 use super::{avx2, Kernel, Ops};
 use crate::quant::q6_k;
-use half::f16;
 use std::arch::x86_64::*;
 
 /// How far ahead AVX-512's one-group one-token ternary tiles (VNNI's
@@ -520,11 +519,9 @@ unsafe fn scores_heads<const H: usize>(
                 // Lanes 0–7 are AVX2's first accumulator, 8–15 its second.
                 let a = acc[p][h];
                 let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)));
-                let mut v = avx2::hsum_f32(_mm256_add_ps(_mm512_castps512_ps256(a), hi));
-                for j in full..d {
-                    v += f16::from_bits(*kr[p].add(j)).to_f32() * *q.add(h * d + j);
-                }
-                *s.add(h * npos + pos[p]) = v * scale;
+                let u = _mm256_add_ps(_mm512_castps512_ps256(a), hi);
+                *s.add(h * npos + pos[p]) =
+                    avx2::finish_score(u, kr[p], q.add(h * d), full, d) * scale;
             }
         }
     }
@@ -584,15 +581,7 @@ unsafe fn values_heads<const H: usize>(
             };
         }
     }
-    for h in 0..H {
-        for i in full..d {
-            let mut y = 0f32;
-            for t in 0..npos {
-                y += *p.add(h * npos + t) * f16::from_bits(*v.add(t * stride + off + i)).to_f32();
-            }
-            *o.add(h * d + i) = y;
-        }
-    }
+    avx2::values_tail::<H>(v as *const u8, stride, off, p, npos, o, d, full);
 }
 
 /// What a values pass reads and writes: `(v, stride, off, p, npos, o, d)`
