@@ -7,7 +7,7 @@
 //! code 3), then widened to 32 bits with `vpmaddwd`, so the result equals
 //! the scalar integer sum exactly.
 
-use super::float::{float_tile_shapes, store_tile};
+use super::float::{self, float_tile_shapes, store_tile};
 use super::layout::Steps;
 use super::ops::{self, Kv};
 use super::qhead::quant_tile_shapes;
@@ -27,6 +27,7 @@ pub(crate) const OPS: Ops = Ops {
     i2s_unpack,
     f16_tile: float_tile_f16,
     f32_tile: float_tile_f32,
+    f16_streams: Some(float_streams_f16),
     q8_0_tile,
     q6_k_tile,
     q6_k_streams: None,
@@ -88,6 +89,17 @@ const PREFETCH_HEAD: usize = 32 << 10;
 /// 31.8–32.4 on two with it added to the L2 prefetch; see `avx512` for the
 /// others.
 pub(super) const PREFETCH_L1: usize = 1536;
+/// How far ahead the one-token float product over distant rows
+/// ([`float_streams_f16`]) prefetches each row into L2 and into L1: with
+/// four distant streams a near L2 line and a longer L1 distance than one
+/// stream's. The 2B-4T F16 head's one-token product on the Intel Xeon VM
+/// (2026-12-02, alternated in one process, medians of six rounds, % of
+/// the streaming sum measured beside them), against the four-neighbouring-rows
+/// tile at 82–84% (1 thread) and 85–86% (2): L1 only at 1536 89 / 91%, at
+/// 3072 90 / 92%; L2 4 KiB + L1 1536 90 / 91%, + L1 3072 91–93 / 92–93%,
+/// + L1 4096 88 / 92%; L2 8 or 16 KiB 79 / 86–87%.
+const PREFETCH_STREAMS_L2: usize = 4 << 10;
+const PREFETCH_STREAMS_L1: usize = 3 << 10;
 
 // Every entry below is reached only through `AVX2` (or the AVX-512 tables
 // built on `OPS`), which `get` / `avx512::variants` hand out after checking
@@ -136,6 +148,17 @@ unsafe fn float_tile_f16(
 ) {
     // SAFETY: the tile contract (see `float::Tile`) and the CPU check.
     float_dispatch::<true>(w, d, r, x, t, out, ld)
+}
+
+/// `float::StreamsTile` for F16 rows: the one-token four-row tile over
+/// four distant rows (each row's value as `float_tile_f16` gives it).
+unsafe fn float_streams_f16(
+    w: [*const u8; float::STREAMS],
+    d: usize,
+    x: *const f32,
+) -> [f32; float::STREAMS] {
+    // SAFETY: the tile contract (see `float::StreamsTile`) and the CPU check.
+    float_tile::<true, { float::STREAMS }, 1, true>(w, [x], d).map(|[v]| v)
 }
 
 unsafe fn float_tile_f32(
@@ -661,8 +684,11 @@ unsafe fn float_dispatch<const F16: bool>(
     let xr = |u: usize| x.add(u * d);
     macro_rules! run {
         ($r:literal, $t:literal) => {{
-            let res =
-                float_tile::<F16, $r, $t>(std::array::from_fn(row), std::array::from_fn(xr), d);
+            let res = float_tile::<F16, $r, $t, false>(
+                std::array::from_fn(row),
+                std::array::from_fn(xr),
+                d,
+            );
             store_tile(res, out, ld);
         }};
     }
@@ -1125,24 +1151,30 @@ unsafe fn elem<const F16: bool>(p: *const u8, i: usize) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 #[allow(clippy::needless_range_loop)]
-unsafe fn float_tile<const F16: bool, const R: usize, const T: usize>(
+unsafe fn float_tile<const F16: bool, const R: usize, const T: usize, const DISTANT: bool>(
     w: [*const u8; R],
     x: [*const f32; T],
     d: usize,
 ) -> [[f32; T]; R] {
     let mut acc = [[_mm256_setzero_ps(); T]; R];
     let es = if F16 { 2 } else { 4 };
+    let (pf2, pf1) = if DISTANT {
+        (PREFETCH_STREAMS_L2, PREFETCH_STREAMS_L1)
+    } else {
+        (PREFETCH_HEAD, PREFETCH_L1)
+    };
     let mut i = 0;
     while i + 8 <= d {
         // The rows stream once per token tile: each row's line
-        // PREFETCH_HEAD ahead into L2 and PREFETCH_L1 ahead into L1 (hints
+        // PREFETCH_HEAD ahead into L2 and PREFETCH_L1 ahead into L1, or
+        // for four distant rows the PREFETCH_STREAMS_* distances (hints
         // only, so `wrapping_add`). (With several tokens the L2 prefetch
         // halved the F16 head's time at 4.)
         if (i * es) % 64 == 0 {
             for wr in w.iter() {
                 let p = wr.wrapping_add(i * es);
-                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH_HEAD) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_L1) as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(pf2) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(pf1) as *const i8);
             }
         }
         let xv: [__m256; T] = std::array::from_fn(|t| _mm256_loadu_ps(x[t].add(i)));

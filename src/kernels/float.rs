@@ -1,12 +1,15 @@
 //! The float GEMM driver (F16/F32 output heads and float projections),
-//! shared by every ISA: one token streams four rows per tile, several
-//! tokens take tiles of two rows × up to four tokens.
+//! shared by every ISA: one token streams four rows per tile (for F16,
+//! where the ISA has a [`StreamsTile`], four rows from four distant runs
+//! of the range), several tokens take tiles of two rows × up to four
+//! tokens.
 //!
-//! Every ISA's [`Tile`] computes each (row, token) dot with one fixed
-//! accumulation order that does not depend on how many rows or tokens the
-//! tile holds, so a kernel's result does not depend on the tiling, the
-//! thread split or the batch.
+//! Every ISA's [`Tile`] (and [`StreamsTile`]) computes each (row, token)
+//! dot with one fixed accumulation order that does not depend on how many
+//! rows or tokens the tile holds, so a kernel's result does not depend on
+//! the tiling, the thread split or the batch.
 
+use super::layout::stream_runs;
 use super::Kernel;
 use half::f16;
 
@@ -84,6 +87,20 @@ pub(crate) unsafe fn store_tile<const R: usize, const T: usize>(
     }
 }
 
+/// Rows a one-token product reads at once where the ISA has a
+/// [`StreamsTile`].
+pub const STREAMS: usize = 4;
+
+/// One token against [`STREAMS`] weight rows that lie apart in memory
+/// (each `w[s]` at a row of `d` f16 values; `x` at `d` f32 values):
+/// returns `w[s] · x` for each, each the bits the plain [`Tile`] gives
+/// that row. Rows far apart keep more lines in flight than four
+/// neighbouring rows (see `ops::StreamRead`), as the one-token ternary and
+/// Q6_K products read their groups (`ternary::StreamsTile`,
+/// `qhead::StreamsTile`).
+pub type StreamsTile =
+    unsafe fn(w: [*const u8; STREAMS], d: usize, x: *const f32) -> [f32; STREAMS];
+
 /// Rows per tile with one token, and rows × tokens with several.
 pub const GEMV_ROWS: usize = 4;
 pub const GEMM_ROWS: usize = 2;
@@ -121,6 +138,51 @@ pub fn gemm(
         Rows::F32(_) => kern.ops().f32_tile,
     };
     let row = |v: usize| w.ptr().wrapping_add(v * d * w.elem());
+    let streams = match w {
+        Rows::F16(_) if n == 1 => kern.ops().f16_streams,
+        _ => None,
+    };
+    if let Some(streams) = streams {
+        // One token: the rows in STREAMS runs, row i of each run beside
+        // the others; the rows left over tile by tile below.
+        let (runs, rest) = stream_runs::<STREAMS>(v1 - v0);
+        for r in runs {
+            // SAFETY: `check` put rows v0..v1 inside `w` and `xs` holds
+            // one token of `d`; the table is this CPU's.
+            let res = unsafe { streams(r.map(|i| row(v0 + i)), d, xs.as_ptr()) };
+            for (&i, val) in r.iter().zip(res) {
+                out[i] = val;
+            }
+        }
+        if rest.is_empty() {
+            return;
+        }
+        return gemm_tiles(
+            tile,
+            row,
+            d,
+            v0 + rest.start,
+            v1,
+            xs,
+            n,
+            &mut out[rest.start..],
+        );
+    }
+    gemm_tiles(tile, row, d, v0, v1, xs, n, out)
+}
+
+/// [`gemm`]'s rows `v0..v1` (checked) through `tile`, row `v` at `row(v)`.
+#[allow(clippy::too_many_arguments)]
+fn gemm_tiles(
+    tile: Tile,
+    row: impl Fn(usize) -> *const u8,
+    d: usize,
+    v0: usize,
+    v1: usize,
+    xs: &[f32],
+    n: usize,
+    out: &mut [f32],
+) {
     let ld = v1 - v0;
     let (rows, tokens) = if n == 1 {
         (GEMV_ROWS, 1)

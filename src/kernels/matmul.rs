@@ -210,10 +210,24 @@ pub fn publish_hint(t: usize, addr: usize, len: usize) {
     }
 }
 
-/// Row groups a one-token claim takes at least, and a span must hold
-/// twice that to be split by a thief: 64 rows, 40 KiB of 2560-wide
-/// ternary weights, 131 KiB of a 2560-wide Q6_K head.
-const SPAN_MIN_GROUPS: u32 = 16;
+/// Row groups a one-token claim takes at least (384 rows: 240 KiB of
+/// 2560-wide ternary weights), and the share of its span's rest it takes
+/// (one in [`CLAIM_SHARE`]). Fewer, larger claims read faster: each claim
+/// starts its kernel's streams afresh (`ternary::STREAMS` runs spread over
+/// the claim, the closer together the smaller it is). Whole decode steps
+/// of the 2B-4T files on two threads, alternated in one process on the
+/// Intel Xeon VM (2026-12-02, six rounds, medians of % of the bound),
+/// against a quarter of the rest and at least 16 groups (77–79% with the
+/// Q6_K head, 82% with the F16 one): a half and 32 groups 80.7–80.8%, 48
+/// 81.5%, 64 81.6–81.7% (F16 85.0%), 96 82.5–82.8% (F16 85.0%), 128
+/// 82.5% (F16 84.8%); a third or all of the rest at once, 79.8–80.9%.
+const CLAIM_MIN_GROUPS: u32 = 96;
+const CLAIM_SHARE: u32 = 2;
+
+/// Row groups a span must hold to be split by a thief (what it leaves
+/// and what it takes are then at least 16 groups). 16, 32, 64 or 192
+/// measured alike with the claims above.
+const STEAL_MIN_GROUPS: u32 = 32;
 
 /// A span of row groups `[front, back)` in one atomic word (front in the
 /// high half), so that its owner's claims and a thief's split are each one
@@ -230,10 +244,10 @@ fn unpack(v: u64) -> (u32, u32) {
 /// One token's products on `threads` threads: the products' row groups
 /// ([`GROUP`] rows, in job order) are cut into one contiguous span per
 /// thread, and each thread streams its span from the front, claiming
-/// `max(rest / 4, 16 groups)` at a time. A thread whose span is empty
-/// takes the back half of the fullest other span (when it holds at least
-/// 32 groups) and goes on with that; when no span is worth splitting it
-/// stops. So each thread reads one stream until the end is near, and the
+/// `max(rest / 2, 96 groups)` at a time ([`CLAIM_MIN_GROUPS`]). A thread
+/// whose span is empty takes the back half of the fullest other span
+/// (when it holds at least [`STEAL_MIN_GROUPS`]) and goes on with that;
+/// when no span is worth splitting it stops. So each thread reads one stream until the end is near, and the
 /// region ends with both threads busy to within a claim, where fixed
 /// tasks left one thread waiting for the other's last task.
 ///
@@ -302,7 +316,7 @@ where
                     b.saturating_sub(a)
                 })?;
             let (a, b) = unpack(v);
-            if b.saturating_sub(a) < 2 * SPAN_MIN_GROUPS {
+            if b.saturating_sub(a) < STEAL_MIN_GROUPS {
                 return None;
             }
             let mid = a + (b - a) / 2;
@@ -322,7 +336,7 @@ where
             if a >= b {
                 break;
             }
-            let take = ((b - a) / 4).max(SPAN_MIN_GROUPS).min(b - a);
+            let take = ((b - a) / CLAIM_SHARE).max(CLAIM_MIN_GROUPS).min(b - a);
             let claimed = pack(a + take, b);
             if spans[t]
                 .compare_exchange(v, claimed, Ordering::AcqRel, Ordering::Acquire)

@@ -17,6 +17,7 @@ pub const OPS: Ops = Ops {
     i2s_unpack: ternary::unpack_generic,
     f16_tile,
     f32_tile,
+    f16_streams: None,
     q8_0_tile,
     q6_k_tile,
     q6_k_streams: None,
