@@ -10,7 +10,7 @@
 use super::float::{self, float_tile_shapes, store_tile};
 use super::layout::Steps;
 use super::ops::{self, Kv};
-use super::qhead::quant_tile_shapes;
+use super::qhead::{self, quant_tile_shapes};
 use super::ternary::{TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
 use super::{BlockActs, Kernel, Ops};
 use crate::quant::{q6_k, q8_0};
@@ -212,14 +212,44 @@ unsafe fn q6_k_tile(
 /// of the bound) against group by group: 56.3 → 59.9% on one thread,
 /// 57.1 → 59.5% on two. Not measured on an AVX2-only CPU.
 unsafe fn q6_k_streams(
-    w: [*const u8; super::qhead::STREAMS],
+    w: [*const u8; qhead::STREAMS],
     steps: Steps,
     x: &BlockActs,
-    out: [*mut f32; super::qhead::STREAMS],
+    out: [*mut f32; qhead::STREAMS],
+) {
+    // SAFETY: the tile contract (`qhead::StreamsTile`) and the CPU check.
+    q6_k_streams_via(q6_k_streams_avx2::<{ qhead::STREAMS }>, w, steps, x, out)
+}
+
+/// A `q6_k_rows4!` streams routine over [`qhead::STREAMS`] groups: the
+/// groups' row pointers, then Q8_K quants, scales and sums, blocks, block
+/// step; each group's four rows' results.
+pub(super) type Streams4 = unsafe fn(
+    [[*const u8; 4]; qhead::STREAMS],
+    *const i8,
+    *const f32,
+    *const i16,
+    usize,
+    usize,
+) -> [[f32; 4]; qhead::STREAMS];
+
+/// `qhead::StreamsTile` for Q6_K through the ISA's `q6_k_rows4!` streams
+/// routine `f`: each group's four rows `steps.row` apart, its outputs
+/// written to `out[s] .. + 4`.
+///
+/// # Safety
+/// The tile contract of `qhead::StreamsTile`, on a CPU that runs `f`.
+#[inline]
+pub(super) unsafe fn q6_k_streams_via(
+    f: Streams4,
+    w: [*const u8; qhead::STREAMS],
+    steps: Steps,
+    x: &BlockActs,
+    out: [*mut f32; qhead::STREAMS],
 ) {
     let nb = x.k / q6_k::QK_K;
     let rows = w.map(|g| std::array::from_fn(|j| g.add(j * steps.row)));
-    let res = q6_k_streams_avx2::<{ super::qhead::STREAMS }>(
+    let res = f(
         rows,
         x.qs.as_ptr(),
         x.d.as_ptr(),

@@ -784,26 +784,15 @@ unsafe fn q6_k_tile_vnni(
 
 /// `qhead::StreamsTile` for Q6_K with VNNI: the four-row tile's sums
 /// ([`q6_k_block_vnni`]) for four groups, block by block.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn q6_k_streams_vnni(
     w: [*const u8; qhead::STREAMS],
     steps: Steps,
     x: &BlockActs,
     out: [*mut f32; qhead::STREAMS],
 ) {
-    let nb = x.k / q6_k::QK_K;
-    let rows = w.map(|g| std::array::from_fn(|j| g.add(j * steps.row)));
-    let res = q6_k_streams4_vnni::<{ qhead::STREAMS }>(
-        rows,
-        x.qs.as_ptr(),
-        x.d.as_ptr(),
-        x.bsums.as_ptr(),
-        nb,
-        steps.block,
-    );
-    for (o, r) in out.iter().zip(res) {
-        std::ptr::copy_nonoverlapping(r.as_ptr(), *o, 4);
-    }
+    // SAFETY: the tile contract (`qhead::StreamsTile`) and the CPU check
+    // (VNNI table).
+    avx2::q6_k_streams_via(q6_k_streams4_vnni::<{ qhead::STREAMS }>, w, steps, x, out)
 }
 
 fn q6_k_block_dots_vnni(w: &[u8], a: &[i8], bsums: &[i16], out: &mut [i32]) {

@@ -142,9 +142,11 @@ pub fn gemm(
         Rows::F16(_) if n == 1 => kern.ops().f16_streams,
         _ => None,
     };
+    // With one token and a streams tile, the rows in STREAMS runs (row i
+    // of each run beside the others) first; the rows left over from
+    // `first` on tile by tile below.
+    let mut first = v0;
     if let Some(streams) = streams {
-        // One token: the rows in STREAMS runs, row i of each run beside
-        // the others; the rows left over tile by tile below.
         let (runs, rest) = stream_runs::<STREAMS>(v1 - v0);
         for r in runs {
             // SAFETY: `check` put rows v0..v1 inside `w` and `xs` holds
@@ -154,35 +156,8 @@ pub fn gemm(
                 out[i] = val;
             }
         }
-        if rest.is_empty() {
-            return;
-        }
-        return gemm_tiles(
-            tile,
-            row,
-            d,
-            v0 + rest.start,
-            v1,
-            xs,
-            n,
-            &mut out[rest.start..],
-        );
+        first = v0 + rest.start;
     }
-    gemm_tiles(tile, row, d, v0, v1, xs, n, out)
-}
-
-/// [`gemm`]'s rows `v0..v1` (checked) through `tile`, row `v` at `row(v)`.
-#[allow(clippy::too_many_arguments)]
-fn gemm_tiles(
-    tile: Tile,
-    row: impl Fn(usize) -> *const u8,
-    d: usize,
-    v0: usize,
-    v1: usize,
-    xs: &[f32],
-    n: usize,
-    out: &mut [f32],
-) {
     let ld = v1 - v0;
     let (rows, tokens) = if n == 1 {
         (GEMV_ROWS, 1)
@@ -192,7 +167,8 @@ fn gemm_tiles(
     let mut t = 0;
     while t < n {
         let tt = (n - t).min(tokens);
-        let mut v = v0;
+        // `first` is v0 but with one token.
+        let mut v = first;
         while v < v1 {
             let r = (v1 - v).min(rows);
             // SAFETY: `check` put rows v..v + r inside `w`, tokens
