@@ -206,11 +206,12 @@ unsafe fn q6_k_tile(
 }
 
 /// `qhead::StreamsTile` for Q6_K: the four-row tile's sums
-/// ([`q6_k_rows4_avx2`]'s) for four groups, block by block. Whole decode
-/// steps of the 2B-4T Q6_K file with `TERN_KERNEL=avx2` on the Intel Xeon
-/// VM (2026-12-02, five rounds alternated in one process, medians of %
-/// of the bound) against group by group: 56.3 → 59.9% on one thread,
-/// 57.1 → 59.5% on two. Not measured on an AVX2-only CPU.
+/// ([`q6_k_rows4_avx2`]'s) for four groups, block by block, prefetched
+/// as [`prefetch_q6_k_near`] says. Whole decode steps of the 2B-4T Q6_K
+/// file with `TERN_KERNEL=avx2` on the Intel Xeon VM (2026-12-02, five
+/// rounds alternated in one process, medians of % of the bound) against
+/// group by group, both with the far L2 prefetch: 56.3 → 59.9% on one
+/// thread, 57.1 → 59.5% on two. Not measured on an AVX2-only CPU.
 unsafe fn q6_k_streams(
     w: [*const u8; qhead::STREAMS],
     steps: Steps,
@@ -1455,6 +1456,31 @@ pub(super) unsafe fn prefetch_head_block<const Q6: bool>(wb: *const u8) {
     prefetch_lines::<_MM_HINT_T1>(wb.wrapping_add(PREFETCH_HEAD), if Q6 { 4 } else { 1 });
 }
 
+/// The Q6_K head's prefetch when it reads several groups at once (AVX2's
+/// streams, and every VNNI tile): the four lines of a block
+/// [`PREFETCH_L1`] ahead into L1, nothing into L2. With VNNI the L2
+/// prefetch 32 KiB ahead ([`prefetch_head_block`]) made it slower: the 2B-4T
+/// Q6_K head (`examples/tg_profile`, Intel Xeon VM, two alternated
+/// rounds) streamed 13.7–14.2 GB/s with it (alone or beside the L1 one),
+/// 15.3–15.4 with the L1 one only (one thread; two: 27.4–28.3 →
+/// 30.8–31.2). An L2 line `avx512::PREFETCH_L2_NEAR` ahead beside the L1 one
+/// helped while the head was read one group of four rows at a time; once
+/// four groups are read at once (`avx512::q6_k_streams_vnni`) it costs: the
+/// 2B-4T head alternated in one process (seven rounds each, two runs,
+/// 2026-12-02) read 12.6–13.1 → 14.1–14.5 GB/s on one thread and 24.7–29.3
+/// → 26.7–31.5 on two without it (1, 2 or 3 KiB ahead, or one prefetch
+/// per four-row step instead of one per row, no better).
+/// AVX2's streams (`TERN_KERNEL=avx2` on the Intel Xeon VM, 2026-12-02,
+/// whole decode steps of the 2B-4T Q6_K file alternated in one process,
+/// five rounds, medians of % of the bound): 59.4 → 62.3% on one thread,
+/// 58.2 → 60.9% on two against the far L2 prefetch (L2 4 KiB + L1 3 KiB:
+/// 61.2 / 60.8%; L2 4 KiB alone: 60.7 / 59.3%).
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) unsafe fn prefetch_q6_k_near(wb: *const u8) {
+    prefetch_lines::<_MM_HINT_T0>(wb.wrapping_add(PREFETCH_L1), 4);
+}
+
 /// Prefetch the `lines` 64-byte lines from `p` on with hint `H`
 /// (`_MM_HINT_T0`: into L1, `_MM_HINT_T1`: into L2). A hint only, so the
 /// addresses may lie past any buffer (`wrapping_add`).
@@ -1471,7 +1497,8 @@ pub(super) unsafe fn prefetch_lines<const H: i32>(p: *const u8, lines: usize) {
 /// i32 lanes, initially `$zero`, summing to the block's exact integer dot),
 /// a reduction `$reduce([v; 4]) -> __m128i` (the four rows' lane sums,
 /// in row order; any order of integer adds gives the same exact sums) and
-/// a prefetch `$prefetch(wb)` issued for each row's block: the four rows'
+/// a prefetch issued for each row's block (`$prefetch(wb)` one group at a
+/// time, `$streams_prefetch(wb)` several at once): the four rows'
 /// float steps `s += (d_w · d_x) · Σ` run in the four lanes of one
 /// vector, the same operations per row as the scalar reference, so its
 /// bits. The rows' `d_w` go into a vector as register inserts (four
@@ -1479,7 +1506,7 @@ pub(super) unsafe fn prefetch_lines<const H: i32>(p: *const u8, lines: usize) {
 /// the store buffer, a stall every block). AVX2's tile
 /// ([`q6_k_rows4_avx2`]) and AVX-512 VNNI's share it.
 macro_rules! q6_k_rows4 {
-    ($name:ident, $streams:ident, $feat:literal, $block:path, $zero:expr, $reduce:path, $prefetch:path) => {
+    ($name:ident, $streams:ident, $feat:literal, $block:path, $zero:expr, $reduce:path, $prefetch:path, $streams_prefetch:path) => {
         #[target_feature(enable = $feat)]
         pub(super) unsafe fn $name(
             w: [*const u8; 4],
@@ -1515,7 +1542,11 @@ macro_rules! q6_k_rows4 {
                     let mut dots = [$zero; 4];
                     for r in 0..4 {
                         let wb = w[s][r].add(b * bstep);
-                        $prefetch(wb);
+                        if S == 1 {
+                            $prefetch(wb);
+                        } else {
+                            $streams_prefetch(wb);
+                        }
                         dots[r] = $block(wb, a.add(b * qk), bs.add(b * 16));
                     }
                     // [Σ dots[0], Σ dots[1], Σ dots[2], Σ dots[3]], exact in i32.
@@ -1558,7 +1589,8 @@ q6_k_rows4!(
     q6_k_block1,
     _mm256_setzero_si256(),
     hsum4,
-    prefetch_head_block::<true>
+    prefetch_head_block::<true>,
+    prefetch_q6_k_near
 );
 
 /// `R` head rows × `T` tokens of a quantized head (`Q6`: Q6_K, else Q8_0)

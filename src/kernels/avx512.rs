@@ -65,7 +65,7 @@ use std::arch::x86_64::*;
 /// [`tile1_vnni`], which takes the groups [`tile1x8_vnni`] leaves over,
 /// and the BW packed tile for one token) prefetch into L2, beside their
 /// L1 prefetch [`avx2::PREFETCH_L1`] 1.5 KiB ahead. VNNI's Q6_K head used
-/// it too until it read four groups at once (see [`prefetch_q6_k`]).
+/// it too until it read four groups at once (see [`avx2::prefetch_q6_k_near`]).
 ///
 /// Measured on the Intel Xeon VM (2026-12-01, night) with copies of the
 /// tile that differ only in their prefetches, run in turn in one process
@@ -940,25 +940,6 @@ unsafe fn hsum4_epi32_512(v: [__m512i; 4]) -> __m128i {
     _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256::<1>(t))
 }
 
-/// The VNNI Q6_K head tile's prefetch: the four lines of a block
-/// [`avx2::PREFETCH_L1`] ahead into L1, nothing into L2. The L2 prefetch
-/// 32 KiB ahead that AVX2's tile issues made it slower here: the 2B-4T
-/// Q6_K head (`examples/tg_profile`, Intel Xeon VM, two alternated
-/// rounds) streamed 13.7–14.2 GB/s with it (alone or beside the L1 one),
-/// 15.3–15.4 with the L1 one only (one thread; two: 27.4–28.3 →
-/// 30.8–31.2). An L2 line [`PREFETCH_L2_NEAR`] ahead beside the L1 one
-/// helped while the head was read one group of four rows at a time; once
-/// four groups are read at once ([`q6_k_streams_vnni`]) it costs: the
-/// 2B-4T head alternated in one process (seven rounds each, two runs,
-/// 2026-12-02) read 12.6–13.1 → 14.1–14.5 GB/s on one thread and 24.7–29.3
-/// → 26.7–31.5 on two without it (1, 2 or 3 KiB ahead, or one prefetch
-/// per four-row step instead of one per row, no better).
-#[target_feature(enable = "avx2")]
-#[inline]
-unsafe fn prefetch_q6_k(wb: *const u8) {
-    avx2::prefetch_lines::<_MM_HINT_T0>(wb.wrapping_add(avx2::PREFETCH_L1), 4);
-}
-
 avx2::q6_k_rows4!(
     q6_k_rows4_vnni,
     q6_k_streams4_vnni,
@@ -966,7 +947,8 @@ avx2::q6_k_rows4!(
     q6_k_block_vnni,
     _mm512_setzero_si512(),
     hsum4_epi32_512,
-    prefetch_q6_k
+    avx2::prefetch_q6_k_near,
+    avx2::prefetch_q6_k_near
 );
 
 packed_tile!(ptile_bw, "avx512f,avx512bw,avx2", false);
