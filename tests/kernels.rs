@@ -326,43 +326,51 @@ fn quantize_matches_scalar_bit_for_bit() {
     }
 }
 
-/// One token over many F16 rows: kernels with a distant-rows tile
-/// (`Ops::f16_streams`) read rows from four runs of the range at once and
-/// tile the rows left over; every row must come out with the bits of the
-/// same row alone, at its own place, for any range and remainder.
+/// One token over many F16 / F32 rows: kernels with a distant-rows tile
+/// (`Ops::f16_streams`, `Ops::f32_streams`) read rows from four runs of
+/// the range at once and tile the rows left over; every row must come out
+/// with the bits of the same row alone, at its own place, for any range
+/// and remainder.
 #[test]
-fn one_token_f16_rows_read_apart_equal_row_by_row() {
+fn one_token_float_rows_read_apart_equal_row_by_row() {
     let mut rng = Rng(11);
     for &(rows, d) in &[(4, 8), (7, 13), (9, 100), (16, 64), (37, 259), (64, 2560)] {
-        let w16: Vec<f16> = (0..rows * d).map(|_| f16::from_f32(rng.f32())).collect();
+        let w32: Vec<f32> = (0..rows * d).map(|_| rng.f32()).collect();
+        let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
         let x: Vec<f32> = (0..d).map(|_| rng.f32()).collect();
         for k in all_variants() {
-            let alone: Vec<f32> = (0..rows)
-                .map(|v| {
-                    let mut one = [0f32];
-                    k.f16_gemm(&w16, d, v, v + 1, &x, 1, &mut one);
-                    assert!(
-                        close(
-                            one[0],
-                            scalar::dot_f16(&w16[v * d..(v + 1) * d], &x),
-                            d as f32
-                        ),
-                        "{} row {v}",
-                        k.variant()
-                    );
-                    one[0]
-                })
-                .collect();
-            for (v0, v1) in [(0, rows), (1, rows), (0, rows - 1), (rows / 3, rows)] {
-                let mut out = vec![f32::NAN; v1 - v0];
-                k.f16_gemm(&w16, d, v0, v1, &x, 1, &mut out);
-                for (v, got) in (v0..v1).zip(&out) {
-                    assert_eq!(
-                        got.to_bits(),
-                        alone[v].to_bits(),
-                        "{} rows {v0}..{v1}, row {v} (d {d})",
-                        k.variant()
-                    );
+            for f16_rows in [true, false] {
+                let gemm = |v0: usize, v1: usize, out: &mut [f32]| {
+                    if f16_rows {
+                        k.f16_gemm(&w16, d, v0, v1, &x, 1, out)
+                    } else {
+                        k.f32_gemm(&w32, d, v0, v1, &x, 1, out)
+                    }
+                };
+                let alone: Vec<f32> = (0..rows)
+                    .map(|v| {
+                        let mut one = [0f32];
+                        gemm(v, v + 1, &mut one);
+                        let want = if f16_rows {
+                            scalar::dot_f16(&w16[v * d..(v + 1) * d], &x)
+                        } else {
+                            scalar::dot_f32(&w32[v * d..(v + 1) * d], &x)
+                        };
+                        assert!(close(one[0], want, d as f32), "{} row {v}", k.variant());
+                        one[0]
+                    })
+                    .collect();
+                for (v0, v1) in [(0, rows), (1, rows), (0, rows - 1), (rows / 3, rows)] {
+                    let mut out = vec![f32::NAN; v1 - v0];
+                    gemm(v0, v1, &mut out);
+                    for (v, got) in (v0..v1).zip(&out) {
+                        assert_eq!(
+                            got.to_bits(),
+                            alone[v].to_bits(),
+                            "{} f16 {f16_rows} rows {v0}..{v1}, row {v} (d {d})",
+                            k.variant()
+                        );
+                    }
                 }
             }
         }

@@ -27,7 +27,8 @@ pub(crate) const OPS: Ops = Ops {
     i2s_unpack,
     f16_tile: float_tile_f16,
     f32_tile: float_tile_f32,
-    f16_streams: Some(float_streams_f16),
+    f16_streams: Some(float_streams::<true>),
+    f32_streams: Some(float_streams::<false>),
     q8_0_tile,
     q6_k_tile,
     q6_k_streams: Some(q6_k_streams),
@@ -90,7 +91,7 @@ const PREFETCH_HEAD: usize = 32 << 10;
 /// others.
 pub(super) const PREFETCH_L1: usize = 1536;
 /// How far ahead the one-token float product over distant rows
-/// ([`float_streams_f16`]) prefetches each row into L2 and into L1: with
+/// ([`float_streams`]) prefetches each row into L2 and into L1: with
 /// four distant streams a near L2 line and a longer L1 distance than one
 /// stream's. The 2B-4T F16 head's one-token product on the Intel Xeon VM
 /// (2026-12-02, alternated in one process, medians of six rounds, % of
@@ -150,15 +151,21 @@ unsafe fn float_tile_f16(
     float_dispatch::<true>(w, d, r, x, t, out, ld)
 }
 
-/// `float::StreamsTile` for F16 rows: the one-token four-row tile over
-/// four distant rows (each row's value as `float_tile_f16` gives it).
-unsafe fn float_streams_f16(
+/// `float::StreamsTile` for F16 (`F16`) or F32 rows: the one-token
+/// four-row tile over four distant rows (each row's value as
+/// `float_tile_f16` / `float_tile_f32` gives it). The 2B-4T file with an
+/// F32 head (1.3 of its 1.8 GB), whole decode steps alternated in one
+/// process on the Intel Xeon VM (2026-12-02, five rounds, medians of % of
+/// the bound), against four neighbouring rows: 86.1 → 94.0% on one
+/// thread, 84.6 → 91.8% on two; the F16 head: see
+/// [`PREFETCH_STREAMS_L2`].
+unsafe fn float_streams<const F16: bool>(
     w: [*const u8; float::STREAMS],
     d: usize,
     x: *const f32,
 ) -> [f32; float::STREAMS] {
     // SAFETY: the tile contract (see `float::StreamsTile`) and the CPU check.
-    float_tile::<true, { float::STREAMS }, 1, true>(w, [x], d).map(|[v]| v)
+    float_tile::<F16, { float::STREAMS }, 1, true>(w, [x], d).map(|[v]| v)
 }
 
 unsafe fn float_tile_f32(

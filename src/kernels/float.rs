@@ -1,7 +1,7 @@
 //! The float GEMM driver (F16/F32 output heads and float projections),
-//! shared by every ISA: one token streams four rows per tile (for F16,
-//! where the ISA has a [`StreamsTile`], four rows from four distant runs
-//! of the range), several tokens take tiles of two rows × up to four
+//! shared by every ISA: one token streams four rows per tile (where the
+//! ISA has a [`StreamsTile`], four rows from four distant runs of the
+//! range), several tokens take tiles of two rows × up to four
 //! tokens.
 //!
 //! Every ISA's [`Tile`] (and [`StreamsTile`]) computes each (row, token)
@@ -92,7 +92,8 @@ pub(crate) unsafe fn store_tile<const R: usize, const T: usize>(
 pub const STREAMS: usize = 4;
 
 /// One token against [`STREAMS`] weight rows that lie apart in memory
-/// (each `w[s]` at a row of `d` f16 values; `x` at `d` f32 values):
+/// (each `w[s]` at a row of `d` f16 or f32 values by the table entry; `x`
+/// at `d` f32 values):
 /// returns `w[s] · x` for each, each the bits the plain [`Tile`] gives
 /// that row. Rows far apart keep more lines in flight than four
 /// neighbouring rows (see `ops::StreamRead`), as the one-token ternary and
@@ -140,6 +141,7 @@ pub fn gemm(
     let row = |v: usize| w.ptr().wrapping_add(v * d * w.elem());
     let streams = match w {
         Rows::F16(_) if n == 1 => kern.ops().f16_streams,
+        Rows::F32(_) if n == 1 => kern.ops().f32_streams,
         _ => None,
     };
     // With one token and a streams tile, the rows in STREAMS runs (row i

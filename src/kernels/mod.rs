@@ -74,9 +74,10 @@ pub struct Ops {
     /// Float GEMM tiles: ≤ 4 rows × 1 token and ≤ 2 rows × ≤ 4 tokens.
     pub f16_tile: float::Tile,
     pub f32_tile: float::Tile,
-    /// F16, one token: [`float::STREAMS`] distant rows at once; `None`:
-    /// tile by tile through `f16_tile`.
+    /// F16 / F32, one token: [`float::STREAMS`] distant rows at once;
+    /// `None`: tile by tile through `f16_tile` / `f32_tile`.
     pub f16_streams: Option<float::StreamsTile>,
+    pub f32_streams: Option<float::StreamsTile>,
     /// Quantized-head tiles: ≤ 4 rows × 1 token and 1 row × ≤ 4 tokens.
     pub q8_0_tile: qhead::Tile,
     pub q6_k_tile: qhead::Tile,

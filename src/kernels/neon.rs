@@ -57,6 +57,7 @@ const OPS_PLAIN: Ops = Ops {
     f16_tile: float_tile_f16,
     f32_tile: float_tile_f32,
     f16_streams: None,
+    f32_streams: None,
     q8_0_tile: q8_0_tile_plain,
     q6_k_tile: q6_k_tile_plain,
     q8_0_block_dots: q8_0_block_dots_plain,

@@ -18,6 +18,7 @@ pub const OPS: Ops = Ops {
     f16_tile,
     f32_tile,
     f16_streams: None,
+    f32_streams: None,
     q8_0_tile,
     q6_k_tile,
     q6_k_streams: None,
