@@ -1482,6 +1482,17 @@ pub(super) unsafe fn prefetch_head_block<const Q6: bool>(wb: *const u8) {
 /// five rounds, medians of % of the bound): 59.4 → 62.3% on one thread,
 /// 58.2 → 60.9% on two against the far L2 prefetch (L2 4 KiB + L1 3 KiB:
 /// 61.2 / 60.8%; L2 4 KiB alone: 60.7 / 59.3%).
+///
+/// The pattern's own ceiling (VNNI, 2026-12-02, the head alone, both
+/// files loaded in one process and alternated, seven rounds, medians of
+/// the streaming sum): the same four groups read with this prefetch but
+/// without the arithmetic (loads only) reach 86–87% on one thread, 89%
+/// on two; with L1 3 KiB + L2 4 KiB ahead 89–90% / 91%; the real tile
+/// 84–85% / 83% with this prefetch, 86% with that one — where the F16
+/// head's four distant rows read 92–93% / 91%. Aligning the loads to
+/// lines (the 210-byte blocks make most straddle two) changed nothing.
+/// Whole decode steps with L1 3 KiB + L2 4 KiB: +0.5 point on one thread,
+/// none on two (noise), so the prefetch stays.
 #[target_feature(enable = "avx2")]
 #[inline]
 pub(super) unsafe fn prefetch_q6_k_near(wb: *const u8) {

@@ -337,6 +337,17 @@ unsafe fn store_group(pairs: [__m512i; 2], out: *mut i32) {
 /// as fast as with two; twelve read slower (register spills), six no
 /// faster than eight. Whole decode steps, alternated the same way, stayed
 /// inside the host's noise (the F16-head file −4 to +5% on one thread).
+///
+/// Where the time goes (perf annotate, one thread, 2026-12-02): over half
+/// the tile's samples sit on the first load of each stream's block (the
+/// core waits for memory); the arithmetic has few. Tried: the three
+/// 16-bit shifts (port 0, as `vpdpbusd`) replaced by `vpmultishiftqb`
+/// byte rotations (VBMI, port 5), or by `vgf2p8affineqb` (GFNI, one
+/// instruction per isolated field) — same sums; whole decode steps
+/// alternated in one process read +2 points of the bound in one build and
+/// −3 in another (the rotations as a kernel table of their own), ±0.5
+/// when the same routine was reached through this one, so not kept: on
+/// this host such build-to-build differences are as large as the change.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
 #[allow(clippy::needless_range_loop)]
 unsafe fn tile1x8_vnni(

@@ -91,7 +91,11 @@ pub fn matmul_many(kern: &Kernel, x: &Acts, prods: &mut [(&dyn Linear, &mut [f32
 }
 
 /// Bytes of its next region's first span each idle thread prefetches
-/// ([`hint_next`]): a few claims' worth, well inside a 2 MiB L2.
+/// ([`hint_next`]): a few claims' worth, well inside a 2 MiB L2. Whole
+/// decode steps of the 2B-4T Q6_K file on two threads (Intel Xeon VM,
+/// 2026-12-02, six alternated rounds, medians of % of the bound): 79.9%
+/// with 256 KiB, 79.1% with no hints, 80.0% with 128 KiB, 79.8% with 512
+/// KiB, 80.0% with 1 MiB.
 pub const HINT_BYTES: usize = 256 << 10;
 
 /// Tell the pool's idle workers which products the next one-token region
