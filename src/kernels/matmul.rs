@@ -247,9 +247,10 @@ fn unpack(v: u64) -> (u32, u32) {
 /// `max(rest / 2, 96 groups)` at a time ([`CLAIM_MIN_GROUPS`]). A thread
 /// whose span is empty takes the back half of the fullest other span
 /// (when it holds at least [`STEAL_MIN_GROUPS`]) and goes on with that;
-/// when no span is worth splitting it stops. So each thread reads one stream until the end is near, and the
-/// region ends with both threads busy to within a claim, where fixed
-/// tasks left one thread waiting for the other's last task.
+/// when no span is worth splitting it stops. So each thread reads one
+/// stream until the end is near, and the region ends with both threads
+/// busy to within a claim, where fixed tasks left one thread waiting for
+/// the other's last task.
 ///
 /// Each output row's value does not depend on which rows a kernel call
 /// covers (`Linear::matmul_rows`), so results do not depend on which
