@@ -155,6 +155,20 @@ fn bench_times_tests_at_a_depth() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let js = String::from_utf8_lossy(&o.stdout);
     assert_eq!(js.matches("\"n_depth\": 8").count(), 2, "{js}");
+    // The tg test at a depth has a bound, against the weights and the
+    // cache its tokens attend (8 positions and more), so it reads more
+    // per token than the weights the pp record counts.
+    let recs: serde_json::Value = serde_json::from_str(&js).expect("valid JSON");
+    let (pp, tg) = (&recs[0], &recs[1]);
+    assert_eq!(
+        (pp["n_prompt"].as_u64(), tg["n_gen"].as_u64()),
+        (Some(4), Some(2)),
+        "{js}"
+    );
+    assert!(tg.get("bound_frac").is_some(), "{js}");
+    assert!(pp.get("bound_frac").is_none(), "{js}");
+    let bytes = |r: &serde_json::Value| r["bytes_per_token"].as_u64().unwrap();
+    assert!(bytes(tg) > bytes(pp), "{js}");
     assert_clean_failure(&run(args(&["-d", "x"])), "-d");
     // A cache no machine holds (10^12 positions).
     assert_clean_failure(&run(args(&["-d", "1000000000000"])), "context");

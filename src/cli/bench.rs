@@ -100,11 +100,25 @@ impl Record {
             base
         }
     }
-    /// Whether the weights' bound applies: generation from an empty cache
-    /// (the bound counts the weights only; at a depth a token also reads
-    /// the cache).
+    /// Whether the bound applies: a tg test (one token at a time, at any
+    /// depth).
     fn has_bound(&self) -> bool {
-        bound_applies(self.n_gen, self.n_depth)
+        bound_applies(self.n_gen)
+    }
+    /// Mean bytes one of this test's tokens reads: `weights` (every
+    /// projection and the head, [`crate::model::Model::bytes_per_token`])
+    /// plus the KV cache positions its attention reads, `kv_per_pos` bytes
+    /// each (keys and values of every layer). The token at position `p`
+    /// reads positions `0..=p`; a tg test's tokens sit at `n_depth ..
+    /// n_depth + n_gen`, so on average `n_depth + (n_gen + 1) / 2`
+    /// positions. A pp test: the weights alone (what its JSON record's
+    /// `bytes_per_token` has always said).
+    fn bytes_per_token(&self, weights: u64, kv_per_pos: u64) -> f64 {
+        if self.n_gen == 0 {
+            return weights as f64;
+        }
+        let positions = self.n_depth as f64 + (self.n_gen as f64 + 1.0) / 2.0;
+        weights as f64 + kv_per_pos as f64 * positions
     }
     fn ts(&self) -> Vec<f64> {
         self.samples
@@ -115,7 +129,7 @@ impl Record {
     /// Mean implied weight rate (GB/s), mean bound rate (GB/s) and mean
     /// fraction of the bound over the repetitions, each repetition against
     /// the bandwidth measured beside it; `None` where no bound applies.
-    fn bound_stats(&self, bytes_per_token: u64) -> Option<(f64, f64, f64)> {
+    fn bound_stats(&self, bytes_per_token: f64) -> Option<(f64, f64, f64)> {
         if !self.has_bound()
             || self.bounds.len() != self.samples.len()
             || self.bounds.is_empty()
@@ -127,7 +141,7 @@ impl Record {
         let implied: Vec<f64> = self
             .ts()
             .iter()
-            .map(|ts| bytes_per_token as f64 * ts / 1e9)
+            .map(|ts| bytes_per_token * ts / 1e9)
             .collect();
         let frac = implied
             .iter()
@@ -143,10 +157,10 @@ impl Record {
     }
 }
 
-/// Whether the weights' bound applies to a test: generation from an empty
-/// cache (see [`Record::has_bound`]).
-fn bound_applies(n_gen: usize, n_depth: usize) -> bool {
-    n_gen > 0 && n_depth == 0
+/// Whether the bound applies to a test: generation, one token at a time
+/// (see [`Record::has_bound`]).
+fn bound_applies(n_gen: usize) -> bool {
+    n_gen > 0
 }
 
 fn mean_sd(v: &[f64]) -> (f64, f64) {
@@ -442,6 +456,11 @@ pub fn run(a: Args) -> Result<()> {
     let model_size: u64 = model.gguf.tensors.iter().map(|t| t.size).sum();
     let n_params = model.n_params();
     let bpt = model.bytes_per_token();
+    // Keys and values of every layer at one position, as the bench's cache
+    // holds them (f16).
+    let kv_per_pos = u64::try_from(crate::model::forward::kv_cache_bytes(&model.hp, 1, false))
+        .map_err(|_| anyhow!("the KV cache of one position does not fit 64 bits"))?;
+    let bytes_of = |r: &Record| r.bytes_per_token(bpt, kv_per_pos);
     let cpu = cpu_name();
     let tern_label = format!("tern {}", kern.variant());
     let engine_label = |e: Engine| match e {
@@ -516,7 +535,7 @@ pub fn run(a: Args) -> Result<()> {
             // machine's rate drifts by 10–20% within a minute (the Intel
             // Xeon VM, 2026-12-01), so a rate measured minutes away from a
             // repetition says little about the bound it ran against.
-            let bounded = bound_applies(n_gen, n_depth);
+            let bounded = bound_applies(n_gen);
             let bw_now = || pool.install(|| kernels::ops::read_bandwidth(bw_buf));
             let beside =
                 |rates: &[f64]| -> Vec<f64> { rates.windows(2).map(|w| w[0].max(w[1])).collect() };
@@ -588,13 +607,14 @@ pub fn run(a: Args) -> Result<()> {
             let (m, sd) = mean_sd(&ts);
             let ns: Vec<u64> = r.samples.iter().map(|s| (s * 1e9) as u64).collect();
             let (mns, sdns) = mean_sd(&r.samples.iter().map(|s| s * 1e9).collect::<Vec<_>>());
-            let stats = r.bound_stats(bpt);
+            let bytes = bytes_of(r);
+            let stats = r.bound_stats(bytes);
             let bw = stats.map_or(bw_of(r.threads), |s| s.1);
             let gen_fields = match stats {
                 Some((implied, bound, frac)) => format!(
                     ", \"implied_gbs\": {:.3}, \"bound_ts\": {:.3}, \"bound_frac\": {:.4}, \"bound_gbs_per_rep\": [{}]",
                     implied,
-                    bound * 1e9 / bpt as f64,
+                    bound * 1e9 / bytes,
                     frac,
                     r.bounds.iter().map(|b| format!("{:.3}", b)).collect::<Vec<_>>().join(", ")
                 ),
@@ -628,7 +648,7 @@ pub fn run(a: Args) -> Result<()> {
                 sd,
                 ns,
                 ts.iter().map(|x| format!("{:.6}", x)).collect::<Vec<_>>().join(", "),
-                bpt,
+                bytes.round() as u64,
                 bw,
                 gen_fields
             ));
@@ -642,7 +662,7 @@ pub fn run(a: Args) -> Result<()> {
     println!("| ----- | ---: | -----: | ------ | ------: | ---: | --: | ---: | ---------: |");
     for r in &records {
         let (m, sd) = mean_sd(&r.ts());
-        let (gbs, frac) = match r.bound_stats(bpt) {
+        let (gbs, frac) = match r.bound_stats(bytes_of(r)) {
             Some((implied, _, frac)) => {
                 (format!("{:.2}", implied), format!("{:.0}%", 100.0 * frac))
             }
@@ -682,9 +702,23 @@ pub fn run(a: Args) -> Result<()> {
             Reference::linked()
         );
     }
+    // Each tg test once (its bytes do not depend on the threads).
+    let mut per_test: Vec<String> = Vec::new();
+    for r in records.iter().filter(|r| r.has_bound()) {
+        let t = format!("{} {:.3} GB", r.name(), bytes_of(r) / 1e9);
+        if !per_test.contains(&t) {
+            per_test.push(t);
+        }
+    }
     println!(
-        "bytes read per generated token: {:.3} GB (ternary projections + output head; KV cache not counted)",
-        bpt as f64 / 1e9
+        "bytes read per generated token: {:.3} GB of weights (ternary projections + output head) + {:.1} KB of KV cache per position attended{}",
+        bpt as f64 / 1e9,
+        kv_per_pos as f64 / 1e3,
+        if per_test.is_empty() {
+            String::new()
+        } else {
+            format!(" (mean per token: {})", per_test.join(", "))
+        }
     );
     for &(nt, bw) in &bandwidth {
         let beside: Vec<f64> = records
@@ -703,7 +737,7 @@ pub fn run(a: Args) -> Result<()> {
             _ => String::new(),
         };
         println!(
-            "read bandwidth, {} thread{}: {:.2} GB/s before and after the tests (streaming sum over {} MiB of huge pages) → bound {:.2} tokens/s{}",
+            "read bandwidth, {} thread{}: {:.2} GB/s before and after the tests (streaming sum over {} MiB of huge pages) → bound {:.2} tokens/s for the weights alone{}",
             nt,
             if nt == 1 { "" } else { "s" },
             bw,
@@ -774,8 +808,9 @@ mod tests {
 
     /// Each repetition is set against the rate measured beside it: two
     /// repetitions at the same speed, one beside a slow measurement and one
-    /// beside a fast one, are at different fractions of their bounds; no
-    /// bound at a depth, for prompts, or without one rate per repetition.
+    /// beside a fast one, are at different fractions of their bounds; a
+    /// bound at a depth too; none for prompts, or without one rate per
+    /// repetition.
     #[test]
     fn each_repetition_against_its_own_bound() {
         let rec = |n_gen, n_depth, bounds: Vec<f64>| Record {
@@ -789,16 +824,35 @@ mod tests {
             bounds,
         };
         // 1 GB a token: 10 and 20 GB/s against 20 and 25 GB/s.
-        let (implied, bound, frac) = rec(10, 0, vec![20.0, 25.0])
-            .bound_stats(1_000_000_000)
-            .unwrap();
+        let (implied, bound, frac) = rec(10, 0, vec![20.0, 25.0]).bound_stats(1e9).unwrap();
         assert!((implied - 15.0).abs() < 1e-9, "{implied}");
         assert!((bound - 22.5).abs() < 1e-9, "{bound}");
         assert!((frac - (0.5 + 0.8) / 2.0).abs() < 1e-9, "{frac}");
-        assert!(rec(10, 64, vec![20.0, 25.0]).bound_stats(1).is_none());
-        assert!(rec(0, 0, vec![20.0, 25.0]).bound_stats(1).is_none());
-        assert!(rec(10, 0, vec![20.0]).bound_stats(1).is_none());
-        assert!(rec(10, 0, vec![20.0, 0.0]).bound_stats(1).is_none());
+        assert!(rec(10, 64, vec![20.0, 25.0]).bound_stats(1.0).is_some());
+        assert!(rec(0, 0, vec![20.0, 25.0]).bound_stats(1.0).is_none());
+        assert!(rec(10, 0, vec![20.0]).bound_stats(1.0).is_none());
+        assert!(rec(10, 0, vec![20.0, 0.0]).bound_stats(1.0).is_none());
+    }
+
+    /// A tg token reads the weights and the cache positions it attends:
+    /// from an empty cache, tokens at positions 0..4 read 1, 2, 3, 4
+    /// positions (2.5 on average); at depth 100, 101..104 (102.5). A pp
+    /// test counts the weights alone.
+    #[test]
+    fn tg_tokens_read_the_cache_they_attend() {
+        let rec = |n_prompt, n_gen, n_depth| Record {
+            engine: Engine::Tern,
+            threads: 1,
+            n_prompt,
+            n_gen,
+            n_depth,
+            samples: vec![1.0],
+            bounds: vec![10.0],
+        };
+        assert_eq!(rec(0, 4, 0).bytes_per_token(1000, 10), 1025.0);
+        assert_eq!(rec(0, 4, 100).bytes_per_token(1000, 10), 2025.0);
+        assert_eq!(rec(0, 1, 0).bytes_per_token(1000, 0), 1000.0);
+        assert_eq!(rec(512, 0, 0).bytes_per_token(1000, 10), 1000.0);
     }
 
     #[test]

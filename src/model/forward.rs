@@ -513,7 +513,16 @@ fn forward(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Result<
         // threads, 2026-12-02: two tasks per KV head, half its query heads
         // each, so that five KV heads split evenly, took 0.66 ms of a
         // decode step against 0.61; prefetching every head's K and V rows
-        // into L2 before the tasks did not shorten them either.)
+        // into L2 before the tasks did not shorten them either. At a depth,
+        // 2026-12-02: attention reads ~50% of the streaming rate on one
+        // thread and ~40% on two at 4096 positions (tg32 @ d4096 on the
+        // Q6_K file: 21.5 of 49.4 ms a step on two threads); splitting the
+        // five tasks into scores per 1024-position run, softmax per row
+        // and values per 64-column slice, so two threads share evenly,
+        // same bits, moved tg32 @ d1024 / d4096 by +2-6% in alternated
+        // `tern bench` runs as noisy as that, not kept; an L2 prefetch of
+        // V 256 positions ahead sped the values pass alone ~30% but not
+        // whole attention.)
         o.par_chunks_mut(group * hd)
             .enumerate()
             .for_each(|(c, out)| {
