@@ -789,9 +789,9 @@ mod tests {
         assert!(w[0].contains("implausible"), "{w:?}");
     }
 
-    #[test]
-    fn test_names_carry_the_depth() {
-        let rec = |n_prompt, n_gen, n_depth| Record {
+    /// One tern repetition of a test on one thread.
+    fn one_rep(n_prompt: usize, n_gen: usize, n_depth: usize) -> Record {
+        Record {
             engine: Engine::Tern,
             threads: 1,
             n_prompt,
@@ -799,7 +799,12 @@ mod tests {
             n_depth,
             samples: vec![1.0],
             bounds: vec![10.0],
-        };
+        }
+    }
+
+    #[test]
+    fn test_names_carry_the_depth() {
+        let rec = one_rep;
         assert_eq!(rec(512, 0, 0).name(), "pp512");
         assert_eq!(rec(0, 128, 0).name(), "tg128");
         assert_eq!(rec(0, 128, 4096).name(), "tg128 @ d4096");
@@ -840,15 +845,7 @@ mod tests {
     /// test counts the weights alone.
     #[test]
     fn tg_tokens_read_the_cache_they_attend() {
-        let rec = |n_prompt, n_gen, n_depth| Record {
-            engine: Engine::Tern,
-            threads: 1,
-            n_prompt,
-            n_gen,
-            n_depth,
-            samples: vec![1.0],
-            bounds: vec![10.0],
-        };
+        let rec = one_rep;
         assert_eq!(rec(0, 4, 0).bytes_per_token(1000, 10), 1025.0);
         assert_eq!(rec(0, 4, 100).bytes_per_token(1000, 10), 2025.0);
         assert_eq!(rec(0, 1, 0).bytes_per_token(1000, 0), 1000.0);

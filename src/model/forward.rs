@@ -521,8 +521,8 @@ fn forward(model: &Model, caches: &mut [&mut KvCache], batch: &Batch) -> Result<
         // and values per 64-column slice, so two threads share evenly,
         // same bits, moved tg32 @ d1024 / d4096 by +2-6% in alternated
         // `tern bench` runs as noisy as that, not kept; an L2 prefetch of
-        // V 256 positions ahead sped the values pass alone ~30% but not
-        // whole attention.)
+        // V (or of K and V) 128-512 positions ahead, alternated in one
+        // process over caches made cold by a 1 GiB read, gained nothing.)
         o.par_chunks_mut(group * hd)
             .enumerate()
             .for_each(|(c, out)| {
