@@ -224,6 +224,10 @@ fn time_gen(ctx: &mut Context, depth: &[u32], toks: &[u32]) -> Result<f64> {
     Ok(t0.elapsed().as_secs_f64())
 }
 
+/// The bench's KV cache holds f16 keys and values (llama-bench's default
+/// `type_k`/`type_v`, as its JSON says), not f32.
+const KV_F32: bool = false;
+
 /// Largest `--bw-mib`.
 const MAX_BW_MIB: usize = 16 << 10;
 
@@ -457,9 +461,9 @@ pub fn run(a: Args) -> Result<()> {
     let n_params = model.n_params();
     let bpt = model.bytes_per_token();
     // Keys and values of every layer at one position, as the bench's cache
-    // holds them (f16).
-    let kv_per_pos = u64::try_from(crate::model::forward::kv_cache_bytes(&model.hp, 1, false))
-        .map_err(|_| anyhow!("the KV cache of one position does not fit 64 bits"))?;
+    // holds them.
+    let kv_per_pos = crate::model::forward::KvCache::bytes(&model.hp, 1, KV_F32)
+        .ok_or_else(|| anyhow!("the KV cache of one position does not fit 64 bits"))?;
     let bytes_of = |r: &Record| r.bytes_per_token(bpt, kv_per_pos);
     let cpu = cpu_name();
     let tern_label = format!("tern {}", kern.variant());
@@ -520,7 +524,7 @@ pub fn run(a: Args) -> Result<()> {
             let n_ctx = n_depth
                 .checked_add(n_prompt + n_gen)
                 .ok_or_else(|| anyhow!("-d {} is too large", n_depth))?;
-            let mut ctx = Context::try_new(&model, n_ctx, false)?;
+            let mut ctx = Context::try_new(&model, n_ctx, KV_F32)?;
             let all = bench_tokens(&model, n_ctx);
             let (depth, toks) = all.split_at(n_depth);
             let time = |ctx: &mut Context| {
