@@ -335,7 +335,8 @@ pub fn bandwidth_buffer(bytes: usize) -> super::memory::HugeBuf {
 /// (see [`stream_sum`]). `tern bench`'s bound and `examples/tg_profile`'s
 /// reference rate.
 pub fn read_bandwidth(buf: &[u64]) -> f64 {
-    let part = buf.len().div_ceil(rayon::current_num_threads()).max(1);
+    let threads = rayon::current_num_threads().max(1);
+    let part = staggered_part(buf.len(), threads).max(1);
     let mut best = 0f64;
     for pass in 0..2 * StreamRead::ALL.len() {
         let how = StreamRead::ALL[pass % StreamRead::ALL.len()];
@@ -391,8 +392,9 @@ pub enum StreamPrefetch {
     NearL1,
 }
 
-/// How a [`stream_sum`] reads: its prefetch, and how many equal parts of
-/// the buffer it reads at once (line `i` of each part, then line `i + 1`).
+/// How a [`stream_sum`] reads: its prefetch, and how many parts of the
+/// buffer it reads at once (line `i` of each part, then line `i + 1`;
+/// parts of [`staggered_part`]'s length, the words left over read after).
 ///
 /// Several streams at once: one core keeps more lines in flight than
 /// along one stream, as the one-token ternary products do since they
@@ -426,6 +428,36 @@ impl StreamRead {
         StreamRead { prefetch, streams }
     }
 }
+
+/// Words in each of `parts` parts of `len` words read side by side (by
+/// [`sum_streams`]'s streams or [`read_bandwidth`]'s threads): at most
+/// `len / parts`, a whole number of 64-byte lines, and, once a part
+/// spans [`STAGGER_BYTES`] twice, [`STAGGER_SKEW`] bytes short of a
+/// multiple of it, so no two parts start a power of two apart.
+///
+/// Streams a power of two apart read far slower on the 2-core Zen 3 VM
+/// (2026-12-03, 1 GiB of huge pages, one thread, five alternated rounds,
+/// medians): four streams 256 MiB apart 12.4–13.1 GB/s, a few KiB off it
+/// 22.0–25.3; eight 14.7–15.3 against 19.0–26.3; one stream 17.8–19.5.
+/// With equal parts [`read_bandwidth`] was the one stream's rate, far
+/// under what the memory delivers: equal against staggered parts, eight
+/// alternated rounds, 17.0–20.5 against 26.6–28.6 GB/s on one thread,
+/// 30.1–34.7 against 32.8–50.3 on two.
+pub fn staggered_part(len: usize, parts: usize) -> usize {
+    const WORDS: usize = STAGGER_BYTES / 8;
+    let part = len / parts.max(1);
+    if part >= 2 * WORDS {
+        part - part % WORDS - STAGGER_SKEW / 8
+    } else {
+        part / 8 * 8
+    }
+}
+
+/// The alignment [`staggered_part`] keeps parts off (64 KiB).
+const STAGGER_BYTES: usize = 64 << 10;
+/// How far short of a multiple of [`STAGGER_BYTES`] each part ends (26
+/// KiB: 2 KiB past a multiple of 8 KiB).
+const STAGGER_SKEW: usize = 26 << 10;
 
 /// Wrapping sum of `words`, with independent lanes so the loop is bound by
 /// memory, not by an add chain: the streaming read that `tern bench` takes
@@ -471,11 +503,11 @@ fn stream_sum_any(words: &[u64], how: StreamRead) -> u64 {
     }
 }
 
-/// [`stream_sum`] over `S` equal parts of `words` read side by side (the
-/// words past `S` whole parts of whole lines summed after).
+/// [`stream_sum`] over `S` parts of `words`, each [`staggered_part`]
+/// long, read side by side (the words past them summed after).
 #[inline(always)]
 fn sum_streams<const S: usize>(words: &[u64], prefetch: StreamPrefetch) -> u64 {
-    let part = words.len() / S / 8 * 8;
+    let part = staggered_part(words.len(), S);
     let (body, tail) = words.split_at(S * part);
     let mut acc = [[0u64; 8]; S];
     for i in (0..part).step_by(8) {
@@ -524,13 +556,47 @@ mod tests {
     /// (parts, lines and the words left over).
     #[test]
     fn stream_sum_reads_every_word_once() {
-        for n in [0usize, 1, 7, 8, 9, 63, 64, 65, 255, 256, 1000, 4099] {
+        for n in [
+            0usize, 1, 7, 8, 9, 63, 64, 65, 255, 256, 1000, 4099, 70_001, 140_003,
+        ] {
             let words: Vec<u64> = (0..n as u64).map(|i| i * 0x9E37_79B9 + 1).collect();
             let want = words.iter().fold(0u64, |a, &b| a.wrapping_add(b));
             for how in StreamRead::ALL {
                 assert_eq!(stream_sum(&words, how), want, "n = {n}, {how:?}");
             }
         }
+    }
+
+    /// Every part [`staggered_part`] gives is whole lines and fits its
+    /// share; a part of two 64 KiB spans or more ends 26 KiB short of a
+    /// multiple of 64 KiB (so parts never start a power of two apart) and
+    /// gives up less than two spans of its share.
+    #[test]
+    fn staggered_parts_are_lines_off_powers_of_two() {
+        let span = STAGGER_BYTES / 8;
+        for len in [
+            0usize,
+            7,
+            8,
+            100,
+            16_383,
+            16_384,
+            65_536,
+            1 << 27,
+            (1 << 27) + 12_345,
+        ] {
+            for parts in [1usize, 2, 4, 8] {
+                let p = staggered_part(len, parts);
+                assert!(p * parts <= len, "len {len}, parts {parts}: {p}");
+                assert_eq!(p % 8, 0, "len {len}, parts {parts}: {p}");
+                if len / parts >= 2 * span {
+                    assert_eq!((p * 8) % STAGGER_BYTES, STAGGER_BYTES - STAGGER_SKEW);
+                    assert!(!(p * 8).is_power_of_two());
+                    assert!(len / parts - p < 2 * span, "len {len}, parts {parts}: {p}");
+                }
+            }
+        }
+        assert_eq!(staggered_part(1 << 27, 4), (1 << 25) - STAGGER_SKEW / 8);
     }
 
     /// Integer-valued squares sum exactly, so every length (a dropped tail
