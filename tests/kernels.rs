@@ -688,10 +688,15 @@ fn head_acts(rng: &mut Rng, len: usize, style: usize) -> Vec<i8> {
         .collect()
 }
 
+/// The Q8_K sums of 16 of quants `a` in the lane order of tern's Q6_K
+/// layout: each block's sixteen sub-block sums (`q6_k::lane_sub_block`).
 fn sums16(a: &[i8]) -> Vec<i16> {
-    a.chunks(16)
-        .map(|c| c.iter().map(|&v| v as i16).sum())
-        .collect()
+    let mut s = vec![0i16; a.len() / 16];
+    for (p, &v) in a.iter().enumerate() {
+        let b = p / tern::quant::q6_k::QK_K;
+        s[16 * b + tern::quant::q6_k::lane_sub_block(p % tern::quant::q6_k::QK_K)] += v as i16;
+    }
+    s
 }
 
 #[test]
@@ -705,8 +710,9 @@ fn quant_head_block_dots_match_scalar() {
         };
         let k = kind.block() * [1, 2, 3, 10][rng.below(4)];
         // Any bytes are a valid block of either type (Q8_0 quants -128
-        // included, Q6_K scales -128 included); the extremes stress the
-        // 16-bit stages.
+        // included, Q6_K scales -128 included; Q6_K in tern's load-time
+        // layout, the activations in its lane order); the extremes stress
+        // the 16-bit stages.
         let w: Vec<u8> = (0..kind.row_bytes(k))
             .map(|_| match case % 5 {
                 1 => 0x80,
@@ -722,7 +728,11 @@ fn quant_head_block_dots_match_scalar() {
             QuantHead::Q6K => (case / 5) % 5,
         };
         let a = head_acts(&mut rng, k, style);
-        let bs = sums16(&a);
+        let bs = if kind == QuantHead::Q6K {
+            sums16(&a)
+        } else {
+            Vec::new()
+        };
         let nb = k / kind.block();
         let mut want = vec![0i32; nb];
         match kind {
@@ -817,7 +827,11 @@ fn quant_head_gemm_agrees_with_scalar_and_does_not_depend_on_tiling() {
         // rows at once) with groups and rows left over.
         let rows = [1, 3, 4, 5, 13, 33, 67][rng.below(7)];
         let n = [1, 2, 3, 4, 5, 9][rng.below(6)];
-        let w = quant_head(&mut rng, kind, rows, k);
+        let mut w = quant_head(&mut rng, kind, rows, k);
+        if kind == QuantHead::Q6K {
+            // The kernels read tern's load-time layout.
+            tern::quant::q6_k::repack(&mut w);
+        }
         let mut xf: Vec<f32> = (0..n * k).map(|_| rng.f32() * 4.0).collect();
         if n > 1 {
             xf[k..2 * k].fill(0.0); // an all-zero token: d = 0

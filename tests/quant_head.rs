@@ -107,7 +107,9 @@ fn ref_q8k() -> BlockActs {
 fn q8_k_activations_match_ggml_reference() {
     let x = inputs();
     let got = BlockActs::quantize(QuantHead::Q6K, &x, K);
-    let want = ref_q8k();
+    let mut want = ref_q8k();
+    // tern keeps the quants in its Q6_K layout's lane order.
+    q6_k::order_q8_k(&mut want.qs);
     assert_eq!(got.qs, want.qs);
     assert_eq!(got.bsums, want.bsums);
     let (gd, wd): (Vec<u32>, Vec<u32>) = (
@@ -143,13 +145,14 @@ fn abs_dot(kind: QuantHead, row: &[u8], x: &BlockActs) -> f32 {
                     .sum::<i32>(),
             ),
             QuantHead::Q6K => {
-                let q = q6_k::codes(blk);
+                // tern's layout, the quants in the same lane order.
+                let q = q6_k::lane_codes(blk);
                 (
                     q6_k::block_d(blk),
                     (0..256)
-                        .map(|i| {
-                            let sc = blk[q6_k::SC_OFF + i / 16] as i8 as i32;
-                            (sc * (q[i] as i32 - 32) * a[256 * b + i] as i32).abs()
+                        .map(|p| {
+                            let sc = blk[q6_k::SC_OFF + q6_k::lane_sub_block(p)] as i8 as i32;
+                            (sc * (q[p] as i32 - 32) * a[256 * b + p] as i32).abs()
                         })
                         .sum::<i32>(),
                 )
@@ -167,10 +170,15 @@ fn dot_products_match_ggml() {
     let dots = tern::metrics::read_f32_file(&refdir().join("dots.f32")).unwrap();
     assert_eq!(dots.len(), 2 * ROWS);
     let w8 = vendored("q8_0.bin");
-    let w6 = vendored("q6_k.bin");
+    // The kernels read Q6_K in tern's load-time layout, with the Q8_K
+    // quants in its lane order: the reference dots check that rearranging
+    // too.
+    let mut w6 = vendored("q6_k.bin");
+    q6_k::repack(&mut w6);
     let x = inputs();
     let a8 = BlockActs::quantize(QuantHead::Q8_0, &x, K);
-    let a6 = ref_q8k();
+    let mut a6 = ref_q8k();
+    q6_k::order_q8_k(&mut a6.qs);
     let pick = |acts: &BlockActs, t: usize| {
         let nb = K / acts.kind.block();
         BlockActs {

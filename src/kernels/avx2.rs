@@ -83,7 +83,7 @@ const PREFETCH_HEAD: usize = 32 << 10;
 /// memory also prefetch (besides, or instead of, the L2 prefetches above):
 /// the float heads here (every token count; this table serves AMD too,
 /// where it is not measured), and AVX-512's one-token ternary tiles (VNNI
-/// and BW) and VNNI Q6_K head. On the
+/// and BW). On the
 /// 2-core Intel Xeon VM (huge pages, `examples/tg_profile`, best of
 /// 1024–4096 bytes) 1536 was best or tied everywhere, 3 KiB and more lost 20–30%:
 /// the F16 head 16.0–16.4 → 16.4–16.6 GB/s on one thread and 30.3–31.0 →
@@ -194,7 +194,7 @@ unsafe fn q8_0_tile(
 ) {
     // SAFETY: the tile contract (see `qhead::Tile`) and the CPU check; the
     // four-row Q6_K tile is not used for Q8_0.
-    quant_dispatch::<false>(w, steps, r, x, t0, t, out, ld, q6_k_rows4_avx2)
+    quant_dispatch::<false>(w, steps, r, x, t0, t, out, ld)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -209,47 +209,18 @@ unsafe fn q6_k_tile(
     ld: usize,
 ) {
     // SAFETY: as for `q8_0_tile`.
-    quant_dispatch::<true>(w, steps, r, x, t0, t, out, ld, q6_k_rows4_avx2)
+    quant_dispatch::<true>(w, steps, r, x, t0, t, out, ld)
 }
 
 /// `qhead::StreamsTile` for Q6_K: the four-row tile's sums
-/// ([`q6_k_rows4_avx2`]'s) for four groups, block by block, prefetched
-/// as [`prefetch_q6_k_near`] says. Whole decode steps of the 2B-4T Q6_K
-/// file with `TERN_KERNEL=avx2` on the Intel Xeon VM (2026-12-02, five
-/// rounds alternated in one process, medians of % of the bound) against
-/// group by group, both with the far L2 prefetch: 56.3 → 59.9% on one
-/// thread, 57.1 → 59.5% on two. Not measured on an AVX2-only CPU.
+/// ([`q6_k_streams_avx2`]) for four groups, block by block, prefetched
+/// as [`prefetch_q6_k_near`] says; each group's four rows `steps.row`
+/// apart, its outputs written to `out[s] .. + 4`. Whole decode steps of
+/// the 2B-4T Q6_K file with `TERN_KERNEL=avx2` on the Intel Xeon VM
+/// (2026-12-02, five rounds alternated in one process, medians of % of
+/// the bound) against group by group, both with the far L2 prefetch:
+/// 56.3 → 59.9% on one thread, 57.1 → 59.5% on two.
 unsafe fn q6_k_streams(
-    w: [*const u8; qhead::STREAMS],
-    steps: Steps,
-    x: &BlockActs,
-    out: [*mut f32; qhead::STREAMS],
-) {
-    // SAFETY: the tile contract (`qhead::StreamsTile`) and the CPU check.
-    q6_k_streams_via(q6_k_streams_avx2::<{ qhead::STREAMS }>, w, steps, x, out)
-}
-
-/// A `q6_k_rows4!` streams routine over [`qhead::STREAMS`] groups: the
-/// groups' row pointers, then Q8_K quants, scales and sums, blocks, block
-/// step; each group's four rows' results.
-pub(super) type Streams4 = unsafe fn(
-    [[*const u8; 4]; qhead::STREAMS],
-    *const i8,
-    *const f32,
-    *const i16,
-    usize,
-    usize,
-) -> [[f32; 4]; qhead::STREAMS];
-
-/// `qhead::StreamsTile` for Q6_K through the ISA's `q6_k_rows4!` streams
-/// routine `f`: each group's four rows `steps.row` apart, its outputs
-/// written to `out[s] .. + 4`.
-///
-/// # Safety
-/// The tile contract of `qhead::StreamsTile`, on a CPU that runs `f`.
-#[inline]
-pub(super) unsafe fn q6_k_streams_via(
-    f: Streams4,
     w: [*const u8; qhead::STREAMS],
     steps: Steps,
     x: &BlockActs,
@@ -257,7 +228,9 @@ pub(super) unsafe fn q6_k_streams_via(
 ) {
     let nb = x.k / q6_k::QK_K;
     let rows = w.map(|g| std::array::from_fn(|j| g.add(j * steps.row)));
-    let res = f(
+    // SAFETY: the tile contract (`qhead::StreamsTile`: the groups' blocks
+    // and one token's quants, scales and sums in bounds) and the CPU check.
+    let res = q6_k_streams_avx2::<{ qhead::STREAMS }>(
         rows,
         x.qs.as_ptr(),
         x.d.as_ptr(),
@@ -760,13 +733,11 @@ unsafe fn float_dispatch<const F16: bool>(
     float_tile_shapes!(r, t, run)
 }
 
-/// The quantized tile shapes of `qhead::Tile`, with `rows4` for Q6_K's
-/// four-row, one-token shape (AVX-512 VNNI passes its own; unused for
-/// Q8_0).
+/// The quantized tile shapes of `qhead::Tile` (Q6_K's four-row,
+/// one-token shape through [`q6_k_rows4_avx2`]).
 ///
 /// # Safety
-/// The tile contract of `qhead::Tile`, on a CPU with AVX2, FMA and F16C
-/// and whatever `rows4` needs.
+/// The tile contract of `qhead::Tile`, on a CPU with AVX2, FMA and F16C.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn quant_dispatch<const Q6: bool>(
@@ -778,7 +749,6 @@ pub(super) unsafe fn quant_dispatch<const Q6: bool>(
     t: usize,
     out: *mut f32,
     ld: usize,
-    rows4: Rows4,
 ) {
     let nb = x.k / if Q6 { q6_k::QK_K } else { q8_0::QK8_0 };
     let row = |j: usize| w.add(j * steps.row);
@@ -801,7 +771,6 @@ pub(super) unsafe fn quant_dispatch<const Q6: bool>(
                 std::array::from_fn(bp),
                 nb,
                 steps.block,
-                rows4,
             );
             store_tile(res, out, ld);
         }};
@@ -1405,30 +1374,21 @@ unsafe fn q8_0_block<const T: usize>(w: *const u8, a: [*const i8; T]) -> [__m256
     r
 }
 
-/// `vpshufb` masks over eight i16 sub-block scales (the same eight in
-/// both 128-bit lanes): mask `k` spreads scale `2k` over the low lane and
-/// scale `2k + 1` over the high lane.
-const Q6_SCALE_SHUF: [[u8; 32]; 4] = {
-    let mut m = [[0u8; 32]; 4];
-    let mut k = 0;
-    while k < 4 {
-        let mut i = 0;
-        while i < 32 {
-            let s = 2 * k + i / 16;
-            m[k][i] = (2 * s + i % 2) as u8;
-            i += 1;
-        }
-        k += 1;
-    }
-    m
-};
-
-/// One Q6_K block (`w`, 210 bytes) against the matching 256 Q8_K quants
-/// (`a`, each in -127..=127) and their 16 sums (`bs`) of `T` tokens: per
-/// token eight i32 lanes summing to `Σ_j scale_j · Σ (q − 32)·a` exactly.
-/// The 6-bit codes (0..63) go through `vpmaddubsw` unsigned (|pair sum| ≤
-/// 2·63·128), `vpmaddwd` applies the sub-block scales, and the −32 offset
-/// is taken out once per block as `32 · Σ_j scale_j · bsum_j`.
+/// One Q6_K block (`w`, 210 bytes in tern's load-time layout,
+/// `q6_k::repack`) against the matching 256 Q8_K quants (`a`, each in
+/// -128..=127, in the same lane order) and their 16 sums (`bs`, value
+/// order) of `T` tokens: per token eight i32 lanes summing to `Σ_j
+/// scale_j · Σ (q − 32)·a` exactly.
+///
+/// Each 32 codes hold four of each of eight sub-blocks, four bytes per
+/// sub-block: three masks give 96 codes per half, three masks, three
+/// shifts and two ors the last 32 (no shift carries a bit across bytes:
+/// the bytes shifted have their low bits clear). The codes (0..63) go
+/// through `vpmaddubsw` unsigned (|pair sum| ≤ 2·63·128, two of them
+/// summed in 16 bits ≤ 32256), and one `vpmaddwd` per 64 codes applies the
+/// scales, i16 pairs of the half's eight sub-blocks (one `vpermq` and two
+/// unpacks per block, no shuffle per vector). The −32 offset is taken out
+/// once per block as `32 · Σ_j scale_j · bsum_j`.
 #[target_feature(enable = "avx2")]
 #[inline]
 #[allow(clippy::needless_range_loop)]
@@ -1437,49 +1397,49 @@ unsafe fn q6_k_block<const T: usize>(
     a: [*const i8; T],
     bs: [*const i16; T],
 ) -> [__m256i; T] {
-    let m4 = _mm256_set1_epi8(0x0F);
-    let m2 = _mm256_set1_epi8(0x03);
-    let m2b = _mm256_set1_epi8(0x0C);
-    let m2h = _mm256_set1_epi8(0x30);
+    let m6 = _mm256_set1_epi8(0x3F);
+    let top = _mm256_set1_epi8(0xC0u8 as i8);
+    // [s0..s7 | s8..s15] as i16; its 64-bit quarters reordered [0, 2 | 1, 3]
+    // so the unpacks give [s0 s0 .. s3 s3 | s4 s4 .. s7 s7] and the same
+    // for s8..s15: the scale of each i32 lane's four codes, per half.
     let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(q6_k::SC_OFF) as *const __m128i));
+    let sq = _mm256_permute4x64_epi64::<0b11_01_10_00>(sc16);
+    let scales = [_mm256_unpacklo_epi16(sq, sq), _mm256_unpackhi_epi16(sq, sq)];
     let mut acc = [_mm256_setzero_si256(); T];
     for h in 0..2 {
-        // Scales 8h..8h + 8 in both lanes.
-        let half = if h == 0 {
-            _mm256_permute2x128_si256::<0x00>(sc16, sc16)
-        } else {
-            _mm256_permute2x128_si256::<0x11>(sc16, sc16)
-        };
-        let ql0 = _mm256_loadu_si256(w.add(64 * h) as *const __m256i);
-        let ql1 = _mm256_loadu_si256(w.add(64 * h + 32) as *const __m256i);
-        let qh = _mm256_loadu_si256(w.add(q6_k::QH_OFF + 32 * h) as *const __m256i);
-        for k in 0..4 {
-            let q = match k {
-                0 => _mm256_or_si256(
-                    _mm256_and_si256(ql0, m4),
-                    _mm256_slli_epi16::<4>(_mm256_and_si256(qh, m2)),
+        let b0 = _mm256_loadu_si256(w.add(96 * h) as *const __m256i);
+        let b1 = _mm256_loadu_si256(w.add(96 * h + 32) as *const __m256i);
+        let b2 = _mm256_loadu_si256(w.add(96 * h + 64) as *const __m256i);
+        let hi = _mm256_or_si256(
+            _mm256_or_si256(
+                _mm256_and_si256(b0, top),
+                _mm256_srli_epi16::<2>(_mm256_and_si256(b1, top)),
+            ),
+            _mm256_srli_epi16::<4>(_mm256_and_si256(b2, top)),
+        );
+        let q = [
+            _mm256_and_si256(b0, m6),
+            _mm256_and_si256(b1, m6),
+            _mm256_and_si256(b2, m6),
+            _mm256_srli_epi16::<2>(hi),
+        ];
+        for t in 0..T {
+            let av = |k: usize| _mm256_loadu_si256(a[t].add(128 * h + 32 * k) as *const __m256i);
+            let p01 = _mm256_add_epi16(
+                _mm256_maddubs_epi16(q[0], av(0)),
+                _mm256_maddubs_epi16(q[1], av(1)),
+            );
+            let p23 = _mm256_add_epi16(
+                _mm256_maddubs_epi16(q[2], av(2)),
+                _mm256_maddubs_epi16(q[3], av(3)),
+            );
+            acc[t] = _mm256_add_epi32(
+                acc[t],
+                _mm256_add_epi32(
+                    _mm256_madd_epi16(p01, scales[h]),
+                    _mm256_madd_epi16(p23, scales[h]),
                 ),
-                1 => _mm256_or_si256(
-                    _mm256_and_si256(ql1, m4),
-                    _mm256_slli_epi16::<2>(_mm256_and_si256(qh, m2b)),
-                ),
-                2 => _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
-                    _mm256_and_si256(qh, m2h),
-                ),
-                _ => _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-                    _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2h),
-                ),
-            };
-            // Scale of sub-block 8h + 2k in the low lane, 8h + 2k + 1 high.
-            let shuf = _mm256_loadu_si256(Q6_SCALE_SHUF[k].as_ptr() as *const __m256i);
-            let s16 = _mm256_shuffle_epi8(half, shuf);
-            for t in 0..T {
-                let av = _mm256_loadu_si256(a[t].add(128 * h + 32 * k) as *const __m256i);
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, av), s16);
-                acc[t] = _mm256_add_epi32(acc[t], p);
-            }
+            );
         }
     }
     for t in 0..T {
@@ -1499,7 +1459,7 @@ pub(super) unsafe fn prefetch_head_block<const Q6: bool>(wb: *const u8) {
 }
 
 /// The Q6_K head's prefetch when it reads several groups at once (AVX2's
-/// streams, and every VNNI tile): the four lines of a block
+/// streams, which every x86 kernel uses): the four lines of a block
 /// [`PREFETCH_L1`] ahead into L1, nothing into L2. With VNNI the L2
 /// prefetch 32 KiB ahead ([`prefetch_head_block`]) made it slower: the 2B-4T
 /// Q6_K head (`examples/tg_profile`, Intel Xeon VM, two alternated
@@ -1507,7 +1467,7 @@ pub(super) unsafe fn prefetch_head_block<const Q6: bool>(wb: *const u8) {
 /// 15.3–15.4 with the L1 one only (one thread; two: 27.4–28.3 →
 /// 30.8–31.2). An L2 line `avx512::PREFETCH_L2_NEAR` ahead beside the L1 one
 /// helped while the head was read one group of four rows at a time; once
-/// four groups are read at once (`avx512::q6_k_streams_vnni`) it costs: the
+/// four groups are read at once (then AVX-512 VNNI's own Q6_K routine) it costs: the
 /// 2B-4T head alternated in one process (seven rounds each, two runs,
 /// 2026-12-02) read 12.6–13.1 → 14.1–14.5 GB/s on one thread and 24.7–29.3
 /// → 26.7–31.5 on two without it (1, 2 or 3 KiB ahead, or one prefetch
@@ -1527,7 +1487,9 @@ pub(super) unsafe fn prefetch_head_block<const Q6: bool>(wb: *const u8) {
 /// head's four distant rows read 92–93% / 91%. Aligning the loads to
 /// lines (the 210-byte blocks make most straddle two) changed nothing.
 /// Whole decode steps with L1 3 KiB + L2 4 KiB: +0.5 point on one thread,
-/// none on two (noise), so the prefetch stays.
+/// none on two (noise), so the prefetch stays. (Those VNNI figures are of
+/// VNNI's own routine over ggml's block layout, before the load-time
+/// layout of `q6_k::repack`; not re-measured since.)
 #[target_feature(enable = "avx2")]
 #[inline]
 pub(super) unsafe fn prefetch_q6_k_near(wb: *const u8) {
@@ -1545,106 +1507,85 @@ pub(super) unsafe fn prefetch_lines<const H: i32>(p: *const u8, lines: usize) {
     }
 }
 
-/// Generates a four-row, one-token Q6_K head tile `$name` for the target
-/// features `$feat` over a block function `$block(w, a, bs)` (a vector of
-/// i32 lanes, initially `$zero`, summing to the block's exact integer dot),
-/// a reduction `$reduce([v; 4]) -> __m128i` (the four rows' lane sums,
-/// in row order; any order of integer adds gives the same exact sums) and
-/// a prefetch issued for each row's block (`$prefetch(wb)` one group at a
-/// time, `$streams_prefetch(wb)` several at once): the four rows'
-/// float steps `s += (d_w · d_x) · Σ` run in the four lanes of one
-/// vector, the same operations per row as the scalar reference, so its
-/// bits. The rows' `d_w` go into a vector as register inserts (four
-/// 2-byte stores read back as one 16-byte load cannot be forwarded from
-/// the store buffer, a stall every block). AVX2's tile
-/// ([`q6_k_rows4_avx2`]) and AVX-512 VNNI's share it.
-macro_rules! q6_k_rows4 {
-    ($name:ident, $streams:ident, $feat:literal, $block:path, $zero:expr, $reduce:path, $prefetch:path, $streams_prefetch:path) => {
-        #[target_feature(enable = $feat)]
-        pub(super) unsafe fn $name(
-            w: [*const u8; 4],
-            a: *const i8,
-            da: *const f32,
-            bs: *const i16,
-            nb: usize,
-            bstep: usize,
-        ) -> [f32; 4] {
-            $streams::<1>([w], a, da, bs, nb, bstep)[0]
-        }
-
-        /// `S` four-row tiles at once, block by block (each its own
-        /// stream of blocks, the same sums as one tile at a time).
-        #[target_feature(enable = $feat)]
-        #[inline]
-        pub(super) unsafe fn $streams<const S: usize>(
-            w: [[*const u8; 4]; S],
-            a: *const i8,
-            da: *const f32,
-            bs: *const i16,
-            nb: usize,
-            bstep: usize,
-        ) -> [[f32; 4]; S] {
-            let qk = q6_k::QK_K;
-            let d_w = |wb: *const u8| {
-                let d = wb.add(q6_k::D_OFF);
-                i16::from_le_bytes([*d, *d.add(1)])
-            };
-            let mut sacc = [_mm_setzero_ps(); S];
-            for b in 0..nb {
-                for s in 0..S {
-                    let mut dots = [$zero; 4];
-                    for r in 0..4 {
-                        let wb = w[s][r].add(b * bstep);
-                        if S == 1 {
-                            $prefetch(wb);
-                        } else {
-                            $streams_prefetch(wb);
-                        }
-                        dots[r] = $block(wb, a.add(b * qk), bs.add(b * 16));
-                    }
-                    // [Σ dots[0], Σ dots[1], Σ dots[2], Σ dots[3]], exact in i32.
-                    let sums = $reduce(dots);
-                    let wb = |r: usize| w[s][r].add(b * bstep);
-                    let dw =
-                        _mm_setr_epi16(d_w(wb(0)), d_w(wb(1)), d_w(wb(2)), d_w(wb(3)), 0, 0, 0, 0);
-                    let dwv = _mm_cvtph_ps(dw);
-                    let scale = _mm_mul_ps(dwv, _mm_set1_ps(*da.add(b)));
-                    sacc[s] = _mm_add_ps(sacc[s], _mm_mul_ps(scale, _mm_cvtepi32_ps(sums)));
-                }
-            }
-            let mut lanes = [[0f32; 4]; S];
-            for s in 0..S {
-                _mm_storeu_ps(lanes[s].as_mut_ptr(), sacc[s]);
-            }
-            lanes
-        }
-    };
-}
-pub(crate) use q6_k_rows4;
-
-/// A four-row, one-token Q6_K head tile made by [`q6_k_rows4`]: rows `w`,
-/// one token's quants `a`, block scales `da` and sub-block sums `bs`, `nb`
-/// blocks `bstep` bytes apart in each row.
-pub(super) type Rows4 =
-    unsafe fn([*const u8; 4], *const i8, *const f32, *const i16, usize, usize) -> [f32; 4];
-
-/// One Q6_K block of one token as AVX2's [`q6_k_block`] computes it.
+/// One Q6_K block of one token as [`q6_k_block`] computes it, kept out
+/// of line: inlined into the four rows of [`q6_k_streams_avx2`], the
+/// compiler interleaved the rows' unpacking and spilled most of it to the
+/// stack (61 stack accesses per four blocks), and the 2B-4T head's blocks
+/// ran ~20% slower from L2 and ~10% from memory than with this call
+/// (a copy of the routine, alternated in one process, Zen 3 VM,
+/// 2026-12-03).
 #[target_feature(enable = "avx2")]
-#[inline]
+#[inline(never)]
 unsafe fn q6_k_block1(w: *const u8, a: *const i8, bs: *const i16) -> __m256i {
     q6_k_block::<1>(w, [a], [bs])[0]
 }
 
-q6_k_rows4!(
-    q6_k_rows4_avx2,
-    q6_k_streams_avx2,
-    "avx2,fma,f16c",
-    q6_k_block1,
-    _mm256_setzero_si256(),
-    hsum4,
-    prefetch_head_block::<true>,
-    prefetch_q6_k_near
-);
+/// The four-row, one-token Q6_K head tile: rows `w`, one token's quants
+/// `a`, block scales `da` and sub-block sums `bs`, `nb` blocks `bstep`
+/// bytes apart in each row; each row's value. The four rows' float steps
+/// `s += (d_w · d_x) · Σ` run in the four lanes of one vector, the same
+/// operations per row as the scalar reference, so its bits. The rows'
+/// `d_w` go into a vector as register inserts (four 2-byte stores read
+/// back as one 16-byte load cannot be forwarded from the store buffer, a
+/// stall every block). One group is prefetched as [`prefetch_head_block`]
+/// says, several at once ([`q6_k_streams_avx2`]) as [`prefetch_q6_k_near`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k_rows4_avx2(
+    w: [*const u8; 4],
+    a: *const i8,
+    da: *const f32,
+    bs: *const i16,
+    nb: usize,
+    bstep: usize,
+) -> [f32; 4] {
+    q6_k_streams_avx2::<1>([w], a, da, bs, nb, bstep)[0]
+}
+
+/// `S` four-row tiles at once, block by block (each its own
+/// stream of blocks, the same sums as one tile at a time).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn q6_k_streams_avx2<const S: usize>(
+    w: [[*const u8; 4]; S],
+    a: *const i8,
+    da: *const f32,
+    bs: *const i16,
+    nb: usize,
+    bstep: usize,
+) -> [[f32; 4]; S] {
+    let qk = q6_k::QK_K;
+    let d_w = |wb: *const u8| {
+        let d = wb.add(q6_k::D_OFF);
+        i16::from_le_bytes([*d, *d.add(1)])
+    };
+    let mut sacc = [_mm_setzero_ps(); S];
+    for b in 0..nb {
+        for s in 0..S {
+            let mut dots = [_mm256_setzero_si256(); 4];
+            for r in 0..4 {
+                let wb = w[s][r].add(b * bstep);
+                if S == 1 {
+                    prefetch_head_block::<true>(wb);
+                } else {
+                    prefetch_q6_k_near(wb);
+                }
+                dots[r] = q6_k_block1(wb, a.add(b * qk), bs.add(b * 16));
+            }
+            // [Σ dots[0], Σ dots[1], Σ dots[2], Σ dots[3]], exact in i32.
+            let sums = hsum4(dots);
+            let wb = |r: usize| w[s][r].add(b * bstep);
+            let dw = _mm_setr_epi16(d_w(wb(0)), d_w(wb(1)), d_w(wb(2)), d_w(wb(3)), 0, 0, 0, 0);
+            let dwv = _mm_cvtph_ps(dw);
+            let scale = _mm_mul_ps(dwv, _mm_set1_ps(*da.add(b)));
+            sacc[s] = _mm_add_ps(sacc[s], _mm_mul_ps(scale, _mm_cvtepi32_ps(sums)));
+        }
+    }
+    let mut lanes = [[0f32; 4]; S];
+    for s in 0..S {
+        _mm_storeu_ps(lanes[s].as_mut_ptr(), sacc[s]);
+    }
+    lanes
+}
 
 /// `R` head rows × `T` tokens of a quantized head (`Q6`: Q6_K, else Q8_0)
 /// over `nb` blocks. Q8_0: each (row, token) keeps one 8-lane f32
@@ -1663,11 +1604,10 @@ unsafe fn quant_tile<const Q6: bool, const R: usize, const T: usize>(
     bs: [*const i16; T],
     nb: usize,
     bstep: usize,
-    rows4: Rows4,
 ) -> [[f32; T]; R] {
     let qk = if Q6 { q6_k::QK_K } else { q8_0::QK8_0 };
     if Q6 && R == 4 && T == 1 {
-        let lanes = rows4([w[0], w[1], w[2], w[3]], a[0], da[0], bs[0], nb, bstep);
+        let lanes = q6_k_rows4_avx2([w[0], w[1], w[2], w[3]], a[0], da[0], bs[0], nb, bstep);
         let mut res = [[0f32; T]; R];
         for r in 0..R {
             res[r][0] = lanes[r];

@@ -53,19 +53,17 @@
 //! widened); with VNNI `vpdpbusd` accumulates the u8×i8 products straight
 //! into 32 bits. Both give the exact integer sum.
 
-use super::layout::Steps;
 use super::ops::Kv;
-use super::qhead::{self, BlockActs};
 use super::ternary::{self, TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
 use super::{avx2, Kernel, Ops};
-use crate::quant::q6_k;
 use std::arch::x86_64::*;
 
 /// How far ahead AVX-512's one-group one-token ternary tiles (VNNI's
 /// [`tile1_vnni`], which takes the groups [`tile1x8_vnni`] leaves over,
 /// and the BW packed tile for one token) prefetch into L2, beside their
-/// L1 prefetch [`avx2::PREFETCH_L1`] 1.5 KiB ahead. VNNI's Q6_K head used
-/// it too until it read four groups at once (see [`avx2::prefetch_q6_k_near`]).
+/// L1 prefetch [`avx2::PREFETCH_L1`] 1.5 KiB ahead. VNNI's own Q6_K head
+/// routine (since replaced by AVX2's, see [`avx2::prefetch_q6_k_near`])
+/// used it too until it read four groups at once.
 ///
 /// Measured on the Intel Xeon VM (2026-12-01, night) with copies of the
 /// tile that differ only in their prefetches, run in turn in one process
@@ -128,12 +126,17 @@ const OPS_BW: Ops = Ops {
 /// one byte per code and the activations stream from L2 faster than the
 /// packed 2-bit codes (see `ternary::PANEL_MIN_TOKENS`), so it was removed;
 /// the panel entries inherited from `OPS_BW` are never reached.
+///
+/// The Q6_K head is AVX2's (inherited): its blocks are in tern's
+/// load-time layout (`quant::q6_k::repack`), which AVX2 unpacks with 11
+/// operations per 128 codes, and the `vpdpbusd` routine VNNI had for
+/// ggml's layout was removed rather than rewritten unverified (no
+/// AVX-512 machine on 2026-12-03); a VNNI routine for the new layout (its
+/// four-byte groups are one sub-block each, as `vpdpbusd` sums them) is
+/// left for a machine that can run it.
 const OPS_VNNI: Ops = Ops {
     i2s_packed: packed_vnni,
     i2s_streams: Some(tile1x8_vnni),
-    q6_k_tile: q6_k_tile_vnni,
-    q6_k_streams: Some(q6_k_streams_vnni),
-    q6_k_block_dots: q6_k_block_dots_vnni,
     i2s_panel_min_tokens: usize::MAX,
     ..OPS_BW
 };
@@ -829,192 +832,6 @@ macro_rules! packed_tile {
         }
     };
 }
-
-#[allow(clippy::too_many_arguments)]
-unsafe fn q6_k_tile_vnni(
-    w: *const u8,
-    steps: Steps,
-    r: usize,
-    x: &BlockActs,
-    t0: usize,
-    t: usize,
-    out: *mut f32,
-    ld: usize,
-) {
-    // SAFETY: the tile contract (`qhead::Tile`) and the CPU check (VNNI
-    // table); the one-token four-row shape (generation) takes the VNNI
-    // tile, the others are AVX2's.
-    avx2::quant_dispatch::<true>(w, steps, r, x, t0, t, out, ld, q6_k_rows4_vnni)
-}
-
-/// `qhead::StreamsTile` for Q6_K with VNNI: the four-row tile's sums
-/// ([`q6_k_block_vnni`]) for four groups, block by block.
-unsafe fn q6_k_streams_vnni(
-    w: [*const u8; qhead::STREAMS],
-    steps: Steps,
-    x: &BlockActs,
-    out: [*mut f32; qhead::STREAMS],
-) {
-    // SAFETY: the tile contract (`qhead::StreamsTile`) and the CPU check
-    // (VNNI table).
-    avx2::q6_k_streams_via(q6_k_streams4_vnni::<{ qhead::STREAMS }>, w, steps, x, out)
-}
-
-fn q6_k_block_dots_vnni(w: &[u8], a: &[i8], bsums: &[i16], out: &mut [i32]) {
-    for (b, o) in out.iter_mut().enumerate() {
-        // SAFETY: CPU checked (VNNI table); `Kernel::q6_k_block_dots`
-        // asserted that block `b` lies inside `w` (210 bytes), `a` (256)
-        // and `bsums` (16).
-        *o = unsafe {
-            hsum512(q6_k_block_vnni(
-                w.as_ptr().add(b * q6_k::BLOCK_BYTES),
-                a.as_ptr().add(b * q6_k::QK_K),
-                bsums.as_ptr().add(b * 16),
-            ))
-        };
-    }
-}
-
-/// `vpermw` indices spreading a block's sixteen i16 sub-block scales over
-/// the 32 four-value sums of half `h` as [`q6_k_block_vnni`] packs them:
-/// 128-bit lane `k` holds four sums of sub-block `8h + k` (values
-/// `128h + 16k ..`), then four of sub-block `8h + 4 + k` (64 values on).
-const Q6_SCALE_IDX: [[u16; 32]; 2] = {
-    let mut m = [[0u16; 32]; 2];
-    let mut h = 0;
-    while h < 2 {
-        let mut i = 0;
-        while i < 32 {
-            let (lane, upper) = (i / 8, (i % 8) / 4);
-            m[h][i] = (8 * h + 4 * upper + lane) as u16;
-            i += 1;
-        }
-        h += 1;
-    }
-    m
-};
-
-/// One Q6_K block (`w`, 210 bytes) against its 256 Q8_K quants (`a`) and
-/// their 16 sums (`bs`): sixteen i32 lanes summing to `Σ_j scale_j · Σ
-/// (q − 32)·a` exactly, the same integer as AVX2's `q6_k_block` and the
-/// scalar reference.
-///
-/// Half `h` of the block (values `128h ..`) is one 64-byte vector of low
-/// nibbles (`ql`, bytes `64h ..`: values `+0..32 | +32..64` in the low
-/// nibbles, `+64..96 | +96..128` in the high ones) and 32 bytes of high
-/// bits (`qh`, four 2-bit fields) broadcast to both halves; a per-half
-/// shift (`vpsllvw` / `vpsrlvw`) brings each half's field to bits 4–5, so
-/// two 64-value code vectors take seven operations. `vpdpbusd` sums each
-/// four codes (0..63, unsigned) times their quants into an i32 lane,
-/// |sum| ≤ 4·63·128 = 32256, so `vpackssdw` packs the half's two vectors
-/// into 16-bit lanes without saturating, and one `vpdpwssd` multiplies
-/// them by their sub-block scales (spread by one `vpermw`,
-/// [`Q6_SCALE_IDX`]) and adds pairs. The −32 offset is taken out once
-/// per block as `32 · Σ_j scale_j · bsum_j`. Per block: four `vpdpbusd`,
-/// two packs, two `vpermw`, two `vpdpwssd` — against four `vpmaddubsw`,
-/// four `vpermw` and four `vpdpwssd` for 16-bit pair sums scaled per 64
-/// values, which measured 21–27% slower per block on the Intel Xeon VM
-/// (L1- and L2-resident rows, alternated in one process, bit-identical
-/// results).
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
-#[inline]
-unsafe fn q6_k_block_vnni(w: *const u8, a: *const i8, bs: *const i16) -> __m512i {
-    let m4 = _mm512_set1_epi8(0x0F);
-    let m30 = _mm512_set1_epi8(0x30);
-    // Low half: field 0 (bits 0-1) up by 4; high half: field 1 (bits 2-3)
-    // up by 2. Then fields 2 (bits 4-5, in place) and 3 (bits 6-7, down 2).
-    let mlo = _mm512_inserti64x4::<1>(
-        _mm512_castsi256_si512(_mm256_set1_epi8(0x03)),
-        _mm256_set1_epi8(0x0C),
-    );
-    let sh_lo = _mm512_inserti64x4::<1>(
-        _mm512_castsi256_si512(_mm256_set1_epi16(4)),
-        _mm256_set1_epi16(2),
-    );
-    let sh_hi = _mm512_inserti64x4::<1>(
-        _mm512_castsi256_si512(_mm256_setzero_si256()),
-        _mm256_set1_epi16(2),
-    );
-    let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(q6_k::SC_OFF) as *const __m128i));
-    let sc = _mm512_castsi256_si512(sc16);
-    // The offset term starts the first accumulator; each half has its own
-    // (two short dependency chains instead of one).
-    let off = _mm256_madd_epi16(_mm256_loadu_si256(bs as *const __m256i), sc16);
-    let mut acc = [
-        _mm512_zextsi256_si512(_mm256_sub_epi32(
-            _mm256_setzero_si256(),
-            _mm256_slli_epi32::<5>(off),
-        )),
-        _mm512_setzero_si512(),
-    ];
-    for h in 0..2 {
-        let ql = _mm512_loadu_si512(w.add(64 * h) as *const __m512i);
-        let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-            w.add(q6_k::QH_OFF + 32 * h) as *const __m256i
-        ));
-        // (x & m4) | y: ternary-logic table 0xEA.
-        let q01 = _mm512_ternarylogic_epi32::<0xEA>(
-            ql,
-            m4,
-            _mm512_sllv_epi16(_mm512_and_si512(qh, mlo), sh_lo),
-        );
-        let q23 = _mm512_ternarylogic_epi32::<0xEA>(
-            _mm512_srli_epi16::<4>(ql),
-            m4,
-            _mm512_and_si512(_mm512_srlv_epi16(qh, sh_hi), m30),
-        );
-        let ah = a.add(128 * h);
-        let d01 = _mm512_dpbusd_epi32(
-            _mm512_setzero_si512(),
-            q01,
-            _mm512_loadu_si512(ah as *const __m512i),
-        );
-        let d23 = _mm512_dpbusd_epi32(
-            _mm512_setzero_si512(),
-            q23,
-            _mm512_loadu_si512(ah.add(64) as *const __m512i),
-        );
-        let idx = _mm512_loadu_si512(Q6_SCALE_IDX[h].as_ptr() as *const __m512i);
-        let s = _mm512_permutexvar_epi16(idx, sc);
-        acc[h] = _mm512_dpwssd_epi32(acc[h], _mm512_packs_epi32(d01, d23), s);
-    }
-    _mm512_add_epi32(acc[0], acc[1])
-}
-
-/// The four rows' sums of sixteen i32 lanes each, `[Σ v[0], Σ v[1], Σ
-/// v[2], Σ v[3]]`: interleaving adds within each 128-bit lane, then the
-/// four lanes folded (fewer shuffles than folding each row to eight lanes
-/// for `vphaddd`).
-#[target_feature(enable = "avx512f,avx2")]
-#[inline]
-unsafe fn hsum4_epi32_512(v: [__m512i; 4]) -> __m128i {
-    let s01 = _mm512_add_epi32(
-        _mm512_unpacklo_epi32(v[0], v[1]),
-        _mm512_unpackhi_epi32(v[0], v[1]),
-    );
-    let s23 = _mm512_add_epi32(
-        _mm512_unpacklo_epi32(v[2], v[3]),
-        _mm512_unpackhi_epi32(v[2], v[3]),
-    );
-    // Each 128-bit lane: [row 0, row 1, row 2, row 3] partial sums.
-    let s = _mm512_add_epi32(
-        _mm512_unpacklo_epi64(s01, s23),
-        _mm512_unpackhi_epi64(s01, s23),
-    );
-    let t = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s));
-    _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256::<1>(t))
-}
-
-avx2::q6_k_rows4!(
-    q6_k_rows4_vnni,
-    q6_k_streams4_vnni,
-    "avx512f,avx512bw,avx512vnni,avx2,fma,f16c",
-    q6_k_block_vnni,
-    _mm512_setzero_si512(),
-    hsum4_epi32_512,
-    avx2::prefetch_q6_k_near,
-    avx2::prefetch_q6_k_near
-);
 
 packed_tile!(ptile_bw, "avx512f,avx512bw,avx2", false);
 packed_tile!(ptile_vnni, "avx512f,avx512bw,avx512vnni,avx2", true);

@@ -230,10 +230,12 @@ impl Kernel {
         (self.ops.q8_0_block_dots)(w, a, out)
     }
 
-    /// Integer dots of one Q6_K head row `w` (`k / 256` blocks of 210 bytes)
-    /// with Q8_K activation quants `a` (each in -127..=127) and their sums
-    /// per 16 (`bsums`): `out[b] = Σ_j scale_j · Σ_{i in sub-block j}
-    /// (q_i − 32) · a_i`. Exact.
+    /// Integer dots of one Q6_K head row `w` (`k / 256` blocks of 210 bytes
+    /// in tern's load-time layout, `quant::q6_k::repack`) with Q8_K
+    /// activation quants `a` (each in -128..=127, in the same lane order,
+    /// `quant::q6_k::order_q8_k`) and their sums per 16 (`bsums`, one per
+    /// sub-block, value order): `out[b] = Σ_j scale_j · Σ_{i in sub-block
+    /// j} (q_i − 32) · a_i`. Exact.
     pub fn q6_k_block_dots(&self, w: &[u8], a: &[i8], bsums: &[i16], out: &mut [i32]) {
         qhead::check_block_dots(QuantHead::Q6K, w, a, out);
         assert_eq!(bsums.len(), a.len() / 16, "activation sums");

@@ -652,6 +652,17 @@ unsafe fn dot16_plain(a: int8x16_t, b: int8x16_t) -> int32x4_t {
     vpadalq_s16(vpaddlq_s16(lo), vmull_high_s8(a, b))
 }
 
+/// Σ a·b of sixteen i8 pairs as four i32 lanes without `sdot`, lane `j`
+/// summing bytes `4j .. 4j + 4` as `sdot` does (`smull`, pairwise widening,
+/// one pairwise add).
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn dot4_plain(a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    let lo = vpaddlq_s16(vmull_s8(vget_low_s8(a), vget_low_s8(b)));
+    let hi = vpaddlq_s16(vmull_high_s8(a, b));
+    vpaddq_s32(lo, hi)
+}
+
 /// Prefetch the line at `p` into L2 (a hint: any address is allowed).
 #[target_feature(enable = "neon")]
 #[inline]
@@ -688,48 +699,59 @@ macro_rules! qhead_impl {
             r
         }
 
-        /// One Q6_K block against the matching 256 Q8_K quants of `T`
-        /// tokens: per token `Σ_j scale_j · Σ (q − 32)·a`, exact. Each
-        /// 16-byte code vector is one sub-block; `q − 32` fits a signed
+        /// One Q6_K block (tern's load-time layout, `q6_k::repack`)
+        /// against the matching 256 Q8_K quants of `T` tokens (the same
+        /// lane order): per token `Σ_j scale_j · Σ (q − 32)·a`, exact.
+        /// Each 16 bytes of codes hold four of each of four sub-blocks,
+        /// four bytes per sub-block as `sdot` sums them, so the four code
+        /// vectors of a quarter share one i32 accumulator and one
+        /// multiply by the quarter's four scales; `q − 32` fits a signed
         /// byte, so no sums of the activations are needed.
         #[target_feature(enable = $feat)]
         #[inline]
         #[allow(clippy::needless_range_loop)]
         unsafe fn $q6<const T: usize>(w: *const u8, a: [*const i8; T]) -> [i32; T] {
-            let m4 = vdupq_n_u8(0x0F);
-            let m3 = vdupq_n_u8(0x03);
+            let m6 = vdupq_n_u8(0x3F);
             let off = vdupq_n_s8(32);
+            // The sixteen scales as i32, vector 2h + f holding sub-blocks
+            // 8h + 4f .. + 4.
+            let sc8 = vld1q_s8(w.add(q6_k::SC_OFF) as *const i8);
+            let (s_lo, s_hi) = (vmovl_s8(vget_low_s8(sc8)), vmovl_high_s8(sc8));
+            let scales = [
+                vmovl_s16(vget_low_s16(s_lo)),
+                vmovl_high_s16(s_lo),
+                vmovl_s16(vget_low_s16(s_hi)),
+                vmovl_high_s16(s_hi),
+            ];
             let mut acc = [vdupq_n_s32(0); T];
             for h in 0..2 {
-                for e in 0..2 {
-                    let l0 = vld1q_u8(w.add(64 * h + 16 * e));
-                    let l1 = vld1q_u8(w.add(64 * h + 32 + 16 * e));
-                    let hb = vld1q_u8(w.add(q6_k::QH_OFF + 32 * h + 16 * e));
-                    let q = [
-                        vorrq_u8(vandq_u8(l0, m4), vshlq_n_u8::<4>(vandq_u8(hb, m3))),
+                for f in 0..2 {
+                    let byte = |c: usize| vld1q_u8(w.add(96 * h + 32 * c + 16 * f));
+                    let (b0, b1, b2) = (byte(0), byte(1), byte(2));
+                    // The fourth code: bits 4-5, 2-3, 0-1 from the top bits
+                    // of the three bytes.
+                    let top = vorrq_u8(
                         vorrq_u8(
-                            vandq_u8(l1, m4),
-                            vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<2>(hb), m3)),
+                            vshlq_n_u8::<4>(vshrq_n_u8::<6>(b0)),
+                            vshlq_n_u8::<2>(vshrq_n_u8::<6>(b1)),
                         ),
-                        vorrq_u8(
-                            vshrq_n_u8::<4>(l0),
-                            vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<4>(hb), m3)),
-                        ),
-                        vorrq_u8(vshrq_n_u8::<4>(l1), vshlq_n_u8::<4>(vshrq_n_u8::<6>(hb))),
-                    ];
-                    for (k, &qk) in q.iter().enumerate() {
-                        // Values 128h + 32k + 16e .. + 16: sub-block 8h + 2k + e.
-                        let qs = vsubq_s8(vreinterpretq_s8_u8(qk), off);
-                        let sc = *w.add(q6_k::SC_OFF + 8 * h + 2 * k + e) as i8 as i32;
-                        for t in 0..T {
-                            let av = vld1q_s8(a[t].add(128 * h + 32 * k + 16 * e));
-                            let d = if $dot {
-                                sdot_s8(vdupq_n_s32(0), qs, av)
+                        vshrq_n_u8::<6>(b2),
+                    );
+                    let q = [vandq_u8(b0, m6), vandq_u8(b1, m6), vandq_u8(b2, m6), top];
+                    for t in 0..T {
+                        let mut d = vdupq_n_s32(0);
+                        for (k, &qk) in q.iter().enumerate() {
+                            // Positions 128h + 32k + 16f ..: four each of
+                            // sub-blocks 8h + 4f .. + 4.
+                            let qs = vsubq_s8(vreinterpretq_s8_u8(qk), off);
+                            let av = vld1q_s8(a[t].add(128 * h + 32 * k + 16 * f));
+                            d = if $dot {
+                                sdot_s8(d, qs, av)
                             } else {
-                                dot16_plain(qs, av)
+                                vaddq_s32(d, dot4_plain(qs, av))
                             };
-                            acc[t] = vmlaq_n_s32(acc[t], d, sc);
                         }
+                        acc[t] = vmlaq_s32(acc[t], d, scales[2 * h + f]);
                     }
                 }
             }

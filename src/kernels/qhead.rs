@@ -47,7 +47,9 @@ impl QuantHead {
 /// Activation rows quantized per block for a quantized matrix, the way
 /// ggml quantizes the other operand of its dot products: Q8_0 blocks for a
 /// Q8_0 matrix (`quant::q8_0::quantize_acts`), Q8_K blocks for a Q6_K one
-/// (`quant::q6_k::quantize_q8_k`, with the sums of each 16 quants).
+/// (`quant::q6_k::quantize_q8_k`, with the sums of each 16 quants), their
+/// quants then put in the lane order of tern's load-time Q6_K layout
+/// (`quant::q6_k::order_q8_k`), as the weights are.
 #[derive(Debug, Clone)]
 pub struct BlockActs {
     pub kind: QuantHead,
@@ -55,7 +57,8 @@ pub struct BlockActs {
     pub k: usize,
     /// Rows.
     pub n: usize,
-    /// `n · k` quants, each in -127..=127.
+    /// `n · k` quants, each in -127..=127; Q8_K: each block in the lane
+    /// order of `quant::q6_k::lane_position`.
     pub qs: Vec<i8>,
     /// `n · k / block` block scales.
     pub d: Vec<f32>,
@@ -78,7 +81,8 @@ impl BlockActs {
             QuantHead::Q8_0 => crate::quant::q8_0::quantize_acts(x, &mut qs, &mut d),
             QuantHead::Q6K => {
                 bsums = vec![0i16; x.len() / 16];
-                crate::quant::q6_k::quantize_q8_k(x, &mut qs, &mut d, &mut bsums)
+                crate::quant::q6_k::quantize_q8_k(x, &mut qs, &mut d, &mut bsums);
+                crate::quant::q6_k::order_q8_k(&mut qs);
             }
         }
         BlockActs {
@@ -105,8 +109,9 @@ impl BlockActs {
     }
 }
 
-/// Exact integer dots of one Q6_K row (its blocks) with Q8_K activations
-/// (codes and the per-16 sums of codes), one `i32` per block.
+/// Exact integer dots of one Q6_K row (its blocks, in tern's load-time
+/// layout) with Q8_K activations (codes in the same lane order and the
+/// per-16 sums of codes), one `i32` per block.
 pub type Q6KBlockDots = fn(&[u8], &[i8], &[i16], &mut [i32]);
 
 /// `r` rows of a quantized matrix (their blocks where `steps` puts them,

@@ -266,24 +266,27 @@ pub fn q8_0_block_dots(w: &[u8], a: &[i8], out: &mut [i32]) {
     }
 }
 
-/// Reference [`Kernel::q6_k_block_dots`] (straight from the codes; `bsums`
-/// is not needed here, the SIMD kernels use it).
+/// Reference [`Kernel::q6_k_block_dots`] (straight from the codes, in
+/// tern's load-time layout; `bsums` is not needed here, the SIMD kernels
+/// use it).
 pub fn q6_k_block_dots(w: &[u8], a: &[i8], _bsums: &[i16], out: &mut [i32]) {
     for ((wb, ab), o) in w
         .chunks_exact(q6_k::BLOCK_BYTES)
         .zip(a.chunks_exact(q6_k::QK_K))
         .zip(out.iter_mut())
     {
-        let q = q6_k::codes(wb);
-        let mut isum = 0i32;
-        for j in 0..16 {
-            let sc = wb[q6_k::SC_OFF + j] as i8 as i32;
-            let s: i32 = (16 * j..16 * j + 16)
-                .map(|i| (q[i] as i32 - 32) * ab[i] as i32)
-                .sum();
-            isum += sc * s;
+        // Codes and quants in the same lane order (`q6_k::lane_position`):
+        // each sub-block's sum over its sixteen positions, then the scales.
+        let q = q6_k::lane_codes(wb);
+        let mut sums = [0i32; 16];
+        for (p, (&c, &x)) in q.iter().zip(ab).enumerate() {
+            sums[q6_k::lane_sub_block(p)] += (c as i32 - 32) * x as i32;
         }
-        *o = isum;
+        *o = sums
+            .iter()
+            .enumerate()
+            .map(|(j, s)| wb[q6_k::SC_OFF + j] as i8 as i32 * s)
+            .sum();
     }
 }
 

@@ -211,6 +211,121 @@ pub fn dequantize(data: &[u8], out: &mut [f32]) {
     }
 }
 
+/// tern's load-time layout of a Q6_K block ("repacked"): the same 210
+/// bytes, the scales and `d` where ggml has them ([`SC_OFF`], [`D_OFF`]),
+/// the 192 bytes of codes rearranged so that a SIMD kernel unpacks them with
+/// fewer operations and applies the sixteen sub-block scales without
+/// shuffling them for every 32 codes.
+///
+/// *Positions.* The 256 values are put in "lane order": value `n = 128h +
+/// 16m + 4k + e` (half `h`, sub-block `8h + m`, `m`, `k`, `e` in 0..8,
+/// 0..4, 0..4) goes to position `p = 128h + 32k + 4m + e`
+/// ([`lane_position`]). So each 32 positions `128h + 32k ..` hold four
+/// values of each of the half's eight sub-blocks, four consecutive
+/// positions per sub-block: a 4-byte group is one sub-block, the same one
+/// for every `k`, as `vpmaddubsw` + `vpmaddwd` and `sdot` / `vpdpbusd` sum
+/// them. The Q8_K activations are put in the same order
+/// ([`order_q8_k`]); a dot product is a sum over positions, so its value
+/// (and the integer per block) is the same in either order.
+///
+/// *Codes.* Position `128h + 32c + l` (`c` in 0..3, `l` in 0..32) is byte
+/// `96h + 32c + l`, low six bits; position `128h + 96 + l` is split over the
+/// top two bits of those three bytes: bits 4–5 in byte `c = 0`, bits 2–3
+/// in `c = 1`, bits 0–1 in `c = 2`. Unpacking 128 codes takes three masks
+/// for the first 96, and three masks, three shifts and two ors for the
+/// last 32 (`((A & 0xC0) | (B & 0xC0) >> 2 | (C & 0xC0) >> 4) >> 2`,
+/// shifts that never carry a bit across bytes), where ggml's `ql`/`qh`
+/// split takes seventeen.
+///
+/// Only tern's kernels read it; files keep ggml's layout.
+pub const fn lane_position(n: usize) -> usize {
+    let (h, m, k, e) = (n / 128, n % 128 / 16, n % 16 / 4, n % 4);
+    128 * h + 32 * k + 4 * m + e
+}
+
+/// The sub-block (0..16) of the value at lane-order position `p`.
+#[inline]
+pub const fn lane_sub_block(p: usize) -> usize {
+    8 * (p / 128) + p % 32 / 4
+}
+
+/// Rearrange whole ggml Q6_K blocks into tern's load-time layout (see
+/// [`lane_position`]), in place. Panics unless `blocks` is whole blocks.
+pub fn repack(blocks: &mut [u8]) {
+    assert!(
+        blocks.len().is_multiple_of(BLOCK_BYTES),
+        "Q6_K data is not whole blocks"
+    );
+    for b in blocks.chunks_exact_mut(BLOCK_BYTES) {
+        let q = codes(b);
+        let mut lane = [0u8; QK_K];
+        for (n, &c) in q.iter().enumerate() {
+            lane[lane_position(n)] = c;
+        }
+        for h in 0..2 {
+            for l in 0..32 {
+                let top = lane[128 * h + 96 + l];
+                for c in 0..3 {
+                    let hi = (top >> (4 - 2 * c)) & 3;
+                    b[96 * h + 32 * c + l] = lane[128 * h + 32 * c + l] | (hi << 6);
+                }
+            }
+        }
+    }
+}
+
+/// The 6-bit codes of one block in tern's load-time layout, in lane order
+/// (position `p` as [`lane_position`] numbers it).
+#[inline]
+pub fn lane_codes(b: &[u8]) -> [u8; QK_K] {
+    let mut q = [0u8; QK_K];
+    for h in 0..2 {
+        for l in 0..32 {
+            let byte = |c: usize| b[96 * h + 32 * c + l];
+            let mut top = 0u8;
+            for c in 0..3 {
+                q[128 * h + 32 * c + l] = byte(c) & 63;
+                top |= (byte(c) >> 6) << (4 - 2 * c);
+            }
+            q[128 * h + 96 + l] = top;
+        }
+    }
+    q
+}
+
+/// Dequantize whole blocks in tern's load-time layout into value order:
+/// the same numbers as [`dequantize`] gives for the ggml blocks they came
+/// from.
+pub fn dequantize_repacked(data: &[u8], out: &mut [f32]) {
+    assert!(out.len().is_multiple_of(QK_K));
+    assert_eq!(data.len(), out.len() / QK_K * BLOCK_BYTES);
+    for (b, o) in data
+        .chunks_exact(BLOCK_BYTES)
+        .zip(out.chunks_exact_mut(QK_K))
+    {
+        let d = block_d(b);
+        let q = lane_codes(b);
+        for (n, v) in o.iter_mut().enumerate() {
+            let s = b[SC_OFF + n / 16] as i8 as f32;
+            *v = d * s * (q[lane_position(n)] as i32 - 32) as f32;
+        }
+    }
+}
+
+/// Put Q8_K quants (whole blocks of 256, value order) into the lane order
+/// of tern's load-time Q6_K layout, in place. The block scales and the
+/// sums of 16 do not move (each sum is still its sub-block's).
+pub fn order_q8_k(qs: &mut [i8]) {
+    assert!(qs.len().is_multiple_of(QK_K));
+    for blk in qs.chunks_exact_mut(QK_K) {
+        let mut lane = [0i8; QK_K];
+        for (n, &v) in blk.iter().enumerate() {
+            lane[lane_position(n)] = v;
+        }
+        blk.copy_from_slice(&lane);
+    }
+}
+
 /// Values per Q8_K block (= [`QK_K`]) and its sub-block sums.
 pub const Q8K_BSUMS: usize = QK_K / 16;
 
@@ -296,5 +411,50 @@ mod tests {
         let mut b = Vec::new();
         quantize(&[0f32; 256], &mut b);
         assert!(b.iter().all(|&v| v == 0));
+    }
+    #[test]
+    fn lane_order_is_a_permutation_keeping_sub_blocks() {
+        let mut seen = [false; QK_K];
+        for n in 0..QK_K {
+            let p = lane_position(n);
+            assert!(!seen[p], "position {} twice", p);
+            seen[p] = true;
+            assert_eq!(lane_sub_block(p), n / 16, "value {}", n);
+        }
+    }
+
+    #[test]
+    fn repacked_blocks_keep_every_code_and_value() {
+        let mut s = 11u32;
+        let mut rnd = || {
+            s = s.wrapping_mul(747796405).wrapping_add(2891336453);
+            (s >> 24) as u8
+        };
+        let ggml: Vec<u8> = (0..3 * BLOCK_BYTES).map(|_| rnd()).collect();
+        let mut ours = ggml.clone();
+        repack(&mut ours);
+        for (g, o) in ggml
+            .chunks_exact(BLOCK_BYTES)
+            .zip(ours.chunks_exact(BLOCK_BYTES))
+        {
+            assert_eq!(g[SC_OFF..], o[SC_OFF..], "scales and d stay");
+            let (qg, qo) = (codes(g), lane_codes(o));
+            for n in 0..QK_K {
+                assert_eq!(qg[n], qo[lane_position(n)], "value {}", n);
+            }
+        }
+        let (mut want, mut got) = (vec![0f32; 768], vec![0f32; 768]);
+        dequantize(&ggml, &mut want);
+        dequantize_repacked(&ours, &mut got);
+        assert_eq!(
+            want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        let mut a: Vec<i8> = (0..512).map(|i| (i % 255) as i8).collect();
+        let natural = a.clone();
+        order_q8_k(&mut a);
+        for n in 0..512 {
+            assert_eq!(a[n / 256 * 256 + lane_position(n % 256)], natural[n]);
+        }
     }
 }

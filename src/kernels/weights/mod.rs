@@ -11,7 +11,7 @@
 //! |---|---|---|---|
 //! | `ternary` | I2_S, TQ2_0, TQ1_0 (one scale); F32/F16/BF16 projections holding only `{-s, 0, +s}` | [`crate::kernels::Packed`], repacked at load (rows not whole I2_S blocks: f32) | int8 per token |
 //! | `float` | F32, F16, BF16, Q4_0, Q4_K (and TQ with per-block scales) | F16 as in the file, else f32 | int8 per token (BitLinear) or f32 |
-//! | `quant` | Q8_0, Q6_K | the file's blocks | int8 per token via f32 (BitLinear), or Q8_0 / Q8_K blocks |
+//! | `quant` | Q8_0, Q6_K | the file's blocks, four rows interleaved; Q6_K codes rearranged (`quant::q6_k::repack`) | int8 per token via f32 (BitLinear), or Q8_0 / Q8_K blocks |
 //!
 //! Every format copies what it keeps into huge-page memory
 //! ([`super::memory::HugeBuf`]) and gives the file's pages back as it goes

@@ -2,6 +2,8 @@
 //! memory; the file's pages are released as they are copied) with the
 //! blocks of each four rows interleaved ([`RowLayout::Interleaved4`]: the
 //! same bytes, so the one-token product reads the matrix as one stream),
+//! each Q6_K block's codes rearranged into tern's load-time layout
+//! (`quant::q6_k::repack`: same size, cheaper to unpack),
 //! and never dequantized as a whole. With native activations (an output head)
 //! each token is quantized per block as ggml does (Q8_0, or Q8_K for Q6_K)
 //! and the block products are integer; with BitLinear activations (a
@@ -41,7 +43,7 @@ fn kind_of(ty: GgmlType) -> QuantHead {
 
 impl Quant {
     /// `rows` rows of `cols` values as `kind` blocks, back to back (the
-    /// GGUF layout); interleaves them in place.
+    /// GGUF layout); repacks (Q6_K) and interleaves them in place.
     pub fn new(kind: QuantHead, mut bytes: HugeBuf, rows: usize, cols: usize) -> Result<Quant> {
         if cols == 0
             || !cols.is_multiple_of(kind.block())
@@ -54,6 +56,9 @@ impl Quant {
                 rows,
                 cols
             );
+        }
+        if kind == QuantHead::Q6K {
+            q6_k::repack(bytes.bytes_mut());
         }
         layout::interleave4(kind.row_bytes(cols), kind.block_bytes(), bytes.bytes_mut());
         Ok(Quant {
@@ -124,7 +129,7 @@ impl Linear for Quant {
             let blk = &w[off..off + bb];
             match self.kind {
                 QuantHead::Q8_0 => q8_0::dequantize(blk, o),
-                QuantHead::Q6K => q6_k::dequantize(blk, o),
+                QuantHead::Q6K => q6_k::dequantize_repacked(blk, o),
             }
         }
     }
