@@ -196,6 +196,11 @@ pub fn block_d(b: &[u8]) -> f32 {
 /// Dequantize whole blocks (`data.len()` = `out.len() / 256 · 210`), as
 /// ggml does: `d · scale · (q − 32)`, left to right.
 pub fn dequantize(data: &[u8], out: &mut [f32]) {
+    dequantize_with(data, out, codes)
+}
+
+/// Dequantize whole blocks whose codes in value order `codes_of` reads.
+fn dequantize_with(data: &[u8], out: &mut [f32], codes_of: fn(&[u8]) -> [u8; QK_K]) {
     assert!(out.len().is_multiple_of(QK_K));
     assert_eq!(data.len(), out.len() / QK_K * BLOCK_BYTES);
     for (b, o) in data
@@ -203,7 +208,7 @@ pub fn dequantize(data: &[u8], out: &mut [f32]) {
         .zip(out.chunks_exact_mut(QK_K))
     {
         let d = block_d(b);
-        let q = codes(b);
+        let q = codes_of(b);
         for (i, v) in o.iter_mut().enumerate() {
             let s = b[SC_OFF + i / 16] as i8 as f32;
             *v = d * s * (q[i] as i32 - 32) as f32;
@@ -297,19 +302,10 @@ pub fn lane_codes(b: &[u8]) -> [u8; QK_K] {
 /// the same numbers as [`dequantize`] gives for the ggml blocks they came
 /// from.
 pub fn dequantize_repacked(data: &[u8], out: &mut [f32]) {
-    assert!(out.len().is_multiple_of(QK_K));
-    assert_eq!(data.len(), out.len() / QK_K * BLOCK_BYTES);
-    for (b, o) in data
-        .chunks_exact(BLOCK_BYTES)
-        .zip(out.chunks_exact_mut(QK_K))
-    {
-        let d = block_d(b);
-        let q = lane_codes(b);
-        for (n, v) in o.iter_mut().enumerate() {
-            let s = b[SC_OFF + n / 16] as i8 as f32;
-            *v = d * s * (q[lane_position(n)] as i32 - 32) as f32;
-        }
-    }
+    dequantize_with(data, out, |b| {
+        let lane = lane_codes(b);
+        std::array::from_fn(|n| lane[lane_position(n)])
+    })
 }
 
 /// Put Q8_K quants (whole blocks of 256, value order) into the lane order
