@@ -192,8 +192,7 @@ unsafe fn q8_0_tile(
     out: *mut f32,
     ld: usize,
 ) {
-    // SAFETY: the tile contract (see `qhead::Tile`) and the CPU check; the
-    // four-row Q6_K tile is not used for Q8_0.
+    // SAFETY: the tile contract (see `qhead::Tile`) and the CPU check.
     quant_dispatch::<false>(w, steps, r, x, t0, t, out, ld)
 }
 
@@ -740,7 +739,7 @@ unsafe fn float_dispatch<const F16: bool>(
 /// The tile contract of `qhead::Tile`, on a CPU with AVX2, FMA and F16C.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn quant_dispatch<const Q6: bool>(
+unsafe fn quant_dispatch<const Q6: bool>(
     w: *const u8,
     steps: Steps,
     r: usize,
@@ -1454,7 +1453,7 @@ unsafe fn q6_k_block<const T: usize>(
 /// block, one). A hint only, so `wrapping_add`.
 #[target_feature(enable = "avx2")]
 #[inline]
-pub(super) unsafe fn prefetch_head_block<const Q6: bool>(wb: *const u8) {
+unsafe fn prefetch_head_block<const Q6: bool>(wb: *const u8) {
     prefetch_lines::<_MM_HINT_T1>(wb.wrapping_add(PREFETCH_HEAD), if Q6 { 4 } else { 1 });
 }
 
@@ -1492,7 +1491,7 @@ pub(super) unsafe fn prefetch_head_block<const Q6: bool>(wb: *const u8) {
 /// layout of `q6_k::repack`; not re-measured since.)
 #[target_feature(enable = "avx2")]
 #[inline]
-pub(super) unsafe fn prefetch_q6_k_near(wb: *const u8) {
+unsafe fn prefetch_q6_k_near(wb: *const u8) {
     prefetch_lines::<_MM_HINT_T0>(wb.wrapping_add(PREFETCH_L1), 4);
 }
 

@@ -3,18 +3,16 @@
 //! has them (both variants verified on an Intel Xeon with AVX-512 VNNI,
 //! 2026-12-01; see the README).
 //!
-//! Only the ternary tiles, the grouped attention over an f16 KV cache
-//! ([`scores_heads`], [`values_heads`]: bit for bit AVX2's) and, with VNNI,
-//! the Q6_K head's one-token tile (and its block dots) are AVX-512;
-//! everything else (float heads, the other quantized head shapes,
-//! activation quantization, per-head and f32-cache attention, the panel
-//! unpack) comes from the AVX2 table it is built on — every AVX-512 CPU
-//! has AVX2, FMA and F16C. The Q6_K head tile: tg64 on the Q6_K file,
-//! before and after alternated in three rounds on the Intel Xeon VM,
-//! 17.43–17.47 → 18.40–18.73 t/s on one thread and 31.8–32.4 → 33.0–34.4
-//! on two (the same build's F16 figures unchanged). A first try, while
-//! the one-token ternary tile was still 512-bit, showed the head faster
-//! but the whole token not.
+//! Only the ternary tiles and the grouped attention over an f16 KV cache
+//! ([`scores_heads`], [`values_heads`]: bit for bit AVX2's) are AVX-512;
+//! everything else (float and quantized heads, activation quantization,
+//! per-head and f32-cache attention, the panel unpack) comes from the
+//! AVX2 table it is built on — every AVX-512 CPU has AVX2, FMA and F16C.
+//! VNNI had its own Q6_K head tile over ggml's block layout (tg64 on the
+//! Q6_K file, Intel Xeon VM, 17.4 → 18.4–18.7 t/s on one thread against
+//! AVX2's then); since the head is kept in tern's load-time layout
+//! (`quant::q6_k::repack`) the AVX2 one serves here too, unmeasured on
+//! AVX-512 (see `OPS_VNNI`).
 //!
 //! One token (generation), with VNNI, goes through [`tile1x8_vnni`]: eight
 //! row groups at once from eight runs of the span (the groups left over
@@ -62,7 +60,7 @@ use std::arch::x86_64::*;
 /// [`tile1_vnni`], which takes the groups [`tile1x8_vnni`] leaves over,
 /// and the BW packed tile for one token) prefetch into L2, beside their
 /// L1 prefetch [`avx2::PREFETCH_L1`] 1.5 KiB ahead. VNNI's own Q6_K head
-/// routine (since replaced by AVX2's, see [`avx2::prefetch_q6_k_near`])
+/// routine (since replaced by AVX2's, see `avx2::prefetch_q6_k_near`)
 /// used it too until it read four groups at once.
 ///
 /// Measured on the Intel Xeon VM (2026-12-01, night) with copies of the

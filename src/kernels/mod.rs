@@ -205,7 +205,10 @@ impl Kernel {
 
     /// Rows `v0..v1` of a quantized head of `x.kind` blocks (Q8_0 weights
     /// with Q8_0 activations, or Q6_K with Q8_K; row length `x.k`, stored in
-    /// `w` as `layout` says) against the `x.n` activation rows of `x`:
+    /// `w` as `layout` says; Q6_K blocks in tern's load-time layout,
+    /// `quant::q6_k::repack`, with `x` as [`BlockActs::quantize`] orders
+    /// it — GGUF's Q6_K bytes give wrong sums) against the `x.n`
+    /// activation rows of `x`:
     /// `out[t · (v1 - v0) + (v - v0)] = Σ_b d_w[v][b] · d_x[t][b] · dot_b`.
     /// The integer block dots are exact; how the float terms are summed is
     /// the kernel's, fixed per kernel (independent of `v0`, `v1`, `x.n` and

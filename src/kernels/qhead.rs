@@ -4,8 +4,8 @@
 //! (bit-identical across kernels) and one float multiply-add per block
 //! applies both scales. One driver ([`gemm`]) over per-ISA tiles: one
 //! token streams four rows per tile (four groups of four from four runs
-//! of the rows at once where the ISA has a [`StreamsTile`]: AVX-512 VNNI's
-//! Q6_K); several tokens take one row × up to four tokens, so each weight
+//! of the rows at once where the ISA has a [`StreamsTile`]: AVX2's Q6_K,
+//! which AVX-512 inherits); several tokens take one row × up to four tokens, so each weight
 //! block is decoded once per tile. Q6_K sums
 //! the blocks in the scalar order on every kernel (bit-identical results);
 //! Q8_0 keeps one float accumulator per lane (agreeing with scalar to
@@ -57,12 +57,16 @@ pub struct BlockActs {
     pub k: usize,
     /// Rows.
     pub n: usize,
-    /// `n · k` quants, each in -127..=127; Q8_K: each block in the lane
-    /// order of `quant::q6_k::lane_position`.
+    /// `n · k` quants, each in -127..=127 as quantized here (the kernels
+    /// take -128 too); Q8_K: each block in the lane order of
+    /// `quant::q6_k::lane_position`.
     pub qs: Vec<i8>,
     /// `n · k / block` block scales.
     pub d: Vec<f32>,
-    /// `n · k / 16` sums of 16 quants (Q8_K only; empty for Q8_0).
+    /// `n · k / 16` sums of the 16 quants of each sub-block, in value
+    /// order (Q8_K only; empty for Q8_0). In the lane order of `qs` a
+    /// sub-block's quants are not consecutive
+    /// (`quant::q6_k::lane_sub_block`).
     pub bsums: Vec<i16>,
 }
 
@@ -103,7 +107,7 @@ impl BlockActs {
         let nb = self.k / self.kind.block();
         &self.d[t * nb..(t + 1) * nb]
     }
-    /// The sums of 16 of row `t` (Q8_K).
+    /// The sub-block sums of row `t` (Q8_K; see [`BlockActs::bsums`]).
     pub fn sums16(&self, t: usize) -> &[i16] {
         &self.bsums[t * self.k / 16..(t + 1) * self.k / 16]
     }
