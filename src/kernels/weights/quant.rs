@@ -18,12 +18,16 @@ use crate::kernels::qhead::QuantHead;
 use crate::kernels::Kernel;
 use crate::quant::{q6_k, q8_0, GgmlType};
 use anyhow::{bail, Context as _, Result};
+use rayon::prelude::*;
 
 pub(super) const FORMAT: Format = Format {
     name: "quant",
     types: &[GgmlType::Q8_0, GgmlType::Q6K],
     load,
 };
+
+/// Q6_K blocks rearranged per rayon job at load.
+const REPACK_BLOCKS: usize = 1024;
 
 /// A Q8_0 / Q6_K matrix, its blocks as [`RowLayout::Interleaved4`].
 pub struct Quant {
@@ -58,7 +62,11 @@ impl Quant {
             );
         }
         if kind == QuantHead::Q6K {
-            q6_k::repack(bytes.bytes_mut());
+            // Block by block, so split over the pool as the interleaving is.
+            bytes
+                .bytes_mut()
+                .par_chunks_mut(REPACK_BLOCKS * q6_k::BLOCK_BYTES)
+                .for_each(q6_k::repack);
         }
         layout::interleave4(kind.row_bytes(cols), kind.block_bytes(), bytes.bytes_mut());
         Ok(Quant {
