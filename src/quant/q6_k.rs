@@ -263,16 +263,19 @@ pub fn repack(blocks: &mut [u8]) {
     );
     for b in blocks.chunks_exact_mut(BLOCK_BYTES) {
         let q = codes(b);
+        // Groups of four values move whole: (h, m, k) to (h, k, m).
         let mut lane = [0u8; QK_K];
-        for (n, &c) in q.iter().enumerate() {
-            lane[lane_position(n)] = c;
+        for (g, four) in q.chunks_exact(4).enumerate() {
+            let p = lane_position(4 * g);
+            lane[p..p + 4].copy_from_slice(four);
         }
         for h in 0..2 {
-            for l in 0..32 {
-                let top = lane[128 * h + 96 + l];
-                for c in 0..3 {
-                    let hi = (top >> (4 - 2 * c)) & 3;
-                    b[96 * h + 32 * c + l] = lane[128 * h + 32 * c + l] | (hi << 6);
+            let half: &[u8; 128] = lane[128 * h..128 * h + 128].try_into().unwrap();
+            let out: &mut [u8; 96] = (&mut b[96 * h..96 * h + 96]).try_into().unwrap();
+            for c in 0..3 {
+                for l in 0..32 {
+                    let hi = (half[96 + l] >> (4 - 2 * c)) & 3;
+                    out[32 * c + l] = half[32 * c + l] | (hi << 6);
                 }
             }
         }
