@@ -737,13 +737,14 @@ macro_rules! qhead_impl {
                         ),
                         vshrq_n_u8::<6>(b2),
                     );
-                    let q = [vandq_u8(b0, m6), vandq_u8(b1, m6), vandq_u8(b2, m6), top];
+                    // q − 32 as signed bytes, once for every token.
+                    let qs = [vandq_u8(b0, m6), vandq_u8(b1, m6), vandq_u8(b2, m6), top]
+                        .map(|q| vsubq_s8(vreinterpretq_s8_u8(q), off));
                     for t in 0..T {
                         let mut d = vdupq_n_s32(0);
-                        for (k, &qk) in q.iter().enumerate() {
+                        for (k, &qs) in qs.iter().enumerate() {
                             // Positions 128h + 32k + 16f ..: four each of
                             // sub-blocks 8h + 4f .. + 4.
-                            let qs = vsubq_s8(vreinterpretq_s8_u8(qk), off);
                             let av = vld1q_s8(a[t].add(128 * h + 32 * k + 16 * f));
                             d = if $dot {
                                 sdot_s8(d, qs, av)

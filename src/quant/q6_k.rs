@@ -262,13 +262,7 @@ pub fn repack(blocks: &mut [u8]) {
         "Q6_K data is not whole blocks"
     );
     for b in blocks.chunks_exact_mut(BLOCK_BYTES) {
-        let q = codes(b);
-        // Groups of four values move whole: (h, m, k) to (h, k, m).
-        let mut lane = [0u8; QK_K];
-        for (g, four) in q.chunks_exact(4).enumerate() {
-            let p = lane_position(4 * g);
-            lane[p..p + 4].copy_from_slice(four);
-        }
+        let lane = to_lane_order(&codes(b));
         for h in 0..2 {
             let half: &[u8; 128] = lane[128 * h..128 * h + 128].try_into().unwrap();
             let out: &mut [u8; 96] = (&mut b[96 * h..96 * h + 96]).try_into().unwrap();
@@ -317,12 +311,21 @@ pub fn dequantize_repacked(data: &[u8], out: &mut [f32]) {
 pub fn order_q8_k(qs: &mut [i8]) {
     assert!(qs.len().is_multiple_of(QK_K));
     for blk in qs.chunks_exact_mut(QK_K) {
-        let mut lane = [0i8; QK_K];
-        for (n, &v) in blk.iter().enumerate() {
-            lane[lane_position(n)] = v;
-        }
+        let lane = to_lane_order(blk);
         blk.copy_from_slice(&lane);
     }
+}
+
+/// One block's 256 values (value order) in lane order
+/// ([`lane_position`]): groups of four values move whole, `(h, m, k)` to
+/// `(h, k, m)`.
+fn to_lane_order<T: Copy + Default>(v: &[T]) -> [T; QK_K] {
+    let mut lane = [T::default(); QK_K];
+    for (g, four) in v[..QK_K].chunks_exact(4).enumerate() {
+        let p = lane_position(4 * g);
+        lane[p..p + 4].copy_from_slice(four);
+    }
+    lane
 }
 
 /// Values per Q8_K block (= [`QK_K`]) and its sub-block sums.
