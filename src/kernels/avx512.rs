@@ -11,8 +11,11 @@
 //! VNNI had its own Q6_K head tile over ggml's block layout (tg64 on the
 //! Q6_K file, Intel Xeon VM, 17.4 → 18.4–18.7 t/s on one thread against
 //! AVX2's then); since the head is kept in tern's load-time layout
-//! (`quant::q6_k::repack`) the AVX2 one serves here too, unmeasured on
-//! AVX-512 (see `OPS_VNNI`).
+//! (`quant::q6_k::repack`) the AVX2 one serves here too (see `OPS_VNNI`):
+//! on an AMD EPYC Zen 5 VM with AVX-512 VNNI (2026-12-03) it read the
+//! 2B-4T head at 33.4–33.5 GB/s on one thread, 96–97% of the streaming
+//! sum measured beside it (`examples/tg_profile`, two runs), so nothing
+//! is left for a VNNI routine of its own to gain there.
 //!
 //! One token (generation), with VNNI, goes through [`tile1x8_vnni`]: eight
 //! row groups at once from eight runs of the span (the groups left over
