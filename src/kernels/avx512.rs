@@ -130,11 +130,11 @@ const OPS_BW: Ops = Ops {
 ///
 /// The Q6_K head is AVX2's (inherited): its blocks are in tern's
 /// load-time layout (`quant::q6_k::repack`), which AVX2 unpacks with 11
-/// operations per 128 codes, and the `vpdpbusd` routine VNNI had for
-/// ggml's layout was removed rather than rewritten unverified (no
-/// AVX-512 machine on 2026-12-03); a VNNI routine for the new layout (its
-/// four-byte groups are one sub-block each, as `vpdpbusd` sums them) is
-/// left for a machine that can run it.
+/// operations per 128 codes. The `vpdpbusd` routine VNNI had for ggml's
+/// layout was removed with that change; measured afterwards on a Zen 5
+/// VM with VNNI, AVX2's routine reads the head at 96–97% of the
+/// streaming sum on one thread (see the module doc), so no VNNI routine
+/// for the new layout was written.
 const OPS_VNNI: Ops = Ops {
     i2s_packed: packed_vnni,
     i2s_streams: Some(tile1x8_vnni),
