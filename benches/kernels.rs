@@ -17,13 +17,19 @@
 //! instruction pair every exact int8 × ternary kernel on AVX2 without
 //! VNNI (tern's, bitnet.cpp's I2_S, ik_llama.cpp's IQ2_BN) spends per 32
 //! weights. `gemm128` ÷ `peak` is the share of the multiplier in use.
+//!
+//! Where a kernel comes with a second one-token stream count (AVX-512
+//! VNNI: four and eight groups at once, `kernels::test_variants`), the
+//! one this CPU is not given is benched too, as `avx512vnni-4streams/gemv`
+//! or `avx512vnni-8streams/gemv`. The matrices repeat, so they come from
+//! L3 there; how the counts compare from memory, `examples/tg_profile`.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
 use std::time::Duration;
 use tern::kernels::matmul::quantize_batch;
 use tern::kernels::weights::{self, ActQuant, Acts, Weight};
-use tern::kernels::{all_variants, Kernel, Packed, QuantHead};
+use tern::kernels::{all_variants, test_variants, Kernel, Packed, QuantHead};
 
 /// (rows, cols): q/o, k/v, gate/up, down.
 const SHAPES: [(usize, usize); 4] = [(2560, 2560), (640, 2560), (6912, 2560), (2560, 6912)];
@@ -59,14 +65,21 @@ fn floats(rng: &mut Rng, n: usize) -> Vec<f32> {
         .collect()
 }
 
-fn kernels() -> Vec<&'static Kernel> {
+/// The kernels to bench, each with whether it is a variant's other
+/// one-token stream count (`test_variants` beyond `all_variants`).
+fn kernels() -> Vec<(&'static Kernel, bool)> {
+    let main = all_variants();
+    let alt: Vec<_> = test_variants()
+        .into_iter()
+        .filter(|k| !main.iter().any(|m| std::ptr::eq(*m, *k)))
+        .collect();
     // The scalar reference is far slower and only there for correctness.
-    let all = all_variants();
-    if std::env::var("TERN_BENCH_SCALAR").is_ok() {
-        all
-    } else {
-        all.into_iter().filter(|k| k.name() != "scalar").collect()
-    }
+    let scalar = std::env::var("TERN_BENCH_SCALAR").is_ok();
+    main.into_iter()
+        .filter(|k| scalar || k.name() != "scalar")
+        .map(|k| (k, false))
+        .chain(alt.into_iter().map(|k| (k, true)))
+        .collect()
 }
 
 fn ternary_benches(c: &mut Criterion) {
@@ -75,9 +88,20 @@ fn ternary_benches(c: &mut Criterion) {
         let (w, weight) = ternary(&mut rng, rows, cols);
         let x = floats(&mut rng, BATCH * cols);
         let shape = format!("{}x{}", rows, cols);
-        for kern in kernels() {
-            let name = kern.variant();
-            for (label, n) in [("gemv", 1), ("gemm4", 4), ("gemm128", BATCH)] {
+        for (kern, alt) in kernels() {
+            let name = if alt {
+                // The other one-token stream count (see `test_variants`):
+                // only its one-token product differs.
+                format!("{}-{}streams", kern.variant(), kern.i2s_streams())
+            } else {
+                kern.variant().to_string()
+            };
+            let tests: &[(&str, usize)] = if alt {
+                &[("gemv", 1)]
+            } else {
+                &[("gemv", 1), ("gemm4", 4), ("gemm128", BATCH)]
+            };
+            for &(label, n) in tests {
                 let qb = quantize_batch(kern, &x[..n * cols], cols);
                 let mut g = c.benchmark_group(format!("{}/{}", name, label));
                 if n == 1 {
@@ -117,7 +141,7 @@ fn head_benches(c: &mut Criterion) {
     let q6_head = weights::quant_blocks(QuantHead::Q6K, q6, VOCAB, EMBD).expect("whole blocks");
     let x = floats(&mut rng, EMBD);
     let shape = format!("{}x{}", VOCAB, EMBD);
-    for kern in kernels() {
+    for (kern, _) in kernels().into_iter().filter(|(_, alt)| !alt) {
         let mut g = c.benchmark_group(format!("{}/head-f16", kern.variant()));
         g.throughput(Throughput::Bytes((head.len() * 2) as u64));
         let mut out = vec![0f32; VOCAB];

@@ -7,7 +7,8 @@
 //! bound is lost.
 //!
 //! `cargo run --release --example tg_profile -- MODEL.gguf [THREADS ...]`
-//! (default threads: 1 2)
+//! (default threads: 1 2; `TERN_I2S_STREAMS=4|8` to compare the one-token
+//! stream counts, run by run)
 //!
 //! One caution it was written to make visible (Intel Xeon VM, 2026-12-01):
 //! AVX2's one-token ternary tile (L2 prefetch only) streamed at 15.6 GB/s
@@ -66,9 +67,10 @@ fn main() -> anyhow::Result<()> {
     ];
     let nl = m.layers.len() as f64;
     println!(
-        "{path}: {} layers, kernel {}; per-token weights {:.3} GB",
+        "{path}: {} layers, kernel {} (one token: {} packed groups at once); per-token weights {:.3} GB",
         m.layers.len(),
         kern.variant(),
+        kern.i2s_streams(),
         m.bytes_per_token() as f64 / 1e9
     );
     for &nt in &threads {

@@ -8,7 +8,7 @@
 use half::f16;
 use tern::kernels::weights::{self, ActQuant, Acts, Weight};
 use tern::kernels::{
-    all_variants, layout, scalar, BlockActs, Kernel, Packed, QuantHead, RowLayout,
+    all_variants, layout, scalar, test_variants, BlockActs, Kernel, Packed, QuantHead, RowLayout,
 };
 
 struct Rng(u64);
@@ -92,8 +92,9 @@ fn check_i2s(kern: &Kernel, w: &[u8], rows: usize, cols: usize, x: &[i8], n: usi
                 assert_eq!(
                     out[t * ld + r],
                     want(m, t),
-                    "{}: rows {} cols {} n {} groups {}..{}: row {} token {}",
+                    "{} ({} streams): rows {} cols {} n {} groups {}..{}: row {} token {}",
                     kern.variant(),
+                    kern.i2s_streams(),
                     rows,
                     cols,
                     n,
@@ -110,16 +111,21 @@ fn check_i2s(kern: &Kernel, w: &[u8], rows: usize, cols: usize, x: &[i8], n: usi
 #[test]
 fn i2s_kernels_match_scalar_on_random_shapes() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let kernels = all_variants();
+    // Every variant, and the VNNI one with each one-token stream count.
+    let kernels = test_variants();
     eprintln!(
         "kernels: {:?}",
-        kernels.iter().map(|k| k.variant()).collect::<Vec<_>>()
+        kernels
+            .iter()
+            .map(|k| format!("{} ({} streams)", k.variant(), k.i2s_streams()))
+            .collect::<Vec<_>>()
     );
     // Edge sizes: 1 block, chunk boundaries (8/16 blocks ± 1), rows not a
     // multiple of 4, token counts around every tile width, group counts
     // below, at and past the one-token streams (8 groups at once: 16 and
     // 17 rows are fewer groups; 32, 33, 67 and 135 rows leave 0, 1, 1 and
-    // 2 groups over after one, one, two and four groups a stream).
+    // 2 groups over after one, one, two and four groups a stream; 4 at
+    // once: 8, 9, 17 and 34 groups leave 0, 1, 1 and 2 over).
     let cols_set = [128, 256, 384, 1024, 1152, 2048, 2176];
     let rows_set = [1, 2, 3, 4, 5, 7, 8, 13, 16, 17, 32, 33, 67, 135];
     let n_set = [1, 2, 3, 4, 5, 6, 7, 9, 13];
@@ -150,8 +156,9 @@ fn i2s_kernels_match_scalar_on_random_shapes() {
 fn i2s_extremes_do_not_overflow() {
     // Every code 2 (or 3) against every activation -128: the largest
     // magnitudes the 16-bit stages can see, over a long row; on the
-    // one-token tiles (1: nine groups, eight of them streamed together),
-    // the packed tiles (5 tokens) and the prompt tiles (13).
+    // one-token tiles (1: nine groups, eight of them streamed together, or
+    // two runs of four), the packed tiles (5 tokens) and the prompt tiles
+    // (13).
     for (byte, xv) in [
         (0xAAu8, -128i8),
         (0xAA, 127),
@@ -163,7 +170,7 @@ fn i2s_extremes_do_not_overflow() {
             let (rows, cols) = (33, 4096);
             let w = vec![byte; rows * cols / 4];
             let x = vec![xv; n * cols];
-            for k in all_variants() {
+            for k in test_variants() {
                 check_i2s(k, &w, rows, cols, &x, n);
             }
         }
@@ -207,7 +214,7 @@ fn i2s_prompt_tiles_match_scalar_across_tile_and_panel_edges() {
     ];
     let rows_set = [1, 3, 4, 6, 15, 16, 17, 33, 64, 70];
     let cols_set = [128, 512, 640, 1024, 1152, 2048, 2176, 4224];
-    let kernels = all_variants();
+    let kernels = test_variants();
     for case in 0..60 {
         let n = n_set[case % n_set.len()];
         let rows = rows_set[rng.below(rows_set.len())];

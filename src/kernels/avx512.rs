@@ -17,8 +17,9 @@
 //! sum measured beside it (`examples/tg_profile`, two runs), so nothing
 //! is left for a VNNI routine of its own to gain there.
 //!
-//! One token (generation), with VNNI, goes through [`tile1x8_vnni`]: eight
-//! row groups at once from eight runs of the span (the groups left over
+//! One token (generation), with VNNI, goes through [`tile_streams_vnni`]: eight
+//! row groups at once from eight runs of the span (four on AMD, see
+//! [`vnni_streams`]; the groups left over
 //! through [`tile1_vnni`]), see there. The history below is of one group
 //! at a time. [`tile1_vnni`] prefetches both into L1 (`avx2::PREFETCH_L1`, 1.5 KiB ahead) and into
 //! L2 ([`PREFETCH_L2_NEAR`], 4 KiB; it was 16 KiB, as AVX2's, when the
@@ -60,7 +61,7 @@ use super::{avx2, Kernel, Ops};
 use std::arch::x86_64::*;
 
 /// How far ahead AVX-512's one-group one-token ternary tiles (VNNI's
-/// [`tile1_vnni`], which takes the groups [`tile1x8_vnni`] leaves over,
+/// [`tile1_vnni`], which takes the groups [`tile_streams_vnni`] leaves over,
 /// and the BW packed tile for one token) prefetch into L2, beside their
 /// L1 prefetch [`avx2::PREFETCH_L1`] 1.5 KiB ahead. VNNI's own Q6_K head
 /// routine (since replaced by AVX2's, see `avx2::prefetch_q6_k_near`)
@@ -137,13 +138,44 @@ const OPS_BW: Ops = Ops {
 /// for the new layout was written.
 const OPS_VNNI: Ops = Ops {
     i2s_packed: packed_vnni,
-    i2s_streams: Some(tile1x8_vnni),
+    i2s_streams: Some(ternary::Streams::Eight(tile_streams_vnni::<8>)),
     i2s_panel_min_tokens: usize::MAX,
     ..OPS_BW
 };
 
+/// [`OPS_VNNI`] with four streams for one token (see [`vnni_streams`]).
+const OPS_VNNI_4: Ops = Ops {
+    i2s_streams: Some(ternary::Streams::Four(tile_streams_vnni::<4>)),
+    ..OPS_VNNI
+};
+
 static BW: Kernel = Kernel::new("avx512", "avx512bw", OPS_BW);
 static VNNI: Kernel = Kernel::new("avx512", "avx512vnni", OPS_VNNI);
+static VNNI_4: Kernel = Kernel::new("avx512", "avx512vnni", OPS_VNNI_4);
+
+/// How many packed groups the VNNI one-token product reads at once on
+/// this CPU: `TERN_I2S_STREAMS` (4 or 8; checked by
+/// [`super::active`]) where set, else four on AMD and eight elsewhere.
+///
+/// Measured per vendor, not per model: eight on the Intel Xeon VM
+/// (2026-12-02: the 2B-4T layers' products 6–7% faster than with four on
+/// one thread, 2–4% on two), four on the AMD EPYC Zen 5 VM (2026-12-03,
+/// `examples/tg_profile`, builds alternated, three rounds: gate·up
+/// 35.7–36.4 against 29.7–33.6 GB/s on one thread, 46–68 against 38–41 on
+/// two; whole decode steps 14.0–18.4 against 20.4–21.3 ms on two
+/// threads). A plain read of 1 GiB there shows the same: eight
+/// interleaved streams 33.0 GB/s on one thread against 37.4 with four
+/// (`kernels::ops::StreamRead`, six passes each, medians). One or two
+/// groups at once read no faster than four there on two threads and
+/// 10–25% slower on one. AMD is told by SSE4a, an extension only AMD's
+/// (and Hygon's) x86 cores have; Zen 4 is untested.
+pub fn vnni_streams() -> usize {
+    match super::streams_override() {
+        Ok(Some(n)) => n,
+        _ if is_x86_feature_detected!("sse4a") => 4,
+        _ => 8,
+    }
+}
 
 /// Whether this CPU runs the AVX-512 tables (AVX-512 F + BW and the AVX2
 /// table's features).
@@ -157,10 +189,21 @@ pub fn variants() -> Vec<&'static Kernel> {
     if detect() {
         v.push(&BW);
         if is_x86_feature_detected!("avx512vnni") {
-            v.push(&VNNI);
+            v.push(if vnni_streams() == 4 { &VNNI_4 } else { &VNNI });
         }
     }
     v
+}
+
+/// The VNNI kernel once per one-token stream count (four, eight) where the
+/// CPU has it, for the property tests; [`variants`] hands out the one
+/// [`vnni_streams`] picks.
+pub fn stream_variants() -> Vec<&'static Kernel> {
+    if detect() && is_x86_feature_detected!("avx512vnni") {
+        vec![&VNNI_4, &VNNI]
+    } else {
+        Vec::new()
+    }
 }
 
 // The entries below are reached only through `BW` / `VNNI`, which
@@ -304,9 +347,9 @@ unsafe fn store_group(pairs: [__m512i; 2], out: *mut i32) {
     _mm_storeu_si128(out as *mut __m128i, avx2::hsum4(r));
 }
 
-/// One token with VNNI against [`ternary::STREAMS`] packed groups at once
-/// (`ternary::StreamsTile`): `out[s][r]` = Σ code·x for row `r` of group
-/// `s`.
+/// One token with VNNI against `S` packed groups at once (4 or 8,
+/// [`ternary::StreamsTile`]; which one a CPU gets: [`vnni_streams`]):
+/// `out[s][r]` = Σ code·x for row `r` of group `s`.
 ///
 /// Each block's 128 bytes hold four fields per byte (bits 7–6, 5–4, 3–2,
 /// 1–0); 16-bit shifts by 4 and 2 right and 2 left bring each field in
@@ -328,7 +371,8 @@ unsafe fn store_group(pairs: [__m512i; 2], out: *mut i32) {
 /// once against one at a time alternated in one process, nine rounds,
 /// medians: 14.5 → 18.4 GB/s on one thread, 24.7 → 31.7 on two.
 ///
-/// Why eight: a plain read of those layers' bytes with eight streams
+/// Why eight on the Intel Xeon VM (four on AMD Zen 5: [`vnni_streams`]):
+/// a plain read of those layers' bytes with eight streams
 /// read 6% more than with four on one thread (18.2 against 17.2 GB/s,
 /// 15 alternated rounds), where the products with four streams were at
 /// 16.5. Four groups kept two accumulators per row pair (fields ×4 and
@@ -354,13 +398,12 @@ unsafe fn store_group(pairs: [__m512i; 2], out: *mut i32) {
 /// this host such build-to-build differences are as large as the change.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
 #[allow(clippy::needless_range_loop)]
-unsafe fn tile1x8_vnni(
-    w: [*const u8; ternary::STREAMS],
+unsafe fn tile_streams_vnni<const S: usize>(
+    w: [*const u8; S],
     nb: usize,
     x0: *const i8,
-    out: [*mut i32; ternary::STREAMS],
+    out: [*mut i32; S],
 ) {
-    const S: usize = ternary::STREAMS;
     let m = _mm512_set1_epi8(0x0C);
     // acc[s][p]: 4 × the sums of rows 2p | 2p+1 of group s.
     let mut acc = [[_mm512_setzero_si512(); 2]; S];

@@ -59,9 +59,9 @@ pub struct Ops {
     /// Ternary: four rows of one packed group × 1..=4 tokens, on the
     /// repacked weights directly (generation and small batches).
     pub i2s_packed: ternary::PackedTile,
-    /// Ternary, one token: [`ternary::STREAMS`] distant groups at once;
-    /// `None`: group by group through `i2s_packed`.
-    pub i2s_streams: Option<ternary::StreamsTile>,
+    /// Ternary, one token: four or eight distant groups at once
+    /// ([`ternary::Streams`]); `None`: group by group through `i2s_packed`.
+    pub i2s_streams: Option<ternary::Streams>,
     /// Ternary: the register tile of prompt batches over unpacked codes,
     /// its shape, and the routine that unpacks row groups into it.
     pub i2s_tile: ternary::CodeTile,
@@ -135,6 +135,12 @@ impl Kernel {
 
     pub(crate) fn ops(&self) -> &Ops {
         &self.ops
+    }
+
+    /// Packed groups this kernel's one-token ternary product reads at
+    /// once (4 or 8), or 1 where it reads them one at a time.
+    pub fn i2s_streams(&self) -> usize {
+        self.ops.i2s_streams.map_or(1, ternary::Streams::count)
     }
 
     /// The register tile of this kernel's ternary prompt path.
@@ -467,6 +473,43 @@ pub fn select(name: Option<&str>) -> anyhow::Result<&'static Kernel> {
     }
 }
 
+/// Every kernel variant this CPU can run, and once more with each other
+/// one-token stream count its table comes with ([`ternary::Streams`];
+/// [`all_variants`] has only the count the CPU is given): what the
+/// property tests check against the scalar reference.
+pub fn test_variants() -> Vec<&'static Kernel> {
+    let mut v = all_variants();
+    #[cfg(target_arch = "x86_64")]
+    for k in avx512::stream_variants() {
+        if !v.iter().any(|h| std::ptr::eq(*h, k)) {
+            v.push(k);
+        }
+    }
+    v
+}
+
+/// `TERN_I2S_STREAMS`: how many packed groups the one-token ternary
+/// product reads at once where the kernel can read several (4 or 8;
+/// unset or empty: the CPU's choice, `avx512::vnni_streams`). For
+/// measuring one against the other.
+///
+/// # Errors
+/// Any other value.
+pub fn streams_override() -> anyhow::Result<Option<usize>> {
+    match std::env::var("TERN_I2S_STREAMS") {
+        Err(_) => Ok(None),
+        Ok(v) => match v.trim() {
+            "" => Ok(None),
+            "4" => Ok(Some(4)),
+            "8" => Ok(Some(8)),
+            other => anyhow::bail!(
+                "TERN_I2S_STREAMS takes 4 or 8, not {}",
+                crate::untrusted::quoted(other)
+            ),
+        },
+    }
+}
+
 static ACTIVE: OnceLock<&'static Kernel> = OnceLock::new();
 
 /// The process-wide kernel, chosen once from `TERN_KERNEL` or the CPU.
@@ -474,6 +517,7 @@ pub fn active() -> anyhow::Result<&'static Kernel> {
     if let Some(k) = ACTIVE.get() {
         return Ok(*k);
     }
+    streams_override()?;
     let env = std::env::var("TERN_KERNEL").ok();
     let k = select(env.as_deref().map(str::trim).filter(|s| !s.is_empty()))?;
     Ok(*ACTIVE.get_or_init(|| k))

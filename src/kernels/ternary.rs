@@ -90,18 +90,39 @@ const PACKED_CHUNK_BYTES: usize = 256 << 10;
 pub type PackedTile =
     unsafe fn(w: *const u8, nb: usize, x: *const i8, k: usize, t: usize, out: *mut i32, ld: usize);
 
-/// Packed groups a one-token product reads at once where the ISA has a
-/// [`StreamsTile`] (see `avx512::tile1x8_vnni` for why eight).
-pub const STREAMS: usize = 8;
-
-/// One token against [`STREAMS`] packed groups that lie apart in memory
-/// (each `w[s]` at its group's `nb` runs of 128 bytes): writes `out[s][r]
-/// = Σ_j code[r][j] · x[j]` for each group `s` (the raw code sums, as
+/// One token against `S` packed groups that lie apart in memory (each
+/// `w[s]` at its group's `nb` runs of 128 bytes): writes `out[s][r] =
+/// Σ_j code[r][j] · x[j]` for each group `s` (the raw code sums, as
 /// [`PackedTile`] with one token). Reading several distant streams at
 /// once keeps more lines in flight than one stream with the same
-/// arithmetic between its loads (see `avx512::tile1x8_vnni`).
-pub type StreamsTile =
-    unsafe fn(w: [*const u8; STREAMS], nb: usize, x: *const i8, out: [*mut i32; STREAMS]);
+/// arithmetic between its loads (see `avx512::tile_streams_vnni`).
+pub type StreamsTile<const S: usize> =
+    unsafe fn(w: [*const u8; S], nb: usize, x: *const i8, out: [*mut i32; S]);
+
+/// A one-token [`StreamsTile`] and how many groups it reads at once.
+///
+/// How many streams a core reads fastest depends on the CPU, not on the
+/// ISA: on the Intel Xeon VM (2026-12-02) eight groups at once read the
+/// 2B-4T layers 6–7% faster than four on one thread; on the AMD EPYC Zen
+/// 5 VM (2026-12-03) four read them 8–20% faster than eight on one thread
+/// and 12–30% on two (a plain eight-stream read of the same memory was
+/// as much slower than a four-stream one). See `avx512::vnni_streams`
+/// for which a CPU gets.
+#[derive(Clone, Copy)]
+pub enum Streams {
+    Four(StreamsTile<4>),
+    Eight(StreamsTile<8>),
+}
+
+impl Streams {
+    /// Groups read at once.
+    pub fn count(self) -> usize {
+        match self {
+            Streams::Four(_) => 4,
+            Streams::Eight(_) => 8,
+        }
+    }
+}
 
 /// `R` rows × `t` tokens (`1 ..= T`) of unpacked codes: `c` points at the
 /// rows' codes laid out `[step][R][L]`, `x` at the token tile's int8
@@ -377,6 +398,55 @@ fn check(w: &Packed, g0: usize, g1: usize, x: &Acts, out: &[i32]) {
     assert!(out.len() >= n * GROUP * (g1 - g0), "output size");
 }
 
+/// One token against `groups` packed groups from `wbase` (`gstride` bytes
+/// apart): the groups in `S` runs, group `i` of each run beside the
+/// others through `tile`; the few left over one at a time through
+/// `packed`. Writes the raw code sums of group `g` at `out[4g..4g + 4]`.
+///
+/// # Safety
+/// `wbase` must hold `groups` groups of `nb` blocks, `x` one token of `nb
+/// · QK` values and `out` `4 · groups` values; the tiles must be this
+/// CPU's.
+#[allow(clippy::too_many_arguments)]
+unsafe fn one_token_streams<const S: usize>(
+    tile: StreamsTile<S>,
+    packed: PackedTile,
+    wbase: *const u8,
+    gstride: usize,
+    groups: usize,
+    nb: usize,
+    x: &Acts,
+    out: &mut [i32],
+) {
+    let (runs, rest) = stream_runs::<S>(groups);
+    let (xs, o) = (x.xs.as_ptr(), out.as_mut_ptr());
+    for g in runs {
+        // SAFETY: every g is below `groups` (the caller's extents).
+        unsafe {
+            tile(
+                g.map(|g| wbase.add(g * gstride)),
+                nb,
+                xs,
+                g.map(|g| o.add(g * GROUP)),
+            )
+        }
+    }
+    for g in rest {
+        // SAFETY: as above, with one token (`ld` unused for it).
+        unsafe {
+            packed(
+                wbase.add(g * gstride),
+                nb,
+                xs,
+                x.k,
+                1,
+                o.add(g * GROUP),
+                GROUP * groups,
+            )
+        }
+    }
+}
+
 /// The ternary product of the row groups `g0..g1` of `w` with the tokens
 /// of `x` (see [`Kernel::i2s_gemm`] for the output layout): exact, one
 /// fixed integer sum per output, so every kernel, tile and thread split
@@ -392,37 +462,15 @@ pub fn gemm(kern: &Kernel, w: &Packed, g0: usize, g1: usize, x: &Acts, out: &mut
     let ops = kern.ops();
     let streams = if n == 1 { ops.i2s_streams } else { None };
     match (&x.tiled, streams) {
-        (None, Some(tile)) => {
-            // The groups in STREAMS runs, group i of each run beside the
-            // others; the few left over one at a time.
-            let (runs, rest) = stream_runs::<STREAMS>(g1 - g0);
-            for g in runs {
-                // SAFETY: `check` put groups g0..g1 inside `w` (every g
-                // is below `groups`), one token of `k` inside `xs` and
-                // row 4g + 3 of `out` inside it; the table is this CPU's.
-                unsafe {
-                    tile(
-                        g.map(|g| wbase.add(g * gstride)),
-                        nb,
-                        x.xs.as_ptr(),
-                        g.map(|g| out.as_mut_ptr().add(g * GROUP)),
-                    )
-                }
-            }
-            for g in rest {
-                // SAFETY: as above, with `t` = 1.
-                unsafe {
-                    (ops.i2s_packed)(
-                        wbase.add(g * gstride),
-                        nb,
-                        x.xs.as_ptr(),
-                        k,
-                        1,
-                        out.as_mut_ptr().add(g * GROUP),
-                        ld,
-                    )
-                }
-            }
+        (None, Some(Streams::Four(tile))) => {
+            // SAFETY: `check` put groups g0..g1 inside `w`, one token of
+            // `k` inside `xs` and row 4·(g1 − g0) − 1 of `out` inside it;
+            // the tiles are this CPU's.
+            unsafe { one_token_streams(tile, ops.i2s_packed, wbase, gstride, g1 - g0, nb, x, out) }
+        }
+        (None, Some(Streams::Eight(tile))) => {
+            // SAFETY: as above.
+            unsafe { one_token_streams(tile, ops.i2s_packed, wbase, gstride, g1 - g0, nb, x, out) }
         }
         (None, None) => {
             // Token chunks of whole tiles, so the tiles (and the sums) are
