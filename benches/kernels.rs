@@ -18,11 +18,12 @@
 //! VNNI (tern's, bitnet.cpp's I2_S, ik_llama.cpp's IQ2_BN) spends per 32
 //! weights. `gemm128` ÷ `peak` is the share of the multiplier in use.
 //!
-//! Where a kernel comes with a second one-token stream count (AVX-512
-//! VNNI: four and eight groups at once, `kernels::test_variants`), the
-//! one this CPU is not given is benched too, as `avx512vnni-4streams/gemv`
-//! or `avx512vnni-8streams/gemv`. The matrices repeat, so they come from
-//! L3 there; how the counts compare from memory, `examples/tg_profile`.
+//! Each x86 kernel comes with two stream plans (`kernels::StreamPlan`:
+//! how many distant streams its one-token products read at once); the
+//! plan this CPU is not given is benched too for those products, as
+//! `avx512vnni-wide/gemv` or `avx2-narrow/head-q6_k`. The ternary
+//! matrices repeat, so they come from L3 there; how the plans compare
+//! from memory: `examples/tg_profile` with `TERN_STREAMS`.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
@@ -65,8 +66,20 @@ fn floats(rng: &mut Rng, n: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The kernels to bench, each with whether it is a variant's other
-/// one-token stream count (`test_variants` beyond `all_variants`).
+/// A kernel's bench name: its variant, and for the plan this CPU is not
+/// given (see [`kernels`]) the plan's name too (`avx512vnni-wide`).
+fn bench_name(kern: &Kernel, alt: bool) -> String {
+    if alt {
+        format!("{}-{}", kern.variant(), kern.plan().name)
+    } else {
+        kern.variant().to_string()
+    }
+}
+
+/// The kernels to bench, each with whether it is a variant with the
+/// stream plan this CPU is not given (`test_variants` beyond
+/// `all_variants`): only its one-token products differ, so only those
+/// are benched for it.
 fn kernels() -> Vec<(&'static Kernel, bool)> {
     let main = all_variants();
     let alt: Vec<_> = test_variants()
@@ -89,13 +102,7 @@ fn ternary_benches(c: &mut Criterion) {
         let x = floats(&mut rng, BATCH * cols);
         let shape = format!("{}x{}", rows, cols);
         for (kern, alt) in kernels() {
-            let name = if alt {
-                // The other one-token stream count (see `test_variants`):
-                // only its one-token product differs.
-                format!("{}-{}streams", kern.variant(), kern.i2s_streams())
-            } else {
-                kern.variant().to_string()
-            };
+            let name = bench_name(kern, alt);
             let tests: &[(&str, usize)] = if alt {
                 &[("gemv", 1)]
             } else {
@@ -141,8 +148,9 @@ fn head_benches(c: &mut Criterion) {
     let q6_head = weights::quant_blocks(QuantHead::Q6K, q6, VOCAB, EMBD).expect("whole blocks");
     let x = floats(&mut rng, EMBD);
     let shape = format!("{}x{}", VOCAB, EMBD);
-    for (kern, _) in kernels().into_iter().filter(|(_, alt)| !alt) {
-        let mut g = c.benchmark_group(format!("{}/head-f16", kern.variant()));
+    for (kern, alt) in kernels() {
+        let name = bench_name(kern, alt);
+        let mut g = c.benchmark_group(format!("{}/head-f16", name));
         g.throughput(Throughput::Bytes((head.len() * 2) as u64));
         let mut out = vec![0f32; VOCAB];
         g.bench_function(BenchmarkId::new("1-thread", &shape), |b| {
@@ -152,7 +160,7 @@ fn head_benches(c: &mut Criterion) {
             b.iter(|| f16_head.matmul(kern, &Acts::new(&x, EMBD), black_box(&mut out)))
         });
         g.finish();
-        let mut g = c.benchmark_group(format!("{}/head-q6_k", kern.variant()));
+        let mut g = c.benchmark_group(format!("{}/head-q6_k", name));
         g.throughput(Throughput::Bytes(q6_head.bytes() as u64));
         g.bench_function(BenchmarkId::new("pool", &shape), |b| {
             b.iter(|| q6_head.matmul(kern, &Acts::new(&x, EMBD), black_box(&mut out)))

@@ -7,8 +7,8 @@
 //! bound is lost.
 //!
 //! `cargo run --release --example tg_profile -- MODEL.gguf [THREADS ...]`
-//! (default threads: 1 2; `TERN_I2S_STREAMS=4|8` to compare the one-token
-//! stream counts, run by run)
+//! (default threads: 1 2; `TERN_STREAMS=wide|narrow` to compare the
+//! stream plans, `kernels::StreamPlan`, run by run)
 //!
 //! One caution it was written to make visible (Intel Xeon VM, 2026-12-01):
 //! AVX2's one-token ternary tile (L2 prefetch only) streamed at 15.6 GB/s
@@ -67,10 +67,10 @@ fn main() -> anyhow::Result<()> {
     ];
     let nl = m.layers.len() as f64;
     println!(
-        "{path}: {} layers, kernel {} (one token: {} packed groups at once); per-token weights {:.3} GB",
+        "{path}: {} layers, kernel {} ({} streams); per-token weights {:.3} GB",
         m.layers.len(),
         kern.variant(),
-        kern.i2s_streams(),
+        kern.plan().name,
         m.bytes_per_token() as f64 / 1e9
     );
     for &nt in &threads {

@@ -92,9 +92,9 @@ fn check_i2s(kern: &Kernel, w: &[u8], rows: usize, cols: usize, x: &[i8], n: usi
                 assert_eq!(
                     out[t * ld + r],
                     want(m, t),
-                    "{} ({} streams): rows {} cols {} n {} groups {}..{}: row {} token {}",
+                    "{} ({}): rows {} cols {} n {} groups {}..{}: row {} token {}",
                     kern.variant(),
-                    kern.i2s_streams(),
+                    kern.plan().name,
                     rows,
                     cols,
                     n,
@@ -111,13 +111,13 @@ fn check_i2s(kern: &Kernel, w: &[u8], rows: usize, cols: usize, x: &[i8], n: usi
 #[test]
 fn i2s_kernels_match_scalar_on_random_shapes() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    // Every variant, and the VNNI one with each one-token stream count.
+    // Every variant with each stream plan it comes with.
     let kernels = test_variants();
     eprintln!(
         "kernels: {:?}",
         kernels
             .iter()
-            .map(|k| format!("{} ({} streams)", k.variant(), k.i2s_streams()))
+            .map(|k| format!("{} ({})", k.variant(), k.plan().name))
             .collect::<Vec<_>>()
     );
     // Edge sizes: 1 block, chunk boundaries (8/16 blocks ± 1), rows not a
@@ -333,9 +333,24 @@ fn quantize_matches_scalar_bit_for_bit() {
     }
 }
 
+/// Every kernel with each stream plan it comes with, each in a pool of one
+/// thread and in one of two (a plan may read a different number of
+/// streams with several threads, `StreamPlan`).
+fn plans_and_pools() -> Vec<(&'static Kernel, rayon::ThreadPool)> {
+    test_variants()
+        .into_iter()
+        .flat_map(|k| {
+            [1, 2].map(|t| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build();
+                (k, pool.expect("thread pool"))
+            })
+        })
+        .collect()
+}
+
 /// One token over many F16 / F32 rows: kernels with a distant-rows tile
-/// (`Ops::f16_streams`, `Ops::f32_streams`) read rows from four runs of
-/// the range at once and tile the rows left over; every row must come out
+/// (`Ops::f16_streams`, `Ops::f32_streams`) read rows from two or four runs
+/// of the range at once and tile the rows left over; every row must come out
 /// with the bits of the same row alone, at its own place, for any range
 /// and remainder.
 #[test]
@@ -345,41 +360,43 @@ fn one_token_float_rows_read_apart_equal_row_by_row() {
         let w32: Vec<f32> = (0..rows * d).map(|_| rng.f32()).collect();
         let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
         let x: Vec<f32> = (0..d).map(|_| rng.f32()).collect();
-        for k in all_variants() {
-            for f16_rows in [true, false] {
-                let gemm = |v0: usize, v1: usize, out: &mut [f32]| {
-                    if f16_rows {
-                        k.f16_gemm(&w16, d, v0, v1, &x, 1, out)
-                    } else {
-                        k.f32_gemm(&w32, d, v0, v1, &x, 1, out)
-                    }
-                };
-                let alone: Vec<f32> = (0..rows)
-                    .map(|v| {
-                        let mut one = [0f32];
-                        gemm(v, v + 1, &mut one);
-                        let want = if f16_rows {
-                            scalar::dot_f16(&w16[v * d..(v + 1) * d], &x)
+        for (k, pool) in plans_and_pools() {
+            pool.install(|| {
+                for f16_rows in [true, false] {
+                    let gemm = |v0: usize, v1: usize, out: &mut [f32]| {
+                        if f16_rows {
+                            k.f16_gemm(&w16, d, v0, v1, &x, 1, out)
                         } else {
-                            scalar::dot_f32(&w32[v * d..(v + 1) * d], &x)
-                        };
-                        assert!(close(one[0], want, d as f32), "{} row {v}", k.variant());
-                        one[0]
-                    })
-                    .collect();
-                for (v0, v1) in [(0, rows), (1, rows), (0, rows - 1), (rows / 3, rows)] {
-                    let mut out = vec![f32::NAN; v1 - v0];
-                    gemm(v0, v1, &mut out);
-                    for (v, got) in (v0..v1).zip(&out) {
-                        assert_eq!(
-                            got.to_bits(),
-                            alone[v].to_bits(),
-                            "{} f16 {f16_rows} rows {v0}..{v1}, row {v} (d {d})",
-                            k.variant()
-                        );
+                            k.f32_gemm(&w32, d, v0, v1, &x, 1, out)
+                        }
+                    };
+                    let alone: Vec<f32> = (0..rows)
+                        .map(|v| {
+                            let mut one = [0f32];
+                            gemm(v, v + 1, &mut one);
+                            let want = if f16_rows {
+                                scalar::dot_f16(&w16[v * d..(v + 1) * d], &x)
+                            } else {
+                                scalar::dot_f32(&w32[v * d..(v + 1) * d], &x)
+                            };
+                            assert!(close(one[0], want, d as f32), "{} row {v}", k.variant());
+                            one[0]
+                        })
+                        .collect();
+                    for (v0, v1) in [(0, rows), (1, rows), (0, rows - 1), (rows / 3, rows)] {
+                        let mut out = vec![f32::NAN; v1 - v0];
+                        gemm(v0, v1, &mut out);
+                        for (v, got) in (v0..v1).zip(&out) {
+                            assert_eq!(
+                                got.to_bits(),
+                                alone[v].to_bits(),
+                                "{} f16 {f16_rows} rows {v0}..{v1}, row {v} (d {d})",
+                                k.variant()
+                            );
+                        }
                     }
                 }
-            }
+            });
         }
     }
 }
@@ -830,9 +847,9 @@ fn quant_head_gemm_agrees_with_scalar_and_does_not_depend_on_tiling() {
             QuantHead::Q6K
         };
         let k = kind.block() * [1, 3, 10][rng.below(3)];
-        // 33 and 67 rows: the one-token Q6_K streams (four groups of four
-        // rows at once) with groups and rows left over.
-        let rows = [1, 3, 4, 5, 13, 33, 67][rng.below(7)];
+        // 21, 33, 45 and 67 rows: the one-token Q6_K streams (two or four
+        // groups of four rows at once) with groups and rows left over.
+        let rows = [1, 3, 4, 5, 13, 21, 33, 45, 67][rng.below(9)];
         let n = [1, 2, 3, 4, 5, 9][rng.below(6)];
         let mut w = quant_head(&mut rng, kind, rows, k);
         if kind == QuantHead::Q6K {
@@ -851,88 +868,90 @@ fn quant_head_gemm_agrees_with_scalar_and_does_not_depend_on_tiling() {
         if rows >= 4 && k > kind.block() {
             assert_ne!(wi, w, "interleaving moved no block");
         }
-        for kern in all_variants() {
-            let got = qgemm(kern, &w, 0, rows, &x);
-            // Interleaved rows give the same bits, whole and from any row
-            // to the end or to a row inside a group.
-            for v0 in [0, 1, 2.min(rows - 1), 5.min(rows - 1)] {
-                for v1 in [rows, (rows - rows / 3).max(v0)] {
-                    let il = qgemm_as(kern, &wi, RowLayout::Interleaved4, v0, v1, &x);
-                    let plain = qgemm(kern, &w, v0, v1, &x);
+        for (kern, pool) in plans_and_pools() {
+            pool.install(|| {
+                let got = qgemm(kern, &w, 0, rows, &x);
+                // Interleaved rows give the same bits, whole and from any row
+                // to the end or to a row inside a group.
+                for v0 in [0, 1, 2.min(rows - 1), 5.min(rows - 1)] {
+                    for v1 in [rows, (rows - rows / 3).max(v0)] {
+                        let il = qgemm_as(kern, &wi, RowLayout::Interleaved4, v0, v1, &x);
+                        let plain = qgemm(kern, &w, v0, v1, &x);
+                        assert_eq!(
+                            il,
+                            plain,
+                            "{} {:?} interleaved rows {}..{} of {} k {} n {}",
+                            kern.variant(),
+                            kind,
+                            v0,
+                            v1,
+                            rows,
+                            k,
+                            n
+                        );
+                    }
+                }
+                // Q6_K sums each block exactly in integers first: every kernel
+                // gives the scalar bits.
+                if kind == QuantHead::Q6K {
                     assert_eq!(
-                        il,
-                        plain,
-                        "{} {:?} interleaved rows {}..{} of {} k {} n {}",
+                        got,
+                        want,
+                        "{} Q6_K k {} rows {} n {}",
                         kern.variant(),
-                        kind,
-                        v0,
-                        v1,
-                        rows,
                         k,
+                        rows,
                         n
                     );
                 }
-            }
-            // Q6_K sums each block exactly in integers first: every kernel
-            // gives the scalar bits.
-            if kind == QuantHead::Q6K {
-                assert_eq!(
-                    got,
-                    want,
-                    "{} Q6_K k {} rows {} n {}",
-                    kern.variant(),
-                    k,
-                    rows,
-                    n
-                );
-            }
-            for t in 0..n {
-                for v in 0..rows {
-                    if kind == QuantHead::Q6K {
-                        continue;
-                    }
-                    let (g, s) = (got[t * rows + v], want[t * rows + v]);
-                    let mag = q8_0_mag(&w[v * rb..(v + 1) * rb], &x, t);
-                    assert!(
-                        (g - s).abs() <= 2e-5 * mag + 1e-30,
-                        "{} {:?} k {} rows {} n {}: row {} token {}: {} vs scalar {} (mag {})",
-                        kern.variant(),
-                        kind,
-                        k,
-                        rows,
-                        n,
-                        v,
-                        t,
-                        g,
-                        s,
-                        mag
-                    );
-                }
-            }
-            // A sub-range of rows, and each token on its own, give the
-            // same bits as the full product.
-            if rows > 1 {
-                let part = qgemm(kern, &w, 1, rows, &x);
                 for t in 0..n {
+                    for v in 0..rows {
+                        if kind == QuantHead::Q6K {
+                            continue;
+                        }
+                        let (g, s) = (got[t * rows + v], want[t * rows + v]);
+                        let mag = q8_0_mag(&w[v * rb..(v + 1) * rb], &x, t);
+                        assert!(
+                            (g - s).abs() <= 2e-5 * mag + 1e-30,
+                            "{} {:?} k {} rows {} n {}: row {} token {}: {} vs scalar {} (mag {})",
+                            kern.variant(),
+                            kind,
+                            k,
+                            rows,
+                            n,
+                            v,
+                            t,
+                            g,
+                            s,
+                            mag
+                        );
+                    }
+                }
+                // A sub-range of rows, and each token on its own, give the
+                // same bits as the full product.
+                if rows > 1 {
+                    let part = qgemm(kern, &w, 1, rows, &x);
+                    for t in 0..n {
+                        assert_eq!(
+                            &part[t * (rows - 1)..(t + 1) * (rows - 1)],
+                            &got[t * rows + 1..(t + 1) * rows],
+                            "{} rows 1..{}",
+                            kern.variant(),
+                            rows
+                        );
+                    }
+                }
+                for t in 0..n {
+                    let one = BlockActs::quantize(kind, &xf[t * k..(t + 1) * k], k);
                     assert_eq!(
-                        &part[t * (rows - 1)..(t + 1) * (rows - 1)],
-                        &got[t * rows + 1..(t + 1) * rows],
-                        "{} rows 1..{}",
+                        qgemm(kern, &w, 0, rows, &one),
+                        &got[t * rows..(t + 1) * rows],
+                        "{} token {} alone",
                         kern.variant(),
-                        rows
+                        t
                     );
                 }
-            }
-            for t in 0..n {
-                let one = BlockActs::quantize(kind, &xf[t * k..(t + 1) * k], k);
-                assert_eq!(
-                    qgemm(kern, &w, 0, rows, &one),
-                    &got[t * rows..(t + 1) * rows],
-                    "{} token {} alone",
-                    kern.variant(),
-                    t
-                );
-            }
+            });
         }
     }
 }
@@ -1143,6 +1162,32 @@ fn cli_forcing_a_missing_kernel_is_a_clean_error() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("not available on this CPU"), "{}", err);
+}
+
+#[test]
+fn cli_bad_stream_plan_is_a_clean_error() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["run", "-p", "x", "-n", "1"])
+        .env("TERN_STREAMS", "sideways\n")
+        .output()
+        .expect("tern runs");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().filter(|l| l.contains("error")).count(), 1, "{}", err);
+    assert!(err.contains("TERN_STREAMS takes wide or narrow"), "{}", err);
+    assert!(!err.contains("panicked"), "{}", err);
+    // Each plan by name runs, with the same text (the plans change which
+    // rows go together, never a value).
+    let run = |plan: &str| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(["run", "-p", "ROMEO.", "-n", "8", "--seed", "7"])
+            .env("TERN_STREAMS", plan)
+            .output()
+            .expect("tern runs");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o.stdout
+    };
+    assert_eq!(run("wide"), run("narrow"));
 }
 
 #[test]

@@ -12,7 +12,7 @@ use super::layout::Steps;
 use super::ops::{self, Kv};
 use super::qhead::{self, quant_tile_shapes};
 use super::ternary::{TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
-use super::{BlockActs, Kernel, Ops};
+use super::{BlockActs, Kernel, Ops, StreamPlan};
 use crate::quant::{q6_k, q8_0};
 use half::f16;
 use std::arch::x86_64::*;
@@ -27,11 +27,20 @@ pub(crate) const OPS: Ops = Ops {
     i2s_unpack,
     f16_tile: float_tile_f16,
     f32_tile: float_tile_f32,
-    f16_streams: Some(float_streams::<true>),
-    f32_streams: Some(float_streams::<false>),
+    f16_streams: Some(float::Streams {
+        two: float_streams::<true, 2>,
+        four: float_streams::<true, 4>,
+    }),
+    f32_streams: Some(float::Streams {
+        two: float_streams::<false, 2>,
+        four: float_streams::<false, 4>,
+    }),
     q8_0_tile,
     q6_k_tile,
-    q6_k_streams: Some(q6_k_streams),
+    q6_k_streams: Some(qhead::Streams {
+        two: q6_k_streams::<2>,
+        four: q6_k_streams::<4>,
+    }),
     q8_0_block_dots,
     q6_k_block_dots,
     quantize_act,
@@ -47,6 +56,7 @@ pub(crate) const OPS: Ops = Ops {
 };
 
 static AVX2: Kernel = Kernel::new("avx2", "avx2", OPS);
+static AVX2_NARROW: Kernel = Kernel::new("avx2", "avx2", OPS).with_plan(StreamPlan::NARROW);
 
 /// Whether this CPU runs the AVX2 table (AVX2, FMA, F16C).
 pub fn detect() -> bool {
@@ -55,9 +65,26 @@ pub fn detect() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
-/// The AVX2 kernel, if this CPU has the features.
+/// The AVX2 kernel, if this CPU has the features, with the CPU's
+/// [`StreamPlan`].
 pub fn get() -> Option<&'static Kernel> {
-    detect().then_some(&AVX2)
+    let k = if StreamPlan::for_this_cpu() == StreamPlan::NARROW {
+        &AVX2_NARROW
+    } else {
+        &AVX2
+    };
+    detect().then_some(k)
+}
+
+/// The AVX2 kernel with the plan [`get`] does not give it, for the
+/// property tests.
+pub fn other_plan() -> Option<&'static Kernel> {
+    let k = if StreamPlan::for_this_cpu() == StreamPlan::NARROW {
+        &AVX2
+    } else {
+        &AVX2_NARROW
+    };
+    detect().then_some(k)
 }
 
 /// Blocks summed in 16-bit lanes before widening (packed tiles).
@@ -159,13 +186,13 @@ unsafe fn float_tile_f16(
 /// the bound), against four neighbouring rows: 86.1 → 94.0% on one
 /// thread, 84.6 → 91.8% on two; the F16 head: see
 /// [`PREFETCH_STREAMS_L2`].
-unsafe fn float_streams<const F16: bool>(
-    w: [*const u8; float::STREAMS],
+unsafe fn float_streams<const F16: bool, const S: usize>(
+    w: [*const u8; S],
     d: usize,
     x: *const f32,
-) -> [f32; float::STREAMS] {
+) -> [f32; S] {
     // SAFETY: the tile contract (see `float::StreamsTile`) and the CPU check.
-    float_tile::<F16, { float::STREAMS }, 1, true>(w, [x], d).map(|[v]| v)
+    float_tile::<F16, S, 1, true>(w, [x], d).map(|[v]| v)
 }
 
 unsafe fn float_tile_f32(
@@ -219,17 +246,17 @@ unsafe fn q6_k_tile(
 /// (2026-12-02, five rounds alternated in one process, medians of % of
 /// the bound) against group by group, both with the far L2 prefetch:
 /// 56.3 → 59.9% on one thread, 57.1 → 59.5% on two.
-unsafe fn q6_k_streams(
-    w: [*const u8; qhead::STREAMS],
+unsafe fn q6_k_streams<const S: usize>(
+    w: [*const u8; S],
     steps: Steps,
     x: &BlockActs,
-    out: [*mut f32; qhead::STREAMS],
+    out: [*mut f32; S],
 ) {
     let nb = x.k / q6_k::QK_K;
     let rows = w.map(|g| std::array::from_fn(|j| g.add(j * steps.row)));
     // SAFETY: the tile contract (`qhead::StreamsTile`: the groups' blocks
     // and one token's quants, scales and sums in bounds) and the CPU check.
-    let res = q6_k_streams_avx2::<{ qhead::STREAMS }>(
+    let res = q6_k_streams_avx2::<S>(
         rows,
         x.qs.as_ptr(),
         x.d.as_ptr(),

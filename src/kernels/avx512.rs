@@ -19,7 +19,7 @@
 //!
 //! One token (generation), with VNNI, goes through [`tile_streams_vnni`]: eight
 //! row groups at once from eight runs of the span (four on AMD, see
-//! [`vnni_streams`]; the groups left over
+//! [`StreamPlan`]; the groups left over
 //! through [`tile1_vnni`]), see there. The history below is of one group
 //! at a time. [`tile1_vnni`] prefetches both into L1 (`avx2::PREFETCH_L1`, 1.5 KiB ahead) and into
 //! L2 ([`PREFETCH_L2_NEAR`], 4 KiB; it was 16 KiB, as AVX2's, when the
@@ -57,7 +57,7 @@
 
 use super::ops::Kv;
 use super::ternary::{self, TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
-use super::{avx2, Kernel, Ops};
+use super::{avx2, Kernel, Ops, StreamPlan};
 use std::arch::x86_64::*;
 
 /// How far ahead AVX-512's one-group one-token ternary tiles (VNNI's
@@ -138,44 +138,19 @@ const OPS_BW: Ops = Ops {
 /// for the new layout was written.
 const OPS_VNNI: Ops = Ops {
     i2s_packed: packed_vnni,
-    i2s_streams: Some(ternary::Streams::Eight(tile_streams_vnni::<8>)),
+    i2s_streams: Some(ternary::Streams {
+        four: tile_streams_vnni::<4>,
+        eight: tile_streams_vnni::<8>,
+    }),
     i2s_panel_min_tokens: usize::MAX,
     ..OPS_BW
 };
 
-/// [`OPS_VNNI`] with four streams for one token (see [`vnni_streams`]).
-const OPS_VNNI_4: Ops = Ops {
-    i2s_streams: Some(ternary::Streams::Four(tile_streams_vnni::<4>)),
-    ..OPS_VNNI
-};
-
 static BW: Kernel = Kernel::new("avx512", "avx512bw", OPS_BW);
 static VNNI: Kernel = Kernel::new("avx512", "avx512vnni", OPS_VNNI);
-static VNNI_4: Kernel = Kernel::new("avx512", "avx512vnni", OPS_VNNI_4);
-
-/// How many packed groups the VNNI one-token product reads at once on
-/// this CPU: `TERN_I2S_STREAMS` (4 or 8; checked by
-/// [`super::active`]) where set, else four on AMD and eight elsewhere.
-///
-/// Measured per vendor, not per model: eight on the Intel Xeon VM
-/// (2026-12-02: the 2B-4T layers' products 6–7% faster than with four on
-/// one thread, 2–4% on two), four on the AMD EPYC Zen 5 VM (2026-12-03,
-/// `examples/tg_profile`, builds alternated, three rounds: gate·up
-/// 35.7–36.4 against 29.7–33.6 GB/s on one thread, 46–68 against 38–41 on
-/// two; whole decode steps 14.0–18.4 against 20.4–21.3 ms on two
-/// threads). A plain read of 1 GiB there shows the same: eight
-/// interleaved streams 33.0 GB/s on one thread against 37.4 with four
-/// (`kernels::ops::StreamRead`, six passes each, medians). One or two
-/// groups at once read no faster than four there on two threads and
-/// 10–25% slower on one. AMD is told by SSE4a, an extension only AMD's
-/// (and Hygon's) x86 cores have; Zen 4 is untested.
-pub fn vnni_streams() -> usize {
-    match super::streams_override() {
-        Ok(Some(n)) => n,
-        _ if is_x86_feature_detected!("sse4a") => 4,
-        _ => 8,
-    }
-}
+static BW_NARROW: Kernel = Kernel::new("avx512", "avx512bw", OPS_BW).with_plan(StreamPlan::NARROW);
+static VNNI_NARROW: Kernel =
+    Kernel::new("avx512", "avx512vnni", OPS_VNNI).with_plan(StreamPlan::NARROW);
 
 /// Whether this CPU runs the AVX-512 tables (AVX-512 F + BW and the AVX2
 /// table's features).
@@ -183,27 +158,28 @@ pub fn detect() -> bool {
     avx2::detect() && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
 }
 
-/// Every AVX-512 variant this CPU can run, best last.
-pub fn variants() -> Vec<&'static Kernel> {
+/// Every AVX-512 variant this CPU can run, best last, with the CPU's
+/// [`StreamPlan`] (`narrow` if `narrow`).
+fn variants_with(narrow: bool) -> Vec<&'static Kernel> {
     let mut v = Vec::new();
     if detect() {
-        v.push(&BW);
+        v.push(if narrow { &BW_NARROW } else { &BW });
         if is_x86_feature_detected!("avx512vnni") {
-            v.push(if vnni_streams() == 4 { &VNNI_4 } else { &VNNI });
+            v.push(if narrow { &VNNI_NARROW } else { &VNNI });
         }
     }
     v
 }
 
-/// The VNNI kernel once per one-token stream count (four, eight) where the
-/// CPU has it, for the property tests; [`variants`] hands out the one
-/// [`vnni_streams`] picks.
-pub fn stream_variants() -> Vec<&'static Kernel> {
-    if detect() && is_x86_feature_detected!("avx512vnni") {
-        vec![&VNNI_4, &VNNI]
-    } else {
-        Vec::new()
-    }
+/// Every AVX-512 variant this CPU can run, best last, with the CPU's
+/// [`StreamPlan`].
+pub fn variants() -> Vec<&'static Kernel> {
+    variants_with(StreamPlan::for_this_cpu() == StreamPlan::NARROW)
+}
+
+/// The same variants with the other plan, for the property tests.
+pub fn other_plan() -> Vec<&'static Kernel> {
+    variants_with(StreamPlan::for_this_cpu() != StreamPlan::NARROW)
 }
 
 // The entries below are reached only through `BW` / `VNNI`, which
@@ -348,7 +324,7 @@ unsafe fn store_group(pairs: [__m512i; 2], out: *mut i32) {
 }
 
 /// One token with VNNI against `S` packed groups at once (4 or 8,
-/// [`ternary::StreamsTile`]; which one a CPU gets: [`vnni_streams`]):
+/// [`ternary::StreamsTile`]; which one a CPU gets: [`StreamPlan`]):
 /// `out[s][r]` = Σ code·x for row `r` of group `s`.
 ///
 /// Each block's 128 bytes hold four fields per byte (bits 7–6, 5–4, 3–2,
@@ -371,7 +347,7 @@ unsafe fn store_group(pairs: [__m512i; 2], out: *mut i32) {
 /// once against one at a time alternated in one process, nine rounds,
 /// medians: 14.5 → 18.4 GB/s on one thread, 24.7 → 31.7 on two.
 ///
-/// Why eight on the Intel Xeon VM (four on AMD Zen 5: [`vnni_streams`]):
+/// Why eight on the Intel Xeon VM (four on AMD Zen 5: [`StreamPlan`]):
 /// a plain read of those layers' bytes with eight streams
 /// read 6% more than with four on one thread (18.2 against 17.2 GB/s,
 /// 15 alternated rounds), where the products with four streams were at

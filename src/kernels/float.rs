@@ -87,20 +87,23 @@ pub(crate) unsafe fn store_tile<const R: usize, const T: usize>(
     }
 }
 
-/// Rows a one-token product reads at once where the ISA has a
-/// [`StreamsTile`].
-pub const STREAMS: usize = 4;
-
-/// One token against [`STREAMS`] weight rows that lie apart in memory
-/// (each `w[s]` at a row of `d` f16 or f32 values by the table entry; `x`
-/// at `d` f32 values):
-/// returns `w[s] · x` for each, each the bits the plain [`Tile`] gives
-/// that row. Rows far apart keep more lines in flight than four
-/// neighbouring rows (see `ops::StreamRead`), as the one-token ternary and
-/// Q6_K products read their groups (`ternary::StreamsTile`,
+/// One token against `S` weight rows that lie apart in memory (each
+/// `w[s]` at a row of `d` f16 or f32 values by the table entry; `x` at
+/// `d` f32 values): returns `w[s] · x` for each, each the bits the plain
+/// [`Tile`] gives that row. Rows far apart keep more lines in flight than
+/// four neighbouring rows (see `ops::StreamRead`), as the one-token
+/// ternary and Q6_K products read their groups (`ternary::StreamsTile`,
 /// `qhead::StreamsTile`).
-pub type StreamsTile =
-    unsafe fn(w: [*const u8; STREAMS], d: usize, x: *const f32) -> [f32; STREAMS];
+pub type StreamsTile<const S: usize> =
+    unsafe fn(w: [*const u8; S], d: usize, x: *const f32) -> [f32; S];
+
+/// A kernel's one-token [`StreamsTile`]s for one element type, one per row
+/// count; the kernel's [`super::StreamPlan`] says which a product takes.
+#[derive(Clone, Copy)]
+pub struct Streams {
+    pub two: StreamsTile<2>,
+    pub four: StreamsTile<4>,
+}
 
 /// Rows per tile with one token, and rows × tokens with several.
 pub const GEMV_ROWS: usize = 4;
@@ -118,6 +121,32 @@ fn check(wlen: usize, d: usize, v0: usize, v1: usize, xs: &[f32], n: usize, out:
     );
     assert!(xs.len() >= n * d, "activation size");
     assert!(out.len() >= n * (v1 - v0), "output size");
+}
+
+/// Rows `v0..v1` in `S` runs through `tile`, row `i` of each run beside
+/// the others, their values at `out[v − v0]`; returns the first row left
+/// over (the rest of the range is the caller's). `row(v)` is row `v`'s
+/// address; the caller checked that rows `v0..v1` lie in the matrix and
+/// that `x` holds one token of `d`.
+fn rows_apart<const S: usize>(
+    tile: StreamsTile<S>,
+    row: impl Fn(usize) -> *const u8,
+    v0: usize,
+    v1: usize,
+    d: usize,
+    x: *const f32,
+    out: &mut [f32],
+) -> usize {
+    let (runs, rest) = stream_runs::<S>(v1 - v0);
+    for r in runs {
+        // SAFETY: the caller's checks (rows inside `w`, one token in
+        // `x`); the table is this CPU's.
+        let res = unsafe { tile(r.map(|i| row(v0 + i)), d, x) };
+        for (&i, val) in r.iter().zip(res) {
+            out[i] = val;
+        }
+    }
+    v0 + rest.start
 }
 
 /// Rows `v0..v1` of `w` (row length `d`) against `n` f32 rows `xs`:
@@ -144,21 +173,16 @@ pub fn gemm(
         Rows::F32(_) if n == 1 => kern.ops().f32_streams,
         _ => None,
     };
-    // With one token and a streams tile, the rows in STREAMS runs (row i
-    // of each run beside the others) first; the rows left over from
-    // `first` on tile by tile below.
+    // With one token and a streams tile, the rows in as many runs as the
+    // plan says (row i of each run beside the others) first; the rows left
+    // over from `first` on tile by tile below.
     let mut first = v0;
-    if let Some(streams) = streams {
-        let (runs, rest) = stream_runs::<STREAMS>(v1 - v0);
-        for r in runs {
-            // SAFETY: `check` put rows v0..v1 inside `w` and `xs` holds
-            // one token of `d`; the table is this CPU's.
-            let res = unsafe { streams(r.map(|i| row(v0 + i)), d, xs.as_ptr()) };
-            for (&i, val) in r.iter().zip(res) {
-                out[i] = val;
-            }
-        }
-        first = v0 + rest.start;
+    if let Some(st) = streams {
+        let x = xs.as_ptr();
+        first = match kern.plan().float_now() {
+            2 => rows_apart(st.two, row, v0, v1, d, x, out),
+            _ => rows_apart(st.four, row, v0, v1, d, x, out),
+        };
     }
     let ld = v1 - v0;
     let (rows, tokens) = if n == 1 {

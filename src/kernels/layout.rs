@@ -15,8 +15,8 @@
 use rayon::prelude::*;
 
 /// `n` items as `S` runs of `n / S`, for the one-token drivers that read
-/// several distant streams at once (`ternary::STREAMS`,
-/// `qhead::STREAMS`): each entry of the iterator is item `i` of every
+/// several distant streams at once (as many as the kernel's
+/// `StreamPlan` says): each entry of the iterator is item `i` of every
 /// run (`[i, len + i, 2·len + i, …]`), for `i` in `0..len`; the range is
 /// the items left over after the runs, to take one at a time.
 pub fn stream_runs<const S: usize>(

@@ -213,7 +213,7 @@ pub fn publish_hint(t: usize, addr: usize, len: usize) {
 /// Row groups a one-token claim takes at least (384 rows: 240 KiB of
 /// 2560-wide ternary weights), and the share of its span's rest it takes
 /// (one in [`CLAIM_SHARE`]). Fewer, larger claims read faster: each claim
-/// starts its kernel's streams afresh (`ternary::STREAMS` runs spread over
+/// starts its kernel's streams afresh (the `StreamPlan`'s runs spread over
 /// the claim, the closer together the smaller it is). Whole decode steps
 /// of the 2B-4T files on two threads, alternated in one process on the
 /// Intel Xeon VM (2026-12-02, six rounds, medians of % of the bound),

@@ -74,16 +74,17 @@ pub struct Ops {
     /// Float GEMM tiles: ≤ 4 rows × 1 token and ≤ 2 rows × ≤ 4 tokens.
     pub f16_tile: float::Tile,
     pub f32_tile: float::Tile,
-    /// F16 / F32, one token: [`float::STREAMS`] distant rows at once;
-    /// `None`: tile by tile through `f16_tile` / `f32_tile`.
-    pub f16_streams: Option<float::StreamsTile>,
-    pub f32_streams: Option<float::StreamsTile>,
+    /// F16 / F32, one token: two or four distant rows at once
+    /// ([`float::Streams`]); `None`: tile by tile through `f16_tile` /
+    /// `f32_tile`.
+    pub f16_streams: Option<float::Streams>,
+    pub f32_streams: Option<float::Streams>,
     /// Quantized-head tiles: ≤ 4 rows × 1 token and 1 row × ≤ 4 tokens.
     pub q8_0_tile: qhead::Tile,
     pub q6_k_tile: qhead::Tile,
-    /// Q6_K, one token: [`qhead::STREAMS`] distant groups of interleaved
-    /// rows at once; `None`: tile by tile through `q6_k_tile`.
-    pub q6_k_streams: Option<qhead::StreamsTile>,
+    /// Q6_K, one token: two or four distant groups of interleaved rows at
+    /// once ([`qhead::Streams`]); `None`: tile by tile through `q6_k_tile`.
+    pub q6_k_streams: Option<qhead::Streams>,
     /// Exact integer dots of one quantized head row, per block.
     pub q8_0_block_dots: fn(&[u8], &[i8], &mut [i32]),
     pub q6_k_block_dots: qhead::Q6KBlockDots,
@@ -106,19 +107,126 @@ pub struct Ops {
     pub softmax: fn(&mut [f32]),
 }
 
+/// How many distant streams a kernel's one-token products read at once,
+/// per operation, with one thread in the pool and with several: what a
+/// core reads fastest depends on the CPU (its prefetchers and memory),
+/// not on the ISA, so each x86 kernel comes with both plans and the CPU
+/// picks one ([`StreamPlan::for_this_cpu`]).
+///
+/// Measured on the AMD EPYC Zen 5 VM (2026-12-03, `examples/tg_profile`,
+/// builds alternated, three rounds, % of the streaming sum measured
+/// beside each; the 2B-4T files): ternary groups, four against eight,
+/// gate·up 94–96% against 78–90% on one thread, 91–102% against 77–79%
+/// on two; Q6_K head groups, two against four, 101–105% against 89–96%
+/// on one thread, 96–100% against 48–82% on two; F16 head rows, two
+/// against four, 83–84% against 86–87% on one thread but 97–101% against
+/// 81–85% on two. A plain read of 1 GiB there shows the same lean: eight
+/// interleaved streams 33.0 GB/s on one thread against 37.4 with four.
+/// On the Intel Xeon VM (2026-12-02) the wide plan was the one measured
+/// best (`avx512::tile_streams_vnni`, `qhead::StreamsTile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamPlan {
+    /// `wide` or `narrow`, as `TERN_STREAMS` names it.
+    pub name: &'static str,
+    /// Ternary row groups (4 or 8): one thread, several.
+    pub ternary: [usize; 2],
+    /// F16 / F32 rows (2 or 4): one thread, several.
+    pub float: [usize; 2],
+    /// Q6_K groups of four rows (2 or 4): one thread, several.
+    pub q6_k: [usize; 2],
+}
+
+impl StreamPlan {
+    /// As tuned on the Intel Xeon VM: eight ternary groups, four float
+    /// rows, four Q6_K groups.
+    pub const WIDE: StreamPlan = StreamPlan {
+        name: "wide",
+        ternary: [8, 8],
+        float: [4, 4],
+        q6_k: [4, 4],
+    };
+    /// As measured on the AMD Zen 5 VM: four ternary groups, four float
+    /// rows on one thread and two on several, two Q6_K groups.
+    pub const NARROW: StreamPlan = StreamPlan {
+        name: "narrow",
+        ternary: [4, 4],
+        float: [4, 2],
+        q6_k: [2, 2],
+    };
+
+    /// `TERN_STREAMS` (`wide` or `narrow`) where set, else narrow on AMD
+    /// (told by SSE4a, an extension only AMD's and Hygon's x86 cores
+    /// have) and wide elsewhere. Only Zen 5 (narrow) and one Intel Xeon
+    /// (wide) were measured; Zen 3 and Zen 4 follow the vendor untested.
+    pub fn for_this_cpu() -> StreamPlan {
+        match streams_override() {
+            Ok(Some(p)) => p,
+            _ if amd() => StreamPlan::NARROW,
+            _ => StreamPlan::WIDE,
+        }
+    }
+
+    fn now(counts: [usize; 2]) -> usize {
+        counts[usize::from(rayon::current_num_threads() > 1)]
+    }
+
+    /// Ternary groups for a product run in the current pool.
+    pub fn ternary_now(&self) -> usize {
+        StreamPlan::now(self.ternary)
+    }
+
+    /// Float rows for a product run in the current pool.
+    pub fn float_now(&self) -> usize {
+        StreamPlan::now(self.float)
+    }
+
+    /// Q6_K groups for a product run in the current pool.
+    pub fn q6_k_now(&self) -> usize {
+        StreamPlan::now(self.q6_k)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn amd() -> bool {
+    is_x86_feature_detected!("sse4a")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn amd() -> bool {
+    false
+}
+
 /// One kernel: a name `TERN_KERNEL` selects it by, the variant in use
-/// (`neon+dotprod`, `avx512vnni`) and its function table.
+/// (`neon+dotprod`, `avx512vnni`), its function table and its
+/// [`StreamPlan`].
 pub struct Kernel {
     name: &'static str,
     variant: &'static str,
     ops: Ops,
+    plan: StreamPlan,
 }
 
 impl Kernel {
-    /// A kernel over `ops`. Private to the crate: a table may hold SIMD
-    /// code, so only [`available`] (which checks the CPU) hands one out.
+    /// A kernel over `ops` with the wide plan. Private to the crate: a
+    /// table may hold SIMD code, so only [`available`] (which checks the
+    /// CPU) hands one out.
     pub(crate) const fn new(name: &'static str, variant: &'static str, ops: Ops) -> Kernel {
-        Kernel { name, variant, ops }
+        Kernel {
+            name,
+            variant,
+            ops,
+            plan: StreamPlan::WIDE,
+        }
+    }
+
+    /// The same kernel with another stream plan.
+    pub(crate) const fn with_plan(self, plan: StreamPlan) -> Kernel {
+        Kernel { plan, ..self }
+    }
+
+    /// How many distant streams its one-token products read at once.
+    pub fn plan(&self) -> &StreamPlan {
+        &self.plan
     }
 
     /// Its family's name, which `TERN_KERNEL` selects the family's best
@@ -135,12 +243,6 @@ impl Kernel {
 
     pub(crate) fn ops(&self) -> &Ops {
         &self.ops
-    }
-
-    /// Packed groups this kernel's one-token ternary product reads at
-    /// once (4 or 8), or 1 where it reads them one at a time.
-    pub fn i2s_streams(&self) -> usize {
-        self.ops.i2s_streams.map_or(1, ternary::Streams::count)
     }
 
     /// The register tile of this kernel's ternary prompt path.
@@ -473,37 +575,35 @@ pub fn select(name: Option<&str>) -> anyhow::Result<&'static Kernel> {
     }
 }
 
-/// Every kernel variant this CPU can run, and once more with each other
-/// one-token stream count its table comes with ([`ternary::Streams`];
-/// [`all_variants`] has only the count the CPU is given): what the
-/// property tests check against the scalar reference.
+/// Every kernel variant this CPU can run, and once more with the other
+/// [`StreamPlan`] where a variant comes with both ([`all_variants`] has
+/// only the plan the CPU is given): what the property tests check
+/// against the scalar reference.
 pub fn test_variants() -> Vec<&'static Kernel> {
     let mut v = all_variants();
     #[cfg(target_arch = "x86_64")]
-    for k in avx512::stream_variants() {
-        if !v.iter().any(|h| std::ptr::eq(*h, k)) {
-            v.push(k);
-        }
+    {
+        v.extend(avx2::other_plan());
+        v.extend(avx512::other_plan());
     }
     v
 }
 
-/// `TERN_I2S_STREAMS`: how many packed groups the one-token ternary
-/// product reads at once where the kernel can read several (4 or 8;
-/// unset or empty: the CPU's choice, `avx512::vnni_streams`). For
-/// measuring one against the other.
+/// `TERN_STREAMS`: the [`StreamPlan`] every kernel takes (`wide` or
+/// `narrow`; unset or empty: the CPU's, [`StreamPlan::for_this_cpu`]).
+/// For measuring one against the other.
 ///
 /// # Errors
 /// Any other value.
-pub fn streams_override() -> anyhow::Result<Option<usize>> {
-    match std::env::var("TERN_I2S_STREAMS") {
+pub fn streams_override() -> anyhow::Result<Option<StreamPlan>> {
+    match std::env::var("TERN_STREAMS") {
         Err(_) => Ok(None),
         Ok(v) => match v.trim() {
             "" => Ok(None),
-            "4" => Ok(Some(4)),
-            "8" => Ok(Some(8)),
+            "wide" => Ok(Some(StreamPlan::WIDE)),
+            "narrow" => Ok(Some(StreamPlan::NARROW)),
             other => anyhow::bail!(
-                "TERN_I2S_STREAMS takes 4 or 8, not {}",
+                "TERN_STREAMS takes wide or narrow, not {}",
                 crate::untrusted::quoted(other)
             ),
         },

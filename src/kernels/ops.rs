@@ -398,7 +398,7 @@ pub enum StreamPrefetch {
 ///
 /// Several streams at once: one core keeps more lines in flight than
 /// along one stream, as the one-token ternary products do since they
-/// read several row groups at once (`ternary::STREAMS`). On the Intel Xeon
+/// read several row groups at once (`kernels::StreamPlan`). On the Intel Xeon
 /// VM (2026-12-02, 1 GiB of huge pages, nine alternated rounds) one
 /// stream read 14.9–16.8 GB/s on one thread at best, four or eight
 /// 18.5–22.2 (two threads: 29.7–32.8 against 35.0–40.9); a bound that

@@ -132,25 +132,28 @@ pub type Tile = unsafe fn(
     ld: usize,
 );
 
-/// Groups of four interleaved rows a one-token Q6_K product reads at once
-/// where the ISA has a [`StreamsTile`]. Eight measured no faster than four
-/// on the 2B-4T head (AVX-512 VNNI, Intel Xeon VM, 2026-12-02, alternated
-/// in one process: 12.9 and 11.9 GB/s against 13.6 and 12.3 on one
-/// thread, 25.8 against 26.7 on two), unlike the ternary products
-/// (`ternary::STREAMS`), whose tile does less work per byte.
-pub const STREAMS: usize = 4;
-
-/// One token against [`STREAMS`] groups of four interleaved rows
+/// One token against `S` groups of four interleaved rows
 /// ([`RowLayout::Interleaved4`]) that lie apart in memory: block `b` of
 /// row `j` of group `s` at `w[s] + j · steps.row + b · steps.block`;
 /// writes the four rows' outputs of group `s` to `out[s] .. + 4`, the
 /// same values as the one-token tile gives them. Several distant streams
 /// keep more lines in flight than one (see `ops::StreamRead`): the 2B-4T
-/// Q6_K head, AVX-512 VNNI, this against one group at a time alternated
+/// Q6_K head, AVX-512 VNNI, four groups against one at a time alternated
 /// in one process on the Intel Xeon VM (2026-12-02, 11 rounds, medians):
-/// 14.8 → 17.1 GB/s on one thread, 30.0 → 34.7 on two.
-pub type StreamsTile =
-    unsafe fn(w: [*const u8; STREAMS], steps: Steps, x: &BlockActs, out: [*mut f32; STREAMS]);
+/// 14.8 → 17.1 GB/s on one thread, 30.0 → 34.7 on two; eight measured no
+/// faster than four there (12.9 and 11.9 GB/s against 13.6 and 12.3 on
+/// one thread, 25.8 against 26.7 on two). How many a CPU reads fastest:
+/// [`super::StreamPlan`].
+pub type StreamsTile<const S: usize> =
+    unsafe fn(w: [*const u8; S], steps: Steps, x: &BlockActs, out: [*mut f32; S]);
+
+/// A kernel's one-token Q6_K [`StreamsTile`]s, one per group count; the
+/// kernel's [`super::StreamPlan`] says which a product takes.
+#[derive(Clone, Copy)]
+pub struct Streams {
+    pub two: StreamsTile<2>,
+    pub four: StreamsTile<4>,
+}
 
 /// Rows per tile with one token; tokens per tile with several.
 pub const GEMV_ROWS: usize = INTERLEAVE;
@@ -278,7 +281,8 @@ pub fn gemm(
         return plain(v0, v1, out);
     };
     // One token over interleaved rows: the whole groups inside v0..v1 in
-    // STREAMS runs, group i of each run beside the others; the rows
+    // as many runs as the plan says, group i of each run beside the
+    // others; the rows
     // before, after and left over tile by tile.
     let (ga, gb) = (
         v0.div_ceil(INTERLEAVE).min(n_rows / INTERLEAVE),
@@ -287,14 +291,77 @@ pub fn gemm(
     if ga >= gb {
         return plain(v0, v1, out);
     }
-    let (runs, rest) = stream_runs::<STREAMS>(gb - ga);
     let (_, steps) = layout.tile(rb, bb, n_rows, ga * INTERLEAVE, INTERLEAVE);
+    // SAFETY (both): every group from `ga` to `gb` lies inside v0..v1 and
+    // the interleaved groups of `w`, and its four outputs inside `out`
+    // (as for `plain`); the tiles are this CPU's.
+    let left = match kern.plan().q6_k_now() {
+        2 => unsafe {
+            groups_apart(
+                streams.two,
+                layout,
+                rb,
+                bb,
+                n_rows,
+                steps,
+                w,
+                ga,
+                gb,
+                v0,
+                x,
+                out,
+            )
+        },
+        _ => unsafe {
+            groups_apart(
+                streams.four,
+                layout,
+                rb,
+                bb,
+                n_rows,
+                steps,
+                w,
+                ga,
+                gb,
+                v0,
+                x,
+                out,
+            )
+        },
+    };
+    plain(v0, ga * INTERLEAVE, out);
+    plain(left * INTERLEAVE, v1, out);
+}
+
+/// The groups `ga..gb` of interleaved rows in `S` runs through `tile`,
+/// group `i` of each run beside the others, the outputs of row `v` at
+/// `out[v − v0]`; returns the first group left over.
+///
+/// # Safety
+/// The groups must lie inside `w` and inside the caller's rows `v0..`,
+/// their outputs inside `out`, and `x` must hold one token; `tile` must
+/// be this CPU's.
+#[allow(clippy::too_many_arguments)]
+unsafe fn groups_apart<const S: usize>(
+    tile: StreamsTile<S>,
+    layout: RowLayout,
+    rb: usize,
+    bb: usize,
+    n_rows: usize,
+    steps: Steps,
+    w: &[u8],
+    ga: usize,
+    gb: usize,
+    v0: usize,
+    x: &BlockActs,
+    out: &mut [f32],
+) -> usize {
+    let (runs, rest) = stream_runs::<S>(gb - ga);
     for g in runs {
         let v = g.map(|g| (ga + g) * INTERLEAVE);
-        // SAFETY: as for `plain`: every group lies inside v0..v1 and the
-        // interleaved groups of `w`, and its four outputs inside `out`.
+        // SAFETY: the caller's extents.
         unsafe {
-            streams(
+            tile(
                 v.map(|v| w.as_ptr().add(layout.block_offset(rb, bb, n_rows, v, 0))),
                 steps,
                 x,
@@ -302,6 +369,5 @@ pub fn gemm(
             )
         }
     }
-    plain(v0, ga * INTERLEAVE, out);
-    plain((ga + rest.start) * INTERLEAVE, v1, out);
+    ga + rest.start
 }

@@ -17,8 +17,8 @@
 //!   reads the packed groups directly, four rows × up to four tokens,
 //!   unpacking the 2-bit codes in registers and prefetching the weights,
 //!   which stream once per four tokens. One token, where the ISA has a
-//!   [`StreamsTile`] (AVX-512 VNNI), reads [`STREAMS`] row groups at once
-//!   from as many runs of the span: several distant streams keep more
+//!   [`StreamsTile`] (AVX-512 VNNI), reads four or eight row groups at
+//!   once (the kernel's [`super::StreamPlan`]) from as many runs of the span: several distant streams keep more
 //!   lines in flight than one.
 //! * **prompt batches**: row groups are unpacked, a panel at a time, into
 //!   one byte per code with the rows interleaved by the tile height
@@ -99,29 +99,12 @@ pub type PackedTile =
 pub type StreamsTile<const S: usize> =
     unsafe fn(w: [*const u8; S], nb: usize, x: *const i8, out: [*mut i32; S]);
 
-/// A one-token [`StreamsTile`] and how many groups it reads at once.
-///
-/// How many streams a core reads fastest depends on the CPU, not on the
-/// ISA: on the Intel Xeon VM (2026-12-02) eight groups at once read the
-/// 2B-4T layers 6–7% faster than four on one thread; on the AMD EPYC Zen
-/// 5 VM (2026-12-03) four read them 8–20% faster than eight on one thread
-/// and 12–30% on two (a plain eight-stream read of the same memory was
-/// as much slower than a four-stream one). See `avx512::vnni_streams`
-/// for which a CPU gets.
+/// A kernel's one-token [`StreamsTile`]s, one per group count; the
+/// kernel's [`super::StreamPlan`] says which a product takes.
 #[derive(Clone, Copy)]
-pub enum Streams {
-    Four(StreamsTile<4>),
-    Eight(StreamsTile<8>),
-}
-
-impl Streams {
-    /// Groups read at once.
-    pub fn count(self) -> usize {
-        match self {
-            Streams::Four(_) => 4,
-            Streams::Eight(_) => 8,
-        }
-    }
+pub struct Streams {
+    pub four: StreamsTile<4>,
+    pub eight: StreamsTile<8>,
 }
 
 /// `R` rows × `t` tokens (`1 ..= T`) of unpacked codes: `c` points at the
@@ -462,15 +445,35 @@ pub fn gemm(kern: &Kernel, w: &Packed, g0: usize, g1: usize, x: &Acts, out: &mut
     let ops = kern.ops();
     let streams = if n == 1 { ops.i2s_streams } else { None };
     match (&x.tiled, streams) {
-        (None, Some(Streams::Four(tile))) => {
+        (None, Some(st)) => {
+            let (groups, xs) = (g1 - g0, x);
             // SAFETY: `check` put groups g0..g1 inside `w`, one token of
             // `k` inside `xs` and row 4·(g1 − g0) − 1 of `out` inside it;
             // the tiles are this CPU's.
-            unsafe { one_token_streams(tile, ops.i2s_packed, wbase, gstride, g1 - g0, nb, x, out) }
-        }
-        (None, Some(Streams::Eight(tile))) => {
-            // SAFETY: as above.
-            unsafe { one_token_streams(tile, ops.i2s_packed, wbase, gstride, g1 - g0, nb, x, out) }
+            unsafe {
+                match kern.plan().ternary_now() {
+                    8 => one_token_streams(
+                        st.eight,
+                        ops.i2s_packed,
+                        wbase,
+                        gstride,
+                        groups,
+                        nb,
+                        xs,
+                        out,
+                    ),
+                    _ => one_token_streams(
+                        st.four,
+                        ops.i2s_packed,
+                        wbase,
+                        gstride,
+                        groups,
+                        nb,
+                        xs,
+                        out,
+                    ),
+                }
+            }
         }
         (None, None) => {
             // Token chunks of whole tiles, so the tiles (and the sums) are
