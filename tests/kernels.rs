@@ -1173,7 +1173,12 @@ fn cli_bad_stream_plan_is_a_clean_error() {
         .expect("tern runs");
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(err.lines().filter(|l| l.contains("error")).count(), 1, "{}", err);
+    assert_eq!(
+        err.lines().filter(|l| l.contains("error")).count(),
+        1,
+        "{}",
+        err
+    );
     assert!(err.contains("TERN_STREAMS takes wide or narrow"), "{}", err);
     assert!(!err.contains("panicked"), "{}", err);
     // Each plan by name runs, with the same text (the plans change which
