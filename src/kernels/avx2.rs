@@ -65,26 +65,22 @@ pub fn detect() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
+/// The AVX2 kernel with the narrow plan if `narrow`, else the wide one,
+/// if this CPU has the features.
+fn with_plan(narrow: bool) -> Option<&'static Kernel> {
+    detect().then_some(if narrow { &AVX2_NARROW } else { &AVX2 })
+}
+
 /// The AVX2 kernel, if this CPU has the features, with the CPU's
 /// [`StreamPlan`].
 pub fn get() -> Option<&'static Kernel> {
-    let k = if StreamPlan::for_this_cpu() == StreamPlan::NARROW {
-        &AVX2_NARROW
-    } else {
-        &AVX2
-    };
-    detect().then_some(k)
+    with_plan(StreamPlan::for_this_cpu() == StreamPlan::NARROW)
 }
 
 /// The AVX2 kernel with the plan [`get`] does not give it, for the
 /// property tests.
 pub fn other_plan() -> Option<&'static Kernel> {
-    let k = if StreamPlan::for_this_cpu() == StreamPlan::NARROW {
-        &AVX2
-    } else {
-        &AVX2_NARROW
-    };
-    detect().then_some(k)
+    with_plan(StreamPlan::for_this_cpu() != StreamPlan::NARROW)
 }
 
 /// Blocks summed in 16-bit lanes before widening (packed tiles).

@@ -122,8 +122,10 @@ pub struct Ops {
 /// against four, 83–84% against 86–87% on one thread but 97–101% against
 /// 81–85% on two. A plain read of 1 GiB there shows the same lean: eight
 /// interleaved streams 33.0 GB/s on one thread against 37.4 with four.
-/// On the Intel Xeon VM (2026-12-02) the wide plan was the one measured
-/// best (`avx512::tile_streams_vnni`, `qhead::StreamsTile`).
+/// The wide counts are the ones tuned on the Intel Xeon VM (2026-12-02:
+/// eight ternary groups against four, four Q6_K groups against eight and
+/// one, `avx512::tile_streams_vnni`, `qhead::StreamsTile`); two float
+/// rows or two Q6_K groups were not tried there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamPlan {
     /// `wide` or `narrow`, as `TERN_STREAMS` names it.

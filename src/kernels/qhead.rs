@@ -295,79 +295,42 @@ pub fn gemm(
     // SAFETY (both): every group from `ga` to `gb` lies inside v0..v1 and
     // the interleaved groups of `w`, and its four outputs inside `out`
     // (as for `plain`); the tiles are this CPU's.
+    let at = |v: usize| {
+        w.as_ptr()
+            .wrapping_add(layout.block_offset(rb, bb, n_rows, v, 0))
+    };
     let left = match kern.plan().q6_k_now() {
-        2 => unsafe {
-            groups_apart(
-                streams.two,
-                layout,
-                rb,
-                bb,
-                n_rows,
-                steps,
-                w,
-                ga,
-                gb,
-                v0,
-                x,
-                out,
-            )
-        },
-        _ => unsafe {
-            groups_apart(
-                streams.four,
-                layout,
-                rb,
-                bb,
-                n_rows,
-                steps,
-                w,
-                ga,
-                gb,
-                v0,
-                x,
-                out,
-            )
-        },
+        2 => unsafe { groups_apart(streams.two, &at, steps, ga..gb, v0, x, out) },
+        _ => unsafe { groups_apart(streams.four, &at, steps, ga..gb, v0, x, out) },
     };
     plain(v0, ga * INTERLEAVE, out);
     plain(left * INTERLEAVE, v1, out);
 }
 
 /// The groups `ga..gb` of interleaved rows in `S` runs through `tile`,
-/// group `i` of each run beside the others, the outputs of row `v` at
-/// `out[v − v0]`; returns the first group left over.
+/// group `i` of each run beside the others (row `v`'s first block at
+/// `at(v)`), the outputs of row `v` at `out[v − v0]`; returns the first
+/// group left over.
 ///
 /// # Safety
-/// The groups must lie inside `w` and inside the caller's rows `v0..`,
-/// their outputs inside `out`, and `x` must hold one token; `tile` must
-/// be this CPU's.
-#[allow(clippy::too_many_arguments)]
+/// The groups must lie inside the matrix and inside the caller's rows
+/// `v0..`, their outputs inside `out`, and `x` must hold one token;
+/// `tile` must be this CPU's.
 unsafe fn groups_apart<const S: usize>(
     tile: StreamsTile<S>,
-    layout: RowLayout,
-    rb: usize,
-    bb: usize,
-    n_rows: usize,
+    at: &dyn Fn(usize) -> *const u8,
     steps: Steps,
-    w: &[u8],
-    ga: usize,
-    gb: usize,
+    groups: std::ops::Range<usize>,
     v0: usize,
     x: &BlockActs,
     out: &mut [f32],
 ) -> usize {
-    let (runs, rest) = stream_runs::<S>(gb - ga);
+    let ga = groups.start;
+    let (runs, rest) = stream_runs::<S>(groups.len());
     for g in runs {
         let v = g.map(|g| (ga + g) * INTERLEAVE);
         // SAFETY: the caller's extents.
-        unsafe {
-            tile(
-                v.map(|v| w.as_ptr().add(layout.block_offset(rb, bb, n_rows, v, 0))),
-                steps,
-                x,
-                v.map(|v| out.as_mut_ptr().add(v - v0)),
-            )
-        }
+        unsafe { tile(v.map(at), steps, x, v.map(|v| out.as_mut_ptr().add(v - v0))) }
     }
     ga + rest.start
 }
