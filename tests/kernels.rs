@@ -1167,6 +1167,25 @@ fn cli_forcing_a_missing_kernel_is_a_clean_error() {
 }
 
 #[test]
+fn stream_plans_ask_only_for_counts_the_tiles_come_in() {
+    // The drivers take the four-group ternary tile, the four-row float
+    // tile and the four-group Q6_K tile for any count but 8 / 2 / 2: a
+    // plan with another count would silently read four.
+    use tern::kernels::StreamPlan;
+    for p in [StreamPlan::WIDE, StreamPlan::NARROW] {
+        for c in p.ternary {
+            assert!([4, 8].contains(&c), "{}: ternary {}", p.name, c);
+        }
+        for c in p.float.into_iter().chain(p.q6_k) {
+            assert!([2, 4].contains(&c), "{}: {}", p.name, c);
+        }
+    }
+    for k in test_variants() {
+        assert!([StreamPlan::WIDE, StreamPlan::NARROW].contains(k.plan()));
+    }
+}
+
+#[test]
 fn cli_bad_stream_plan_is_a_clean_error() {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
         .args(["run", "-p", "x", "-n", "1"])

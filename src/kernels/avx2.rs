@@ -115,7 +115,7 @@ const PREFETCH_HEAD: usize = 32 << 10;
 pub(super) const PREFETCH_L1: usize = 1536;
 /// How far ahead the one-token float product over distant rows
 /// ([`float_streams`]) prefetches each row into L2 and into L1: with
-/// four distant streams a near L2 line and a longer L1 distance than one
+/// several distant streams a near L2 line and a longer L1 distance than one
 /// stream's. The 2B-4T F16 head's one-token product on the Intel Xeon VM
 /// (2026-12-02, alternated in one process, medians of six rounds, % of
 /// the streaming sum measured beside them), against the four-neighbouring-rows
@@ -125,9 +125,10 @@ pub(super) const PREFETCH_L1: usize = 1536;
 const PREFETCH_STREAMS_L2: usize = 4 << 10;
 const PREFETCH_STREAMS_L1: usize = 3 << 10;
 
-// Every entry below is reached only through `AVX2` (or the AVX-512 tables
-// built on `OPS`), which `get` / `avx512::variants` hand out after checking
-// the CPU's features; that is the SAFETY argument of each `unsafe` call to
+// Every entry below is reached only through `AVX2` / `AVX2_NARROW` (or the
+// AVX-512 tables built on `OPS`), which `get` / `other_plan` /
+// `avx512::variants` / `avx512::other_plan` hand out after checking the
+// CPU's features; that is the SAFETY argument of each `unsafe` call to
 // a `#[target_feature]` function in them. The drivers and `Kernel` methods
 // checked the sizes.
 
@@ -175,7 +176,7 @@ unsafe fn float_tile_f16(
 }
 
 /// `float::StreamsTile` for F16 (`F16`) or F32 rows: the one-token
-/// four-row tile over four distant rows (each row's value as
+/// `S`-row tile over `S` distant rows (each row's value as
 /// `float_tile_f16` / `float_tile_f32` gives it). The 2B-4T file with an
 /// F32 head (1.3 of its 1.8 GB), whole decode steps alternated in one
 /// process on the Intel Xeon VM (2026-12-02, five rounds, medians of % of
@@ -235,7 +236,7 @@ unsafe fn q6_k_tile(
 }
 
 /// `qhead::StreamsTile` for Q6_K: the four-row tile's sums
-/// ([`q6_k_streams_avx2`]) for four groups, block by block, prefetched
+/// ([`q6_k_streams_avx2`]) for `S` groups, block by block, prefetched
 /// as [`prefetch_q6_k_near`] says; each group's four rows `steps.row`
 /// apart, its outputs written to `out[s] .. + 4`. Whole decode steps of
 /// the 2B-4T Q6_K file with `TERN_KERNEL=avx2` on the Intel Xeon VM
@@ -1258,7 +1259,7 @@ unsafe fn float_tile<const F16: bool, const R: usize, const T: usize, const DIST
     while i + 8 <= d {
         // The rows stream once per token tile: each row's line
         // PREFETCH_HEAD ahead into L2 and PREFETCH_L1 ahead into L1, or
-        // for four distant rows the PREFETCH_STREAMS_* distances (hints
+        // for distant rows the PREFETCH_STREAMS_* distances (hints
         // only, so `wrapping_add`). (With several tokens the L2 prefetch
         // halved the F16 head's time at 4.)
         if (i * es) % 64 == 0 {

@@ -182,9 +182,9 @@ pub fn other_plan() -> Vec<&'static Kernel> {
     variants_with(StreamPlan::for_this_cpu() != StreamPlan::NARROW)
 }
 
-// The entries below are reached only through `BW` / `VNNI`, which
-// `variants` hands out after checking the CPU's features (the VNNI one
-// only with VNNI): that is the SAFETY argument of each call to a
+// The entries below are reached only through `BW` / `VNNI` and their
+// narrow-plan twins, which `variants` / `other_plan` hand out after
+// checking the CPU's features (the VNNI ones only with VNNI): that is the SAFETY argument of each call to a
 // `#[target_feature]` function; the drivers checked the sizes.
 
 unsafe fn packed_bw(

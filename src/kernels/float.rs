@@ -1,7 +1,7 @@
 //! The float GEMM driver (F16/F32 output heads and float projections),
 //! shared by every ISA: one token streams four rows per tile (where the
-//! ISA has a [`StreamsTile`], four rows from four distant runs of the
-//! range), several tokens take tiles of two rows × up to four
+//! ISA has a [`StreamsTile`], two or four rows from as many distant runs
+//! of the range, as the kernel's `StreamPlan` says), several tokens take tiles of two rows × up to four
 //! tokens.
 //!
 //! Every ISA's [`Tile`] (and [`StreamsTile`]) computes each (row, token)
@@ -126,9 +126,13 @@ fn check(wlen: usize, d: usize, v0: usize, v1: usize, xs: &[f32], n: usize, out:
 /// Rows `v0..v1` in `S` runs through `tile`, row `i` of each run beside
 /// the others, their values at `out[v − v0]`; returns the first row left
 /// over (the rest of the range is the caller's). `row(v)` is row `v`'s
-/// address; the caller checked that rows `v0..v1` lie in the matrix and
-/// that `x` holds one token of `d`.
-fn rows_apart<const S: usize>(
+/// address.
+///
+/// # Safety
+/// Rows `v0..v1` (`d` values each, at `row(v)`) must lie inside the
+/// matrix, `x` must hold one token of `d` and `out` at least `v1 − v0`
+/// values; `tile` must be this CPU's.
+unsafe fn rows_apart<const S: usize>(
     tile: StreamsTile<S>,
     row: impl Fn(usize) -> *const u8,
     v0: usize,
@@ -139,8 +143,7 @@ fn rows_apart<const S: usize>(
 ) -> usize {
     let (runs, rest) = stream_runs::<S>(v1 - v0);
     for r in runs {
-        // SAFETY: the caller's checks (rows inside `w`, one token in
-        // `x`); the table is this CPU's.
+        // SAFETY: the caller's extents.
         let res = unsafe { tile(r.map(|i| row(v0 + i)), d, x) };
         for (&i, val) in r.iter().zip(res) {
             out[i] = val;
@@ -179,9 +182,12 @@ pub fn gemm(
     let mut first = v0;
     if let Some(st) = streams {
         let x = xs.as_ptr();
+        // SAFETY: `check` put rows v0..v1 inside `w`, one token of `d`
+        // inside `xs` and `v1 − v0` values inside `out`; the tiles are
+        // this CPU's.
         first = match kern.plan().float_now() {
-            2 => rows_apart(st.two, row, v0, v1, d, x, out),
-            _ => rows_apart(st.four, row, v0, v1, d, x, out),
+            2 => unsafe { rows_apart(st.two, row, v0, v1, d, x, out) },
+            _ => unsafe { rows_apart(st.four, row, v0, v1, d, x, out) },
         };
     }
     let ld = v1 - v0;

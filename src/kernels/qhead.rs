@@ -3,9 +3,10 @@
 //! Q8_K blocks with sums of 16), the products are integer per block
 //! (bit-identical across kernels) and one float multiply-add per block
 //! applies both scales. One driver ([`gemm`]) over per-ISA tiles: one
-//! token streams four rows per tile (four groups of four from four runs
-//! of the rows at once where the ISA has a [`StreamsTile`]: AVX2's Q6_K,
-//! which AVX-512 inherits); several tokens take one row × up to four
+//! token streams four rows per tile (two or four groups of four from as
+//! many runs of the rows at once, as the kernel's `StreamPlan` says,
+//! where the ISA has a [`StreamsTile`]: AVX2's Q6_K, which AVX-512
+//! inherits); several tokens take one row × up to four
 //! tokens, so each weight block is decoded once per tile. Q6_K sums
 //! the blocks in the scalar order on every kernel (bit-identical results);
 //! Q8_0 keeps one float accumulator per lane (agreeing with scalar to

@@ -18,8 +18,8 @@
 //!   unpacking the 2-bit codes in registers and prefetching the weights,
 //!   which stream once per four tokens. One token, where the ISA has a
 //!   [`StreamsTile`] (AVX-512 VNNI), reads four or eight row groups at
-//!   once (the kernel's [`super::StreamPlan`]) from as many runs of the span: several distant streams keep more
-//!   lines in flight than one.
+//!   once (the kernel's [`super::StreamPlan`]) from as many runs of the
+//!   span: several distant streams keep more lines in flight than one.
 //! * **prompt batches**: row groups are unpacked, a panel at a time, into
 //!   one byte per code with the rows interleaved by the tile height
 //!   (`[row tile][k step][R rows][L bytes]`), the int8 activations are
