@@ -381,30 +381,30 @@ fn check(w: &Packed, g0: usize, g1: usize, x: &Acts, out: &[i32]) {
     assert!(out.len() >= n * GROUP * (g1 - g0), "output size");
 }
 
-/// One token against `groups` packed groups from `wbase` (`gstride` bytes
-/// apart): the groups in `S` runs, group `i` of each run beside the
-/// others through `tile`; the few left over one at a time through
-/// `packed`. Writes the raw code sums of group `g` at `out[4g..4g + 4]`.
+/// One token against the row groups `g0..g1` of `w`: the groups in `S`
+/// runs, group `i` of each run beside the others through `tile`; the few
+/// left over one at a time through `packed`. Writes the raw code sums of
+/// group `g0 + g` at `out[4g..4g + 4]`.
 ///
 /// # Safety
-/// `wbase` must hold `groups` groups of `nb` blocks, `x` one token of `nb
-/// · QK` values and `out` `4 · groups` values; the tiles must be this
-/// CPU's.
-#[allow(clippy::too_many_arguments)]
+/// `check(w, g0, g1, x, out)` must have passed with one token in `x`;
+/// the tiles must be this CPU's.
 unsafe fn one_token_streams<const S: usize>(
     tile: StreamsTile<S>,
     packed: PackedTile,
-    wbase: *const u8,
-    gstride: usize,
-    groups: usize,
-    nb: usize,
+    w: &Packed,
+    g0: usize,
+    g1: usize,
     x: &Acts,
     out: &mut [i32],
 ) {
-    let (runs, rest) = stream_runs::<S>(groups);
+    let nb = w.blocks();
+    let gstride = nb * GROUP_BLOCK_BYTES;
+    let wbase = w.group_bytes(g0, g1).as_ptr();
+    let (runs, rest) = stream_runs::<S>(g1 - g0);
     let (xs, o) = (x.xs.as_ptr(), out.as_mut_ptr());
     for g in runs {
-        // SAFETY: every g is below `groups` (the caller's extents).
+        // SAFETY: every g is below g1 − g0 (the caller's `check`).
         unsafe {
             tile(
                 g.map(|g| wbase.add(g * gstride)),
@@ -424,7 +424,7 @@ unsafe fn one_token_streams<const S: usize>(
                 x.k,
                 1,
                 o.add(g * GROUP),
-                GROUP * groups,
+                GROUP * (g1 - g0),
             )
         }
     }
@@ -446,32 +446,13 @@ pub fn gemm(kern: &Kernel, w: &Packed, g0: usize, g1: usize, x: &Acts, out: &mut
     let streams = if n == 1 { ops.i2s_streams } else { None };
     match (&x.tiled, streams) {
         (None, Some(st)) => {
-            let (groups, xs) = (g1 - g0, x);
-            // SAFETY: `check` put groups g0..g1 inside `w`, one token of
-            // `k` inside `xs` and row 4·(g1 − g0) − 1 of `out` inside it;
-            // the tiles are this CPU's.
+            let packed = ops.i2s_packed;
+            // SAFETY: `check` passed, with one token; the tiles are this
+            // CPU's.
             unsafe {
                 match kern.plan().ternary_now() {
-                    8 => one_token_streams(
-                        st.eight,
-                        ops.i2s_packed,
-                        wbase,
-                        gstride,
-                        groups,
-                        nb,
-                        xs,
-                        out,
-                    ),
-                    _ => one_token_streams(
-                        st.four,
-                        ops.i2s_packed,
-                        wbase,
-                        gstride,
-                        groups,
-                        nb,
-                        xs,
-                        out,
-                    ),
+                    8 => one_token_streams(st.eight, packed, w, g0, g1, x, out),
+                    _ => one_token_streams(st.four, packed, w, g0, g1, x, out),
                 }
             }
         }
