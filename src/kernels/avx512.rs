@@ -17,10 +17,10 @@
 //! sum measured beside it (`examples/tg_profile`, two runs), so nothing
 //! is left for a VNNI routine of its own to gain there.
 //!
-//! One token (generation), with VNNI, goes through [`tile_streams_vnni`]: eight
-//! row groups at once from eight runs of the span (four on AMD, see
-//! [`StreamPlan`]; the groups left over
-//! through [`tile1_vnni`]), see there. The history below is of one group
+//! One token (generation), with VNNI, goes through [`tile_streams_vnni`]:
+//! eight row groups at once from eight runs of the span (four on AMD, see
+//! [`StreamPlan`]; the groups left over through [`tile1_vnni`]), see
+//! there. The history below is of one group
 //! at a time. [`tile1_vnni`] prefetches both into L1 (`avx2::PREFETCH_L1`, 1.5 KiB ahead) and into
 //! L2 ([`PREFETCH_L2_NEAR`], 4 KiB; it was 16 KiB, as AVX2's, when the
 //! figures below were taken); without VNNI through the packed tile below,
@@ -184,8 +184,9 @@ pub fn other_plan() -> Vec<&'static Kernel> {
 
 // The entries below are reached only through `BW` / `VNNI` and their
 // narrow-plan twins, which `variants` / `other_plan` hand out after
-// checking the CPU's features (the VNNI ones only with VNNI): that is the SAFETY argument of each call to a
-// `#[target_feature]` function; the drivers checked the sizes.
+// checking the CPU's features (the VNNI ones only with VNNI): that is
+// the SAFETY argument of each call to a `#[target_feature]` function;
+// the drivers checked the sizes.
 
 unsafe fn packed_bw(
     w: *const u8,

@@ -1,8 +1,8 @@
 //! The float GEMM driver (F16/F32 output heads and float projections),
 //! shared by every ISA: one token streams four rows per tile (where the
 //! ISA has a [`StreamsTile`], two or four rows from as many distant runs
-//! of the range, as the kernel's `StreamPlan` says), several tokens take tiles of two rows × up to four
-//! tokens.
+//! of the range, as the kernel's `StreamPlan` says), several tokens take
+//! tiles of two rows × up to four tokens.
 //!
 //! Every ISA's [`Tile`] (and [`StreamsTile`]) computes each (row, token)
 //! dot with one fixed accumulation order that does not depend on how many

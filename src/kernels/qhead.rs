@@ -6,8 +6,8 @@
 //! token streams four rows per tile (two or four groups of four from as
 //! many runs of the rows at once, as the kernel's `StreamPlan` says,
 //! where the ISA has a [`StreamsTile`]: AVX2's Q6_K, which AVX-512
-//! inherits); several tokens take one row × up to four
-//! tokens, so each weight block is decoded once per tile. Q6_K sums
+//! inherits); several tokens take one row × up to four tokens, so each
+//! weight block is decoded once per tile. Q6_K sums
 //! the blocks in the scalar order on every kernel (bit-identical results);
 //! Q8_0 keeps one float accumulator per lane (agreeing with scalar to
 //! rounding); neither depends on the tiling, threads or batch.
@@ -283,8 +283,7 @@ pub fn gemm(
     };
     // One token over interleaved rows: the whole groups inside v0..v1 in
     // as many runs as the plan says, group i of each run beside the
-    // others; the rows
-    // before, after and left over tile by tile.
+    // others; the rows before, after and left over tile by tile.
     let (ga, gb) = (
         v0.div_ceil(INTERLEAVE).min(n_rows / INTERLEAVE),
         (v1 / INTERLEAVE).min(n_rows / INTERLEAVE),
