@@ -101,7 +101,7 @@ const SHAPE: TileShape = TileShape {
 /// Measured on a 2-core Zen 3 VM: without them the hardware prefetcher
 /// alone left generation at ~70% of the read bandwidth, with them ~85–100%.
 pub(super) const PREFETCH_GEMV: usize = 16 << 10;
-const PREFETCH_HEAD: usize = 32 << 10;
+pub(super) const PREFETCH_HEAD: usize = 32 << 10;
 /// How far ahead, into L1, the products that stream their weights from
 /// memory also prefetch (besides, or instead of, the L2 prefetches above):
 /// the float heads here (every token count; this table serves AMD too,

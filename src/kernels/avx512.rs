@@ -3,11 +3,13 @@
 //! has them (both variants verified on an Intel Xeon with AVX-512 VNNI,
 //! 2026-12-01; see the README).
 //!
-//! Only the ternary tiles and the grouped attention over an f16 KV cache
-//! ([`scores_heads`], [`values_heads`]: bit for bit AVX2's) are AVX-512;
-//! everything else (float and quantized heads, activation quantization,
-//! per-head and f32-cache attention, the panel unpack) comes from the
-//! AVX2 table it is built on — every AVX-512 CPU has AVX2, FMA and F16C.
+//! The ternary tiles, the float (F16 and F32) head tiles ([`float_tile`],
+//! 16-lane sums, so their last bits differ from AVX2's 8-lane ones) and
+//! the grouped attention over an f16 KV cache ([`scores_heads`],
+//! [`values_heads`]: bit for bit AVX2's) are AVX-512; everything else
+//! (the quantized heads, activation quantization, per-head and f32-cache
+//! attention, the panel unpack) comes from the AVX2 table it is built on
+//! — every AVX-512 CPU has AVX2, FMA and F16C.
 //! VNNI had its own Q6_K head tile over ggml's block layout (tg64 on the
 //! Q6_K file, Intel Xeon VM, 17.4 → 18.4–18.7 t/s on one thread against
 //! AVX2's then); since the head is kept in tern's load-time layout
@@ -55,6 +57,7 @@
 //! widened); with VNNI `vpdpbusd` accumulates the u8×i8 products straight
 //! into 32 bits. Both give the exact integer sum.
 
+use super::float::{self, float_tile_shapes, store_tile};
 use super::ops::Kv;
 use super::ternary::{self, TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
 use super::{avx2, Kernel, Ops, StreamPlan};
@@ -119,6 +122,16 @@ const OPS_BW: Ops = Ops {
     i2s_tile: tile_bw,
     i2s_shape: SHAPE,
     i2s_unpack: avx2::i2s_unpack,
+    f16_tile: float_tile_f16,
+    f32_tile: float_tile_f32,
+    f16_streams: Some(float::Streams {
+        two: float_streams::<true, 2>,
+        four: float_streams::<true, 4>,
+    }),
+    f32_streams: Some(float::Streams {
+        two: float_streams::<false, 2>,
+        four: float_streams::<false, 4>,
+    }),
     ..avx2::OPS
 };
 
@@ -905,3 +918,163 @@ unsafe fn ctile_bw<const T: usize>(
 
 // `GROUP` documents the packed layout the tiles read (four rows per run).
 const _: () = assert!(GROUP == 4 && GROUP_BLOCK_BYTES == 128);
+
+/// How far ahead, into L1 only, the one-token float product over distant
+/// rows ([`float_streams`]) prefetches each row; no L2 prefetch. On the
+/// AMD EPYC Zen 5 VM (2026-12-03, `examples`-style copies of the tile
+/// that differ only in their prefetches, alternated in one process over
+/// the 2B-4T head, 24 rounds, medians, one thread, beside a streaming sum
+/// of 37.4–38.5 GB/s): the F16 head read at 37.2–37.6 GB/s with 2 KiB,
+/// 35.6–36.2 with 1.5 KiB, 34.9–35.8 with 3 KiB, 32.4–33.0 with 4 KiB,
+/// 32.4–33.1 with 1 KiB, and 29.8–30.1 with AVX2's distances (L2 4 KiB +
+/// L1 3 KiB, [`avx2`]'s `PREFETCH_STREAMS_*`); the same head as F32
+/// 38.2 GB/s with 2 KiB, 38.3 with 1.5, 33.3 with AVX2's. On two threads
+/// (two rows each, the narrow plan) every distance read 40–44 GB/s in
+/// the same runs, within their spread. AVX2's 8-lane tile with its own
+/// distances read the F16 head at 31.0–31.8 GB/s beside this one's
+/// 36.4–36.7 (L1 2 KiB) in the same process.
+const PREFETCH_STREAMS_L1: usize = 2 << 10;
+
+// The float entries below are reached only through the AVX-512 tables,
+// which `variants` / `other_plan` hand out after checking the CPU's
+// features (AVX-512 F with AVX2, FMA and F16C); the drivers checked the
+// sizes (`float::gemm`).
+
+unsafe fn float_tile_f16(
+    w: *const u8,
+    d: usize,
+    r: usize,
+    x: *const f32,
+    t: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    // SAFETY: the tile contract (see `float::Tile`) and the CPU check.
+    float_dispatch::<true>(w, d, r, x, t, out, ld)
+}
+
+unsafe fn float_tile_f32(
+    w: *const u8,
+    d: usize,
+    r: usize,
+    x: *const f32,
+    t: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    // SAFETY: the tile contract (see `float::Tile`) and the CPU check.
+    float_dispatch::<false>(w, d, r, x, t, out, ld)
+}
+
+/// `float::StreamsTile` for F16 (`F16`) or F32 rows: `S` distant rows of
+/// one token, each row's value as [`float_tile_f16`] / [`float_tile_f32`]
+/// give it.
+unsafe fn float_streams<const F16: bool, const S: usize>(
+    w: [*const u8; S],
+    d: usize,
+    x: *const f32,
+) -> [f32; S] {
+    // SAFETY: the tile contract (see `float::StreamsTile`) and the CPU check.
+    float_tile::<F16, S, 1, 0, PREFETCH_STREAMS_L1>(w, [x], d).map(|[v]| v)
+}
+
+/// The float tile shapes of `float::Tile`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn float_dispatch<const F16: bool>(
+    w: *const u8,
+    d: usize,
+    r: usize,
+    x: *const f32,
+    t: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    let es = if F16 { 2 } else { 4 };
+    let row = |j: usize| w.add(j * d * es);
+    let xr = |u: usize| x.add(u * d);
+    macro_rules! run {
+        ($r:literal, $t:literal) => {{
+            let res = float_tile::<F16, $r, $t, { avx2::PREFETCH_HEAD }, { avx2::PREFETCH_L1 }>(
+                std::array::from_fn(row),
+                std::array::from_fn(xr),
+                d,
+            );
+            store_tile(res, out, ld);
+        }};
+    }
+    float_tile_shapes!(r, t, run)
+}
+
+/// Sixteen values of row `p` from value `i` on, as f32.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn load16<const F16: bool>(p: *const u8, i: usize) -> __m512 {
+    if F16 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p.add(i * 2) as *const __m256i))
+    } else {
+        _mm512_loadu_ps((p as *const f32).add(i))
+    }
+}
+
+/// `R` weight rows × `T` tokens (f16 or f32 rows by `F16`). Each (row,
+/// token) dot keeps one 16-lane accumulator over the first `d − d % 16`
+/// values, `_mm512_reduce_add_ps`, then the tail in order: the result does
+/// not depend on `R`, `T`, the prefetches or the thread split (it differs
+/// in its last bits from AVX2's 8-lane sums). Each row's line `L2` bytes
+/// ahead is prefetched into L2 (none when 0) and `L1` bytes ahead into L1.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[inline]
+#[allow(clippy::needless_range_loop)]
+unsafe fn float_tile<
+    const F16: bool,
+    const R: usize,
+    const T: usize,
+    const L2: usize,
+    const L1: usize,
+>(
+    w: [*const u8; R],
+    x: [*const f32; T],
+    d: usize,
+) -> [[f32; T]; R] {
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let es = if F16 { 2 } else { 4 };
+    let mut i = 0;
+    while i + 16 <= d {
+        // Once per 64-byte line of each row (hints only, so
+        // `wrapping_add`).
+        if (i * es) % 64 == 0 {
+            for wr in w.iter() {
+                let p = wr.wrapping_add(i * es);
+                if L2 != 0 {
+                    _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(L2) as *const i8);
+                }
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(L1) as *const i8);
+            }
+        }
+        let xv: [__m512; T] = std::array::from_fn(|t| _mm512_loadu_ps(x[t].add(i)));
+        for r in 0..R {
+            let wv = load16::<F16>(w[r], i);
+            for t in 0..T {
+                acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+            }
+        }
+        i += 16;
+    }
+    let mut res = [[0f32; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            let mut s = _mm512_reduce_add_ps(acc[r][t]);
+            for j in i..d {
+                let wj = if F16 {
+                    half::f16::from_bits(*(w[r] as *const u16).add(j)).to_f32()
+                } else {
+                    *(w[r] as *const f32).add(j)
+                };
+                s += wj * *x[t].add(j);
+            }
+            res[r][t] = s;
+        }
+    }
+    res
+}
