@@ -4,7 +4,13 @@
 # engine `-r 1` once per round, the engines interleaved (a shared machine is
 # noisy: compare within a round). Prints one line per result,
 #   ENGINE-HEAD THREADS N_PROMPT N_GEN T/S
-# then, with --summary, the mean (min–max) table and the ratios.
+# then, with --summary, the mean (min–max) table and the ratios. Each
+# tern tg result is followed by a `bound-HEAD` line: the bound `tern
+# bench` measured beside it (tokens/s at the streaming read rate for the
+# file's bytes per token); the summary puts every engine's tg against it.
+# The engines' files hold the same weights (I2_S or IQ2_BN codes, the
+# same head type), so one bound serves all three within a fraction of a
+# percent.
 #
 #   BITNET_BENCH=…/bitnet.cpp/build/bin/llama-bench \
 #   IK_BENCH=…/ik_llama.cpp/build/bin/llama-bench \
@@ -32,7 +38,11 @@ run() { # label threads command...
   "$@" -t "$th" -r 1 -p 128,512 -n 128 -o json 2>/dev/null | python3 -c "
 import json, sys
 for r in json.load(sys.stdin):
-    print('$label', $th, r['n_prompt'], r['n_gen'], round(r['avg_ts'], 2))"
+    print('$label', $th, r['n_prompt'], r['n_gen'], round(r['avg_ts'], 2))
+    # tern's tg rows carry the bound it measured beside them (tokens/s at
+    # the streaming read rate for its bytes per token): one 'bound' line.
+    if r['n_gen'] > 0 and 'bound_ts' in r:
+        print('bound-' + '$label'.rsplit('-', 1)[1], $th, 0, r['n_gen'], round(r['bound_ts'], 2))"
 }
 
 for round in $(seq "$rounds"); do
