@@ -921,8 +921,8 @@ const _: () = assert!(GROUP == 4 && GROUP_BLOCK_BYTES == 128);
 
 /// How far ahead, into L1 only, the one-token float product over distant
 /// rows ([`float_streams`]) prefetches each row; no L2 prefetch. On the
-/// AMD EPYC Zen 5 VM (2026-12-03, `examples`-style copies of the tile
-/// that differ only in their prefetches, alternated in one process over
+/// AMD EPYC Zen 5 VM (2026-12-03, copies of the tile that differ only in
+/// their prefetches, in a throwaway example, alternated in one process over
 /// the 2B-4T head, 24 rounds, medians, one thread, beside a streaming sum
 /// of 37.4–38.5 GB/s): the F16 head read at 37.2–37.6 GB/s with 2 KiB,
 /// 35.6–36.2 with 1.5 KiB, 34.9–35.8 with 3 KiB, 32.4–33.0 with 4 KiB,
@@ -1006,6 +1006,17 @@ unsafe fn float_dispatch<const F16: bool>(
     float_tile_shapes!(r, t, run)
 }
 
+/// The sixteen lanes of `v` summed in a fixed order (the upper eight
+/// added to the lower, then `avx2::hsum_f32`), written out rather than
+/// `_mm512_reduce_add_ps`, whose order is the compiler's to choose.
+#[target_feature(enable = "avx512f,avx2")]
+#[inline]
+unsafe fn hsum16(v: __m512) -> f32 {
+    let lo = _mm512_castps512_ps256(v);
+    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+    avx2::hsum_f32(_mm256_add_ps(lo, hi))
+}
+
 /// Sixteen values of row `p` from value `i` on, as f32.
 #[target_feature(enable = "avx512f")]
 #[inline]
@@ -1019,7 +1030,7 @@ unsafe fn load16<const F16: bool>(p: *const u8, i: usize) -> __m512 {
 
 /// `R` weight rows × `T` tokens (f16 or f32 rows by `F16`). Each (row,
 /// token) dot keeps one 16-lane accumulator over the first `d − d % 16`
-/// values, `_mm512_reduce_add_ps`, then the tail in order: the result does
+/// values, a fixed horizontal sum ([`hsum16`]), then the tail in order: the result does
 /// not depend on `R`, `T`, the prefetches or the thread split (it differs
 /// in its last bits from AVX2's 8-lane sums). Each row's line `L2` bytes
 /// ahead is prefetched into L2 (none when 0) and `L1` bytes ahead into L1.
@@ -1064,7 +1075,7 @@ unsafe fn float_tile<
     let mut res = [[0f32; T]; R];
     for r in 0..R {
         for t in 0..T {
-            let mut s = _mm512_reduce_add_ps(acc[r][t]);
+            let mut s = hsum16(acc[r][t]);
             for j in i..d {
                 let wj = if F16 {
                     half::f16::from_bits(*(w[r] as *const u16).add(j)).to_f32()
