@@ -7,7 +7,7 @@
 //! code 3), then widened to 32 bits with `vpmaddwd`, so the result equals
 //! the scalar integer sum exactly.
 
-use super::float::{self, float_tile_shapes, store_tile};
+use super::float::{self, store_tile};
 use super::layout::Steps;
 use super::ops::{self, Kv};
 use super::qhead::{self, quant_tile_shapes};
@@ -25,8 +25,8 @@ pub(crate) const OPS: Ops = Ops {
     i2s_shape: SHAPE,
     i2s_panel_min_tokens: super::ternary::PANEL_MIN_TOKENS,
     i2s_unpack,
-    f16_tile: float_tile_f16,
-    f32_tile: float_tile_f32,
+    f16_tile: float_dispatch::<true>,
+    f32_tile: float_dispatch::<false>,
     f16_streams: Some(float::Streams {
         two: float_streams::<true, 2>,
         four: float_streams::<true, 4>,
@@ -162,22 +162,9 @@ unsafe fn i2s_tile(c: *const u8, x: *const i8, steps: usize, t: usize, out: *mut
     }
 }
 
-unsafe fn float_tile_f16(
-    w: *const u8,
-    d: usize,
-    r: usize,
-    x: *const f32,
-    t: usize,
-    out: *mut f32,
-    ld: usize,
-) {
-    // SAFETY: the tile contract (see `float::Tile`) and the CPU check.
-    float_dispatch::<true>(w, d, r, x, t, out, ld)
-}
-
 /// `float::StreamsTile` for F16 (`F16`) or F32 rows: the one-token
 /// `S`-row tile over `S` distant rows (each row's value as
-/// `float_tile_f16` / `float_tile_f32` gives it). The 2B-4T file with an
+/// `float_dispatch` gives it). The 2B-4T file with an
 /// F32 head (1.3 of its 1.8 GB), whole decode steps alternated in one
 /// process on the Intel Xeon VM (2026-12-02, five rounds, medians of % of
 /// the bound), against four neighbouring rows: 86.1 → 94.0% on one
@@ -190,19 +177,6 @@ unsafe fn float_streams<const F16: bool, const S: usize>(
 ) -> [f32; S] {
     // SAFETY: the tile contract (see `float::StreamsTile`) and the CPU check.
     float_tile::<F16, S, 1, true>(w, [x], d).map(|[v]| v)
-}
-
-unsafe fn float_tile_f32(
-    w: *const u8,
-    d: usize,
-    r: usize,
-    x: *const f32,
-    t: usize,
-    out: *mut f32,
-    ld: usize,
-) {
-    // SAFETY: as for `float_tile_f16`.
-    float_dispatch::<false>(w, d, r, x, t, out, ld)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -728,33 +702,7 @@ unsafe fn code_tile<const T: usize>(
     }
 }
 
-/// The float tile shapes of `float::Tile`.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn float_dispatch<const F16: bool>(
-    w: *const u8,
-    d: usize,
-    r: usize,
-    x: *const f32,
-    t: usize,
-    out: *mut f32,
-    ld: usize,
-) {
-    let es = if F16 { 2 } else { 4 };
-    let row = |j: usize| w.add(j * d * es);
-    let xr = |u: usize| x.add(u * d);
-    macro_rules! run {
-        ($r:literal, $t:literal) => {{
-            let res = float_tile::<F16, $r, $t, false>(
-                std::array::from_fn(row),
-                std::array::from_fn(xr),
-                d,
-            );
-            store_tile(res, out, ld);
-        }};
-    }
-    float_tile_shapes!(r, t, run)
-}
+float::float_dispatch_fn!("avx2,fma,f16c", float_tile, false);
 
 /// The quantized tile shapes of `qhead::Tile` (Q6_K's four-row,
 /// one-token shape through [`q6_k_rows4_avx2`]).
@@ -1228,7 +1176,7 @@ unsafe fn load8<const F16: bool>(p: *const u8, i: usize) -> __m256 {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn elem<const F16: bool>(p: *const u8, i: usize) -> f32 {
+pub(super) unsafe fn elem<const F16: bool>(p: *const u8, i: usize) -> f32 {
     if F16 {
         f16::from_bits(*(p as *const u16).add(i)).to_f32()
     } else {

@@ -57,7 +57,7 @@
 //! widened); with VNNI `vpdpbusd` accumulates the u8×i8 products straight
 //! into 32 bits. Both give the exact integer sum.
 
-use super::float::{self, float_tile_shapes, store_tile};
+use super::float;
 use super::ops::Kv;
 use super::ternary::{self, TileShape, GROUP, GROUP_BLOCK_BYTES, QK};
 use super::{avx2, Kernel, Ops, StreamPlan};
@@ -122,8 +122,8 @@ const OPS_BW: Ops = Ops {
     i2s_tile: tile_bw,
     i2s_shape: SHAPE,
     i2s_unpack: avx2::i2s_unpack,
-    f16_tile: float_tile_f16,
-    f32_tile: float_tile_f32,
+    f16_tile: float_dispatch::<true>,
+    f32_tile: float_dispatch::<false>,
     f16_streams: Some(float::Streams {
         two: float_streams::<true, 2>,
         four: float_streams::<true, 4>,
@@ -940,71 +940,23 @@ const PREFETCH_STREAMS_L1: usize = 2 << 10;
 // features (AVX-512 F with AVX2, FMA and F16C); the drivers checked the
 // sizes (`float::gemm`).
 
-unsafe fn float_tile_f16(
-    w: *const u8,
-    d: usize,
-    r: usize,
-    x: *const f32,
-    t: usize,
-    out: *mut f32,
-    ld: usize,
-) {
-    // SAFETY: the tile contract (see `float::Tile`) and the CPU check.
-    float_dispatch::<true>(w, d, r, x, t, out, ld)
-}
-
-unsafe fn float_tile_f32(
-    w: *const u8,
-    d: usize,
-    r: usize,
-    x: *const f32,
-    t: usize,
-    out: *mut f32,
-    ld: usize,
-) {
-    // SAFETY: the tile contract (see `float::Tile`) and the CPU check.
-    float_dispatch::<false>(w, d, r, x, t, out, ld)
-}
-
 /// `float::StreamsTile` for F16 (`F16`) or F32 rows: `S` distant rows of
-/// one token, each row's value as [`float_tile_f16`] / [`float_tile_f32`]
-/// give it.
+/// one token, each row's value as [`float_dispatch`] gives it.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn float_streams<const F16: bool, const S: usize>(
     w: [*const u8; S],
     d: usize,
     x: *const f32,
 ) -> [f32; S] {
-    // SAFETY: the tile contract (see `float::StreamsTile`) and the CPU check.
     float_tile::<F16, S, 1, 0, PREFETCH_STREAMS_L1>(w, [x], d).map(|[v]| v)
 }
 
-/// The float tile shapes of `float::Tile`.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn float_dispatch<const F16: bool>(
-    w: *const u8,
-    d: usize,
-    r: usize,
-    x: *const f32,
-    t: usize,
-    out: *mut f32,
-    ld: usize,
-) {
-    let es = if F16 { 2 } else { 4 };
-    let row = |j: usize| w.add(j * d * es);
-    let xr = |u: usize| x.add(u * d);
-    macro_rules! run {
-        ($r:literal, $t:literal) => {{
-            let res = float_tile::<F16, $r, $t, { avx2::PREFETCH_HEAD }, { avx2::PREFETCH_L1 }>(
-                std::array::from_fn(row),
-                std::array::from_fn(xr),
-                d,
-            );
-            store_tile(res, out, ld);
-        }};
-    }
-    float_tile_shapes!(r, t, run)
-}
+float::float_dispatch_fn!(
+    "avx512f,avx2,fma,f16c",
+    float_tile,
+    { avx2::PREFETCH_HEAD },
+    { avx2::PREFETCH_L1 }
+);
 
 /// The sixteen lanes of `v` summed in a fixed order (the upper eight
 /// added to the lower, then `avx2::hsum_f32`), written out rather than
@@ -1077,12 +1029,7 @@ unsafe fn float_tile<
         for t in 0..T {
             let mut s = hsum16(acc[r][t]);
             for j in i..d {
-                let wj = if F16 {
-                    half::f16::from_bits(*(w[r] as *const u16).add(j)).to_f32()
-                } else {
-                    *(w[r] as *const f32).add(j)
-                };
-                s += wj * *x[t].add(j);
+                s += avx2::elem::<F16>(w[r], j) * *x[t].add(j);
             }
             res[r][t] = s;
         }

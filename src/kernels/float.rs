@@ -69,6 +69,50 @@ macro_rules! float_tile_shapes {
 }
 pub(crate) use float_tile_shapes;
 
+/// An ISA's [`Tile`], `unsafe fn float_dispatch<const F16: bool>` with
+/// the target features `$feat`, over its register tile
+/// `$tile::<F16, R, T, $extra…>(rows, tokens, d) -> [[f32; T]; R]` in the
+/// shape the driver asks for ([`float_tile_shapes`]), stored with
+/// [`store_tile`]. The table entries are `float_dispatch::<true>` (f16
+/// rows) and `float_dispatch::<false>` (f32).
+macro_rules! float_dispatch_fn {
+    ($feat:literal, $tile:ident $(, $extra:tt)*) => {
+        /// `float::Tile` for F16 (`F16`) or F32 rows: the register tile in
+        /// the shape the driver asks for.
+        ///
+        /// # Safety
+        /// The tile contract of `float::Tile`, on a CPU with the features
+        /// this function is compiled for.
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = $feat)]
+        unsafe fn float_dispatch<const F16: bool>(
+            w: *const u8,
+            d: usize,
+            r: usize,
+            x: *const f32,
+            t: usize,
+            out: *mut f32,
+            ld: usize,
+        ) {
+            let es = if F16 { 2 } else { 4 };
+            let row = |j: usize| w.add(j * d * es);
+            let xr = |u: usize| x.add(u * d);
+            macro_rules! run {
+                ($rr:literal, $tt:literal) => {{
+                    let res = $tile::<F16, $rr, $tt $(, $extra)*>(
+                        std::array::from_fn(row),
+                        std::array::from_fn(xr),
+                        d,
+                    );
+                    $crate::kernels::float::store_tile(res, out, ld);
+                }};
+            }
+            $crate::kernels::float::float_tile_shapes!(r, t, run)
+        }
+    };
+}
+pub(crate) use float_dispatch_fn;
+
 /// Store an `R × T` tile's results, row `j` token `u`, at `out[u · ld + j]`.
 ///
 /// # Safety

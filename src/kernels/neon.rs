@@ -15,7 +15,7 @@
 //!
 //! `vdotq_s32` is not stable in Rust yet, hence the one-instruction `asm!`.
 
-use super::float::{float_tile_shapes, store_tile};
+use super::float::store_tile;
 use super::layout::Steps;
 use super::ops::{self, Kv};
 use super::qhead::quant_tile_shapes;
@@ -54,8 +54,8 @@ const OPS_PLAIN: Ops = Ops {
     i2s_tile: tile_plain,
     i2s_shape: SHAPE_PLAIN,
     i2s_unpack: ternary::unpack_generic,
-    f16_tile: float_tile_f16,
-    f32_tile: float_tile_f32,
+    f16_tile: float_dispatch::<true>,
+    f32_tile: float_dispatch::<false>,
     f16_streams: None,
     f32_streams: None,
     q8_0_tile: q8_0_tile_plain,
@@ -158,55 +158,7 @@ macro_rules! dispatch_ternary {
 dispatch_ternary!(packed_plain, tile_plain, ptile_plain, ctile_plain, 2);
 dispatch_ternary!(packed_dot, tile_dot, ptile_dot, ctile_dot, 4);
 
-unsafe fn float_tile_f16(
-    w: *const u8,
-    d: usize,
-    r: usize,
-    x: *const f32,
-    t: usize,
-    out: *mut f32,
-    ld: usize,
-) {
-    // SAFETY: the tile contract (`float::Tile`); NEON is part of aarch64.
-    float_dispatch::<true>(w, d, r, x, t, out, ld)
-}
-
-unsafe fn float_tile_f32(
-    w: *const u8,
-    d: usize,
-    r: usize,
-    x: *const f32,
-    t: usize,
-    out: *mut f32,
-    ld: usize,
-) {
-    // SAFETY: as for `float_tile_f16`.
-    float_dispatch::<false>(w, d, r, x, t, out, ld)
-}
-
-/// The float tile shapes of `float::Tile`.
-#[target_feature(enable = "neon")]
-unsafe fn float_dispatch<const F16: bool>(
-    w: *const u8,
-    d: usize,
-    r: usize,
-    x: *const f32,
-    t: usize,
-    out: *mut f32,
-    ld: usize,
-) {
-    let es = if F16 { 2 } else { 4 };
-    let row = |j: usize| w.add(j * d * es);
-    let xr = |u: usize| x.add(u * d);
-    macro_rules! run {
-        ($r:literal, $t:literal) => {{
-            let res =
-                float_tile::<F16, $r, $t>(std::array::from_fn(row), std::array::from_fn(xr), d);
-            store_tile(res, out, ld);
-        }};
-    }
-    float_tile_shapes!(r, t, run)
-}
+super::float::float_dispatch_fn!("neon", float_tile);
 
 macro_rules! dispatch_quant {
     ($q8tile:ident, $q6tile:ident, $q8dots:ident, $q6dots:ident, $tile:ident, $q8:ident, $q6:ident) => {
