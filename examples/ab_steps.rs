@@ -80,7 +80,7 @@ fn main() -> anyhow::Result<()> {
             for p in 0..tokens {
                 let mut batch = Batch::default();
                 // Any tokens will do: the work per step does not depend on them.
-                batch.add((100 + p as u32) % n_vocab, p, 0, true);
+                batch.add((100 + u32::try_from(p)?) % n_vocab, p, 0, true);
                 for i in 0..kernels.len() {
                     let k = (i + p + round) % kernels.len();
                     m.kernel = kernels[k];

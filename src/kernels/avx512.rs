@@ -982,10 +982,11 @@ unsafe fn load16<const F16: bool>(p: *const u8, i: usize) -> __m512 {
 
 /// `R` weight rows × `T` tokens (f16 or f32 rows by `F16`). Each (row,
 /// token) dot keeps one 16-lane accumulator over the first `d − d % 16`
-/// values, a fixed horizontal sum ([`hsum16`]), then the tail in order: the result does
-/// not depend on `R`, `T`, the prefetches or the thread split (it differs
-/// in its last bits from AVX2's 8-lane sums). Each row's line `L2` bytes
-/// ahead is prefetched into L2 (none when 0) and `L1` bytes ahead into L1.
+/// values, a fixed horizontal sum ([`hsum16`]), then the tail in order:
+/// the result does not depend on `R`, `T`, the prefetches or the thread
+/// split (it differs in its last bits from AVX2's 8-lane sums). Each
+/// row's line `L2` bytes ahead is prefetched into L2 (none when 0) and
+/// `L1` bytes ahead into L1.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 #[inline]
 #[allow(clippy::needless_range_loop)]
