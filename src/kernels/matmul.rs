@@ -221,6 +221,17 @@ pub fn publish_hint(t: usize, addr: usize, len: usize) {
 /// Q6_K head, 82% with the F16 one): a half and 32 groups 80.7–80.8%, 48
 /// 81.5%, 64 81.6–81.7% (F16 85.0%), 96 82.5–82.8% (F16 85.0%), 128
 /// 82.5% (F16 84.8%); a third or all of the rest at once, 79.8–80.9%.
+///
+/// Near a region's end a claim of 96 groups leaves the other thread idle
+/// until it is done (end idle 0.3-0.7 ms a 2B-4T token on two threads,
+/// Zen 5 VM, 2026-12-03). Halving the last claims instead (once the span's
+/// rest is under 192 groups: a half of it down to 24 or 48 groups, or a
+/// third down to 16 with splits of 16-group spans) halved that idle time
+/// at best but made whole steps 0.5-1.2% slower (Q6_K file, alternated in
+/// one process): the extra claims restart their streams. A thread with
+/// nothing left to take prefetching the start of its span of the next
+/// region (published a region ahead) made no difference either (within
+/// ±0.8%, six rounds Q6_K, four F16).
 const CLAIM_MIN_GROUPS: u32 = 96;
 const CLAIM_SHARE: u32 = 2;
 
