@@ -322,9 +322,10 @@ pub fn base_model_warning(model: &Model) -> Option<String> {
     {
         return None;
     }
-    let end = tok
-        .eos()
-        .map_or("(none: the vocabulary has no EOS)", |e| tok.token_text(e));
+    let end = tok.eos().map_or_else(
+        || "(none: the vocabulary has no EOS)".to_string(),
+        |e| crate::untrusted::quoted(tok.token_text(e)).to_string(),
+    );
     Some(format!(
         "this model has no chat template and no <|eot_id|> token, so it is probably a base model not trained to chat; using the System:/User:/Assistant: format with turns ended by {}",
         end

@@ -252,7 +252,14 @@ impl Bundle {
                 bail!("{} has no matching {}", tp.display(), lp.display());
             }
             let logits = crate::metrics::read_f32_file(&lp)?;
-            let want = tj.tokens.len() * tj.vocab;
+            let Some(want) = tj.tokens.len().checked_mul(tj.vocab) else {
+                bail!(
+                    "{}: {} positions × vocab {} overflows",
+                    tp.display(),
+                    tj.tokens.len(),
+                    tj.vocab
+                );
+            };
             if logits.len() != want {
                 bail!(
                     "{} holds {} values, expected {} positions × {} vocab = {}",
@@ -299,7 +306,8 @@ pub fn head_type_note(model_head: &str, reference_head: Option<&str>) -> Option<
     match reference_head {
         Some(r) if r != model_head => Some(format!(
             "the model's output head is {} but the reference's is {}: the thresholds assume matching types, so expect larger differences",
-            model_head, r
+            model_head,
+            crate::untrusted::name(r)
         )),
         None if !float(model_head) => Some(format!(
             "the model's output head is {} and the reference does not record its own (the vendored bundles come from float heads): the thresholds assume matching types, so expect larger differences",

@@ -1126,7 +1126,8 @@ fn cli_bench_bad_arguments_fail_cleanly() {
         (&["bench", "-t", "0"][..], "at least 1"),
         (&["bench", "-t", "two"][..], "not a whole number"),
         (&["bench", "-p", "0", "-n", "0"][..], "nothing to time"),
-        (&["bench", "-r", "0"][..], "at least 1"),
+        (&["bench", "-r", "0"][..], "between 1 and"),
+        (&["bench", "-t", "100000"][..], "between 1 and 512"),
         (&["bench", "--bw-mib", "0"][..], "choose 1 to 16384"),
         (
             &["bench", "--bw-mib", "18446744073709551615"][..],

@@ -536,3 +536,243 @@ fn a_model_truncated_while_running_does_not_disturb_it() {
         rest.len()
     );
 }
+
+// ---- 6. found by review and a new user's trial (2026-12-03) ------------
+
+#[test]
+fn a_huge_head_dimension_is_refused_before_the_rope_table() {
+    let f = data("keylen-wrap-capacity-overflow.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    // 2 heads × 2^29 is inside the width check; the RoPE table of 2^28
+    // f64 entries took 2 GiB and 18 s before the tensor check refused it.
+    let p = with_key(
+        &f,
+        "bitnet-b1.58.attention.key_length",
+        Value::U64(1 << 29),
+        dir.path(),
+        "wide-head.gguf",
+    );
+    let t = Instant::now();
+    let err = logits_fails(&p, "head dimension");
+    assert!(err.contains("65536"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
+
+#[test]
+fn metadata_arrays_are_bounded_by_elements_not_only_by_bytes() {
+    // One u8 array of 2^24 + 1 elements: 16 MiB in the file, 32 bytes
+    // each once read.
+    let dir = tempfile::tempdir().unwrap();
+    let key = b"test.bytes";
+    let n: u64 = (1 << 24) + 1;
+    let mut b = Vec::with_capacity(1 << 25);
+    b.extend_from_slice(b"GGUF");
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&1u64.to_le_bytes());
+    b.extend_from_slice(&(key.len() as u64).to_le_bytes());
+    b.extend_from_slice(key);
+    b.extend_from_slice(&9u32.to_le_bytes()); // array
+    b.extend_from_slice(&0u32.to_le_bytes()); // of u8
+    b.extend_from_slice(&n.to_le_bytes());
+    b.resize(b.len() + usize::try_from(n).unwrap(), 7);
+    let p = dir.path().join("bytes.gguf");
+    std::fs::write(&p, b).unwrap();
+    let o = run_tern(&["inspect", p.to_str().unwrap()], None);
+    let err = assert_clean_failure(&o, "elements in all");
+    assert!(err.contains("test.bytes"), "{err}");
+    // Just under the limit reads (and is then no model).
+    let mut ok = std::fs::read(&p).unwrap();
+    let at = 4 + 4 + 8 + 8 + 8 + key.len() + 4 + 4;
+    ok[at..at + 8].copy_from_slice(&(n - 1).to_le_bytes());
+    ok.pop();
+    std::fs::write(&p, ok).unwrap();
+    let o = run_tern(&["inspect", p.to_str().unwrap()], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_output_is_written_into_not_replaced() {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe");
+    let st = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(st.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            std::fs::File::open(&fifo)
+                .unwrap()
+                .read_to_end(&mut v)
+                .unwrap();
+            v
+        })
+    };
+    let g = ref_gguf("tern-shakespeare");
+    let o = logits(&g, "1,2,3", &fifo);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = reader.join().unwrap();
+    let vocab = GgufFile::open(&g)
+        .unwrap()
+        .get_u64("bitnet-b1.58.vocab_size")
+        .unwrap();
+    assert_eq!(got.len() as u64, 3 * vocab * 4);
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert_eq!(listing(dir.path()), vec!["pipe".to_string()]);
+}
+
+#[test]
+fn flag_values_that_size_work_are_bounded() {
+    let g = ref_gguf("tern-shakespeare");
+    let g = g.to_str().unwrap();
+    let o = run_tern(
+        &[
+            "bench",
+            "-m",
+            g,
+            "-p",
+            "4",
+            "-n",
+            "0",
+            "-r",
+            "18446744073709551615",
+        ],
+        None,
+    );
+    assert_clean_failure(&o, "-r must be between 1 and");
+    let o = run_tern(
+        &[
+            "serve",
+            "-m",
+            g,
+            "--port",
+            "0",
+            "--max-queue",
+            "18446744073709551615",
+        ],
+        None,
+    );
+    assert_clean_failure(&o, "--max-queue must be at most");
+    let o = run_tern(
+        &["run", "-m", g, "-p", "x", "-n", "1", "-t", "100000"],
+        None,
+    );
+    assert_clean_failure(&o, "between 1 and 512");
+    // More threads than CPUs: runs, with a warning.
+    let o = run_tern(&["run", "-m", g, "-p", "x", "-n", "1", "-t", "3"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(
+        stderr(&o).contains("threads on"),
+        cpus < 3,
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_repeated_option_takes_its_last_value_as_in_llama_cpp() {
+    let g = ref_gguf("tern-shakespeare");
+    let g = g.to_str().unwrap();
+    let out = |args: &[&str]| {
+        let o = run_tern(args, None);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let twice = out(&[
+        "run", "-m", g, "-p", "ROMEO.", "-n", "40", "--temp", "0", "-n", "6",
+    ]);
+    let once = out(&["run", "-m", g, "-p", "ROMEO.", "-n", "6", "--temp", "0"]);
+    assert_eq!(twice, once);
+    assert_ne!(
+        twice,
+        out(&["run", "-m", g, "-p", "ROMEO.", "-n", "40", "--temp", "0"])
+    );
+}
+
+#[test]
+fn synth_keeps_an_existing_checkpoint_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("hf");
+    std::fs::create_dir(&hf).unwrap();
+    std::fs::write(hf.join("config.json"), b"{\"mine\": 1}").unwrap();
+    let h = hf.to_str().unwrap();
+    let o = run_tern(&["synth", h, "--shape", "tiny"], None);
+    assert_clean_failure(&o, "--force");
+    assert_eq!(
+        std::fs::read(hf.join("config.json")).unwrap(),
+        b"{\"mine\": 1}"
+    );
+    assert_eq!(listing(&hf), vec!["config.json".to_string()]);
+    let o = run_tern(&["synth", h, "--shape", "tiny", "--force"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(hf.join("model.safetensors").exists());
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_during_convert_leaves_no_partial_file() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let src = root().join("models/tern-shakespeare");
+    // The write takes tens of ms: catch it with its .partial file present,
+    // trying again when the conversion won the race.
+    for attempt in 0..40 {
+        let out = dir.path().join(format!("m{attempt}.gguf"));
+        let mut child = tern()
+            .args([
+                "convert",
+                src.to_str().unwrap(),
+                "--outtype",
+                "f32",
+                "--outfile",
+            ])
+            .arg(&out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        let caught = loop {
+            if listing(dir.path()).iter().any(|n| n.ends_with(".partial")) {
+                break true;
+            }
+            if child.try_wait().unwrap().is_some() || t0.elapsed() > Duration::from_secs(30) {
+                break false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        };
+        if !caught {
+            let _ = child.wait();
+            continue;
+        }
+        let st = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let o = child.wait_with_output().unwrap();
+        if o.status.success() {
+            // Finished between the look and the signal.
+            continue;
+        }
+        assert!(
+            o.status.code() == Some(130) || o.status.signal().is_some(),
+            "{:?}",
+            o.status
+        );
+        let left: Vec<String> = listing(dir.path())
+            .into_iter()
+            .filter(|n| n.ends_with(".partial") || n == &format!("m{attempt}.gguf"))
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        return;
+    }
+    panic!("never caught the conversion while it was writing");
+}

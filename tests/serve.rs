@@ -440,6 +440,7 @@ fn error_statuses() {
     let big = format!(r#"{{"prompt": "{}"}}"#, "a".repeat(20000));
     check(raw(&big), 413, "limit");
     check(get(&s.addr, "/v2/nothing"), 404, "no such endpoint");
+    check(get(&s.addr, "/v1/chat/completions"), 405, "method");
 
     // Queue full: one slot, no queue; a running stream makes the next one wait → 503.
     let busy = s.open_stream(100);

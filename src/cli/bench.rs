@@ -414,6 +414,9 @@ impl Reference {
     }
 }
 
+/// Most repetitions `-r` asks for (each repetition's samples are kept).
+pub const MAX_REPS: usize = 100_000;
+
 pub fn run(a: Args) -> Result<()> {
     let prompts = parse_list("-p", &a.n_prompt, true)?;
     let gens = parse_list("-n", &a.n_gen, true)?;
@@ -422,8 +425,11 @@ pub fn run(a: Args) -> Result<()> {
         Some(s) => parse_list("-t", s, false)?,
         None => vec![kernels::physical_cores()],
     };
-    if a.reps == 0 {
-        bail!("-r must be at least 1");
+    for &t in &threads {
+        super::check_threads(t)?;
+    }
+    if !(1..=MAX_REPS).contains(&a.reps) {
+        bail!("-r must be between 1 and {}", MAX_REPS);
     }
     let json = match a.output.as_str() {
         "md" => false,

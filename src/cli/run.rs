@@ -326,8 +326,8 @@ pub fn run(a: Args) -> Result<()> {
     let (prompt, own_bos) = m.tokenizer.encode_prompt(&text)?;
     if own_bos {
         eprintln!(
-            "tern: warning: the prompt already starts with the BOS token {:?}; not adding a second one",
-            m.tokenizer.token_text(prompt[0])
+            "tern: warning: the prompt already starts with the BOS token {}; not adding a second one",
+            crate::untrusted::quoted(m.tokenizer.token_text(prompt[0]))
         );
     }
     if prompt.is_empty() {

@@ -85,6 +85,9 @@ fn api_keys(a: &Args) -> Result<Vec<String>> {
     Ok(keys)
 }
 
+/// Most requests `--max-queue` lets wait for a slot.
+pub const MAX_QUEUE: usize = 1 << 20;
+
 pub fn run(a: Args) -> Result<()> {
     if !(1..=MAX_SLOTS).contains(&a.parallel) {
         bail!("-np must be between 1 and {}", MAX_SLOTS);
@@ -95,6 +98,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     if a.ctx.is_some_and(|c| c < 2) {
         bail!("-c must be at least 2");
+    }
+    if a.max_queue > MAX_QUEUE {
+        bail!("--max-queue must be at most {}", MAX_QUEUE);
     }
     if a.timeout == 0 {
         bail!("--timeout must be at least 1 second");

@@ -16,7 +16,19 @@ pub struct Args {
     /// of `--features bitnet-cpp` runs, e.g. for `tern bench --bitnet-cpp`).
     #[arg(long, default_value = "b1.58")]
     pub variant: String,
+    /// Replace the checkpoint files already in the folder.
+    #[arg(long)]
+    pub force: bool,
 }
+
+/// The files a checkpoint folder holds that `synth` writes.
+const CHECKPOINT_FILES: [&str; 5] = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+];
 
 pub fn run(a: Args) -> Result<()> {
     let shape = Shape::by_name(&a.shape)
@@ -26,6 +38,18 @@ pub fn run(a: Args) -> Result<()> {
         "bitnet" => true,
         v => return Err(anyhow!("unknown --variant {:?} (b1.58, bitnet)", v)),
     };
+    if !a.force {
+        if let Some(f) = CHECKPOINT_FILES
+            .iter()
+            .find(|f| a.out_dir.join(f).symlink_metadata().is_ok())
+        {
+            return Err(anyhow!(
+                "{} already holds {} (use --force to overwrite the checkpoint)",
+                a.out_dir.display(),
+                f
+            ));
+        }
+    }
     synth_hf_variant(&a.out_dir, shape, a.seed, silu)?;
     eprintln!(
         "tern synth: wrote a random bf16 {} checkpoint ({}) to {}",

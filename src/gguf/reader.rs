@@ -68,7 +68,17 @@ pub struct GgufFile {
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Array elements of the metadata read so far (see [`MAX_META_ELEMENTS`]).
+    elements: u64,
 }
+
+/// Most array elements the metadata of one file may hold, all arrays
+/// together. Each is held as a [`Value`] of 32 bytes however few bytes it
+/// takes in the file (one for a u8 or a bool), so the check that an array
+/// fits in the file alone let a 64 MiB file take 2 GiB of memory. The
+/// largest real metadata is a tokenizer's: ~262 thousand tokens with
+/// their types and scores, and a few hundred thousand merges.
+pub const MAX_META_ELEMENTS: u64 = 1 << 24;
 
 impl<'a> Cursor<'a> {
     fn remaining(&self) -> usize {
@@ -143,6 +153,14 @@ impl<'a> Cursor<'a> {
                 if n.saturating_mul(et.min_size()) > self.remaining() as u64 {
                     bail!("{}: array of {} elements does not fit in the file", what, n);
                 }
+                self.elements = self.elements.saturating_add(n);
+                if self.elements > MAX_META_ELEMENTS {
+                    bail!(
+                        "{}: the metadata's arrays hold more than {} elements in all",
+                        what,
+                        MAX_META_ELEMENTS
+                    );
+                }
                 // Bounded by the bytes left, checked just above.
                 let mut v = Vec::with_capacity(usize::try_from(n)?);
                 for _ in 0..n {
@@ -179,7 +197,11 @@ impl GgufFile {
 
     fn parse(backing: Backing, path: &Path) -> Result<GgufFile> {
         let buf = backing.bytes();
-        let mut c = Cursor { buf, pos: 0 };
+        let mut c = Cursor {
+            buf,
+            pos: 0,
+            elements: 0,
+        };
         let magic = c.take(4, "magic")?;
         if magic != GGUF_MAGIC {
             bail!("not a GGUF file (bad magic {:02x?})", magic);

@@ -92,14 +92,69 @@ impl<W: Write> Write for Counting<W> {
 /// followed), which is fsynced and renamed over the target. Two processes
 /// writing the same target at once each write their own file; the target
 /// ends as one of the two complete files, never a mix.
+///
+/// A target that is a character device or a FIFO (`/dev/null`, a named
+/// pipe) is written straight into instead, as a shell redirection would:
+/// renaming over it would replace the device or pipe with a plain file
+/// (and where the directory is not writable, as `/dev` is not for most
+/// users, fail). A block device or a socket is refused.
 pub struct AtomicFile {
     target: PathBuf,
-    file: tempfile::NamedTempFile,
+    /// `None` once committed.
+    sink: Option<Sink>,
+}
+
+/// The temporary files of outputs being written, for [`remove_partials`].
+static PARTIALS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn partials() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    PARTIALS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Remove the temporary files of every [`AtomicFile`] not yet committed:
+/// for a Ctrl-C handler that then exits, since an exit skips the drops
+/// that would remove them (an interrupted `tern convert` left its hidden
+/// `.NAME.XXXXXX.partial`, up to the model's size, behind).
+pub fn remove_partials() {
+    for p in partials().drain(..) {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Exit with status 130 on Ctrl-C, removing the outputs being written
+/// first ([`remove_partials`]). For commands that write files and have no
+/// Ctrl-C handling of their own; a warning when one is already set.
+pub fn exit_cleanly_on_ctrl_c() {
+    if let Err(e) = ctrlc::set_handler(|| {
+        remove_partials();
+        std::process::exit(130);
+    }) {
+        eprintln!("tern: warning: cannot catch Ctrl-C ({e}); an interrupted write may leave a .partial file");
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        // Uncommitted: the temporary file goes with the NamedTempFile.
+        if let Some(Sink::Partial(f)) = &self.sink {
+            let p = f.path();
+            partials().retain(|q| q != p);
+        }
+    }
+}
+
+enum Sink {
+    /// The temporary file renamed over the target on commit.
+    Partial(tempfile::NamedTempFile),
+    /// A character device or FIFO, opened for writing (Unix only).
+    #[cfg_attr(not(unix), allow(dead_code))]
+    Stream(File),
 }
 
 impl AtomicFile {
     /// Start writing `target`. Without `force` an existing target is an
-    /// error; a directory is always an error.
+    /// error (a character device or FIFO, which is written into, is not);
+    /// a directory is always an error.
     pub fn create(target: &Path, force: bool) -> Result<AtomicFile> {
         let fail = |kind, msg| Err(std::io::Error::new(kind, msg).into());
         if target.is_dir() {
@@ -107,6 +162,30 @@ impl AtomicFile {
                 std::io::ErrorKind::IsADirectory,
                 format!("{} is a directory", target.display()),
             );
+        }
+        #[cfg(unix)]
+        if let Ok(m) = target.symlink_metadata() {
+            use std::os::unix::fs::FileTypeExt;
+            let ft = m.file_type();
+            if ft.is_char_device() || ft.is_fifo() {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(target)
+                    .with_context(|| format!("cannot open {} for writing", target.display()))?;
+                return Ok(AtomicFile {
+                    target: target.to_path_buf(),
+                    sink: Some(Sink::Stream(f)),
+                });
+            }
+            if ft.is_block_device() || ft.is_socket() {
+                return fail(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} is a block device or a socket, not a file tern writes",
+                        target.display()
+                    ),
+                );
+            }
         }
         if target.symlink_metadata().is_ok() && !force {
             return fail(
@@ -140,23 +219,35 @@ impl AtomicFile {
                 target.display()
             )
         })?;
+        partials().push(file.path().to_path_buf());
         Ok(AtomicFile {
             target: target.to_path_buf(),
-            file,
+            sink: Some(Sink::Partial(file)),
         })
     }
     pub fn file(&mut self) -> &mut File {
-        self.file.as_file_mut()
+        match self.sink.as_mut() {
+            Some(Sink::Partial(f)) => f.as_file_mut(),
+            Some(Sink::Stream(f)) => f,
+            None => unreachable!("an AtomicFile is not used after commit"),
+        }
     }
     /// Sync the bytes and rename the temporary file over the target (which
     /// replaces a file or symlink of that name, never follows it).
-    pub fn commit(self) -> Result<()> {
-        let partial = self.file.path().to_path_buf();
-        self.file
-            .as_file()
+    pub fn commit(mut self) -> Result<()> {
+        let file = match self.sink.take() {
+            Some(Sink::Partial(f)) => f,
+            // Nothing to sync or rename: the bytes went to the device or pipe.
+            Some(Sink::Stream(_)) | None => return Ok(()),
+        };
+        let partial = file.path().to_path_buf();
+        // Dropped from the list whatever happens below: a failed persist
+        // gives the file back inside its error, which removes it.
+        let _listed = Unlist(&partial);
+        file.as_file()
             .sync_all()
             .with_context(|| format!("cannot sync {}", partial.display()))?;
-        self.file.persist(&self.target).map_err(|e| {
+        file.persist(&self.target).map_err(|e| {
             anyhow::anyhow!(
                 "cannot rename {} to {}: {}",
                 partial.display(),
@@ -178,6 +269,15 @@ impl AtomicFile {
             }
         }
         Ok(())
+    }
+}
+
+/// Takes a path off the [`PARTIALS`] list when dropped.
+struct Unlist<'a>(&'a Path);
+
+impl Drop for Unlist<'_> {
+    fn drop(&mut self) {
+        partials().retain(|q| q != self.0);
     }
 }
 

@@ -18,6 +18,12 @@ use anyhow::{anyhow, bail, Result};
 /// these as `uint32_t`; 2^31 also keeps products of two in `u64`).
 pub const MAX_DIM: u64 = 1 << 31;
 
+/// Largest head dimension tern accepts (real models use 64–256). The
+/// RoPE table is sized by it before the tensors are checked against the
+/// header, so a `key_length` of 2^29 with one head took 2 GiB and 18 s
+/// before the tensor check refused the file.
+pub const MAX_HEAD_DIM: usize = 1 << 16;
+
 #[derive(Debug, Clone)]
 pub struct Hparams {
     pub arch: String,
@@ -192,6 +198,13 @@ impl Hparams {
         // wrap back to a width the tensors happen to have.
         checked_width(n_head, head_dim, "attention.head_count × key_length")?;
         checked_width(n_head_kv, head_dim, "attention.head_count_kv × key_length")?;
+        if head_dim > MAX_HEAD_DIM {
+            bail!(
+                "head dimension {} (attention.key_length, or embedding_length / head_count) is over {}",
+                head_dim,
+                MAX_HEAD_DIM
+            );
+        }
         let activation = match k.value("hidden_activation") {
             Some(_) if !graph.activation.from_metadata => graph.activation.default,
             None => graph.activation.default,

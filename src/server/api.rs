@@ -15,7 +15,9 @@ pub struct Common {
     pub max_tokens: Option<u32>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
-    pub top_k: Option<u32>,
+    /// 0 or less keeps every token (as `--top-k` does; -1 is the usual
+    /// "off" of OpenAI-style clients).
+    pub top_k: Option<i64>,
     pub min_p: Option<f32>,
     pub seed: Option<i64>,
     pub stop: Option<Stop>,
@@ -180,7 +182,9 @@ impl Common {
         };
         let params = SamplingParams {
             temp: self.temperature.unwrap_or(d.temp),
-            top_k: self.top_k.map_or(d.top_k, |k| k as usize),
+            top_k: self
+                .top_k
+                .map_or(d.top_k, |k| usize::try_from(k.max(0)).unwrap_or(usize::MAX)),
             top_p: self.top_p.unwrap_or(d.top_p),
             min_p: self.min_p.unwrap_or(d.min_p),
             repeat_penalty: self.repeat_penalty.unwrap_or(d.repeat_penalty),
@@ -202,8 +206,13 @@ impl Common {
             Some(Stop::One(s)) => vec![s.clone()],
             Some(Stop::Many(v)) => v.clone(),
         };
-        if stop.len() > 16 {
-            return Err("stop: at most 16 stop strings".into());
+        if stop.len() > MAX_STOPS {
+            return Err(format!("stop: at most {MAX_STOPS} stop strings"));
+        }
+        if stop.iter().any(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(format!(
+                "stop: a stop string is at most {MAX_STOP_BYTES} bytes"
+            ));
         }
         Ok(Settings {
             request: Request {
@@ -223,6 +232,15 @@ impl Common {
         })
     }
 }
+
+/// Most stop strings a request may give.
+pub const MAX_STOPS: usize = 16;
+
+/// Longest stop string, in bytes. Each generated piece is checked against
+/// every prefix of every stop string on the thread that decodes for all
+/// slots, so the work per token grows with the square of this: sixteen
+/// strings of 500 KB (inside the 8 MB body limit) cost 32 ms a token.
+pub const MAX_STOP_BYTES: usize = 256;
 
 impl ChatRequest {
     pub fn settings(&self, random_seed: u64) -> Result<Settings, String> {
@@ -369,6 +387,9 @@ mod tests {
         assert_eq!(s.request.params.temp, 0.0);
         assert_eq!(s.request.stop, vec!["x".to_string()]);
         assert_eq!(s.request.top_logprobs, Some(2));
+        // top_k -1 (or 0) keeps every token, as --top-k does.
+        let off = chat(r#"{"messages": [{"role": "user", "content": "hi"}], "top_k": -1}"#);
+        assert_eq!(off.settings(0).unwrap().request.params.top_k, 0);
     }
 
     #[test]
@@ -395,6 +416,14 @@ mod tests {
                 .contains("image_url")
         );
         assert!(bad(r#"{"messages": []}"#).contains("empty"));
+        let long = "x".repeat(MAX_STOP_BYTES + 1);
+        assert!(bad(&format!("{{{base}, \"stop\": [\"a\", \"{long}\"]}}")).contains("bytes"));
+        let many = vec!["\"s\""; MAX_STOPS + 1].join(",");
+        assert!(bad(&format!("{{{base}, \"stop\": [{many}]}}")).contains("at most"));
+        let at_limit = "x".repeat(MAX_STOP_BYTES);
+        assert!(chat(&format!("{{{base}, \"stop\": \"{at_limit}\"}}"))
+            .settings(0)
+            .is_ok());
         // Neutral values of those fields are fine.
         let ok = chat(&format!(
             "{{{base}, \"n\": 1, \"tools\": [], \"response_format\": {{\"type\": \"text\"}}, \"logit_bias\": {{}}}}"

@@ -236,7 +236,8 @@ impl Engine {
         }
         // Requests whose clients left no longer count against the limit.
         q.waiting.retain(|j| !j.events.is_closed());
-        if q.active + q.waiting.len() >= self.config.n_slots + self.config.max_queue {
+        let limit = self.config.n_slots.saturating_add(self.config.max_queue);
+        if q.active + q.waiting.len() >= limit {
             return Err(EngineError::QueueFull(q.waiting.len()));
         }
         q.waiting.push_back(Job {
@@ -425,14 +426,19 @@ impl Scheduler {
                 "the context must hold at least 2 tokens".into(),
             ));
         }
+        // Fallible: `size_engine` compares the caches with the machine's
+        // memory only where the system says how much there is.
         let slots = (0..cfg.n_slots)
-            .map(|_| Slot {
-                cache: KvCache::new(&model.hp, cfg.n_ctx, cfg.kv_f32),
-                tokens: Vec::new(),
-                last_used: 0,
-                seq: None,
+            .map(|_| {
+                Ok(Slot {
+                    cache: KvCache::try_new(&model.hp, cfg.n_ctx, cfg.kv_f32)
+                        .map_err(|e| EngineError::BadRequest(e.to_string()))?,
+                    tokens: Vec::new(),
+                    last_used: 0,
+                    seq: None,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, EngineError>>()?;
         Ok(Scheduler {
             model,
             slots,

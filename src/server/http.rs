@@ -195,6 +195,13 @@ fn routes() -> Router<Arc<AppState>> {
         .route("/detokenize", post(detokenize))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        // Registered after the routes: it applies to each of them.
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this endpoint does not take that method",
+            )
+        })
 }
 
 /// Add the layers to `routes`: body limit, API key, panics → 500, CORS

@@ -132,6 +132,22 @@ async fn run(
         }
     });
 
+    /// The loader's error; or, when the loader ended without sending one
+    /// and without a model (it panicked), an error saying so — not a
+    /// server that answers "loading" for ever. Pending after a load.
+    async fn load_failure(
+        rx: tokio::sync::oneshot::Receiver<anyhow::Error>,
+        st: &AppState,
+    ) -> anyhow::Error {
+        match rx.await {
+            Ok(e) => e,
+            Err(_) if st.loaded.get().is_none() => {
+                anyhow!("loading the model stopped without a result (an internal error)")
+            }
+            Err(_) => std::future::pending().await,
+        }
+    }
+
     let signaled = Arc::new(tokio::sync::Notify::new());
     let failed = Arc::new(std::sync::Mutex::new(None));
     let shutdown = {
@@ -156,7 +172,7 @@ async fn run(
                         }
                     });
                 }
-                Ok(e) = fail_rx => {
+                e = load_failure(fail_rx, &st) => {
                     *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                 }
             }
