@@ -1,5 +1,6 @@
 //! OS signal glue, all of it in this module: a SIGBUS handler for files that
-//! change while they are memory-mapped.
+//! change while they are memory-mapped, and Ctrl-C for commands that write
+//! files ([`remove_partials_on_ctrl_c`]).
 //!
 //! tern maps model files (GGUF) and checkpoints (safetensors) read-only. If
 //! another process truncates or rewrites such a file while it is mapped, the
@@ -52,3 +53,51 @@ pub fn install_sigbus_handler() {
 /// Install the SIGBUS handler (no-op: this platform has no SIGBUS).
 #[cfg(not(unix))]
 pub fn install_sigbus_handler() {}
+
+/// On Ctrl-C, remove the temporary files of the outputs being written
+/// ([`crate::gguf::writer::remove_partials`]) and then end as SIGINT's
+/// default action would (so a shell loop or script around tern stops
+/// too); an exit skips the drops that would remove them, and an
+/// interrupted `tern convert` used to leave its `.NAME.XXXXXX.partial`,
+/// up to the model's size. For commands that write files and have no
+/// Ctrl-C handling of their own. Nothing is installed where SIGINT is
+/// ignored (a background job of a script), so such a tern still ignores it.
+pub fn remove_partials_on_ctrl_c() {
+    if sigint_ignored() {
+        return;
+    }
+    if let Err(e) = ctrlc::set_handler(|| {
+        crate::gguf::writer::remove_partials();
+        die_of_sigint();
+    }) {
+        eprintln!(
+            "tern: warning: cannot catch Ctrl-C ({e}); an interrupted write may leave a .partial file"
+        );
+    }
+}
+
+#[cfg(unix)]
+fn die_of_sigint() {
+    // signal-hook resets SIGINT to its default action and raises it.
+    let _ = signal_hook::low_level::emulate_default_handler(signal_hook::consts::SIGINT);
+    std::process::exit(130);
+}
+
+#[cfg(not(unix))]
+fn die_of_sigint() {
+    std::process::exit(130);
+}
+
+/// Whether this process was started with SIGINT ignored (Linux: the
+/// `SigIgn` mask of `/proc/self/status`; elsewhere taken as not).
+fn sigint_ignored() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        // SIGINT is signal 2: bit 1 of the mask.
+        .is_some_and(|m| m & (1 << 1) != 0)
+}

@@ -102,7 +102,7 @@ pub fn check_threads(n: usize) -> Result<()> {
 }
 
 pub fn set_threads(n: Option<usize>) -> Result<usize> {
-    let n = n.unwrap_or_else(physical_cores);
+    let n = n.unwrap_or_else(|| physical_cores().min(MAX_THREADS));
     check_threads(n)?;
     // Ignore the error when a pool already exists (tests call this repeatedly).
     let _ = rayon::ThreadPoolBuilder::new()
@@ -229,7 +229,7 @@ fn dispatch() -> Result<()> {
         cli.cmd,
         Cmd::Convert(_) | Cmd::Logits(_) | Cmd::Perplexity(_) | Cmd::Check(_) | Cmd::Synth(_)
     ) {
-        crate::gguf::writer::exit_cleanly_on_ctrl_c();
+        crate::signals::remove_partials_on_ctrl_c();
     }
     match cli.cmd {
         Cmd::Convert(a) => convert::run(a),

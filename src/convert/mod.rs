@@ -950,7 +950,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
         .unwrap_or_else(|| "model".into());
     let kv = metadata(&cfg, &vocab, &name, opts.outtype)?;
     let outfile = output_path(dir, opts.outfile.as_deref(), opts.outtype, opts.embd_type);
-    if outfile.exists() && !opts.force {
+    if outfile.exists() && !opts.force && !crate::gguf::writer::is_stream_target(&outfile) {
         return Err(io_error(
             std::io::ErrorKind::AlreadyExists,
             format!(
@@ -1028,7 +1028,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
     }
     let mut counts = (0usize, 0usize, 0usize);
     let recipe = Recipe::of(&cfg);
-    write_gguf(&outfile, opts.force, &kv, &plans, |i, w| {
+    let written = write_gguf(&outfile, opts.force, &kv, &plans, |i, w| {
         let p = &planned[i];
         if let Some(pb) = &pb {
             pb.set_message(p.plan.name.clone());
@@ -1080,7 +1080,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
     report.continuous = counts.0;
     report.ternary = counts.1;
     report.packed = counts.2;
-    report.bytes = std::fs::metadata(&outfile).map(|m| m.len()).unwrap_or(0);
+    report.bytes = written;
     if !opts.quiet {
         eprintln!(
             "tern convert: {} projections ({} continuous → absmean, {} already ternary → kept exactly, {} packed → {}); wrote {} ({:.1} MB)",

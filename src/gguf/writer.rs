@@ -112,33 +112,23 @@ fn partials() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
 }
 
 /// Remove the temporary files of every [`AtomicFile`] not yet committed:
-/// for a Ctrl-C handler that then exits, since an exit skips the drops
-/// that would remove them (an interrupted `tern convert` left its hidden
-/// `.NAME.XXXXXX.partial`, up to the model's size, behind).
+/// for a Ctrl-C handler that then ends the process, which skips the drops
+/// that would remove them ([`crate::signals::remove_partials_on_ctrl_c`]).
 pub fn remove_partials() {
     for p in partials().drain(..) {
         let _ = std::fs::remove_file(p);
     }
 }
 
-/// Exit with status 130 on Ctrl-C, removing the outputs being written
-/// first ([`remove_partials`]). For commands that write files and have no
-/// Ctrl-C handling of their own; a warning when one is already set.
-pub fn exit_cleanly_on_ctrl_c() {
-    if let Err(e) = ctrlc::set_handler(|| {
-        remove_partials();
-        std::process::exit(130);
-    }) {
-        eprintln!("tern: warning: cannot catch Ctrl-C ({e}); an interrupted write may leave a .partial file");
-    }
-}
-
 impl Drop for AtomicFile {
     fn drop(&mut self) {
-        // Uncommitted: the temporary file goes with the NamedTempFile.
-        if let Some(Sink::Partial(f)) = &self.sink {
-            let p = f.path();
-            partials().retain(|q| q != p);
+        // Uncommitted: the temporary file goes with the NamedTempFile, and
+        // only then off the list (so a Ctrl-C between the two still finds
+        // it).
+        if let Some(Sink::Partial(f)) = self.sink.take() {
+            let p = f.path().to_path_buf();
+            drop(f);
+            partials().retain(|q| *q != p);
         }
     }
 }
@@ -163,8 +153,10 @@ impl AtomicFile {
                 format!("{} is a directory", target.display()),
             );
         }
+        // Followed through symlinks (`/dev/stdout`); a symlink to anything
+        // else is replaced, never followed (below).
         #[cfg(unix)]
-        if let Ok(m) = target.symlink_metadata() {
+        if let Ok(m) = target.metadata() {
             use std::os::unix::fs::FileTypeExt;
             let ft = m.file_type();
             if ft.is_char_device() || ft.is_fifo() {
@@ -282,21 +274,63 @@ impl Drop for Unlist<'_> {
 }
 
 /// Write a GGUF file atomically ([`AtomicFile`]). `produce(i, w)` must
-/// write exactly the bytes of tensor `i` of `tensors`.
+/// write exactly the bytes of tensor `i` of `tensors`. Returns the bytes
+/// written (also what a device or pipe target received).
 pub fn write_gguf(
     path: &Path,
     force: bool,
     kv: &[(String, Value)],
     tensors: &[TensorPlan],
     produce: impl FnMut(usize, &mut dyn Write) -> Result<()>,
-) -> Result<()> {
+) -> Result<u64> {
     let mut out = AtomicFile::create(path, force)?;
-    {
-        let mut w = BufWriter::with_capacity(1 << 20, out.file());
+    let n = {
+        let mut w = Counted {
+            inner: BufWriter::with_capacity(1 << 20, out.file()),
+            n: 0,
+        };
         write_gguf_to(&mut w, kv, tensors, produce)?;
         w.flush()?;
+        w.n
+    };
+    out.commit()?;
+    Ok(n)
+}
+
+/// A writer that counts the bytes it passes on.
+struct Counted<W> {
+    inner: W,
+    n: u64,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        self.n += k as u64;
+        Ok(k)
     }
-    out.commit()
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Whether `path` is (or links to) a character device or a FIFO, which
+/// [`AtomicFile`] writes straight into: nothing there is overwritten, so
+/// no `--force` is needed for it.
+pub fn is_stream_target(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        path.metadata().is_ok_and(|m| {
+            let ft = m.file_type();
+            ft.is_char_device() || ft.is_fifo()
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
+    }
 }
 
 /// Write a GGUF image to any writer (a file, or a `Vec<u8>` for tests and
