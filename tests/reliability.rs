@@ -591,26 +591,30 @@ fn metadata_arrays_are_bounded_by_elements_not_only_by_bytes() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// Everything written to the FIFO `fifo`, read on a thread of its own.
+#[cfg(unix)]
+fn read_fifo(fifo: &Path) -> std::thread::JoinHandle<Vec<u8>> {
+    use std::io::Read;
+    let fifo = fifo.to_path_buf();
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::fs::File::open(&fifo)
+            .unwrap()
+            .read_to_end(&mut v)
+            .unwrap();
+        v
+    })
+}
+
 #[cfg(unix)]
 #[test]
 fn a_fifo_output_is_written_into_not_replaced() {
-    use std::io::Read;
     use std::os::unix::fs::FileTypeExt;
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("pipe");
     let st = Command::new("mkfifo").arg(&fifo).status().unwrap();
     assert!(st.success());
-    let reader = {
-        let fifo = fifo.clone();
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            std::fs::File::open(&fifo)
-                .unwrap()
-                .read_to_end(&mut v)
-                .unwrap();
-            v
-        })
-    };
+    let reader = read_fifo(&fifo);
     let g = ref_gguf("tern-shakespeare");
     let o = logits(&g, "1,2,3", &fifo);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -630,40 +634,25 @@ fn a_fifo_output_is_written_into_not_replaced() {
     // without --force: the pipe gets the same bytes as a file would.
     let link = dir.path().join("link.gguf");
     std::os::unix::fs::symlink(&fifo, &link).unwrap();
-    let reader = {
-        let fifo = fifo.clone();
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            std::fs::File::open(&fifo)
-                .unwrap()
-                .read_to_end(&mut v)
-                .unwrap();
-            v
-        })
+    let reader = read_fifo(&fifo);
+    let convert = |out: &Path| {
+        let src = root().join("models/tern-shakespeare");
+        let o = run_tern(
+            &[
+                "convert",
+                src.to_str().unwrap(),
+                "--outfile",
+                out.to_str().unwrap(),
+            ],
+            None,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        o
     };
-    let src = root().join("models/tern-shakespeare");
-    let o = run_tern(
-        &[
-            "convert",
-            src.to_str().unwrap(),
-            "--outfile",
-            link.to_str().unwrap(),
-        ],
-        None,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    convert(&link);
     let piped = reader.join().unwrap();
     let file = dir.path().join("file.gguf");
-    let o = run_tern(
-        &[
-            "convert",
-            src.to_str().unwrap(),
-            "--outfile",
-            file.to_str().unwrap(),
-        ],
-        None,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = convert(&file);
     assert_eq!(piped, std::fs::read(&file).unwrap());
     let mb = format!("({:.1} MB)", piped.len() as f64 / 1e6);
     assert!(stderr(&o).contains(&mb), "{} {mb}", stderr(&o));

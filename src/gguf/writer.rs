@@ -66,7 +66,7 @@ fn put_value(w: &mut impl Write, v: &Value) -> std::io::Result<()> {
 }
 
 /// Counts bytes so the writer can check that each producer wrote exactly
-/// the planned size.
+/// the planned size (and [`write_gguf`] report what it wrote).
 struct Counting<W: Write> {
     inner: W,
     n: u64,
@@ -285,7 +285,7 @@ pub fn write_gguf(
 ) -> Result<u64> {
     let mut out = AtomicFile::create(path, force)?;
     let n = {
-        let mut w = Counted {
+        let mut w = Counting {
             inner: BufWriter::with_capacity(1 << 20, out.file()),
             n: 0,
         };
@@ -295,23 +295,6 @@ pub fn write_gguf(
     };
     out.commit()?;
     Ok(n)
-}
-
-/// A writer that counts the bytes it passes on.
-struct Counted<W> {
-    inner: W,
-    n: u64,
-}
-
-impl<W: Write> Write for Counted<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let k = self.inner.write(buf)?;
-        self.n += k as u64;
-        Ok(k)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 /// Whether `path` is (or links to) a character device or a FIFO, which
