@@ -423,7 +423,7 @@ pub fn run(a: Args) -> Result<()> {
     let depths = parse_list("-d", &a.n_depth, true)?;
     let threads = match &a.threads {
         Some(s) => parse_list("-t", s, false)?,
-        None => vec![kernels::physical_cores().min(super::MAX_THREADS)],
+        None => vec![super::default_threads()],
     };
     for &t in &threads {
         super::check_threads(t)?;

@@ -101,8 +101,13 @@ pub fn check_threads(n: usize) -> Result<()> {
     Ok(())
 }
 
+/// The thread count without `-t`: the physical cores, at most [`MAX_THREADS`].
+pub fn default_threads() -> usize {
+    physical_cores().min(MAX_THREADS)
+}
+
 pub fn set_threads(n: Option<usize>) -> Result<usize> {
-    let n = n.unwrap_or_else(|| physical_cores().min(MAX_THREADS));
+    let n = n.unwrap_or_else(default_threads);
     check_threads(n)?;
     // Ignore the error when a pool already exists (tests call this repeatedly).
     let _ = rayon::ThreadPoolBuilder::new()

@@ -153,13 +153,8 @@ impl AtomicFile {
                 format!("{} is a directory", target.display()),
             );
         }
-        // Followed through symlinks (`/dev/stdout`); a symlink to anything
-        // else is replaced, never followed (below).
-        #[cfg(unix)]
-        if let Ok(m) = target.metadata() {
-            use std::os::unix::fs::FileTypeExt;
-            let ft = m.file_type();
-            if ft.is_char_device() || ft.is_fifo() {
+        match special_target(target) {
+            Some(Special::Stream) => {
                 let f = std::fs::OpenOptions::new()
                     .write(true)
                     .open(target)
@@ -169,7 +164,7 @@ impl AtomicFile {
                     sink: Some(Sink::Stream(f)),
                 });
             }
-            if ft.is_block_device() || ft.is_socket() {
+            Some(Special::Refused) => {
                 return fail(
                     std::io::ErrorKind::InvalidInput,
                     format!(
@@ -178,6 +173,7 @@ impl AtomicFile {
                     ),
                 );
             }
+            None => {}
         }
         if target.symlink_metadata().is_ok() && !force {
             return fail(
@@ -297,23 +293,44 @@ pub fn write_gguf(
     Ok(n)
 }
 
-/// Whether `path` is (or links to) a character device or a FIFO, which
-/// [`AtomicFile`] writes straight into: nothing there is overwritten, so
-/// no `--force` is needed for it.
-pub fn is_stream_target(path: &Path) -> bool {
+/// What an output path that is not a plain file or a symlink to one is
+/// (Unix only).
+#[cfg_attr(not(unix), allow(dead_code))]
+enum Special {
+    /// A character device or a FIFO: written straight into.
+    Stream,
+    /// A block device or a socket: refused.
+    Refused,
+}
+
+/// `path`'s kind when it is (or a symlink leads to: `/dev/stdout`) a
+/// device, FIFO or socket; `None` for anything else (Unix; elsewhere
+/// always `None`). A symlink to anything else is replaced, never followed.
+fn special_target(path: &Path) -> Option<Special> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::FileTypeExt;
-        path.metadata().is_ok_and(|m| {
-            let ft = m.file_type();
-            ft.is_char_device() || ft.is_fifo()
-        })
+        let ft = path.metadata().ok()?.file_type();
+        if ft.is_char_device() || ft.is_fifo() {
+            Some(Special::Stream)
+        } else if ft.is_block_device() || ft.is_socket() {
+            Some(Special::Refused)
+        } else {
+            None
+        }
     }
     #[cfg(not(unix))]
     {
         let _ = path;
-        false
+        None
     }
+}
+
+/// Whether `path` is (or links to) a character device or a FIFO, which
+/// [`AtomicFile`] writes straight into: nothing there is overwritten, so
+/// no `--force` is needed for it.
+pub fn is_stream_target(path: &Path) -> bool {
+    matches!(special_target(path), Some(Special::Stream))
 }
 
 /// Write a GGUF image to any writer (a file, or a `Vec<u8>` for tests and

@@ -101,6 +101,12 @@ impl SamplingParams {
         Ok(())
     }
 
+    /// `top_k` from a signed count: 0 or less keeps every token (llama.cpp's
+    /// `--top-k`; -1 is also what OpenAI-style clients send for "off").
+    pub fn top_k_of(k: i64) -> usize {
+        usize::try_from(k.max(0)).unwrap_or(usize::MAX)
+    }
+
     /// Set one value from text, as typed on a command line: `name` is one of
     /// [`SETTINGS`] (`top-k` or `top_k`); `top_k` 0 or less keeps every token,
     /// `repeat_last_n -1` looks at the whole history, `seed -1` draws a random
@@ -124,7 +130,7 @@ impl SamplingParams {
         let mut p = self.clone();
         match key.as_str() {
             "temp" => p.temp = float()?,
-            "top_k" => p.top_k = usize::try_from(int()?.max(0)).unwrap_or(usize::MAX),
+            "top_k" => p.top_k = SamplingParams::top_k_of(int()?),
             "top_p" => p.top_p = float()?,
             "min_p" => p.min_p = float()?,
             "repeat_penalty" => p.repeat_penalty = float()?,

@@ -182,9 +182,7 @@ impl Common {
         };
         let params = SamplingParams {
             temp: self.temperature.unwrap_or(d.temp),
-            top_k: self
-                .top_k
-                .map_or(d.top_k, |k| usize::try_from(k.max(0)).unwrap_or(usize::MAX)),
+            top_k: self.top_k.map_or(d.top_k, SamplingParams::top_k_of),
             top_p: self.top_p.unwrap_or(d.top_p),
             min_p: self.min_p.unwrap_or(d.min_p),
             repeat_penalty: self.repeat_penalty.unwrap_or(d.repeat_penalty),
