@@ -1,6 +1,6 @@
 //! OS signal glue, all of it in this module: a SIGBUS handler for files that
-//! change while they are memory-mapped, and Ctrl-C for commands that write
-//! files ([`remove_partials_on_ctrl_c`]).
+//! change while they are memory-mapped, and Ctrl-C / SIGTERM / SIGHUP for commands that
+//! write files ([`remove_partials_on_signal`]).
 //!
 //! tern maps model files (GGUF) and checkpoints (safetensors) read-only. If
 //! another process truncates or rewrites such a file while it is mapped, the
@@ -54,21 +54,61 @@ pub fn install_sigbus_handler() {
 #[cfg(not(unix))]
 pub fn install_sigbus_handler() {}
 
-/// On Ctrl-C, remove the temporary files of the outputs being written
-/// ([`crate::gguf::writer::remove_partials`]) and then end as SIGINT's
-/// default action would (so a shell loop or script around tern stops
-/// too); an exit skips the drops that would remove them, and an
-/// interrupted `tern convert` used to leave its `.NAME.XXXXXX.partial`,
-/// up to the model's size. For commands that write files and have no
-/// Ctrl-C handling of their own. Nothing is installed where SIGINT is
-/// ignored (a background job of a script), so such a tern still ignores it.
-pub fn remove_partials_on_ctrl_c() {
-    if sigint_ignored() {
+/// On Ctrl-C, SIGTERM or SIGHUP, remove the temporary files of the
+/// outputs being written ([`crate::gguf::writer::remove_partials`]) and then
+/// end as the signal's default action would (so a shell loop or script
+/// around tern stops too, and `kill`'s caller sees the signal); an exit
+/// skips the drops that would remove them, and an interrupted `tern
+/// convert` used to leave its `.NAME.XXXXXX.partial`, up to the model's
+/// size. For commands that write files and have no signal handling of
+/// their own. A signal the process was started with ignored (SIGINT in a
+/// script's background job, SIGHUP under `nohup`) is left ignored.
+/// SIGKILL cannot be caught: after one, a `.partial` file stays.
+#[cfg(unix)]
+pub fn remove_partials_on_signal() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let wanted: Vec<i32> = [SIGINT, SIGTERM, SIGHUP]
+        .into_iter()
+        .filter(|&s| !signal_ignored(s))
+        .collect();
+    if wanted.is_empty() {
         return;
     }
+    let mut signals = match signal_hook::iterator::Signals::new(&wanted) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "tern: warning: cannot catch Ctrl-C or SIGTERM ({e}); an interrupted write may leave a .partial file"
+            );
+            return;
+        }
+    };
+    // The handler only wakes this thread; the clean-up runs here, outside
+    // signal context.
+    let spawned = std::thread::Builder::new()
+        .name("tern-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                crate::gguf::writer::remove_partials();
+                // Resets the signal to its default action and raises it.
+                let _ = signal_hook::low_level::emulate_default_handler(sig);
+                std::process::exit(128 + sig);
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!(
+            "tern: warning: cannot catch Ctrl-C or SIGTERM ({e}); an interrupted write may leave a .partial file"
+        );
+    }
+}
+
+/// On Ctrl-C, remove the temporary files of the outputs being written
+/// ([`crate::gguf::writer::remove_partials`]) and exit with status 130.
+#[cfg(not(unix))]
+pub fn remove_partials_on_signal() {
     if let Err(e) = ctrlc::set_handler(|| {
         crate::gguf::writer::remove_partials();
-        die_of_sigint();
+        std::process::exit(130);
     }) {
         eprintln!(
             "tern: warning: cannot catch Ctrl-C ({e}); an interrupted write may leave a .partial file"
@@ -76,21 +116,13 @@ pub fn remove_partials_on_ctrl_c() {
     }
 }
 
-#[cfg(unix)]
-fn die_of_sigint() {
-    // signal-hook resets SIGINT to its default action and raises it.
-    let _ = signal_hook::low_level::emulate_default_handler(signal_hook::consts::SIGINT);
-    std::process::exit(130);
-}
-
-#[cfg(not(unix))]
-fn die_of_sigint() {
-    std::process::exit(130);
-}
-
-/// Whether this process was started with SIGINT ignored (Linux: the
+/// Whether this process was started with signal `sig` ignored (Linux: the
 /// `SigIgn` mask of `/proc/self/status`; elsewhere taken as not).
-fn sigint_ignored() -> bool {
+#[cfg(unix)]
+fn signal_ignored(sig: i32) -> bool {
+    let Ok(bit) = u32::try_from(sig - 1) else {
+        return false;
+    };
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return false;
     };
@@ -98,6 +130,6 @@ fn sigint_ignored() -> bool {
         .lines()
         .find_map(|l| l.strip_prefix("SigIgn:"))
         .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-        // SIGINT is signal 2: bit 1 of the mask.
-        .is_some_and(|m| m & (1 << 1) != 0)
+        // Signal n is bit n - 1 of the mask.
+        .is_some_and(|m| bit < 64 && m & (1 << bit) != 0)
 }

@@ -753,6 +753,20 @@ fn synth_keeps_an_existing_checkpoint_without_force() {
 #[cfg(unix)]
 #[test]
 fn ctrl_c_during_convert_leaves_no_partial_file() {
+    signal_during_convert_leaves_no_partial_file("INT", 2);
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_during_convert_leaves_no_partial_file() {
+    signal_during_convert_leaves_no_partial_file("TERM", 15);
+}
+
+/// Send signal `name` (number `number`) to a `convert` while its
+/// `.partial` file exists: the file is removed and tern ends by that
+/// signal.
+#[cfg(unix)]
+fn signal_during_convert_leaves_no_partial_file(name: &str, number: i32) {
     use std::os::unix::process::ExitStatusExt;
     let dir = tempfile::tempdir().unwrap();
     let src = root().join("models/tern-shakespeare");
@@ -788,7 +802,7 @@ fn ctrl_c_during_convert_leaves_no_partial_file() {
             continue;
         }
         let st = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
+            .args([&format!("-{name}"), &child.id().to_string()])
             .status()
             .unwrap();
         assert!(st.success());
@@ -797,9 +811,9 @@ fn ctrl_c_during_convert_leaves_no_partial_file() {
             // Finished between the look and the signal.
             continue;
         }
-        // Ended by SIGINT (its default action, re-raised after the
+        // Ended by the signal (its default action, re-raised after the
         // clean-up, so that a shell loop stops too).
-        assert_eq!(o.status.signal(), Some(2), "{:?}", o.status);
+        assert_eq!(o.status.signal(), Some(number), "{:?}", o.status);
         // No temporary file; the output either absent or, when the signal
         // came after the rename, complete.
         let names = listing(dir.path());

@@ -229,12 +229,12 @@ fn dispatch() -> Result<()> {
         }
     }
     // Commands that write files and do not handle Ctrl-C themselves remove
-    // what they were writing when interrupted.
+    // what they were writing when interrupted or terminated.
     if matches!(
         cli.cmd,
         Cmd::Convert(_) | Cmd::Logits(_) | Cmd::Perplexity(_) | Cmd::Check(_) | Cmd::Synth(_)
     ) {
-        crate::signals::remove_partials_on_ctrl_c();
+        crate::signals::remove_partials_on_signal();
     }
     match cli.cmd {
         Cmd::Convert(a) => convert::run(a),

@@ -113,7 +113,7 @@ fn partials() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
 
 /// Remove the temporary files of every [`AtomicFile`] not yet committed:
 /// for a Ctrl-C handler that then ends the process, which skips the drops
-/// that would remove them ([`crate::signals::remove_partials_on_ctrl_c`]).
+/// that would remove them ([`crate::signals::remove_partials_on_signal`]).
 pub fn remove_partials() {
     for p in partials().drain(..) {
         let _ = std::fs::remove_file(p);
