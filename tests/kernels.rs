@@ -1119,6 +1119,57 @@ fn cli_bench_md_and_llama_bench_json() {
     assert!(recs[1].get("bound_frac").is_some());
 }
 
+/// `-m` several times, or a comma-separated list as llama-bench takes it:
+/// every model timed, one table; a file whose name holds a comma is one
+/// model; a missing file fails before anything is timed.
+#[test]
+fn cli_bench_several_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tern-shakespeare-i2_s.gguf");
+    let a = dir.path().join("a.gguf");
+    let bc = dir.path().join("b,c.gguf");
+    std::fs::copy(&src, &a).unwrap();
+    std::fs::copy(&src, &bc).unwrap();
+    let (a, bc) = (a.to_str().unwrap(), bc.to_str().unwrap());
+    let pair = format!("{a},{a}");
+    let o = tern_bin(&[
+        "bench", "-m", &pair, "-m", bc, "-p", "8", "-n", "0", "-t", "1", "-r", "1", "-o", "json",
+        "--bw-mib", "8",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    let names: Vec<&str> = v
+        .as_array()
+        .expect("a list of records")
+        .iter()
+        .map(|r| r["model_filename"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a.gguf", "a.gguf", "b,c.gguf"]);
+    let o = tern_bin(&[
+        "bench", "-m", a, "-m", bc, "-p", "8", "-n", "2", "-t", "1", "-r", "1", "--bw-mib", "8",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(md.matches("| model |").count(), 1, "{md}");
+    assert_eq!(md.matches("| pp8 |").count(), 2, "{md}");
+    assert!(
+        md.contains("\na.gguf:\n") && md.contains("\nb,c.gguf:\n"),
+        "{md}"
+    );
+    let missing = dir.path().join("missing.gguf");
+    let o = tern_bin(&["bench", "-m", a, "-m", missing.to_str().unwrap(), "-r", "1"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("tern: error: cannot open") && err.contains("missing.gguf"),
+        "{err}"
+    );
+    // Refused before the first model was loaded or timed.
+    assert!(!err.contains("tern bench: a.gguf"), "{err}");
+    assert!(o.stdout.is_empty());
+}
+
 #[test]
 fn cli_bench_bad_arguments_fail_cleanly() {
     for (args, needle) in [

@@ -12,9 +12,11 @@ use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// GGUF model file (default: the built-in model).
-    #[arg(short = 'm', long = "model")]
-    pub model: Option<PathBuf>,
+    /// GGUF model file (default: the built-in model). Several are timed
+    /// one after another, in one table: `-m A -m B` or, as llama-bench
+    /// takes it, `-m A,B`.
+    #[arg(short = 'm', long = "model", action = clap::ArgAction::Append)]
+    pub model: Vec<PathBuf>,
     /// Prompt lengths to time (comma-separated; 0 skips the test).
     #[arg(short = 'p', long = "n-prompt", default_value = "128")]
     pub n_prompt: String,
@@ -345,6 +347,10 @@ struct Reference(crate::bitnet_cpp::Engine);
 
 #[cfg(feature = "bitnet-cpp")]
 impl Reference {
+    /// Whether `--bitnet-cpp` can run: always with the feature.
+    fn check() -> Result<()> {
+        Ok(())
+    }
     fn open(path: Option<&std::path::Path>) -> Result<Reference> {
         let path = path
             .ok_or_else(|| anyhow!("--bitnet-cpp needs the model as a file: pass -m MODEL.gguf"))?;
@@ -397,8 +403,13 @@ struct Reference;
 
 #[cfg(not(feature = "bitnet-cpp"))]
 impl Reference {
-    fn open(_: Option<&std::path::Path>) -> Result<Reference> {
+    /// Whether `--bitnet-cpp` can run: never without the feature.
+    fn check() -> Result<()> {
         bail!("--bitnet-cpp: this tern was built without bitnet.cpp; rebuild with `cargo build --release --features bitnet-cpp`")
+    }
+    fn open(_: Option<&std::path::Path>) -> Result<Reference> {
+        Self::check()?;
+        unreachable!("Reference::check always fails without the feature")
     }
     fn label() -> String {
         String::new()
@@ -416,6 +427,76 @@ impl Reference {
 
 /// Most repetitions `-r` asks for (each repetition's samples are kept).
 pub const MAX_REPS: usize = 100_000;
+
+/// The models `-m` names, in order: each occurrence of `-m`, and within
+/// one a comma-separated list as llama-bench takes it (a value that is an
+/// existing file is one model even with a comma in its name). None: the
+/// built-in model.
+fn model_paths(values: &[PathBuf]) -> Vec<Option<PathBuf>> {
+    let mut out = Vec::new();
+    for v in values {
+        let whole = v.exists();
+        match v.to_str() {
+            Some(s) if !whole && s.contains(',') => out.extend(
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|x| !x.is_empty())
+                    .map(|x| Some(PathBuf::from(x))),
+            ),
+            _ => out.push(Some(v.clone())),
+        }
+    }
+    if out.is_empty() {
+        out.push(None);
+    }
+    out
+}
+
+/// Most models one `tern bench` times.
+const MAX_MODELS: usize = 64;
+
+/// What every model is timed with.
+struct Plan<'a> {
+    a: &'a Args,
+    /// (n_prompt, n_gen, n_depth), one of the first two 0.
+    tests: Vec<(usize, usize, usize)>,
+    threads: Vec<usize>,
+    pools: Vec<rayon::ThreadPool>,
+    /// The buffer of the read-bandwidth measurements.
+    bw_buf: &'a [u64],
+}
+
+/// One model's tests and what its summary lines need.
+struct ModelRun {
+    name: String,
+    mtype: String,
+    model_size: u64,
+    n_params: u64,
+    kernel: &'static str,
+    /// Bytes of weights one generated token reads.
+    bpt: u64,
+    /// KV cache bytes of one position (keys and values of every layer).
+    kv_per_pos: u64,
+    records: Vec<Record>,
+    /// (threads, GB/s): the better of the measurements before and after
+    /// this model's tests.
+    bandwidth: Vec<(usize, f64)>,
+    /// bitnet.cpp ran beside tern.
+    reference: bool,
+}
+
+impl ModelRun {
+    fn bytes_of(&self, r: &Record) -> f64 {
+        r.bytes_per_token(self.bpt, self.kv_per_pos)
+    }
+    fn bw_of(&self, nt: usize) -> f64 {
+        self.bandwidth
+            .iter()
+            .find(|b| b.0 == nt)
+            .map(|b| b.1)
+            .unwrap_or(0.0)
+    }
+}
 
 pub fn run(a: Args) -> Result<()> {
     let prompts = parse_list("-p", &a.n_prompt, true)?;
@@ -445,8 +526,77 @@ pub fn run(a: Args) -> Result<()> {
     if a.bitnet_cpp && depths.iter().any(|&d| d > 0) {
         bail!("--bitnet-cpp times tests from an empty cache only; drop -d or --bitnet-cpp");
     }
+    let models = model_paths(&a.model);
+    if models.len() > MAX_MODELS {
+        bail!("-m names {} models; at most {}", models.len(), MAX_MODELS);
+    }
+    // Every file is checked before any is timed, so a typo in the last
+    // one does not cost the minutes of the first.
+    for p in models.iter().flatten() {
+        super::refuse_hf_path(p)?;
+        std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
+    }
+    if a.bitnet_cpp {
+        Reference::check()?;
+    }
+    let bw_mem = kernels::ops::bandwidth_buffer(a.bw_mib << 20);
+    // pp tests, then tg tests, each at every depth.
+    let tests: Vec<(usize, usize, usize)> = depths
+        .iter()
+        .flat_map(|&d| {
+            prompts
+                .iter()
+                .filter(|&&p| p > 0)
+                .map(move |&p| (p, 0, d))
+                .chain(gens.iter().filter(|&&n| n > 0).map(move |&n| (0, n, d)))
+        })
+        .collect();
+    let pools = threads
+        .iter()
+        .map(|&nt| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(nt)
+                .build()
+                .with_context(|| format!("cannot start {} threads", nt))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let plan = Plan {
+        a: &a,
+        tests,
+        threads,
+        pools,
+        bw_buf: bytemuck::cast_slice(bw_mem.bytes()),
+    };
+    // One model in memory at a time.
+    let runs = models
+        .iter()
+        .map(|p| bench_model(&plan, p.as_deref()))
+        .collect::<Result<Vec<_>>>()?;
+    if json {
+        print_json(&runs);
+    } else {
+        print_md(&runs, a.bw_mib);
+    }
+    // After the figures, whatever the format.
+    for r in &runs {
+        for w in warnings(&r.records) {
+            if runs.len() > 1 {
+                eprintln!("tern bench: {}: {}", r.name, w);
+            } else {
+                eprintln!("tern bench: {}", w);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Time every test of `plan` on the model at `path` (None: the built-in
+/// one), and with `--bitnet-cpp` on bitnet.cpp right after each.
+fn bench_model(plan: &Plan, path: Option<&std::path::Path>) -> Result<ModelRun> {
+    let a = plan.a;
+    let bw_buf = plan.bw_buf;
     let reference = if a.bitnet_cpp {
-        let r = Reference::open(a.model.as_deref())?;
+        let r = Reference::open(path)?;
         eprintln!(
             "tern bench: bitnet.cpp side by side: {}",
             Reference::linked()
@@ -455,28 +605,19 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         None
     };
-    let model = load_model(a.model.as_deref())?;
+    let model = load_model(path)?;
     let kern = model.kernel;
-    let name = a
-        .model
-        .as_deref()
+    let name = path
         .and_then(|p| p.file_name())
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| super::DEFAULT_MODEL_NAME.to_string());
     let model_size: u64 = model.gguf.tensors.iter().map(|t| t.size).sum();
     let n_params = model.n_params();
-    let bpt = model.bytes_per_token();
     // Keys and values of every layer at one position, as the bench's cache
     // holds them.
     let kv_per_pos = crate::model::forward::KvCache::bytes(&model.hp, 1, KV_F32)
         .ok_or_else(|| anyhow!("the KV cache of one position does not fit 64 bits"))?;
-    let bytes_of = |r: &Record| r.bytes_per_token(bpt, kv_per_pos);
     let cpu = cpu_name();
-    let tern_label = format!("tern {}", kern.variant());
-    let engine_label = |e: Engine| match e {
-        Engine::Tern => tern_label.clone(),
-        Engine::BitnetCpp => Reference::label(),
-    };
     let mtype = model_type(&model);
     eprintln!(
         "tern bench: {} ({}, {}, {} params), kernel {}, CPU {}",
@@ -493,38 +634,15 @@ pub fn run(a: Args) -> Result<()> {
     // applies to (its % of bound), the best pass kept each time, so a busy
     // moment on a shared machine does not make the bound look lower than
     // it is.
-    let bw_mem = kernels::ops::bandwidth_buffer(a.bw_mib << 20);
-    let bw_buf: &[u64] = bytemuck::cast_slice(bw_mem.bytes());
-    // pp tests, then tg tests: (n_prompt, n_gen, n_depth), one of the
-    // first two 0; each at every depth.
-    let tests: Vec<(usize, usize, usize)> = depths
-        .iter()
-        .flat_map(|&d| {
-            prompts
-                .iter()
-                .filter(|&&p| p > 0)
-                .map(move |&p| (p, 0, d))
-                .chain(gens.iter().filter(|&&n| n > 0).map(move |&n| (0, n, d)))
-        })
-        .collect();
     let mut records = Vec::new();
     let mut bandwidth = Vec::new();
-    let pools = threads
-        .iter()
-        .map(|&nt| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(nt)
-                .build()
-                .with_context(|| format!("cannot start {} threads", nt))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    for (&nt, pool) in threads.iter().zip(&pools) {
+    for (&nt, pool) in plan.threads.iter().zip(&plan.pools) {
         bandwidth.push((nt, pool.install(|| kernels::ops::read_bandwidth(bw_buf))));
     }
-    for (&nt, pool) in threads.iter().zip(&pools) {
+    for (&nt, pool) in plan.threads.iter().zip(&plan.pools) {
         // Each test runs on tern and then (with --bitnet-cpp) on bitnet.cpp,
         // so both see the same state of the machine.
-        for &(n_prompt, n_gen, n_depth) in &tests {
+        for &(n_prompt, n_gen, n_depth) in &plan.tests {
             // The context first: its size is checked before anything is
             // sized from the token count.
             let n_ctx = n_depth
@@ -592,108 +710,141 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
     }
-    for ((&nt, pool), b) in threads.iter().zip(&pools).zip(bandwidth.iter_mut()) {
+    for ((&nt, pool), b) in plan
+        .threads
+        .iter()
+        .zip(&plan.pools)
+        .zip(bandwidth.iter_mut())
+    {
         let after = pool.install(|| kernels::ops::read_bandwidth(bw_buf));
         *b = (nt, b.1.max(after));
     }
-    let bw_of = |nt: usize| {
-        bandwidth
-            .iter()
-            .find(|b| b.0 == nt)
-            .map(|b| b.1)
-            .unwrap_or(0.0)
-    };
+    Ok(ModelRun {
+        name,
+        mtype,
+        model_size,
+        n_params,
+        kernel: kern.variant(),
+        bpt: model.bytes_per_token(),
+        kv_per_pos,
+        records,
+        bandwidth,
+        reference: reference.is_some(),
+    })
+}
 
-    // After the figures, whatever the format.
-    let warn = || {
-        for w in warnings(&records) {
-            eprintln!("tern bench: {}", w);
-        }
-    };
-    if json {
-        let mut out = Vec::new();
-        for r in &records {
+/// The records of every model as one JSON array (llama-bench's field names).
+fn print_json(runs: &[ModelRun]) {
+    let cpu = cpu_name();
+    let mut out = Vec::new();
+    for run in runs {
+        for r in &run.records {
             let ts = r.ts();
             let (m, sd) = mean_sd(&ts);
             let ns: Vec<u64> = r.samples.iter().map(|s| (s * 1e9) as u64).collect();
             let (mns, sdns) = mean_sd(&r.samples.iter().map(|s| s * 1e9).collect::<Vec<_>>());
-            let bytes = bytes_of(r);
+            let bytes = run.bytes_of(r);
             let stats = r.bound_stats(bytes);
-            let bw = stats.map_or(bw_of(r.threads), |s| s.1);
+            let bw = stats.map_or(run.bw_of(r.threads), |s| s.1);
             let gen_fields = match stats {
-                Some((implied, bound, frac)) => format!(
-                    ", \"implied_gbs\": {:.3}, \"bound_ts\": {:.3}, \"bound_frac\": {:.4}, \"bound_gbs_per_rep\": [{}]",
-                    implied,
-                    bound * 1e9 / bytes,
-                    frac,
-                    r.bounds.iter().map(|b| format!("{:.3}", b)).collect::<Vec<_>>().join(", ")
-                ),
-                None => String::new(),
-            };
+                    Some((implied, bound, frac)) => format!(
+                        ", \"implied_gbs\": {:.3}, \"bound_ts\": {:.3}, \"bound_frac\": {:.4}, \"bound_gbs_per_rep\": [{}]",
+                        implied,
+                        bound * 1e9 / bytes,
+                        frac,
+                        r.bounds.iter().map(|b| format!("{:.3}", b)).collect::<Vec<_>>().join(", ")
+                    ),
+                    None => String::new(),
+                };
             let (engine, kernel, n_batch) = match r.engine {
-                Engine::Tern => ("tern", kern.variant(), crate::model::forward::MAX_BATCH),
+                Engine::Tern => ("tern", run.kernel, crate::model::forward::MAX_BATCH),
                 Engine::BitnetCpp => ("bitnet.cpp", "ggml-i2_s", r.n_prompt.max(1)),
             };
             out.push(format!(
-                "  {{\"engine\": {}, \"engine_info\": {}, \"model_filename\": {}, \"model_type\": {}, \"model_size\": {}, \"model_n_params\": {}, \
-\"backends\": \"CPU\", \"cpu_info\": {}, \"kernel\": {}, \"n_threads\": {}, \"n_batch\": {}, \"type_k\": \"f16\", \"type_v\": \"f16\", \
-\"n_prompt\": {}, \"n_gen\": {}, \"n_depth\": {}, \"avg_ns\": {}, \"stddev_ns\": {}, \"avg_ts\": {:.6}, \"stddev_ts\": {:.6}, \
-\"samples_ns\": {:?}, \"samples_ts\": [{}], \"bytes_per_token\": {}, \"read_bw_gbs\": {:.3}{}}}",
-                json_str(engine),
-                json_str(&engine_label(r.engine)),
-                json_str(&name),
-                json_str(&mtype),
-                model_size,
-                n_params,
-                json_str(&cpu),
-                json_str(kernel),
-                r.threads,
-                n_batch,
-                r.n_prompt,
-                r.n_gen,
-                r.n_depth,
-                mns as u64,
-                sdns as u64,
-                m,
-                sd,
-                ns,
-                ts.iter().map(|x| format!("{:.6}", x)).collect::<Vec<_>>().join(", "),
-                bytes.round() as u64,
-                bw,
-                gen_fields
-            ));
+                    "  {{\"engine\": {}, \"engine_info\": {}, \"model_filename\": {}, \"model_type\": {}, \"model_size\": {}, \"model_n_params\": {}, \
+    \"backends\": \"CPU\", \"cpu_info\": {}, \"kernel\": {}, \"n_threads\": {}, \"n_batch\": {}, \"type_k\": \"f16\", \"type_v\": \"f16\", \
+    \"n_prompt\": {}, \"n_gen\": {}, \"n_depth\": {}, \"avg_ns\": {}, \"stddev_ns\": {}, \"avg_ts\": {:.6}, \"stddev_ts\": {:.6}, \
+    \"samples_ns\": {:?}, \"samples_ts\": [{}], \"bytes_per_token\": {}, \"read_bw_gbs\": {:.3}{}}}",
+                    json_str(engine),
+                    json_str(&engine_label(run, r.engine)),
+                    json_str(&run.name),
+                    json_str(&run.mtype),
+                    run.model_size,
+                    run.n_params,
+                    json_str(&cpu),
+                    json_str(kernel),
+                    r.threads,
+                    n_batch,
+                    r.n_prompt,
+                    r.n_gen,
+                    r.n_depth,
+                    mns as u64,
+                    sdns as u64,
+                    m,
+                    sd,
+                    ns,
+                    ts.iter().map(|x| format!("{:.6}", x)).collect::<Vec<_>>().join(", "),
+                    bytes.round() as u64,
+                    bw,
+                    gen_fields
+                ));
         }
-        println!("[\n{}\n]", out.join(",\n"));
-        warn();
-        return Ok(());
     }
+    println!("[\n{}\n]", out.join(",\n"));
+}
 
+/// "tern avx2", or the bitnet.cpp that ran beside it.
+fn engine_label(run: &ModelRun, e: Engine) -> String {
+    match e {
+        Engine::Tern => format!("tern {}", run.kernel),
+        Engine::BitnetCpp => Reference::label(),
+    }
+}
+
+/// One llama-bench style table of every model's records, then each
+/// model's ratios, bytes per token and bandwidth lines.
+fn print_md(runs: &[ModelRun], bw_mib: usize) {
     println!("| model | size | params | engine | threads | test | t/s | GB/s | % of bound |");
     println!("| ----- | ---: | -----: | ------ | ------: | ---: | --: | ---: | ---------: |");
-    for r in &records {
-        let (m, sd) = mean_sd(&r.ts());
-        let (gbs, frac) = match r.bound_stats(bytes_of(r)) {
-            Some((implied, _, frac)) => {
-                (format!("{:.2}", implied), format!("{:.0}%", 100.0 * frac))
-            }
-            None => ("-".into(), "-".into()),
-        };
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {:.2} ± {:.2} | {} | {} |",
-            mtype,
-            size_label(model_size),
-            params_label(n_params),
-            engine_label(r.engine),
-            r.threads,
-            r.name(),
-            m,
-            sd,
-            gbs,
-            frac
-        );
+    for run in runs {
+        for r in &run.records {
+            let (m, sd) = mean_sd(&r.ts());
+            let (gbs, frac) = match r.bound_stats(run.bytes_of(r)) {
+                Some((implied, _, frac)) => {
+                    (format!("{:.2}", implied), format!("{:.0}%", 100.0 * frac))
+                }
+                None => ("-".into(), "-".into()),
+            };
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {:.2} ± {:.2} | {} | {} |",
+                run.mtype,
+                size_label(run.model_size),
+                params_label(run.n_params),
+                engine_label(run, r.engine),
+                r.threads,
+                r.name(),
+                m,
+                sd,
+                gbs,
+                frac
+            );
+        }
     }
-    println!();
-    for (t, r) in ratio_pairs(&records) {
+    for run in runs {
+        println!();
+        if runs.len() > 1 {
+            println!("{}:", run.name);
+        }
+        summary_lines(run, bw_mib);
+    }
+}
+
+/// A model's tern / bitnet.cpp ratios, bytes read per generated token and
+/// the read bandwidth and bound of each thread count.
+fn summary_lines(run: &ModelRun, bw_mib: usize) {
+    let records = &run.records;
+    let (bpt, kv_per_pos) = (run.bpt, run.kv_per_pos);
+    for (t, r) in ratio_pairs(records) {
         let (mt, _) = mean_sd(&t.ts());
         let (mb, _) = mean_sd(&r.ts());
         println!(
@@ -706,7 +857,7 @@ pub fn run(a: Args) -> Result<()> {
             mt / mb
         );
     }
-    if reference.is_some() {
+    if run.reference {
         println!(
             "bitnet.cpp here is the build linked into tern ({}), not today's tree",
             Reference::linked()
@@ -715,7 +866,7 @@ pub fn run(a: Args) -> Result<()> {
     // Each tg test once (its bytes do not depend on the threads).
     let mut per_test: Vec<String> = Vec::new();
     for r in records.iter().filter(|r| r.has_bound()) {
-        let t = format!("{} {:.3} GB", r.name(), bytes_of(r) / 1e9);
+        let t = format!("{} {:.3} GB", r.name(), run.bytes_of(r) / 1e9);
         if !per_test.contains(&t) {
             per_test.push(t);
         }
@@ -730,7 +881,7 @@ pub fn run(a: Args) -> Result<()> {
             format!(" (mean per token: {})", per_test.join(", "))
         }
     );
-    for &(nt, bw) in &bandwidth {
+    for &(nt, bw) in &run.bandwidth {
         let beside: Vec<f64> = records
             .iter()
             .filter(|r| r.threads == nt && r.has_bound())
@@ -751,13 +902,11 @@ pub fn run(a: Args) -> Result<()> {
             nt,
             if nt == 1 { "" } else { "s" },
             bw,
-            a.bw_mib,
+            bw_mib,
             bw * 1e9 / bpt as f64,
             range
         );
     }
-    warn();
-    Ok(())
 }
 
 #[cfg(test)]
