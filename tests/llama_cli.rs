@@ -328,6 +328,8 @@ fn sampling_values_are_validated_alike() {
         ("--top-p", "nan", "must be between 0 and 1"),
         ("--min-p", "2", "must be between 0 and 1"),
         ("--repeat-penalty", "0", "must be a positive number"),
+        ("--presence-penalty", "3", "must be between -2 and 2"),
+        ("--frequency-penalty", "-2.5", "must be between -2 and 2"),
         ("--top-k", "many", "is not a whole number"),
         (
             "--seed",

@@ -597,7 +597,8 @@ fn two_turn_chat_equals_tern_chat_and_reuses_the_prefix() {
     let sys = "You are a helpful assistant.";
     let (u1, u2) = ("Good morrow! Who art thou?", "Tell me of the king.");
     let sampling = json!({"temperature": 0.7, "top_k": 40, "top_p": 0.95, "min_p": 0.05,
-                          "repeat_penalty": 1.1, "seed": 42, "max_tokens": 24});
+                          "repeat_penalty": 1.1, "presence_penalty": 0.4,
+                          "frequency_penalty": -0.3, "seed": 42, "max_tokens": 24});
     let ask = |messages: Value| {
         let mut b = sampling.clone();
         b["messages"] = messages;
@@ -630,6 +631,10 @@ fn two_turn_chat_equals_tern_chat_and_reuses_the_prefix() {
             "0.05",
             "--repeat-penalty",
             "1.1",
+            "--presence-penalty",
+            "0.4",
+            "--frequency-penalty",
+            "-0.3",
             "--seed",
             "42",
         ])

@@ -26,8 +26,9 @@ Commands:
   /reset                clear the history (the system prompt stays) and the cache
   /system [TEXT]        set the system prompt (without TEXT: show it)
   /set [NAME VALUE]     temp, top_k, top_p, min_p, repeat_penalty,
-                        repeat_last_n, seed (-1: random) or n_predict (-1: no
-                        limit); without arguments: show them
+                        repeat_last_n, frequency_penalty, presence_penalty,
+                        seed (-1: random) or n_predict (-1: no limit);
+                        without arguments: show them
   /stats                speed of the last reply and of all replies
   /save FILE            write the transcript as JSON messages
   /load FILE            read a transcript written by /save

@@ -31,9 +31,17 @@ pub struct SampleArgs {
     /// Penalty on recently seen tokens, > 0; 1 is off [default: 1.0]
     #[arg(long = "repeat-penalty", value_name = "X")]
     pub repeat_penalty: Option<String>,
-    /// Recent tokens the penalty looks at; -1 = all [default: 64]
+    /// Recent tokens the penalties look at; -1 = all [default: 64]
     #[arg(long = "repeat-last-n", value_name = "N")]
     pub repeat_last_n: Option<String>,
+    /// Subtracted from a token's logit once per time it occurs among the
+    /// recent tokens, -2 to 2; 0 is off [default: 0]
+    #[arg(long = "frequency-penalty", value_name = "X")]
+    pub frequency_penalty: Option<String>,
+    /// Subtracted from the logit of every token among the recent ones, -2
+    /// to 2; 0 is off [default: 0]
+    #[arg(long = "presence-penalty", value_name = "X")]
+    pub presence_penalty: Option<String>,
     /// RNG seed; -1 = random [default: -1]
     #[arg(short = 's', long, value_name = "N")]
     pub seed: Option<String>,
@@ -53,6 +61,8 @@ impl SampleArgs {
             ("min-p", &self.min_p),
             ("repeat-penalty", &self.repeat_penalty),
             ("repeat-last-n", &self.repeat_last_n),
+            ("frequency-penalty", &self.frequency_penalty),
+            ("presence-penalty", &self.presence_penalty),
             ("seed", &self.seed),
         ] {
             if let Some(v) = v {
