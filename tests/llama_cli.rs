@@ -354,6 +354,60 @@ fn sampling_values_are_validated_alike() {
     assert!(err.contains("seed 42"), "{err}");
 }
 
+/// `-r/--reverse-prompt` (llama-cli's): generation halts once the
+/// generated text contains it, the reverse prompt shown; it may span
+/// several tokens (the puppet model writes "Hi😀é" a byte at a time), may be
+/// given several times, and takes -p's escapes. In a chat the reply ends
+/// there, without "[interrupted]".
+#[test]
+fn reverse_prompt_halts_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let puppet = puppet_loop(dir.path());
+    let gen = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "-m",
+            s(&puppet),
+            "-p",
+            "Hi",
+            "-n",
+            "12",
+            "--temp",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        let (out, err) = ok(&run(&args), "run -r");
+        (out, eval_tokens(&err, "eval time"))
+    };
+    assert_eq!(gen(&[]), ("Hi😀éHi😀\n".to_string(), 12));
+    // 😀 and é: six one-byte tokens.
+    assert_eq!(gen(&["-r", "😀é"]), ("Hi😀é\n".to_string(), 6));
+    assert_eq!(
+        gen(&["--reverse-prompt", "never", "-r", "\\x48i"]),
+        ("Hi😀éHi\n".to_string(), 8)
+    );
+    let o = run_with_stdin(
+        &[
+            "chat",
+            "-m",
+            s(&puppet),
+            "-n",
+            "12",
+            "--temp",
+            "0",
+            "-r",
+            "😀é",
+        ],
+        "Hi\n",
+    );
+    let (out, err) = ok(&o, "chat -r");
+    assert_eq!(out, "Hi😀é\n");
+    assert!(
+        !err.contains("interrupted") && !out.contains("interrupted"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_full_context_is_reported() {
     // ../shared/cases/bughunt/run-context-full-silent

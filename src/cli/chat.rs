@@ -6,7 +6,7 @@ use super::run::{context_size, lower_c, n_predict_value, shown_tokens, warn_past
 use super::{set_threads, DEFAULT_MODEL_NAME};
 use crate::chat::{Conversation, Session};
 use crate::gguf::writer::AtomicFile;
-use crate::model::generate::StopReason;
+use crate::model::generate::{ReversePrompts, StopReason};
 use crate::model::sampling::SETTINGS;
 use anyhow::{anyhow, bail, Context as _, Result};
 use std::io::{BufRead, IsTerminal, Write};
@@ -71,6 +71,7 @@ pub fn run(a: Args) -> Result<()> {
     let ui = Ui {
         interactive,
         verbose: a.verbose,
+        reverse: a.reverse_prompts(),
     };
     install_ctrlc(!interactive);
     let mut reader: Box<dyn Reader> = if interactive {
@@ -141,6 +142,8 @@ struct Ui {
     interactive: bool,
     /// `-v`: each turn's prompt tokens on stderr.
     verbose: bool,
+    /// `-r`: reverse prompts that end a reply (escapes processed).
+    reverse: ReversePrompts,
 }
 
 impl Ui {
@@ -356,6 +359,8 @@ fn turn(s: &mut Session, text: &str, ui: &Ui) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let mut write_err = None;
     let mut shown = Trimmed::default();
+    let mut reverse = ui.reverse.clone();
+    let mut reversed = false;
     STOP.store(false, Ordering::SeqCst);
     GENERATING.store(true, Ordering::SeqCst);
     let r = s.generate(&prep, |piece| {
@@ -364,7 +369,10 @@ fn turn(s: &mut Session, text: &str, ui: &Ui) -> Result<()> {
             write_err = Some(e);
             return false;
         }
-        !STOP.load(Ordering::SeqCst)
+        // A reverse prompt ends the reply where it appears (the history
+        // keeps it, as llama-cli's does).
+        reversed = reversed || reverse.push(piece);
+        !reversed && !STOP.load(Ordering::SeqCst)
     });
     GENERATING.store(false, Ordering::SeqCst);
     let reply = r?;
@@ -375,6 +383,7 @@ fn turn(s: &mut Session, text: &str, ui: &Ui) -> Result<()> {
     out.flush().context("cannot write the reply")?;
     drop(out);
     match reply.stats.stop {
+        StopReason::Interrupted if reversed => {}
         StopReason::Interrupted => ui.info("[interrupted]"),
         StopReason::ContextFull => {
             ui.info("[the context is full: reply cut; older turns go next time]")

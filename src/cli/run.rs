@@ -4,7 +4,7 @@
 
 use super::{llama_flags::process_escapes, note, set_threads, ModelArgs};
 use crate::model::forward::ContextError;
-use crate::model::generate::{Generation, StopReason, TextStream};
+use crate::model::generate::{Generation, ReversePrompts, StopReason, TextStream};
 use crate::model::sampling::{random_seed, Sampler, SamplingParams};
 use crate::model::{Context, Model};
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -159,6 +159,16 @@ pub struct Args {
     /// Also print the prompt's tokens on stderr.
     #[arg(short = 'v', long)]
     pub verbose: bool,
+    /// Halt generation once the generated text contains TEXT, which is
+    /// printed (a chat's reply ends there); may be given several times;
+    /// escapes as in -p.
+    #[arg(
+        short = 'r',
+        long = "reverse-prompt",
+        value_name = "TEXT",
+        action = clap::ArgAction::Append
+    )]
+    pub reverse_prompt: Vec<String>,
 }
 
 impl Args {
@@ -203,6 +213,16 @@ impl Args {
             (None, None) => return Ok(None),
         };
         Ok(Some(self.escaped(text)))
+    }
+
+    /// The reverse prompts (`-r`), escapes processed.
+    pub fn reverse_prompts(&self) -> ReversePrompts {
+        let texts: Vec<String> = self
+            .reverse_prompt
+            .iter()
+            .map(|r| self.escaped(r.clone()))
+            .collect();
+        ReversePrompts::new(&texts)
     }
 
     /// `-n`: Some(limit), or None for "until the end of generation or a full context".
@@ -379,11 +399,13 @@ pub fn run(a: Args) -> Result<()> {
     }
     let mut generation = Generation::new(prompt, n_predict.unwrap_or(usize::MAX), a.ignore_eos)?;
     let mut stream = TextStream::default();
+    let mut reverse = a.reverse_prompts();
     let mut write_err = None;
     let st = generation.run(&mut ctx, &mut sampler, |t| {
         let s = stream.push(&m.tokenizer, t);
         match out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
-            Ok(()) => true,
+            // A reverse prompt halts generation after it is shown.
+            Ok(()) => !reverse.push(&s),
             Err(e) => {
                 write_err = Some(e);
                 false

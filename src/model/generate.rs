@@ -296,6 +296,51 @@ impl TextStream {
     }
 }
 
+/// llama-cli's reverse prompts (`-r TEXT`): generation halts once the
+/// generated text contains one of them. Unlike a server's stop strings
+/// ([`StopMatcher`]) nothing is held back or cut: the text, reverse prompt
+/// included, has been shown when generation halts, as in llama-cli. Only
+/// generated text is searched (llama-cli also looks at the end of the
+/// prompt); a reverse prompt split over several tokens is found.
+#[derive(Debug, Clone, Default)]
+pub struct ReversePrompts {
+    prompts: Vec<String>,
+    /// The end of the text so far: shorter than the longest reverse prompt.
+    tail: String,
+}
+
+impl ReversePrompts {
+    /// Empty strings are ignored.
+    pub fn new(prompts: &[String]) -> ReversePrompts {
+        ReversePrompts {
+            prompts: prompts.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            tail: String::new(),
+        }
+    }
+
+    /// Add generated text; true once a reverse prompt has appeared in the
+    /// text added so far.
+    pub fn push(&mut self, text: &str) -> bool {
+        if self.prompts.is_empty() {
+            return false;
+        }
+        self.tail.push_str(text);
+        if self.prompts.iter().any(|p| self.tail.contains(p.as_str())) {
+            return true;
+        }
+        // Keep fewer bytes than the longest reverse prompt (whole
+        // characters): enough for any of them to complete later, never a
+        // whole one already seen.
+        let longest = self.prompts.iter().map(String::len).max().unwrap_or(0);
+        let mut cut = self.tail.len().saturating_sub(longest - 1);
+        while !self.tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        self.tail.drain(..cut);
+        false
+    }
+}
+
 /// Holds back generated text that may be the start of a stop string, and
 /// finds the first complete one.
 #[derive(Debug, Clone, Default)]
@@ -394,6 +439,28 @@ mod tests {
         // An incomplete character at the end becomes U+FFFD.
         let (_, end, _) = stream(&[], &[b"a\xe2\x82"]);
         assert_eq!(end, "\u{fffd}");
+    }
+
+    #[test]
+    fn reverse_prompts_halt_once_seen_even_across_pieces() {
+        let mut r = ReversePrompts::new(&["User:".into(), String::new(), "é!".into()]);
+        assert!(!r.push("Hello there. Us"));
+        assert!(!r.push("e"));
+        assert!(r.push("r: hi"));
+        let mut r = ReversePrompts::new(&["é!".into()]);
+        assert!(!r.push("caf"));
+        assert!(!r.push("é"));
+        assert!(r.push("!"));
+        // Nothing to look for: never halts.
+        let mut r = ReversePrompts::new(&[String::new()]);
+        assert!(!r.push("anything"));
+        // The tail stays short whatever the length of the text.
+        let mut r = ReversePrompts::new(&["ab".into()]);
+        for _ in 0..1000 {
+            assert!(!r.push("éééé"));
+        }
+        assert!(r.tail.len() <= 2);
+        assert!(r.push("ab"));
     }
 
     #[test]
