@@ -167,6 +167,9 @@ fn llama_cpp_options_are_accepted_or_named_exactly() {
             "--repeat-last-n",
             "-1",
             "-e",
+            "--jinja",
+            "-t",
+            "-1",
         ];
         a.extend_from_slice(extra);
         let o = run(&a);
@@ -208,6 +211,8 @@ fn llama_cpp_options_are_accepted_or_named_exactly() {
         (vec!["run", "-p", "x", "-xyz"], "'-xyz'"),
         (vec!["run", "-p", "x", "-ctxcp", "2"], "'-ctxcp'"),
         (vec!["run", "-p", "x", "--frobnicate"], "'--frobnicate'"),
+        // -t: a count, or -1 for the default (as llama.cpp's).
+        (vec!["run", "-p", "x", "-t", "-2"], "or -1 for the default"),
         (
             vec!["inspect", "-temp", "1", "x.gguf"],
             "-temp is not an option of `tern inspect`",

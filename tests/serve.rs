@@ -255,7 +255,8 @@ fn streamed_text(r: &Resp) -> (String, String) {
 
 #[test]
 fn endpoints_streaming_and_stop_strings() {
-    let s = Server::start(&["-np", "2"]);
+    // llama-server's --jinja and --metrics: what tern serve always does.
+    let s = Server::start(&["-np", "2", "--jinja", "--metrics", "-t", "-1"]);
     // Models.
     let m = get(&s.addr, "/v1/models").json();
     assert_eq!(m["data"][0]["id"], "tern-shakespeare-i2_s.gguf");

@@ -178,6 +178,22 @@ const FLAGS: &[Flag] = &[
             note: None,
         },
     },
+    // What tern always does: render the model's chat template with a Jinja
+    // engine (minijinja); serve /metrics.
+    Flag {
+        names: &["--jinja"],
+        action: Action::Ignore {
+            value: Value::None,
+            note: None,
+        },
+    },
+    Flag {
+        names: &["--metrics"],
+        action: Action::Ignore {
+            value: Value::None,
+            note: None,
+        },
+    },
 ];
 
 /// The command line rewritten for clap, and notes for stderr.

@@ -58,8 +58,8 @@ pub struct ModelArgs {
     /// GGUF model file (default: the tern-shakespeare model built into tern).
     #[arg(short = 'm', long = "model")]
     pub model: Option<PathBuf>,
-    /// Threads (default: the number of physical cores).
-    #[arg(short = 't', long = "threads")]
+    /// Threads; -1 = the default, the number of physical cores.
+    #[arg(short = 't', long = "threads", value_parser = threads_value)]
     pub threads: Option<usize>,
     /// Read the model into memory instead of mapping it.
     #[arg(long = "no-mmap")]
@@ -99,6 +99,17 @@ pub fn check_threads(n: usize) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `-t N`: a count (checked by [`check_threads`] once parsed), or -1 for
+/// the default ([`default_threads`]), as llama.cpp's `-t -1`.
+fn threads_value(s: &str) -> Result<usize, String> {
+    match s.trim() {
+        "-1" => Ok(default_threads()),
+        t => t.parse().map_err(|_| {
+            format!("not a thread count: give 1 to {MAX_THREADS}, or -1 for the default")
+        }),
+    }
 }
 
 /// The thread count without `-t`: the physical cores, at most [`MAX_THREADS`].
