@@ -44,6 +44,60 @@ impl Message {
     }
 }
 
+/// Chat formats `--chat-template NAME` selects (llama.cpp's names), as
+/// Jinja sources: `bitnet`, the trained BitNet b1.58 format (what tern uses
+/// for a file without a template); `chatml` (`<|im_start|>role\n…<|im_end|>`);
+/// `llama3` (`<|start_header_id|>role<|end_header_id|>\n\n…<|eot_id|>`,
+/// each content trimmed, as Meta's template does).
+pub const NAMED_TEMPLATES: &[(&str, &str)] = &[
+    ("bitnet", crate::model::BITNET_CHAT_TEMPLATE),
+    (
+        "chatml",
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
+    ),
+    (
+        "llama3",
+        "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}",
+    ),
+];
+
+/// Most bytes of a chat template given on the command line or in a file
+/// (the largest templates in use, tool-calling ones, are ~20 KB).
+pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;
+
+/// The Jinja source of `--chat-template SPEC`: a name of
+/// [`NAMED_TEMPLATES`], or a template itself (anything with `{{` or `{%`),
+/// compiled here so that a mistake is reported before a model loads.
+/// Errors: an unknown name (the names listed), a template over
+/// [`MAX_TEMPLATE_BYTES`] or one that does not compile.
+pub fn template_source(spec: &str) -> Result<String> {
+    if let Some((_, src)) = NAMED_TEMPLATES.iter().find(|(n, _)| *n == spec.trim()) {
+        return Ok(src.to_string());
+    }
+    if !(spec.contains("{{") || spec.contains("{%")) {
+        let names: Vec<&str> = NAMED_TEMPLATES.iter().map(|(n, _)| *n).collect();
+        bail!(
+            "{} is neither a chat template name ({}) nor a Jinja template",
+            crate::untrusted::quoted(spec),
+            names.join(", ")
+        );
+    }
+    checked_template(spec.to_string())
+}
+
+/// `source` as a chat template: at most [`MAX_TEMPLATE_BYTES`], compiling.
+pub fn checked_template(source: String) -> Result<String> {
+    if source.len() > MAX_TEMPLATE_BYTES {
+        bail!(
+            "the chat template has {} bytes; at most {}",
+            source.len(),
+            MAX_TEMPLATE_BYTES
+        );
+    }
+    ChatTemplate::new(&source, "", "")?;
+    Ok(source)
+}
+
 /// A compiled chat template plus the special-token texts it may refer to.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -319,6 +373,8 @@ pub fn base_model_warning(model: &Model) -> Option<String> {
     let tok = &model.tokenizer;
     if model.gguf.get_str("tokenizer.chat_template").is_some()
         || tok.find_token("<|eot_id|>").is_some()
+        // A template given with --chat-template.
+        || model.chat_template != crate::model::default_chat_template(tok)
     {
         return None;
     }
@@ -1180,6 +1236,43 @@ You are helpful.<|im_end|>
         assert!(ChatTemplate::new("{% for %}", "", "").is_err());
         let t = ChatTemplate::new("{{ messages[0].content.nosuchmethod() }}", "", "").unwrap();
         assert!(t.render(&[Message::user("x")], false).is_err());
+    }
+
+    #[test]
+    fn named_templates_render_their_formats() {
+        let msgs = [Message::system("S"), Message::user(" U ")];
+        let render = |name: &str| {
+            let src = template_source(name).unwrap();
+            ChatTemplate::new(&src, "<|begin_of_text|>", "<|end_of_text|>")
+                .unwrap()
+                .render(&msgs, true)
+                .unwrap()
+        };
+        assert_eq!(
+            render("chatml"),
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n U <|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(
+            render("llama3"),
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|>\
+             <|start_header_id|>user<|end_header_id|>\n\nU<|eot_id|>\
+             <|start_header_id|>assistant<|end_header_id|>\n\n"
+        );
+        assert_eq!(
+            render("bitnet"),
+            "<|begin_of_text|>System: S<|eot_id|>User:  U <|eot_id|>Assistant: "
+        );
+        // A template itself is taken as given; anything else is an error
+        // naming the choices.
+        assert_eq!(template_source("{{ 'x' }}").unwrap(), "{{ 'x' }}");
+        let e = template_source("vicuna").unwrap_err().to_string();
+        assert!(e.contains("bitnet, chatml, llama3"), "{e}");
+        assert!(template_source("{% if %}").is_err());
+        let big = "{{ 'x' }}".repeat(MAX_TEMPLATE_BYTES / 9 + 1);
+        assert!(template_source(&big)
+            .unwrap_err()
+            .to_string()
+            .contains("at most"));
     }
 
     #[test]

@@ -385,6 +385,73 @@ fn verbose_shows_each_turns_prompt_tokens() {
     assert!(!lines[1].contains(", 0 reused"), "{stderr}");
 }
 
+/// `--chat-template NAME|JINJA` and `--chat-template-file` (llama.cpp's)
+/// replace the model's template: the prompt a turn evaluates is rendered by
+/// it. An unknown name, a template that does not compile, an oversized file
+/// are one-line errors; the two flags together are a usage error.
+#[test]
+fn chat_template_flags_replace_the_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = "{{ 'X:' + messages[-1]['content'] }}";
+    let f = dir.path().join("t.jinja");
+    std::fs::write(&f, source).unwrap();
+    let f = f.to_str().unwrap();
+    let prompt = |args: &[&str]| -> String {
+        let mut a = vec!["-v", "-n", "1", "--temp", "0"];
+        a.extend_from_slice(args);
+        let out = run_piped(&a, "Hi\n");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        stderr
+            .lines()
+            .find(|l| l.starts_with("tern: prompt: "))
+            .unwrap_or_else(|| panic!("no prompt line: {stderr}"))
+            .to_string()
+    };
+    let from_file = prompt(&["--chat-template-file", f]);
+    // BOS (the model adds it), then the template's text.
+    assert!(
+        from_file.starts_with("tern: prompt: 5 tokens"),
+        "{from_file}"
+    );
+    assert!(
+        from_file.ends_with(r#":"X", 25:":", 39:"H", 72:"i"]"#),
+        "{from_file}"
+    );
+    assert_eq!(prompt(&["--chat-template", source]), from_file);
+    let chatml = prompt(&["--chat-template", "chatml"]);
+    assert!(
+        chatml.contains(r#""im""#) && chatml.contains(r#""art""#),
+        "{chatml}"
+    );
+    assert_ne!(prompt(&[]), chatml);
+
+    let fails = |args: &[&str], needle: &str| {
+        let mut a = vec!["chat"];
+        a.extend_from_slice(args);
+        common::assert_clean_failure(&common::run_with_stdin(&a, "Hi\n"), needle);
+    };
+    fails(&["--chat-template", "vicuna"], "bitnet, chatml, llama3");
+    fails(&["--chat-template", "{% if %}"], "does not compile");
+    let big = dir.path().join("big.jinja");
+    std::fs::write(&big, "{{ 'x' }}".repeat(200_000)).unwrap();
+    fails(
+        &["--chat-template-file", big.to_str().unwrap()],
+        "more than 1048576 bytes",
+    );
+    let both = common::run_with_stdin(
+        &[
+            "chat",
+            "--chat-template",
+            "chatml",
+            "--chat-template-file",
+            f,
+        ],
+        "",
+    );
+    assert_eq!(both.status.code(), Some(2));
+}
+
 #[test]
 fn piped_mode_stops_at_a_bad_command() {
     let fx = fixture();

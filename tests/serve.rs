@@ -592,6 +592,23 @@ fn prompt_eval_tokens(text: &str, marker: &str) -> usize {
         .unwrap()
 }
 
+/// `--chat-template-file` (llama-server's) renders every request's
+/// messages: BOS, then the template's "X:" and the message.
+#[test]
+fn chat_template_file_renders_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.jinja");
+    std::fs::write(&f, "{{ 'X:' + messages[-1]['content'] }}").unwrap();
+    let s = Server::start(&["-np", "1", "--chat-template-file", f.to_str().unwrap()]);
+    let v = s
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}),
+        )
+        .json();
+    assert_eq!(v["usage"]["prompt_tokens"], 5, "{v}");
+}
+
 #[test]
 fn two_turn_chat_equals_tern_chat_and_reuses_the_prefix() {
     let s = Server::start(&["-np", "2"]);

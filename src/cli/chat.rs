@@ -56,8 +56,12 @@ pub fn run(a: Args) -> Result<()> {
     if a.no_display_prompt || a.ignore_eos {
         a.note("--no-display-prompt and --ignore-eos have no effect in a chat");
     }
+    let template = a.template.source()?;
     let threads = set_threads(a.model.threads)?;
-    let m = a.model.load()?;
+    let mut m = a.model.load()?;
+    if let Some(t) = template {
+        m.chat_template = t;
+    }
     let n_ctx = context_size(&m, a.ctx)?;
     let mut s = Session::new(&m, n_ctx, kv_f32, params, system).map_err(lower_c)?;
     warn_past_training(&m, n_ctx, "tern chat");

@@ -72,6 +72,58 @@ impl ModelArgs {
     }
 }
 
+/// A chat template given on the command line instead of the model's
+/// (llama.cpp's `--chat-template`, `--chat-template-file`): `chat`,
+/// `run -cnv` and `serve`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TemplateArgs {
+    /// Chat template instead of the model's: bitnet, chatml, llama3, or a Jinja template.
+    #[arg(long = "chat-template", value_name = "NAME|JINJA")]
+    pub chat_template: Option<String>,
+    /// Read the chat template (Jinja) from a file.
+    #[arg(
+        long = "chat-template-file",
+        value_name = "FILE",
+        conflicts_with = "chat_template"
+    )]
+    pub chat_template_file: Option<PathBuf>,
+}
+
+impl TemplateArgs {
+    /// The template's Jinja source, checked (it compiles; a file at most
+    /// [`crate::chat::MAX_TEMPLATE_BYTES`] of UTF-8); None: the model's own.
+    pub fn source(&self) -> Result<Option<String>> {
+        use std::io::Read;
+        if let Some(t) = &self.chat_template {
+            return crate::chat::template_source(t)
+                .context("--chat-template")
+                .map(Some);
+        }
+        let Some(f) = &self.chat_template_file else {
+            return Ok(None);
+        };
+        let max = crate::chat::MAX_TEMPLATE_BYTES;
+        // One byte past the limit tells a file over it.
+        let cap = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+        let mut bytes = Vec::new();
+        std::fs::File::open(f)
+            .and_then(|h| h.take(cap).read_to_end(&mut bytes))
+            .with_context(|| format!("cannot read {}", f.display()))?;
+        if bytes.len() > max {
+            bail!(
+                "{}: a chat template of more than {} bytes",
+                f.display(),
+                max
+            );
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", f.display()))?;
+        crate::chat::checked_template(text)
+            .with_context(|| f.display().to_string())
+            .map(Some)
+    }
+}
+
 pub use crate::model::BUILTIN_NAME as DEFAULT_MODEL_NAME;
 
 /// The default thread count: physical cores, as llama.cpp defaults to

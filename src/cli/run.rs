@@ -126,6 +126,8 @@ pub struct Args {
     pub ubatch_size: usize,
     #[command(flatten)]
     pub sample: SampleArgs,
+    #[command(flatten)]
+    pub template: super::TemplateArgs,
     /// Keep generating past end-of-generation tokens.
     #[arg(long = "ignore-eos")]
     pub ignore_eos: bool,
@@ -343,6 +345,9 @@ pub fn run(a: Args) -> Result<()> {
     })?;
     if a.system.is_some() || a.system_file.is_some() {
         a.note("the system prompt is used in conversations only (add -cnv)");
+    }
+    if a.template.chat_template.is_some() || a.template.chat_template_file.is_some() {
+        a.note("the chat template is used in conversations only (add -cnv)");
     }
     let n_predict = a.n_predict(128)?;
     let params = a.sample.params()?;

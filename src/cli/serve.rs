@@ -53,6 +53,8 @@ pub struct Args {
     /// Keep the KV caches in f32 instead of f16.
     #[arg(long = "kv-f32")]
     pub kv_f32: bool,
+    #[command(flatten)]
+    pub template: super::TemplateArgs,
     /// Continuous batching (llama-server's -cb): always on; accepted for
     /// compatibility.
     #[arg(long = "cont-batching", hide = true)]
@@ -109,6 +111,7 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--body-limit must be at least 1024 bytes");
     }
     let keys = api_keys(&a)?;
+    let template = a.template.source()?;
     let threads = set_threads(a.model.threads)?;
     let alias = a.alias.clone().unwrap_or_else(|| match &a.model.model {
         Some(p) => p.file_name().map_or_else(
@@ -137,5 +140,11 @@ pub fn run(a: Args) -> Result<()> {
         threads,
     };
     let path = a.model.model.clone();
-    serve(cfg, move || load_model(path.as_deref()))
+    serve(cfg, move || {
+        let mut m = load_model(path.as_deref())?;
+        if let Some(t) = template {
+            m.chat_template = t;
+        }
+        Ok(m)
+    })
 }
