@@ -205,6 +205,27 @@ fn llama_cpp_options_are_accepted_or_named_exactly() {
     ]);
     let (_, err) = ok(&o, "--log-disable");
     assert!(!err.contains("note") && !err.contains("eval time"), "{err}");
+    // --no-perf drops the timings only.
+    for cmd in ["run", "chat"] {
+        let o = run_with_stdin(
+            &[
+                cmd,
+                "-m",
+                s(&fx),
+                "-p",
+                "Hi",
+                "-n",
+                "2",
+                "-ngl",
+                "99",
+                "--no-perf",
+            ],
+            "Hello\n",
+        );
+        let (_, err) = ok(&o, "--no-perf");
+        assert!(err.contains("tern: note: -ngl 99 ignored"), "{cmd}: {err}");
+        assert!(!err.contains("eval time"), "{cmd}: {err}");
+    }
 
     // Unknown options are errors naming exactly what was typed.
     for (args, typed) in [

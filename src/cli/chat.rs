@@ -103,7 +103,7 @@ pub fn run(a: Args) -> Result<()> {
 
     let r = chat_loop(&mut s, reader.as_mut(), &ui);
     reader.close();
-    if s.replies > 0 && !a.log_disable {
+    if s.replies > 0 && !a.log_disable && !a.no_perf {
         eprintln!(
             "tern: {} {}, seed {}\n{}",
             s.replies,

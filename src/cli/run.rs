@@ -158,6 +158,9 @@ pub struct Args {
     /// No notes and no timings on stderr (warnings and errors remain).
     #[arg(long = "log-disable")]
     pub log_disable: bool,
+    /// No timings at the end (llama.cpp's --no-perf); notes remain.
+    #[arg(long = "no-perf")]
+    pub no_perf: bool,
     /// Also print the prompt's tokens on stderr.
     #[arg(short = 'v', long)]
     pub verbose: bool,
@@ -430,7 +433,7 @@ pub fn run(a: Args) -> Result<()> {
         }
         StopReason::Length | StopReason::Interrupted => {}
     }
-    if !a.log_disable {
+    if !a.log_disable && !a.no_perf {
         eprintln!();
         eprintln!(
             "tern: {} threads, kernel {}, seed {}",
