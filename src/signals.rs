@@ -1,6 +1,6 @@
 //! OS signal glue, all of it in this module: a SIGBUS handler for files that
-//! change while they are memory-mapped, and Ctrl-C / SIGTERM / SIGHUP for commands that
-//! write files ([`remove_partials_on_signal`]).
+//! change while they are memory-mapped, and Ctrl-C / SIGTERM / SIGHUP for
+//! commands that write files ([`remove_partials_on_signal`]).
 //!
 //! tern maps model files (GGUF) and checkpoints (safetensors) read-only. If
 //! another process truncates or rewrites such a file while it is mapped, the

@@ -1168,6 +1168,36 @@ fn cli_bench_several_models() {
     // Refused before the first model was loaded or timed.
     assert!(!err.contains("tern bench: a.gguf"), "{err}");
     assert!(o.stdout.is_empty());
+    // A file that opens but does not load: the models before it are
+    // reported, then the error.
+    let bad = dir.path().join("bad.gguf");
+    std::fs::write(&bad, b"GGUF not really").unwrap();
+    let o = tern_bin(&[
+        "bench",
+        "-m",
+        a,
+        "-m",
+        bad.to_str().unwrap(),
+        "-p",
+        "8",
+        "-n",
+        "0",
+        "-t",
+        "1",
+        "-r",
+        "1",
+        "--bw-mib",
+        "8",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("tern: error:") && err.contains("bad.gguf"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let md = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(md.matches("| pp8 |").count(), 1, "{md}");
 }
 
 #[test]

@@ -567,11 +567,22 @@ pub fn run(a: Args) -> Result<()> {
         pools,
         bw_buf: bytemuck::cast_slice(bw_mem.bytes()),
     };
-    // One model in memory at a time.
-    let runs = models
-        .iter()
-        .map(|p| bench_model(&plan, p.as_deref()))
-        .collect::<Result<Vec<_>>>()?;
+    // One model in memory at a time. A model that fails (a file that does
+    // not load) ends the bench, after the figures of those before it.
+    let mut runs = Vec::new();
+    let mut failed = None;
+    for p in &models {
+        match bench_model(&plan, p.as_deref()) {
+            Ok(r) => runs.push(r),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    if runs.is_empty() {
+        return Err(failed.unwrap_or_else(|| anyhow!("no model was timed")));
+    }
     if json {
         print_json(&runs);
     } else {
@@ -587,7 +598,7 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
     }
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 /// Time every test of `plan` on the model at `path` (None: the built-in
