@@ -190,39 +190,15 @@ fn llama_cpp_options_are_accepted_or_named_exactly() {
             "{n}\n{err}"
         );
     }
-    // --log-disable drops the notes and timings.
-    let o = run(&[
-        "run",
-        "-m",
-        s(&fx),
-        "-p",
-        "Hi",
-        "-n",
-        "2",
-        "-ngl",
-        "99",
-        "--log-disable",
-    ]);
-    let (_, err) = ok(&o, "--log-disable");
+    // --log-disable drops the notes and timings; --no-perf the timings only.
+    let stderr_with = |cmd: &str, flag: &str| {
+        let args = [cmd, "-m", s(&fx), "-p", "Hi", "-n", "2", "-ngl", "99", flag];
+        ok(&run_with_stdin(&args, "Hello\n"), flag).1
+    };
+    let err = stderr_with("run", "--log-disable");
     assert!(!err.contains("note") && !err.contains("eval time"), "{err}");
-    // --no-perf drops the timings only.
     for cmd in ["run", "chat"] {
-        let o = run_with_stdin(
-            &[
-                cmd,
-                "-m",
-                s(&fx),
-                "-p",
-                "Hi",
-                "-n",
-                "2",
-                "-ngl",
-                "99",
-                "--no-perf",
-            ],
-            "Hello\n",
-        );
-        let (_, err) = ok(&o, "--no-perf");
+        let err = stderr_with(cmd, "--no-perf");
         assert!(err.contains("tern: note: -ngl 99 ignored"), "{cmd}: {err}");
         assert!(!err.contains("eval time"), "{cmd}: {err}");
     }
