@@ -45,8 +45,10 @@ impl Message {
 }
 
 /// Chat formats `--chat-template NAME` selects (llama.cpp's names), as
-/// Jinja sources: `bitnet`, the trained BitNet b1.58 format (what tern uses
-/// for a file without a template); `chatml` (`<|im_start|>role\n…<|im_end|>`);
+/// Jinja sources: `bitnet`, the trained BitNet b1.58 format (turns ended by
+/// `<|eot_id|>`; the CLI ends them with the EOS of a vocabulary without
+/// that token, as tern's fallback for a file without a template does);
+/// `chatml` (`<|im_start|>role\n…<|im_end|>`);
 /// `llama3` (`<|start_header_id|>role<|end_header_id|>\n\n…<|eot_id|>`,
 /// each content trimmed, as Meta's template does).
 pub const NAMED_TEMPLATES: &[(&str, &str)] = &[

@@ -54,8 +54,8 @@ pub fn install_sigbus_handler() {
 #[cfg(not(unix))]
 pub fn install_sigbus_handler() {}
 
-/// On Ctrl-C, SIGTERM or SIGHUP, remove the temporary files of the
-/// outputs being written ([`crate::gguf::writer::remove_partials`]) and then
+/// On Ctrl-C, SIGTERM or (Linux) SIGHUP, remove the temporary files of the
+/// outputs being written ([`crate::gguf::writer::remove_partials_then`]) and then
 /// end as the signal's default action would (so a shell loop or script
 /// around tern stops too, and `kill`'s caller sees the signal); an exit
 /// skips the drops that would remove them, and an interrupted `tern
@@ -66,11 +66,14 @@ pub fn install_sigbus_handler() {}
 /// SIGKILL cannot be caught: after one, a `.partial` file stays.
 #[cfg(unix)]
 pub fn remove_partials_on_signal() {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let wanted: Vec<i32> = [SIGINT, SIGTERM, SIGHUP]
-        .into_iter()
-        .filter(|&s| !signal_ignored(s))
-        .collect();
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    // SIGHUP only where a SIGHUP ignored from the start (`nohup`) can be
+    // told, so that catching it never undoes nohup.
+    #[cfg(target_os = "linux")]
+    let catch = [SIGINT, SIGTERM, signal_hook::consts::SIGHUP];
+    #[cfg(not(target_os = "linux"))]
+    let catch = [SIGINT, SIGTERM];
+    let wanted: Vec<i32> = catch.into_iter().filter(|&s| !signal_ignored(s)).collect();
     if wanted.is_empty() {
         return;
     }
@@ -89,10 +92,11 @@ pub fn remove_partials_on_signal() {
         .name("tern-signals".into())
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
-                crate::gguf::writer::remove_partials();
-                // Resets the signal to its default action and raises it.
-                let _ = signal_hook::low_level::emulate_default_handler(sig);
-                std::process::exit(128 + sig);
+                crate::gguf::writer::remove_partials_then(|| {
+                    // Resets the signal to its default action and raises it.
+                    let _ = signal_hook::low_level::emulate_default_handler(sig);
+                    std::process::exit(128 + sig);
+                });
             }
         });
     if let Err(e) = spawned {
@@ -103,12 +107,11 @@ pub fn remove_partials_on_signal() {
 }
 
 /// On Ctrl-C, remove the temporary files of the outputs being written
-/// ([`crate::gguf::writer::remove_partials`]) and exit with status 130.
+/// ([`crate::gguf::writer::remove_partials_then`]) and exit with status 130.
 #[cfg(not(unix))]
 pub fn remove_partials_on_signal() {
     if let Err(e) = ctrlc::set_handler(|| {
-        crate::gguf::writer::remove_partials();
-        std::process::exit(130);
+        crate::gguf::writer::remove_partials_then(|| std::process::exit(130));
     }) {
         eprintln!(
             "tern: warning: cannot catch Ctrl-C ({e}); an interrupted write may leave a .partial file"

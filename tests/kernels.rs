@@ -1157,6 +1157,11 @@ fn cli_bench_several_models() {
         md.contains("\na.gguf:\n") && md.contains("\nb,c.gguf:\n"),
         "{md}"
     );
+    // An -m that names no file is an error, not the built-in model.
+    let o = tern_bin(&["bench", "-m", " , ", "-r", "1"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no model file named"), "{err}");
     let missing = dir.path().join("missing.gguf");
     let o = tern_bin(&["bench", "-m", a, "-m", missing.to_str().unwrap(), "-r", "1"]);
     assert!(!o.status.success());

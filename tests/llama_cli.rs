@@ -410,6 +410,36 @@ fn reverse_prompt_halts_generation() {
     );
 }
 
+/// `--chat-template bitnet` on a base model without `<|eot_id|>` ends each
+/// turn with the vocabulary's EOS, as tern's fallback format does (a
+/// literal "<|eot_id|>" would be text the model cannot end a turn with).
+#[test]
+fn bitnet_template_name_ends_turns_with_the_models_eos() {
+    let m = spm_base_model();
+    let o = run_with_stdin(
+        &[
+            "chat",
+            "-m",
+            s(&m),
+            "-n",
+            "1",
+            "--temp",
+            "0",
+            "-v",
+            "--chat-template",
+            "bitnet",
+        ],
+        "Hi\n",
+    );
+    let (_, err) = ok(&o, "--chat-template bitnet");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("tern: prompt: "))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains(r#"2:"</s>""#), "{line}");
+    assert!(!line.contains("eot"), "{line}");
+}
+
 #[test]
 fn a_full_context_is_reported() {
     // ../shared/cases/bughunt/run-context-full-silent

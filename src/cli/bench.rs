@@ -408,8 +408,7 @@ impl Reference {
         bail!("--bitnet-cpp: this tern was built without bitnet.cpp; rebuild with `cargo build --release --features bitnet-cpp`")
     }
     fn open(_: Option<&std::path::Path>) -> Result<Reference> {
-        Self::check()?;
-        unreachable!("Reference::check always fails without the feature")
+        Self::check().map(|()| Reference)
     }
     fn label() -> String {
         String::new()
@@ -432,24 +431,32 @@ pub const MAX_REPS: usize = 100_000;
 /// one a comma-separated list as llama-bench takes it (a value that is an
 /// existing file is one model even with a comma in its name). None: the
 /// built-in model.
-fn model_paths(values: &[PathBuf]) -> Vec<Option<PathBuf>> {
+///
+/// Errors: an `-m` value that names no file (`-m ,`).
+fn model_paths(values: &[PathBuf]) -> Result<Vec<Option<PathBuf>>> {
     let mut out = Vec::new();
     for v in values {
         let whole = v.exists();
         match v.to_str() {
-            Some(s) if !whole && s.contains(',') => out.extend(
-                s.split(',')
-                    .map(str::trim)
-                    .filter(|x| !x.is_empty())
-                    .map(|x| Some(PathBuf::from(x))),
-            ),
+            Some(s) if !whole && s.contains(',') => {
+                let before = out.len();
+                out.extend(
+                    s.split(',')
+                        .map(str::trim)
+                        .filter(|x| !x.is_empty())
+                        .map(|x| Some(PathBuf::from(x))),
+                );
+                if out.len() == before {
+                    bail!("-m {}: no model file named", crate::untrusted::quoted(s));
+                }
+            }
             _ => out.push(Some(v.clone())),
         }
     }
     if out.is_empty() {
         out.push(None);
     }
-    out
+    Ok(out)
 }
 
 /// Most models one `tern bench` times.
@@ -526,7 +533,7 @@ pub fn run(a: Args) -> Result<()> {
     if a.bitnet_cpp && depths.iter().any(|&d| d > 0) {
         bail!("--bitnet-cpp times tests from an empty cache only; drop -d or --bitnet-cpp");
     }
-    let models = model_paths(&a.model);
+    let models = model_paths(&a.model)?;
     if models.len() > MAX_MODELS {
         bail!("-m names {} models; at most {}", models.len(), MAX_MODELS);
     }
@@ -592,7 +599,7 @@ pub fn run(a: Args) -> Result<()> {
     for r in &runs {
         for w in warnings(&r.records) {
             if runs.len() > 1 {
-                eprintln!("tern bench: {}: {}", r.name, w);
+                eprintln!("tern bench: {}: {}", crate::untrusted::name(&r.name), w);
             } else {
                 eprintln!("tern bench: {}", w);
             }
@@ -632,7 +639,7 @@ fn bench_model(plan: &Plan, path: Option<&std::path::Path>) -> Result<ModelRun> 
     let mtype = model_type(&model);
     eprintln!(
         "tern bench: {} ({}, {}, {} params), kernel {}, CPU {}",
-        name,
+        crate::untrusted::name(&name),
         mtype,
         size_label(model_size),
         params_label(n_params),
@@ -844,7 +851,7 @@ fn print_md(runs: &[ModelRun], bw_mib: usize) {
     for run in runs {
         println!();
         if runs.len() > 1 {
-            println!("{}:", run.name);
+            println!("{}:", crate::untrusted::name(&run.name));
         }
         summary_lines(run, bw_mib);
     }

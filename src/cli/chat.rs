@@ -60,7 +60,7 @@ pub fn run(a: Args) -> Result<()> {
     let threads = set_threads(a.model.threads)?;
     let mut m = a.model.load()?;
     if let Some(t) = template {
-        m.chat_template = t;
+        super::use_template(&mut m, t);
     }
     let n_ctx = context_size(&m, a.ctx)?;
     let mut s = Session::new(&m, n_ctx, kv_f32, params, system).map_err(lower_c)?;

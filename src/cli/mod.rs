@@ -89,6 +89,18 @@ pub struct TemplateArgs {
     pub chat_template_file: Option<PathBuf>,
 }
 
+/// Put `source` (from [`TemplateArgs::source`]) in place of `m`'s chat
+/// template. The `bitnet` format ends turns the way tern's fallback for a
+/// file without a template does ([`crate::model::default_chat_template`]:
+/// `<|eot_id|>`, or the vocabulary's EOS where it has no such token).
+pub fn use_template(m: &mut crate::model::Model, source: String) {
+    m.chat_template = if source == crate::model::BITNET_CHAT_TEMPLATE {
+        crate::model::default_chat_template(&m.tokenizer)
+    } else {
+        source
+    };
+}
+
 impl TemplateArgs {
     /// The template's Jinja source, checked (it compiles; a file at most
     /// [`crate::chat::MAX_TEMPLATE_BYTES`] of UTF-8); None: the model's own.

@@ -143,7 +143,7 @@ pub fn run(a: Args) -> Result<()> {
     serve(cfg, move || {
         let mut m = load_model(path.as_deref())?;
         if let Some(t) = template {
-            m.chat_template = t;
+            super::use_template(&mut m, t);
         }
         Ok(m)
     })

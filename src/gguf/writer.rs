@@ -104,20 +104,26 @@ pub struct AtomicFile {
     sink: Option<Sink>,
 }
 
-/// The temporary files of outputs being written, for [`remove_partials`].
+/// The temporary files of outputs being written, for [`remove_partials_then`].
 static PARTIALS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
 fn partials() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
     PARTIALS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Remove the temporary files of every [`AtomicFile`] not yet committed:
-/// for a Ctrl-C handler that then ends the process, which skips the drops
-/// that would remove them ([`crate::signals::remove_partials_on_signal`]).
-pub fn remove_partials() {
-    for p in partials().drain(..) {
+/// Remove the temporary files of every [`AtomicFile`] not yet committed,
+/// then call `end`, which should end the process: for a signal handler
+/// ([`crate::signals::remove_partials_on_signal`]), since an exit skips the
+/// drops that would remove them. The list stays locked until `end`
+/// returns, so another thread that is creating or committing an output
+/// waits instead of creating a file no one removes or renaming one
+/// already removed.
+pub fn remove_partials_then(end: impl FnOnce()) {
+    let mut list = partials();
+    for p in list.drain(..) {
         let _ = std::fs::remove_file(p);
     }
+    end();
 }
 
 impl Drop for AtomicFile {
@@ -127,8 +133,9 @@ impl Drop for AtomicFile {
         // it).
         if let Some(Sink::Partial(f)) = self.sink.take() {
             let p = f.path().to_path_buf();
+            let mut list = partials();
             drop(f);
-            partials().retain(|q| *q != p);
+            list.retain(|q| *q != p);
         }
     }
 }
@@ -200,6 +207,9 @@ impl AtomicFile {
             use std::os::unix::fs::PermissionsExt;
             b.permissions(std::fs::Permissions::from_mode(0o666));
         }
+        // Listed under the same lock as it is created (see
+        // `remove_partials_then`).
+        let mut list = partials();
         let file = b.tempfile_in(dir).with_context(|| {
             format!(
                 "cannot create a temporary file in {} for {}",
@@ -207,7 +217,8 @@ impl AtomicFile {
                 target.display()
             )
         })?;
-        partials().push(file.path().to_path_buf());
+        list.push(file.path().to_path_buf());
+        drop(list);
         Ok(AtomicFile {
             target: target.to_path_buf(),
             sink: Some(Sink::Partial(file)),
@@ -229,13 +240,21 @@ impl AtomicFile {
             Some(Sink::Stream(_)) | None => return Ok(()),
         };
         let partial = file.path().to_path_buf();
-        // Dropped from the list whatever happens below: a failed persist
-        // gives the file back inside its error, which removes it.
-        let _listed = Unlist(&partial);
-        file.as_file()
-            .sync_all()
-            .with_context(|| format!("cannot sync {}", partial.display()))?;
-        file.persist(&self.target).map_err(|e| {
+        if let Err(e) = file.as_file().sync_all() {
+            // Dropping the file removes it.
+            let mut list = partials();
+            drop(file);
+            list.retain(|q| *q != partial);
+            return Err(e).with_context(|| format!("cannot sync {}", partial.display()));
+        }
+        // Renamed and taken off the list under the lock (see
+        // `remove_partials_then`); a failed persist gives the file back
+        // inside its error, which removes it when dropped.
+        let mut list = partials();
+        let persisted = file.persist(&self.target);
+        list.retain(|q| *q != partial);
+        drop(list);
+        persisted.map_err(|e| {
             anyhow::anyhow!(
                 "cannot rename {} to {}: {}",
                 partial.display(),
@@ -257,15 +276,6 @@ impl AtomicFile {
             }
         }
         Ok(())
-    }
-}
-
-/// Takes a path off the [`PARTIALS`] list when dropped.
-struct Unlist<'a>(&'a Path);
-
-impl Drop for Unlist<'_> {
-    fn drop(&mut self) {
-        partials().retain(|q| q != self.0);
     }
 }
 
