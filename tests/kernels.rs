@@ -1119,6 +1119,49 @@ fn cli_bench_md_and_llama_bench_json() {
     assert!(recs[1].get("bound_frac").is_some());
 }
 
+/// llama-bench's `-pg PP,TG`: a prompt then generated tokens, timed
+/// together, named `ppPP+tgTG`, with no bound (it is not one token at a
+/// time); malformed values are one-line errors.
+#[test]
+fn cli_bench_prompt_then_generation() {
+    let o = tern_bin(&[
+        "bench", "-p", "0", "-n", "0", "-pg", "8,2", "-t", "1", "-r", "1", "-o", "json",
+        "--bw-mib", "8",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    let recs = v.as_array().expect("a list of records");
+    assert_eq!(recs.len(), 1, "{v}");
+    assert_eq!(recs[0]["n_prompt"], 8);
+    assert_eq!(recs[0]["n_gen"], 2);
+    assert!(recs[0]["avg_ts"].as_f64().unwrap() > 0.0);
+    assert!(recs[0].get("bound_frac").is_none(), "{v}");
+    let o = tern_bin(&[
+        "bench", "-p", "8", "-n", "2", "--pg", "8,2", "-t", "1", "-r", "1", "--bw-mib", "8",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = String::from_utf8_lossy(&o.stdout);
+    for test in ["| pp8 |", "| tg2 |", "| pp8+tg2 | "] {
+        assert!(md.contains(test), "{test} in\n{md}");
+    }
+    for (arg, needle) in [
+        ("8", "give two numbers, PP,TG"),
+        ("8,2,1", "give two numbers, PP,TG"),
+        ("0,4", "must be at least 1"),
+        ("x,4", "not a whole number"),
+    ] {
+        let o = tern_bin(&["bench", "-pg", arg, "-r", "1"]);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("tern: error:") && err.contains(needle),
+            "{arg}: {err}"
+        );
+    }
+    let o = tern_bin(&["bench", "-pg", "8,2", "--bitnet-cpp"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("drop -pg"));
+}
+
 /// `-m` several times, or a comma-separated list as llama-bench takes it:
 /// every model timed, one table; a file whose name holds a comma is one
 /// model; a missing file fails before anything is timed.

@@ -23,6 +23,11 @@ pub struct Args {
     /// Generated token counts to time (comma-separated; 0 skips the test).
     #[arg(short = 'n', long = "n-gen", default_value = "128")]
     pub n_gen: String,
+    /// Prompt-then-generation tests, as llama-bench's `-pg PP,TG`: a prompt
+    /// of PP tokens in one batch, then TG tokens one at a time, timed
+    /// together (`pp512+tg128`); may be given several times.
+    #[arg(long = "pg", value_name = "PP,TG", action = clap::ArgAction::Append)]
+    pub pg: Vec<String>,
     /// Context depths: tokens put in the KV cache (untimed) before each
     /// repetition of every test, as llama-bench's `-d` (comma-separated).
     #[arg(short = 'd', long = "n-depth", default_value = "0")]
@@ -89,12 +94,13 @@ impl Record {
     fn tokens(&self) -> usize {
         self.n_prompt + self.n_gen
     }
-    /// llama-bench's test name: `pp512`, `tg128`, `tg128 @ d4096`.
+    /// llama-bench's test name: `pp512`, `tg128`, `pp512+tg128`,
+    /// `tg128 @ d4096`.
     fn name(&self) -> String {
-        let base = if self.n_gen == 0 {
-            format!("pp{}", self.n_prompt)
-        } else {
-            format!("tg{}", self.n_gen)
+        let base = match (self.n_prompt, self.n_gen) {
+            (p, 0) => format!("pp{}", p),
+            (0, g) => format!("tg{}", g),
+            (p, g) => format!("pp{}+tg{}", p, g),
         };
         if self.n_depth > 0 {
             format!("{} @ d{}", base, self.n_depth)
@@ -105,7 +111,7 @@ impl Record {
     /// Whether the bound applies: a tg test (one token at a time, at any
     /// depth).
     fn has_bound(&self) -> bool {
-        bound_applies(self.n_gen)
+        bound_applies(self.n_prompt, self.n_gen)
     }
     /// Mean bytes one of this test's tokens reads: `weights` (every
     /// projection and the head, [`crate::model::Model::bytes_per_token`])
@@ -113,10 +119,10 @@ impl Record {
     /// each (keys and values of every layer). The token at position `p`
     /// reads positions `0..=p`; a tg test's tokens sit at `n_depth ..
     /// n_depth + n_gen`, so on average `n_depth + (n_gen + 1) / 2`
-    /// positions. A pp test: the weights alone (what its JSON record's
-    /// `bytes_per_token` has always said).
+    /// positions. A pp or pg test: the weights alone (what its JSON
+    /// record's `bytes_per_token` has always said).
     fn bytes_per_token(&self, weights: u64, kv_per_pos: u64) -> f64 {
-        if self.n_gen == 0 {
+        if !self.has_bound() {
             return weights as f64;
         }
         let positions = self.n_depth as f64 + (self.n_gen as f64 + 1.0) / 2.0;
@@ -161,8 +167,8 @@ impl Record {
 
 /// Whether the bound applies to a test: generation, one token at a time
 /// (see [`Record::has_bound`]).
-fn bound_applies(n_gen: usize) -> bool {
-    n_gen > 0
+fn bound_applies(n_prompt: usize, n_gen: usize) -> bool {
+    n_prompt == 0 && n_gen > 0
 }
 
 fn mean_sd(v: &[f64]) -> (f64, f64) {
@@ -213,6 +219,18 @@ fn time_prompt(ctx: &mut Context, depth: &[u32], toks: &[u32]) -> Result<f64> {
     fill_depth(ctx, depth)?;
     let t0 = Instant::now();
     ctx.eval(toks, false)?;
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// `prompt` in one batch, then `gen.len()` single-token evaluations, after
+/// `depth` (llama-bench's pg test).
+fn time_pg(ctx: &mut Context, depth: &[u32], prompt: &[u32], gen: &[u32]) -> Result<f64> {
+    fill_depth(ctx, depth)?;
+    let t0 = Instant::now();
+    ctx.eval(prompt, false)?;
+    for &t in gen {
+        ctx.eval(&[t], false)?;
+    }
     Ok(t0.elapsed().as_secs_f64())
 }
 
@@ -509,6 +527,16 @@ pub fn run(a: Args) -> Result<()> {
     let prompts = parse_list("-p", &a.n_prompt, true)?;
     let gens = parse_list("-n", &a.n_gen, true)?;
     let depths = parse_list("-d", &a.n_depth, true)?;
+    let mut pgs = Vec::new();
+    for v in &a.pg {
+        match parse_list("-pg", v, false)?[..] {
+            [pp, tg] => pgs.push((pp, tg)),
+            _ => bail!(
+                "-pg {}: give two numbers, PP,TG",
+                crate::untrusted::quoted(v)
+            ),
+        }
+    }
     let threads = match &a.threads {
         Some(s) => parse_list("-t", s, false)?,
         None => vec![super::default_threads()],
@@ -524,8 +552,11 @@ pub fn run(a: Args) -> Result<()> {
         "json" => true,
         o => bail!("-o {:?}: choose md or json", o),
     };
-    if prompts.iter().chain(&gens).all(|&n| n == 0) {
+    if prompts.iter().chain(&gens).all(|&n| n == 0) && pgs.is_empty() {
         bail!("nothing to time: every -p and -n is 0");
+    }
+    if a.bitnet_cpp && !pgs.is_empty() {
+        bail!("--bitnet-cpp times pp and tg tests only; drop -pg or --bitnet-cpp");
     }
     if !(1..=MAX_BW_MIB).contains(&a.bw_mib) {
         bail!("--bw-mib {}: choose 1 to {}", a.bw_mib, MAX_BW_MIB);
@@ -547,7 +578,7 @@ pub fn run(a: Args) -> Result<()> {
         Reference::check()?;
     }
     let bw_mem = kernels::ops::bandwidth_buffer(a.bw_mib << 20);
-    // pp tests, then tg tests, each at every depth.
+    // pp tests, then tg tests, then pg tests, each at every depth.
     let tests: Vec<(usize, usize, usize)> = depths
         .iter()
         .flat_map(|&d| {
@@ -556,6 +587,7 @@ pub fn run(a: Args) -> Result<()> {
                 .filter(|&&p| p > 0)
                 .map(move |&p| (p, 0, d))
                 .chain(gens.iter().filter(|&&n| n > 0).map(move |&n| (0, n, d)))
+                .chain(pgs.iter().map(move |&(p, n)| (p, n, d)))
         })
         .collect();
     let pools = threads
@@ -663,25 +695,24 @@ fn bench_model(plan: &Plan, path: Option<&std::path::Path>) -> Result<ModelRun> 
         for &(n_prompt, n_gen, n_depth) in &plan.tests {
             // The context first: its size is checked before anything is
             // sized from the token count.
-            let n_ctx = n_depth
-                .checked_add(n_prompt + n_gen)
+            let n_ctx = n_prompt
+                .checked_add(n_gen)
+                .and_then(|n| n.checked_add(n_depth))
                 .ok_or_else(|| anyhow!("-d {} is too large", n_depth))?;
             let mut ctx = Context::try_new(&model, n_ctx, KV_F32)?;
             let all = bench_tokens(&model, n_ctx);
             let (depth, toks) = all.split_at(n_depth);
-            let time = |ctx: &mut Context| {
-                if n_gen == 0 {
-                    time_prompt(ctx, depth, toks)
-                } else {
-                    time_gen(ctx, depth, toks)
-                }
+            let time = |ctx: &mut Context| match (n_prompt, n_gen) {
+                (_, 0) => time_prompt(ctx, depth, toks),
+                (0, _) => time_gen(ctx, depth, toks),
+                _ => time_pg(ctx, depth, &toks[..n_prompt], &toks[n_prompt..]),
             };
             // Where the bound applies, the read bandwidth is measured
             // before every repetition and after the last: a shared
             // machine's rate drifts by 10–20% within a minute (the Intel
             // Xeon VM, 2026-12-01), so a rate measured minutes away from a
             // repetition says little about the bound it ran against.
-            let bounded = bound_applies(n_gen);
+            let bounded = bound_applies(n_prompt, n_gen);
             let bw_now = || pool.install(|| kernels::ops::read_bandwidth(bw_buf));
             let beside =
                 |rates: &[f64]| -> Vec<f64> { rates.windows(2).map(|w| w[0].max(w[1])).collect() };

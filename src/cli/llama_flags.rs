@@ -85,6 +85,10 @@ const FLAGS: &[Flag] = &[
         names: &["-ctv"],
         action: Action::Rename("cache-type-v"),
     },
+    Flag {
+        names: &["-pg"],
+        action: Action::Rename("pg"),
+    },
     // GPU-only options: accepted, with a note.
     Flag {
         names: &["-ngl", "--gpu-layers", "--n-gpu-layers"],
