@@ -592,6 +592,32 @@ fn prompt_eval_tokens(text: &str, marker: &str) -> usize {
         .unwrap()
 }
 
+/// llama-server's sampling flags set what a request that leaves a field
+/// out gets; a request's own field wins; bad values fail at start.
+#[test]
+fn sampling_flags_are_request_defaults() {
+    let s = Server::start(&["-np", "1", "--temp", "0", "-n", "3", "-s", "5"]);
+    let ask = |body: Value| s.post("/v1/completions", &body).json();
+    let plain = ask(json!({"prompt": "ROMEO."}));
+    let explicit = ask(json!({"prompt": "ROMEO.", "temperature": 0, "max_tokens": 3}));
+    assert_eq!(plain["usage"]["completion_tokens"], 3, "{plain}");
+    assert_eq!(plain["choices"][0]["text"], explicit["choices"][0]["text"]);
+    let longer = ask(json!({"prompt": "ROMEO.", "max_tokens": 5}));
+    assert_eq!(longer["usage"]["completion_tokens"], 5, "{longer}");
+    for (flag, value, needle) in [
+        ("--top-p", "3", "--top-p 3: must be between 0 and 1"),
+        ("-n", "0", "-n 0: give at least 1 token"),
+    ] {
+        let o = tern()
+            .args(["serve", "--port", "0", flag, value])
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(needle), "{err}");
+    }
+}
+
 /// `--chat-template-file` (llama-server's) renders every request's
 /// messages: BOS, then the template's "X:" and the message.
 #[test]

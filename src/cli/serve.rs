@@ -2,6 +2,7 @@
 //! library's server.
 
 use super::{load_model, set_threads, ModelArgs, DEFAULT_MODEL_NAME};
+use crate::server::api::Defaults;
 use crate::server::engine::{EngineConfig, MAX_SLOTS};
 use crate::server::http::HttpConfig;
 use crate::server::{serve, ServeConfig};
@@ -55,6 +56,13 @@ pub struct Args {
     pub kv_f32: bool,
     #[command(flatten)]
     pub template: super::TemplateArgs,
+    /// Defaults of the requests' sampling fields (llama-server's flags).
+    #[command(flatten)]
+    pub sample: super::run::SampleArgs,
+    /// Tokens a request generates at most when it gives no max_tokens; -1
+    /// = until the end of generation or a full context [default: -1]
+    #[arg(short = 'n', long = "n-predict", value_name = "N")]
+    pub n_predict: Option<i64>,
     /// Continuous batching (llama-server's -cb): always on; accepted for
     /// compatibility.
     #[arg(long = "cont-batching", hide = true)]
@@ -111,6 +119,16 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--body-limit must be at least 1024 bytes");
     }
     let keys = api_keys(&a)?;
+    let defaults = Defaults {
+        params: a.sample.params()?,
+        // `-s -1` is "random", as without -s.
+        fixed_seed: a.sample.seed.as_deref().is_some_and(|s| s.trim() != "-1"),
+        max_tokens: match a.n_predict {
+            Some(0) => bail!("-n 0: give at least 1 token, or -1 for no limit"),
+            Some(n) => super::run::n_predict_value(n)?,
+            None => None,
+        },
+    };
     let template = a.template.source()?;
     let threads = set_threads(a.model.threads)?;
     let alias = a.alias.clone().unwrap_or_else(|| match &a.model.model {
@@ -129,6 +147,7 @@ pub fn run(a: Args) -> Result<()> {
             cors: a.cors.clone(),
             body_limit: a.body_limit,
             timeout: Duration::from_secs(a.timeout),
+            defaults,
         },
         engine: EngineConfig {
             n_slots: a.parallel,

@@ -8,6 +8,20 @@ use crate::model::sampling::SamplingParams;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+/// What a request that leaves a field out gets (llama-server's sampling
+/// flags set them: `--temp`, `--top-k`, … `-s`, `-n`).
+#[derive(Debug, Clone, Default)]
+pub struct Defaults {
+    /// Sampling values; `params.seed` applies only when `fixed_seed`.
+    pub params: SamplingParams,
+    /// The server was given a seed (`-s N`): requests without one use it
+    /// instead of a fresh random seed.
+    pub fixed_seed: bool,
+    /// Tokens a request generates at most when it gives no `max_tokens`
+    /// (None: until the end of generation or a full context).
+    pub max_tokens: Option<usize>,
+}
+
 /// Fields shared by `/v1/chat/completions` and `/v1/completions`.
 #[derive(Debug, Default, Deserialize)]
 pub struct Common {
@@ -149,6 +163,7 @@ impl Common {
     /// from the endpoint.
     fn settings(
         &self,
+        defaults: &Defaults,
         max_tokens: Option<u32>,
         top_logprobs: Option<u32>,
         random_seed: u64,
@@ -170,8 +185,9 @@ impl Common {
                 ));
             }
         }
-        let d = SamplingParams::default();
+        let d = &defaults.params;
         let seed = match self.seed {
+            None if defaults.fixed_seed => d.seed,
             None | Some(-1) => random_seed,
             Some(s) if s >= 0 => s as u64,
             Some(s) => {
@@ -215,7 +231,7 @@ impl Common {
         Ok(Settings {
             request: Request {
                 params,
-                max_tokens: max_tokens.map(|n| n as usize),
+                max_tokens: max_tokens.map_or(defaults.max_tokens, |n| Some(n as usize)),
                 stop,
                 top_logprobs: top_logprobs.map(|k| k as usize),
                 ignore_eos: self.ignore_eos,
@@ -241,7 +257,9 @@ pub const MAX_STOPS: usize = 16;
 pub const MAX_STOP_BYTES: usize = 256;
 
 impl ChatRequest {
-    pub fn settings(&self, random_seed: u64) -> Result<Settings, String> {
+    /// The engine request's settings: the request's fields, `defaults`
+    /// for those it leaves out, `random_seed` unless a seed is given.
+    pub fn settings(&self, defaults: &Defaults, random_seed: u64) -> Result<Settings, String> {
         refuse_unsupported(&self.extra)?;
         let top = match (self.logprobs, self.top_logprobs) {
             (Some(true), k) => Some(k.unwrap_or(0)),
@@ -249,6 +267,7 @@ impl ChatRequest {
             _ => None,
         };
         self.common.settings(
+            defaults,
             self.max_completion_tokens.or(self.common.max_tokens),
             top,
             random_seed,
@@ -314,13 +333,14 @@ fn content_text(v: &Value) -> Result<String, String> {
 }
 
 impl CompletionRequest {
-    pub fn settings(&self, random_seed: u64) -> Result<Settings, String> {
+    /// As [`ChatRequest::settings`].
+    pub fn settings(&self, defaults: &Defaults, random_seed: u64) -> Result<Settings, String> {
         refuse_unsupported(&self.extra)?;
         if self.echo {
             return Err("echo is not supported".into());
         }
         self.common
-            .settings(self.common.max_tokens, self.logprobs, random_seed)
+            .settings(defaults, self.common.max_tokens, self.logprobs, random_seed)
     }
 
     /// A string, a list of token ids, or a list holding one of those.
@@ -379,7 +399,7 @@ mod tests {
         );
         let m = r.messages().unwrap();
         assert_eq!(m, vec![Message::system("S"), Message::user("a\nb")]);
-        let s = r.settings(99).unwrap();
+        let s = r.settings(&Defaults::default(), 99).unwrap();
         assert_eq!(s.request.max_tokens, Some(7));
         assert_eq!(s.request.params.seed, 3);
         assert_eq!(s.request.params.temp, 0.0);
@@ -387,14 +407,58 @@ mod tests {
         assert_eq!(s.request.top_logprobs, Some(2));
         // top_k -1 (or 0) keeps every token, as --top-k does.
         let off = chat(r#"{"messages": [{"role": "user", "content": "hi"}], "top_k": -1}"#);
-        assert_eq!(off.settings(0).unwrap().request.params.top_k, 0);
+        assert_eq!(
+            off.settings(&Defaults::default(), 0)
+                .unwrap()
+                .request
+                .params
+                .top_k,
+            0
+        );
+    }
+
+    #[test]
+    fn server_defaults_fill_what_a_request_leaves_out() {
+        let d = Defaults {
+            params: SamplingParams {
+                temp: 0.0,
+                top_k: 7,
+                seed: 5,
+                ..Default::default()
+            },
+            fixed_seed: true,
+            max_tokens: Some(3),
+        };
+        let s = chat(r#"{"messages": [{"role": "user", "content": "hi"}]}"#)
+            .settings(&d, 99)
+            .unwrap();
+        let p = &s.request.params;
+        assert_eq!((p.temp, p.top_k, p.seed), (0.0, 7, 5));
+        assert_eq!(s.request.max_tokens, Some(3));
+        let s = chat(
+            r#"{"messages": [{"role": "user", "content": "hi"}], "seed": -1,
+                "temperature": 0.5, "max_tokens": 9}"#,
+        )
+        .settings(&d, 99)
+        .unwrap();
+        let p = &s.request.params;
+        assert_eq!((p.temp, p.top_k, p.seed), (0.5, 7, 99));
+        assert_eq!(s.request.max_tokens, Some(9));
+        // Without a server seed, each request draws one.
+        let s = chat(r#"{"messages": [{"role": "user", "content": "hi"}]}"#)
+            .settings(&Defaults::default(), 42)
+            .unwrap();
+        assert_eq!(s.request.params.seed, 42);
     }
 
     #[test]
     fn refusals() {
         let bad = |body: &str| {
             let r = chat(body);
-            r.settings(0).err().or_else(|| r.messages().err()).unwrap()
+            r.settings(&Defaults::default(), 0)
+                .err()
+                .or_else(|| r.messages().err())
+                .unwrap()
         };
         let base = r#""messages": [{"role": "user", "content": "hi"}]"#;
         assert!(bad(&format!("{{{base}, \"n\": 2}}")).contains("n must be 1"));
@@ -420,13 +484,13 @@ mod tests {
         assert!(bad(&format!("{{{base}, \"stop\": [{many}]}}")).contains("at most"));
         let at_limit = "x".repeat(MAX_STOP_BYTES);
         assert!(chat(&format!("{{{base}, \"stop\": \"{at_limit}\"}}"))
-            .settings(0)
+            .settings(&Defaults::default(), 0)
             .is_ok());
         // Neutral values of those fields are fine.
         let ok = chat(&format!(
             "{{{base}, \"n\": 1, \"tools\": [], \"response_format\": {{\"type\": \"text\"}}, \"logit_bias\": {{}}}}"
         ));
-        assert!(ok.settings(0).is_ok());
+        assert!(ok.settings(&Defaults::default(), 0).is_ok());
         // Wrong types are parse errors.
         assert!(serde_json::from_str::<ChatRequest>(&format!(
             "{{{base}, \"temperature\": \"hot\"}}"

@@ -42,6 +42,8 @@ pub struct HttpConfig {
     pub body_limit: usize,
     /// Longest a request may run (queue wait included).
     pub timeout: Duration,
+    /// What requests that leave a sampling field out get.
+    pub defaults: super::api::Defaults,
 }
 
 /// The model and its engine, once loaded.
@@ -466,7 +468,9 @@ async fn chat_completions(
 ) -> Result<Response, ApiError> {
     st.ready()?;
     let req: ChatRequest = parse(body)?;
-    let settings = req.settings(random_u64()).map_err(ApiError::bad)?;
+    let settings = req
+        .settings(&st.config.defaults, random_u64())
+        .map_err(ApiError::bad)?;
     let messages = req.messages().map_err(ApiError::bad)?;
     let s2 = st.clone();
     let prompt = blocking(move || {
@@ -485,7 +489,9 @@ async fn completions(
 ) -> Result<Response, ApiError> {
     st.ready()?;
     let req: CompletionRequest = parse(body)?;
-    let settings = req.settings(random_u64()).map_err(ApiError::bad)?;
+    let settings = req
+        .settings(&st.config.defaults, random_u64())
+        .map_err(ApiError::bad)?;
     let prompt = match req.prompt().map_err(ApiError::bad)? {
         Prompt::Tokens(t) => t,
         Prompt::Text(text) => {
@@ -870,6 +876,7 @@ mod tests {
             cors: Some("http://example.test".into()),
             body_limit: 1024,
             timeout: Duration::from_secs(60),
+            defaults: Default::default(),
         }))
     }
 
