@@ -87,8 +87,15 @@ pub fn template_source(spec: &str) -> Result<String> {
     checked_template(spec.to_string())
 }
 
-/// `source` as a chat template: at most [`MAX_TEMPLATE_BYTES`], compiling.
+/// `source` as a chat template: not blank, at most
+/// [`MAX_TEMPLATE_BYTES`], compiling, and rendering a one-message
+/// conversation (as llama-server test-renders its template at start), so
+/// that a template that cannot render fails here rather than at every
+/// request.
 pub fn checked_template(source: String) -> Result<String> {
+    if source.trim().is_empty() {
+        bail!("the chat template is empty");
+    }
     if source.len() > MAX_TEMPLATE_BYTES {
         bail!(
             "the chat template has {} bytes; at most {}",
@@ -96,7 +103,9 @@ pub fn checked_template(source: String) -> Result<String> {
             MAX_TEMPLATE_BYTES
         );
     }
-    ChatTemplate::new(&source, "", "")?;
+    ChatTemplate::new(&source, "<s>", "</s>")?
+        .render(&[Message::user("Hello")], true)
+        .map_err(|e| anyhow!("the chat template does not render a user message: {e:#}"))?;
     Ok(source)
 }
 

@@ -433,6 +433,24 @@ fn chat_template_flags_replace_the_models() {
     };
     fails(&["--chat-template", "vicuna"], "bitnet, chatml, llama3");
     fails(&["--chat-template", "{% if %}"], "does not compile");
+    // One that compiles but cannot render a conversation fails at start too.
+    fails(
+        &["--chat-template", "{{ raise_exception('no') }}"],
+        "does not render a user message",
+    );
+    let blank = dir.path().join("blank.jinja");
+    std::fs::write(&blank, " \n\n").unwrap();
+    fails(
+        &["--chat-template-file", blank.to_str().unwrap()],
+        "is empty",
+    );
+    // A byte-order mark is not template text.
+    let bom = dir.path().join("bom.jinja");
+    std::fs::write(&bom, format!("\u{feff}{source}")).unwrap();
+    assert_eq!(
+        prompt(&["--chat-template-file", bom.to_str().unwrap()]),
+        from_file
+    );
     let big = dir.path().join("big.jinja");
     std::fs::write(&big, "{{ 'x' }}".repeat(200_000)).unwrap();
     fails(

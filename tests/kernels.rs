@@ -1144,6 +1144,32 @@ fn cli_bench_prompt_then_generation() {
     for test in ["| pp8 |", "| tg2 |", "| pp8+tg2 | "] {
         assert!(md.contains(test), "{test} in\n{md}");
     }
+    // -p, -n, -d and -t collect when repeated, as llama-bench's do; -t -1
+    // is the default count.
+    let o = tern_bin(&[
+        "bench", "-p", "8", "-p", "4,2", "-n", "0", "-t", "1", "-t", "-1", "-r", "1", "--bw-mib",
+        "8", "-o", "json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    let runs: Vec<(u64, u64)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["n_threads"].as_u64().unwrap(),
+                r["n_prompt"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let default = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    assert_eq!(runs.len(), 6, "{runs:?}");
+    assert_eq!(&runs[..3], &[(1, 8), (1, 4), (1, 2)]);
+    assert!(
+        runs[3..].iter().all(|&(t, _)| t >= 1 && t <= default),
+        "{runs:?}"
+    );
     for (arg, needle) in [
         ("8", "give two numbers, PP,TG"),
         ("8,2,1", "give two numbers, PP,TG"),

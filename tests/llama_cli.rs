@@ -208,8 +208,8 @@ fn llama_cpp_options_are_accepted_or_named_exactly() {
         (vec!["run", "-p", "x", "-xyz"], "'-xyz'"),
         (vec!["run", "-p", "x", "-ctxcp", "2"], "'-ctxcp'"),
         (vec!["run", "-p", "x", "--frobnicate"], "'--frobnicate'"),
-        // -t: a count, or -1 for the default (as llama.cpp's).
-        (vec!["run", "-p", "x", "-t", "-2"], "or -1 for the default"),
+        // -t: a count, or -1 (any count ≤ 0) for the default (as llama.cpp's).
+        (vec!["run", "-p", "x", "-t", "two"], "or -1 for the default"),
         (
             vec!["inspect", "-temp", "1", "x.gguf"],
             "-temp is not an option of `tern inspect`",

@@ -618,6 +618,57 @@ fn sampling_flags_are_request_defaults() {
     }
 }
 
+/// `-c 0` is the model's whole training context (llama-server's); without
+/// -c the context is the training context at most 4096.
+#[test]
+fn ctx_size_zero_is_the_training_context() {
+    use tern::gguf::{GgufFile, TensorPlan, Value as Gv};
+    let dir = tempfile::tempdir().unwrap();
+    let src = GgufFile::open(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/models/tern-shakespeare-i2_s.gguf"
+    )))
+    .unwrap();
+    let kv: Vec<(String, Gv)> = src
+        .kv
+        .iter()
+        .map(|(k, v)| match k.ends_with(".context_length") {
+            true => (k.clone(), Gv::U32(8192)),
+            false => (k.clone(), v.clone()),
+        })
+        .collect();
+    let plans: Vec<TensorPlan> = src
+        .tensors
+        .iter()
+        .map(|t| TensorPlan {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ty: t.ty,
+        })
+        .collect();
+    let f = dir.path().join("long.gguf");
+    tern::gguf::write_gguf(&f, false, &kv, &plans, |i, w| {
+        w.write_all(src.tensor_data(&src.tensors[i]))?;
+        Ok(())
+    })
+    .unwrap();
+    let f = f.to_str().unwrap();
+    for (args, want) in [
+        (&["-c", "0"][..], "1 slots × 8192 tokens"),
+        (&[][..], "1 slots × 4096 tokens"),
+    ] {
+        let mut a = vec!["-m", f, "-np", "1"];
+        a.extend_from_slice(args);
+        let s = Server::start(&a);
+        // The ready line comes just before /health turns 200.
+        let t0 = Instant::now();
+        while !s.log().contains("ready:") && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(s.log().contains(want), "{args:?}: {}", s.log());
+    }
+}
+
 /// `--chat-template-file` (llama-server's) renders every request's
 /// messages: BOS, then the template's "X:" and the message.
 #[test]

@@ -17,12 +17,12 @@ pub struct Args {
     /// takes it, `-m A,B`.
     #[arg(short = 'm', long = "model", action = clap::ArgAction::Append)]
     pub model: Vec<PathBuf>,
-    /// Prompt lengths to time (comma-separated; 0 skips the test).
-    #[arg(short = 'p', long = "n-prompt", default_value = "128")]
-    pub n_prompt: String,
-    /// Generated token counts to time (comma-separated; 0 skips the test).
-    #[arg(short = 'n', long = "n-gen", default_value = "128")]
-    pub n_gen: String,
+    /// Prompt lengths to time (comma-separated or repeated; 0 skips the test).
+    #[arg(short = 'p', long = "n-prompt", default_value = "128", action = clap::ArgAction::Append)]
+    pub n_prompt: Vec<String>,
+    /// Generated token counts to time (comma-separated or repeated; 0 skips the test).
+    #[arg(short = 'n', long = "n-gen", default_value = "128", action = clap::ArgAction::Append)]
+    pub n_gen: Vec<String>,
     /// Prompt-then-generation tests, as llama-bench's `-pg PP,TG`: a prompt
     /// of PP tokens in one batch, then TG tokens one at a time, timed
     /// together (`pp512+tg128`); may be given several times.
@@ -30,11 +30,12 @@ pub struct Args {
     pub pg: Vec<String>,
     /// Context depths: tokens put in the KV cache (untimed) before each
     /// repetition of every test, as llama-bench's `-d` (comma-separated).
-    #[arg(short = 'd', long = "n-depth", default_value = "0")]
-    pub n_depth: String,
-    /// Thread counts (comma-separated; default: physical cores).
-    #[arg(short = 't', long = "threads")]
-    pub threads: Option<String>,
+    #[arg(short = 'd', long = "n-depth", default_value = "0", action = clap::ArgAction::Append)]
+    pub n_depth: Vec<String>,
+    /// Thread counts (comma-separated or repeated; -1: physical cores, the
+    /// default).
+    #[arg(short = 't', long = "threads", action = clap::ArgAction::Append)]
+    pub threads: Vec<String>,
     /// Repetitions of each test.
     #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
     pub reps: usize,
@@ -57,6 +58,38 @@ pub struct Args {
 enum Engine {
     Tern,
     BitnetCpp,
+}
+
+/// The values of an option given several times (llama-bench: "by
+/// separating them with ',' or by specifying the parameter multiple
+/// times"), in order.
+fn parse_lists(flag: &str, values: &[String], allow_zero: bool) -> Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for v in values {
+        out.extend(parse_list(flag, v, allow_zero)?);
+    }
+    Ok(out)
+}
+
+/// `-t`: counts, with -1 or 0 for the default ([`super::default_threads`]),
+/// as llama-bench's `-t` takes them.
+fn parse_threads(values: &[String]) -> Result<Vec<usize>> {
+    if values.is_empty() {
+        return Ok(vec![super::default_threads()]);
+    }
+    let mut out = Vec::new();
+    for v in values {
+        for x in v.split(',') {
+            out.push(match x.trim() {
+                "-1" => super::default_threads(),
+                "0" => bail!("-t must be at least 1 (or -1 for the default)"),
+                t => t
+                    .parse::<usize>()
+                    .map_err(|_| anyhow!("-t: {:?} is not a whole number", t))?,
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn parse_list(flag: &str, s: &str, allow_zero: bool) -> Result<Vec<usize>> {
@@ -524,9 +557,9 @@ impl ModelRun {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let prompts = parse_list("-p", &a.n_prompt, true)?;
-    let gens = parse_list("-n", &a.n_gen, true)?;
-    let depths = parse_list("-d", &a.n_depth, true)?;
+    let prompts = parse_lists("-p", &a.n_prompt, true)?;
+    let gens = parse_lists("-n", &a.n_gen, true)?;
+    let depths = parse_lists("-d", &a.n_depth, true)?;
     let mut pgs = Vec::new();
     for v in &a.pg {
         match parse_list("-pg", v, false)?[..] {
@@ -537,10 +570,7 @@ pub fn run(a: Args) -> Result<()> {
             ),
         }
     }
-    let threads = match &a.threads {
-        Some(s) => parse_list("-t", s, false)?,
-        None => vec![super::default_threads()],
-    };
+    let threads = parse_threads(&a.threads)?;
     for &t in &threads {
         super::check_threads(t)?;
     }

@@ -58,7 +58,7 @@ pub struct ModelArgs {
     /// GGUF model file (default: the tern-shakespeare model built into tern).
     #[arg(short = 'm', long = "model")]
     pub model: Option<PathBuf>,
-    /// Threads; -1 = the default, the number of physical cores.
+    /// Threads; -1 (or any count ≤ 0) = the default, the number of physical cores.
     #[arg(short = 't', long = "threads", value_parser = threads_value)]
     pub threads: Option<usize>,
     /// Read the model into memory instead of mapping it.
@@ -128,10 +128,13 @@ impl TemplateArgs {
                 max
             );
         }
-        let text = String::from_utf8(bytes)
-            .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", f.display()))?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            anyhow::anyhow!("--chat-template-file: {} is not UTF-8 text", f.display())
+        })?;
+        // A byte-order mark is not part of the template.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text).to_string();
         crate::chat::checked_template(text)
-            .with_context(|| f.display().to_string())
+            .with_context(|| format!("--chat-template-file {}", f.display()))
             .map(Some)
     }
 }
@@ -165,14 +168,16 @@ pub fn check_threads(n: usize) -> Result<()> {
     Ok(())
 }
 
-/// `-t N`: a count (checked by [`check_threads`] once parsed), or -1 for
-/// the default ([`default_threads`]), as llama.cpp's `-t -1`.
+/// `-t N`: a count (checked by [`check_threads`] once parsed), or -1 (any
+/// count ≤ 0) for the default ([`default_threads`]), as llama.cpp's.
 fn threads_value(s: &str) -> Result<usize, String> {
-    match s.trim() {
-        "-1" => Ok(default_threads()),
-        t => t.parse().map_err(|_| {
-            format!("not a thread count: give 1 to {MAX_THREADS}, or -1 for the default")
-        }),
+    match s.trim().parse::<i64>() {
+        // llama.cpp takes any count ≤ 0 as "the default".
+        Ok(n) if n <= 0 => Ok(default_threads()),
+        Ok(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+        Err(_) => Err(format!(
+            "not a thread count: give 1 to {MAX_THREADS}, or -1 for the default"
+        )),
     }
 }
 

@@ -23,7 +23,7 @@ pub struct Args {
     /// Sequence slots decoded together (llama-server's -np).
     #[arg(long = "parallel", value_name = "N", default_value_t = 4)]
     pub parallel: usize,
-    /// Context per sequence, in tokens (default: the model's, at most 4096).
+    /// Context per sequence, in tokens; 0 = the model's training context (default: the model's, at most 4096).
     #[arg(short = 'c', long = "ctx-size")]
     pub ctx: Option<usize>,
     /// Tokens per step: one per decoding sequence, prompt chunks fill the rest.
@@ -106,8 +106,8 @@ pub fn run(a: Args) -> Result<()> {
     if !(1..=max_batch).contains(&a.batch) {
         bail!("-b must be between 1 and {}", max_batch);
     }
-    if a.ctx.is_some_and(|c| c < 2) {
-        bail!("-c must be at least 2");
+    if a.ctx == Some(1) {
+        bail!("-c must be at least 2 (or 0 for the model's training context)");
     }
     if a.max_queue > MAX_QUEUE {
         bail!("--max-queue must be at most {}", MAX_QUEUE);
@@ -151,7 +151,12 @@ pub fn run(a: Args) -> Result<()> {
         },
         engine: EngineConfig {
             n_slots: a.parallel,
-            n_ctx: a.ctx.unwrap_or(0),
+            // -c 0: the whole training context, as llama-server's.
+            n_ctx: match a.ctx {
+                None => 0,
+                Some(0) => usize::MAX,
+                Some(c) => c,
+            },
             kv_f32: a.kv_f32,
             n_batch: a.batch,
             max_queue: a.max_queue,

@@ -26,7 +26,10 @@ pub struct Defaults {
 #[derive(Debug, Default, Deserialize)]
 pub struct Common {
     pub model: Option<String>,
-    pub max_tokens: Option<u32>,
+    /// At least 1; -1 or -2: until the end of generation or a full context
+    /// (llama-server's `n_predict`, also accepted under that name).
+    #[serde(alias = "n_predict")]
+    pub max_tokens: Option<i64>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     /// 0 or less keeps every token (as `--top-k` does; -1 is the usual
@@ -38,7 +41,8 @@ pub struct Common {
     pub frequency_penalty: Option<f32>,
     pub presence_penalty: Option<f32>,
     pub repeat_penalty: Option<f32>,
-    pub repeat_last_n: Option<u32>,
+    /// -1: the whole history (as `--repeat-last-n -1`).
+    pub repeat_last_n: Option<i64>,
     pub n: Option<u32>,
     #[serde(default)]
     pub stream: bool,
@@ -64,7 +68,7 @@ pub struct StreamOptions {
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
-    pub max_completion_tokens: Option<u32>,
+    pub max_completion_tokens: Option<i64>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<u32>,
     #[serde(flatten)]
@@ -129,6 +133,8 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("audio", "audio output is not supported"),
     ("modalities", "only the text modality is supported"),
     ("prediction", "predicted outputs are not supported"),
+    ("mirostat", "mirostat sampling is not supported"),
+    ("typical_p", "typical sampling is not supported"),
 ];
 
 fn neutral(key: &str, v: &Value) -> bool {
@@ -138,6 +144,8 @@ fn neutral(key: &str, v: &Value) -> bool {
             o.get("type").and_then(Value::as_str) == Some("text")
         }
         ("logit_bias", Value::Object(o)) => o.is_empty(),
+        ("mirostat", v) => v.as_f64() == Some(0.0),
+        ("typical_p", v) => v.as_f64() == Some(1.0),
         ("best_of", v) => v.as_u64() == Some(1),
         ("suffix", Value::String(s)) => s.is_empty(),
         ("tools" | "functions", Value::Array(a)) => a.is_empty(),
@@ -164,7 +172,7 @@ impl Common {
     fn settings(
         &self,
         defaults: &Defaults,
-        max_tokens: Option<u32>,
+        max_tokens: Option<i64>,
         top_logprobs: Option<u32>,
         random_seed: u64,
     ) -> Result<Settings, String> {
@@ -175,9 +183,25 @@ impl Common {
                 ));
             }
         }
-        if max_tokens == Some(0) {
-            return Err("max_tokens must be at least 1".into());
-        }
+        let max_tokens = match max_tokens {
+            None => defaults.max_tokens,
+            Some(-1 | -2) => None,
+            Some(n) => match usize::try_from(n) {
+                Ok(n) if n >= 1 => Some(n),
+                _ => {
+                    return Err(format!(
+                        "max_tokens = {n}: must be at least 1, or -1 for no limit"
+                    ))
+                }
+            },
+        };
+        let repeat_last_n = match self.repeat_last_n {
+            None => None,
+            Some(-1) => Some(usize::MAX),
+            Some(n) => Some(usize::try_from(n).map_err(|_| {
+                format!("repeat_last_n = {n}: must be 0 or more, or -1 for the whole history")
+            })?),
+        };
         if let Some(k) = top_logprobs {
             if k as usize > MAX_TOP_LOGPROBS {
                 return Err(format!(
@@ -204,7 +228,7 @@ impl Common {
             repeat_penalty: self.repeat_penalty.unwrap_or(d.repeat_penalty),
             frequency_penalty: self.frequency_penalty.unwrap_or(d.frequency_penalty),
             presence_penalty: self.presence_penalty.unwrap_or(d.presence_penalty),
-            repeat_last_n: self.repeat_last_n.map_or(d.repeat_last_n, |n| n as usize),
+            repeat_last_n: repeat_last_n.unwrap_or(d.repeat_last_n),
             seed,
         };
         params.validate().map_err(|e| {
@@ -231,7 +255,7 @@ impl Common {
         Ok(Settings {
             request: Request {
                 params,
-                max_tokens: max_tokens.map_or(defaults.max_tokens, |n| Some(n as usize)),
+                max_tokens,
                 stop,
                 top_logprobs: top_logprobs.map(|k| k as usize),
                 ignore_eos: self.ignore_eos,
@@ -444,6 +468,38 @@ mod tests {
         let p = &s.request.params;
         assert_eq!((p.temp, p.top_k, p.seed), (0.5, 7, 99));
         assert_eq!(s.request.max_tokens, Some(9));
+        // llama-server's spellings and values: n_predict, -1 for no limit
+        // (whatever the server default), repeat_last_n -1.
+        let s = chat(
+            r#"{"messages": [{"role": "user", "content": "hi"}], "n_predict": -1,
+                "repeat_last_n": -1}"#,
+        )
+        .settings(&d, 99)
+        .unwrap();
+        assert_eq!(s.request.max_tokens, None);
+        assert_eq!(s.request.params.repeat_last_n, usize::MAX);
+        let s = chat(r#"{"messages": [{"role": "user", "content": "hi"}], "n_predict": 4}"#)
+            .settings(&d, 99)
+            .unwrap();
+        assert_eq!(s.request.max_tokens, Some(4));
+        for (body, needle) in [
+            (r#""max_tokens": 0"#, "at least 1, or -1"),
+            (r#""max_tokens": -3"#, "at least 1, or -1"),
+            (r#""repeat_last_n": -2"#, "or -1 for the whole history"),
+            (r#""mirostat": 2"#, "mirostat"),
+            (r#""typical_p": 0.5"#, "typical"),
+        ] {
+            let r = chat(&format!(
+                r#"{{"messages": [{{"role": "user", "content": "hi"}}], {body}}}"#
+            ));
+            let e = r.settings(&d, 0).err().unwrap();
+            assert!(e.contains(needle), "{body}: {e}");
+        }
+        // Their "off" values are fine.
+        let r = chat(
+            r#"{"messages": [{"role": "user", "content": "hi"}], "mirostat": 0, "typical_p": 1.0}"#,
+        );
+        assert!(r.settings(&d, 0).is_ok());
         // Without a server seed, each request draws one.
         let s = chat(r#"{"messages": [{"role": "user", "content": "hi"}]}"#)
             .settings(&Defaults::default(), 42)

@@ -39,7 +39,10 @@ pub const MAX_SLOTS: usize = 256;
 pub struct EngineConfig {
     /// Sequence slots (`-np`), 1..=[`MAX_SLOTS`].
     pub n_slots: usize,
-    /// Context per sequence, in tokens.
+    /// Context per sequence, in tokens. Before the model is loaded
+    /// ([`crate::server::serve`] resolves it): 0 for the model's training
+    /// context at most 4096 (the default), `usize::MAX` for the whole
+    /// training context (llama-server's `-c 0`).
     pub n_ctx: usize,
     /// f32 instead of f16 KV caches.
     pub kv_f32: bool,

@@ -51,6 +51,12 @@ fn size_engine(model: &Model, mut cfg: EngineConfig) -> Result<EngineConfig> {
     if cfg.n_ctx == 0 {
         cfg.n_ctx = model.hp.n_ctx_train.min(4096);
     }
+    if cfg.n_ctx == usize::MAX {
+        cfg.n_ctx = model.hp.n_ctx_train;
+    }
+    if cfg.n_ctx < 2 {
+        bail!("a context of {} tokens per sequence: at least 2", cfg.n_ctx);
+    }
     if cfg.n_ctx > model.hp.n_ctx_train {
         eprintln!(
             "tern serve: warning: -c {} is beyond the {} tokens the model was trained on",
