@@ -87,6 +87,37 @@ pub fn template_source(spec: &str) -> Result<String> {
     checked_template(spec.to_string())
 }
 
+/// The special-token markers (`<|name|>`: at most 64 bytes, the name of
+/// ASCII letters, digits and `_-.:`) written
+/// literally in a template's text that are not tokens of `tok`: they would
+/// be read as plain text, so the model never sees the turn structure the
+/// template means (e.g. `--chat-template chatml` on a model without
+/// `<|im_start|>`). Each listed once, in order of appearance.
+pub fn missing_markers(source: &str, tok: &Tokenizer) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut rest = source;
+    while let Some(at) = rest.find("<|") {
+        let tail = &rest[at..];
+        match tail.find("|>") {
+            Some(end)
+                if end > 2
+                    && end <= 64
+                    && tail[2..end]
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.:".contains(c)) =>
+            {
+                let marker = &tail[..end + 2];
+                if tok.find_token(marker).is_none() && !out.iter().any(|m| m == marker) {
+                    out.push(marker.to_string());
+                }
+                rest = &tail[end + 2..];
+            }
+            _ => rest = &tail[2..],
+        }
+    }
+    out
+}
+
 /// `source` as a chat template: not blank, at most
 /// [`MAX_TEMPLATE_BYTES`], compiling, and rendering a one-message
 /// conversation (as llama-server test-renders its template at start), so
@@ -1247,6 +1278,23 @@ You are helpful.<|im_end|>
         assert!(ChatTemplate::new("{% for %}", "", "").is_err());
         let t = ChatTemplate::new("{{ messages[0].content.nosuchmethod() }}", "", "").unwrap();
         assert!(t.render(&[Message::user("x")], false).is_err());
+    }
+
+    #[test]
+    fn missing_markers_lists_literal_special_tokens_the_vocabulary_lacks() {
+        let m = crate::model::Model::builtin().unwrap();
+        let tok = &m.tokenizer;
+        assert!(tok.find_token("<|eot_id|>").is_some());
+        let src = "{{ '<|im_start|>' }}<|eot_id|><|im_start|><| not one |>a<|b\
+                   <|im_end|>{{ '<|' + 'x|>' }}";
+        // Not markers: spaces or quotes inside, an unclosed `<|b`.
+        assert_eq!(
+            missing_markers(src, tok),
+            vec!["<|im_start|>", "<|im_end|>"]
+        );
+        let long = format!("<|{}|>", "x".repeat(80));
+        assert!(missing_markers(&long, tok).is_empty());
+        assert!(missing_markers(crate::model::BITNET_CHAT_TEMPLATE, tok).is_empty());
     }
 
     #[test]

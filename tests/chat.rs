@@ -419,6 +419,23 @@ fn chat_template_flags_replace_the_models() {
         "{from_file}"
     );
     assert_eq!(prompt(&["--chat-template", source]), from_file);
+    // Markers a template writes that are not tokens of the model are
+    // named in a warning (the built-in model has Llama 3's, not ChatML's).
+    let warned = |name: &str| {
+        let out = run_piped(&["-n", "1", "--chat-template", name], "Hi\n");
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| l.contains("not tokens of this model"))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let w = warned("chatml");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains(r#""<|im_start|>", "<|im_end|>" are"#),
+        "{w:?}"
+    );
+    assert!(warned("llama3").is_empty());
     let chatml = prompt(&["--chat-template", "chatml"]);
     assert!(
         chatml.contains(r#""im""#) && chatml.contains(r#""art""#),

@@ -198,6 +198,14 @@ const FLAGS: &[Flag] = &[
             note: None,
         },
     },
+    // tern serve has no web UI to turn off.
+    Flag {
+        names: &["--no-webui"],
+        action: Action::Ignore {
+            value: Value::None,
+            note: None,
+        },
+    },
 ];
 
 /// The command line rewritten for clap, and notes for stderr.

@@ -93,12 +93,29 @@ pub struct TemplateArgs {
 /// template. The `bitnet` format ends turns the way tern's fallback for a
 /// file without a template does ([`crate::model::default_chat_template`]:
 /// `<|eot_id|>`, or the vocabulary's EOS where it has no such token).
+///
+/// Warns (stderr) about `<|…|>` markers in the template that are not
+/// tokens of the model ([`crate::chat::missing_markers`]).
 pub fn use_template(m: &mut crate::model::Model, source: String) {
     m.chat_template = if source == crate::model::BITNET_CHAT_TEMPLATE {
         crate::model::default_chat_template(&m.tokenizer)
     } else {
         source
     };
+    let missing = crate::chat::missing_markers(&m.chat_template, &m.tokenizer);
+    if !missing.is_empty() {
+        let shown: Vec<String> = missing
+            .iter()
+            .take(4)
+            .map(|t| crate::untrusted::quoted(t).to_string())
+            .collect();
+        eprintln!(
+            "tern: warning: the chat template's {}{} {} not tokens of this model: the model reads them as plain text",
+            shown.join(", "),
+            if missing.len() > 4 { ", …" } else { "" },
+            if missing.len() == 1 { "is" } else { "are" }
+        );
+    }
 }
 
 impl TemplateArgs {
