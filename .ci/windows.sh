@@ -105,7 +105,8 @@ winpath() {
 }
 mkdir -p "$work/lin" "$work/win"
 
-# The kernel named on a `run` report line: "tern: 2 threads, kernel avx2, seed 7".
+# The kernel named on a `run` report line: "tern: 2 threads, kernel avx2, seed 7"
+# ("1 thread" for one).
 kernel_of() { sed -n 's/^tern: .* kernel \([a-z0-9]*\),.*/\1/p' "$1"; }
 
 step "README's first command (built-in model), kernels"
@@ -119,7 +120,7 @@ head -c 300 "$work/win/readme.out"
 echo
 # The default thread count (physical cores) is the Linux build's.
 "$LIN" run -p "ROMEO." -n 8 >/dev/null 2>"$work/lin/readme.err"
-threads_of() { sed -n 's/^tern: \([0-9]*\) threads,.*/\1/p' "$1"; }
+threads_of() { sed -n 's/^tern: \([0-9]*\) threads\?,.*/\1/p' "$1"; }
 say "default threads: Linux $(threads_of "$work/lin/readme.err"), Windows $(threads_of "$work/win/readme.err")"
 [ "$(threads_of "$work/win/readme.err")" = "$(threads_of "$work/lin/readme.err")" ] || fail "default thread count differs"
 # Same seed, same text as on Linux; the kernel chosen at run time is the one

@@ -654,8 +654,8 @@ fn ctx_size_zero_is_the_training_context() {
     .unwrap();
     let f = f.to_str().unwrap();
     for (args, want) in [
-        (&["-c", "0"][..], "1 slots × 8192 tokens"),
-        (&[][..], "1 slots × 4096 tokens"),
+        (&["-c", "0"][..], "1 slot × 8192 tokens"),
+        (&[][..], "1 slot × 4096 tokens"),
     ] {
         let mut a = vec!["-m", f, "-np", "1"];
         a.extend_from_slice(args);

@@ -346,10 +346,11 @@ fn warnings(records: &[Record]) -> Vec<String> {
         let (m, sd) = mean_sd(&r.ts());
         if m > 0.0 && sd / m > MAX_SPREAD {
             w.push(format!(
-                "warning: {} ({}, {} threads) varies by {:.0}% between repetitions: the machine is probably busy; rerun with more -r or when it is idle",
+                "warning: {} ({}, {} thread{}) varies by {:.0}% between repetitions: the machine is probably busy; rerun with more -r or when it is idle",
                 r.name(),
                 if r.engine == Engine::Tern { "tern" } else { "bitnet.cpp" },
                 r.threads,
+                if r.threads == 1 { "" } else { "s" },
                 100.0 * sd / m
             ));
         }
@@ -358,9 +359,10 @@ fn warnings(records: &[Record]) -> Vec<String> {
         let ratio = mean_sd(&t.ts()).0 / mean_sd(&b.ts()).0;
         if !(1.0 / MAX_RATIO..=MAX_RATIO).contains(&ratio) {
             w.push(format!(
-                "warning: {}, {} threads: tern / bitnet.cpp = {:.2}× is implausible; check that the machine was idle and rerun",
+                "warning: {}, {} thread{}: tern / bitnet.cpp = {:.2}× is implausible; check that the machine was idle and rerun",
                 t.name(),
                 t.threads,
+                if t.threads == 1 { "" } else { "s" },
                 ratio
             ));
         }

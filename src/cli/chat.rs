@@ -87,11 +87,12 @@ pub fn run(a: Args) -> Result<()> {
             None => DEFAULT_MODEL_NAME.to_string(),
         };
         ui.info(&format!(
-            "tern chat: {}, context {} tokens, {} threads, kernel {}.\n\
+            "tern chat: {}, context {} tokens, {} thread{}, kernel {}.\n\
              /help for commands; Ctrl-C stops a reply; Ctrl-D exits.",
             name,
             n_ctx,
             threads,
+            if threads == 1 { "" } else { "s" },
             m.kernel.name()
         ));
         Box::new(Terminal::new(!a.no_history)?)

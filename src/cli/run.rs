@@ -436,8 +436,9 @@ pub fn run(a: Args) -> Result<()> {
     if !a.log_disable && !a.no_perf {
         eprintln!();
         eprintln!(
-            "tern: {} threads, kernel {}, seed {}",
+            "tern: {} thread{}, kernel {}, seed {}",
             threads,
+            if threads == 1 { "" } else { "s" },
             m.kernel.name(),
             sampler.params.seed
         );

@@ -122,13 +122,15 @@ async fn run(
             let engine = Engine::start(Arc::new(model), ecfg.clone())?;
             let _ = st.loaded.set(Loaded { engine, template });
             eprintln!(
-                "tern serve: ready: model {:?}, {} slots × {} tokens, batch {}, queue {}, {} threads, kernel {}; OpenAI API at http://{addr}/v1",
+                "tern serve: ready: model {:?}, {} slot{} × {} tokens, batch {}, queue {}, {} thread{}, kernel {}; OpenAI API at http://{addr}/v1",
                 st.config.alias,
                 ecfg.n_slots,
+                if ecfg.n_slots == 1 { "" } else { "s" },
                 ecfg.n_ctx,
                 ecfg.n_batch,
                 ecfg.max_queue,
                 threads,
+                if threads == 1 { "" } else { "s" },
                 st.loaded.get().map_or("", |l| l.engine.model.kernel.name()),
             );
             Ok(())
