@@ -44,19 +44,6 @@ fn logits_fails(model: &Path, needle: &str) -> String {
     stderr(&o)
 }
 
-/// A copy of `src` with metadata `key` set to `v` (added when absent).
-fn with_key(src: &Path, key: &str, v: Value, dir: &Path, name: &str) -> PathBuf {
-    let g = GgufFile::open(src).unwrap();
-    let mut kv = g.kv.clone();
-    match kv.iter_mut().find(|(k, _)| k == key) {
-        Some(e) => e.1 = v,
-        None => kv.push((key.to_string(), v)),
-    }
-    let p = dir.join(name);
-    rewrite_gguf(&g, &p, &kv);
-    p
-}
-
 // ---- 1. attention.key_length wrapping n_head · head_dim -----------------
 
 #[test]

@@ -4,6 +4,8 @@
 //! on four slots equal to the same requests alone, a two-turn chat equal to
 //! `tern chat`, and a graceful stop on SIGTERM.
 
+mod common;
+
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -622,36 +624,14 @@ fn sampling_flags_are_request_defaults() {
 /// -c the context is the training context at most 4096.
 #[test]
 fn ctx_size_zero_is_the_training_context() {
-    use tern::gguf::{GgufFile, TensorPlan, Value as Gv};
     let dir = tempfile::tempdir().unwrap();
-    let src = GgufFile::open(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/models/tern-shakespeare-i2_s.gguf"
-    )))
-    .unwrap();
-    let kv: Vec<(String, Gv)> = src
-        .kv
-        .iter()
-        .map(|(k, v)| match k.ends_with(".context_length") {
-            true => (k.clone(), Gv::U32(8192)),
-            false => (k.clone(), v.clone()),
-        })
-        .collect();
-    let plans: Vec<TensorPlan> = src
-        .tensors
-        .iter()
-        .map(|t| TensorPlan {
-            name: t.name.clone(),
-            dims: t.dims.clone(),
-            ty: t.ty,
-        })
-        .collect();
-    let f = dir.path().join("long.gguf");
-    tern::gguf::write_gguf(&f, false, &kv, &plans, |i, w| {
-        w.write_all(src.tensor_data(&src.tensors[i]))?;
-        Ok(())
-    })
-    .unwrap();
+    let f = common::with_key(
+        &common::root().join("models/tern-shakespeare-i2_s.gguf"),
+        "bitnet-b1.58.context_length",
+        tern::gguf::Value::U32(8192),
+        dir.path(),
+        "long.gguf",
+    );
     let f = f.to_str().unwrap();
     for (args, want) in [
         (&["-c", "0"][..], "1 slot × 8192 tokens"),

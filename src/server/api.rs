@@ -453,58 +453,44 @@ mod tests {
             fixed_seed: true,
             max_tokens: Some(3),
         };
-        let s = chat(r#"{"messages": [{"role": "user", "content": "hi"}]}"#)
-            .settings(&d, 99)
-            .unwrap();
+        // One user message plus `extra` fields, with the server's defaults
+        // `defaults` and a drawn seed of 99.
+        let settings = |defaults: &Defaults, extra: &str| {
+            chat(&format!(
+                r#"{{"messages": [{{"role": "user", "content": "hi"}}]{extra}}}"#
+            ))
+            .settings(defaults, 99)
+        };
+        let s = settings(&d, "").unwrap();
         let p = &s.request.params;
         assert_eq!((p.temp, p.top_k, p.seed), (0.0, 7, 5));
         assert_eq!(s.request.max_tokens, Some(3));
-        let s = chat(
-            r#"{"messages": [{"role": "user", "content": "hi"}], "seed": -1,
-                "temperature": 0.5, "max_tokens": 9}"#,
-        )
-        .settings(&d, 99)
-        .unwrap();
+        let s = settings(&d, r#", "seed": -1, "temperature": 0.5, "max_tokens": 9"#).unwrap();
         let p = &s.request.params;
         assert_eq!((p.temp, p.top_k, p.seed), (0.5, 7, 99));
         assert_eq!(s.request.max_tokens, Some(9));
         // llama-server's spellings and values: n_predict, -1 for no limit
         // (whatever the server default), repeat_last_n -1.
-        let s = chat(
-            r#"{"messages": [{"role": "user", "content": "hi"}], "n_predict": -1,
-                "repeat_last_n": -1}"#,
-        )
-        .settings(&d, 99)
-        .unwrap();
+        let s = settings(&d, r#", "n_predict": -1, "repeat_last_n": -1"#).unwrap();
         assert_eq!(s.request.max_tokens, None);
         assert_eq!(s.request.params.repeat_last_n, usize::MAX);
-        let s = chat(r#"{"messages": [{"role": "user", "content": "hi"}], "n_predict": 4}"#)
-            .settings(&d, 99)
-            .unwrap();
+        let s = settings(&d, r#", "n_predict": 4"#).unwrap();
         assert_eq!(s.request.max_tokens, Some(4));
         for (body, needle) in [
-            (r#""max_tokens": 0"#, "at least 1, or -1"),
-            (r#""max_tokens": -3"#, "at least 1, or -1"),
-            (r#""repeat_last_n": -2"#, "or -1 for the whole history"),
-            (r#""mirostat": 2"#, "mirostat"),
-            (r#""typical_p": 0.5"#, "typical"),
+            (r#", "max_tokens": 0"#, "at least 1, or -1"),
+            (r#", "max_tokens": -3"#, "at least 1, or -1"),
+            (r#", "repeat_last_n": -2"#, "or -1 for the whole history"),
+            (r#", "mirostat": 2"#, "mirostat"),
+            (r#", "typical_p": 0.5"#, "typical"),
         ] {
-            let r = chat(&format!(
-                r#"{{"messages": [{{"role": "user", "content": "hi"}}], {body}}}"#
-            ));
-            let e = r.settings(&d, 0).err().unwrap();
+            let e = settings(&d, body).err().unwrap();
             assert!(e.contains(needle), "{body}: {e}");
         }
         // Their "off" values are fine.
-        let r = chat(
-            r#"{"messages": [{"role": "user", "content": "hi"}], "mirostat": 0, "typical_p": 1.0}"#,
-        );
-        assert!(r.settings(&d, 0).is_ok());
+        assert!(settings(&d, r#", "mirostat": 0, "typical_p": 1.0"#).is_ok());
         // Without a server seed, each request draws one.
-        let s = chat(r#"{"messages": [{"role": "user", "content": "hi"}]}"#)
-            .settings(&Defaults::default(), 42)
-            .unwrap();
-        assert_eq!(s.request.params.seed, 42);
+        let s = settings(&Defaults::default(), "").unwrap();
+        assert_eq!(s.request.params.seed, 99);
     }
 
     #[test]

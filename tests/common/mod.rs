@@ -178,6 +178,20 @@ pub fn rewrite_gguf(src: &tern::gguf::GgufFile, out: &Path, kv: &[(String, tern:
     .unwrap();
 }
 
+/// A copy (`dir/name`) of the GGUF at `src` with metadata `key` set to `v`
+/// (added when absent).
+pub fn with_key(src: &Path, key: &str, v: tern::gguf::Value, dir: &Path, name: &str) -> PathBuf {
+    let g = tern::gguf::GgufFile::open(src).unwrap();
+    let mut kv = g.kv.clone();
+    match kv.iter_mut().find(|(k, _)| k == key) {
+        Some(e) => e.1 = v,
+        None => kv.push((key.to_string(), v)),
+    }
+    let p = dir.join(name);
+    rewrite_gguf(&g, &p, &kv);
+    p
+}
+
 /// Write a copy of the GGUF `src` with metadata `kv`, each tensor passed
 /// through `f` (return `None` to drop it; `extra` tensors are appended).
 pub fn rewrite_gguf_tensors(
