@@ -143,6 +143,7 @@ pub fn checked_template(source: String) -> Result<String> {
 /// A compiled chat template plus the special-token texts it may refer to.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
     bos_token: String,
     eos_token: String,
 }
@@ -178,6 +179,7 @@ impl ChatTemplate {
             })?;
         Ok(ChatTemplate {
             env,
+            source: source.to_string(),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
         })
@@ -190,6 +192,11 @@ impl ChatTemplate {
         let tok = &model.tokenizer;
         let text = |id: Option<u32>| id.map_or("", |i| tok.token_text(i)).to_string();
         ChatTemplate::new(&model.chat_template, &text(tok.bos()), &text(tok.eos()))
+    }
+
+    /// The Jinja source the template was compiled from.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// The prompt text for `messages`; with `add_generation_prompt` it ends

@@ -606,6 +606,15 @@ fn sampling_flags_are_request_defaults() {
     assert_eq!(plain["choices"][0]["text"], explicit["choices"][0]["text"]);
     let longer = ask(json!({"prompt": "ROMEO.", "max_tokens": 5}));
     assert_eq!(longer["usage"]["completion_tokens"], 5, "{longer}");
+    // /props reports them as llama-server's default generation settings.
+    let props = get(&s.addr, "/props").json();
+    let d = &props["default_generation_settings"]["params"];
+    assert_eq!(
+        (&d["temperature"], &d["n_predict"], &d["seed"]),
+        (&json!(0.0), &json!(3), &json!(5)),
+        "{props}"
+    );
+    assert_eq!(props["total_slots"], 1);
     for (flag, value, needle) in [
         ("--top-p", "3", "--top-p 3: must be between 0 and 1"),
         ("-n", "0", "-n 0: give at least 1 token"),
@@ -618,6 +627,178 @@ fn sampling_flags_are_request_defaults() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(needle), "{err}");
     }
+}
+
+/// llama-server's own endpoints: `/completion` (and `/completions`) with
+/// its request fields and response shape, streamed and not; `/props`;
+/// `/apply-template`; `/v1/health`.
+#[test]
+fn llama_server_completion_props_and_apply_template() {
+    let s = Server::start(&["-np", "1"]);
+    let native = |body: Value| {
+        let r = s.post("/completion", &body);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()
+    };
+    let greedy =
+        json!({"prompt": "ROMEO.", "n_predict": 12, "temperature": 0, "return_tokens": true});
+    let v = native(greedy.clone());
+    let oai = s
+        .post(
+            "/v1/completions",
+            &json!({"prompt": "ROMEO.", "max_tokens": 12, "temperature": 0}),
+        )
+        .json();
+    let content = v["content"].as_str().unwrap().to_string();
+    assert_eq!(content, oai["choices"][0]["text"].as_str().unwrap());
+    assert_eq!(
+        (v["stop"].clone(), v["stop_type"].clone()),
+        (json!(true), json!("limit"))
+    );
+    assert_eq!(v["tokens_predicted"], 12);
+    assert_eq!(v["tokens_evaluated"], oai["usage"]["prompt_tokens"]);
+    assert_eq!(v["generation_settings"]["n_predict"], 12);
+    assert_eq!(v["truncated"], false);
+    // return_tokens: the generated ids, whose text is the content.
+    let toks = v["tokens"].clone();
+    assert_eq!(toks.as_array().unwrap().len(), 12);
+    let d = s.post("/detokenize", &json!({"tokens": toks})).json();
+    assert_eq!(d["content"], content.as_str());
+    // `/completions` is the same endpoint (llama-server's routes).
+    assert_eq!(
+        s.post("/completions", &greedy).json()["content"],
+        content.as_str()
+    );
+    // A prompt of token ids and text mixed: BOS as an id, then the text
+    // (no second BOS): the same prompt as the string.
+    let ids = s
+        .post("/tokenize", &json!({"content": "", "add_special": true}))
+        .json()["tokens"]
+        .clone();
+    let mut mixed = greedy.clone();
+    mixed["prompt"] = json!([ids[0], "ROMEO."]);
+    let m = native(mixed);
+    assert_eq!(
+        (&m["content"], &m["tokens_evaluated"]),
+        (&v["content"], &v["tokens_evaluated"])
+    );
+
+    // A stop string: content cut before it, stop_type word, the word named.
+    let words: Vec<&str> = content.split_whitespace().collect();
+    let stop_word = words[words.len() / 2];
+    let mut body = greedy.clone();
+    body["stop"] = json!(["@@never@@", stop_word]);
+    let w = native(body);
+    assert_eq!(w["content"], &content[..content.find(stop_word).unwrap()]);
+    assert_eq!(
+        (&w["stop_type"], &w["stopping_word"]),
+        (&json!("word"), &json!(stop_word))
+    );
+
+    // Streamed: one token a event (stop false), then the summary (stop
+    // true), no [DONE]; the pieces make the same text.
+    let mut body = greedy.clone();
+    body["stream"] = json!(true);
+    body["n_probs"] = json!(2);
+    let ev: Vec<Value> = s
+        .post("/completion", &body)
+        .events()
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap_or_else(|_| panic!("not JSON: {e}")))
+        .collect();
+    let (last, parts) = ev.split_last().unwrap();
+    assert_eq!(
+        (&last["stop"], &last["stop_type"]),
+        (&json!(true), &json!("limit")),
+        "{last}"
+    );
+    assert_eq!(last["tokens_predicted"], 12);
+    let mut text = String::new();
+    for p in parts {
+        assert_eq!(p["stop"], false, "{p}");
+        text.push_str(p["content"].as_str().unwrap());
+        if let Some(probs) = p["completion_probabilities"].as_array() {
+            assert_eq!(p["tokens"].as_array().unwrap().len(), 1);
+            let top = probs[0]["top_logprobs"].as_array().unwrap();
+            assert_eq!(top.len(), 2);
+            // Greedy: the sampled token is the most likely one.
+            assert_eq!(probs[0]["id"], top[0]["id"]);
+            assert_eq!(probs[0]["id"], p["tokens"][0]);
+        }
+    }
+    assert_eq!(
+        parts
+            .iter()
+            .filter(|p| p["completion_probabilities"].is_array())
+            .count(),
+        12
+    );
+    assert_eq!(text, content);
+
+    // n_predict 0: the prompt goes into the slot's cache, nothing is
+    // generated; the next request finds it there.
+    let prompt = "KING HENRY. Once more unto the breach";
+    let z = native(json!({"prompt": prompt, "n_predict": 0}));
+    assert_eq!(
+        (&z["content"], &z["tokens_predicted"]),
+        (&json!(""), &json!(0)),
+        "{z}"
+    );
+    let n = z["tokens_evaluated"].as_u64().unwrap();
+    let again = native(json!({"prompt": prompt, "n_predict": 1}));
+    assert_eq!(again["tokens_cached"].as_u64().unwrap(), n - 1, "{again}");
+
+    // Refused: several prompts, samplers tern does not have; their "off"
+    // values are fine.
+    for (body, needle) in [
+        (json!({"prompt": ["a", "b"]}), "one prompt per request"),
+        (json!({"prompt": "a", "dry_multiplier": 0.8}), "DRY"),
+        (json!({"prompt": "a", "n_probs": 99}), "n_probs"),
+        (json!({"prompt": {"prompt_string": "a"}}), "prompt must be"),
+    ] {
+        let r = s.post("/completion", &body);
+        assert_eq!(r.status, 400, "{body}");
+        let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(msg.contains(needle), "{body}: {msg}");
+    }
+    let ok = native(
+        json!({"prompt": "a", "n_predict": 1, "dry_multiplier": 0, "xtc_probability": 0.0, "cache_prompt": true, "id_slot": -1}),
+    );
+    assert_eq!(ok["tokens_predicted"], 1);
+
+    // /apply-template renders what the chat endpoint evaluates.
+    let messages = json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who art thou?"}]);
+    let t = s
+        .post("/apply-template", &json!({"messages": messages}))
+        .json();
+    let rendered = t["prompt"].as_str().unwrap();
+    let n_rendered = s.post("/tokenize", &json!({"content": rendered})).json()["tokens"]
+        .as_array()
+        .unwrap()
+        .len();
+    let chat = s
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": messages, "max_tokens": 1}),
+        )
+        .json();
+    assert_eq!(chat["usage"]["prompt_tokens"], n_rendered, "{rendered:?}");
+
+    // /props: slots, context, the template the server renders with.
+    let props = get(&s.addr, "/props").json();
+    assert_eq!(props["total_slots"], 1);
+    assert_eq!(
+        props["default_generation_settings"]["n_ctx"],
+        v["generation_settings"]["n_ctx"]
+    );
+    assert!(
+        props["chat_template"]
+            .as_str()
+            .unwrap()
+            .contains("add_generation_prompt"),
+        "{props}"
+    );
+    assert_eq!(get(&s.addr, "/v1/health").status, 200);
 }
 
 /// `-c 0` is the model's whole training context (llama-server's); without

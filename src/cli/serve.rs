@@ -143,6 +143,11 @@ pub fn run(a: Args) -> Result<()> {
         port: a.port,
         http: HttpConfig {
             alias,
+            model_path: a
+                .model
+                .model
+                .as_ref()
+                .map_or_else(String::new, |p| p.display().to_string()),
             api_keys: keys,
             cors: a.cors.clone(),
             body_limit: a.body_limit,

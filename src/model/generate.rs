@@ -294,6 +294,11 @@ impl TextStream {
     pub fn stopped(&self) -> bool {
         self.stopped
     }
+
+    /// The stop string that appeared, if one did.
+    pub fn stopping_word(&self) -> Option<&str> {
+        self.stop.found()
+    }
 }
 
 /// llama-cli's reverse prompts (`-r TEXT`): generation halts once the
@@ -347,6 +352,8 @@ impl ReversePrompts {
 pub struct StopMatcher {
     stops: Vec<String>,
     held: String,
+    /// The stop string found, once one is.
+    found: Option<String>,
 }
 
 impl StopMatcher {
@@ -354,7 +361,14 @@ impl StopMatcher {
         StopMatcher {
             stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
             held: String::new(),
+            found: None,
         }
+    }
+
+    /// The stop string that ended the text (the one that appears first; of
+    /// two starting at the same place, the first given), once one has.
+    pub fn found(&self) -> Option<&str> {
+        self.found.as_deref()
     }
 
     /// Add generated text. Returns the text that can be released now and
@@ -362,13 +376,15 @@ impl StopMatcher {
     /// stop string and anything after it are dropped).
     pub fn push(&mut self, piece: &str) -> (String, bool) {
         self.held.push_str(piece);
-        if let Some(at) = self
+        // The earliest occurrence; `min_by_key` keeps the first of equals.
+        if let Some((at, s)) = self
             .stops
             .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min()
+            .filter_map(|s| self.held.find(s.as_str()).map(|at| (at, s)))
+            .min_by_key(|&(at, _)| at)
         {
             let out = self.held[..at].to_string();
+            self.found = Some(s.clone());
             self.held.clear();
             return (out, true);
         }
@@ -421,7 +437,13 @@ mod tests {
         assert_eq!(s.push("N"), (String::new(), false));
         assert_eq!(s.push("x"), ("ENx".to_string(), false));
         assert_eq!(s.push("é\n"), ("é".to_string(), false));
+        assert_eq!(s.found(), None);
         assert_eq!(s.push("\nrest"), (String::new(), true));
+        assert_eq!(s.found(), Some("\n\n"));
+        // The earliest occurrence names the stop, whatever the order given.
+        let mut s = StopMatcher::new(&["cd".to_string(), "bc".to_string()]);
+        assert_eq!(s.push("abcd"), ("a".to_string(), true));
+        assert_eq!(s.found(), Some("bc"));
         let mut s = StopMatcher::new(&["ab".to_string()]);
         assert_eq!(s.push("xxa"), ("xx".to_string(), false));
         assert_eq!(s.flush(), "a");

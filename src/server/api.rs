@@ -135,6 +135,19 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("prediction", "predicted outputs are not supported"),
     ("mirostat", "mirostat sampling is not supported"),
     ("typical_p", "typical sampling is not supported"),
+    // llama-server's own fields.
+    ("dry_multiplier", "DRY sampling is not supported"),
+    ("xtc_probability", "XTC sampling is not supported"),
+    ("dynatemp_range", "dynamic temperature is not supported"),
+    ("n_indent", "n_indent is not supported"),
+    ("t_max_predict_ms", "t_max_predict_ms is not supported"),
+    (
+        "post_sampling_probs",
+        "post_sampling_probs is not supported (probabilities are the model's, before sampling)",
+    ),
+    ("n_cmpl", "n_cmpl must be 1"),
+    ("lora", "LoRA adapters are not supported"),
+    ("response_fields", "response_fields is not supported"),
 ];
 
 fn neutral(key: &str, v: &Value) -> bool {
@@ -146,6 +159,14 @@ fn neutral(key: &str, v: &Value) -> bool {
         ("logit_bias", Value::Object(o)) => o.is_empty(),
         ("mirostat", v) => v.as_f64() == Some(0.0),
         ("typical_p", v) => v.as_f64() == Some(1.0),
+        (
+            "dry_multiplier" | "xtc_probability" | "dynatemp_range" | "n_indent"
+            | "t_max_predict_ms",
+            v,
+        ) => v.as_f64() == Some(0.0),
+        ("post_sampling_probs", Value::Bool(b)) => !b,
+        ("n_cmpl", v) => v.as_u64() == Some(1),
+        ("lora" | "response_fields", Value::Array(a)) => a.is_empty(),
         ("best_of", v) => v.as_u64() == Some(1),
         ("suffix", Value::String(s)) => s.is_empty(),
         ("tools" | "functions", Value::Array(a)) => a.is_empty(),
@@ -298,37 +319,57 @@ impl ChatRequest {
         )
     }
 
-    /// The messages as the chat template takes them: roles system
-    /// (`developer` too), user and assistant; content a string or an array of
-    /// text parts (joined with newlines).
+    /// The messages as the chat template takes them ([`messages_of`]).
     pub fn messages(&self) -> Result<Vec<Message>, String> {
-        if self.messages.is_empty() {
-            return Err("messages must not be empty".into());
-        }
-        self.messages
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                let role = match m.role.as_str() {
-                    "system" | "developer" => "system",
-                    "user" => "user",
-                    "assistant" => "assistant",
-                    other => {
-                        return Err(format!(
-                            "messages[{i}].role = {:?}: tern supports system, user and assistant messages",
-                            truncate(other)
-                        ))
-                    }
-                };
-                if m.extra.get("tool_calls").is_some_and(|v| !neutral("tools", v)) {
-                    return Err(format!("messages[{i}]: tool calls are not supported"));
-                }
-                let content = content_text(&m.content)
-                    .map_err(|e| format!("messages[{i}].content: {e}"))?;
-                Ok(Message::new(role, &content))
-            })
-            .collect()
+        messages_of(&self.messages)
     }
+}
+
+/// `/apply-template`'s body (llama-server's): the messages of a chat
+/// request, rendered with the server's chat template and not run.
+#[derive(Debug, Deserialize)]
+pub struct TemplateRequest {
+    pub messages: Vec<ChatMessage>,
+}
+
+impl TemplateRequest {
+    /// As [`ChatRequest::messages`].
+    pub fn messages(&self) -> Result<Vec<Message>, String> {
+        messages_of(&self.messages)
+    }
+}
+
+/// Chat messages as the chat template takes them: roles system
+/// (`developer` too), user and assistant; content a string or an array of
+/// text parts (joined with newlines). Errors name the message.
+fn messages_of(messages: &[ChatMessage]) -> Result<Vec<Message>, String> {
+    if messages.is_empty() {
+        return Err("messages must not be empty".into());
+    }
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = match m.role.as_str() {
+                "system" | "developer" => "system",
+                "user" => "user",
+                "assistant" => "assistant",
+                other => return Err(format!(
+                    "messages[{i}].role = {:?}: tern supports system, user and assistant messages",
+                    truncate(other)
+                )),
+            };
+            if m.extra
+                .get("tool_calls")
+                .is_some_and(|v| !neutral("tools", v))
+            {
+                return Err(format!("messages[{i}]: tool calls are not supported"));
+            }
+            let content =
+                content_text(&m.content).map_err(|e| format!("messages[{i}].content: {e}"))?;
+            Ok(Message::new(role, &content))
+        })
+        .collect()
 }
 
 fn content_text(v: &Value) -> Result<String, String> {
@@ -393,6 +434,109 @@ impl CompletionRequest {
                     .into(),
             ),
             _ => Err("prompt must be a string or a list of token ids".into()),
+        }
+    }
+}
+
+/// llama-server's own completion request (`POST /completion`, also
+/// `/completions`): the sampling fields of [`Common`] under llama.cpp's
+/// names (`n_predict`, `temperature`, `top_k`, …), plus `n_probs` and
+/// `return_tokens`. `cache_prompt` and `id_slot` are accepted and ignored:
+/// tern always reuses a slot's cached prefix, and a sequence's results do
+/// not depend on its slot or on what was cached (every kernel computes each
+/// output the same way whatever the batch).
+#[derive(Debug, Deserialize)]
+pub struct NativeRequest {
+    pub prompt: Value,
+    /// Alternatives per generated token in `completion_probabilities`
+    /// (0: no probabilities), at most [`MAX_TOP_LOGPROBS`].
+    #[serde(default)]
+    pub n_probs: u32,
+    /// Put the generated token ids in `tokens`.
+    #[serde(default)]
+    pub return_tokens: bool,
+    #[serde(flatten)]
+    pub common: Common,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One piece of a llama-server prompt: text (tokenized with special-token
+/// texts matched) or token ids.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptPart {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+impl NativeRequest {
+    /// As [`ChatRequest::settings`]; `n_predict: 0` evaluates the prompt
+    /// into a slot's cache and generates nothing.
+    pub fn settings(&self, defaults: &Defaults, random_seed: u64) -> Result<Settings, String> {
+        refuse_unsupported(&self.extra)?;
+        let zero = self.common.max_tokens == Some(0);
+        let top = (self.n_probs > 0).then_some(self.n_probs);
+        let asked = if zero {
+            Some(-1)
+        } else {
+            self.common.max_tokens
+        };
+        let mut s = self
+            .common
+            .settings(defaults, asked, top, random_seed)
+            .map_err(|e| e.replace("top_logprobs", "n_probs"))?;
+        if zero {
+            s.request.max_tokens = Some(0);
+        }
+        Ok(s)
+    }
+
+    /// llama-server's prompt shapes for one completion: a string, a list of
+    /// token ids and strings mixed, or a list holding one of those. A list
+    /// of several prompts (which llama-server answers with a list of
+    /// completions) is refused.
+    pub fn prompt(&self) -> Result<Vec<PromptPart>, String> {
+        const SHAPES: &str = "prompt must be a string, or a list of token ids and strings";
+        let parts = |a: &[Value]| -> Result<Vec<PromptPart>, String> {
+            let mut out: Vec<PromptPart> = Vec::new();
+            for v in a {
+                match v {
+                    Value::String(s) => out.push(PromptPart::Text(s.clone())),
+                    Value::Number(n) => {
+                        let id = n
+                            .as_u64()
+                            .and_then(|t| u32::try_from(t).ok())
+                            .ok_or_else(|| format!("prompt: {n} is not a token id"))?;
+                        match out.last_mut() {
+                            Some(PromptPart::Tokens(t)) => t.push(id),
+                            _ => out.push(PromptPart::Tokens(vec![id])),
+                        }
+                    }
+                    _ => return Err(SHAPES.into()),
+                }
+            }
+            Ok(out)
+        };
+        // llama-server's reading: numbers only, or numbers and strings
+        // mixed, are one prompt; a list of strings is several prompts.
+        let one = |a: &[Value]| {
+            a.iter()
+                .all(|v| matches!(v, Value::Number(_) | Value::String(_)))
+                && a.iter().any(Value::is_number)
+        };
+        match &self.prompt {
+            Value::String(s) => Ok(vec![PromptPart::Text(s.clone())]),
+            Value::Array(a) if one(a) => parts(a),
+            Value::Array(a) if a.len() == 1 => match &a[0] {
+                Value::String(s) => Ok(vec![PromptPart::Text(s.clone())]),
+                Value::Array(inner) if one(inner) => parts(inner),
+                _ => Err(SHAPES.into()),
+            },
+            Value::Array(a) if a.len() > 1 => Err(
+                "prompt: one prompt per request (a list of several prompts is not supported)"
+                    .into(),
+            ),
+            _ => Err(SHAPES.into()),
         }
     }
 }
@@ -556,5 +700,44 @@ mod tests {
         assert!(p("[-1]").is_err());
         assert!(p("[]").is_err());
         assert!(p("3").is_err());
+    }
+
+    #[test]
+    fn llama_server_prompts_and_n_predict() {
+        let req = |v: &str| -> NativeRequest { serde_json::from_str(v).unwrap() };
+        let p = |v: &str| req(&format!("{{\"prompt\": {v}}}")).prompt();
+        use PromptPart::{Text, Tokens};
+        assert_eq!(p("\"hi\""), Ok(vec![Text("hi".into())]));
+        assert_eq!(p("[1, 2]"), Ok(vec![Tokens(vec![1, 2])]));
+        // Ids and text mixed, in order; runs of ids kept together.
+        assert_eq!(
+            p("[1, 2, \"a\", 3]"),
+            Ok(vec![Tokens(vec![1, 2]), Text("a".into()), Tokens(vec![3])])
+        );
+        assert_eq!(p("[\"a\", 7]"), Ok(vec![Text("a".into()), Tokens(vec![7])]));
+        assert_eq!(
+            p("[[\"a\", 7]]"),
+            Ok(vec![Text("a".into()), Tokens(vec![7])])
+        );
+        assert_eq!(p("[\"a\"]"), Ok(vec![Text("a".into())]));
+        // Strings alone are several prompts (llama-server's reading).
+        assert!(p("[\"a\", \"b\"]").unwrap_err().contains("one prompt"));
+        assert!(p("[[1], [2]]").unwrap_err().contains("one prompt"));
+        assert!(p("[1, -2]").unwrap_err().contains("-2"));
+        assert!(p("[1, 2.5]").is_err());
+        assert!(p("[]").is_err());
+        assert!(p("{}").is_err());
+        // n_predict 0 evaluates the prompt only; -1 is no limit; n_probs
+        // asks for that many alternatives and is checked under its name.
+        let d = Defaults::default();
+        let s = |v: &str| req(&format!("{{\"prompt\": \"a\", {v}}}")).settings(&d, 1);
+        assert_eq!(s("\"n_predict\": 0").unwrap().request.max_tokens, Some(0));
+        assert_eq!(s("\"n_predict\": -1").unwrap().request.max_tokens, None);
+        assert_eq!(s("\"n_probs\": 3").unwrap().request.top_logprobs, Some(3));
+        assert_eq!(s("\"n_probs\": 0").unwrap().request.top_logprobs, None);
+        assert!(s("\"n_probs\": 21").err().unwrap().starts_with("n_probs"));
+        assert!(s("\"n_predict\": -5").is_err());
+        assert!(s("\"xtc_probability\": 0.5").err().unwrap().contains("XTC"));
+        assert!(s("\"xtc_probability\": 0, \"samplers\": \"kt\"").is_ok());
     }
 }

@@ -58,7 +58,9 @@ pub struct EngineConfig {
 pub struct Request {
     pub prompt: Vec<u32>,
     pub params: SamplingParams,
-    /// Most tokens to generate (None: until end of generation or a full context).
+    /// Most tokens to generate (None: until end of generation or a full
+    /// context). 0: the prompt is evaluated into the slot's cache and nothing
+    /// is generated (llama-server's `n_predict: 0`).
     pub max_tokens: Option<usize>,
     /// Generation stops before the first occurrence of any of these.
     pub stop: Vec<String>,
@@ -116,6 +118,8 @@ pub struct Summary {
     /// Time spent waiting for a slot.
     pub queue_secs: f64,
     pub slot: usize,
+    /// The stop string that ended the text (`finish` is then `Stop`).
+    pub stopping_word: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -326,9 +330,6 @@ pub fn check_request(model: &Model, cfg: &EngineConfig, req: &Request) -> Result
     }
     if req.top_logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
         return bad(format!("top_logprobs must be at most {MAX_TOP_LOGPROBS}"));
-    }
-    if req.max_tokens == Some(0) {
-        return bad("max_tokens must be at least 1".into());
     }
     req.params.validate().or_else(|e| bad(e.to_string()))
 }
@@ -568,6 +569,7 @@ impl Scheduler {
             gen_secs: (now - first).as_secs_f64(),
             queue_secs: (a.admitted - a.job.queued).as_secs_f64(),
             slot: i,
+            stopping_word: a.text.stopping_word().map(str::to_string),
         };
         self.finish(i, Some(Event::Done(summary)), m);
     }
@@ -712,6 +714,9 @@ impl Scheduler {
         #[cfg(test)]
         if a.job.req.panic_at == Some(a.n_generated) {
             panic!("test panic at token {}", a.n_generated);
+        }
+        if a.job.req.max_tokens == Some(0) {
+            return Some(FinishReason::Length);
         }
         let next = a.sampler.sample(row, &a.history);
         if a.first_token.is_none() {
@@ -949,6 +954,23 @@ mod tests {
         assert_eq!(again.1.slot, together[2].1.slot);
         // Everything but the last generated token (never evaluated) was cached.
         assert_eq!(again.1.cached_tokens, reqs[2].prompt.len() + 24 - 1);
+
+        // max_tokens 0 (llama-server's n_predict 0): the prompt goes into
+        // a slot's cache, nothing is generated; the prompt is then found.
+        let p = prompt(&m, "Second Servingman:");
+        let mut s = Scheduler::new(m.clone(), &cfg(1, 64)).unwrap();
+        let mut r = greedy(p.clone(), 4);
+        r.max_tokens = Some(0);
+        let (ids, sum) = run(&mut s, vec![r]).remove(0);
+        assert!(ids.is_empty());
+        assert_eq!(
+            (sum.finish, sum.completion_tokens),
+            (FinishReason::Length, 0)
+        );
+        let (ids, sum) = run(&mut s, vec![greedy(p.clone(), 4)]).remove(0);
+        assert_eq!(sum.cached_tokens, p.len() - 1);
+        let mut fresh = Scheduler::new(m.clone(), &cfg(1, 64)).unwrap();
+        assert_eq!(ids, run(&mut fresh, vec![greedy(p, 4)]).remove(0).0);
     }
 
     #[test]

@@ -34,6 +34,9 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 pub struct HttpConfig {
     /// The model name in responses and `/v1/models`.
     pub alias: String,
+    /// The model file as given (`/props`' `model_path`; empty for the
+    /// built-in model).
+    pub model_path: String,
     /// Accepted API keys (`Authorization: Bearer KEY`); empty = no auth.
     pub api_keys: Vec<String>,
     /// Allowed CORS origin (`*` for any); None = no CORS headers.
@@ -68,25 +71,25 @@ impl AppState {
         }
     }
 
-    fn ready(&self) -> Result<&Loaded, ApiError> {
+    pub(super) fn ready(&self) -> Result<&Loaded, ApiError> {
         self.loaded
             .get()
             .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Loading model"))
     }
 
-    fn model(&self) -> Result<&Model, ApiError> {
+    pub(super) fn model(&self) -> Result<&Model, ApiError> {
         Ok(&self.ready()?.engine.model)
     }
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
 /// A random u64 (std's per-process random hash keys; not for secrets).
-fn random_u64() -> u64 {
+pub(super) fn random_u64() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
         SystemTime::now()
@@ -113,7 +116,7 @@ impl ApiError {
             retry_after: None,
         }
     }
-    fn bad(message: impl Into<String>) -> ApiError {
+    pub(super) fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
     fn kind(&self) -> &'static str {
@@ -125,7 +128,7 @@ impl ApiError {
             _ => "server_error",
         }
     }
-    fn body(&self) -> Value {
+    pub(super) fn body(&self) -> Value {
         json!({"error": {"message": self.message, "type": self.kind(), "code": self.status.as_u16()}})
     }
 }
@@ -168,7 +171,7 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 }
 
 /// Parse a JSON body (413 past the body limit, 400 for bad JSON or types).
-fn parse<T: serde::de::DeserializeOwned>(
+pub(super) fn parse<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
     let bytes = body.map_err(|r| {
@@ -187,12 +190,17 @@ fn parse<T: serde::de::DeserializeOwned>(
 fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/health", get(health))
+        .route("/v1/health", get(health))
         .route("/v1/models", get(models))
         .route("/models", get(models))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
-        .route("/completions", post(completions))
+        // llama-server's own completion endpoint under both of its names.
+        .route("/completion", post(super::native::completion))
+        .route("/completions", post(super::native::completion))
+        .route("/props", get(super::native::props))
+        .route("/apply-template", post(super::native::apply_template))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
         .route("/metrics", get(metrics))
@@ -238,11 +246,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     layered(routes(), state)
 }
 
-/// With API keys set, every endpoint but `/health` needs
+/// With API keys set, every endpoint but `/health` (and `/v1/health`) needs
 /// `Authorization: Bearer KEY`; keys are compared in constant time.
 async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let keys = &st.config.api_keys;
-    if keys.is_empty() || req.uri().path() == "/health" {
+    if keys.is_empty() || matches!(req.uri().path(), "/health" | "/v1/health") {
         return next.run(req).await;
     }
     let given = req
@@ -509,7 +517,7 @@ async fn completions(
 
 /// Run `f` on the blocking pool (tokenizing a large prompt takes a while);
 /// a panic in it is a 500.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|_| {
@@ -570,7 +578,7 @@ fn usage(s: &Summary) -> Value {
 }
 
 /// llama-server's `timings` object.
-fn timings(s: &Summary) -> Value {
+pub(super) fn timings(s: &Summary) -> Value {
     let per = |n: usize, secs: f64| {
         if n > 0 && secs > 0.0 {
             n as f64 / secs
@@ -592,7 +600,7 @@ fn timings(s: &Summary) -> Value {
     })
 }
 
-fn piece(m: &Model, id: u32) -> (String, Vec<u8>) {
+pub(super) fn piece(m: &Model, id: u32) -> (String, Vec<u8>) {
     let b = m.tokenizer.token_bytes(id, true);
     (String::from_utf8_lossy(&b).into_owned(), b)
 }
@@ -740,7 +748,7 @@ struct StreamState {
     sent: usize,
 }
 
-fn data(v: &Value) -> SseEvent {
+pub(super) fn data(v: &Value) -> SseEvent {
     SseEvent::default().data(v.to_string())
 }
 
@@ -872,6 +880,7 @@ mod tests {
     fn state(keys: &[&str]) -> Arc<AppState> {
         Arc::new(AppState::new(HttpConfig {
             alias: "test".into(),
+            model_path: String::new(),
             api_keys: keys.iter().map(|k| k.to_string()).collect(),
             cors: Some("http://example.test".into()),
             body_limit: 1024,

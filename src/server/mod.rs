@@ -1,4 +1,5 @@
-//! `tern serve`: an OpenAI-compatible HTTP server over the batched engine.
+//! `tern serve`: an OpenAI-compatible HTTP server over the batched engine,
+//! with llama-server's own endpoints beside (`native`).
 //!
 //! [`engine`] holds the scheduler (slots, per-sequence KV caches, one
 //! batched forward pass per step); [`api`] the request bodies; [`http`] the
@@ -10,6 +11,7 @@
 pub mod api;
 pub mod engine;
 pub mod http;
+mod native;
 
 use crate::chat::ChatTemplate;
 use crate::model::forward::KvCache;
