@@ -801,6 +801,71 @@ fn llama_server_completion_props_and_apply_template() {
     assert_eq!(get(&s.addr, "/v1/health").status, 200);
 }
 
+/// llama-server's `-v` (a line per request), `-b`/`-ub` (a step is the
+/// smaller, at most 512), `--threads-http`, `--log-disable` (no start and
+/// stop lines; errors remain).
+#[test]
+fn llama_server_logging_batch_and_thread_flags() {
+    let s = Server::start(&[
+        "-np",
+        "1",
+        "-v",
+        "-b",
+        "2048",
+        "-ub",
+        "256",
+        "--threads-http",
+        "3",
+    ]);
+    let wait_for = |needle: &str| {
+        let t0 = Instant::now();
+        while !s.log().contains(needle) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "no {needle:?} in:\n{}",
+                s.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("batch 256,");
+    wait_for("GET /health 200 ");
+    assert_eq!(s.post("/v1/completions", &json!({"prompt": 3})).status, 400);
+    wait_for("POST /v1/completions 400 ");
+    // A path is the client's text: escaped in the log.
+    assert_eq!(get(&s.addr, "/no%0Asuch").status, 404);
+    wait_for("GET /no%0Asuch 404 ");
+    drop(s);
+
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.gguf");
+    let o = tern()
+        .args(["serve", "--port", "0", "--log-disable", "-m"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("listening"), "{err}");
+    assert!(err.contains("missing.gguf"), "{err}");
+    for (args, needle) in [
+        (
+            &["--threads-http", "999"][..],
+            "--threads-http 999: at most",
+        ),
+        (&["-ub", "0"][..], "-b and -ub must be at least 1"),
+    ] {
+        let o = tern()
+            .args(["serve", "--port", "0"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
 /// `-c 0` is the model's whole training context (llama-server's); without
 /// -c the context is the training context at most 4096.
 #[test]

@@ -26,9 +26,13 @@ pub struct Args {
     /// Context per sequence, in tokens; 0 = the model's training context (default: the model's, at most 4096).
     #[arg(short = 'c', long = "ctx-size")]
     pub ctx: Option<usize>,
-    /// Tokens per step: one per decoding sequence, prompt chunks fill the rest.
+    /// Tokens per step: one per decoding sequence, prompt chunks fill the
+    /// rest; the smaller of -b and -ub, at most 512.
     #[arg(short = 'b', long = "batch-size", default_value_t = 128)]
     pub batch: usize,
+    /// See --batch-size (llama-server's physical batch, -ub).
+    #[arg(long = "ubatch-size", value_name = "N", default_value_t = 512)]
+    pub ubatch: usize,
     /// Requests that may wait for a slot; more get 503.
     #[arg(long = "max-queue", value_name = "N", default_value_t = 64)]
     pub max_queue: usize,
@@ -67,7 +71,21 @@ pub struct Args {
     /// compatibility.
     #[arg(long = "cont-batching", hide = true)]
     pub cont_batching: bool,
+    /// No start, ready and stop lines on stderr (warnings and errors remain).
+    #[arg(long = "log-disable")]
+    pub log_disable: bool,
+    /// One line on stderr per request: method, path, status, milliseconds
+    /// until the response began.
+    #[arg(short = 'v', long = "verbose")]
+    pub verbose: bool,
+    /// Threads that serve HTTP (≤ 0: the default, 2); the model's compute
+    /// threads are -t.
+    #[arg(long = "threads-http", value_name = "N", allow_negative_numbers = true)]
+    pub threads_http: Option<i64>,
 }
+
+/// Most HTTP threads `--threads-http` takes.
+pub const MAX_HTTP_THREADS: i64 = 256;
 
 /// llama-server spells some options with one dash and several letters;
 /// clap reads those as clusters of short flags, so they are rewritten first.
@@ -102,10 +120,18 @@ pub fn run(a: Args) -> Result<()> {
     if !(1..=MAX_SLOTS).contains(&a.parallel) {
         bail!("-np must be between 1 and {}", MAX_SLOTS);
     }
-    let max_batch = crate::model::forward::MAX_BATCH;
-    if !(1..=max_batch).contains(&a.batch) {
-        bail!("-b must be between 1 and {}", max_batch);
+    if a.batch == 0 || a.ubatch == 0 {
+        bail!("-b and -ub must be at least 1");
     }
+    // As llama.cpp's: a step is the smaller batch; tern's forward pass
+    // takes at most MAX_BATCH tokens.
+    let n_batch = a.batch.min(a.ubatch).min(crate::model::forward::MAX_BATCH);
+    let http_threads = match a.threads_http {
+        None => 2,
+        Some(n) if n <= 0 => 2,
+        Some(n) if n <= MAX_HTTP_THREADS => usize::try_from(n)?,
+        Some(n) => bail!("--threads-http {n}: at most {MAX_HTTP_THREADS}"),
+    };
     if a.ctx == Some(1) {
         bail!("-c must be at least 2 (or 0 for the model's training context)");
     }
@@ -153,6 +179,7 @@ pub fn run(a: Args) -> Result<()> {
             body_limit: a.body_limit,
             timeout: Duration::from_secs(a.timeout),
             defaults,
+            log_requests: a.verbose,
         },
         engine: EngineConfig {
             n_slots: a.parallel,
@@ -163,10 +190,12 @@ pub fn run(a: Args) -> Result<()> {
                 Some(c) => c,
             },
             kv_f32: a.kv_f32,
-            n_batch: a.batch,
+            n_batch,
             max_queue: a.max_queue,
         },
         threads,
+        http_threads,
+        quiet: a.log_disable,
     };
     let path = a.model.model.clone();
     serve(cfg, move || {

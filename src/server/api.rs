@@ -354,10 +354,12 @@ fn messages_of(messages: &[ChatMessage]) -> Result<Vec<Message>, String> {
                 "system" | "developer" => "system",
                 "user" => "user",
                 "assistant" => "assistant",
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "messages[{i}].role = {:?}: tern supports system, user and assistant messages",
                     truncate(other)
-                )),
+                ))
+                }
             };
             if m.extra
                 .get("tool_calls")

@@ -47,6 +47,8 @@ pub struct HttpConfig {
     pub timeout: Duration,
     /// What requests that leave a sampling field out get.
     pub defaults: super::api::Defaults,
+    /// Log one line per request on stderr (llama-server's `-v`).
+    pub log_requests: bool,
 }
 
 /// The model and its engine, once loaded.
@@ -220,6 +222,7 @@ fn layered(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
     let cfg = &state.config;
     let mut app = routes
         .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn_with_state(state.clone(), log_request))
         .layer(DefaultBodyLimit::max(cfg.body_limit))
         .layer(CatchPanicLayer::custom(panic_response));
     if let Some(origin) = &cfg.cors {
@@ -275,6 +278,26 @@ async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Resp
         )
         .into_response()
     }
+}
+
+/// With `log_requests`, one line per request on stderr once its response
+/// begins: method, path (no query), status, milliseconds. Outside the API
+/// key check, so refused requests are logged too.
+async fn log_request(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if !st.config.log_requests {
+        return next.run(req).await;
+    }
+    let method = req.method().clone();
+    // The path as sent, shortened and escaped: it is the client's text.
+    let path = crate::untrusted::one_line(req.uri().path());
+    let t0 = Instant::now();
+    let r = next.run(req).await;
+    eprintln!(
+        "tern serve: {method} {path} {} {:.1} ms",
+        r.status().as_u16(),
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    r
 }
 
 async fn health(State(st): State<Arc<AppState>>) -> Response {
@@ -886,6 +909,7 @@ mod tests {
             body_limit: 1024,
             timeout: Duration::from_secs(60),
             defaults: Default::default(),
+            log_requests: false,
         }))
     }
 

@@ -37,6 +37,10 @@ pub struct ServeConfig {
     pub engine: EngineConfig,
     /// Compute threads (for the startup line only; the pool is the caller's).
     pub threads: usize,
+    /// Threads of the async runtime that serves HTTP (at least 1).
+    pub http_threads: usize,
+    /// No start, ready and stop lines on stderr (warnings and errors remain).
+    pub quiet: bool,
 }
 
 /// Physical memory in bytes, from /proc/meminfo where there is one.
@@ -91,7 +95,7 @@ pub fn serve(
     load: impl FnOnce() -> Result<Model> + Send + 'static,
 ) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(cfg.http_threads.max(1))
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -108,7 +112,13 @@ async fn run(
         .await
         .with_context(|| format!("cannot listen on {}:{}", cfg.host, cfg.port))?;
     let addr = listener.local_addr()?;
-    eprintln!("tern serve: listening on http://{addr} (loading the model)");
+    let quiet = cfg.quiet;
+    let info = move |line: String| {
+        if !quiet {
+            eprintln!("tern serve: {line}");
+        }
+    };
+    info(format!("listening on http://{addr} (loading the model)"));
     let state = Arc::new(AppState::new(cfg.http.clone()));
 
     // Load in the background; a failure stops the server.
@@ -123,8 +133,8 @@ async fn run(
             let template = ChatTemplate::for_model(&model)?;
             let engine = Engine::start(Arc::new(model), ecfg.clone())?;
             let _ = st.loaded.set(Loaded { engine, template });
-            eprintln!(
-                "tern serve: ready: model {:?}, {} slot{} × {} tokens, batch {}, queue {}, {} thread{}, kernel {}; OpenAI API at http://{addr}/v1",
+            info(format!(
+                "ready: model {:?}, {} slot{} × {} tokens, batch {}, queue {}, {} thread{}, kernel {}; OpenAI API at http://{addr}/v1",
                 st.config.alias,
                 ecfg.n_slots,
                 if ecfg.n_slots == 1 { "" } else { "s" },
@@ -134,7 +144,7 @@ async fn run(
                 threads,
                 if threads == 1 { "" } else { "s" },
                 st.loaded.get().map_or("", |l| l.engine.model.kernel.name()),
-            );
+            ));
             Ok(())
         })();
         if let Err(e) = r {
@@ -167,10 +177,10 @@ async fn run(
         async move {
             tokio::select! {
                 _ = stop_signal() => {
-                    eprintln!(
-                        "tern serve: stopping: no new requests; running ones get {} s to finish",
+                    info(format!(
+                        "stopping: no new requests; running ones get {} s to finish",
                         SHUTDOWN_GRACE.as_secs()
-                    );
+                    ));
                     if let Some(l) = st.loaded.get() {
                         l.engine.drain();
                     }
@@ -206,7 +216,7 @@ async fn run(
     if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(e);
     }
-    eprintln!("tern serve: stopped");
+    info("stopped".into());
     Ok(())
 }
 
