@@ -745,6 +745,14 @@ fn llama_server_completion_props_and_apply_template() {
         "{z}"
     );
     let n = z["tokens_evaluated"].as_u64().unwrap();
+    // /slots: the one slot, idle, its cache holding that prompt.
+    let slots = get(&s.addr, "/slots").json();
+    assert_eq!(slots.as_array().unwrap().len(), 1, "{slots}");
+    assert_eq!(
+        (&slots[0]["is_processing"], &slots[0]["tokens_cached"]),
+        (&json!(false), &json!(n)),
+        "{slots}"
+    );
     let again = native(json!({"prompt": prompt, "n_predict": 1}));
     assert_eq!(again["tokens_cached"].as_u64().unwrap(), n - 1, "{again}");
 
@@ -816,6 +824,7 @@ fn llama_server_logging_batch_and_thread_flags() {
         "256",
         "--threads-http",
         "3",
+        "--no-slots",
     ]);
     let wait_for = |needle: &str| {
         let t0 = Instant::now();
@@ -835,6 +844,7 @@ fn llama_server_logging_batch_and_thread_flags() {
     // A path is the client's text: escaped in the log.
     assert_eq!(get(&s.addr, "/no%0Asuch").status, 404);
     wait_for("GET /no%0Asuch 404 ");
+    assert_eq!(get(&s.addr, "/slots").status, 501);
     drop(s);
 
     let dir = tempfile::tempdir().unwrap();

@@ -82,6 +82,12 @@ pub struct Args {
     /// threads are -t.
     #[arg(long = "threads-http", value_name = "N", allow_negative_numbers = true)]
     pub threads_http: Option<i64>,
+    /// Serve GET /slots (the default; llama-server's --slots).
+    #[arg(long = "slots", overrides_with = "no_slots")]
+    pub slots: bool,
+    /// Do not serve GET /slots (it answers 501).
+    #[arg(long = "no-slots", overrides_with = "slots")]
+    pub no_slots: bool,
 }
 
 /// Most HTTP threads `--threads-http` takes.
@@ -180,6 +186,7 @@ pub fn run(a: Args) -> Result<()> {
             timeout: Duration::from_secs(a.timeout),
             defaults,
             log_requests: a.verbose,
+            slots_endpoint: !a.no_slots,
         },
         engine: EngineConfig {
             n_slots: a.parallel,

@@ -168,6 +168,19 @@ pub struct Metrics {
     pub steps: AtomicU64,
 }
 
+/// What `/slots` shows of one slot, as of the engine's last step.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// A request is in the slot.
+    pub is_processing: bool,
+    /// Tokens whose keys and values the slot's cache holds.
+    pub n_cached: usize,
+    /// The running request's prompt tokens (0 when idle).
+    pub n_prompt: usize,
+    /// Tokens the running request has generated (0 when idle).
+    pub n_decoded: usize,
+}
+
 struct Job {
     req: Request,
     events: UnboundedSender<Event>,
@@ -185,6 +198,8 @@ struct Queue {
     cancel_all: bool,
     /// Leave the engine thread.
     stop: bool,
+    /// Each slot's state, written by the scheduler before each step.
+    slots: Vec<SlotInfo>,
 }
 
 struct Shared {
@@ -214,7 +229,10 @@ impl Engine {
     /// `n_ctx × n_slots` first ([`KvCache::bytes`]).
     pub fn start(model: Arc<Model>, config: EngineConfig) -> Result<Engine, EngineError> {
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(Queue {
+                slots: vec![SlotInfo::default(); config.n_slots],
+                ..Queue::default()
+            }),
             wake: Condvar::new(),
             metrics: Metrics::default(),
         });
@@ -270,6 +288,11 @@ impl Engine {
 
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// Each slot's state as of the last step (index = slot id).
+    pub fn slots(&self) -> Vec<SlotInfo> {
+        self.shared.lock().slots.clone()
     }
 
     /// Refuse new requests from now on (running and queued ones go on).
@@ -454,6 +477,18 @@ impl Scheduler {
 
     fn n_active(&self) -> usize {
         self.slots.iter().filter(|s| s.seq.is_some()).count()
+    }
+
+    fn slot_infos(&self) -> Vec<SlotInfo> {
+        self.slots
+            .iter()
+            .map(|s| SlotInfo {
+                is_processing: s.seq.is_some(),
+                n_cached: s.cache.n_past(),
+                n_prompt: s.seq.as_ref().map_or(0, |a| a.job.req.prompt.len()),
+                n_decoded: s.seq.as_ref().map_or(0, |a| a.n_generated),
+            })
+            .collect()
     }
 
     fn has_free_slot(&self) -> bool {
@@ -773,6 +808,7 @@ impl Scheduler {
                     self.sweep(false, &sh.metrics);
                     self.admit(&mut q.waiting, &sh.metrics);
                     q.active = self.n_active();
+                    q.slots = self.slot_infos();
                     if q.active > 0 {
                         break;
                     }
@@ -954,6 +990,32 @@ mod tests {
         assert_eq!(again.1.slot, together[2].1.slot);
         // Everything but the last generated token (never evaluated) was cached.
         assert_eq!(again.1.cached_tokens, reqs[2].prompt.len() + 24 - 1);
+
+        // What /slots shows: processing while a request runs, then idle
+        // with the prompt and all but the last generated token cached.
+        let p = prompt(&m, "Third Citizen:");
+        let mut s = Scheduler::new(m.clone(), &cfg(1, 64)).unwrap();
+        let (j, mut rx) = job(greedy(p.clone(), 5));
+        let mut q = VecDeque::from([j]);
+        s.admit(&mut q, &metrics);
+        s.step(&metrics);
+        let busy = s.slot_infos();
+        assert_eq!(
+            (busy[0].is_processing, busy[0].n_prompt, busy[0].n_decoded),
+            (true, p.len(), 1)
+        );
+        while s.step(&metrics) {}
+        assert!(drain(&mut rx).1.is_some());
+        let idle = s.slot_infos();
+        assert_eq!(
+            idle[0],
+            SlotInfo {
+                is_processing: false,
+                n_cached: p.len() + 4,
+                n_prompt: 0,
+                n_decoded: 0
+            }
+        );
 
         // max_tokens 0 (llama-server's n_predict 0): the prompt goes into
         // a slot's cache, nothing is generated; the prompt is then found.

@@ -49,6 +49,8 @@ pub struct HttpConfig {
     pub defaults: super::api::Defaults,
     /// Log one line per request on stderr (llama-server's `-v`).
     pub log_requests: bool,
+    /// Serve `GET /slots` (llama-server's `--slots`, on by default).
+    pub slots_endpoint: bool,
 }
 
 /// The model and its engine, once loaded.
@@ -202,6 +204,7 @@ fn routes() -> Router<Arc<AppState>> {
         .route("/completion", post(super::native::completion))
         .route("/completions", post(super::native::completion))
         .route("/props", get(super::native::props))
+        .route("/slots", get(super::native::slots))
         .route("/apply-template", post(super::native::apply_template))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
@@ -910,6 +913,7 @@ mod tests {
             timeout: Duration::from_secs(60),
             defaults: Default::default(),
             log_requests: false,
+            slots_endpoint: true,
         }))
     }
 

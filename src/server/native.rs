@@ -1,6 +1,6 @@
 //! llama-server's own endpoints, beside the OpenAI ones in [`super::http`]:
 //! `POST /completion` (also `/completions`, as llama-server routes both),
-//! `GET /props` and `POST /apply-template`. The shapes are those of
+//! `GET /props`, `GET /slots` and `POST /apply-template`. The shapes are those of
 //! llama.cpp's `tools/server/README.md`: a completion answers with
 //! `content`, `stop`, `stop_type` (`eos`, `limit` or `word`),
 //! `stopping_word`, `tokens_predicted`, `tokens_evaluated`,
@@ -313,6 +313,38 @@ pub(super) async fn props(State(st): State<Arc<AppState>>) -> Result<Json<Value>
         "build_info": format!("tern {}", env!("CARGO_PKG_VERSION")),
         "modalities": {"vision": false, "audio": false},
     })))
+}
+
+/// `GET /slots` (unless `--no-slots`, then 501 as llama-server): each
+/// slot's `id`, `n_ctx`, `is_processing`, `next_token.n_decoded` (tokens
+/// the running request generated), and tern's `n_prompt_tokens` and
+/// `tokens_cached` (what the slot's KV cache holds), as of the last step.
+pub(super) async fn slots(State(st): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    if !st.config.slots_endpoint {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "this server does not serve /slots (started with --no-slots)",
+        ));
+    }
+    let l = st.ready()?;
+    let n_ctx = l.engine.config.n_ctx;
+    let slots: Vec<Value> = l
+        .engine
+        .slots()
+        .iter()
+        .enumerate()
+        .map(|(id, s)| {
+            json!({
+                "id": id,
+                "n_ctx": n_ctx,
+                "is_processing": s.is_processing,
+                "n_prompt_tokens": s.n_prompt,
+                "tokens_cached": s.n_cached,
+                "next_token": {"n_decoded": s.n_decoded},
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(slots)))
 }
 
 /// `POST /apply-template`: `{"messages": [...]}` → `{"prompt": TEXT}`, the
