@@ -1117,6 +1117,49 @@ fn cli_bench_md_and_llama_bench_json() {
     assert_eq!(recs[0]["n_prompt"], 8);
     assert_eq!(recs[1]["n_gen"], 2);
     assert!(recs[1].get("bound_frac").is_some());
+
+    // llama-bench's -o jsonl (an object a line) and -o csv (a header,
+    // then a row a test, llama-bench's column names first).
+    let o = tern_bin(&[
+        "bench", "-p", "8", "-n", "2", "-t", "1", "-r", "1", "-o", "jsonl", "--bw-mib", "8",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON object a line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(
+        (&lines[0]["n_prompt"], &lines[1]["n_gen"]),
+        (&8.into(), &2.into())
+    );
+    let o = tern_bin(&[
+        "bench", "-p", "8", "-n", "2", "-t", "1", "-r", "1", "-o", "csv", "--bw-mib", "8",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut r = csv::Reader::from_reader(&o.stdout[..]);
+    let header = r.headers().unwrap().clone();
+    let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    let cell = |row: usize, name: &str| -> String {
+        let c = header
+            .iter()
+            .position(|h| h == name)
+            .unwrap_or_else(|| panic!("no {name} column"));
+        rows[row][c].to_string()
+    };
+    assert_eq!(
+        (cell(0, "n_prompt"), cell(1, "n_gen")),
+        ("8".into(), "2".into())
+    );
+    assert!(cell(1, "avg_ts").parse::<f64>().unwrap() > 0.0);
+    // The bound is a generation test's only.
+    assert_eq!(cell(0, "bound_frac"), "");
+    assert!(cell(1, "bound_frac").parse::<f64>().is_ok());
+    assert_eq!(
+        cell(0, "model_type"),
+        recs[0]["model_type"].as_str().unwrap()
+    );
 }
 
 /// llama-bench's `-pg PP,TG`: a prompt then generated tokens, timed
@@ -1277,7 +1320,7 @@ fn cli_bench_several_models() {
 #[test]
 fn cli_bench_bad_arguments_fail_cleanly() {
     for (args, needle) in [
-        (&["bench", "-o", "xml"][..], "md or json"),
+        (&["bench", "-o", "xml"][..], "md, json, jsonl or csv"),
         (&["bench", "-t", "0"][..], "at least 1"),
         (&["bench", "-t", "two"][..], "not a whole number"),
         (&["bench", "-p", "0", "-n", "0"][..], "nothing to time"),

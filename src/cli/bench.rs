@@ -39,7 +39,8 @@ pub struct Args {
     /// Repetitions of each test.
     #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
     pub reps: usize,
-    /// Output format: md (table) or json (llama-bench field names).
+    /// Output format: md (table), or json, jsonl, csv (llama-bench's
+    /// field names).
     #[arg(short = 'o', long = "output", default_value = "md")]
     pub output: String,
     /// Size of the buffer for the read-bandwidth measurement, MiB
@@ -390,10 +391,6 @@ fn ratio_pairs(records: &[Record]) -> Vec<(&Record, &Record)> {
         .collect()
 }
 
-fn json_str(s: &str) -> String {
-    serde_json::Value::String(s.to_string()).to_string()
-}
-
 /// bitnet.cpp loaded for `--bitnet-cpp`.
 #[cfg(feature = "bitnet-cpp")]
 struct Reference(crate::bitnet_cpp::Engine);
@@ -579,10 +576,12 @@ pub fn run(a: Args) -> Result<()> {
     if !(1..=MAX_REPS).contains(&a.reps) {
         bail!("-r must be between 1 and {}", MAX_REPS);
     }
-    let json = match a.output.as_str() {
-        "md" => false,
-        "json" => true,
-        o => bail!("-o {:?}: choose md or json", o),
+    let output = match a.output.as_str() {
+        o @ ("md" | "json" | "jsonl" | "csv") => o,
+        o => bail!(
+            "-o {}: choose md, json, jsonl or csv",
+            crate::untrusted::quoted(o)
+        ),
     };
     if prompts.iter().chain(&gens).all(|&n| n == 0) && pgs.is_empty() {
         bail!("nothing to time: every -p and -n is 0");
@@ -654,10 +653,11 @@ pub fn run(a: Args) -> Result<()> {
     if runs.is_empty() {
         return Err(failed.unwrap_or_else(|| anyhow!("no model was timed")));
     }
-    if json {
-        print_json(&runs);
-    } else {
-        print_md(&runs, a.bw_mib);
+    match output {
+        "json" => print_json(&runs),
+        "jsonl" => print_jsonl(&runs),
+        "csv" => print_csv(&runs)?,
+        _ => print_md(&runs, a.bw_mib),
     }
     // After the figures, whatever the format.
     for r in &runs {
@@ -814,8 +814,11 @@ fn bench_model(plan: &Plan, path: Option<&std::path::Path>) -> Result<ModelRun> 
     })
 }
 
-/// The records of every model as one JSON array (llama-bench's field names).
-fn print_json(runs: &[ModelRun]) {
+/// Each record of every model as one JSON object with llama-bench's field
+/// names (and tern's: `engine`, `kernel`, `bytes_per_token`,
+/// `read_bw_gbs`; generation tests also `implied_gbs`, `bound_ts`,
+/// `bound_frac`, `bound_gbs_per_rep`).
+fn record_values(runs: &[ModelRun]) -> Vec<serde_json::Value> {
     let cpu = cpu_name();
     let mut out = Vec::new();
     for run in runs {
@@ -827,51 +830,116 @@ fn print_json(runs: &[ModelRun]) {
             let bytes = run.bytes_of(r);
             let stats = r.bound_stats(bytes);
             let bw = stats.map_or(run.bw_of(r.threads), |s| s.1);
-            let gen_fields = match stats {
-                    Some((implied, bound, frac)) => format!(
-                        ", \"implied_gbs\": {:.3}, \"bound_ts\": {:.3}, \"bound_frac\": {:.4}, \"bound_gbs_per_rep\": [{}]",
-                        implied,
-                        bound * 1e9 / bytes,
-                        frac,
-                        r.bounds.iter().map(|b| format!("{:.3}", b)).collect::<Vec<_>>().join(", ")
-                    ),
-                    None => String::new(),
-                };
             let (engine, kernel, n_batch) = match r.engine {
                 Engine::Tern => ("tern", run.kernel, crate::model::forward::MAX_BATCH),
                 Engine::BitnetCpp => ("bitnet.cpp", "ggml-i2_s", r.n_prompt.max(1)),
             };
-            out.push(format!(
-                    "  {{\"engine\": {}, \"engine_info\": {}, \"model_filename\": {}, \"model_type\": {}, \"model_size\": {}, \"model_n_params\": {}, \
-    \"backends\": \"CPU\", \"cpu_info\": {}, \"kernel\": {}, \"n_threads\": {}, \"n_batch\": {}, \"type_k\": \"f16\", \"type_v\": \"f16\", \
-    \"n_prompt\": {}, \"n_gen\": {}, \"n_depth\": {}, \"avg_ns\": {}, \"stddev_ns\": {}, \"avg_ts\": {:.6}, \"stddev_ts\": {:.6}, \
-    \"samples_ns\": {:?}, \"samples_ts\": [{}], \"bytes_per_token\": {}, \"read_bw_gbs\": {:.3}{}}}",
-                    json_str(engine),
-                    json_str(&engine_label(run, r.engine)),
-                    json_str(&run.name),
-                    json_str(&run.mtype),
-                    run.model_size,
-                    run.n_params,
-                    json_str(&cpu),
-                    json_str(kernel),
-                    r.threads,
-                    n_batch,
-                    r.n_prompt,
-                    r.n_gen,
-                    r.n_depth,
-                    mns as u64,
-                    sdns as u64,
-                    m,
-                    sd,
-                    ns,
-                    ts.iter().map(|x| format!("{:.6}", x)).collect::<Vec<_>>().join(", "),
-                    bytes.round() as u64,
-                    bw,
-                    gen_fields
-                ));
+            let mut v = serde_json::json!({
+                "engine": engine,
+                "engine_info": engine_label(run, r.engine),
+                "model_filename": run.name,
+                "model_type": run.mtype,
+                "model_size": run.model_size,
+                "model_n_params": run.n_params,
+                "backends": "CPU",
+                "cpu_info": cpu,
+                "kernel": kernel,
+                "n_threads": r.threads,
+                "n_batch": n_batch,
+                "type_k": "f16",
+                "type_v": "f16",
+                "n_prompt": r.n_prompt,
+                "n_gen": r.n_gen,
+                "n_depth": r.n_depth,
+                "avg_ns": mns as u64,
+                "stddev_ns": sdns as u64,
+                "avg_ts": m,
+                "stddev_ts": sd,
+                "samples_ns": ns,
+                "samples_ts": ts,
+                "bytes_per_token": bytes.round() as u64,
+                "read_bw_gbs": bw,
+            });
+            if let Some((implied, bound, frac)) = stats {
+                v["implied_gbs"] = implied.into();
+                v["bound_ts"] = (bound * 1e9 / bytes).into();
+                v["bound_frac"] = frac.into();
+                v["bound_gbs_per_rep"] = r.bounds.clone().into();
+            }
+            out.push(v);
         }
     }
-    println!("[\n{}\n]", out.join(",\n"));
+    out
+}
+
+/// The records as one JSON array, an object a line (as llama-bench's `-o
+/// json`).
+fn print_json(runs: &[ModelRun]) {
+    let lines: Vec<String> = record_values(runs)
+        .iter()
+        .map(|v| format!("  {v}"))
+        .collect();
+    println!("[\n{}\n]", lines.join(",\n"));
+}
+
+/// The records as JSON Lines: an object a line, no array (llama-bench's
+/// `-o jsonl`).
+fn print_jsonl(runs: &[ModelRun]) {
+    for v in record_values(runs) {
+        println!("{v}");
+    }
+}
+
+/// The columns of `-o csv`: llama-bench's names for what both report,
+/// then tern's (the bound's columns are empty for prompt tests).
+const CSV_COLUMNS: &[&str] = &[
+    "cpu_info",
+    "backends",
+    "model_filename",
+    "model_type",
+    "model_size",
+    "model_n_params",
+    "n_batch",
+    "n_threads",
+    "type_k",
+    "type_v",
+    "n_prompt",
+    "n_gen",
+    "n_depth",
+    "avg_ns",
+    "stddev_ns",
+    "avg_ts",
+    "stddev_ts",
+    "engine",
+    "engine_info",
+    "kernel",
+    "bytes_per_token",
+    "read_bw_gbs",
+    "implied_gbs",
+    "bound_ts",
+    "bound_frac",
+];
+
+/// The records as CSV with a header line (llama-bench's `-o csv`: one row
+/// per test, strings quoted).
+fn print_csv(runs: &[ModelRun]) -> Result<()> {
+    let mut w = csv::WriterBuilder::new()
+        .quote_style(csv::QuoteStyle::NonNumeric)
+        .from_writer(std::io::stdout().lock());
+    w.write_record(CSV_COLUMNS)?;
+    for v in record_values(runs) {
+        let row: Vec<String> = CSV_COLUMNS
+            .iter()
+            .map(|c| match &v[*c] {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => String::new(),
+                other => other.to_string(),
+            })
+            .collect();
+        w.write_record(&row)?;
+    }
+    w.flush()?;
+    Ok(())
 }
 
 /// "tern avx2", or the bitnet.cpp that ran beside it.
