@@ -754,12 +754,17 @@ fn sigterm_during_convert_leaves_no_partial_file() {
 /// signal.
 #[cfg(unix)]
 fn signal_during_convert_leaves_no_partial_file(name: &str, number: i32) {
+    use std::io::Write;
     use std::os::unix::process::ExitStatusExt;
     let dir = tempfile::tempdir().unwrap();
     let src = root().join("models/tern-shakespeare");
-    // The write takes tens of ms: catch it with its .partial file present,
-    // trying again when the conversion won the race.
-    for attempt in 0..40 {
+    // The write takes a few ms: catch it with its .partial file present,
+    // trying again when the conversion won the race. The signal comes from
+    // a shell started beside the conversion and waiting on its stdin, so
+    // that sending it is a pipe write and the shell's builtin `kill`, not a
+    // process start (which, under load, outlasted the write in every one
+    // of 40 attempts once).
+    for attempt in 0..100 {
         let out = dir.path().join(format!("m{attempt}.gguf"));
         let mut child = tern()
             .args([
@@ -774,6 +779,11 @@ fn signal_during_convert_leaves_no_partial_file(name: &str, number: i32) {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let mut killer = Command::new("sh")
+            .args(["-c", &format!("read go && kill -{name} {}", child.id())])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
         let t0 = Instant::now();
         let caught = loop {
             if listing(dir.path()).iter().any(|n| n.ends_with(".partial")) {
@@ -782,18 +792,21 @@ fn signal_during_convert_leaves_no_partial_file(name: &str, number: i32) {
             if child.try_wait().unwrap().is_some() || t0.elapsed() > Duration::from_secs(30) {
                 break false;
             }
-            std::thread::sleep(Duration::from_micros(200));
+            std::thread::sleep(Duration::from_micros(100));
         };
         if !caught {
+            drop(killer.stdin.take());
+            let _ = killer.wait();
             let _ = child.wait();
             continue;
         }
-        let st = Command::new("kill")
-            .args([&format!("-{name}"), &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
+        let mut go = killer.stdin.take().unwrap();
+        go.write_all(b"go\n").unwrap();
+        drop(go);
+        let st = killer.wait().unwrap();
+        // The shell's kill fails only when the conversion already ended.
         let o = child.wait_with_output().unwrap();
+        assert!(st.success() || o.status.success(), "{st:?} {:?}", o.status);
         if o.status.success() {
             // Finished between the look and the signal.
             continue;
