@@ -664,6 +664,17 @@ fn llama_server_completion_props_and_apply_template() {
     assert_eq!(toks.as_array().unwrap().len(), 12);
     let d = s.post("/detokenize", &json!({"tokens": toks})).json();
     assert_eq!(d["content"], content.as_str());
+    // n_probs, not streamed: an entry per generated token.
+    let mut body = greedy.clone();
+    body["n_probs"] = json!(3);
+    let p = native(body);
+    let probs = p["completion_probabilities"].as_array().unwrap();
+    assert_eq!(probs.len(), 12);
+    for (e, id) in probs.iter().zip(toks.as_array().unwrap()) {
+        assert_eq!(&e["id"], id);
+        assert_eq!(e["top_logprobs"].as_array().unwrap().len(), 3);
+        assert!(e["logprob"].as_f64().unwrap() <= 0.0);
+    }
     // `/completions` is the same endpoint (llama-server's routes).
     assert_eq!(
         s.post("/completions", &greedy).json()["content"],
@@ -791,6 +802,22 @@ fn llama_server_completion_props_and_apply_template() {
         )
         .json();
     assert_eq!(chat["usage"]["prompt_tokens"], n_rendered, "{rendered:?}");
+    let bare = s
+        .post(
+            "/apply-template",
+            &json!({"messages": messages, "add_generation_prompt": false}),
+        )
+        .json();
+    let bare = bare["prompt"].as_str().unwrap();
+    assert!(
+        rendered.starts_with(bare) && bare.len() < rendered.len(),
+        "{bare:?} {rendered:?}"
+    );
+    let r = s.post(
+        "/apply-template",
+        &json!({"messages": messages, "tools": [{"type": "function"}]}),
+    );
+    assert_eq!(r.status, 400);
 
     // /props: slots, context, the template the server renders with.
     let props = get(&s.addr, "/props").json();
@@ -825,6 +852,8 @@ fn llama_server_logging_batch_and_thread_flags() {
         "--threads-http",
         "3",
         "--no-slots",
+        "-c",
+        "64",
     ]);
     let wait_for = |needle: &str| {
         let t0 = Instant::now();
@@ -845,6 +874,38 @@ fn llama_server_logging_batch_and_thread_flags() {
     assert_eq!(get(&s.addr, "/no%0Asuch").status, 404);
     wait_for("GET /no%0Asuch 404 ");
     assert_eq!(get(&s.addr, "/slots").status, 501);
+    // A long path is shortened in the log.
+    let long = format!("/{}", "a".repeat(3000));
+    assert_eq!(get(&s.addr, &long).status, 404);
+    wait_for("GET /aaaa");
+    let line = s
+        .log()
+        .lines()
+        .find(|l| l.contains("GET /aaaa"))
+        .unwrap()
+        .to_string();
+    assert!(line.len() < 1500 && line.contains('…'), "{line}");
+    // llama-server's `truncated`: the context (64 here) ended the text,
+    // not n_predict.
+    let ask = |n_predict: i64| {
+        s.post(
+            "/completion",
+            &json!({"prompt": "ROMEO.", "n_predict": n_predict, "temperature": 0, "ignore_eos": true}),
+        )
+        .json()
+    };
+    let full = ask(-1);
+    assert_eq!(
+        (&full["stop_type"], &full["truncated"]),
+        (&json!("limit"), &json!(true)),
+        "{full}"
+    );
+    let short = ask(3);
+    assert_eq!(
+        (&short["stop_type"], &short["truncated"]),
+        (&json!("limit"), &json!(false)),
+        "{short}"
+    );
     drop(s);
 
     let dir = tempfile::tempdir().unwrap();

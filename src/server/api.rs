@@ -1,6 +1,7 @@
-//! The OpenAI request bodies and their translation into engine requests:
-//! field types, ranges and the fields tern refuses because they would change
-//! the meaning of a request it cannot honour.
+//! The request bodies (OpenAI's, and llama-server's own `/completion` and
+//! `/apply-template`) and their translation into engine requests: field
+//! types, ranges and the fields tern refuses because they would change the
+//! meaning of a request it cannot honour.
 
 use super::engine::{Request, MAX_TOP_LOGPROBS};
 use crate::chat::Message;
@@ -22,12 +23,14 @@ pub struct Defaults {
     pub max_tokens: Option<usize>,
 }
 
-/// Fields shared by `/v1/chat/completions` and `/v1/completions`.
+/// Fields shared by `/v1/chat/completions`, `/v1/completions` and
+/// llama-server's `/completion`.
 #[derive(Debug, Default, Deserialize)]
 pub struct Common {
     pub model: Option<String>,
-    /// At least 1; -1 or -2: until the end of generation or a full context
-    /// (llama-server's `n_predict`, also accepted under that name).
+    /// At least 1 (`/completion`: 0 too); -1 or -2: until the end of
+    /// generation or a full context (llama-server's `n_predict`, also
+    /// accepted under that name).
     #[serde(alias = "n_predict")]
     pub max_tokens: Option<i64>,
     pub temperature: Option<f32>,
@@ -148,6 +151,7 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("n_cmpl", "n_cmpl must be 1"),
     ("lora", "LoRA adapters are not supported"),
     ("response_fields", "response_fields is not supported"),
+    ("top_n_sigma", "top-n-sigma sampling is not supported"),
 ];
 
 fn neutral(key: &str, v: &Value) -> bool {
@@ -166,7 +170,8 @@ fn neutral(key: &str, v: &Value) -> bool {
         ) => v.as_f64() == Some(0.0),
         ("post_sampling_probs", Value::Bool(b)) => !b,
         ("n_cmpl", v) => v.as_u64() == Some(1),
-        ("lora" | "response_fields", Value::Array(a)) => a.is_empty(),
+        ("lora" | "response_fields" | "logit_bias", Value::Array(a)) => a.is_empty(),
+        ("top_n_sigma", v) => v.as_f64().is_some_and(|x| x <= 0.0),
         ("best_of", v) => v.as_u64() == Some(1),
         ("suffix", Value::String(s)) => s.is_empty(),
         ("tools" | "functions", Value::Array(a)) => a.is_empty(),
@@ -182,6 +187,84 @@ fn refuse_unsupported(extra: &Map<String, Value>) -> Result<(), String> {
             if !neutral(key, v) {
                 return Err(format!("{key}: {why}"));
             }
+        }
+    }
+    Ok(())
+}
+
+/// llama.cpp's sampler names (`samplers` as a list) and letters (as a
+/// string, `--sampler-seq`'s), as tern's sampling steps: `Some(i)` is the
+/// i-th step of [`TERN_SAMPLERS`]; `None` a sampler tern does not have,
+/// whose own field is refused unless off ([`UNSUPPORTED`]), so that it is
+/// inactive whether listed or not.
+fn sampler_step(name: &str) -> Result<Option<usize>, String> {
+    Ok(match name {
+        "e" | "penalties" => Some(0),
+        "k" | "top_k" | "top-k" => Some(1),
+        "p" | "top_p" | "top-p" | "nucleus" => Some(2),
+        "m" | "min_p" | "min-p" => Some(3),
+        "t" | "temperature" | "temp" => Some(4),
+        "d" | "dry" | "y" | "typ_p" | "typ-p" | "typical_p" | "typical-p" | "typical" | "typ"
+        | "x" | "xtc" | "s" | "top_n_sigma" | "top-n-sigma" => None,
+        other => {
+            return Err(format!(
+                "samplers: {:?} is not a sampler tern has",
+                truncate(other)
+            ))
+        }
+    })
+}
+
+/// tern's sampling steps, in the order it applies them (llama.cpp's default
+/// order, less the samplers tern does not have).
+const TERN_SAMPLERS: [&str; 5] = ["penalties", "top_k", "top_p", "min_p", "temperature"];
+
+/// llama-server's `samplers` (a list of names or a string of letters)
+/// chooses which samplers run and in what order. tern's order is fixed, so
+/// a list is accepted when the steps it names come in tern's order, each
+/// once, and every step it leaves out is off in `params` (no penalties,
+/// `top_k` 0, `top_p` 1, `min_p` 0, temperature 1); otherwise it is refused
+/// rather than ignored.
+fn check_samplers(extra: &Map<String, Value>, params: &SamplingParams) -> Result<(), String> {
+    let names: Vec<String> = match extra.get("samplers") {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::String(s)) => s.chars().map(String::from).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(String::from)
+                    .ok_or_else(|| "samplers: a list of sampler names".to_string())
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err("samplers: a list of sampler names, or a string of letters".into()),
+    };
+    let mut steps = Vec::new();
+    for n in &names {
+        if let Some(i) = sampler_step(n)? {
+            steps.push(i);
+        }
+    }
+    if steps.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(format!(
+            "samplers: tern applies {} in that order, each once",
+            TERN_SAMPLERS.join(", ")
+        ));
+    }
+    let off = [
+        params.repeat_penalty == 1.0
+            && params.frequency_penalty == 0.0
+            && params.presence_penalty == 0.0,
+        params.top_k == 0,
+        params.top_p >= 1.0,
+        params.min_p == 0.0,
+        params.temp == 1.0,
+    ];
+    for (i, name) in TERN_SAMPLERS.iter().enumerate() {
+        if !steps.contains(&i) && !off[i] {
+            return Err(format!(
+                "samplers leaves out {name}, which this request (or the server's defaults) turns on; list it or turn it off"
+            ));
         }
     }
     Ok(())
@@ -311,12 +394,14 @@ impl ChatRequest {
             (_, Some(_)) => return Err("top_logprobs needs logprobs: true".into()),
             _ => None,
         };
-        self.common.settings(
+        let s = self.common.settings(
             defaults,
             self.max_completion_tokens.or(self.common.max_tokens),
             top,
             random_seed,
-        )
+        )?;
+        check_samplers(&self.extra, &s.request.params)?;
+        Ok(s)
     }
 
     /// The messages as the chat template takes them ([`messages_of`]).
@@ -330,11 +415,23 @@ impl ChatRequest {
 #[derive(Debug, Deserialize)]
 pub struct TemplateRequest {
     pub messages: Vec<ChatMessage>,
+    /// End where the assistant's reply begins (the default), or after the
+    /// last message.
+    #[serde(default = "yes")]
+    pub add_generation_prompt: bool,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl TemplateRequest {
-    /// As [`ChatRequest::messages`].
+    /// As [`ChatRequest::messages`]; fields a chat request refuses
+    /// (`tools`, …) are refused here too.
     pub fn messages(&self) -> Result<Vec<Message>, String> {
+        refuse_unsupported(&self.extra)?;
         messages_of(&self.messages)
     }
 }
@@ -406,8 +503,11 @@ impl CompletionRequest {
         if self.echo {
             return Err("echo is not supported".into());
         }
-        self.common
-            .settings(defaults, self.common.max_tokens, self.logprobs, random_seed)
+        let s =
+            self.common
+                .settings(defaults, self.common.max_tokens, self.logprobs, random_seed)?;
+        check_samplers(&self.extra, &s.request.params)?;
+        Ok(s)
     }
 
     /// A string, a list of token ids, or a list holding one of those.
@@ -486,7 +586,13 @@ impl NativeRequest {
         let mut s = self
             .common
             .settings(defaults, asked, top, random_seed)
-            .map_err(|e| e.replace("top_logprobs", "n_probs"))?;
+            .map_err(|e| {
+                // Name the fields as this endpoint does.
+                e.replace("top_logprobs", "n_probs")
+                    .replace("max_tokens = ", "n_predict = ")
+                    .replace("must be at least 1, or -1", "must be 0 or more, or -1")
+            })?;
+        check_samplers(&self.extra, &s.request.params)?;
         if zero {
             s.request.max_tokens = Some(0);
         }
@@ -738,8 +844,45 @@ mod tests {
         assert_eq!(s("\"n_probs\": 3").unwrap().request.top_logprobs, Some(3));
         assert_eq!(s("\"n_probs\": 0").unwrap().request.top_logprobs, None);
         assert!(s("\"n_probs\": 21").err().unwrap().starts_with("n_probs"));
-        assert!(s("\"n_predict\": -5").is_err());
+        assert!(s("\"n_predict\": -5")
+            .err()
+            .unwrap()
+            .starts_with("n_predict = -5: must be 0 or more, or -1"));
         assert!(s("\"xtc_probability\": 0.5").err().unwrap().contains("XTC"));
-        assert!(s("\"xtc_probability\": 0, \"samplers\": \"kt\"").is_ok());
+        assert!(s("\"top_n_sigma\": 1.5")
+            .err()
+            .unwrap()
+            .contains("top-n-sigma"));
+        assert!(s("\"top_n_sigma\": -1, \"logit_bias\": []").is_ok());
+        // samplers: llama.cpp's default order, as letters or names, fits
+        // tern's; a list that leaves out a step this request turns on, or
+        // reorders tern's steps, is refused.
+        for ok in [
+            r#""samplers": "edkypmxt""#,
+            r#""samplers": "dkypmxt""#,
+            r#""samplers": ["penalties", "dry", "top_k", "typ_p", "top_p", "min_p", "xtc", "temperature"]"#,
+            r#""samplers": ["temperature"], "top_k": 0, "top_p": 1, "min_p": 0"#,
+            r#""samplers": "k", "top_p": 1, "min_p": 0, "temperature": 1"#,
+        ] {
+            assert!(s(ok).is_ok(), "{ok}: {:?}", s(ok).err());
+        }
+        for (bad, needle) in [
+            (r#""samplers": ["temperature"]"#, "leaves out top_k"),
+            (r#""samplers": "tk""#, "in that order"),
+            (r#""samplers": "kkpmt""#, "each once"),
+            (r#""samplers": "kpmtz""#, "\"z\" is not a sampler"),
+            (r#""samplers": 5"#, "samplers:"),
+            (
+                r#""samplers": "kpm", "temperature": 0.7"#,
+                "leaves out temperature",
+            ),
+            (
+                r#""samplers": "kpmt", "repeat_penalty": 1.1"#,
+                "leaves out penalties",
+            ),
+        ] {
+            let e = s(bad).err().unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
     }
 }

@@ -118,8 +118,13 @@ pub struct Summary {
     /// Time spent waiting for a slot.
     pub queue_secs: f64,
     pub slot: usize,
-    /// The stop string that ended the text (`finish` is then `Stop`).
+    /// The stop string that ended the text (usually with `finish` `Stop`;
+    /// one completed by the text released at the end may come with
+    /// `Length`).
     pub stopping_word: Option<String>,
+    /// Generation ended because the context was full (not `max_tokens`,
+    /// a stop or the time limit): llama-server's `truncated`.
+    pub ctx_full: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -408,6 +413,8 @@ struct Active {
     n_generated: usize,
     /// The generated text, UTF-8 whole and stop strings held back.
     text: TextStream,
+    /// Ended by a full context.
+    ctx_full: bool,
     admitted: Instant,
     first_token: Option<Instant>,
 }
@@ -560,6 +567,7 @@ impl Scheduler {
             pending: None,
             n_generated: 0,
             text: TextStream::new(job.req.stop.clone()),
+            ctx_full: false,
             admitted: Instant::now(),
             first_token: None,
             job,
@@ -605,6 +613,7 @@ impl Scheduler {
             queue_secs: (a.admitted - a.job.queued).as_secs_f64(),
             slot: i,
             stopping_word: a.text.stopping_word().map(str::to_string),
+            ctx_full: a.ctx_full,
         };
         self.finish(i, Some(Event::Done(summary)), m);
     }
@@ -782,6 +791,8 @@ impl Scheduler {
             return Some(FinishReason::Stop);
         }
         if a.n_generated >= a.limit || slot.cache.n_past() >= slot.cache.n_ctx() {
+            // The context, unless max_tokens was reached.
+            a.ctx_full = a.job.req.max_tokens.is_none_or(|t| a.n_generated < t);
             return Some(FinishReason::Length);
         }
         a.pending = Some(next);

@@ -225,7 +225,6 @@ fn layered(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
     let cfg = &state.config;
     let mut app = routes
         .layer(middleware::from_fn_with_state(state.clone(), auth))
-        .layer(middleware::from_fn_with_state(state.clone(), log_request))
         .layer(DefaultBodyLimit::max(cfg.body_limit))
         .layer(CatchPanicLayer::custom(panic_response));
     if let Some(origin) = &cfg.cors {
@@ -244,7 +243,9 @@ fn layered(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
                 .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
         );
     }
-    app.with_state(state)
+    // Outermost: every request is logged, refused, panicked or preflight.
+    app.layer(middleware::from_fn_with_state(state.clone(), log_request))
+        .with_state(state)
 }
 
 /// The whole application.
@@ -284,13 +285,14 @@ async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Resp
 }
 
 /// With `log_requests`, one line per request on stderr once its response
-/// begins: method, path (no query), status, milliseconds. Outside the API
-/// key check, so refused requests are logged too.
+/// begins: method, path (no query), status, milliseconds. The outermost
+/// layer, so refused, panicked and preflight requests are logged too;
+/// method and path are the client's text, escaped and shortened.
 async fn log_request(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     if !st.config.log_requests {
         return next.run(req).await;
     }
-    let method = req.method().clone();
+    let method = crate::untrusted::one_line(req.method().as_str());
     // The path as sent, shortened and escaped: it is the client's text.
     let path = crate::untrusted::one_line(req.uri().path());
     let t0 = Instant::now();

@@ -139,11 +139,13 @@ fn probs_entry(m: &Model, id: u32, lp: &TokenLogprob) -> Value {
 }
 
 /// The finished completion: everything but the per-token fields.
+/// `has_new_line`: the generated text holds a newline (streamed, the
+/// content here is empty and the caller tracked it).
 fn summary(
     st: &AppState,
     m: &Model,
     meta: &Meta,
-    content: &str,
+    (content, has_new_line): (&str, bool),
     tokens: &[u32],
     s: &Summary,
 ) -> Value {
@@ -152,11 +154,6 @@ fn summary(
         (None, FinishReason::Stop) => "eos",
         (None, FinishReason::Length) => "limit",
     };
-    // A generation cut by a full context (not by n_predict, a stop or
-    // the time limit) is llama-server's `truncated`.
-    let n_ctx = st.ready().map_or(usize::MAX, |l| l.engine.config.n_ctx);
-    let truncated = s.finish == FinishReason::Length
-        && s.prompt_tokens.saturating_add(s.completion_tokens) >= n_ctx;
     json!({
         "index": 0,
         "content": content,
@@ -169,8 +166,9 @@ fn summary(
         "tokens_cached": s.cached_tokens,
         "generation_settings": meta.settings,
         "prompt": m.tokenizer.decode(&meta.prompt, true),
-        "has_new_line": content.contains('\n'),
-        "truncated": truncated,
+        "has_new_line": has_new_line,
+        // Cut by a full context (not n_predict, a stop or the time limit).
+        "truncated": s.ctx_full,
         "stop_type": stop_type,
         "stopping_word": s.stopping_word.as_deref().unwrap_or(""),
         "timings": timings(s),
@@ -198,7 +196,8 @@ async fn collect(
             Some(Event::Text(t)) => content.push_str(&t),
             Some(Event::Done(s)) => {
                 let shown: &[u32] = if meta.return_tokens { &tokens } else { &[] };
-                let mut body = summary(st, model, &meta, &content, shown, &s);
+                let nl = content.contains('\n');
+                let mut body = summary(st, model, &meta, (&content, nl), shown, &s);
                 if meta.n_probs {
                     body["completion_probabilities"] = Value::Array(probs);
                 }
@@ -220,6 +219,8 @@ struct StreamState {
     rx: UnboundedReceiver<Event>,
     meta: Meta,
     n_predicted: usize,
+    /// A newline was sent.
+    new_line: bool,
     finished: bool,
 }
 
@@ -230,7 +231,11 @@ impl StreamState {
             self.finished = true;
             return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the model is gone").body();
         };
-        let partial = |content: &str, tokens: &[u32]| json!({"index": 0, "content": content, "tokens": tokens, "stop": false});
+        let new_line = &mut self.new_line;
+        let mut partial = |content: &str, tokens: &[u32]| {
+            *new_line |= content.contains('\n');
+            json!({"index": 0, "content": content, "tokens": tokens, "stop": false})
+        };
         match ev {
             Event::Token { id, text, logprob } => {
                 self.n_predicted += 1;
@@ -245,7 +250,7 @@ impl StreamState {
             Event::Text(text) => partial(&text, &[]),
             Event::Done(s) => {
                 self.finished = true;
-                summary(&self.st, model, &self.meta, "", &[], &s)
+                summary(&self.st, model, &self.meta, ("", self.new_line), &[], &s)
             }
             Event::Error(e) => {
                 self.finished = true;
@@ -261,6 +266,7 @@ fn stream(st: Arc<AppState>, rx: UnboundedReceiver<Event>, meta: Meta) -> impl I
         rx,
         meta,
         n_predicted: 0,
+        new_line: false,
         finished: false,
     };
     let events = futures_util::stream::unfold(s, |mut s| async move {
@@ -323,7 +329,7 @@ pub(super) async fn slots(State(st): State<Arc<AppState>>) -> Result<Json<Value>
     if !st.config.slots_endpoint {
         return Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
-            "this server does not serve /slots (started with --no-slots)",
+            "the /slots endpoint is disabled on this server",
         ));
     }
     let l = st.ready()?;
@@ -349,7 +355,8 @@ pub(super) async fn slots(State(st): State<Arc<AppState>>) -> Result<Json<Value>
 
 /// `POST /apply-template`: `{"messages": [...]}` → `{"prompt": TEXT}`, the
 /// text the chat template renders for them, ending where the assistant's
-/// reply begins (what `/v1/chat/completions` would evaluate).
+/// reply begins (what `/v1/chat/completions` would evaluate), or after the
+/// last message with `"add_generation_prompt": false`.
 pub(super) async fn apply_template(
     State(st): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
@@ -357,10 +364,11 @@ pub(super) async fn apply_template(
     st.ready()?;
     let req: TemplateRequest = parse(body)?;
     let messages = req.messages().map_err(ApiError::bad)?;
+    let add_generation_prompt = req.add_generation_prompt;
     let prompt = blocking(move || {
         st.ready()?
             .template
-            .render(&messages, true)
+            .render(&messages, add_generation_prompt)
             .map_err(|e| ApiError::bad(format!("{e:#}")))
     })
     .await?;
