@@ -203,8 +203,6 @@ struct Queue {
     cancel_all: bool,
     /// Leave the engine thread.
     stop: bool,
-    /// Each slot's state, written by the scheduler before each step.
-    slots: Vec<SlotInfo>,
 }
 
 struct Shared {
@@ -226,6 +224,8 @@ pub struct Engine {
     pub model: Arc<Model>,
     pub config: EngineConfig,
     shared: Arc<Shared>,
+    /// The scheduler's [`SlotInfo`]s (`Scheduler::publish`).
+    slot_view: Arc<Mutex<Vec<SlotInfo>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -234,14 +234,12 @@ impl Engine {
     /// `n_ctx × n_slots` first ([`KvCache::bytes`]).
     pub fn start(model: Arc<Model>, config: EngineConfig) -> Result<Engine, EngineError> {
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue {
-                slots: vec![SlotInfo::default(); config.n_slots],
-                ..Queue::default()
-            }),
+            queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             metrics: Metrics::default(),
         });
         let mut sched = Scheduler::new(model.clone(), &config)?;
+        let slot_view = sched.slot_view.clone();
         let sh = shared.clone();
         let thread = std::thread::Builder::new()
             .name("tern-engine".into())
@@ -251,6 +249,7 @@ impl Engine {
             model,
             config,
             shared,
+            slot_view,
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -295,9 +294,13 @@ impl Engine {
         &self.shared.metrics
     }
 
-    /// Each slot's state as of the last step (index = slot id).
+    /// Each slot's state as of the last step (index = slot id); a
+    /// request's end is shown before its last event is sent.
     pub fn slots(&self) -> Vec<SlotInfo> {
-        self.shared.lock().slots.clone()
+        self.slot_view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Refuse new requests from now on (running and queued ones go on).
@@ -441,6 +444,8 @@ pub struct Scheduler {
     n_batch: usize,
     clock: u64,
     batch: Batch,
+    /// What `/slots` shows ([`Scheduler::publish`]).
+    slot_view: Arc<Mutex<Vec<SlotInfo>>>,
 }
 
 impl Scheduler {
@@ -475,6 +480,7 @@ impl Scheduler {
             .collect::<Result<Vec<_>, EngineError>>()?;
         Ok(Scheduler {
             model,
+            slot_view: Arc::new(Mutex::new(vec![SlotInfo::default(); slots.len()])),
             slots,
             n_batch: cfg.n_batch,
             clock: 0,
@@ -484,6 +490,12 @@ impl Scheduler {
 
     fn n_active(&self) -> usize {
         self.slots.iter().filter(|s| s.seq.is_some()).count()
+    }
+
+    /// Show the slots' state in `/slots`: after each step, when a request
+    /// starts, and when one ends (before its last event is sent).
+    fn publish(&self) {
+        *self.slot_view.lock().unwrap_or_else(|e| e.into_inner()) = self.slot_infos();
     }
 
     fn slot_infos(&self) -> Vec<SlotInfo> {
@@ -572,6 +584,7 @@ impl Scheduler {
             first_token: None,
             job,
         });
+        self.publish();
     }
 
     /// End slot `i`'s request with `ev` (Done or Error) and free the slot.
@@ -579,7 +592,10 @@ impl Scheduler {
         self.clock += 1;
         let slot = &mut self.slots[i];
         slot.last_used = self.clock;
-        if let Some(a) = slot.seq.take() {
+        let seq = slot.seq.take();
+        // Idle in /slots before the client hears of the end.
+        self.publish();
+        if let Some(a) = seq {
             if let Some(ev) = ev {
                 if let Event::Error(e) = &ev {
                     m.requests_failed.fetch_add(1, Ordering::Relaxed);
@@ -746,6 +762,7 @@ impl Scheduler {
         if n_decode > 0 {
             m.decode_nanos.fetch_add(dt, Ordering::Relaxed);
         }
+        self.publish();
         true
     }
 
@@ -819,7 +836,6 @@ impl Scheduler {
                     self.sweep(false, &sh.metrics);
                     self.admit(&mut q.waiting, &sh.metrics);
                     q.active = self.n_active();
-                    q.slots = self.slot_infos();
                     if q.active > 0 {
                         break;
                     }
