@@ -120,6 +120,13 @@ impl ApiError {
             retry_after: None,
         }
     }
+    /// The engine ended a request's channel without a last event.
+    pub(super) fn dropped() -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error: the engine dropped the request",
+        )
+    }
     pub(super) fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
@@ -756,12 +763,7 @@ async fn collect(
                 return Ok(Json(body).into_response());
             }
             Some(Event::Error(e)) => return Err(e.into()),
-            None => {
-                return Err(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error: the engine dropped the request",
-                ))
-            }
+            None => return Err(ApiError::dropped()),
         }
     }
 }
@@ -887,10 +889,7 @@ fn stream(st: Arc<AppState>, rx: UnboundedReceiver<Event>, meta: Meta) -> impl I
             match s.rx.recv().await {
                 Some(ev) => s.on_event(ev),
                 None => {
-                    let e = ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal error: the engine dropped the request",
-                    );
+                    let e = ApiError::dropped();
                     s.queue.push_back(data(&e.body()));
                     s.finished = true;
                 }

@@ -204,12 +204,7 @@ async fn collect(
                 return Ok(Json(body).into_response());
             }
             Some(Event::Error(e)) => return Err(e.into()),
-            None => {
-                return Err(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error: the engine dropped the request",
-                ))
-            }
+            None => return Err(ApiError::dropped()),
         }
     }
 }
@@ -277,11 +272,7 @@ fn stream(st: Arc<AppState>, rx: UnboundedReceiver<Event>, meta: Meta) -> impl I
             Some(ev) => s.on_event(ev),
             None => {
                 s.finished = true;
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error: the engine dropped the request",
-                )
-                .body()
+                ApiError::dropped().body()
             }
         };
         Some((Ok::<_, Infallible>(data(&v)), s))
