@@ -93,7 +93,7 @@ pub fn run(a: Args) -> Result<()> {
             n_ctx,
             threads,
             if threads == 1 { "" } else { "s" },
-            m.kernel.name()
+            m.kernel.variant()
         ));
         Box::new(Terminal::new(!a.no_history)?)
     } else {
@@ -557,7 +557,7 @@ fn stats(s: &Session) -> String {
         s.replies,
         s.n_cached(),
         s.n_ctx(),
-        s.model.kernel.name()
+        s.model.kernel.variant()
     );
     if let Some(last) = &s.last {
         t.push_str(&format!("\nlast reply:\n{}", last.report()));

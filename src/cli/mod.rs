@@ -48,7 +48,7 @@ enum Cmd {
     Bench(bench::Args),
     /// Write a random BitNet checkpoint in Hugging Face layout (for benchmarks).
     Synth(synth::Args),
-    /// OpenAI-compatible HTTP server with concurrent sequences.
+    /// OpenAI-compatible HTTP server with llama-server's own endpoints, concurrent sequences batched.
     Serve(serve::Args),
 }
 

@@ -439,7 +439,7 @@ pub fn run(a: Args) -> Result<()> {
             "tern: {} thread{}, kernel {}, seed {}",
             threads,
             if threads == 1 { "" } else { "s" },
-            m.kernel.name(),
+            m.kernel.variant(),
             sampler.params.seed
         );
         eprintln!("      load time = {:10.2} ms", load * 1000.0);

@@ -143,7 +143,7 @@ async fn run(
                 ecfg.max_queue,
                 threads,
                 if threads == 1 { "" } else { "s" },
-                st.loaded.get().map_or("", |l| l.engine.model.kernel.name()),
+                st.loaded.get().map_or("", |l| l.engine.model.kernel.variant()),
             ));
             Ok(())
         })();
