@@ -764,9 +764,39 @@ fn signal_during_convert_leaves_no_partial_file(name: &str, number: i32) {
     // that sending it is a pipe write and the shell's builtin `kill`, not a
     // process start (which, under load, outlasted the write in every one
     // of 40 attempts once).
+    // A signal this process started with ignored (SIGINT, SIGQUIT under a
+    // shell's `cmd &` without job control) is ignored in the child too,
+    // and tern rightly keeps it so: reset it for the child with GNU env.
+    let ignored = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|st| {
+            let hex = st.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        })
+        .is_some_and(|mask| mask >> (number - 1) & 1 == 1);
+    let tern_cmd = || {
+        if ignored {
+            let mut c = Command::new("env");
+            c.arg(format!("--default-signal={name}"))
+                .arg(env!("CARGO_BIN_EXE_tern"));
+            c
+        } else {
+            tern()
+        }
+    };
+    if ignored {
+        let ok = Command::new("env")
+            .args([&format!("--default-signal={name}"), "true"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SIG{name} is ignored here and env cannot reset it: not tested");
+            return;
+        }
+    }
     for attempt in 0..100 {
         let out = dir.path().join(format!("m{attempt}.gguf"));
-        let mut child = tern()
+        let mut child = tern_cmd()
             .args([
                 "convert",
                 src.to_str().unwrap(),
