@@ -430,11 +430,16 @@ fn error_statuses() {
         "top_p",
     );
     let long = "ROMEO. ".repeat(200);
-    check(
-        s.post("/v1/chat/completions", &chat_body(&long, 4)),
-        400,
-        "context holds 128",
+    let r = s.post("/v1/chat/completions", &chat_body(&long, 4));
+    // llama-server's shape: its type, the sizes as fields.
+    let e = r.json()["error"].clone();
+    assert_eq!(
+        (&e["type"], &e["n_ctx"]),
+        (&json!("exceed_context_size_error"), &json!(128)),
+        "{e}"
     );
+    assert!(e["n_prompt_tokens"].as_u64().unwrap() > 128, "{e}");
+    check(r, 400, "exceeds the available context size");
     check(
         s.post("/v1/completions", &json!({"prompt": [1, 2, 999999]})),
         400,
@@ -456,26 +461,28 @@ fn error_statuses() {
 #[test]
 fn api_key() {
     let s = Server::start(&["--api-key", "s3cret"]);
-    assert_eq!(get(&s.addr, "/health").status, 200);
-    let r = get(&s.addr, "/v1/models");
+    // llama-server's public endpoints.
+    for path in ["/health", "/v1/health", "/models", "/v1/models"] {
+        assert_eq!(get(&s.addr, path).status, 200, "{path}");
+    }
+    let tokenize = |headers: &[(&str, &str)]| {
+        request(
+            &s.addr,
+            "POST",
+            "/tokenize",
+            headers,
+            br#"{"content": "a"}"#,
+        )
+    };
+    let r = tokenize(&[]);
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["error"]["type"], "authentication_error");
-    let wrong = request(
-        &s.addr,
-        "GET",
-        "/v1/models",
-        &[("Authorization", "Bearer s3creT")],
-        b"",
-    );
-    assert_eq!(wrong.status, 401);
-    let ok = request(
-        &s.addr,
-        "GET",
-        "/v1/models",
-        &[("Authorization", "Bearer s3cret")],
-        b"",
-    );
-    assert_eq!(ok.status, 200);
+    assert_eq!(tokenize(&[("Authorization", "Bearer s3creT")]).status, 401);
+    assert_eq!(tokenize(&[("Authorization", "Bearer s3cret")]).status, 200);
+    // Or in X-Api-Key (llama-server's other header).
+    assert_eq!(tokenize(&[("X-Api-Key", "s3cret")]).status, 200);
+    assert_eq!(tokenize(&[("X-Api-Key", "nope")]).status, 401);
+    assert_eq!(get(&s.addr, "/props").status, 401);
     let body = chat_body("ROMEO.", 2).to_string();
     let r = request(
         &s.addr,
@@ -604,8 +611,11 @@ fn sampling_flags_are_request_defaults() {
     let explicit = ask(json!({"prompt": "ROMEO.", "temperature": 0, "max_tokens": 3}));
     assert_eq!(plain["usage"]["completion_tokens"], 3, "{plain}");
     assert_eq!(plain["choices"][0]["text"], explicit["choices"][0]["text"]);
+    // -n also caps what a request asks (llama-server's slot budget).
     let longer = ask(json!({"prompt": "ROMEO.", "max_tokens": 5}));
-    assert_eq!(longer["usage"]["completion_tokens"], 5, "{longer}");
+    assert_eq!(longer["usage"]["completion_tokens"], 3, "{longer}");
+    let shorter = ask(json!({"prompt": "ROMEO.", "max_tokens": 2}));
+    assert_eq!(shorter["usage"]["completion_tokens"], 2, "{shorter}");
     // /props reports them as llama-server's default generation settings.
     let props = get(&s.addr, "/props").json();
     let d = &props["default_generation_settings"]["params"];
@@ -727,6 +737,8 @@ fn llama_server_completion_props_and_apply_template() {
     let mut text = String::new();
     for p in parts {
         assert_eq!(p["stop"], false, "{p}");
+        // Every event before the summary carries its token.
+        assert_eq!(p["tokens"].as_array().unwrap().len(), 1, "{p}");
         text.push_str(p["content"].as_str().unwrap());
         if let Some(probs) = p["completion_probabilities"].as_array() {
             assert_eq!(p["tokens"].as_array().unwrap().len(), 1);
@@ -765,7 +777,50 @@ fn llama_server_completion_props_and_apply_template() {
         "{slots}"
     );
     let again = native(json!({"prompt": prompt, "n_predict": 1}));
-    assert_eq!(again["tokens_cached"].as_u64().unwrap(), n - 1, "{again}");
+    // timings.cache_n: the prompt found in the cache; tokens_cached: all
+    // the cache holds at the end (the one generated token is not in it).
+    assert_eq!(
+        again["timings"]["cache_n"].as_u64().unwrap(),
+        n - 1,
+        "{again}"
+    );
+    assert_eq!(again["tokens_cached"].as_u64().unwrap(), n, "{again}");
+    assert!(
+        again["timings"]["predicted_per_token_ms"].is_number(),
+        "{again}"
+    );
+    assert_eq!(again["generation_settings"]["logit_bias"], json!([]));
+
+    // /tokenize: a piece that is not UTF-8 alone is its bytes; with
+    // parse_special false a special token's text is plain text.
+    let t = s
+        .post("/tokenize", &json!({"content": "é", "with_pieces": true}))
+        .json();
+    let pieces: Vec<Value> = t["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["piece"].clone())
+        .collect();
+    assert!(pieces.iter().any(|p| p.is_array()), "{t}");
+    let bos = |parse: bool| {
+        s.post(
+            "/tokenize",
+            &json!({"content": "<|begin_of_text|>", "parse_special": parse}),
+        )
+        .json()["tokens"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(bos(true), 1);
+    assert!(bos(false) > 1);
+
+    // /slots?fail_on_no_slot: 503 while the one slot is busy.
+    let busy = s.open_stream(900);
+    let r = get(&s.addr, "/slots?fail_on_no_slot=1");
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    drop(busy);
 
     // Refused: several prompts, samplers tern does not have; their "off"
     // values are fine.

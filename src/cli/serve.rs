@@ -36,7 +36,8 @@ pub struct Args {
     /// Requests that may wait for a slot; more get 503.
     #[arg(long = "max-queue", value_name = "N", default_value_t = 64)]
     pub max_queue: usize,
-    /// Require `Authorization: Bearer KEY` (every endpoint but /health).
+    /// Require `Authorization: Bearer KEY` or `X-Api-Key: KEY` (every
+    /// endpoint but /health, /v1/health, /models, /v1/models).
     #[arg(long = "api-key", value_name = "KEY", conflicts_with = "api_key_file")]
     pub api_key: Option<String>,
     /// Read API keys from a file, one per line.

@@ -18,8 +18,9 @@ pub struct Defaults {
     /// The server was given a seed (`-s N`): requests without one use it
     /// instead of a fresh random seed.
     pub fixed_seed: bool,
-    /// Tokens a request generates at most when it gives no `max_tokens`
-    /// (None: until the end of generation or a full context).
+    /// Tokens a request generates at most (llama-server's `-n`): the
+    /// value of a request that gives no `max_tokens`, and a cap on one
+    /// that does (None: until the end of generation or a full context).
     pub max_tokens: Option<usize>,
 }
 
@@ -173,7 +174,7 @@ fn neutral(key: &str, v: &Value) -> bool {
         ("lora" | "response_fields" | "logit_bias", Value::Array(a)) => a.is_empty(),
         ("top_n_sigma", v) => v.as_f64().is_some_and(|x| x <= 0.0),
         ("best_of", v) => v.as_u64() == Some(1),
-        ("suffix", Value::String(s)) => s.is_empty(),
+        ("suffix" | "grammar", Value::String(s)) => s.is_empty(),
         ("tools" | "functions", Value::Array(a)) => a.is_empty(),
         ("tool_choice", Value::String(s)) => s == "none",
         ("modalities", Value::Array(a)) => a.iter().all(|m| m.as_str() == Some("text")),
@@ -298,6 +299,12 @@ impl Common {
                     ))
                 }
             },
+        };
+        // The server's -n caps what a request asks, as llama-server's slot
+        // budget does.
+        let max_tokens = match (max_tokens, defaults.max_tokens) {
+            (Some(n), Some(cap)) => Some(n.min(cap)),
+            (n, cap) => n.or(cap),
         };
         let repeat_last_n = match self.repeat_last_n {
             None => None,
@@ -717,17 +724,20 @@ mod tests {
         let p = &s.request.params;
         assert_eq!((p.temp, p.top_k, p.seed), (0.0, 7, 5));
         assert_eq!(s.request.max_tokens, Some(3));
-        let s = settings(&d, r#", "seed": -1, "temperature": 0.5, "max_tokens": 9"#).unwrap();
+        let s = settings(&d, r#", "seed": -1, "temperature": 0.5, "max_tokens": 2"#).unwrap();
         let p = &s.request.params;
         assert_eq!((p.temp, p.top_k, p.seed), (0.5, 7, 99));
-        assert_eq!(s.request.max_tokens, Some(9));
-        // llama-server's spellings and values: n_predict, -1 for no limit
-        // (whatever the server default), repeat_last_n -1.
+        assert_eq!(s.request.max_tokens, Some(2));
+        // The server's -n caps a request's own value, -1 (no limit) too,
+        // as llama-server's; n_predict is max_tokens' other spelling.
         let s = settings(&d, r#", "n_predict": -1, "repeat_last_n": -1"#).unwrap();
-        assert_eq!(s.request.max_tokens, None);
+        assert_eq!(s.request.max_tokens, Some(3));
         assert_eq!(s.request.params.repeat_last_n, usize::MAX);
         let s = settings(&d, r#", "n_predict": 4"#).unwrap();
-        assert_eq!(s.request.max_tokens, Some(4));
+        assert_eq!(s.request.max_tokens, Some(3));
+        // Without a server -n, -1 is no limit.
+        let s = settings(&Defaults::default(), r#", "max_tokens": -1"#).unwrap();
+        assert_eq!(s.request.max_tokens, None);
         for (body, needle) in [
             (r#", "max_tokens": 0"#, "at least 1, or -1"),
             (r#", "max_tokens": -3"#, "at least 1, or -1"),

@@ -125,6 +125,9 @@ pub struct Summary {
     /// Generation ended because the context was full (not `max_tokens`,
     /// a stop or the time limit): llama-server's `truncated`.
     pub ctx_full: bool,
+    /// Tokens the slot's cache holds at the end: the prompt and the
+    /// generated tokens but the last (llama-server's `tokens_cached`).
+    pub n_cached_end: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -137,6 +140,10 @@ pub enum EngineError {
     QueueTimeout,
     #[error("{0}")]
     BadRequest(String),
+    /// The prompt does not leave a slot's context room for one token
+    /// (llama-server's `exceed_context_size_error`).
+    #[error("the request exceeds the available context size: the prompt has {n_prompt} tokens, a slot's context holds {n_ctx}")]
+    ContextExceeded { n_prompt: usize, n_ctx: usize },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -180,9 +187,9 @@ pub struct SlotInfo {
     pub is_processing: bool,
     /// Tokens whose keys and values the slot's cache holds.
     pub n_cached: usize,
-    /// The running request's prompt tokens (0 when idle).
+    /// The prompt tokens of the running request, or of the last one.
     pub n_prompt: usize,
-    /// Tokens the running request has generated (0 when idle).
+    /// Tokens the running request has generated, or the last one did.
     pub n_decoded: usize,
 }
 
@@ -353,11 +360,10 @@ pub fn check_request(model: &Model, cfg: &EngineConfig, req: &Request) -> Result
         return bad(format!("token id {t} is outside the vocabulary of {nv}"));
     }
     if req.prompt.len() >= cfg.n_ctx {
-        return bad(format!(
-            "the prompt has {} tokens but the context holds {} per sequence (start tern serve with a larger -c)",
-            req.prompt.len(),
-            cfg.n_ctx
-        ));
+        return Err(EngineError::ContextExceeded {
+            n_prompt: req.prompt.len(),
+            n_ctx: cfg.n_ctx,
+        });
     }
     if req.top_logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
         return bad(format!("top_logprobs must be at most {MAX_TOP_LOGPROBS}"));
@@ -428,6 +434,8 @@ struct Slot {
     tokens: Vec<u32>,
     last_used: u64,
     seq: Option<Active>,
+    /// Prompt and generated tokens of the last request that ended here.
+    last: (usize, usize),
 }
 
 impl Slot {
@@ -475,6 +483,7 @@ impl Scheduler {
                     tokens: Vec::new(),
                     last_used: 0,
                     seq: None,
+                    last: (0, 0),
                 })
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
@@ -504,8 +513,8 @@ impl Scheduler {
             .map(|s| SlotInfo {
                 is_processing: s.seq.is_some(),
                 n_cached: s.cache.n_past(),
-                n_prompt: s.seq.as_ref().map_or(0, |a| a.job.req.prompt.len()),
-                n_decoded: s.seq.as_ref().map_or(0, |a| a.n_generated),
+                n_prompt: s.seq.as_ref().map_or(s.last.0, |a| a.job.req.prompt.len()),
+                n_decoded: s.seq.as_ref().map_or(s.last.1, |a| a.n_generated),
             })
             .collect()
     }
@@ -593,6 +602,9 @@ impl Scheduler {
         let slot = &mut self.slots[i];
         slot.last_used = self.clock;
         let seq = slot.seq.take();
+        if let Some(a) = &seq {
+            slot.last = (a.job.req.prompt.len(), a.n_generated);
+        }
         // Idle in /slots before the client hears of the end.
         self.publish();
         if let Some(a) = seq {
@@ -609,6 +621,7 @@ impl Scheduler {
     }
 
     fn done(&mut self, i: usize, finish: FinishReason, m: &Metrics) {
+        let n_cached_end = self.slots[i].cache.n_past();
         let Some(a) = self.slots[i].seq.as_mut() else {
             return;
         };
@@ -630,6 +643,7 @@ impl Scheduler {
             slot: i,
             stopping_word: a.text.stopping_word().map(str::to_string),
             ctx_full: a.ctx_full,
+            n_cached_end,
         };
         self.finish(i, Some(Event::Done(summary)), m);
     }
@@ -790,8 +804,14 @@ impl Scheduler {
         a.history.push(next);
         a.n_generated += 1;
         m.tokens_predicted.fetch_add(1, Ordering::Relaxed);
-        let text = a.text.push(tok, next);
+        let mut text = a.text.push(tok, next);
         let hit = a.text.stopped();
+        let full = a.n_generated >= a.limit || slot.cache.n_past() >= slot.cache.n_ctx();
+        if full && !hit {
+            // The last token: what is held back goes with it, so that no
+            // event without a token follows (llama-server's streams).
+            text.push_str(&a.text.finish());
+        }
         if a.job
             .events
             .send(Event::Token {
@@ -807,7 +827,7 @@ impl Scheduler {
         if hit {
             return Some(FinishReason::Stop);
         }
-        if a.n_generated >= a.limit || slot.cache.n_past() >= slot.cache.n_ctx() {
+        if full {
             // The context, unless max_tokens was reached.
             a.ctx_full = a.job.req.max_tokens.is_none_or(|t| a.n_generated < t);
             return Some(FinishReason::Length);
@@ -1039,8 +1059,8 @@ mod tests {
             SlotInfo {
                 is_processing: false,
                 n_cached: p.len() + 4,
-                n_prompt: 0,
-                n_decoded: 0
+                n_prompt: p.len(),
+                n_decoded: 5
             }
         );
 

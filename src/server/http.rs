@@ -103,13 +103,17 @@ pub(super) fn random_u64() -> u64 {
     h.finish()
 }
 
-/// An error in OpenAI's shape: `{"error": {"message", "type", "code"}}`.
+/// An error in OpenAI's shape: `{"error": {"message", "type", "code"}}`
+/// (llama-server's, which adds fields to some).
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
     /// Seconds for `Retry-After` (503 when the queue is full).
     pub retry_after: Option<u64>,
+    /// The prompt and context sizes of llama-server's
+    /// `exceed_context_size_error` (`n_prompt_tokens`, `n_ctx`).
+    pub exceeded: Option<(usize, usize)>,
 }
 
 impl ApiError {
@@ -118,6 +122,7 @@ impl ApiError {
             status,
             message: message.into(),
             retry_after: None,
+            exceeded: None,
         }
     }
     /// The engine ended a request's channel without a last event.
@@ -131,16 +136,26 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
     fn kind(&self) -> &'static str {
+        if self.exceeded.is_some() {
+            return "exceed_context_size_error";
+        }
         match self.status {
             StatusCode::UNAUTHORIZED => "authentication_error",
             StatusCode::NOT_FOUND => "not_found_error",
             StatusCode::PAYLOAD_TOO_LARGE | StatusCode::BAD_REQUEST => "invalid_request_error",
             StatusCode::SERVICE_UNAVAILABLE => "unavailable_error",
+            StatusCode::NOT_IMPLEMENTED => "not_supported_error",
             _ => "server_error",
         }
     }
     pub(super) fn body(&self) -> Value {
-        json!({"error": {"message": self.message, "type": self.kind(), "code": self.status.as_u16()}})
+        let mut e =
+            json!({"message": self.message, "type": self.kind(), "code": self.status.as_u16()});
+        if let Some((n_prompt, n_ctx)) = self.exceeded {
+            e["n_prompt_tokens"] = json!(n_prompt);
+            e["n_ctx"] = json!(n_ctx);
+        }
+        json!({ "error": e })
     }
 }
 
@@ -161,12 +176,18 @@ impl From<EngineError> for ApiError {
             EngineError::QueueFull(_) | EngineError::ShuttingDown | EngineError::QueueTimeout => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            EngineError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            EngineError::BadRequest(_) | EngineError::ContextExceeded { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             EngineError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut a = ApiError::new(status, e.to_string());
-        if matches!(e, EngineError::QueueFull(_)) {
-            a.retry_after = Some(1);
+        match e {
+            EngineError::QueueFull(_) => a.retry_after = Some(1),
+            EngineError::ContextExceeded { n_prompt, n_ctx } => {
+                a.exceeded = Some((n_prompt, n_ctx))
+            }
+            _ => {}
         }
         a
     }
@@ -260,32 +281,40 @@ pub fn router(state: Arc<AppState>) -> Router {
     layered(routes(), state)
 }
 
-/// With API keys set, every endpoint but `/health` (and `/v1/health`) needs
-/// `Authorization: Bearer KEY`; keys are compared in constant time.
+/// With API keys set, every endpoint but `/health`, `/v1/health`,
+/// `/models` and `/v1/models` (llama-server's public ones) needs
+/// `Authorization: Bearer KEY` or `X-Api-Key: KEY`; keys are compared in
+/// constant time.
 async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let keys = &st.config.api_keys;
-    if keys.is_empty() || matches!(req.uri().path(), "/health" | "/v1/health") {
+    let public = matches!(
+        req.uri().path(),
+        "/health" | "/v1/health" | "/models" | "/v1/models"
+    );
+    if keys.is_empty() || (public && req.method() == Method::GET) {
         return next.run(req).await;
     }
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let ok = given.is_some_and(|g| {
-        keys.iter()
-            .fold(subtle::Choice::from(0), |acc, k| {
-                acc | k.as_bytes().ct_eq(g.as_bytes())
-            })
-            .into()
-    });
+    let ok = {
+        let h = req.headers();
+        let text = |name: header::HeaderName| h.get(name).and_then(|v| v.to_str().ok());
+        let given = text(header::AUTHORIZATION)
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .or_else(|| text(header::HeaderName::from_static("x-api-key")))
+            .map(str::trim);
+        given.is_some_and(|g| {
+            keys.iter()
+                .fold(subtle::Choice::from(0), |acc, k| {
+                    acc | k.as_bytes().ct_eq(g.as_bytes())
+                })
+                .into()
+        })
+    };
     if ok {
         next.run(req).await
     } else {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "invalid or missing API key (Authorization: Bearer KEY)",
+            "invalid or missing API key (Authorization: Bearer KEY, or X-Api-Key: KEY)",
         )
         .into_response()
     }
@@ -348,8 +377,16 @@ struct TokenizeRequest {
     content: String,
     #[serde(default)]
     add_special: bool,
+    /// Special-token texts (`<|eot_id|>`) become their ids (the default);
+    /// false: they are plain text.
+    #[serde(default = "yes")]
+    parse_special: bool,
     #[serde(default)]
     with_pieces: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 async fn tokenize(
@@ -360,11 +397,20 @@ async fn tokenize(
     let r: TokenizeRequest = parse(body)?;
     let tok = &m.tokenizer;
     let ids = tok
-        .encode(&r.content, r.add_special && tok.add_bos())
+        .encode_with(&r.content, r.add_special && tok.add_bos(), r.parse_special)
         .map_err(|e| ApiError::bad(format!("{e:#}")))?;
     let tokens: Vec<Value> = if r.with_pieces {
+        // A piece that is not UTF-8 on its own (a byte of a character)
+        // is its byte values, as llama-server gives it.
         ids.iter()
-            .map(|&id| json!({"id": id, "piece": String::from_utf8_lossy(&tok.token_bytes(id, true))}))
+            .map(|&id| {
+                let b = tok.token_bytes(id, true);
+                let piece = match String::from_utf8(b) {
+                    Ok(s) => json!(s),
+                    Err(e) => json!(e.into_bytes()),
+                };
+                json!({"id": id, "piece": piece})
+            })
             .collect()
     } else {
         ids.iter().map(|&id| json!(id)).collect()
@@ -621,14 +667,17 @@ pub(super) fn timings(s: &Summary) -> Value {
             0.0
         }
     };
+    let ms_per = |n: usize, secs: f64| if n > 0 { secs * 1e3 / n as f64 } else { 0.0 };
     let evaluated = s.prompt_tokens - s.cached_tokens;
     json!({
         "cache_n": s.cached_tokens,
         "prompt_n": evaluated,
         "prompt_ms": s.prompt_secs * 1e3,
+        "prompt_per_token_ms": ms_per(evaluated, s.prompt_secs),
         "prompt_per_second": per(evaluated, s.prompt_secs),
         "predicted_n": s.completion_tokens,
         "predicted_ms": s.gen_secs * 1e3,
+        "predicted_per_token_ms": ms_per(s.completion_tokens, s.gen_secs),
         "predicted_per_second": per(s.completion_tokens, s.gen_secs),
         "queue_ms": s.queue_secs * 1e3,
         "slot": s.slot,
@@ -958,14 +1007,16 @@ mod tests {
         let auth = [("authorization", "Bearer sekret")];
         let (s, _, _) = call(app.clone(), "GET", "/v1/models", &auth, "").await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
-        // Keys.
-        let (s, v, _) = call(app.clone(), "GET", "/v1/models", &[], "").await;
+        // Keys (`/v1/models` is public, as llama-server's).
+        let (s, _, _) = call(app.clone(), "GET", "/v1/models", &[], "").await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        let (s, v, _) = call(app.clone(), "GET", "/props", &[], "").await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
         assert_eq!(v["error"]["type"], "authentication_error");
         let (s, _, _) = call(
             app.clone(),
             "GET",
-            "/v1/models",
+            "/props",
             &[("authorization", "Bearer sekreT")],
             "",
         )

@@ -15,12 +15,13 @@ use crate::model::sampling::SamplingParams;
 use crate::model::Model;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
@@ -66,6 +67,7 @@ fn params_json(
         "ignore_eos": req.is_some_and(|r| r.ignore_eos),
         "n_probs": n_probs,
         "stream": stream,
+        "logit_bias": [],
     })
 }
 
@@ -140,7 +142,8 @@ fn probs_entry(m: &Model, id: u32, lp: &TokenLogprob) -> Value {
 
 /// The finished completion: everything but the per-token fields.
 /// `has_new_line`: the generated text holds a newline (streamed, the
-/// content here is empty and the caller tracked it).
+/// content here is only what came after the last token, and the caller
+/// tracked newlines).
 fn summary(
     st: &AppState,
     m: &Model,
@@ -163,7 +166,10 @@ fn summary(
         "model": st.config.alias,
         "tokens_predicted": s.completion_tokens,
         "tokens_evaluated": s.prompt_tokens,
-        "tokens_cached": s.cached_tokens,
+        // All the slot's cache holds now (llama-server's): the prompt and
+        // the generated tokens but the last; `timings.cache_n` is the part
+        // of the prompt that was found there.
+        "tokens_cached": s.n_cached_end,
         "generation_settings": meta.settings,
         "prompt": m.tokenizer.decode(&meta.prompt, true),
         "has_new_line": has_new_line,
@@ -214,27 +220,28 @@ struct StreamState {
     rx: UnboundedReceiver<Event>,
     meta: Meta,
     n_predicted: usize,
-    /// A newline was sent.
+    /// A newline was generated.
     new_line: bool,
+    /// Text that came after the last token, for the summary.
+    tail: String,
     finished: bool,
 }
 
 impl StreamState {
-    /// The SSE payload for one engine event; the last one sets `finished`.
-    fn on_event(&mut self, ev: Event) -> Value {
+    /// The SSE payload for one engine event (None: nothing to send yet);
+    /// the last one sets `finished`.
+    fn on_event(&mut self, ev: Event) -> Option<Value> {
         let Ok(model) = self.st.model() else {
             self.finished = true;
-            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the model is gone").body();
+            return Some(
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the model is gone").body(),
+            );
         };
-        let new_line = &mut self.new_line;
-        let mut partial = |content: &str, tokens: &[u32]| {
-            *new_line |= content.contains('\n');
-            json!({"index": 0, "content": content, "tokens": tokens, "stop": false})
-        };
-        match ev {
+        Some(match ev {
             Event::Token { id, text, logprob } => {
                 self.n_predicted += 1;
-                let mut v = partial(&text, &[id]);
+                self.new_line |= text.contains('\n');
+                let mut v = json!({"index": 0, "content": text, "tokens": [id], "stop": false});
                 v["tokens_predicted"] = json!(self.n_predicted);
                 v["tokens_evaluated"] = json!(self.meta.prompt.len());
                 if let Some(lp) = logprob {
@@ -242,16 +249,31 @@ impl StreamState {
                 }
                 v
             }
-            Event::Text(text) => partial(&text, &[]),
+            // Text released after the last token (held back for a stop
+            // string when the end-of-generation token came): carried by
+            // the summary, since every event before it has a token.
+            Event::Text(text) => {
+                self.new_line |= text.contains('\n');
+                self.tail.push_str(&text);
+                return None;
+            }
             Event::Done(s) => {
                 self.finished = true;
-                summary(&self.st, model, &self.meta, ("", self.new_line), &[], &s)
+                let content = std::mem::take(&mut self.tail);
+                summary(
+                    &self.st,
+                    model,
+                    &self.meta,
+                    (&content, self.new_line),
+                    &[],
+                    &s,
+                )
             }
             Event::Error(e) => {
                 self.finished = true;
                 ApiError::from(e).body()
             }
-        }
+        })
     }
 }
 
@@ -262,20 +284,25 @@ fn stream(st: Arc<AppState>, rx: UnboundedReceiver<Event>, meta: Meta) -> impl I
         meta,
         n_predicted: 0,
         new_line: false,
+        tail: String::new(),
         finished: false,
     };
     let events = futures_util::stream::unfold(s, |mut s| async move {
-        if s.finished {
-            return None;
-        }
-        let v = match s.rx.recv().await {
-            Some(ev) => s.on_event(ev),
-            None => {
-                s.finished = true;
-                ApiError::dropped().body()
+        loop {
+            if s.finished {
+                return None;
             }
-        };
-        Some((Ok::<_, Infallible>(data(&v)), s))
+            let v = match s.rx.recv().await {
+                Some(ev) => s.on_event(ev),
+                None => {
+                    s.finished = true;
+                    Some(ApiError::dropped().body())
+                }
+            };
+            if let Some(v) = v {
+                return Some((Ok::<_, Infallible>(data(&v)), s));
+            }
+        }
     });
     Sse::new(events).keep_alive(KeepAlive::default())
 }
@@ -316,18 +343,28 @@ pub(super) async fn props(State(st): State<Arc<AppState>>) -> Result<Json<Value>
 /// slot's `id`, `n_ctx`, `is_processing`, `next_token.n_decoded` (tokens
 /// the running request generated), and tern's `n_prompt_tokens` and
 /// `tokens_cached` (what the slot's KV cache holds), as of the last step.
-pub(super) async fn slots(State(st): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+/// With `?fail_on_no_slot` (any value, as llama-server) and no idle slot,
+/// 503.
+pub(super) async fn slots(
+    State(st): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
     if !st.config.slots_endpoint {
         return Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
-            "the /slots endpoint is disabled on this server",
+            "This server does not support the slots endpoint.",
         ));
     }
     let l = st.ready()?;
     let n_ctx = l.engine.config.n_ctx;
-    let slots: Vec<Value> = l
-        .engine
-        .slots()
+    let infos = l.engine.slots();
+    if query.contains_key("fail_on_no_slot") && infos.iter().all(|s| s.is_processing) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no slot available",
+        ));
+    }
+    let slots: Vec<Value> = infos
         .iter()
         .enumerate()
         .map(|(id, s)| {
