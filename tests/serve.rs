@@ -818,6 +818,15 @@ fn llama_server_completion_props_and_apply_template() {
 
     // /slots?fail_on_no_slot: 503 while the one slot is busy.
     let busy = s.open_stream(900);
+    // The stream's first bytes come before the scheduler takes it.
+    let t0 = Instant::now();
+    while get(&s.addr, "/slots").json()[0]["is_processing"] != true {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the slot never got busy"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let r = get(&s.addr, "/slots?fail_on_no_slot=1");
     assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
     drop(busy);

@@ -64,8 +64,9 @@ pub struct Args {
     /// Defaults of the requests' sampling fields (llama-server's flags).
     #[command(flatten)]
     pub sample: super::run::SampleArgs,
-    /// Tokens a request generates at most when it gives no max_tokens; -1
-    /// = until the end of generation or a full context [default: -1]
+    /// Tokens a request generates at most: the value of requests that give
+    /// no max_tokens, and a cap on those that do (llama-server's); -1 = until
+    /// the end of generation or a full context [default: -1]
     #[arg(short = 'n', long = "n-predict", value_name = "N")]
     pub n_predict: Option<i64>,
     /// Continuous batching (llama-server's -cb): always on; accepted for

@@ -268,7 +268,11 @@ fn layered(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
             CorsLayer::new()
                 .allow_origin(allow)
                 .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+                .allow_headers([
+                    header::AUTHORIZATION,
+                    header::CONTENT_TYPE,
+                    header::HeaderName::from_static("x-api-key"),
+                ]),
         );
     }
     // Outermost: every request is logged, refused, panicked or preflight.
@@ -291,7 +295,7 @@ async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Resp
         req.uri().path(),
         "/health" | "/v1/health" | "/models" | "/v1/models"
     );
-    if keys.is_empty() || (public && req.method() == Method::GET) {
+    if keys.is_empty() || (public && matches!(*req.method(), Method::GET | Method::HEAD)) {
         return next.run(req).await;
     }
     let ok = {
@@ -1007,8 +1011,11 @@ mod tests {
         let auth = [("authorization", "Bearer sekret")];
         let (s, _, _) = call(app.clone(), "GET", "/v1/models", &auth, "").await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
-        // Keys (`/v1/models` is public, as llama-server's).
+        // Keys (`/v1/models` is public, as llama-server's; HEAD too, as
+        // load balancers probe).
         let (s, _, _) = call(app.clone(), "GET", "/v1/models", &[], "").await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        let (s, _, _) = call(app.clone(), "HEAD", "/health", &[], "").await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
         let (s, v, _) = call(app.clone(), "GET", "/props", &[], "").await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
@@ -1041,6 +1048,7 @@ mod tests {
             &[
                 ("origin", "http://example.test"),
                 ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "x-api-key"),
             ],
             "",
         )
@@ -1049,6 +1057,12 @@ mod tests {
         assert_eq!(
             h.get("access-control-allow-origin").unwrap(),
             "http://example.test"
+        );
+        // A browser may send the key as X-Api-Key.
+        let allowed = h.get("access-control-allow-headers").unwrap();
+        assert!(
+            allowed.to_str().unwrap().contains("x-api-key"),
+            "{allowed:?}"
         );
         // Unknown path → 404 JSON.
         let (s, v, _) = call(app, "GET", "/nope", &auth, "").await;

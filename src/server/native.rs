@@ -142,8 +142,7 @@ fn probs_entry(m: &Model, id: u32, lp: &TokenLogprob) -> Value {
 
 /// The finished completion: everything but the per-token fields.
 /// `has_new_line`: the generated text holds a newline (streamed, the
-/// content here is only what came after the last token, and the caller
-/// tracked newlines).
+/// content here is empty and the caller tracked newlines).
 fn summary(
     st: &AppState,
     m: &Model,
@@ -222,22 +221,17 @@ struct StreamState {
     n_predicted: usize,
     /// A newline was generated.
     new_line: bool,
-    /// Text that came after the last token, for the summary.
-    tail: String,
     finished: bool,
 }
 
 impl StreamState {
-    /// The SSE payload for one engine event (None: nothing to send yet);
-    /// the last one sets `finished`.
-    fn on_event(&mut self, ev: Event) -> Option<Value> {
+    /// The SSE payload for one engine event; the last one sets `finished`.
+    fn on_event(&mut self, ev: Event) -> Value {
         let Ok(model) = self.st.model() else {
             self.finished = true;
-            return Some(
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the model is gone").body(),
-            );
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the model is gone").body();
         };
-        Some(match ev {
+        match ev {
             Event::Token { id, text, logprob } => {
                 self.n_predicted += 1;
                 self.new_line |= text.contains('\n');
@@ -250,30 +244,22 @@ impl StreamState {
                 v
             }
             // Text released after the last token (held back for a stop
-            // string when the end-of-generation token came): carried by
-            // the summary, since every event before it has a token.
+            // string or an unfinished character when the end-of-generation
+            // token came): an event of its own, without a token, so that
+            // clients summing `content` until `stop` get all of it.
             Event::Text(text) => {
                 self.new_line |= text.contains('\n');
-                self.tail.push_str(&text);
-                return None;
+                json!({"index": 0, "content": text, "tokens": [], "stop": false})
             }
             Event::Done(s) => {
                 self.finished = true;
-                let content = std::mem::take(&mut self.tail);
-                summary(
-                    &self.st,
-                    model,
-                    &self.meta,
-                    (&content, self.new_line),
-                    &[],
-                    &s,
-                )
+                summary(&self.st, model, &self.meta, ("", self.new_line), &[], &s)
             }
             Event::Error(e) => {
                 self.finished = true;
                 ApiError::from(e).body()
             }
-        })
+        }
     }
 }
 
@@ -284,25 +270,20 @@ fn stream(st: Arc<AppState>, rx: UnboundedReceiver<Event>, meta: Meta) -> impl I
         meta,
         n_predicted: 0,
         new_line: false,
-        tail: String::new(),
         finished: false,
     };
     let events = futures_util::stream::unfold(s, |mut s| async move {
-        loop {
-            if s.finished {
-                return None;
-            }
-            let v = match s.rx.recv().await {
-                Some(ev) => s.on_event(ev),
-                None => {
-                    s.finished = true;
-                    Some(ApiError::dropped().body())
-                }
-            };
-            if let Some(v) = v {
-                return Some((Ok::<_, Infallible>(data(&v)), s));
-            }
+        if s.finished {
+            return None;
         }
+        let v = match s.rx.recv().await {
+            Some(ev) => s.on_event(ev),
+            None => {
+                s.finished = true;
+                ApiError::dropped().body()
+            }
+        };
+        Some((Ok::<_, Infallible>(data(&v)), s))
     });
     Sse::new(events).keep_alive(KeepAlive::default())
 }
@@ -339,10 +320,11 @@ pub(super) async fn props(State(st): State<Arc<AppState>>) -> Result<Json<Value>
     })))
 }
 
-/// `GET /slots` (unless `--no-slots`, then 501 as llama-server): each
-/// slot's `id`, `n_ctx`, `is_processing`, `next_token.n_decoded` (tokens
-/// the running request generated), and tern's `n_prompt_tokens` and
-/// `tokens_cached` (what the slot's KV cache holds), as of the last step.
+/// `GET /slots` (unless the server turned it off, then 501 as
+/// llama-server): each slot's `id`, `n_ctx`, `is_processing`,
+/// `n_prompt_tokens` and `next_token.n_decoded` (of the running request, or
+/// the last one), and `tokens_cached` (what the slot's KV cache holds), as
+/// of the last step.
 /// With `?fail_on_no_slot` (any value, as llama-server) and no idle slot,
 /// 503.
 pub(super) async fn slots(
