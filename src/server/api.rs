@@ -430,7 +430,8 @@ pub struct TemplateRequest {
     pub extra: Map<String, Value>,
 }
 
-fn yes() -> bool {
+/// `true`, for serde's `default =` of fields that are on unless given.
+pub(super) fn yes() -> bool {
     true
 }
 

@@ -86,7 +86,7 @@ impl AppState {
     }
 }
 
-pub(super) fn unix_now() -> u64 {
+fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -383,14 +383,10 @@ struct TokenizeRequest {
     add_special: bool,
     /// Special-token texts (`<|eot_id|>`) become their ids (the default);
     /// false: they are plain text.
-    #[serde(default = "yes")]
+    #[serde(default = "super::api::yes")]
     parse_special: bool,
     #[serde(default)]
     with_pieces: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 async fn tokenize(
@@ -648,9 +644,10 @@ async fn run(
 
 /// What a request produced so far.
 #[derive(Default)]
-struct Output {
-    text: String,
-    tokens: Vec<(u32, TokenLogprob)>,
+pub(super) struct Output {
+    pub(super) text: String,
+    /// The tokens that came with log-probabilities, and those.
+    pub(super) tokens: Vec<(u32, TokenLogprob)>,
 }
 
 fn usage(s: &Summary) -> Value {
@@ -789,36 +786,47 @@ fn envelope(meta: &Meta, chunk: bool, choices: Value) -> Value {
     })
 }
 
+/// Every event of a request up to its last: the text, the log-probabilities
+/// of the tokens that have them (in `Output`), every generated token id, and
+/// the summary. An engine error, or a channel that ends without a last
+/// event, is the error. Shared by the OpenAI and llama-server endpoints.
+pub(super) async fn gather(
+    rx: &mut UnboundedReceiver<Event>,
+) -> Result<(Output, Vec<u32>, Summary), ApiError> {
+    let mut out = Output::default();
+    let mut ids = Vec::new();
+    loop {
+        match rx.recv().await {
+            Some(Event::Token { id, text, logprob }) => {
+                out.text.push_str(&text);
+                ids.push(id);
+                if let Some(lp) = logprob {
+                    out.tokens.push((id, lp));
+                }
+            }
+            Some(Event::Text(t)) => out.text.push_str(&t),
+            Some(Event::Done(s)) => return Ok((out, ids, s)),
+            Some(Event::Error(e)) => return Err(e.into()),
+            None => return Err(ApiError::dropped()),
+        }
+    }
+}
+
 async fn collect(
     st: &AppState,
     mut rx: UnboundedReceiver<Event>,
     meta: Meta,
 ) -> Result<Response, ApiError> {
     let model = st.model()?;
-    let mut out = Output::default();
-    loop {
-        match rx.recv().await {
-            Some(Event::Token { id, text, logprob }) => {
-                out.text.push_str(&text);
-                if let Some(lp) = logprob {
-                    out.tokens.push((id, lp));
-                }
-            }
-            Some(Event::Text(t)) => out.text.push_str(&t),
-            Some(Event::Done(s)) => {
-                let mut body = envelope(
-                    &meta,
-                    false,
-                    json!([choice(&meta, model, &out, Some(s.finish), false, 0)]),
-                );
-                body["usage"] = usage(&s);
-                body["timings"] = timings(&s);
-                return Ok(Json(body).into_response());
-            }
-            Some(Event::Error(e)) => return Err(e.into()),
-            None => return Err(ApiError::dropped()),
-        }
-    }
+    let (out, _, s) = gather(&mut rx).await?;
+    let mut body = envelope(
+        &meta,
+        false,
+        json!([choice(&meta, model, &out, Some(s.finish), false, 0)]),
+    );
+    body["usage"] = usage(&s);
+    body["timings"] = timings(&s);
+    Ok(Json(body).into_response())
 }
 
 struct StreamState {

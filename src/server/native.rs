@@ -10,7 +10,7 @@
 
 use super::api::{NativeRequest, PromptPart, TemplateRequest};
 use super::engine::{Event, FinishReason, Request, Summary, TokenLogprob};
-use super::http::{blocking, data, parse, piece, random_u64, timings, ApiError, AppState};
+use super::http::{blocking, data, gather, parse, piece, random_u64, timings, ApiError, AppState};
 use crate::model::sampling::SamplingParams;
 use crate::model::Model;
 use axum::body::Bytes;
@@ -186,32 +186,18 @@ async fn collect(
     meta: Meta,
 ) -> Result<Response, ApiError> {
     let model = st.model()?;
-    let mut content = String::new();
-    let mut tokens = Vec::new();
-    let mut probs = Vec::new();
-    loop {
-        match rx.recv().await {
-            Some(Event::Token { id, text, logprob }) => {
-                content.push_str(&text);
-                tokens.push(id);
-                if let Some(lp) = logprob {
-                    probs.push(probs_entry(model, id, &lp));
-                }
-            }
-            Some(Event::Text(t)) => content.push_str(&t),
-            Some(Event::Done(s)) => {
-                let shown: &[u32] = if meta.return_tokens { &tokens } else { &[] };
-                let nl = content.contains('\n');
-                let mut body = summary(st, model, &meta, (&content, nl), shown, &s);
-                if meta.n_probs {
-                    body["completion_probabilities"] = Value::Array(probs);
-                }
-                return Ok(Json(body).into_response());
-            }
-            Some(Event::Error(e)) => return Err(e.into()),
-            None => return Err(ApiError::dropped()),
-        }
+    let (out, ids, s) = gather(&mut rx).await?;
+    let shown: &[u32] = if meta.return_tokens { &ids } else { &[] };
+    let nl = out.text.contains('\n');
+    let mut body = summary(st, model, &meta, (&out.text, nl), shown, &s);
+    if meta.n_probs {
+        body["completion_probabilities"] = out
+            .tokens
+            .iter()
+            .map(|(id, lp)| probs_entry(model, *id, lp))
+            .collect();
     }
+    Ok(Json(body).into_response())
 }
 
 struct StreamState {
