@@ -271,16 +271,44 @@ fn check_samplers(extra: &Map<String, Value>, params: &SamplingParams) -> Result
     Ok(())
 }
 
+/// How an endpoint names two of [`Common`]'s fields in its errors, and
+/// whether it takes 0 tokens (llama-server's `n_predict: 0`: evaluate the
+/// prompt only).
+struct Dialect {
+    max_tokens: &'static str,
+    top_logprobs: &'static str,
+    zero_tokens: bool,
+}
+
+/// OpenAI's endpoints.
+const OPENAI: Dialect = Dialect {
+    max_tokens: "max_tokens",
+    top_logprobs: "top_logprobs",
+    zero_tokens: false,
+};
+
+/// llama-server's `/completion`.
+const LLAMA: Dialect = Dialect {
+    max_tokens: "n_predict",
+    top_logprobs: "n_probs",
+    zero_tokens: true,
+};
+
 impl Common {
-    /// Sampling values, `n`, the stop strings; `max_tokens` and logprobs come
-    /// from the endpoint.
+    /// The engine request's settings: sampling values, `n`, the stop
+    /// strings from these fields; `max_tokens` and logprobs as the endpoint
+    /// reads them; `extra`'s fields refused unless off, and its `samplers`
+    /// checked against the result.
     fn settings(
         &self,
+        dialect: &Dialect,
+        extra: &Map<String, Value>,
         defaults: &Defaults,
         max_tokens: Option<i64>,
         top_logprobs: Option<u32>,
         random_seed: u64,
     ) -> Result<Settings, String> {
+        refuse_unsupported(extra)?;
         if let Some(n) = self.n {
             if n != 1 {
                 return Err(format!(
@@ -292,10 +320,16 @@ impl Common {
             None => defaults.max_tokens,
             Some(-1 | -2) => None,
             Some(n) => match usize::try_from(n) {
-                Ok(n) if n >= 1 => Some(n),
+                Ok(n) if n >= 1 || dialect.zero_tokens => Some(n),
                 _ => {
                     return Err(format!(
-                        "max_tokens = {n}: must be at least 1, or -1 for no limit"
+                        "{} = {n}: must be {}, or -1 for no limit",
+                        dialect.max_tokens,
+                        if dialect.zero_tokens {
+                            "0 or more"
+                        } else {
+                            "at least 1"
+                        }
                     ))
                 }
             },
@@ -316,7 +350,8 @@ impl Common {
         if let Some(k) = top_logprobs {
             if k as usize > MAX_TOP_LOGPROBS {
                 return Err(format!(
-                    "top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}"
+                    "{} must be between 0 and {MAX_TOP_LOGPROBS}",
+                    dialect.top_logprobs
                 ));
             }
         }
@@ -363,6 +398,7 @@ impl Common {
                 "stop: a stop string is at most {MAX_STOP_BYTES} bytes"
             ));
         }
+        check_samplers(extra, &params)?;
         Ok(Settings {
             request: Request {
                 params,
@@ -395,20 +431,19 @@ impl ChatRequest {
     /// The engine request's settings: the request's fields, `defaults`
     /// for those it leaves out, `random_seed` unless a seed is given.
     pub fn settings(&self, defaults: &Defaults, random_seed: u64) -> Result<Settings, String> {
-        refuse_unsupported(&self.extra)?;
         let top = match (self.logprobs, self.top_logprobs) {
             (Some(true), k) => Some(k.unwrap_or(0)),
             (_, Some(_)) => return Err("top_logprobs needs logprobs: true".into()),
             _ => None,
         };
-        let s = self.common.settings(
+        self.common.settings(
+            &OPENAI,
+            &self.extra,
             defaults,
             self.max_completion_tokens.or(self.common.max_tokens),
             top,
             random_seed,
-        )?;
-        check_samplers(&self.extra, &s.request.params)?;
-        Ok(s)
+        )
     }
 
     /// The messages as the chat template takes them ([`messages_of`]).
@@ -507,15 +542,17 @@ fn content_text(v: &Value) -> Result<String, String> {
 impl CompletionRequest {
     /// As [`ChatRequest::settings`].
     pub fn settings(&self, defaults: &Defaults, random_seed: u64) -> Result<Settings, String> {
-        refuse_unsupported(&self.extra)?;
         if self.echo {
             return Err("echo is not supported".into());
         }
-        let s =
-            self.common
-                .settings(defaults, self.common.max_tokens, self.logprobs, random_seed)?;
-        check_samplers(&self.extra, &s.request.params)?;
-        Ok(s)
+        self.common.settings(
+            &OPENAI,
+            &self.extra,
+            defaults,
+            self.common.max_tokens,
+            self.logprobs,
+            random_seed,
+        )
     }
 
     /// A string, a list of token ids, or a list holding one of those.
@@ -583,28 +620,14 @@ impl NativeRequest {
     /// As [`ChatRequest::settings`]; `n_predict: 0` evaluates the prompt
     /// into a slot's cache and generates nothing.
     pub fn settings(&self, defaults: &Defaults, random_seed: u64) -> Result<Settings, String> {
-        refuse_unsupported(&self.extra)?;
-        let zero = self.common.max_tokens == Some(0);
-        let top = (self.n_probs > 0).then_some(self.n_probs);
-        let asked = if zero {
-            Some(-1)
-        } else {
-            self.common.max_tokens
-        };
-        let mut s = self
-            .common
-            .settings(defaults, asked, top, random_seed)
-            .map_err(|e| {
-                // Name the fields as this endpoint does.
-                e.replace("top_logprobs", "n_probs")
-                    .replace("max_tokens = ", "n_predict = ")
-                    .replace("must be at least 1, or -1", "must be 0 or more, or -1")
-            })?;
-        check_samplers(&self.extra, &s.request.params)?;
-        if zero {
-            s.request.max_tokens = Some(0);
-        }
-        Ok(s)
+        self.common.settings(
+            &LLAMA,
+            &self.extra,
+            defaults,
+            self.common.max_tokens,
+            (self.n_probs > 0).then_some(self.n_probs),
+            random_seed,
+        )
     }
 
     /// llama-server's prompt shapes for one completion: a string, a list of
