@@ -11,7 +11,6 @@
 use super::api::{NativeRequest, PromptPart, TemplateRequest};
 use super::engine::{Event, FinishReason, Request, Summary, TokenLogprob};
 use super::http::{blocking, data, gather, parse, piece, random_u64, timings, ApiError, AppState};
-use crate::model::sampling::SamplingParams;
 use crate::model::Model;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -37,23 +36,19 @@ struct Meta {
     return_tokens: bool,
 }
 
-/// llama-server's sampling settings object: `params` with `n_predict`
-/// (-1: no limit), `stop`, `n_probs`, … under llama.cpp's names.
-fn params_json(
-    p: &SamplingParams,
-    seed: Value,
-    max_tokens: Option<usize>,
-    req: Option<&Request>,
-    n_probs: u32,
-    stream: bool,
-) -> Value {
+/// llama-server's sampling settings object for request `r`: its sampling
+/// values, `n_predict` (-1: no limit), `stop`, `ignore_eos`, … under
+/// llama.cpp's names; `seed` as given (the server's defaults say -1 for
+/// "each request draws one").
+fn params_json(r: &Request, seed: Value, n_probs: u32, stream: bool) -> Value {
+    let p = &r.params;
     let repeat_last_n = if p.repeat_last_n == usize::MAX {
         json!(-1)
     } else {
         json!(p.repeat_last_n)
     };
     json!({
-        "n_predict": max_tokens.map_or(json!(-1), |n| json!(n)),
+        "n_predict": r.max_tokens.map_or(json!(-1), |n| json!(n)),
         "seed": seed,
         "temperature": p.temp,
         "top_k": p.top_k,
@@ -63,8 +58,8 @@ fn params_json(
         "repeat_last_n": repeat_last_n,
         "presence_penalty": p.presence_penalty,
         "frequency_penalty": p.frequency_penalty,
-        "stop": req.map_or(vec![], |r| r.stop.clone()),
-        "ignore_eos": req.is_some_and(|r| r.ignore_eos),
+        "stop": r.stop,
+        "ignore_eos": r.ignore_eos,
         "n_probs": n_probs,
         "stream": stream,
         "logit_bias": [],
@@ -104,14 +99,7 @@ pub(super) async fn completion(
     let r = &mut settings.request;
     r.prompt = prompt;
     r.deadline = Instant::now().checked_add(st.config.timeout);
-    let mut gen = params_json(
-        &r.params,
-        json!(r.params.seed),
-        r.max_tokens,
-        Some(r),
-        req.n_probs,
-        settings.stream,
-    );
+    let mut gen = params_json(r, json!(r.params.seed), req.n_probs, settings.stream);
     gen["n_ctx"] = json!(l.engine.config.n_ctx);
     gen["model"] = json!(st.config.alias);
     let meta = Meta {
@@ -283,6 +271,12 @@ pub(super) async fn props(State(st): State<Arc<AppState>>) -> Result<Json<Value>
     let d = &st.config.defaults;
     let tok = &m.tokenizer;
     let text = |id: Option<u32>| id.map_or("", |i| tok.token_text(i));
+    // What a request that gives nothing gets.
+    let defaults = Request {
+        params: d.params.clone(),
+        max_tokens: d.max_tokens,
+        ..Request::default()
+    };
     // -1: each request draws its own seed (llama.cpp's "random").
     let seed = if d.fixed_seed {
         json!(d.params.seed)
@@ -292,7 +286,7 @@ pub(super) async fn props(State(st): State<Arc<AppState>>) -> Result<Json<Value>
     Ok(Json(json!({
         "default_generation_settings": {
             "n_ctx": c.n_ctx,
-            "params": params_json(&d.params, seed, d.max_tokens, None, 0, false),
+            "params": params_json(&defaults, seed, 0, false),
         },
         "total_slots": c.n_slots,
         "model_alias": st.config.alias,
