@@ -226,6 +226,17 @@ fn parse_response(raw: &[u8]) -> Resp {
     }
 }
 
+/// `tern serve` with `args` refuses to start: one clear error line naming
+/// `needle`, exit status 1.
+fn serve_fails(args: &[&str], needle: &str) {
+    let o = tern()
+        .args(["serve", "--port", "0"])
+        .args(args)
+        .output()
+        .unwrap();
+    common::assert_clean_failure(&o, needle);
+}
+
 fn chat_body(content: &str, max_tokens: u32) -> Value {
     json!({
         "messages": [{"role": "user", "content": content}],
@@ -629,13 +640,7 @@ fn sampling_flags_are_request_defaults() {
         ("--top-p", "3", "--top-p 3: must be between 0 and 1"),
         ("-n", "0", "-n 0: give at least 1 token"),
     ] {
-        let o = tern()
-            .args(["serve", "--port", "0", flag, value])
-            .output()
-            .unwrap();
-        assert!(!o.status.success());
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.contains(needle), "{err}");
+        serve_fails(&[flag, value], needle);
     }
 }
 
@@ -990,14 +995,7 @@ fn llama_server_logging_batch_and_thread_flags() {
         ),
         (&["-ub", "0"][..], "-b and -ub must be at least 1"),
     ] {
-        let o = tern()
-            .args(["serve", "--port", "0"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(!o.status.success());
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.contains(needle), "{args:?}: {err}");
+        serve_fails(args, needle);
     }
 }
 
